@@ -1,0 +1,133 @@
+//! Model files → host tensors.
+//!
+//! Two formats: a single GGUF file (v2/v3, [`gguf::GgufFile`]) and a Hugging Face directory
+//! (`config.json` + safetensors, [`hf::HfModelDir`]). Both hand out [`RawTensor`]s in their
+//! stored element type; [`RawTensor::to_f32`] dequantizes (the CPU reference for GPU dequant).
+//!
+//! Shapes are row-major, outermost dimension first, the way PyTorch and safetensors write them:
+//! a linear layer's weight is `[out_features, in_features]`. GGUF lists dimensions innermost
+//! first; the GGUF reader reverses them so both formats agree.
+
+pub mod dequant;
+pub mod gguf;
+pub mod gguf_meta;
+pub mod hf;
+
+use std::path::PathBuf;
+
+pub use gguf_meta::{GgufMetadata, MetaError, MetaValue};
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorDType {
+    F32,
+    F16,
+    BF16,
+    /// 32 weights per block: f16 scale d, 32 × i8; w = d·q.
+    Q8_0,
+    /// 32 weights per block: f16 scale d, 16 bytes of nibbles; w = d·(q − 8).
+    Q4_0,
+    /// 32 weights per block: f16 scale d, f16 min m, 16 bytes of nibbles; w = d·q + m.
+    Q4_1,
+}
+
+impl TensorDType {
+    /// Weights per quantization block (1 for plain float types).
+    pub fn block_len(self) -> usize {
+        match self {
+            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => 1,
+            TensorDType::Q8_0 | TensorDType::Q4_0 | TensorDType::Q4_1 => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            TensorDType::F32 => 4,
+            TensorDType::F16 | TensorDType::BF16 => 2,
+            TensorDType::Q8_0 => 34,
+            TensorDType::Q4_0 => 18,
+            TensorDType::Q4_1 => 20,
+        }
+    }
+
+    /// Bytes needed for `numel` elements; `None` when `numel` is not a whole number of blocks.
+    pub fn bytes_for(self, numel: usize) -> Option<usize> {
+        if numel % self.block_len() != 0 {
+            return None;
+        }
+        (numel / self.block_len()).checked_mul(self.block_bytes())
+    }
+}
+
+/// A tensor as stored in the file: its element type, shape and raw little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: TensorDType,
+    /// Row-major, outermost first (`[out_features, in_features]` for a linear weight).
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Dequantizes / widens every element to f32, in row-major order.
+    pub fn to_f32(&self) -> Result<Vec<f32>, LoadError> {
+        dequant::to_f32(self.dtype, &self.data, self.numel()).map_err(|msg| LoadError::Tensor {
+            name: self.name.clone(),
+            msg,
+        })
+    }
+}
+
+/// Anything that can hand out named tensors (a GGUF file, a Hugging Face directory).
+pub trait TensorSource {
+    /// The tensor stored under `name` (the file's own naming), read and copied out of the file.
+    fn tensor(&self, name: &str) -> Result<RawTensor, LoadError>;
+    fn has_tensor(&self, name: &str) -> bool;
+    /// Every tensor name the source holds, sorted.
+    fn tensor_names(&self) -> Vec<String>;
+}
+
+/// Why a model file could not be read. Every variant names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a GGUF file (magic bytes {found:02x?}, expected \"GGUF\")")]
+    BadMagic { path: PathBuf, found: [u8; 4] },
+    #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("{path}: file is truncated: {what}")]
+    Truncated { path: PathBuf, what: String },
+    #[error("{path}: malformed: {msg}")]
+    Malformed { path: PathBuf, msg: String },
+    #[error("{path}: tensor `{tensor}` has unsupported type {type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")]
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        type_name: String,
+    },
+    #[error("{path}: tensor `{name}` not found")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("{path}: {source}")]
+    Meta {
+        path: PathBuf,
+        #[source]
+        source: MetaError,
+    },
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: unknown model architecture `{arch}` (supported: llama, gpt2)")]
+    UnknownArchitecture { path: PathBuf, arch: String },
+}
