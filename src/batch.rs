@@ -1,0 +1,135 @@
+//! The step batch: the one plain value that crosses from scheduling to the GPU runner.
+//!
+//! All tokens of all sequences in a step are packed back to back with no padding; per-token
+//! metadata tells the kernels which sequence and which KV slot each belongs to.
+
+use crate::kv::BlockTable;
+
+/// Which of a sequence's rows in this step need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None (a prefill chunk that does not reach the prompt's end).
+    None,
+    /// The last token only (sampling the next token).
+    Last,
+    /// Every token (teacher-forced scoring, like prompt_logprobs).
+    All,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepBatch {
+    /// Token ids, all sequences packed back to back (T entries).
+    pub token_ids: Vec<u32>,
+    /// Position of each token within its sequence (T).
+    pub positions: Vec<u32>,
+    /// KV slot of each token: block_id * block_size + position % block_size (T).
+    pub slot_mapping: Vec<u32>,
+    /// Index of each token's sequence within this batch = its row of `block_tables` (T).
+    pub token_seq: Vec<u32>,
+    /// Sequence s owns tokens query_start[s]..query_start[s + 1] (S + 1 entries, starts at 0).
+    pub query_start: Vec<u32>,
+    /// Tokens of sequence s in the KV cache once this step has run (S).
+    pub context_lens: Vec<u32>,
+    /// (S, max_blocks) physical block ids, row-major; entries past a table's end are 0.
+    pub block_tables: Vec<u32>,
+    /// Columns of `block_tables`: the most blocks any sequence may hold.
+    pub max_blocks: usize,
+    /// Token rows (indices into 0..T) whose logits are returned, in output order.
+    pub logit_rows: Vec<u32>,
+}
+
+impl StepBatch {
+    /// An empty batch whose block-table rows are `max_blocks` wide.
+    pub fn new(max_blocks: usize) -> Self {
+        Self {
+            query_start: vec![0],
+            max_blocks,
+            ..Default::default()
+        }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    pub fn num_seqs(&self) -> usize {
+        self.context_lens.len()
+    }
+
+    /// Appends one sequence's tokens for this step: `tokens` sit at positions
+    /// `start_pos..start_pos + tokens.len()`, whose slots `table` must already cover.
+    /// Returns `None` (leaving the batch unchanged) if the table does not cover them or
+    /// holds more than `max_blocks` blocks.
+    pub fn push_sequence(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        table: &BlockTable,
+        block_size: usize,
+        logits: LogitRows,
+    ) -> Option<()> {
+        if table.blocks().len() > self.max_blocks || tokens.is_empty() {
+            return None;
+        }
+        let slots: Vec<u32> = (start_pos..start_pos + tokens.len())
+            .map(|pos| table.slot(pos, block_size))
+            .collect::<Option<_>>()?;
+        let seq = self.num_seqs() as u32;
+        let first_row = self.token_ids.len() as u32;
+        self.token_ids.extend_from_slice(tokens);
+        self.positions
+            .extend((start_pos..start_pos + tokens.len()).map(|p| p as u32));
+        self.slot_mapping.extend(slots);
+        self.token_seq
+            .extend(std::iter::repeat_n(seq, tokens.len()));
+        self.query_start.push(self.token_ids.len() as u32);
+        self.context_lens.push((start_pos + tokens.len()) as u32);
+        let mut row = vec![0u32; self.max_blocks];
+        for (dst, b) in row.iter_mut().zip(table.blocks()) {
+            *dst = b.0;
+        }
+        self.block_tables.extend(row);
+        let last_row = self.token_ids.len() as u32;
+        match logits {
+            LogitRows::None => {}
+            LogitRows::Last => self.logit_rows.push(last_row - 1),
+            LogitRows::All => self.logit_rows.extend(first_row..last_row),
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::BlockPool;
+
+    #[test]
+    fn two_sequences_pack_without_padding() {
+        let mut pool = BlockPool::new(8, 4).unwrap();
+        let mut a = BlockTable::new();
+        let mut b = BlockTable::new();
+        a.grow_to(&mut pool, 6).unwrap(); // 2 blocks
+        b.grow_to(&mut pool, 9).unwrap(); // 3 blocks
+        let mut batch = StepBatch::new(4);
+        batch
+            .push_sequence(&[1, 2, 3, 4, 5, 6], 0, &a, 4, LogitRows::Last)
+            .unwrap();
+        // b decodes its 9th token (position 8)
+        batch
+            .push_sequence(&[7], 8, &b, 4, LogitRows::All)
+            .unwrap();
+        assert_eq!(batch.num_tokens(), 7);
+        assert_eq!(batch.query_start, vec![0, 6, 7]);
+        assert_eq!(batch.context_lens, vec![6, 9]);
+        assert_eq!(batch.token_seq, vec![0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(batch.positions, vec![0, 1, 2, 3, 4, 5, 8]);
+        assert_eq!(batch.logit_rows, vec![5, 6]);
+        // position 8 is offset 0 of b's third block
+        assert_eq!(batch.slot_mapping[6], b.blocks()[2].0 * 4);
+        assert_eq!(batch.block_tables.len(), 8);
+        // a position the table does not cover is refused
+        assert!(batch.push_sequence(&[1], 9, &b, 4, LogitRows::Last).is_none());
+        assert_eq!(batch.num_seqs(), 2);
+    }
+}

@@ -1,0 +1,31 @@
+//! The library's top-level error: every failure a caller can meet, typed.
+
+/// Any error from wllm's public API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] crate::loader::LoadError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
+    /// A request that can never run (empty prompt, too long for the context, bad ids...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// An option the engine does not support, rather than silently ignoring it.
+    #[error("unsupported option: {0}")]
+    Unsupported(String),
+}
+
+impl From<crate::model::ModelError> for Error {
+    fn from(e: crate::model::ModelError) -> Self {
+        match e {
+            crate::model::ModelError::Load(e) => Error::Load(e),
+            crate::model::ModelError::Gpu(e) => Error::Gpu(e),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,315 @@
+//! One model on one device, generating for one sequence at a time over the paged KV cache.
+//!
+//! Even a single generation allocates KV blocks as it grows and feeds the runner step
+//! batches (prefill in chunks, then one token per step), the same inputs the batching engine
+//! builds for many sequences.
+
+use std::path::{Path, PathBuf};
+
+use crate::batch::{LogitRows, StepBatch};
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Logits, Runner, RunnerConfig, WeightDType};
+use crate::kv::{BlockPool, BlockTable, check_block_size};
+use crate::model::{ModelConfig, ModelFiles, load_weights};
+use crate::sampling::{Sampler, SamplingParams, top_k};
+use crate::tokenizer::Tokenizer;
+
+/// How to load a model. Everything but the path has a default.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// A `.gguf` file or a Hugging Face directory.
+    pub path: PathBuf,
+    /// Storage of weights and KV cache; f16 by default (packed, so any adapter can hold it).
+    pub dtype: WeightDType,
+    /// Tokens per KV block: a power of two from 1 to 256.
+    pub block_size: usize,
+    /// KV pool size in bytes (all layers, K and V); ignored when `num_blocks` is set.
+    pub kv_memory_bytes: u64,
+    /// KV pool size in blocks.
+    pub num_blocks: Option<usize>,
+    /// Most tokens per forward pass (longer prompts are prefilled in chunks).
+    pub max_batch_tokens: usize,
+    /// Most sequences per step.
+    pub max_seqs: usize,
+}
+
+impl ModelOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            dtype: WeightDType::F16,
+            block_size: 16,
+            kv_memory_bytes: 256 << 20,
+            num_blocks: None,
+            max_batch_tokens: 256,
+            max_seqs: 64,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token.
+    Stop,
+    /// max_tokens reached, or the model's context is full.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+}
+
+/// A loaded model ready to score and generate.
+pub struct Generator {
+    runner: Runner,
+    pool: BlockPool,
+    tokenizer: Option<Tokenizer>,
+    path: PathBuf,
+}
+
+/// KV bytes one token takes across all layers (K and V).
+pub fn kv_bytes_per_token(cfg: &ModelConfig, dtype: WeightDType) -> u64 {
+    (2 * cfg.num_layers * cfg.kv_dim() * dtype.bytes_per_elem()) as u64
+}
+
+impl Generator {
+    /// Opens the model files, builds the tokenizer (when the files have one) and uploads the
+    /// weights. `progress(done, total)` is called as tensors load.
+    pub fn load(
+        ctx: &GpuContext,
+        opts: &ModelOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Generator> {
+        check_block_size(opts.block_size)?;
+        let files = ModelFiles::open(&opts.path)?;
+        let cfg = files.config()?;
+        let tokenizer = load_tokenizer(&files)?;
+        let weights = load_weights(ctx, &files, &cfg, opts.dtype, progress)?;
+        let bs = opts.block_size;
+        let per_block = kv_bytes_per_token(&cfg, opts.dtype) * bs as u64;
+        // One layer's K (or V) pool must fit one binding.
+        let per_layer_block = (bs * cfg.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
+        let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
+        let wanted = opts
+            .num_blocks
+            .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize);
+        let num_blocks = wanted.min(binding_cap);
+        if num_blocks == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "the KV pool holds no block ({} bytes per block)",
+                per_block
+            )));
+        }
+        let rc = RunnerConfig {
+            kv_dtype: opts.dtype,
+            block_size: bs,
+            num_blocks,
+            max_batch_tokens: opts.max_batch_tokens.max(1),
+            max_seqs: opts.max_seqs.max(1),
+        };
+        let runner = Runner::new(ctx, &cfg, weights, rc)?;
+        let pool = BlockPool::new(num_blocks, bs)?;
+        log::info!(
+            "loaded {} ({:?}, {} layers, {} KV blocks of {} tokens)",
+            opts.path.display(),
+            cfg.arch,
+            cfg.num_layers,
+            num_blocks,
+            bs
+        );
+        Ok(Generator {
+            runner,
+            pool,
+            tokenizer,
+            path: opts.path.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.runner.config()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    fn check_prompt(&self, ids: &[u32]) -> Result<()> {
+        let cfg = self.config();
+        if ids.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if ids.len() > cfg.max_context {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens, more than the model's context of {}",
+                ids.len(),
+                cfg.max_context
+            )));
+        }
+        if let Some(id) = ids.iter().find(|id| **id as usize >= cfg.vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {id} is outside the vocabulary of {}",
+                cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` (at positions `start..`) through the model in chunks, growing `table`
+    /// as needed; returns the logits the last chunk asked for (`logits`), or of every token.
+    fn run_tokens(
+        &mut self,
+        table: &mut BlockTable,
+        tokens: &[u32],
+        start: usize,
+        logits: LogitRows,
+        mut on_logits: impl FnMut(&Logits) -> Result<()>,
+    ) -> Result<()> {
+        let bs = self.pool.block_size();
+        let chunk_len = match logits {
+            LogitRows::All => self
+                .runner
+                .runner_config()
+                .max_batch_tokens
+                .min(self.runner.max_logit_rows()),
+            _ => self.runner.runner_config().max_batch_tokens,
+        };
+        let mut pos = start;
+        for chunk in tokens.chunks(chunk_len) {
+            table.grow_to(&mut self.pool, pos + chunk.len())?;
+            let last = pos + chunk.len() == start + tokens.len();
+            let rows = match logits {
+                LogitRows::Last if !last => LogitRows::None,
+                r => r,
+            };
+            let mut batch = StepBatch::new(self.runner.max_blocks());
+            batch
+                .push_sequence(chunk, pos, table, bs, rows)
+                .ok_or_else(|| Error::InvalidRequest("sequence longer than the block table".into()))?;
+            let out = self.runner.forward(&batch)?;
+            if rows != LogitRows::None {
+                on_logits(&out)?;
+            }
+            pos += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Teacher-forced top-`k` logits after each prefix `ids[..=i]` (like prompt_logprobs).
+    pub fn score(&mut self, ids: &[u32], k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.check_prompt(ids)?;
+        let mut table = BlockTable::new();
+        let mut out = Vec::with_capacity(ids.len());
+        let res = self.run_tokens(&mut table, ids, 0, LogitRows::All, |l| {
+            for r in 0..l.rows {
+                out.push(top_k(l.row(r), k));
+            }
+            Ok(())
+        });
+        table.release(&mut self.pool)?;
+        res.map(|_| out)
+    }
+
+    /// Full logits after each prefix `ids[..=i]` (for tests and debugging).
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.check_prompt(ids)?;
+        let mut table = BlockTable::new();
+        let mut out = Vec::with_capacity(ids.len());
+        let res = self.run_tokens(&mut table, ids, 0, LogitRows::All, |l| {
+            for r in 0..l.rows {
+                out.push(l.row(r).to_vec());
+            }
+            Ok(())
+        });
+        table.release(&mut self.pool)?;
+        res.map(|_| out)
+    }
+
+    /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` as each arrives.
+    /// Stops at any of `stop_ids`, at `max_tokens`, or when the model's context is full.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: &SamplingParams,
+        stop_ids: &[u32],
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Generation> {
+        self.check_prompt(prompt)?;
+        let mut table = BlockTable::new();
+        let res = self.generate_inner(&mut table, prompt, max_tokens, sampling, stop_ids, on_token);
+        // Blocks go back to the pool whatever happened.
+        table.release(&mut self.pool)?;
+        res
+    }
+
+    fn generate_inner(
+        &mut self,
+        table: &mut BlockTable,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: &SamplingParams,
+        stop_ids: &[u32],
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Generation> {
+        let max_context = self.config().max_context;
+        let mut sampler = Sampler::new(sampling.clone());
+        let mut output = Vec::new();
+        let mut next = None;
+        let mut finish = FinishReason::Length;
+        if max_tokens > 0 {
+            self.run_tokens(table, prompt, 0, LogitRows::Last, |l| {
+                next = Some(sampler.sample(l.row(0)));
+                Ok(())
+            })?;
+        }
+        while let Some(tok) = next.take() {
+            output.push(tok);
+            on_token(tok);
+            if stop_ids.contains(&tok) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let pos = prompt.len() + output.len() - 1;
+            if output.len() >= max_tokens || pos + 1 >= max_context {
+                break;
+            }
+            self.run_tokens(table, &[tok], pos, LogitRows::Last, |l| {
+                next = Some(sampler.sample(l.row(0)));
+                Ok(())
+            })?;
+        }
+        Ok(Generation {
+            prompt_ids: prompt.to_vec(),
+            output_ids: output,
+            finish_reason: finish,
+        })
+    }
+}
+
+/// The tokenizer the model files carry: GGUF metadata, or tokenizer.json in an HF directory.
+/// `None` when there is none (random-weight test checkpoints).
+pub fn load_tokenizer(files: &ModelFiles) -> Result<Option<Tokenizer>> {
+    match files {
+        ModelFiles::Gguf(g) => Ok(Some(Tokenizer::from_gguf_metadata(&g.metadata)?)),
+        ModelFiles::Hf(h) => match h.tokenizer_json() {
+            Some(tj) => {
+                let tc = h.tokenizer_config();
+                Ok(Some(Tokenizer::from_hf_files(&tj, tc.as_deref())?))
+            }
+            None => Ok(None),
+        },
+    }
+}

@@ -1,0 +1,121 @@
+//! `shaders/matmul.wgsl`: activations × a linear layer's weight, with optional bias and a
+//! fused residual add.
+
+use crate::gpu::pipeline::{Kernel, MATMUL};
+use crate::gpu::{GpuContext, GpuError, WeightDType};
+
+/// Sizes of one matmul call. `y` has `y_stride` columns; this call writes columns
+/// `[y_col, y_col + n)`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatmulParams {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub y_stride: usize,
+    pub y_col: usize,
+    pub bias: bool,
+    /// y += x·Wᵀ (+ bias): the residual add.
+    pub accumulate: bool,
+}
+
+impl MatmulParams {
+    /// y (m, n) = x (m, k) · Wᵀ, nothing else.
+    pub fn plain(m: usize, n: usize, k: usize) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            y_stride: n,
+            y_col: 0,
+            bias: false,
+            accumulate: false,
+        }
+    }
+}
+
+pub struct Matmul {
+    kernel: Kernel,
+}
+
+const COLS_PER_GROUP: usize = 64;
+const ROWS_PER_GROUP: usize = 8;
+
+impl Matmul {
+    pub fn new(ctx: &GpuContext, dtype: WeightDType) -> Self {
+        Self {
+            kernel: Kernel::new(ctx, MATMUL, &[("W_F16", dtype.is_f16())]),
+        }
+    }
+
+    /// `bias` may be any buffer when the call has no bias.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernel.bind(ctx, &[x, w, bias, y])
+    }
+
+    /// Checks the shape contract the shader relies on.
+    pub fn check(p: &MatmulParams) -> Result<(), GpuError> {
+        if p.k % 2 != 0 {
+            return Err(GpuError::Shape {
+                op: "matmul",
+                msg: format!("inner dimension {} must be even", p.k),
+            });
+        }
+        if p.y_col + p.n > p.y_stride {
+            return Err(GpuError::Shape {
+                op: "matmul",
+                msg: format!(
+                    "columns {}..{} exceed the output width {}",
+                    p.y_col,
+                    p.y_col + p.n,
+                    p.y_stride
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &MatmulParams) {
+        let flags = (p.bias as u32) | ((p.accumulate as u32) << 1);
+        let imm = [
+            p.m as u32,
+            p.n as u32,
+            p.k as u32,
+            p.y_stride as u32,
+            p.y_col as u32,
+            flags,
+        ];
+        let groups = [
+            p.n.div_ceil(COLS_PER_GROUP) as u32,
+            p.m.div_ceil(ROWS_PER_GROUP) as u32,
+            1,
+        ];
+        self.kernel.dispatch(pass, bg, &imm, groups);
+    }
+}
+
+/// y (m, y_stride): columns y_col.. get x·Wᵀ (+ bias) (+ previous y), accumulated in f64.
+pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], p: &MatmulParams) {
+    for m in 0..p.m {
+        for n in 0..p.n {
+            let mut s = 0f64;
+            for k in 0..p.k {
+                s += x[m * p.k + k] as f64 * w[n * p.k + k] as f64;
+            }
+            if let Some(b) = bias {
+                s += b[n] as f64;
+            }
+            let o = m * p.y_stride + p.y_col + n;
+            if p.accumulate {
+                s += y[o] as f64;
+            }
+            y[o] = s as f32;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! One typed wrapper per kernel in `shaders/`, each with its CPU reference.
+//!
+//! A wrapper compiles its pipeline once ([`Kernel`]), builds bind groups once per set of
+//! buffers, and records a dispatch per call with the per-call sizes as immediates.
+//! The `reference` functions are the math the kernels must reproduce; the kernel tests
+//! compare against them on random inputs.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod kv_write;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+
+pub use activation::{Gelu, SiluMul};
+pub use attention::{AttentionParams, PagedAttention};
+pub use embedding::Embedding;
+pub use kv_write::KvWrite;
+pub use matmul::{Matmul, MatmulParams};
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{Rope, RopeParams};
+
+/// Workgroups for `n` independent items handled `per_group` at a time (2-D when large).
+pub(crate) fn groups_for(n: usize, per_group: usize) -> [u32; 3] {
+    super::pipeline::grid_2d(n.div_ceil(per_group) as u32)
+}

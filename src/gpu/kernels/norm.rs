@@ -1,0 +1,128 @@
+//! `shaders/rms_norm.wgsl` and `shaders/layer_norm.wgsl`: per-row normalization, optionally
+//! of a gathered subset of rows (the rows that need logits).
+
+use crate::gpu::GpuContext;
+use crate::gpu::pipeline::{Kernel, LAYER_NORM, RMS_NORM, grid_2d};
+
+fn gather_const(gather: bool) -> [(&'static str, f64); 1] {
+    [("GATHER", if gather { 1.0 } else { 0.0 })]
+}
+
+pub struct RmsNorm {
+    kernel: Kernel,
+}
+
+impl RmsNorm {
+    /// `gather`: read input row `rows[r]` for output row r.
+    pub fn new(ctx: &GpuContext, gather: bool) -> Self {
+        Self {
+            kernel: Kernel::new(ctx, RMS_NORM, &gather_const(gather)),
+        }
+    }
+
+    /// `rows` may be any buffer when not gathering.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernel.bind(ctx, &[x, weight, rows, y])
+    }
+
+    pub fn encode(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        num_rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        let imm = [num_rows as u32, dim as u32, eps.to_bits()];
+        self.kernel
+            .dispatch(pass, bg, &imm, grid_2d(num_rows as u32));
+    }
+}
+
+pub struct LayerNorm {
+    kernel: Kernel,
+}
+
+impl LayerNorm {
+    pub fn new(ctx: &GpuContext, gather: bool) -> Self {
+        Self {
+            kernel: Kernel::new(ctx, LAYER_NORM, &gather_const(gather)),
+        }
+    }
+
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernel.bind(ctx, &[x, weight, bias, rows, y])
+    }
+
+    pub fn encode(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        num_rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        let imm = [num_rows as u32, dim as u32, eps.to_bits()];
+        self.kernel
+            .dispatch(pass, bg, &imm, grid_2d(num_rows as u32));
+    }
+}
+
+/// RMSNorm of the selected rows (`rows = None`: all rows in order), accumulated in f64.
+pub fn rms_norm_reference(
+    x: &[f32],
+    weight: &[f32],
+    rows: Option<&[u32]>,
+    dim: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let all: Vec<u32> = (0..(x.len() / dim) as u32).collect();
+    let rows = rows.unwrap_or(&all);
+    let mut y = Vec::with_capacity(rows.len() * dim);
+    for &r in rows {
+        let row = &x[r as usize * dim..(r as usize + 1) * dim];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        y.extend(row.iter().zip(weight).map(|(v, w)| (*v as f64 * inv) as f32 * w));
+    }
+    y
+}
+
+/// LayerNorm of the selected rows, accumulated in f64.
+pub fn layer_norm_reference(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: Option<&[u32]>,
+    dim: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let all: Vec<u32> = (0..(x.len() / dim) as u32).collect();
+    let rows = rows.unwrap_or(&all);
+    let mut y = Vec::with_capacity(rows.len() * dim);
+    for &r in rows {
+        let row = &x[r as usize * dim..(r as usize + 1) * dim];
+        let mean = row.iter().map(|v| *v as f64).sum::<f64>() / dim as f64;
+        let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for d in 0..dim {
+            y.push(((row[d] as f64 - mean) * inv * weight[d] as f64 + bias[d] as f64) as f32);
+        }
+    }
+    y
+}

@@ -1,0 +1,36 @@
+//! The GPU layer: wgpu context, buffers, one typed wrapper per kernel, and the model runner.
+//!
+//! Nothing here knows about requests or scheduling: the runner takes a plain
+//! [`crate::batch::StepBatch`] and returns logits.
+
+pub mod context;
+pub mod kernels;
+pub mod pipeline;
+pub mod runner;
+pub mod tensor;
+
+pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters, parse_backends};
+pub use pipeline::{Kernel, ShaderSource};
+pub use runner::{Logits, Runner, RunnerConfig};
+pub use tensor::{GpuTensor, WeightDType};
+
+/// Why something on the GPU side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("unknown backend `{0}` (expected vulkan, gl, metal, dx12 or all)")]
+    BadBackend(String),
+    #[error("no usable GPU adapter matching `{wanted}` (wgpu sees: {seen:?}); install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers) or check WLLM_BACKEND / WLLM_ADAPTER")]
+    NoAdapter { wanted: String, seen: Vec<String> },
+    #[error("could not open the device: {0}")]
+    RequestDevice(String),
+    #[error("the device lacks a required feature: {0}")]
+    MissingFeature(String),
+    #[error("tensor `{name}` needs {bytes} bytes in one binding, over the adapter's limit of {limit}")]
+    TooLarge { name: String, bytes: u64, limit: u64 },
+    #[error("shape mismatch in {op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    #[error("GPU validation error: {0}")]
+    Validation(String),
+}

@@ -1,0 +1,131 @@
+//! Compute pipelines built from the WGSL files in `shaders/`.
+//!
+//! Every kernel is a single WGSL file with one entry point `main`, its tuning and element-type
+//! choices given as `override` constants. Pipelines use the layout naga derives from the shader,
+//! so a wrapper only names its buffers in binding order.
+
+use super::GpuContext;
+
+/// A WGSL file compiled into the crate.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaderSource {
+    pub name: &'static str,
+    pub wgsl: &'static str,
+}
+
+macro_rules! shader {
+    ($name:literal) => {
+        ShaderSource {
+            name: $name,
+            wgsl: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+pub const EMBEDDING: ShaderSource = shader!("embedding");
+pub const RMS_NORM: ShaderSource = shader!("rms_norm");
+pub const LAYER_NORM: ShaderSource = shader!("layer_norm");
+pub const MATMUL: ShaderSource = shader!("matmul");
+pub const ROPE: ShaderSource = shader!("rope");
+pub const KV_WRITE: ShaderSource = shader!("kv_write");
+pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
+pub const SILU_MUL: ShaderSource = shader!("silu_mul");
+pub const GELU: ShaderSource = shader!("gelu");
+
+/// Every shader, for the validation test.
+pub const ALL_SHADERS: &[ShaderSource] = &[
+    EMBEDDING,
+    RMS_NORM,
+    LAYER_NORM,
+    MATMUL,
+    ROPE,
+    KV_WRITE,
+    PAGED_ATTENTION,
+    SILU_MUL,
+    GELU,
+];
+
+/// A compiled pipeline and the layout of its bind group 0.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// Compiles `src` with the given override constants.
+    pub fn new(ctx: &GpuContext, src: ShaderSource, constants: &[(&str, f64)]) -> Kernel {
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(src.name),
+                source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+            });
+        let pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(src.name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        let layout = pipeline.get_bind_group_layout(0);
+        Kernel {
+            name: src.name,
+            pipeline,
+            layout,
+        }
+    }
+
+    /// A bind group with `buffers` at bindings 0, 1, 2, ... (whole buffers).
+    pub fn bind(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(self.name),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Records one dispatch: bind group 0, the immediates, and the workgroup grid.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        immediates: &[u32],
+        groups: [u32; 3],
+    ) {
+        if groups.contains(&0) {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        if !immediates.is_empty() {
+            pass.set_immediates(0, bytemuck::cast_slice(immediates));
+        }
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+}
+
+/// Splits `n` workgroups over x and y so neither exceeds the 65535 per-dimension limit.
+pub fn grid_2d(n: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if n <= MAX {
+        [n, 1, 1]
+    } else {
+        [MAX, n.div_ceil(MAX), 1]
+    }
+}

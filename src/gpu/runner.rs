@@ -1,0 +1,481 @@
+//! The model runner: owns the weights, the paged KV pools and the activation buffers, and
+//! turns one [`StepBatch`] into logits with one command encoder and one submit.
+//!
+//! Every buffer and bind group is created once in [`Runner::new`]; a step only writes the
+//! batch metadata, records the dispatches and reads back the logits rows it asked for.
+
+use crate::batch::StepBatch;
+use crate::gpu::kernels::{
+    AttentionParams, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, PagedAttention,
+    RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
+};
+use crate::gpu::tensor::map_and_read;
+use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
+use crate::model::weights::{GpuMatrix, LayerWeights, ModelWeights};
+use crate::model::{Architecture, ModelConfig};
+
+/// Sizes fixed when the runner is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Storage type of the KV cache.
+    pub kv_dtype: WeightDType,
+    /// Tokens per KV block (power of two, 1..=256).
+    pub block_size: usize,
+    /// Physical blocks in the pool (each layer has a K and a V buffer of this many blocks).
+    pub num_blocks: usize,
+    /// Most tokens in one step (the activation buffers' row count).
+    pub max_batch_tokens: usize,
+    /// Most sequences in one step.
+    pub max_seqs: usize,
+}
+
+/// Logits of the rows a batch asked for: (rows, vocab), row-major.
+#[derive(Debug, Clone)]
+pub struct Logits {
+    pub rows: usize,
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.vocab..(r + 1) * self.vocab]
+    }
+}
+
+struct Kernels {
+    embedding: Embedding,
+    rms_norm: RmsNorm,
+    rms_norm_gather: RmsNorm,
+    layer_norm: LayerNorm,
+    layer_norm_gather: LayerNorm,
+    matmul: Matmul,
+    rope: Rope,
+    kv_write: KvWrite,
+    attention: PagedAttention,
+    silu_mul: SiluMul,
+    gelu: Gelu,
+}
+
+/// Per-step metadata buffers (see [`StepBatch`] for their meaning).
+struct Metadata {
+    token_ids: wgpu::Buffer,
+    positions: wgpu::Buffer,
+    slot_mapping: wgpu::Buffer,
+    token_seq: wgpu::Buffer,
+    block_tables: wgpu::Buffer,
+    logit_rows: wgpu::Buffer,
+}
+
+/// A matmul over a weight's parts: one bind group and column offset per part.
+struct MatmulBinds {
+    parts: Vec<(usize, usize, wgpu::BindGroup)>, // (first row, rows, bind group)
+    k: usize,
+    y_stride: usize,
+    bias: bool,
+    accumulate: bool,
+}
+
+struct LayerBinds {
+    norm1: wgpu::BindGroup,
+    qkv: MatmulBinds,
+    kv_write: wgpu::BindGroup,
+    attention: wgpu::BindGroup,
+    out_proj: MatmulBinds,
+    norm2: wgpu::BindGroup,
+    up: MatmulBinds,
+    act: wgpu::BindGroup,
+    down: MatmulBinds,
+}
+
+pub struct Runner {
+    ctx: GpuContext,
+    cfg: ModelConfig,
+    rc: RunnerConfig,
+    /// Columns of the block-table matrix: blocks of the longest sequence the model allows.
+    max_blocks: usize,
+    /// Most logits rows one step can return.
+    max_logit_rows: usize,
+    kernels: Kernels,
+    meta: Metadata,
+    logits: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    embed_binds: Vec<(usize, usize, wgpu::BindGroup)>,
+    rope_bind: Option<wgpu::BindGroup>,
+    layers: Vec<LayerBinds>,
+    final_norm: wgpu::BindGroup,
+    lm_head: MatmulBinds,
+    // Kept alive for the bind groups above.
+    _weights: ModelWeights,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+fn u32_buffer(ctx: &GpuContext, name: &str, len: usize) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size: (len.max(1) * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn f32_buffer(ctx: &GpuContext, name: &str, len: usize) -> Result<wgpu::Buffer, GpuError> {
+    Ok(GpuTensor::zeros(ctx, name, &[len], WeightDType::F32)?.buffer)
+}
+
+impl Runner {
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &ModelConfig,
+        weights: ModelWeights,
+        rc: RunnerConfig,
+    ) -> Result<Runner, GpuError> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let t = rc.max_batch_tokens.max(1);
+        let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
+        let inner = cfg.intermediate_size;
+        let max_blocks = cfg.max_context.div_ceil(rc.block_size);
+        let vocab = cfg.vocab_size;
+        let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
+        let wdt = weights.dtype;
+
+        let kernels = Kernels {
+            embedding: Embedding::new(ctx, wdt, weights.pos_embed.is_some()),
+            rms_norm: RmsNorm::new(ctx, false),
+            rms_norm_gather: RmsNorm::new(ctx, true),
+            layer_norm: LayerNorm::new(ctx, false),
+            layer_norm_gather: LayerNorm::new(ctx, true),
+            matmul: Matmul::new(ctx, wdt),
+            rope: Rope::new(ctx),
+            kv_write: KvWrite::new(ctx, rc.kv_dtype),
+            attention: PagedAttention::new(ctx, hd, rc.kv_dtype)?,
+            silu_mul: SiluMul::new(ctx),
+            gelu: Gelu::new(ctx),
+        };
+        let meta = Metadata {
+            token_ids: u32_buffer(ctx, "token_ids", t),
+            positions: u32_buffer(ctx, "positions", t),
+            slot_mapping: u32_buffer(ctx, "slot_mapping", t),
+            token_seq: u32_buffer(ctx, "token_seq", t),
+            block_tables: u32_buffer(ctx, "block_tables", rc.max_seqs * max_blocks),
+            logit_rows: u32_buffer(ctx, "logit_rows", max_logit_rows),
+        };
+        // Activations, (max_batch_tokens, width) each.
+        let x = f32_buffer(ctx, "x (residual)", t * d)?;
+        let h = f32_buffer(ctx, "h (normed)", t * d)?;
+        let qkv = f32_buffer(ctx, "qkv", t * qkv_dim)?;
+        let attn = f32_buffer(ctx, "attention out", t * cfg.q_dim())?;
+        let ffn_in_width = if cfg.arch == Architecture::Llama { 2 * inner } else { inner };
+        let ffn_in = f32_buffer(ctx, "gate_up / fc", t * ffn_in_width)?;
+        let act = f32_buffer(ctx, "mlp act", t * inner)?;
+        let final_h = f32_buffer(ctx, "final normed rows", max_logit_rows * d)?;
+        let logits = f32_buffer(ctx, "logits", max_logit_rows * vocab)?;
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits staging"),
+            size: (max_logit_rows * vocab * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dummy = u32_buffer(ctx, "unused binding", 1);
+
+        // KV pools: one K and one V buffer per layer, (num_blocks * block_size, kv_dim).
+        let slots = rc.num_blocks * rc.block_size;
+        let mut k_pools = Vec::new();
+        let mut v_pools = Vec::new();
+        for l in 0..cfg.num_layers {
+            let shape = [slots, cfg.kv_dim()];
+            k_pools.push(GpuTensor::zeros(ctx, &format!("k_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
+            v_pools.push(GpuTensor::zeros(ctx, &format!("v_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
+        }
+
+        let mm = &kernels.matmul;
+        let matmul_binds = |w: &GpuMatrix, x: &wgpu::Buffer, bias: Option<&GpuTensor>, y: &wgpu::Buffer, y_stride: usize, accumulate: bool| -> Result<MatmulBinds, GpuError> {
+            if bias.is_some() && w.parts.len() > 1 {
+                return Err(GpuError::Shape {
+                    op: "matmul",
+                    msg: "a biased weight must fit one binding".into(),
+                });
+            }
+            let bias_buf = bias.map_or(&dummy, |b| &b.buffer);
+            Ok(MatmulBinds {
+                parts: w
+                    .parts
+                    .iter()
+                    .map(|(start, part)| (*start, part.shape[0], mm.bind(ctx, x, &part.buffer, bias_buf, y)))
+                    .collect(),
+                k: w.cols,
+                y_stride,
+                bias: bias.is_some(),
+                accumulate,
+            })
+        };
+
+        let pos_table = weights.pos_embed.as_ref().map_or(&dummy, |p| &p.buffer);
+        let embed_binds = weights
+            .embed
+            .parts
+            .iter()
+            .map(|(start, part)| {
+                let bg = kernels.embedding.bind(ctx, &meta.token_ids, &meta.positions, &part.buffer, pos_table, &x);
+                (*start, part.shape[0], bg)
+            })
+            .collect();
+
+        let mut buffers = vec![];
+        let rope_bind = if cfg.arch == Architecture::Llama {
+            let table = cos_sin_table(cfg.max_context, hd, cfg.rope_theta);
+            let cs = GpuTensor::from_f32(ctx, "rope cos/sin", &table, &[table.len()], WeightDType::F32)?;
+            let bg = kernels.rope.bind(ctx, &qkv, &meta.positions, &cs.buffer);
+            buffers.push(cs.buffer);
+            Some(bg)
+        } else {
+            None
+        };
+
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for (l, lw) in weights.layers.iter().enumerate() {
+            let kv_write = kernels.kv_write.bind(ctx, &qkv, &meta.slot_mapping, &k_pools[l], &v_pools[l]);
+            let attention = kernels.attention.bind(
+                ctx,
+                &qkv,
+                &k_pools[l],
+                &v_pools[l],
+                &meta.block_tables,
+                &meta.token_seq,
+                &meta.positions,
+                &attn,
+            );
+            layers.push(match lw {
+                LayerWeights::Llama(w) => LayerBinds {
+                    norm1: kernels.rms_norm.bind(ctx, &x, &w.attn_norm.buffer, &dummy, &h),
+                    qkv: matmul_binds(&w.wqkv, &h, None, &qkv, qkv_dim, false)?,
+                    kv_write,
+                    attention,
+                    out_proj: matmul_binds(&w.wo, &attn, None, &x, d, true)?,
+                    norm2: kernels.rms_norm.bind(ctx, &x, &w.ffn_norm.buffer, &dummy, &h),
+                    up: matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?,
+                    act: kernels.silu_mul.bind(ctx, &ffn_in, &act),
+                    down: matmul_binds(&w.w_down, &act, None, &x, d, true)?,
+                },
+                LayerWeights::Gpt2(w) => LayerBinds {
+                    norm1: kernels.layer_norm.bind(ctx, &x, &w.ln1_w.buffer, &w.ln1_b.buffer, &dummy, &h),
+                    qkv: matmul_binds(&w.w_qkv, &h, Some(&w.b_qkv), &qkv, qkv_dim, false)?,
+                    kv_write,
+                    attention,
+                    out_proj: matmul_binds(&w.w_o, &attn, Some(&w.b_o), &x, d, true)?,
+                    norm2: kernels.layer_norm.bind(ctx, &x, &w.ln2_w.buffer, &w.ln2_b.buffer, &dummy, &h),
+                    up: matmul_binds(&w.w_fc, &h, Some(&w.b_fc), &ffn_in, inner, false)?,
+                    act: kernels.gelu.bind(ctx, &ffn_in),
+                    down: matmul_binds(&w.w_proj, &ffn_in, Some(&w.b_proj), &x, d, true)?,
+                },
+            });
+        }
+        let final_norm = match &weights.final_norm_b {
+            None => kernels.rms_norm_gather.bind(ctx, &x, &weights.final_norm_w.buffer, &meta.logit_rows, &final_h),
+            Some(b) => kernels.layer_norm_gather.bind(ctx, &x, &weights.final_norm_w.buffer, &b.buffer, &meta.logit_rows, &final_h),
+        };
+        let lm_head = matmul_binds(weights.lm_head(), &final_h, None, &logits, vocab, false)?;
+        buffers.extend([x, h, qkv, attn, ffn_in, act, final_h, dummy]);
+        buffers.extend(k_pools);
+        buffers.extend(v_pools);
+
+        Ok(Runner {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            rc,
+            max_blocks,
+            max_logit_rows,
+            kernels,
+            meta,
+            logits,
+            staging,
+            embed_binds,
+            rope_bind,
+            layers,
+            final_norm,
+            lm_head,
+            _weights: weights,
+            _buffers: buffers,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn runner_config(&self) -> &RunnerConfig {
+        &self.rc
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Columns the batch's block-table matrix must have.
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    /// Most logits rows one step may ask for.
+    pub fn max_logit_rows(&self) -> usize {
+        self.max_logit_rows
+    }
+
+    fn check(&self, b: &StepBatch) -> Result<(), GpuError> {
+        let bad = |msg: String| Err(GpuError::Shape { op: "step batch", msg });
+        let t = b.num_tokens();
+        if t == 0 || t > self.rc.max_batch_tokens {
+            return bad(format!("{t} tokens (1..={} allowed)", self.rc.max_batch_tokens));
+        }
+        if b.num_seqs() > self.rc.max_seqs || b.max_blocks != self.max_blocks {
+            return bad(format!(
+                "{} sequences × {} blocks (at most {} × {})",
+                b.num_seqs(),
+                b.max_blocks,
+                self.rc.max_seqs,
+                self.max_blocks
+            ));
+        }
+        if b.logit_rows.len() > self.max_logit_rows || b.logit_rows.iter().any(|r| *r as usize >= t) {
+            return bad(format!("{} logits rows (at most {})", b.logit_rows.len(), self.max_logit_rows));
+        }
+        if [&b.positions, &b.slot_mapping, &b.token_seq].iter().any(|v| v.len() != t)
+            || b.block_tables.len() != b.num_seqs() * self.max_blocks
+        {
+            return bad("metadata lengths disagree".into());
+        }
+        if let Some(id) = b.token_ids.iter().find(|id| **id as usize >= self.cfg.vocab_size) {
+            return bad(format!("token id {id} outside the vocabulary of {}", self.cfg.vocab_size));
+        }
+        if let Some(p) = b.positions.iter().find(|p| **p as usize >= self.cfg.max_context) {
+            return bad(format!("position {p} beyond the model's context of {}", self.cfg.max_context));
+        }
+        let slots = (self.rc.num_blocks * self.rc.block_size) as u32;
+        if b.slot_mapping.iter().any(|s| *s >= slots)
+            || b.block_tables.iter().any(|blk| *blk as usize >= self.rc.num_blocks)
+            || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
+        {
+            return bad("a slot, block or sequence index is out of range".into());
+        }
+        Ok(())
+    }
+
+    fn encode_matmul(&self, pass: &mut wgpu::ComputePass<'_>, mb: &MatmulBinds, m: usize) {
+        for (start, rows, bg) in &mb.parts {
+            let p = MatmulParams {
+                m,
+                n: *rows,
+                k: mb.k,
+                y_stride: mb.y_stride,
+                y_col: *start,
+                bias: mb.bias,
+                accumulate: mb.accumulate,
+            };
+            self.kernels.matmul.encode(pass, bg, &p);
+        }
+    }
+
+    /// Runs every layer over the batch and returns the logits of `batch.logit_rows`.
+    pub fn forward(&mut self, batch: &StepBatch) -> Result<Logits, GpuError> {
+        self.check(batch)?;
+        let q = &self.ctx.queue;
+        q.write_buffer(&self.meta.token_ids, 0, bytemuck::cast_slice(&batch.token_ids));
+        q.write_buffer(&self.meta.positions, 0, bytemuck::cast_slice(&batch.positions));
+        q.write_buffer(&self.meta.slot_mapping, 0, bytemuck::cast_slice(&batch.slot_mapping));
+        q.write_buffer(&self.meta.token_seq, 0, bytemuck::cast_slice(&batch.token_seq));
+        q.write_buffer(&self.meta.block_tables, 0, bytemuck::cast_slice(&batch.block_tables));
+        if !batch.logit_rows.is_empty() {
+            q.write_buffer(&self.meta.logit_rows, 0, bytemuck::cast_slice(&batch.logit_rows));
+        }
+
+        let cfg = &self.cfg;
+        let k = &self.kernels;
+        let t = batch.num_tokens();
+        let r = batch.logit_rows.len();
+        let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            for (start, rows, bg) in &self.embed_binds {
+                k.embedding.encode(&mut pass, bg, t, d, *start, *rows, cfg.max_context);
+            }
+            let attn = AttentionParams {
+                num_tokens: t,
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                row_stride: qkv_dim,
+                block_size: self.rc.block_size,
+                max_blocks: self.max_blocks,
+                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            };
+            for lb in &self.layers {
+                match cfg.arch {
+                    Architecture::Llama => k.rms_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps),
+                    Architecture::Gpt2 => k.layer_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps),
+                }
+                self.encode_matmul(&mut pass, &lb.qkv, t);
+                if let Some(rope) = &self.rope_bind {
+                    let p = RopeParams {
+                        num_tokens: t,
+                        row_stride: qkv_dim,
+                        num_heads: cfg.num_heads,
+                        num_kv_heads: cfg.num_kv_heads,
+                        head_dim: cfg.head_dim,
+                        max_positions: cfg.max_context,
+                        style: cfg.rope_style,
+                    };
+                    k.rope.encode(&mut pass, rope, &p);
+                }
+                k.kv_write.encode(&mut pass, &lb.kv_write, t, qkv_dim, cfg.q_dim(), cfg.kv_dim());
+                k.attention.encode(&mut pass, &lb.attention, &attn);
+                self.encode_matmul(&mut pass, &lb.out_proj, t);
+                match cfg.arch {
+                    Architecture::Llama => {
+                        k.rms_norm.encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
+                        self.encode_matmul(&mut pass, &lb.up, t);
+                        k.silu_mul.encode(&mut pass, &lb.act, t, cfg.intermediate_size);
+                    }
+                    Architecture::Gpt2 => {
+                        k.layer_norm.encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
+                        self.encode_matmul(&mut pass, &lb.up, t);
+                        k.gelu.encode(&mut pass, &lb.act, t * cfg.intermediate_size);
+                    }
+                }
+                self.encode_matmul(&mut pass, &lb.down, t);
+            }
+            if r > 0 {
+                match cfg.arch {
+                    Architecture::Llama => k.rms_norm_gather.encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps),
+                    Architecture::Gpt2 => k.layer_norm_gather.encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps),
+                }
+                self.encode_matmul(&mut pass, &self.lm_head, r);
+            }
+        }
+        let bytes = (r * vocab * 4) as u64;
+        if bytes > 0 {
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        if bytes == 0 {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            return Ok(Logits { rows: 0, vocab, data: vec![] });
+        }
+        let words = map_and_read(&self.ctx, &self.staging, bytes)?;
+        Ok(Logits {
+            rows: r,
+            vocab,
+            data: bytemuck::cast_slice(&words).to_vec(),
+        })
+    }
+}

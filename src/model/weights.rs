@@ -1,0 +1,388 @@
+//! Model files → weights on the GPU, in the layout the forward graph expects.
+//!
+//! Every linear weight is uploaded as (out_features, in_features) in the chosen storage type;
+//! Q/K/V are concatenated into one (q_dim + 2·kv_dim, hidden) matrix and gate/up into one
+//! (2·inner, hidden) matrix so each is a single matmul. Norm weights and biases stay f32.
+//! A matrix larger than one storage binding allows is split by rows across buffers.
+
+use std::path::{Path, PathBuf};
+
+use crate::gpu::{GpuContext, GpuTensor, WeightDType};
+use crate::loader::gguf::GgufFile;
+use crate::loader::hf::HfModelDir;
+use crate::loader::{LoadError, RawTensor, TensorSource};
+use crate::model::{Architecture, ModelConfig};
+
+use super::ModelError;
+
+/// An opened model: a GGUF file or a Hugging Face directory.
+pub enum ModelFiles {
+    Gguf(GgufFile),
+    Hf(HfModelDir),
+}
+
+impl ModelFiles {
+    /// A `.gguf` file or a directory with `config.json`.
+    pub fn open(path: &Path) -> Result<ModelFiles, LoadError> {
+        if path.is_dir() {
+            Ok(ModelFiles::Hf(HfModelDir::open(path)?))
+        } else {
+            Ok(ModelFiles::Gguf(GgufFile::open(path)?))
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelFiles::Gguf(g) => &g.path,
+            ModelFiles::Hf(h) => &h.path,
+        }
+    }
+
+    pub fn config(&self) -> Result<ModelConfig, LoadError> {
+        match self {
+            ModelFiles::Gguf(g) => ModelConfig::from_gguf(g),
+            ModelFiles::Hf(h) => ModelConfig::from_hf(h),
+        }
+    }
+
+    fn source(&self) -> &dyn TensorSource {
+        match self {
+            ModelFiles::Gguf(g) => g,
+            ModelFiles::Hf(h) => h,
+        }
+    }
+
+    fn is_gguf(&self) -> bool {
+        matches!(self, ModelFiles::Gguf(_))
+    }
+}
+
+/// A weight matrix (rows = out_features), possibly split by rows across buffers.
+#[derive(Debug)]
+pub struct GpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// (first row, part) in row order.
+    pub parts: Vec<(usize, GpuTensor)>,
+}
+
+impl GpuMatrix {
+    pub fn upload(
+        ctx: &GpuContext,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        dtype: WeightDType,
+    ) -> Result<GpuMatrix, ModelError> {
+        let row_bytes = (cols * dtype.bytes_per_elem()).max(1) as u64;
+        // Rows per part: within the binding limit, and even so f16 parts split on word borders.
+        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(1);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = max_rows.min(rows - start);
+            let part = &data[start * cols..(start + n) * cols];
+            let t = GpuTensor::from_f32(ctx, &format!("{name}[{start}..]"), part, &[n, cols], dtype)?;
+            parts.push((start, t));
+            start += n;
+        }
+        Ok(GpuMatrix { rows, cols, parts })
+    }
+}
+
+pub struct LlamaLayer {
+    pub attn_norm: GpuTensor,
+    /// (q_dim + 2·kv_dim, hidden)
+    pub wqkv: GpuMatrix,
+    /// (hidden, q_dim)
+    pub wo: GpuMatrix,
+    pub ffn_norm: GpuTensor,
+    /// (2·inner, hidden): gate rows, then up rows
+    pub w_gate_up: GpuMatrix,
+    /// (hidden, inner)
+    pub w_down: GpuMatrix,
+}
+
+pub struct Gpt2Layer {
+    pub ln1_w: GpuTensor,
+    pub ln1_b: GpuTensor,
+    /// (3·hidden, hidden) and its bias
+    pub w_qkv: GpuMatrix,
+    pub b_qkv: GpuTensor,
+    pub w_o: GpuMatrix,
+    pub b_o: GpuTensor,
+    pub ln2_w: GpuTensor,
+    pub ln2_b: GpuTensor,
+    /// (inner, hidden)
+    pub w_fc: GpuMatrix,
+    pub b_fc: GpuTensor,
+    /// (hidden, inner)
+    pub w_proj: GpuMatrix,
+    pub b_proj: GpuTensor,
+}
+
+pub enum LayerWeights {
+    Llama(LlamaLayer),
+    Gpt2(Gpt2Layer),
+}
+
+pub struct ModelWeights {
+    /// (vocab, hidden)
+    pub embed: GpuMatrix,
+    /// (max_context, hidden), GPT-2 only
+    pub pos_embed: Option<GpuTensor>,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm_w: GpuTensor,
+    /// LayerNorm bias (GPT-2 only)
+    pub final_norm_b: Option<GpuTensor>,
+    /// (vocab, hidden); `None` when tied to `embed`
+    pub lm_head: Option<GpuMatrix>,
+    pub dtype: WeightDType,
+}
+
+impl ModelWeights {
+    pub fn lm_head(&self) -> &GpuMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// Reads tensors by role, checking shapes, and uploads them.
+struct Uploader<'a> {
+    ctx: &'a GpuContext,
+    files: &'a ModelFiles,
+    dtype: WeightDType,
+    done: usize,
+    total: usize,
+    progress: &'a mut dyn FnMut(usize, usize),
+}
+
+impl Uploader<'_> {
+    fn path(&self) -> PathBuf {
+        self.files.path().to_path_buf()
+    }
+
+    fn raw(&self, name: &str) -> Result<RawTensor, LoadError> {
+        self.files.source().tensor(name)
+    }
+
+    /// The tensor as f32 with exactly `shape`.
+    fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self.raw(name)?;
+        let numel: usize = shape.iter().product();
+        // GGUF stores 1-D tensors and HF may store [1, n]-style shapes: compare element counts
+        // for vectors, exact shapes for matrices.
+        let ok = if shape.len() == 1 {
+            t.numel() == numel
+        } else {
+            t.shape == shape
+        };
+        if !ok {
+            return Err(LoadError::Config {
+                path: self.path(),
+                msg: format!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, shape),
+            }
+            .into());
+        }
+        let v = t.to_f32()?;
+        self.done += 1;
+        (self.progress)(self.done, self.total);
+        Ok(v)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
+        let v = self.f32(name, &[len])?;
+        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+    }
+
+    /// Rows of several (rows_i, cols) tensors stacked into one matrix.
+    fn stacked(&mut self, label: &str, names: &[(&str, usize)], cols: usize) -> Result<GpuMatrix, ModelError> {
+        let mut data = Vec::new();
+        let mut rows = 0;
+        for (name, r) in names {
+            data.extend(self.f32(name, &[*r, cols])?);
+            rows += r;
+        }
+        GpuMatrix::upload(self.ctx, label, &data, rows, cols, self.dtype)
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuMatrix, ModelError> {
+        self.stacked(name, &[(name, rows)], cols)
+    }
+
+    /// A GPT-2 Conv1D weight stored (in, out): transposed to (out, in).
+    fn conv1d(&mut self, name: &str, inp: usize, out: usize) -> Result<GpuMatrix, ModelError> {
+        let v = self.f32(name, &[inp, out])?;
+        let mut t = vec![0f32; v.len()];
+        for i in 0..inp {
+            for o in 0..out {
+                t[o * inp + i] = v[i * out + o];
+            }
+        }
+        GpuMatrix::upload(self.ctx, name, &t, out, inp, self.dtype)
+    }
+}
+
+/// Loads every weight of `files` onto the GPU. `progress(done, total)` is called per tensor.
+pub fn load_weights(
+    ctx: &GpuContext,
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+    dtype: WeightDType,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ModelWeights, ModelError> {
+    let total = files.source().tensor_names().len();
+    let mut up = Uploader {
+        ctx,
+        files,
+        dtype,
+        done: 0,
+        total,
+        progress,
+    };
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    match cfg.arch {
+        Architecture::Llama => load_llama(&mut up, cfg, d, v),
+        Architecture::Gpt2 => load_gpt2(&mut up, cfg, d, v),
+    }
+}
+
+fn load_llama(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Result<ModelWeights, ModelError> {
+    let (q, kv, f) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let gguf = up.files.is_gguf();
+    let embed_name = if gguf { "token_embd.weight" } else { "model.embed_tokens.weight" };
+    let embed = up.matrix(embed_name, v, d)?;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let n = |gguf_name: &str, hf_name: &str| {
+            if gguf {
+                format!("blk.{i}.{gguf_name}.weight")
+            } else {
+                format!("model.layers.{i}.{hf_name}.weight")
+            }
+        };
+        let attn_norm = up.vector(&n("attn_norm", "input_layernorm"), d)?;
+        let wqkv = up.stacked(
+            &format!("layer{i}.wqkv"),
+            &[
+                (&n("attn_q", "self_attn.q_proj"), q),
+                (&n("attn_k", "self_attn.k_proj"), kv),
+                (&n("attn_v", "self_attn.v_proj"), kv),
+            ],
+            d,
+        )?;
+        let wo = up.matrix(&n("attn_output", "self_attn.o_proj"), d, q)?;
+        let ffn_norm = up.vector(&n("ffn_norm", "post_attention_layernorm"), d)?;
+        let w_gate_up = up.stacked(
+            &format!("layer{i}.w_gate_up"),
+            &[(&n("ffn_gate", "mlp.gate_proj"), f), (&n("ffn_up", "mlp.up_proj"), f)],
+            d,
+        )?;
+        let w_down = up.matrix(&n("ffn_down", "mlp.down_proj"), d, f)?;
+        layers.push(LayerWeights::Llama(LlamaLayer {
+            attn_norm,
+            wqkv,
+            wo,
+            ffn_norm,
+            w_gate_up,
+            w_down,
+        }));
+    }
+    let final_norm_w = up.vector(if gguf { "output_norm.weight" } else { "model.norm.weight" }, d)?;
+    let head_name = if gguf { "output.weight" } else { "lm_head.weight" };
+    let lm_head = if cfg.tie_word_embeddings || !up.files.source().has_tensor(head_name) {
+        None
+    } else {
+        Some(up.matrix(head_name, v, d)?)
+    };
+    Ok(ModelWeights {
+        embed,
+        pos_embed: None,
+        layers,
+        final_norm_w,
+        final_norm_b: None,
+        lm_head,
+        dtype: up.dtype,
+    })
+}
+
+fn load_gpt2(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Result<ModelWeights, ModelError> {
+    let f = cfg.intermediate_size;
+    let gguf = up.files.is_gguf();
+    // HF GPT-2 checkpoints name tensors with or without the `transformer.` prefix.
+    let prefix = if !gguf && up.files.source().has_tensor("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let g = |gguf_name: &str, hf_name: &str| {
+        if gguf {
+            gguf_name.to_string()
+        } else {
+            format!("{prefix}{hf_name}")
+        }
+    };
+    let embed = up.matrix(&g("token_embd.weight", "wte.weight"), v, d)?;
+    let pos = up.f32(&g("position_embd.weight", "wpe.weight"), &[cfg.max_context, d])?;
+    let pos_embed = Some(GpuTensor::from_f32(up.ctx, "wpe", &pos, &[cfg.max_context, d], up.dtype)?);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let n = |gguf_name: &str, hf_name: &str| {
+            if gguf {
+                format!("blk.{i}.{gguf_name}")
+            } else {
+                format!("{prefix}h.{i}.{hf_name}")
+            }
+        };
+        let ln1_w = up.vector(&n("attn_norm.weight", "ln_1.weight"), d)?;
+        let ln1_b = up.vector(&n("attn_norm.bias", "ln_1.bias"), d)?;
+        let (w_qkv, w_o, w_fc, w_proj);
+        if gguf {
+            w_qkv = up.matrix(&n("attn_qkv.weight", ""), 3 * d, d)?;
+            w_o = up.matrix(&n("attn_output.weight", ""), d, d)?;
+            w_fc = up.matrix(&n("ffn_up.weight", ""), f, d)?;
+            w_proj = up.matrix(&n("ffn_down.weight", ""), d, f)?;
+        } else {
+            w_qkv = up.conv1d(&n("", "attn.c_attn.weight"), d, 3 * d)?;
+            w_o = up.conv1d(&n("", "attn.c_proj.weight"), d, d)?;
+            w_fc = up.conv1d(&n("", "mlp.c_fc.weight"), d, f)?;
+            w_proj = up.conv1d(&n("", "mlp.c_proj.weight"), f, d)?;
+        }
+        let b_qkv = up.vector(&n("attn_qkv.bias", "attn.c_attn.bias"), 3 * d)?;
+        let b_o = up.vector(&n("attn_output.bias", "attn.c_proj.bias"), d)?;
+        let ln2_w = up.vector(&n("ffn_norm.weight", "ln_2.weight"), d)?;
+        let ln2_b = up.vector(&n("ffn_norm.bias", "ln_2.bias"), d)?;
+        let b_fc = up.vector(&n("ffn_up.bias", "mlp.c_fc.bias"), f)?;
+        let b_proj = up.vector(&n("ffn_down.bias", "mlp.c_proj.bias"), d)?;
+        layers.push(LayerWeights::Gpt2(Gpt2Layer {
+            ln1_w,
+            ln1_b,
+            w_qkv,
+            b_qkv,
+            w_o,
+            b_o,
+            ln2_w,
+            ln2_b,
+            w_fc,
+            b_fc,
+            w_proj,
+            b_proj,
+        }));
+    }
+    let final_norm_w = up.vector(&g("output_norm.weight", "ln_f.weight"), d)?;
+    let final_norm_b = Some(up.vector(&g("output_norm.bias", "ln_f.bias"), d)?);
+    let lm_head = if gguf && up.files.source().has_tensor("output.weight") {
+        Some(up.matrix("output.weight", v, d)?)
+    } else {
+        None
+    };
+    Ok(ModelWeights {
+        embed,
+        pos_embed,
+        layers,
+        final_norm_w,
+        final_norm_b,
+        lm_head,
+        dtype: up.dtype,
+    })
+}

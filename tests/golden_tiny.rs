@@ -1,0 +1,66 @@
+//! Random-weight Hugging Face checkpoints (GPT-2 and Llama with GQA) in f32 against
+//! transformers' outputs: greedy ids identical, teacher-forced logits within 2e-3
+//! (compared as differences to the top-1 logit, which do not depend on normalization).
+
+mod common;
+
+use common::{fixtures, floats, gpu, ids, read_json};
+use wllm::{Generator, ModelOptions, SamplingParams, WeightDType};
+
+fn check_model(dir: &str, block_size: usize) {
+    let path = fixtures().join(dir);
+    let golden = read_json(&path.join("golden.json"));
+    let mut opts = ModelOptions::new(&path);
+    opts.dtype = WeightDType::F32;
+    opts.block_size = block_size;
+    // Small chunks so the 100-token prompt is prefilled across several steps.
+    opts.max_batch_tokens = 48;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let cases = golden["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    let mut worst = 0f32;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["greedy_ids"]);
+        let out = g
+            .generate(&prompt, want.len(), &SamplingParams::default(), &[], &mut |_| {})
+            .unwrap();
+        assert_eq!(out.output_ids, want, "{dir} {name}: greedy ids differ");
+
+        let mut all = prompt.clone();
+        all.extend(&want);
+        let logits = g.logits(&all[..all.len() - 1]).unwrap();
+        for (i, tk) in case["topk"].as_array().unwrap().iter().enumerate() {
+            let row = &logits[prompt.len() - 1 + i];
+            let ref_ids = ids(&tk["ids"]);
+            let ref_logits = floats(&tk["logits"]);
+            let top = row[ref_ids[0] as usize];
+            for (id, l) in ref_ids.iter().zip(&ref_logits) {
+                let ours = top - row[*id as usize];
+                let theirs = ref_logits[0] - l;
+                let err = (ours - theirs).abs();
+                worst = worst.max(err);
+                assert!(err <= 2e-3, "{dir} {name} step {i} id {id}: {ours} vs {theirs}");
+            }
+        }
+    }
+    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+    eprintln!("{dir}: worst logit-difference error {worst:.2e}");
+}
+
+#[test]
+fn tiny_llama_gqa_matches_transformers_f32() {
+    check_model("tiny-llama-gqa-public", 16);
+}
+
+#[test]
+fn tiny_llama_gqa_matches_with_other_block_sizes() {
+    check_model("tiny-llama-gqa-public", 1);
+    check_model("tiny-llama-gqa-public", 64);
+}
+
+#[test]
+fn tiny_gpt2_matches_transformers_f32() {
+    check_model("tiny-gpt2-public", 16);
+}
