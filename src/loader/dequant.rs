@@ -1,5 +1,178 @@
-//! placeholder, filled by the loader work
+//! CPU dequantization: the reference every GPU dequantizing kernel is tested against.
+//!
+//! Block layouts are ggml's, little endian, 32 weights per quantized block:
+//! - Q8_0 (34 bytes): f16 scale `d`, 32 × i8 `q`; `w[i] = d · q[i]`.
+//! - Q4_0 (18 bytes): f16 `d`, 16 bytes; byte `j` holds element `j` in its low nibble and
+//!   element `j + 16` in its high nibble; `w = d · (q − 8)`.
+//! - Q4_1 (20 bytes): f16 `d`, f16 min `m`, 16 bytes with the same nibble order; `w = d · q + m`.
+//!
+//! Cost: O(numel), one pass, one allocation of `numel` floats (after the byte length is checked).
+
+use half::{bf16, f16};
+
 use super::TensorDType;
-pub fn to_f32(_dtype: TensorDType, _data: &[u8], _numel: usize) -> Result<Vec<f32>, String> {
-    Err("not yet".into())
+
+/// Dequantizes / widens `numel` elements stored as `dtype` in `data` to f32.
+///
+/// Fails when `data.len()` is not exactly the size of `numel` elements of `dtype`
+/// (including when `numel` is not a whole number of blocks).
+pub fn to_f32(dtype: TensorDType, data: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+    let expected = dtype.bytes_for(numel).ok_or_else(|| {
+        format!(
+            "{numel} elements is not a whole number of {dtype:?} blocks ({} elements each)",
+            dtype.block_len()
+        )
+    })?;
+    if data.len() != expected {
+        return Err(format!(
+            "{numel} elements of {dtype:?} need {expected} bytes, got {}",
+            data.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(numel);
+    match dtype {
+        TensorDType::F32 => out.extend(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        TensorDType::F16 => out.extend(
+            data.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        TensorDType::BF16 => out.extend(
+            data.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        TensorDType::Q8_0 => {
+            for block in data.chunks_exact(34) {
+                let (d, qs) = block.split_at(2);
+                let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
+                out.extend(qs.iter().map(|&q| d * f32::from(q as i8)));
+            }
+        }
+        TensorDType::Q4_0 => {
+            for block in data.chunks_exact(18) {
+                let (d, qs) = block.split_at(2);
+                let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
+                let w = |q: u8| d * (f32::from(q) - 8.0);
+                out.extend(qs.iter().map(|&b| w(b & 0x0f)));
+                out.extend(qs.iter().map(|&b| w(b >> 4)));
+            }
+        }
+        TensorDType::Q4_1 => {
+            for block in data.chunks_exact(20) {
+                let (dm, qs) = block.split_at(4);
+                let d = f16::from_le_bytes([dm[0], dm[1]]).to_f32();
+                let m = f16::from_le_bytes([dm[2], dm[3]]).to_f32();
+                let w = |q: u8| d * f32::from(q) + m;
+                out.extend(qs.iter().map(|&b| w(b & 0x0f)));
+                out.extend(qs.iter().map(|&b| w(b >> 4)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // f16 bit patterns, worked out by hand: sign | 5-bit exponent (bias 15) | 10-bit mantissa.
+    const F16_0_5: [u8; 2] = [0x00, 0x38]; // 0x3800 = 2^(14-15) = 0.5
+    const F16_0_25: [u8; 2] = [0x00, 0x34]; // 0x3400 = 2^(13-15) = 0.25
+    const F16_2: [u8; 2] = [0x00, 0x40]; // 0x4000 = 2^(16-15) = 2.0
+    const F16_NEG_1_5: [u8; 2] = [0x00, 0xbe]; // 0xbe00 = -(1 + 512/1024) = -1.5
+    const F16_NEG_3: [u8; 2] = [0x00, 0xc2]; // 0xc200 = -(2^1 · 1.5) = -3.0
+
+    #[test]
+    fn f32_f16_bf16_widen() {
+        let f32s: Vec<u8> = [1.5f32, -0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            to_f32(TensorDType::F32, &f32s, 2).unwrap(),
+            vec![1.5, -0.25]
+        );
+
+        let f16s = [F16_0_5, F16_NEG_1_5, F16_2].concat();
+        assert_eq!(
+            to_f32(TensorDType::F16, &f16s, 3).unwrap(),
+            vec![0.5, -1.5, 2.0]
+        );
+
+        // bf16 is the top half of an f32: 0x3fc0 → 0x3fc00000 = 1.5; 0xc040 → -3.0.
+        let bf16s = [0xc0, 0x3f, 0x40, 0xc0];
+        assert_eq!(
+            to_f32(TensorDType::BF16, &bf16s, 2).unwrap(),
+            vec![1.5, -3.0]
+        );
+    }
+
+    #[test]
+    fn q8_0_block() {
+        // d = 0.5, q[i] = i - 16 (−16 … 15) → w[i] = (i − 16) / 2.
+        let mut block = F16_0_5.to_vec();
+        block.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let w = to_f32(TensorDType::Q8_0, &block, 32).unwrap();
+        assert_eq!(w[0], -8.0);
+        assert_eq!(w[15], -0.5);
+        assert_eq!(w[16], 0.0);
+        assert_eq!(w[31], 7.5);
+        // Two blocks: the second with d = -3, q = 127 and -128 at its ends.
+        let mut two = block.clone();
+        two.extend_from_slice(&F16_NEG_3);
+        let mut qs = [0u8; 32];
+        qs[0] = 127;
+        qs[31] = 0x80; // -128
+        two.extend_from_slice(&qs);
+        let w = to_f32(TensorDType::Q8_0, &two, 64).unwrap();
+        assert_eq!(w[32], -381.0); // -3 · 127
+        assert_eq!(w[33], 0.0);
+        assert_eq!(w[63], 384.0); // -3 · -128
+    }
+
+    #[test]
+    fn q4_0_block_nibble_order() {
+        // d = 2; byte j = (hi << 4) | lo with lo = j, hi = 15 − j.
+        // Element j (low nibble) = 2 · (j − 8); element j + 16 (high nibble) = 2 · (7 − j).
+        let mut block = F16_2.to_vec();
+        block.extend((0u8..16).map(|j| ((15 - j) << 4) | j));
+        let w = to_f32(TensorDType::Q4_0, &block, 32).unwrap();
+        assert_eq!(w[0], -16.0); // q=0
+        assert_eq!(w[1], -14.0); // q=1
+        assert_eq!(w[8], 0.0); // q=8
+        assert_eq!(w[15], 14.0); // q=15
+        assert_eq!(w[16], 14.0); // high nibble of byte 0: q=15
+        assert_eq!(w[17], 12.0); // high nibble of byte 1: q=14
+        assert_eq!(w[31], -16.0); // high nibble of byte 15: q=0
+    }
+
+    #[test]
+    fn q4_1_block_scale_and_min() {
+        // d = 0.25, m = -1.5; byte j = 0x3_(j) → low nibble j, high nibble 3.
+        // Element j = 0.25 · j − 1.5; element j + 16 = 0.25 · 3 − 1.5 = −0.75.
+        let mut block = [F16_0_25, F16_NEG_1_5].concat();
+        block.extend((0u8..16).map(|j| 0x30 | j));
+        let w = to_f32(TensorDType::Q4_1, &block, 32).unwrap();
+        assert_eq!(w[0], -1.5);
+        assert_eq!(w[6], 0.0);
+        assert_eq!(w[15], 2.25);
+        for (i, v) in w.iter().enumerate().skip(16) {
+            assert_eq!(*v, -0.75, "element {i}");
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        assert!(to_f32(TensorDType::F32, &[0; 7], 2).is_err());
+        assert!(to_f32(TensorDType::F16, &[0; 4], 3).is_err());
+        // 31 elements is not a whole Q8_0 block.
+        assert!(to_f32(TensorDType::Q8_0, &[0; 34], 31).is_err());
+        assert!(to_f32(TensorDType::Q4_0, &[0; 19], 32).is_err());
+        assert!(to_f32(TensorDType::Q4_1, &[0; 20], 64).is_err());
+        assert!(to_f32(TensorDType::Q4_1, &[], 0).unwrap().is_empty());
+        // A huge element count with a tiny buffer fails before allocating.
+        assert!(to_f32(TensorDType::F32, &[0; 4], usize::MAX / 2).is_err());
+    }
 }

@@ -53,3 +53,356 @@ impl ModelConfig {
         self.num_heads * self.head_dim
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Parsing from GGUF metadata and Hugging Face config.json.
+
+use crate::loader::LoadError;
+use crate::loader::gguf::GgufFile;
+use crate::loader::hf::HfModelDir;
+use std::path::Path;
+
+impl ModelConfig {
+    /// Reads the `{arch}.*` hyper-parameters of a GGUF file.
+    ///
+    /// GGUF llama checkpoints have their Q/K rows permuted by the converter, so they rotate
+    /// interleaved pairs ([`RopeStyle::Interleaved`]); the LM head is tied when the file has no
+    /// `output.weight`.
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, LoadError> {
+        let meta_err = |source| LoadError::Meta {
+            path: file.path.clone(),
+            source,
+        };
+        let arch_name = file.architecture()?;
+        let arch = match arch_name {
+            "llama" => Architecture::Llama,
+            "gpt2" => Architecture::Gpt2,
+            other => {
+                return Err(LoadError::UnknownArchitecture {
+                    path: file.path.clone(),
+                    arch: other.to_string(),
+                });
+            }
+        };
+        let m = &file.metadata;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let size = |k: &str| -> Result<usize, LoadError> {
+            let k = key(k);
+            let v = m.get_u64(&k).map_err(meta_err)?;
+            to_usize(v, &k, &file.path)
+        };
+        let opt_size = |k: &str| -> Result<Option<usize>, LoadError> {
+            let k = key(k);
+            match m.opt(m.get_u64(&k)).map_err(meta_err)? {
+                Some(v) => to_usize(v, &k, &file.path).map(Some),
+                None => Ok(None),
+            }
+        };
+
+        if let Some(kind) = m
+            .opt(m.get_str(&key("rope.scaling.type")))
+            .map_err(meta_err)?
+            .filter(|t| *t != "none")
+        {
+            return Err(LoadError::Config {
+                path: file.path.clone(),
+                msg: format!("RoPE scaling `{kind}` is not supported"),
+            });
+        }
+
+        let hidden_size = size("embedding_length")?;
+        let num_heads = size("attention.head_count")?;
+        let num_kv_heads = opt_size("attention.head_count_kv")?.unwrap_or(num_heads);
+        let head_dim = opt_size("attention.key_length")?;
+        let eps_key = match arch {
+            Architecture::Llama => key("attention.layer_norm_rms_epsilon"),
+            Architecture::Gpt2 => key("attention.layer_norm_epsilon"),
+        };
+        let norm_eps = m.get_f64(&eps_key).map_err(meta_err)?;
+        let rope_theta = m
+            .opt(m.get_f64(&key("rope.freq_base")))
+            .map_err(meta_err)?
+            .unwrap_or(10000.0);
+
+        let vocab_size = match opt_size("vocab_size")? {
+            Some(v) => v,
+            None => match m.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()) {
+                Some(tokens) => tokens.len(),
+                None => file
+                    .tensor_info("token_embd.weight")
+                    .and_then(|t| t.shape.first().copied())
+                    .ok_or_else(|| LoadError::Config {
+                        path: file.path.clone(),
+                        msg: format!(
+                            "vocabulary size unknown: no {}, no tokenizer.ggml.tokens, \
+                             no token_embd.weight",
+                            key("vocab_size")
+                        ),
+                    })?,
+            },
+        };
+
+        let cfg = ModelConfig {
+            arch,
+            vocab_size,
+            hidden_size,
+            num_layers: size("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim: resolve_head_dim(head_dim, hidden_size, num_heads, &file.path)?,
+            intermediate_size: size("feed_forward_length")?,
+            max_context: size("context_length")?,
+            norm_eps: norm_eps as f32,
+            rope_theta: rope_theta as f32,
+            rope_style: RopeStyle::Interleaved,
+            tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        };
+        cfg.validate(&file.path)?;
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json` (Llama/Mistral or GPT-2).
+    ///
+    /// Hugging Face llama weights rotate halves ([`RopeStyle::Half`]). Options that would change
+    /// the math and that wllm does not implement (RoPE scaling, attention/MLP biases in llama,
+    /// other activations) are refused rather than ignored.
+    pub fn from_hf(dir: &HfModelDir) -> Result<ModelConfig, LoadError> {
+        let path = dir.path.join("config.json");
+        let c = Json {
+            v: &dir.config,
+            path: &path,
+        };
+        let cfg = match dir.architecture()? {
+            Architecture::Llama => {
+                let hidden_size = c.size("hidden_size")?;
+                let num_heads = c.size("num_attention_heads")?;
+                let mut max_context = c.opt_size("max_position_embeddings")?.unwrap_or(2048);
+                // Mistral's sliding window: within the window it equals full attention, so
+                // capping the context at the window keeps the math exact.
+                if let Some(w) = c.opt_size("sliding_window")? {
+                    max_context = max_context.min(w);
+                }
+                c.expect_str("hidden_act", &["silu"])?;
+                c.expect_false("attention_bias")?;
+                c.expect_false("mlp_bias")?;
+                if c.v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+                    return Err(c.err("`rope_scaling` is not supported".into()));
+                }
+                let rope_params = c.v.get("rope_parameters");
+                if let Some(t) = rope_params
+                    .and_then(|p| p.get("rope_type"))
+                    .and_then(|t| t.as_str())
+                    .filter(|t| *t != "default")
+                {
+                    return Err(c.err(format!("RoPE type `{t}` is not supported")));
+                }
+                let rope_theta = match c.opt_f64("rope_theta")? {
+                    Some(t) => t,
+                    None => match rope_params.and_then(|p| p.get("rope_theta")) {
+                        None => 10000.0,
+                        Some(v) => v.as_f64().ok_or_else(|| {
+                            c.err("`rope_parameters.rope_theta` is not a number".into())
+                        })?,
+                    },
+                };
+                ModelConfig {
+                    arch: Architecture::Llama,
+                    vocab_size: c.size("vocab_size")?,
+                    hidden_size,
+                    num_layers: c.size("num_hidden_layers")?,
+                    num_heads,
+                    num_kv_heads: c.opt_size("num_key_value_heads")?.unwrap_or(num_heads),
+                    head_dim: resolve_head_dim(
+                        c.opt_size("head_dim")?,
+                        hidden_size,
+                        num_heads,
+                        &path,
+                    )?,
+                    intermediate_size: c.size("intermediate_size")?,
+                    max_context,
+                    norm_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+                    rope_theta: rope_theta as f32,
+                    rope_style: RopeStyle::Half,
+                    tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+                }
+            }
+            Architecture::Gpt2 => {
+                let hidden_size = c.size("n_embd")?;
+                let num_heads = c.size("n_head")?;
+                c.expect_str("activation_function", &["gelu_new", "gelu_pytorch_tanh"])?;
+                c.expect_false("scale_attn_by_inverse_layer_idx")?;
+                ModelConfig {
+                    arch: Architecture::Gpt2,
+                    vocab_size: c.size("vocab_size")?,
+                    hidden_size,
+                    num_layers: c.size("n_layer")?,
+                    num_heads,
+                    num_kv_heads: num_heads,
+                    head_dim: resolve_head_dim(None, hidden_size, num_heads, &path)?,
+                    intermediate_size: match c.opt_size("n_inner")? {
+                        Some(n) => n,
+                        None => hidden_size
+                            .checked_mul(4)
+                            .ok_or_else(|| c.err("n_embd is too large".into()))?,
+                    },
+                    max_context: c.size("n_positions")?,
+                    norm_eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
+                    rope_theta: 10000.0,
+                    rope_style: RopeStyle::Half,
+                    // GPT2LMHeadModel always ties its LM head to wte.
+                    tie_word_embeddings: true,
+                }
+            }
+        };
+        cfg.validate(&path)?;
+        Ok(cfg)
+    }
+
+    /// Refuses sizes no forward pass can run with.
+    fn validate(&self, path: &Path) -> Result<(), LoadError> {
+        let err = |msg: String| LoadError::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("max_context", self.max_context),
+        ] {
+            if v == 0 {
+                return Err(err(format!("{name} is 0")));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(err(format!(
+                "{} attention heads is not a multiple of {} KV heads",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.num_heads.checked_mul(self.head_dim).is_none() {
+            return Err(err("num_heads × head_dim overflows".into()));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(err(format!(
+                "norm epsilon {} is not a positive number",
+                self.norm_eps
+            )));
+        }
+        if self.arch == Architecture::Llama
+            && !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
+        {
+            return Err(err(format!(
+                "RoPE theta {} is not a positive number",
+                self.rope_theta
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn to_usize(v: u64, key: &str, path: &Path) -> Result<usize, LoadError> {
+    usize::try_from(v).map_err(|_| LoadError::Config {
+        path: path.to_path_buf(),
+        msg: format!("`{key}` = {v} does not fit in usize"),
+    })
+}
+
+/// `head_dim` when given, else `hidden / heads`, which must then divide evenly.
+fn resolve_head_dim(
+    head_dim: Option<usize>,
+    hidden: usize,
+    heads: usize,
+    path: &Path,
+) -> Result<usize, LoadError> {
+    if let Some(d) = head_dim {
+        return Ok(d);
+    }
+    if heads == 0 || hidden % heads != 0 {
+        return Err(LoadError::Config {
+            path: path.to_path_buf(),
+            msg: format!("hidden size {hidden} is not divisible by {heads} attention heads"),
+        });
+    }
+    Ok(hidden / heads)
+}
+
+/// Typed reads of a `config.json` object; a `null` counts as absent.
+struct Json<'a> {
+    v: &'a serde_json::Value,
+    path: &'a Path,
+}
+
+impl Json<'_> {
+    fn err(&self, msg: String) -> LoadError {
+        LoadError::Config {
+            path: self.path.to_path_buf(),
+            msg,
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<&serde_json::Value> {
+        self.v.get(k).filter(|v| !v.is_null())
+    }
+
+    fn opt_size(&self, k: &str) -> Result<Option<usize>, LoadError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{k}` is {v}, expected a non-negative integer"))),
+        }
+    }
+
+    fn size(&self, k: &str) -> Result<usize, LoadError> {
+        self.opt_size(k)?
+            .ok_or_else(|| self.err(format!("`{k}` is missing")))
+    }
+
+    fn opt_f64(&self, k: &str) -> Result<Option<f64>, LoadError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{k}` is {v}, expected a number"))),
+        }
+    }
+
+    fn opt_bool(&self, k: &str) -> Result<Option<bool>, LoadError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{k}` is {v}, expected true or false"))),
+        }
+    }
+
+    /// Absent is fine; present must be `false`.
+    fn expect_false(&self, k: &str) -> Result<(), LoadError> {
+        match self.opt_bool(k)? {
+            Some(true) => Err(self.err(format!("`{k}: true` is not supported"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Absent is fine; present must be one of `allowed`.
+    fn expect_str(&self, k: &str, allowed: &[&str]) -> Result<(), LoadError> {
+        match self.get(k) {
+            None => Ok(()),
+            Some(v) => match v.as_str() {
+                Some(s) if allowed.contains(&s) => Ok(()),
+                _ => Err(self.err(format!(
+                    "`{k}` = {v} is not supported (supported: {allowed:?})"
+                ))),
+            },
+        }
+    }
+}

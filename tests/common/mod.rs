@@ -37,8 +37,7 @@ pub fn smollm2_path() -> PathBuf {
 
 /// Reads a golden JSON file.
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -1,0 +1,349 @@
+//! Every WGSL kernel parses, validates and translates, with no adapter needed.
+//!
+//! For each shader in `ALL_SHADERS`: naga's WGSL frontend, the validator (all checks, only the
+//! capabilities the shader can count on), every combination of the `override` constants the
+//! runtime sets, and the SPIR-V, MSL and HLSL backends. A shader that Metal or DX12 would reject
+//! fails here on a machine with neither. The resolved workgroup size and workgroup memory are
+//! checked against WebGPU's default limits, which wgpu itself does not check for overrides.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use naga::back::PipelineConstants;
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use wllm::gpu::pipeline::{ALL_SHADERS, ShaderSource};
+
+/// WebGPU's default limits: the smallest any adapter offers.
+const MAX_INVOCATIONS: u32 = 256;
+const MAX_WORKGROUP_BYTES: u32 = 16384;
+
+/// The values each override takes at runtime (see the wrappers in src/gpu/kernels/).
+/// An override missing here fails the test, so a new one gets its values listed.
+fn override_values(name: &str) -> Vec<f64> {
+    match name {
+        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" => vec![0.0, 1.0],
+        // paged_attention: the test head sizes, SmolLM2's 64, and the wrapper's maximum.
+        "HEAD_DIM" => vec![16.0, 64.0, 128.0, 256.0],
+        other => panic!("override `{other}` has no runtime values listed in tests/shaders.rs"),
+    }
+}
+
+/// The capabilities a shader may use: immediates (the runtime requires them) and
+/// `pack2x16float`/`unpack2x16float` (wgpu grants those with the WebGPU baseline downlevel flag
+/// `SHADER_F16_IN_F32`) always; f16 arithmetic and subgroups only when the shader asks for them
+/// (the f32 fallback must run on a device with neither).
+fn capabilities(src: &str) -> Capabilities {
+    let mut caps = Capabilities::IMMEDIATES | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    if src.contains("enable f16") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if src.contains("subgroup") {
+        caps |= Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER;
+    }
+    caps
+}
+
+fn parse_and_validate(s: &ShaderSource) -> (naga::Module, ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(s.wgsl)
+        .unwrap_or_else(|e| panic!("{}.wgsl: {}", s.name, e.emit_to_string(s.wgsl)));
+    let info = Validator::new(ValidationFlags::all(), capabilities(s.wgsl))
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}.wgsl: {}", s.name, e.emit_to_string(s.wgsl)));
+    (module, info)
+}
+
+/// Every combination of the module's overrides' runtime values.
+fn override_combos(module: &naga::Module) -> Vec<Vec<(String, f64)>> {
+    let mut combos: Vec<Vec<(String, f64)>> = vec![vec![]];
+    for (_, o) in module.overrides.iter() {
+        let name = o.name.clone().expect("overrides are named");
+        let mut next = Vec::new();
+        for c in &combos {
+            for v in override_values(&name) {
+                let mut c = c.clone();
+                c.push((name.clone(), v));
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    combos
+}
+
+fn check_limits(name: &str, combo: &str, module: &naga::Module) {
+    let ep = &module.entry_points[0];
+    let invocations: u32 = ep.workgroup_size.iter().product();
+    assert!(
+        invocations <= MAX_INVOCATIONS,
+        "{name} [{combo}]: workgroup of {invocations} invocations"
+    );
+    let bytes: u32 = module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+        .sum();
+    assert!(
+        bytes <= MAX_WORKGROUP_BYTES,
+        "{name} [{combo}]: {bytes} bytes of workgroup memory"
+    );
+}
+
+fn write_spv(name: &str, combo: &str, module: &naga::Module, info: &ModuleInfo) {
+    let options = naga::back::spv::Options {
+        lang_version: (1, 3),
+        ..Default::default()
+    };
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    let words = naga::back::spv::write_vec(module, info, &options, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name} [{combo}] SPIR-V: {e}"));
+    assert_eq!(
+        words.first(),
+        Some(&0x0723_0203),
+        "{name}: SPIR-V magic number"
+    );
+}
+
+/// Bindings of group 0 in declaration order, as (binding, writable).
+fn bindings(module: &naga::Module) -> Vec<(u32, bool)> {
+    module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| {
+            let b = g.binding.as_ref()?;
+            assert_eq!(b.group, 0, "every kernel binds group 0 only");
+            let writable = matches!(
+                g.space,
+                naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
+            );
+            Some((b.binding, writable))
+        })
+        .collect()
+}
+
+fn write_msl(name: &str, combo: &str, module: &naga::Module, info: &ModuleInfo) {
+    use naga::back::msl;
+    let binds = bindings(module);
+    let mut resources = msl::EntryPointResources {
+        immediates_buffer: Some(binds.len() as u8),
+        sizes_buffer: Some(binds.len() as u8 + 1),
+        ..Default::default()
+    };
+    for (b, writable) in &binds {
+        resources.resources.insert(
+            naga::ResourceBinding {
+                group: 0,
+                binding: *b,
+            },
+            msl::BindTarget {
+                buffer: Some(*b as u8),
+                mutable: *writable,
+                ..Default::default()
+            },
+        );
+    }
+    let options = msl::Options {
+        lang_version: (2, 4),
+        per_entry_point_map: [("main".to_string(), resources)].into_iter().collect(),
+        fake_missing_bindings: false,
+        ..Default::default()
+    };
+    let pipeline = msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+        ..Default::default()
+    };
+    let (text, _) = msl::write_string(module, info, &options, &pipeline)
+        .unwrap_or_else(|e| panic!("{name} [{combo}] MSL: {e}"));
+    assert!(
+        text.contains("kernel void"),
+        "{name} [{combo}]: MSL without a kernel"
+    );
+}
+
+fn write_hlsl(module: &naga::Module, info: &ModuleInfo) -> Result<String, String> {
+    use naga::back::hlsl;
+    let mut binding_map = hlsl::BindingMap::default();
+    for (b, _) in bindings(module) {
+        binding_map.insert(
+            naga::ResourceBinding {
+                group: 0,
+                binding: b,
+            },
+            hlsl::BindTarget {
+                space: 0,
+                register: b,
+                ..Default::default()
+            },
+        );
+    }
+    let options = hlsl::Options {
+        shader_model: hlsl::ShaderModel::V6_0,
+        binding_map,
+        fake_missing_bindings: false,
+        immediates_target: Some(hlsl::BindTarget {
+            space: 0,
+            register: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pipeline = hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+    };
+    let mut text = String::new();
+    hlsl::Writer::new(&mut text, &options, &pipeline)
+        .write(module, info, None)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+#[test]
+fn one_shader_per_wgsl_file() {
+    assert!(!ALL_SHADERS.is_empty(), "ALL_SHADERS is empty");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
+        .map(|p| {
+            p.file_stem()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(!on_disk.is_empty(), "no .wgsl files in {}", dir.display());
+    let listed: Vec<&str> = ALL_SHADERS.iter().map(|s| s.name).collect();
+    let listed_set: BTreeSet<String> = listed.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        listed.len(),
+        listed_set.len(),
+        "ALL_SHADERS lists a shader twice: {listed:?}"
+    );
+    assert_eq!(listed_set, on_disk, "ALL_SHADERS vs shaders/*.wgsl");
+    // The compiled-in text is the file on disk.
+    for s in ALL_SHADERS {
+        let text = std::fs::read_to_string(dir.join(format!("{}.wgsl", s.name)))
+            .unwrap_or_else(|e| panic!("{}.wgsl: {e}", s.name));
+        assert_eq!(
+            text, s.wgsl,
+            "{}.wgsl differs from the compiled-in source",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn every_shader_starts_with_a_header_comment() {
+    for s in ALL_SHADERS {
+        assert!(
+            s.wgsl.starts_with("//"),
+            "{}.wgsl must start with a `//` header: what it computes, bindings, dispatch",
+            s.name
+        );
+        for word in ["Bindings", "Dispatch"] {
+            assert!(
+                s.wgsl.contains(word),
+                "{}.wgsl header has no `{word}:` section",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn every_shader_validates_and_translates_for_every_override_combination() {
+    let mut translated = 0;
+    for s in ALL_SHADERS {
+        let (module, info) = parse_and_validate(s);
+        assert_eq!(module.entry_points.len(), 1, "{}: one entry point", s.name);
+        let ep = &module.entry_points[0];
+        assert_eq!(ep.name, "main", "{}: entry point is `main`", s.name);
+        assert_eq!(
+            ep.stage,
+            naga::ShaderStage::Compute,
+            "{}: a compute shader",
+            s.name
+        );
+        for combo in override_combos(&module) {
+            let label = combo
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut constants = PipelineConstants::default();
+            for (k, v) in &combo {
+                constants.insert(k.clone(), *v);
+            }
+            let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, "main")),
+                &constants,
+            )
+            .unwrap_or_else(|e| panic!("{} [{label}]: overrides: {e}", s.name));
+            // The resolved module must itself be valid (e.g. array sizes from overrides).
+            Validator::new(ValidationFlags::all(), capabilities(s.wgsl))
+                .validate(&resolved)
+                .unwrap_or_else(|e| panic!("{} [{label}]: {}", s.name, e.emit_to_string(s.wgsl)));
+            check_limits(s.name, &label, &resolved);
+            write_spv(s.name, &label, &resolved, &resolved_info);
+            write_msl(s.name, &label, &resolved, &resolved_info);
+            let hlsl = write_hlsl(&resolved, &resolved_info)
+                .unwrap_or_else(|e| panic!("{} [{label}] HLSL: {e}", s.name));
+            assert!(
+                hlsl.contains("numthreads"),
+                "{} [{label}]: HLSL without numthreads",
+                s.name
+            );
+            translated += 1;
+        }
+    }
+    // 9 shaders; matmul, embedding, kv_write, the norms: 2-4 combos; paged attention: 8.
+    assert!(
+        translated >= 2 * ALL_SHADERS.len(),
+        "translated only {translated} modules"
+    );
+}
+
+#[test]
+fn the_backends_do_reject_what_they_cannot_express() {
+    // Guards the harness itself: DX12 needs immediates in a struct (wgpu issue 5683), so a
+    // bare scalar must fail the HLSL step above rather than pass unnoticed.
+    let src = "var<immediate> n: u32;\n\
+               @group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
+               @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {\n\
+                   if g.x < n { x[g.x] = 1.0; }\n\
+               }";
+    let module = naga::front::wgsl::parse_str(src).expect("parses");
+    let info = Validator::new(ValidationFlags::all(), capabilities(src))
+        .validate(&module)
+        .expect("valid WGSL");
+    assert!(
+        write_hlsl(&module, &info).is_err(),
+        "HLSL accepted a non-struct immediate"
+    );
+}
+
+#[test]
+fn unknown_override_values_are_rejected() {
+    // The test above relies on process_overrides rejecting names the shader does not have,
+    // which is also what catches a wrapper setting a misspelled constant.
+    let s = ALL_SHADERS
+        .iter()
+        .find(|s| s.name == "matmul")
+        .expect("matmul shader");
+    let (module, info) = parse_and_validate(s);
+    let mut constants = PipelineConstants::default();
+    constants.insert("NOT_A_CONSTANT".into(), 1.0);
+    let r = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, "main")),
+        &constants,
+    );
+    assert!(r.is_err(), "an unknown override name was accepted");
+}
