@@ -1,12 +1,14 @@
-// Embedding lookup: x[t, d] = table[token_ids[t] - first_id, d] (+ pos_table[positions[t], d]
+// Embedding lookup: x[t, d] = E[token_ids[t] - first_id, d] (+ pos_table[positions[t], d]
 // when HAS_POS) for the tokens whose id lies in [first_id, first_id + vocab); other rows are
 // left untouched, so a table split across buffers is one dispatch per part.
+// The table E is stored the way matmul stores weights, transposed: (D, table_stride) with
+// table_stride = vocab rounded up to a multiple of 8, so a tied LM head and the embedding share one copy.
 //
 // Bindings:
 //   0 token_ids  u32 (T)
 //   1 positions  u32 (T)
-//   2 table      (V, D) weights: f16 pairs packed in u32 when W_F16, else f32 bits
-//   3 pos_table  (P, D) weights, same encoding (any buffer when !HAS_POS)
+//   2 table      (D, table_stride) weights: f16 pairs packed in u32 when W_F16, else f32 bits
+//   3 pos_table  (P, D) row-major, same encoding (any buffer when !HAS_POS)
 //   4 x          f32 (T, D) output
 // Immediates: Params below.
 // Dispatch: ceil(T*D / 256) workgroups of 256, spread over x and y (x ≤ 65535).
@@ -21,6 +23,7 @@ struct Params {
     vocab: u32,
     num_positions: u32,
     first_id: u32,
+    table_stride: u32,
 }
 
 @group(0) @binding(0) var<storage, read> token_ids: array<u32>;
@@ -59,7 +62,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if tok < p.first_id || tok - p.first_id >= p.vocab {
         return;
     }
-    var v = load_table((tok - p.first_id) * p.dim + d);
+    var v = load_table(d * p.table_stride + (tok - p.first_id));
     if HAS_POS {
         let pos = positions[t];
         if pos < p.num_positions {

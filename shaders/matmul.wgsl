@@ -1,95 +1,103 @@
-// Matrix multiply with a linear layer's weight: y[m, col + n] (+)= sum_k x[m, k] * w[n, k] + bias[n]
+// Matrix multiply with a linear layer's weight: y[m, y_col + n] (+)= sum_k x[m, k] * W[n, k] + bias[n]
 //
-// x is (M, K) f32 activations; w is (N, K) row-major (PyTorch's [out, in]) stored as f16 pairs
-// packed in u32 when W_F16, else f32 bits; y has row stride y_stride and this call writes
-// columns [y_col, y_col + N) (a weight split across buffers is one call per part).
-// flags bit 0: add bias[n]; bit 1: accumulate into y (the residual add, fused).
+// x is (M, K) f32 activations. The weight W (N out-features × K in-features) is stored
+// transposed, (K, n_pad) with n_pad = N rounded up to a multiple of 8, so that for each k the
+// columns a thread needs are one aligned run: 8 columns = one vec4<u32> of packed f16 pairs
+// when W_F16 (column 2j in the low half of word j), else two vec4<u32> of f32 bits.
+// Each thread owns 8 adjacent output columns for up to 8 rows.
+// y has row stride y_stride; this call writes columns [y_col, y_col + N) (a weight split
+// across buffers is one call per part). flags bit 0: add bias[n]; bit 1: accumulate into y
+// (the fused residual add).
 //
 // Bindings:
 //   0 x     f32 (M, K)
-//   1 w     u32 words of (N, K)
+//   1 w     vec4<u32> words of (K, n_pad)
 //   2 bias  f32 (N) (any buffer when flag 0 is off)
 //   3 y     f32 (M, y_stride) read_write
-// Immediates: Params below. K must be even (pairs of weights are read at once).
-// Dispatch: (ceil(N / 64), ceil(M / 8)) workgroups of 64 threads; thread i owns output
-// column 64*wg.x + i for the workgroup's 8 rows. X is staged 64 columns of K at a time.
+// Immediates: Params below.
+// Dispatch: (ceil(N / 256), ceil(M / 8)) workgroups of 32 threads.
 //
 // Each output element is one sequential fma chain over k = 0..K-1, whatever M is and
-// whichever rows share the workgroup: a row's result never depends on its batch.
+// whichever rows share the workgroup: a row's result never depends on its batch. There is
+// no workgroup memory and no barrier (llvmpipe pays dearly for barriers; GPUs read x from cache).
 
 override W_F16: bool = true;
-const WG: u32 = 64u;
+const WG: u32 = 32u;
 const ROWS: u32 = 8u;
-const TK: u32 = 64u;
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
+    n_pad: u32,
     y_stride: u32,
     y_col: u32,
     flags: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 var<immediate> p: Params;
 
-var<workgroup> xs: array<f32, 512>; // (ROWS, TK)
-
-// Weights i and i+1 (i even).
-fn load_w2(i: u32) -> vec2<f32> {
-    if W_F16 {
-        return unpack2x16float(w[i >> 1u]);
-    }
-    return vec2<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]));
+struct Cols8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col = wg.x * WG + lid;
-    let row0 = wg.y * ROWS;
-    let rows = min(ROWS, p.m - row0);
-    let col_ok = col < p.n;
-    let w_base = col * p.k;
-    var acc: array<f32, 8>;
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        let kl = min(TK, p.k - k0);
-        for (var i = lid; i < ROWS * TK; i += WG) {
-            let r = i / TK;
-            let kk = i % TK;
-            var v = 0.0;
-            if r < rows && kk < kl {
-                v = x[(row0 + r) * p.k + k0 + kk];
-            }
-            xs[i] = v;
-        }
-        workgroupBarrier();
-        if col_ok {
-            for (var kk = 0u; kk < kl; kk += 2u) {
-                let wv = load_w2(w_base + k0 + kk);
-                for (var r = 0u; r < rows; r++) {
-                    acc[r] = fma(xs[r * TK + kk], wv.x, acc[r]);
-                    acc[r] = fma(xs[r * TK + kk + 1u], wv.y, acc[r]);
-                }
-            }
-        }
-        workgroupBarrier();
+// Columns n0..n0+8 (n0 a multiple of 8) of row k.
+fn load_w8(k: u32, n0: u32) -> Cols8 {
+    let i = k * p.n_pad + n0;
+    if W_F16 {
+        let q = w[i >> 3u];
+        let a = unpack2x16float(q.x);
+        let b = unpack2x16float(q.y);
+        let c = unpack2x16float(q.z);
+        let d = unpack2x16float(q.w);
+        return Cols8(vec4<f32>(a, b), vec4<f32>(c, d));
     }
-    if !col_ok {
+    return Cols8(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
+}
+
+fn store(row: u32, col: u32, acc: f32) {
+    if col >= p.n {
         return;
     }
+    var v = acc;
+    if (p.flags & 1u) != 0u {
+        v = v + bias[col];
+    }
+    let o = row * p.y_stride + p.y_col + col;
+    if (p.flags & 2u) != 0u {
+        v = y[o] + v;
+    }
+    y[o] = v;
+}
+
+@compute @workgroup_size(32)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n0 = (wg.x * WG + lid) * 8u;
+    let row0 = wg.y * ROWS;
+    if n0 >= p.n || row0 >= p.m {
+        return;
+    }
+    let rows = min(ROWS, p.m - row0);
+    var lo: array<vec4<f32>, ROWS>;
+    var hi: array<vec4<f32>, ROWS>;
+    for (var k = 0u; k < p.k; k++) {
+        let wv = load_w8(k, n0);
+        for (var r = 0u; r < rows; r++) {
+            let xv = vec4<f32>(x[(row0 + r) * p.k + k]);
+            lo[r] = fma(xv, wv.lo, lo[r]);
+            hi[r] = fma(xv, wv.hi, hi[r]);
+        }
+    }
     for (var r = 0u; r < rows; r++) {
-        var v = acc[r];
-        if (p.flags & 1u) != 0u {
-            v = v + bias[col];
+        let row = row0 + r;
+        for (var j = 0u; j < 4u; j++) {
+            store(row, n0 + j, lo[r][j]);
+            store(row, n0 + 4u + j, hi[r][j]);
         }
-        let o = (row0 + r) * p.y_stride + p.y_col + col;
-        if (p.flags & 2u) != 0u {
-            v = y[o] + v;
-        }
-        y[o] = v;
     }
 }

@@ -116,9 +116,7 @@ mod tests {
             .push_sequence(&[1, 2, 3, 4, 5, 6], 0, &a, 4, LogitRows::Last)
             .unwrap();
         // b decodes its 9th token (position 8)
-        batch
-            .push_sequence(&[7], 8, &b, 4, LogitRows::All)
-            .unwrap();
+        batch.push_sequence(&[7], 8, &b, 4, LogitRows::All).unwrap();
         assert_eq!(batch.num_tokens(), 7);
         assert_eq!(batch.query_start, vec![0, 6, 7]);
         assert_eq!(batch.context_lens, vec![6, 9]);
@@ -129,7 +127,11 @@ mod tests {
         assert_eq!(batch.slot_mapping[6], b.blocks()[2].0 * 4);
         assert_eq!(batch.block_tables.len(), 8);
         // a position the table does not cover is refused
-        assert!(batch.push_sequence(&[1], 9, &b, 4, LogitRows::Last).is_none());
+        assert!(
+            batch
+                .push_sequence(&[1], 9, &b, 4, LogitRows::Last)
+                .is_none()
+        );
         assert_eq!(batch.num_seqs(), 2);
     }
 }

@@ -197,7 +197,9 @@ impl Generator {
             let mut batch = StepBatch::new(self.runner.max_blocks());
             batch
                 .push_sequence(chunk, pos, table, bs, rows)
-                .ok_or_else(|| Error::InvalidRequest("sequence longer than the block table".into()))?;
+                .ok_or_else(|| {
+                    Error::InvalidRequest("sequence longer than the block table".into())
+                })?;
             let out = self.runner.forward(&batch)?;
             if rows != LogitRows::None {
                 on_logits(&out)?;

@@ -1,14 +1,14 @@
 //! wllm: a portable LLM inference runtime — PagedAttention serving on any GPU through wgpu.
 
-pub mod loader;
-pub mod model;
-pub mod tokenizer;
-pub mod gpu;
 pub mod batch;
-pub mod kv;
-pub mod sampling;
 pub mod error;
 pub mod generate;
+pub mod gpu;
+pub mod kv;
+pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, Generator, ModelOptions};

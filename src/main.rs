@@ -1,1 +1,276 @@
-fn main() {}
+//! The `wllm` command line: info, generate, tokenize, score.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use wllm::generate::load_tokenizer;
+use wllm::model::ModelFiles;
+use wllm::tokenizer::{ChatMessage, Tokenizer};
+use wllm::{AdapterSelector, Generator, GpuContext, ModelOptions, SamplingParams, WeightDType};
+
+#[derive(Parser)]
+#[command(
+    name = "wllm",
+    version,
+    about = "Portable LLM inference on any GPU through wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// A .gguf file or a Hugging Face model directory
+    #[arg(long)]
+    model: PathBuf,
+    /// Weight and KV-cache storage: f16 or f32 (default f16)
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Tokens per KV-cache block: a power of two from 1 to 256
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter wgpu sees (WLLM_BACKEND picks backends)
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text, streamed token by token
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt text
+        #[arg(long, conflicts_with = "prompt_ids")]
+        prompt: Option<String>,
+        /// Prompt as comma-separated token ids
+        #[arg(long, value_delimiter = ',')]
+        prompt_ids: Option<Vec<u32>>,
+        /// Render the prompt as a user message with the model's chat template
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 = greedy
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object at the end instead of streaming text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the token ids of TEXT as a JSON array
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        /// Render TEXT as a user message with the chat template (generation prompt added)
+        #[arg(long)]
+        chat: bool,
+        text: String,
+    },
+    /// Teacher-forced top-K logits after each prefix of the prompt
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_delimiter = ',', required = true)]
+        prompt_ids: Vec<u32>,
+        #[arg(long, default_value_t = 8)]
+        top_k: usize,
+    },
+}
+
+fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
+    match s {
+        None => Ok(WeightDType::F16),
+        Some(s) => {
+            WeightDType::parse(s).with_context(|| format!("--dtype {s}: expected f16 or f32"))
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<Generator> {
+    let sel = AdapterSelector::from_env()?;
+    let ctx = GpuContext::new(&sel)?;
+    let mut opts = ModelOptions::new(&args.model);
+    opts.dtype = parse_dtype(&args.dtype)?;
+    opts.block_size = args.block_size;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(args.model.display().to_string());
+    let g = Generator::load(&ctx, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    g.with_context(|| format!("loading {}", args.model.display()))
+}
+
+fn tokenizer_for(path: &std::path::Path) -> Result<Tokenizer> {
+    let files = ModelFiles::open(path)?;
+    load_tokenizer(&files)?.with_context(|| format!("{} has no tokenizer", path.display()))
+}
+
+fn render(tok: &Tokenizer, text: &str, chat: bool) -> Result<String> {
+    Ok(if chat {
+        tok.render_chat(&[ChatMessage::user(text)], true)?
+    } else {
+        text.to_string()
+    })
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info { json } => {
+            let adapters = wllm::gpu::list_adapters(AdapterSelector::from_env()?.backends);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "adapters": adapters }))?
+                );
+            } else if adapters.is_empty() {
+                println!("no adapters found (on Debian: apt-get install mesa-vulkan-drivers)");
+            } else {
+                for a in &adapters {
+                    println!(
+                        "{} [{} {}] f16={} subgroup={} immediates={} max binding {} MiB{}",
+                        a.name,
+                        a.backend,
+                        a.device_type,
+                        a.shader_f16,
+                        a.subgroup,
+                        a.immediates,
+                        a.max_storage_binding_bytes >> 20,
+                        if a.usable {
+                            ""
+                        } else {
+                            " (not usable by wllm)"
+                        }
+                    );
+                }
+            }
+        }
+        Command::Tokenize { model, chat, text } => {
+            let tok = tokenizer_for(&model)?;
+            let ids = tok.encode(&render(&tok, &text, chat)?)?;
+            println!("{}", serde_json::to_string(&ids)?);
+        }
+        Command::Score {
+            model,
+            prompt_ids,
+            top_k,
+        } => {
+            let mut g = load(&model)?;
+            let rows = g.score(&prompt_ids, top_k)?;
+            let positions: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "ids": r.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                        "logits": r.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", json!({ "positions": positions }));
+        }
+        Command::Generate {
+            model,
+            prompt,
+            prompt_ids,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            json,
+        } => {
+            let mut g = load(&model)?;
+            let tok = g.tokenizer().cloned();
+            let prompt_ids = match (prompt, prompt_ids) {
+                (Some(text), None) => {
+                    let tok = tok
+                        .as_ref()
+                        .context("the model has no tokenizer: use --prompt-ids")?;
+                    tok.encode(&render(tok, &text, chat)?)?
+                }
+                (None, Some(ids)) => ids,
+                _ => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
+            };
+            let sampling = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            };
+            let stop: Vec<u32> = tok
+                .as_ref()
+                .map(|t| t.stop_token_ids().to_vec())
+                .unwrap_or_default();
+            let mut detok = tok.as_ref().map(|t| t.detokenizer());
+            let mut stdout = std::io::stdout();
+            let mut stream_err = None;
+            let out = g.generate(&prompt_ids, max_tokens, &sampling, &stop, &mut |id| {
+                if json || stop.contains(&id) {
+                    return;
+                }
+                if let Some(d) = detok.as_mut() {
+                    match d.push(id) {
+                        Ok(s) => {
+                            let _ = stdout.write_all(s.as_bytes());
+                            let _ = stdout.flush();
+                        }
+                        Err(e) => stream_err = Some(e),
+                    }
+                } else {
+                    let _ = write!(stdout, "{id} ");
+                    let _ = stdout.flush();
+                }
+            })?;
+            if let Some(e) = stream_err {
+                return Err(e.into());
+            }
+            let shown: Vec<u32> = out
+                .output_ids
+                .iter()
+                .copied()
+                .filter(|id| !stop.contains(id))
+                .collect();
+            let text = match &tok {
+                Some(t) => t.decode(&shown)?,
+                None => String::new(),
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "prompt_ids": out.prompt_ids,
+                        "output_ids": out.output_ids,
+                        "text": text,
+                        "finish_reason": out.finish_reason,
+                    })
+                );
+            } else {
+                if let Some(d) = detok.as_mut() {
+                    print!("{}", d.finish()?);
+                }
+                println!();
+            }
+        }
+    }
+    Ok(())
+}

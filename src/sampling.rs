@@ -140,7 +140,10 @@ mod tests {
 
     #[test]
     fn top_k_orders_by_logit() {
-        assert_eq!(top_k(&[1.0, 5.0, 3.0, 5.0], 3), vec![(1, 5.0), (3, 5.0), (2, 3.0)]);
+        assert_eq!(
+            top_k(&[1.0, 5.0, 3.0, 5.0], 3),
+            vec![(1, 5.0), (3, 5.0), (2, 3.0)]
+        );
     }
 
     #[test]
@@ -185,7 +188,10 @@ mod tests {
         assert_eq!(run(&params), run(&params));
         let seen: std::collections::BTreeSet<u32> = run(&params).into_iter().collect();
         assert!(seen.len() >= 3, "{seen:?}");
-        let other = SamplingParams { seed: 43, ..params.clone() };
+        let other = SamplingParams {
+            seed: 43,
+            ..params.clone()
+        };
         assert_ne!(run(&params), run(&other));
     }
 }

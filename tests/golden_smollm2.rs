@@ -33,9 +33,17 @@ fn compare(dtype: WeightDType) -> Stats {
         } else {
             text.to_string()
         };
-        assert_eq!(rendered, case["rendered"].as_str().unwrap(), "{name}: chat rendering");
+        assert_eq!(
+            rendered,
+            case["rendered"].as_str().unwrap(),
+            "{name}: chat rendering"
+        );
         let prompt = ids(&case["prompt_ids"]);
-        assert_eq!(tok.encode(&rendered).unwrap(), prompt, "{name}: tokenizer ids");
+        assert_eq!(
+            tok.encode(&rendered).unwrap(),
+            prompt,
+            "{name}: tokenizer ids"
+        );
         let greedy = ids(&case["greedy_ids"]);
         let mut all = prompt.clone();
         all.extend(&greedy);
@@ -64,7 +72,13 @@ fn compare(dtype: WeightDType) -> Stats {
         }
         if dtype == WeightDType::F32 {
             let out = g
-                .generate(&prompt, first_tie, &SamplingParams::default(), &[], &mut |_| {})
+                .generate(
+                    &prompt,
+                    first_tie,
+                    &SamplingParams::default(),
+                    &[],
+                    &mut |_| {},
+                )
                 .unwrap();
             assert_eq!(out.output_ids, greedy[..first_tie], "{name}: greedy ids");
         }
@@ -84,7 +98,11 @@ fn smollm2_f32_matches_transformers() {
         "f32: mean error {:.4}, top-1 agrees at {}/{} clear positions",
         s.mean_err, s.clear_agree, s.clear
     );
-    assert!(s.mean_err <= 0.02, "mean logit-difference error {}", s.mean_err);
+    assert!(
+        s.mean_err <= 0.02,
+        "mean logit-difference error {}",
+        s.mean_err
+    );
     assert!(s.clear > 100);
     assert_eq!(s.clear_agree, s.clear);
 }
@@ -96,6 +114,10 @@ fn smollm2_f16_within_tolerance() {
         "f16: mean error {:.4}, top-1 agrees at {}/{} clear positions",
         s.mean_err, s.clear_agree, s.clear
     );
-    assert!(s.mean_err <= 0.15, "mean logit-difference error {}", s.mean_err);
+    assert!(
+        s.mean_err <= 0.15,
+        "mean logit-difference error {}",
+        s.mean_err
+    );
     assert!(s.clear_agree as f64 >= 0.95 * s.clear as f64);
 }

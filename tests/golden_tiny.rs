@@ -24,7 +24,13 @@ fn check_model(dir: &str, block_size: usize) {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         let out = g
-            .generate(&prompt, want.len(), &SamplingParams::default(), &[], &mut |_| {})
+            .generate(
+                &prompt,
+                want.len(),
+                &SamplingParams::default(),
+                &[],
+                &mut |_| {},
+            )
             .unwrap();
         assert_eq!(out.output_ids, want, "{dir} {name}: greedy ids differ");
 
@@ -41,7 +47,10 @@ fn check_model(dir: &str, block_size: usize) {
                 let theirs = ref_logits[0] - l;
                 let err = (ours - theirs).abs();
                 worst = worst.max(err);
-                assert!(err <= 2e-3, "{dir} {name} step {i} id {id}: {ours} vs {theirs}");
+                assert!(
+                    err <= 2e-3,
+                    "{dir} {name} step {i} id {id}: {ours} vs {theirs}"
+                );
             }
         }
     }

@@ -1,10 +1,11 @@
 //! Every kernel against its CPU reference, on random inputs of awkward sizes.
 //!
-//! Sizes are deliberately not multiples of the workgroup sizes (64, 256, 8 rows), sequence
-//! lengths straddle block and key-tile boundaries, and the paged-attention KV lives in
-//! shuffled, non-contiguous blocks while the reference reads contiguous per-sequence K/V.
-//! Outputs start as random garbage (never zeros), so an element the kernel forgets to write
-//! fails. Batch invariance (a row's result does not depend on its batch) is checked bit-exactly.
+//! Sizes are deliberately not multiples of the kernels' tiles (32/64/256 threads, 8 rows,
+//! 8 columns per matmul thread, 64 keys per attention tile), sequence lengths straddle block
+//! and key-tile boundaries, and the paged-attention KV lives in shuffled, non-contiguous
+//! blocks while the reference reads contiguous per-sequence K/V. Outputs start as random
+//! garbage (never zeros), so an element a kernel forgets to write fails. Batch invariance
+//! (a row's result does not depend on its batch) is checked bit-exactly.
 
 mod common;
 
@@ -71,6 +72,13 @@ fn ctx() -> &'static wllm::GpuContext {
 
 fn tensor(name: &str, data: &[f32], shape: &[usize], dtype: WeightDType) -> GpuTensor {
     GpuTensor::from_f32(ctx(), name, data, shape, dtype).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A linear layer's weight `w` (n, k) in the matmul kernel's layout (also the embedding's).
+fn linear_weight(name: &str, w: &[f32], n: usize, k: usize, dtype: WeightDType) -> GpuTensor {
+    let words = matmul::pack_weight(w, n, k, dtype);
+    GpuTensor::from_words(ctx(), name, &words, &[k, matmul::padded_cols(n)], dtype)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn f32s(name: &str, data: &[f32], shape: &[usize]) -> GpuTensor {
@@ -153,13 +161,8 @@ fn embedding_with_and_without_positions_over_a_split_table() {
             );
 
             // The table in two buffers: ids [0, split) and [split, vocab).
-            let part_a = tensor("table a", &table[..split * dim], &[split, dim], dtype);
-            let part_b = tensor(
-                "table b",
-                &table[split * dim..],
-                &[vocab - split, dim],
-                dtype,
-            );
+            let part_a = linear_weight("table a", &table[..split * dim], split, dim, dtype);
+            let part_b = linear_weight("table b", &table[split * dim..], vocab - split, dim, dtype);
             let pt = tensor("pos table", &pos_table, &[npos, dim], dtype);
             let (id_buf, pos_buf) = (u32s("ids", &ids), u32s("positions", &positions));
             let x = f32s("x", &x0, &[t, dim]);
@@ -294,7 +297,7 @@ fn matmul_case(dtype: WeightDType, p: MatmulParams, seed: u64) -> (Vec<f32>, Vec
     );
 
     let xb = f32s("x", &x, &[p.m, p.k]);
-    let wb = tensor("w", &w, &[p.n, p.k], dtype);
+    let wb = linear_weight("w", &w, p.n, p.k, dtype);
     let bb = f32s("bias", &bias, &[p.n]);
     let y = f32s("y", &y0, &[p.m, p.y_stride]);
     let mm = Matmul::new(ctx(), dtype);
@@ -324,6 +327,10 @@ fn matmul_f32_and_f16_weights_with_bias_accumulate_and_column_offset() {
         with(37, 130, 198, 133, 3, true, true),
         with(8, 64, 64, 64, 0, true, false),
         with(9, 65, 2, 70, 5, false, true),
+        with(13, 67, 71, 67, 0, true, false),
+        with(3, 5, 1, 9, 4, true, true),
+        // More than one workgroup of columns (256 per group).
+        with(10, 300, 40, 301, 1, true, false),
     ];
     for dtype in [F32, F16] {
         for (i, p) in cases.iter().enumerate() {
@@ -346,7 +353,7 @@ fn matmul_rows_are_batch_invariant() {
             ..MatmulParams::plain(m, n, k)
         };
         let mm = Matmul::new(ctx(), dtype);
-        let wb = tensor("w", &w, &[n, k], dtype);
+        let wb = linear_weight("w", &w, n, k, dtype);
         let bb = f32s("bias", &bias, &[n]);
         let xb = f32s("x", &x, &[m, k]);
         let y = f32s("y", &rng.normals(m * n, 1.0), &[m, n]);
@@ -453,112 +460,70 @@ fn kv_write_f32_and_f16() {
 // ---------------------------------------------------------------------------------------------
 // Paged attention
 
-/// One sequence of a step: its KV holds `len` tokens after the step, and the step's queries
-/// are positions `from..len` (a whole prompt, a chunk starting mid-sequence, or one decode).
-#[derive(Clone, Copy)]
-struct Seq {
-    len: usize,
-    from: usize,
-}
-
-const SEQS: [Seq; 7] = [
-    Seq { len: 33, from: 32 }, // decode, straddles 16 and 32
-    Seq { len: 17, from: 5 },  // prefill chunk starting mid-sequence
-    Seq { len: 1, from: 0 },   // one-token prompt
-    Seq { len: 5, from: 4 },   // decode
-    Seq { len: 70, from: 60 }, // chunk crossing the kernel's 64-key tile
-    Seq { len: 9, from: 0 },   // whole prompt
-    Seq {
-        len: 130,
-        from: 125,
-    }, // three key tiles
+/// The sequences of one step as (len, from): the KV holds `len` tokens after the step and the
+/// step's queries are positions `from..len` (a whole prompt, a chunk starting mid-sequence,
+/// or one decode token).
+const SEQS: [(usize, usize); 7] = [
+    (33, 32),   // decode, straddles 16 and 32
+    (17, 5),    // prefill chunk starting mid-sequence
+    (1, 0),     // one-token prompt
+    (5, 4),     // decode
+    (70, 60),   // chunk crossing the kernel's 64-key tile
+    (9, 0),     // whole prompt
+    (130, 125), // three key tiles
 ];
 
-#[derive(Clone, Copy, Debug)]
-struct AttnCase {
-    block_size: usize,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    kv: WeightDType,
-}
+/// (block_size, num_heads, num_kv_heads, head_dim, KV storage).
+type AttnCase = (usize, usize, usize, usize, WeightDType);
 
-/// Block tables for `seqs` in a pool with spare blocks. Shuffled: the free list is permuted
-/// first and the sequences grow one block each in turn, so every table is scattered;
-/// otherwise each sequence gets consecutive blocks.
-fn block_tables(
-    seqs: &[Seq],
-    block_size: usize,
-    shuffled: bool,
-    rng: &mut Rng,
-) -> (BlockPool, Vec<BlockTable>) {
-    let needed: usize = seqs.iter().map(|s| s.len.div_ceil(block_size)).sum();
-    let mut pool = BlockPool::new(needed + 5, block_size).expect("pool");
-    let mut tables = vec![BlockTable::new(); seqs.len()];
+/// Block tables for [`SEQS`] in a pool with spare blocks; returns (pool blocks, tables).
+/// Shuffled: the free list is permuted first and the sequences grow one block each in turn,
+/// so every table is scattered; otherwise each sequence gets consecutive blocks.
+fn block_tables(bs: usize, shuffled: bool, rng: &mut Rng) -> (usize, Vec<BlockTable>) {
+    let blocks = SEQS.map(|(len, _)| len.div_ceil(bs));
+    let mut pool = BlockPool::new(blocks.iter().sum::<usize>() + 5, bs).expect("pool");
     if shuffled {
-        let mut all: Vec<BlockId> = (0..pool.num_blocks())
-            .map(|_| pool.allocate().expect("block"))
-            .collect();
+        let n = pool.num_blocks();
+        let mut all: Vec<BlockId> = (0..n).map(|_| pool.allocate().expect("block")).collect();
         rng.shuffle(&mut all);
-        for b in all {
-            pool.release(b).expect("release");
-        }
-        let rounds = seqs
-            .iter()
-            .map(|s| s.len.div_ceil(block_size))
-            .max()
-            .unwrap_or(0);
-        for r in 1..=rounds {
-            for (table, s) in tables.iter_mut().zip(seqs) {
-                table
-                    .grow_to(&mut pool, s.len.min(r * block_size))
-                    .expect("grow");
-            }
-        }
-        let scattered = tables
-            .iter()
-            .any(|t| t.blocks().windows(2).any(|w| w[1].0 != w[0].0 + 1));
-        assert!(scattered, "the shuffled layout came out contiguous");
-    } else {
-        for (table, s) in tables.iter_mut().zip(seqs) {
-            table.grow_to(&mut pool, s.len).expect("grow");
+        all.into_iter()
+            .for_each(|b| pool.release(b).expect("release"));
+    }
+    let mut tables = vec![BlockTable::new(); SEQS.len()];
+    for round in 1..=blocks.iter().copied().max().unwrap_or(0) {
+        for (table, (len, _)) in tables.iter_mut().zip(SEQS) {
+            let tokens = if shuffled { len.min(round * bs) } else { len };
+            table.grow_to(&mut pool, tokens).expect("grow");
         }
     }
-    (pool, tables)
-}
-
-struct AttnResult {
-    gpu: Vec<f32>,
-    want: Vec<f32>,
+    let scattered = tables
+        .iter()
+        .any(|t| t.blocks().windows(2).any(|w| w[1].0 != w[0].0 + 1));
+    assert_eq!(scattered, shuffled, "block layout");
+    (pool.num_blocks(), tables)
 }
 
 /// Builds the step (K/V of earlier positions written straight into the pool, the step's own
 /// K/V through kv_write), runs kv_write + paged attention in one pass, checks every listed
-/// token alone (T = 1) against its row in the batch bit for bit, and returns both outputs.
-fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) -> AttnResult {
-    let (hd, nh, nkv, bs) = (c.head_dim, c.num_heads, c.num_kv_heads, c.block_size);
+/// token alone (T = 1) against its row in the batch bit for bit; returns (gpu, reference).
+fn paged_attention_case(c: AttnCase, shuffled: bool, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let (bs, nh, nkv, hd, kv) = c;
     let kv_dim = nkv * hd;
     let q_dim = nh * hd;
     let row_stride = q_dim + 2 * kv_dim + 2;
     let mut rng = Rng::new(seed);
     // Contiguous per-sequence K/V (len, kv_dim), as stored (f16-rounded when the pool is f16).
-    let keys: Vec<Vec<f32>> = seqs
-        .iter()
-        .map(|s| round_to(&rng.normals(s.len * kv_dim, 1.0), c.kv))
-        .collect();
-    let values: Vec<Vec<f32>> = seqs
-        .iter()
-        .map(|s| round_to(&rng.normals(s.len * kv_dim, 1.0), c.kv))
-        .collect();
+    let mut per_seq = || SEQS.map(|(len, _)| round_to(&rng.normals(len * kv_dim, 1.0), kv));
+    let (keys, values) = (per_seq(), per_seq());
 
     let mut layout_rng = Rng::new(seed ^ 0xB10C);
-    let (pool, tables) = block_tables(seqs, bs, shuffled, &mut layout_rng);
+    let (num_blocks, tables) = block_tables(bs, shuffled, &mut layout_rng);
     let max_blocks = tables.iter().map(|t| t.blocks().len()).max().unwrap_or(0) + 1;
     let mut batch = StepBatch::new(max_blocks);
-    for (s, table) in seqs.iter().zip(&tables) {
-        let tokens: Vec<u32> = (s.from..s.len).map(|p| p as u32).collect();
+    for (&(len, from), table) in SEQS.iter().zip(&tables) {
+        let tokens: Vec<u32> = (from..len).map(|p| p as u32).collect();
         batch
-            .push_sequence(&tokens, s.from, table, bs, LogitRows::Last)
+            .push_sequence(&tokens, from, table, bs, LogitRows::Last)
             .expect("table covers the step");
     }
     let t = batch.num_tokens();
@@ -573,11 +538,11 @@ fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) ->
             .copy_from_slice(&values[s][pos * kv_dim..(pos + 1) * kv_dim]);
     }
     // The pool: large garbage everywhere (a wrong slot shows), then the earlier positions.
-    let num_slots = pool.num_blocks() * bs;
+    let num_slots = num_blocks * bs;
     let mut k_pool = rng.normals(num_slots * kv_dim, 10.0);
     let mut v_pool = rng.normals(num_slots * kv_dim, 10.0);
-    for ((s, table), (k, v)) in seqs.iter().zip(&tables).zip(keys.iter().zip(&values)) {
-        for pos in 0..s.from {
+    for ((&(_, from), table), (k, v)) in SEQS.iter().zip(&tables).zip(keys.iter().zip(&values)) {
+        for pos in 0..from {
             let slot = table.slot(pos, bs).expect("slot") as usize;
             let (dst, src) = (
                 slot * kv_dim..(slot + 1) * kv_dim,
@@ -601,15 +566,15 @@ fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) ->
     let want = attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
 
     let qkv_b = f32s("qkv", &qkv, &[t, row_stride]);
-    let k_cache = tensor("k_cache", &k_pool, &[num_slots, kv_dim], c.kv);
-    let v_cache = tensor("v_cache", &v_pool, &[num_slots, kv_dim], c.kv);
+    let k_cache = tensor("k_cache", &k_pool, &[num_slots, kv_dim], kv);
+    let v_cache = tensor("v_cache", &v_pool, &[num_slots, kv_dim], kv);
     let slots_b = u32s("slot_mapping", &batch.slot_mapping);
     let tables_b = u32s("block_tables", &batch.block_tables);
     let seq_b = u32s("token_seq", &batch.token_seq);
     let pos_b = u32s("positions", &batch.positions);
     let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
-    let kvw = KvWrite::new(ctx(), c.kv);
-    let attn = PagedAttention::new(ctx(), hd, c.kv).expect("head_dim");
+    let kvw = KvWrite::new(ctx(), kv);
+    let attn = PagedAttention::new(ctx(), hd, kv).expect("head_dim");
     let kvw_bg = kvw.bind(
         ctx(),
         &qkv_b.buffer,
@@ -617,16 +582,21 @@ fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) ->
         &k_cache.buffer,
         &v_cache.buffer,
     );
-    let attn_bg = attn.bind(
-        ctx(),
-        &qkv_b.buffer,
-        &k_cache.buffer,
-        &v_cache.buffer,
-        &tables_b.buffer,
-        &seq_b.buffer,
-        &pos_b.buffer,
-        &out.buffer,
-    );
+    let bind =
+        |q: &GpuTensor, tables: &GpuTensor, seq: &GpuTensor, pos: &GpuTensor, out: &GpuTensor| {
+            let (k, v) = (&k_cache.buffer, &v_cache.buffer);
+            attn.bind(
+                ctx(),
+                &q.buffer,
+                k,
+                v,
+                &tables.buffer,
+                &seq.buffer,
+                &pos.buffer,
+                &out.buffer,
+            )
+        };
+    let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
     run(|pass| {
         kvw.encode(pass, &kvw_bg, t, row_stride, q_dim, kv_dim);
         attn.encode(pass, &attn_bg, &p);
@@ -636,38 +606,21 @@ fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) ->
     // Batch invariance: each decode token, and the first and last token of every chunk,
     // alone in a T = 1 step over the same (now fully written) pool.
     let mut alone = Vec::new();
-    for s in 0..seqs.len() {
-        let (a, b) = (
-            batch.query_start[s] as usize,
-            batch.query_start[s + 1] as usize,
-        );
-        alone.extend([a, b - 1]);
+    for s in 0..SEQS.len() {
+        let (a, b) = (batch.query_start[s], batch.query_start[s + 1]);
+        alone.extend([a as usize, b as usize - 1]);
     }
     alone.dedup();
     for tok in alone {
         let s = batch.token_seq[tok] as usize;
-        let q1 = f32s(
-            "qkv row",
-            &qkv[tok * row_stride..(tok + 1) * row_stride],
-            &[1, row_stride],
-        );
-        let table1 = u32s(
-            "table row",
-            &batch.block_tables[s * max_blocks..(s + 1) * max_blocks],
-        );
+        let row = tok * row_stride..(tok + 1) * row_stride;
+        let q1 = f32s("qkv row", &qkv[row], &[1, row_stride]);
+        let table1 = &batch.block_tables[s * max_blocks..(s + 1) * max_blocks];
+        let table1 = u32s("table row", table1);
         let seq1 = u32s("token_seq", &[0]);
         let pos1 = u32s("positions", &[batch.positions[tok]]);
         let out1 = f32s("out row", &rng.normals(q_dim, 1.0), &[1, q_dim]);
-        let bg1 = attn.bind(
-            ctx(),
-            &q1.buffer,
-            &k_cache.buffer,
-            &v_cache.buffer,
-            &table1.buffer,
-            &seq1.buffer,
-            &pos1.buffer,
-            &out1.buffer,
-        );
+        let bg1 = bind(&q1, &table1, &seq1, &pos1, &out1);
         run(|pass| attn.encode(pass, &bg1, &AttentionParams { num_tokens: 1, ..p }));
         assert_bits_eq(
             &format!(
@@ -678,111 +631,43 @@ fn paged_attention_case(c: AttnCase, seqs: &[Seq], shuffled: bool, seed: u64) ->
             &gpu[tok * q_dim..(tok + 1) * q_dim],
         );
     }
-    AttnResult { gpu, want }
+    (gpu, want)
 }
 
-fn check_paged_attention(c: AttnCase, seed: u64) {
-    let r = paged_attention_case(c, &SEQS, true, seed);
-    assert_close(&format!("paged attention {c:?}"), &r.gpu, &r.want, TOL);
-}
-
-#[test]
-fn paged_attention_gqa_block4_head16_f32() {
-    let c = AttnCase {
-        block_size: 4,
-        num_heads: 6,
-        num_kv_heads: 2,
-        head_dim: 16,
-        kv: F32,
-    };
-    check_paged_attention(c, 1);
+fn check_paged_attention(cases: &[AttnCase]) {
+    for (i, &c) in cases.iter().enumerate() {
+        let (gpu, want) = paged_attention_case(c, true, i as u64 + 1);
+        assert_close(&format!("paged attention {c:?}"), &gpu, &want, TOL);
+    }
 }
 
 #[test]
-fn paged_attention_gqa_block16_head16_f16() {
-    let c = AttnCase {
-        block_size: 16,
-        num_heads: 6,
-        num_kv_heads: 2,
-        head_dim: 16,
-        kv: F16,
-    };
-    check_paged_attention(c, 2);
+fn paged_attention_gqa_over_shuffled_blocks() {
+    check_paged_attention(&[
+        (4, 6, 2, 16, F32),
+        (16, 6, 2, 16, F16),
+        (16, 6, 2, 64, F32),
+        (4, 6, 2, 64, F16),
+    ]);
 }
 
 #[test]
-fn paged_attention_gqa_block16_head64_f32() {
-    let c = AttnCase {
-        block_size: 16,
-        num_heads: 6,
-        num_kv_heads: 2,
-        head_dim: 64,
-        kv: F32,
-    };
-    check_paged_attention(c, 3);
-}
-
-#[test]
-fn paged_attention_gqa_block4_head64_f16() {
-    let c = AttnCase {
-        block_size: 4,
-        num_heads: 6,
-        num_kv_heads: 2,
-        head_dim: 64,
-        kv: F16,
-    };
-    check_paged_attention(c, 4);
-}
-
-#[test]
-fn paged_attention_head128() {
-    let c = AttnCase {
-        block_size: 16,
-        num_heads: 8,
-        num_kv_heads: 2,
-        head_dim: 128,
-        kv: F16,
-    };
-    check_paged_attention(c, 5);
-}
-
-#[test]
-fn paged_attention_multi_head_block1() {
-    // No grouping, one token per block: every position is its own table entry.
-    let c = AttnCase {
-        block_size: 1,
-        num_heads: 3,
-        num_kv_heads: 3,
-        head_dim: 16,
-        kv: F32,
-    };
-    check_paged_attention(c, 6);
+fn paged_attention_head128_and_one_token_blocks() {
+    // head_dim 128 (two dims per thread); block size 1 without grouping: every position is
+    // its own table entry.
+    check_paged_attention(&[(16, 8, 2, 128, F16), (1, 3, 3, 16, F32)]);
 }
 
 #[test]
 fn paged_attention_does_not_depend_on_block_placement() {
     // Same data, scattered vs consecutive blocks: bit-identical outputs.
     for kv in [F32, F16] {
-        let c = AttnCase {
-            block_size: 4,
-            num_heads: 6,
-            num_kv_heads: 2,
-            head_dim: 16,
-            kv,
-        };
-        let scattered = paged_attention_case(c, &SEQS, true, 9);
-        let contiguous = paged_attention_case(c, &SEQS, false, 9);
-        assert_bits_eq(
-            &format!("{c:?}: shuffled vs contiguous blocks"),
-            &scattered.gpu,
-            &contiguous.gpu,
-        );
-        assert_close(
-            &format!("paged attention {c:?}"),
-            &scattered.gpu,
-            &scattered.want,
-            TOL,
-        );
+        let c = (4, 6, 2, 16, kv);
+        let (scattered, want) = paged_attention_case(c, true, 9);
+        let (contiguous, _) = paged_attention_case(c, false, 9);
+        let what = format!("{c:?}: shuffled vs contiguous blocks");
+        assert_bits_eq(&what, &scattered, &contiguous);
+        assert_close(&format!("paged attention {c:?}"), &scattered, &want, TOL);
     }
 }
 

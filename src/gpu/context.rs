@@ -86,7 +86,7 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
         subgroup: f.contains(wgpu::Features::SUBGROUP),
         immediates: f.contains(wgpu::Features::IMMEDIATES),
         timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
-        max_storage_binding_bytes: l.max_storage_buffer_binding_size as u64,
+        max_storage_binding_bytes: l.max_storage_buffer_binding_size,
         max_buffer_bytes: l.max_buffer_size,
         max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
         max_workgroup_memory_bytes: l.max_compute_workgroup_storage_size,
@@ -153,11 +153,7 @@ impl GpuContext {
         let mut candidates: Vec<&wgpu::Adapter> = adapters
             .iter()
             .filter(|a| match &selector.name_contains {
-                Some(n) => a
-                    .get_info()
-                    .name
-                    .to_lowercase()
-                    .contains(&n.to_lowercase()),
+                Some(n) => a.get_info().name.to_lowercase().contains(&n.to_lowercase()),
                 None => true,
             })
             .filter(|a| usable(a))
@@ -247,6 +243,8 @@ impl GpuContext {
 
     /// Largest buffer that can be bound as one storage binding.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 }

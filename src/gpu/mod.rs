@@ -19,14 +19,22 @@ pub use tensor::{GpuTensor, WeightDType};
 pub enum GpuError {
     #[error("unknown backend `{0}` (expected vulkan, gl, metal, dx12 or all)")]
     BadBackend(String),
-    #[error("no usable GPU adapter matching `{wanted}` (wgpu sees: {seen:?}); install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers) or check WLLM_BACKEND / WLLM_ADAPTER")]
+    #[error(
+        "no usable GPU adapter matching `{wanted}` (wgpu sees: {seen:?}); install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers) or check WLLM_BACKEND / WLLM_ADAPTER"
+    )]
     NoAdapter { wanted: String, seen: Vec<String> },
     #[error("could not open the device: {0}")]
     RequestDevice(String),
     #[error("the device lacks a required feature: {0}")]
     MissingFeature(String),
-    #[error("tensor `{name}` needs {bytes} bytes in one binding, over the adapter's limit of {limit}")]
-    TooLarge { name: String, bytes: u64, limit: u64 },
+    #[error(
+        "tensor `{name}` needs {bytes} bytes in one binding, over the adapter's limit of {limit}"
+    )]
+    TooLarge {
+        name: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("shape mismatch in {op}: {msg}")]
     Shape { op: &'static str, msg: String },
     #[error("reading back from the GPU failed: {0}")]

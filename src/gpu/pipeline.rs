@@ -17,7 +17,12 @@ macro_rules! shader {
     ($name:literal) => {
         ShaderSource {
             name: $name,
-            wgsl: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            wgsl: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/",
+                $name,
+                ".wgsl"
+            )),
         }
     };
 }

@@ -165,7 +165,11 @@ impl Runner {
         let h = f32_buffer(ctx, "h (normed)", t * d)?;
         let qkv = f32_buffer(ctx, "qkv", t * qkv_dim)?;
         let attn = f32_buffer(ctx, "attention out", t * cfg.q_dim())?;
-        let ffn_in_width = if cfg.arch == Architecture::Llama { 2 * inner } else { inner };
+        let ffn_in_width = if cfg.arch == Architecture::Llama {
+            2 * inner
+        } else {
+            inner
+        };
         let ffn_in = f32_buffer(ctx, "gate_up / fc", t * ffn_in_width)?;
         let act = f32_buffer(ctx, "mlp act", t * inner)?;
         let final_h = f32_buffer(ctx, "final normed rows", max_logit_rows * d)?;
@@ -184,12 +188,20 @@ impl Runner {
         let mut v_pools = Vec::new();
         for l in 0..cfg.num_layers {
             let shape = [slots, cfg.kv_dim()];
-            k_pools.push(GpuTensor::zeros(ctx, &format!("k_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
-            v_pools.push(GpuTensor::zeros(ctx, &format!("v_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
+            k_pools
+                .push(GpuTensor::zeros(ctx, &format!("k_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
+            v_pools
+                .push(GpuTensor::zeros(ctx, &format!("v_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
         }
 
         let mm = &kernels.matmul;
-        let matmul_binds = |w: &GpuMatrix, x: &wgpu::Buffer, bias: Option<&GpuTensor>, y: &wgpu::Buffer, y_stride: usize, accumulate: bool| -> Result<MatmulBinds, GpuError> {
+        let matmul_binds = |w: &GpuMatrix,
+                            x: &wgpu::Buffer,
+                            bias: Option<&GpuTensor>,
+                            y: &wgpu::Buffer,
+                            y_stride: usize,
+                            accumulate: bool|
+         -> Result<MatmulBinds, GpuError> {
             if bias.is_some() && w.parts.len() > 1 {
                 return Err(GpuError::Shape {
                     op: "matmul",
@@ -201,7 +213,13 @@ impl Runner {
                 parts: w
                     .parts
                     .iter()
-                    .map(|(start, part)| (*start, part.shape[0], mm.bind(ctx, x, &part.buffer, bias_buf, y)))
+                    .map(|(start, part)| {
+                        (
+                            *start,
+                            part.shape[0],
+                            mm.bind(ctx, x, &part.buffer, bias_buf, y),
+                        )
+                    })
                     .collect(),
                 k: w.cols,
                 y_stride,
@@ -216,7 +234,14 @@ impl Runner {
             .parts
             .iter()
             .map(|(start, part)| {
-                let bg = kernels.embedding.bind(ctx, &meta.token_ids, &meta.positions, &part.buffer, pos_table, &x);
+                let bg = kernels.embedding.bind(
+                    ctx,
+                    &meta.token_ids,
+                    &meta.positions,
+                    &part.buffer,
+                    pos_table,
+                    &x,
+                );
                 (*start, part.shape[0], bg)
             })
             .collect();
@@ -224,7 +249,13 @@ impl Runner {
         let mut buffers = vec![];
         let rope_bind = if cfg.arch == Architecture::Llama {
             let table = cos_sin_table(cfg.max_context, hd, cfg.rope_theta);
-            let cs = GpuTensor::from_f32(ctx, "rope cos/sin", &table, &[table.len()], WeightDType::F32)?;
+            let cs = GpuTensor::from_f32(
+                ctx,
+                "rope cos/sin",
+                &table,
+                &[table.len()],
+                WeightDType::F32,
+            )?;
             let bg = kernels.rope.bind(ctx, &qkv, &meta.positions, &cs.buffer);
             buffers.push(cs.buffer);
             Some(bg)
@@ -234,7 +265,10 @@ impl Runner {
 
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (l, lw) in weights.layers.iter().enumerate() {
-            let kv_write = kernels.kv_write.bind(ctx, &qkv, &meta.slot_mapping, &k_pools[l], &v_pools[l]);
+            let kv_write =
+                kernels
+                    .kv_write
+                    .bind(ctx, &qkv, &meta.slot_mapping, &k_pools[l], &v_pools[l]);
             let attention = kernels.attention.bind(
                 ctx,
                 &qkv,
@@ -247,23 +281,41 @@ impl Runner {
             );
             layers.push(match lw {
                 LayerWeights::Llama(w) => LayerBinds {
-                    norm1: kernels.rms_norm.bind(ctx, &x, &w.attn_norm.buffer, &dummy, &h),
+                    norm1: kernels
+                        .rms_norm
+                        .bind(ctx, &x, &w.attn_norm.buffer, &dummy, &h),
                     qkv: matmul_binds(&w.wqkv, &h, None, &qkv, qkv_dim, false)?,
                     kv_write,
                     attention,
                     out_proj: matmul_binds(&w.wo, &attn, None, &x, d, true)?,
-                    norm2: kernels.rms_norm.bind(ctx, &x, &w.ffn_norm.buffer, &dummy, &h),
+                    norm2: kernels
+                        .rms_norm
+                        .bind(ctx, &x, &w.ffn_norm.buffer, &dummy, &h),
                     up: matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?,
                     act: kernels.silu_mul.bind(ctx, &ffn_in, &act),
                     down: matmul_binds(&w.w_down, &act, None, &x, d, true)?,
                 },
                 LayerWeights::Gpt2(w) => LayerBinds {
-                    norm1: kernels.layer_norm.bind(ctx, &x, &w.ln1_w.buffer, &w.ln1_b.buffer, &dummy, &h),
+                    norm1: kernels.layer_norm.bind(
+                        ctx,
+                        &x,
+                        &w.ln1_w.buffer,
+                        &w.ln1_b.buffer,
+                        &dummy,
+                        &h,
+                    ),
                     qkv: matmul_binds(&w.w_qkv, &h, Some(&w.b_qkv), &qkv, qkv_dim, false)?,
                     kv_write,
                     attention,
                     out_proj: matmul_binds(&w.w_o, &attn, Some(&w.b_o), &x, d, true)?,
-                    norm2: kernels.layer_norm.bind(ctx, &x, &w.ln2_w.buffer, &w.ln2_b.buffer, &dummy, &h),
+                    norm2: kernels.layer_norm.bind(
+                        ctx,
+                        &x,
+                        &w.ln2_w.buffer,
+                        &w.ln2_b.buffer,
+                        &dummy,
+                        &h,
+                    ),
                     up: matmul_binds(&w.w_fc, &h, Some(&w.b_fc), &ffn_in, inner, false)?,
                     act: kernels.gelu.bind(ctx, &ffn_in),
                     down: matmul_binds(&w.w_proj, &ffn_in, Some(&w.b_proj), &x, d, true)?,
@@ -271,8 +323,21 @@ impl Runner {
             });
         }
         let final_norm = match &weights.final_norm_b {
-            None => kernels.rms_norm_gather.bind(ctx, &x, &weights.final_norm_w.buffer, &meta.logit_rows, &final_h),
-            Some(b) => kernels.layer_norm_gather.bind(ctx, &x, &weights.final_norm_w.buffer, &b.buffer, &meta.logit_rows, &final_h),
+            None => kernels.rms_norm_gather.bind(
+                ctx,
+                &x,
+                &weights.final_norm_w.buffer,
+                &meta.logit_rows,
+                &final_h,
+            ),
+            Some(b) => kernels.layer_norm_gather.bind(
+                ctx,
+                &x,
+                &weights.final_norm_w.buffer,
+                &b.buffer,
+                &meta.logit_rows,
+                &final_h,
+            ),
         };
         let lm_head = matmul_binds(weights.lm_head(), &final_h, None, &logits, vocab, false)?;
         buffers.extend([x, h, qkv, attn, ffn_in, act, final_h, dummy]);
@@ -322,10 +387,18 @@ impl Runner {
     }
 
     fn check(&self, b: &StepBatch) -> Result<(), GpuError> {
-        let bad = |msg: String| Err(GpuError::Shape { op: "step batch", msg });
+        let bad = |msg: String| {
+            Err(GpuError::Shape {
+                op: "step batch",
+                msg,
+            })
+        };
         let t = b.num_tokens();
         if t == 0 || t > self.rc.max_batch_tokens {
-            return bad(format!("{t} tokens (1..={} allowed)", self.rc.max_batch_tokens));
+            return bad(format!(
+                "{t} tokens (1..={} allowed)",
+                self.rc.max_batch_tokens
+            ));
         }
         if b.num_seqs() > self.rc.max_seqs || b.max_blocks != self.max_blocks {
             return bad(format!(
@@ -336,23 +409,46 @@ impl Runner {
                 self.max_blocks
             ));
         }
-        if b.logit_rows.len() > self.max_logit_rows || b.logit_rows.iter().any(|r| *r as usize >= t) {
-            return bad(format!("{} logits rows (at most {})", b.logit_rows.len(), self.max_logit_rows));
+        if b.logit_rows.len() > self.max_logit_rows || b.logit_rows.iter().any(|r| *r as usize >= t)
+        {
+            return bad(format!(
+                "{} logits rows (at most {})",
+                b.logit_rows.len(),
+                self.max_logit_rows
+            ));
         }
-        if [&b.positions, &b.slot_mapping, &b.token_seq].iter().any(|v| v.len() != t)
+        if [&b.positions, &b.slot_mapping, &b.token_seq]
+            .iter()
+            .any(|v| v.len() != t)
             || b.block_tables.len() != b.num_seqs() * self.max_blocks
         {
             return bad("metadata lengths disagree".into());
         }
-        if let Some(id) = b.token_ids.iter().find(|id| **id as usize >= self.cfg.vocab_size) {
-            return bad(format!("token id {id} outside the vocabulary of {}", self.cfg.vocab_size));
+        if let Some(id) = b
+            .token_ids
+            .iter()
+            .find(|id| **id as usize >= self.cfg.vocab_size)
+        {
+            return bad(format!(
+                "token id {id} outside the vocabulary of {}",
+                self.cfg.vocab_size
+            ));
         }
-        if let Some(p) = b.positions.iter().find(|p| **p as usize >= self.cfg.max_context) {
-            return bad(format!("position {p} beyond the model's context of {}", self.cfg.max_context));
+        if let Some(p) = b
+            .positions
+            .iter()
+            .find(|p| **p as usize >= self.cfg.max_context)
+        {
+            return bad(format!(
+                "position {p} beyond the model's context of {}",
+                self.cfg.max_context
+            ));
         }
         let slots = (self.rc.num_blocks * self.rc.block_size) as u32;
         if b.slot_mapping.iter().any(|s| *s >= slots)
-            || b.block_tables.iter().any(|blk| *blk as usize >= self.rc.num_blocks)
+            || b.block_tables
+                .iter()
+                .any(|blk| *blk as usize >= self.rc.num_blocks)
             || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
         {
             return bad("a slot, block or sequence index is out of range".into());
@@ -379,13 +475,37 @@ impl Runner {
     pub fn forward(&mut self, batch: &StepBatch) -> Result<Logits, GpuError> {
         self.check(batch)?;
         let q = &self.ctx.queue;
-        q.write_buffer(&self.meta.token_ids, 0, bytemuck::cast_slice(&batch.token_ids));
-        q.write_buffer(&self.meta.positions, 0, bytemuck::cast_slice(&batch.positions));
-        q.write_buffer(&self.meta.slot_mapping, 0, bytemuck::cast_slice(&batch.slot_mapping));
-        q.write_buffer(&self.meta.token_seq, 0, bytemuck::cast_slice(&batch.token_seq));
-        q.write_buffer(&self.meta.block_tables, 0, bytemuck::cast_slice(&batch.block_tables));
+        q.write_buffer(
+            &self.meta.token_ids,
+            0,
+            bytemuck::cast_slice(&batch.token_ids),
+        );
+        q.write_buffer(
+            &self.meta.positions,
+            0,
+            bytemuck::cast_slice(&batch.positions),
+        );
+        q.write_buffer(
+            &self.meta.slot_mapping,
+            0,
+            bytemuck::cast_slice(&batch.slot_mapping),
+        );
+        q.write_buffer(
+            &self.meta.token_seq,
+            0,
+            bytemuck::cast_slice(&batch.token_seq),
+        );
+        q.write_buffer(
+            &self.meta.block_tables,
+            0,
+            bytemuck::cast_slice(&batch.block_tables),
+        );
         if !batch.logit_rows.is_empty() {
-            q.write_buffer(&self.meta.logit_rows, 0, bytemuck::cast_slice(&batch.logit_rows));
+            q.write_buffer(
+                &self.meta.logit_rows,
+                0,
+                bytemuck::cast_slice(&batch.logit_rows),
+            );
         }
 
         let cfg = &self.cfg;
@@ -397,14 +517,17 @@ impl Runner {
         let mut enc = self
             .ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
                 timestamp_writes: None,
             });
             for (start, rows, bg) in &self.embed_binds {
-                k.embedding.encode(&mut pass, bg, t, d, *start, *rows, cfg.max_context);
+                k.embedding
+                    .encode(&mut pass, bg, t, d, *start, *rows, cfg.max_context);
             }
             let attn = AttentionParams {
                 num_tokens: t,
@@ -418,8 +541,13 @@ impl Runner {
             };
             for lb in &self.layers {
                 match cfg.arch {
-                    Architecture::Llama => k.rms_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps),
-                    Architecture::Gpt2 => k.layer_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps),
+                    Architecture::Llama => {
+                        k.rms_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps)
+                    }
+                    Architecture::Gpt2 => {
+                        k.layer_norm
+                            .encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps)
+                    }
                 }
                 self.encode_matmul(&mut pass, &lb.qkv, t);
                 if let Some(rope) = &self.rope_bind {
@@ -434,17 +562,26 @@ impl Runner {
                     };
                     k.rope.encode(&mut pass, rope, &p);
                 }
-                k.kv_write.encode(&mut pass, &lb.kv_write, t, qkv_dim, cfg.q_dim(), cfg.kv_dim());
+                k.kv_write.encode(
+                    &mut pass,
+                    &lb.kv_write,
+                    t,
+                    qkv_dim,
+                    cfg.q_dim(),
+                    cfg.kv_dim(),
+                );
                 k.attention.encode(&mut pass, &lb.attention, &attn);
                 self.encode_matmul(&mut pass, &lb.out_proj, t);
                 match cfg.arch {
                     Architecture::Llama => {
                         k.rms_norm.encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
                         self.encode_matmul(&mut pass, &lb.up, t);
-                        k.silu_mul.encode(&mut pass, &lb.act, t, cfg.intermediate_size);
+                        k.silu_mul
+                            .encode(&mut pass, &lb.act, t, cfg.intermediate_size);
                     }
                     Architecture::Gpt2 => {
-                        k.layer_norm.encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
+                        k.layer_norm
+                            .encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
                         self.encode_matmul(&mut pass, &lb.up, t);
                         k.gelu.encode(&mut pass, &lb.act, t * cfg.intermediate_size);
                     }
@@ -453,8 +590,14 @@ impl Runner {
             }
             if r > 0 {
                 match cfg.arch {
-                    Architecture::Llama => k.rms_norm_gather.encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps),
-                    Architecture::Gpt2 => k.layer_norm_gather.encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps),
+                    Architecture::Llama => {
+                        k.rms_norm_gather
+                            .encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps)
+                    }
+                    Architecture::Gpt2 => {
+                        k.layer_norm_gather
+                            .encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps)
+                    }
                 }
                 self.encode_matmul(&mut pass, &self.lm_head, r);
             }
@@ -469,7 +612,11 @@ impl Runner {
                 .device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| GpuError::Readback(e.to_string()))?;
-            return Ok(Logits { rows: 0, vocab, data: vec![] });
+            return Ok(Logits {
+                rows: 0,
+                vocab,
+                data: vec![],
+            });
         }
         let words = map_and_read(&self.ctx, &self.staging, bytes)?;
         Ok(Logits {

@@ -101,7 +101,10 @@ impl GpuTensor {
         if numel != data.len() {
             return Err(GpuError::Shape {
                 op: "upload",
-                msg: format!("{name}: shape {shape:?} has {numel} elements, data {}", data.len()),
+                msg: format!(
+                    "{name}: shape {shape:?} has {numel} elements, data {}",
+                    data.len()
+                ),
             });
         }
         let words = encode_words(data, dtype);
@@ -208,7 +211,9 @@ pub fn read_words(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Result<Vec<u32>, G
     });
     let mut enc = ctx
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
     enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
     ctx.queue.submit([enc.finish()]);
     map_and_read(ctx, &staging, size)

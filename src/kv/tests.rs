@@ -44,7 +44,10 @@ fn block_sizes_are_powers_of_two_up_to_256() {
         assert!(BlockPool::new(4, bs).is_ok());
     }
     for bs in [0, 3, 24, 512] {
-        assert_eq!(BlockPool::new(4, bs).unwrap_err(), KvError::BadBlockSize(bs));
+        assert_eq!(
+            BlockPool::new(4, bs).unwrap_err(),
+            KvError::BadBlockSize(bs)
+        );
     }
 }
 

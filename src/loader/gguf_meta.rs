@@ -207,7 +207,10 @@ mod tests {
                 found: "u32"
             }
         );
-        assert_eq!(m.get_u64("zz").unwrap_err(), MetaError::Missing("zz".into()));
+        assert_eq!(
+            m.get_u64("zz").unwrap_err(),
+            MetaError::Missing("zz".into())
+        );
         assert_eq!(m.opt(m.get_u64("zz")).unwrap(), None);
         assert!(m.opt(m.get_str("a")).is_err());
     }

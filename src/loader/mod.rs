@@ -110,7 +110,9 @@ pub enum LoadError {
     Truncated { path: PathBuf, what: String },
     #[error("{path}: malformed: {msg}")]
     Malformed { path: PathBuf, msg: String },
-    #[error("{path}: tensor `{tensor}` has unsupported type {type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")]
+    #[error(
+        "{path}: tensor `{tensor}` has unsupported type {type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+    )]
     UnsupportedTensorType {
         path: PathBuf,
         tensor: String,

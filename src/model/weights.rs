@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::gpu::kernels::matmul::pack_weight;
 use crate::gpu::{GpuContext, GpuTensor, WeightDType};
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
@@ -57,7 +58,8 @@ impl ModelFiles {
     }
 }
 
-/// A weight matrix (rows = out_features), possibly split by rows across buffers.
+/// A weight matrix (rows = out_features), possibly split by rows across buffers; each part
+/// is stored in the matmul kernel's transposed layout ([`pack_weight`]).
 #[derive(Debug)]
 pub struct GpuMatrix {
     pub rows: usize,
@@ -76,14 +78,21 @@ impl GpuMatrix {
         dtype: WeightDType,
     ) -> Result<GpuMatrix, ModelError> {
         let row_bytes = (cols * dtype.bytes_per_elem()).max(1) as u64;
-        // Rows per part: within the binding limit, and even so f16 parts split on word borders.
-        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(1);
+        // Rows per part: within the binding limit, and even so parts need no padding but the last.
+        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(2);
         let mut parts = Vec::new();
         let mut start = 0;
         while start < rows {
             let n = max_rows.min(rows - start);
             let part = &data[start * cols..(start + n) * cols];
-            let t = GpuTensor::from_f32(ctx, &format!("{name}[{start}..]"), part, &[n, cols], dtype)?;
+            let words = pack_weight(part, n, cols, dtype);
+            let t = GpuTensor::from_words(
+                ctx,
+                &format!("{name}[{start}..]"),
+                &words,
+                &[n, cols],
+                dtype,
+            )?;
             parts.push((start, t));
             start += n;
         }
@@ -122,6 +131,7 @@ pub struct Gpt2Layer {
     pub b_proj: GpuTensor,
 }
 
+#[allow(clippy::large_enum_variant)] // one per layer, never moved
 pub enum LayerWeights {
     Llama(LlamaLayer),
     Gpt2(Gpt2Layer),
@@ -180,7 +190,10 @@ impl Uploader<'_> {
         if !ok {
             return Err(LoadError::Config {
                 path: self.path(),
-                msg: format!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, shape),
+                msg: format!(
+                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    t.shape, shape
+                ),
             }
             .into());
         }
@@ -192,11 +205,22 @@ impl Uploader<'_> {
 
     fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
         let v = self.f32(name, &[len])?;
-        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+        Ok(GpuTensor::from_f32(
+            self.ctx,
+            name,
+            &v,
+            &[len],
+            WeightDType::F32,
+        )?)
     }
 
     /// Rows of several (rows_i, cols) tensors stacked into one matrix.
-    fn stacked(&mut self, label: &str, names: &[(&str, usize)], cols: usize) -> Result<GpuMatrix, ModelError> {
+    fn stacked(
+        &mut self,
+        label: &str,
+        names: &[(&str, usize)],
+        cols: usize,
+    ) -> Result<GpuMatrix, ModelError> {
         let mut data = Vec::new();
         let mut rows = 0;
         for (name, r) in names {
@@ -247,10 +271,19 @@ pub fn load_weights(
     }
 }
 
-fn load_llama(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Result<ModelWeights, ModelError> {
+fn load_llama(
+    up: &mut Uploader,
+    cfg: &ModelConfig,
+    d: usize,
+    v: usize,
+) -> Result<ModelWeights, ModelError> {
     let (q, kv, f) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     let gguf = up.files.is_gguf();
-    let embed_name = if gguf { "token_embd.weight" } else { "model.embed_tokens.weight" };
+    let embed_name = if gguf {
+        "token_embd.weight"
+    } else {
+        "model.embed_tokens.weight"
+    };
     let embed = up.matrix(embed_name, v, d)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -275,7 +308,10 @@ fn load_llama(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Resul
         let ffn_norm = up.vector(&n("ffn_norm", "post_attention_layernorm"), d)?;
         let w_gate_up = up.stacked(
             &format!("layer{i}.w_gate_up"),
-            &[(&n("ffn_gate", "mlp.gate_proj"), f), (&n("ffn_up", "mlp.up_proj"), f)],
+            &[
+                (&n("ffn_gate", "mlp.gate_proj"), f),
+                (&n("ffn_up", "mlp.up_proj"), f),
+            ],
             d,
         )?;
         let w_down = up.matrix(&n("ffn_down", "mlp.down_proj"), d, f)?;
@@ -288,8 +324,19 @@ fn load_llama(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Resul
             w_down,
         }));
     }
-    let final_norm_w = up.vector(if gguf { "output_norm.weight" } else { "model.norm.weight" }, d)?;
-    let head_name = if gguf { "output.weight" } else { "lm_head.weight" };
+    let final_norm_w = up.vector(
+        if gguf {
+            "output_norm.weight"
+        } else {
+            "model.norm.weight"
+        },
+        d,
+    )?;
+    let head_name = if gguf {
+        "output.weight"
+    } else {
+        "lm_head.weight"
+    };
     let lm_head = if cfg.tie_word_embeddings || !up.files.source().has_tensor(head_name) {
         None
     } else {
@@ -306,7 +353,12 @@ fn load_llama(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Resul
     })
 }
 
-fn load_gpt2(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Result<ModelWeights, ModelError> {
+fn load_gpt2(
+    up: &mut Uploader,
+    cfg: &ModelConfig,
+    d: usize,
+    v: usize,
+) -> Result<ModelWeights, ModelError> {
     let f = cfg.intermediate_size;
     let gguf = up.files.is_gguf();
     // HF GPT-2 checkpoints name tensors with or without the `transformer.` prefix.
@@ -323,8 +375,17 @@ fn load_gpt2(up: &mut Uploader, cfg: &ModelConfig, d: usize, v: usize) -> Result
         }
     };
     let embed = up.matrix(&g("token_embd.weight", "wte.weight"), v, d)?;
-    let pos = up.f32(&g("position_embd.weight", "wpe.weight"), &[cfg.max_context, d])?;
-    let pos_embed = Some(GpuTensor::from_f32(up.ctx, "wpe", &pos, &[cfg.max_context, d], up.dtype)?);
+    let pos = up.f32(
+        &g("position_embd.weight", "wpe.weight"),
+        &[cfg.max_context, d],
+    )?;
+    let pos_embed = Some(GpuTensor::from_f32(
+        up.ctx,
+        "wpe",
+        &pos,
+        &[cfg.max_context, d],
+        up.dtype,
+    )?);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let n = |gguf_name: &str, hf_name: &str| {

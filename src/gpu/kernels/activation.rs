@@ -16,7 +16,12 @@ impl SiluMul {
         }
     }
 
-    pub fn bind(&self, ctx: &GpuContext, gate_up: &wgpu::Buffer, y: &wgpu::Buffer) -> wgpu::BindGroup {
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        gate_up: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
         self.kernel.bind(ctx, &[gate_up, y])
     }
 

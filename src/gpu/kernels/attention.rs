@@ -32,10 +32,7 @@ impl PagedAttention {
                 msg: format!("head_dim {head_dim} must be even and at most {MAX_HEAD_DIM}"),
             });
         }
-        let consts = [
-            ("HEAD_DIM", head_dim as f64),
-            ("KV_F16", kv_dtype.is_f16()),
-        ];
+        let consts = [("HEAD_DIM", head_dim as f64), ("KV_F16", kv_dtype.is_f16())];
         Ok(Self {
             kernel: Kernel::new(ctx, PAGED_ATTENTION, &consts),
         })
@@ -55,7 +52,15 @@ impl PagedAttention {
     ) -> wgpu::BindGroup {
         self.kernel.bind(
             ctx,
-            &[qkv, k_cache, v_cache, block_tables, token_seq, positions, out],
+            &[
+                qkv,
+                k_cache,
+                v_cache,
+                block_tables,
+                token_seq,
+                positions,
+                out,
+            ],
         )
     }
 
@@ -102,7 +107,10 @@ pub fn reference(
             let scores: Vec<f64> = (0..ctx)
                 .map(|j| {
                     let k = &keys[s][j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                    q.iter()
+                        .zip(k)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
                         * p.scale as f64
                 })
                 .collect();

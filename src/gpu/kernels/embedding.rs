@@ -34,7 +34,8 @@ impl Embedding {
             .bind(ctx, &[token_ids, positions, table, pos_table, x])
     }
 
-    /// Writes the rows of tokens with ids in `[first_id, first_id + vocab)`.
+    /// Writes the rows of tokens with ids in `[first_id, first_id + vocab)`, reading a table
+    /// part laid out like a matmul weight ([`super::matmul::pack_weight`] of (vocab, dim)).
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
@@ -52,6 +53,7 @@ impl Embedding {
             vocab as u32,
             num_positions as u32,
             first_id as u32,
+            super::matmul::padded_cols(vocab) as u32,
         ];
         self.kernel
             .dispatch(pass, bg, &imm, groups_for(num_tokens * dim, 256));

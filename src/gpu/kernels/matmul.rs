@@ -5,7 +5,7 @@ use crate::gpu::pipeline::{Kernel, MATMUL};
 use crate::gpu::{GpuContext, GpuError, WeightDType};
 
 /// Sizes of one matmul call. `y` has `y_stride` columns; this call writes columns
-/// `[y_col, y_col + n)`.
+/// `[y_col, y_col + n)`. The weight is laid out by [`pack_weight`].
 #[derive(Debug, Clone, Copy)]
 pub struct MatmulParams {
     pub m: usize,
@@ -37,8 +37,26 @@ pub struct Matmul {
     kernel: Kernel,
 }
 
-const COLS_PER_GROUP: usize = 64;
+const COLS_PER_GROUP: usize = 256;
 const ROWS_PER_GROUP: usize = 8;
+
+/// Columns of the stored (transposed) weight: n rounded up to a multiple of 8.
+pub fn padded_cols(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// The kernel's weight layout: `w` is (n, k) row-major (PyTorch's [out, in]); the result is
+/// the words of its transpose (k, padded_cols(n)), zero-padded, in `dtype`.
+pub fn pack_weight(w: &[f32], n: usize, k: usize, dtype: WeightDType) -> Vec<u32> {
+    let np = padded_cols(n);
+    let mut t = vec![0f32; k * np];
+    for (row, chunk) in w.chunks(k).enumerate().take(n) {
+        for (kk, v) in chunk.iter().enumerate() {
+            t[kk * np + row] = *v;
+        }
+    }
+    crate::gpu::tensor::encode_words(&t, dtype)
+}
 
 impl Matmul {
     pub fn new(ctx: &GpuContext, dtype: WeightDType) -> Self {
@@ -47,7 +65,7 @@ impl Matmul {
         }
     }
 
-    /// `bias` may be any buffer when the call has no bias.
+    /// `w` holds [`pack_weight`]'s layout; `bias` may be any buffer when the call has no bias.
     pub fn bind(
         &self,
         ctx: &GpuContext,
@@ -61,12 +79,6 @@ impl Matmul {
 
     /// Checks the shape contract the shader relies on.
     pub fn check(p: &MatmulParams) -> Result<(), GpuError> {
-        if p.k % 2 != 0 {
-            return Err(GpuError::Shape {
-                op: "matmul",
-                msg: format!("inner dimension {} must be even", p.k),
-            });
-        }
         if p.y_col + p.n > p.y_stride {
             return Err(GpuError::Shape {
                 op: "matmul",
@@ -87,6 +99,7 @@ impl Matmul {
             p.m as u32,
             p.n as u32,
             p.k as u32,
+            padded_cols(p.n) as u32,
             p.y_stride as u32,
             p.y_col as u32,
             flags,

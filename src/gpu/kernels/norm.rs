@@ -98,7 +98,11 @@ pub fn rms_norm_reference(
         let row = &x[r as usize * dim..(r as usize + 1) * dim];
         let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
         let inv = 1.0 / (ms + eps as f64).sqrt();
-        y.extend(row.iter().zip(weight).map(|(v, w)| (*v as f64 * inv) as f32 * w));
+        y.extend(
+            row.iter()
+                .zip(weight)
+                .map(|(v, w)| (*v as f64 * inv) as f32 * w),
+        );
     }
     y
 }

@@ -78,8 +78,8 @@ pub fn cos_sin_table(max_positions: usize, head_dim: usize, theta: f32) -> Vec<f
 /// Applies RoPE to the Q and K heads of `qkv` in place (f64 rotation of the table's values).
 pub fn reference(qkv: &mut [f32], positions: &[u32], cos_sin: &[f32], p: &RopeParams) {
     let half = p.head_dim / 2;
-    for t in 0..p.num_tokens {
-        let pos = positions[t] as usize;
+    for (t, &pos) in positions.iter().enumerate().take(p.num_tokens) {
+        let pos = pos as usize;
         for h in 0..p.num_heads + p.num_kv_heads {
             let base = t * p.row_stride + h * p.head_dim;
             for i in 0..half {

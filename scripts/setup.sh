@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine: a Vulkan driver (Mesa's lavapipe, on the CPU, when no Vulkan
+# driver is installed) and the reference model. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+have_vulkan_icd() {
+  ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null | grep -q .
+}
+
+if ! have_vulkan_icd; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no Vulkan driver found; installing Mesa's lavapipe (mesa-vulkan-drivers)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  else
+    echo "setup: no Vulkan driver found; install your GPU's Vulkan driver (or Mesa's lavapipe)" >&2
+  fi
+fi
+
+./models/fetch_smollm2.sh >/dev/null
+echo "setup: ready (model: models/SmolLM2-135M-Instruct.Q4_1.gguf)" >&2
