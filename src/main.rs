@@ -131,9 +131,25 @@ fn render(tok: &Tokenizer, text: &str, chat: bool) -> Result<String> {
     })
 }
 
-fn main() -> Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line per cause, skipping causes whose text the line above already shows.
+        let mut shown = format!("{e}");
+        eprintln!("error: {shown}");
+        for cause in e.chain().skip(1) {
+            let text = cause.to_string();
+            if !shown.contains(&text) {
+                eprintln!("  caused by: {text}");
+            }
+            shown = text;
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => {
             let adapters = wllm::gpu::list_adapters(AdapterSelector::from_env()?.backends);
