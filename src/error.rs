@@ -14,6 +14,12 @@ pub enum Error {
     /// A request that can never run (empty prompt, too long for the context, bad ids...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The waiting queue is full: the request was refused, not queued (HTTP 429).
+    #[error("the engine's queue is full ({0} requests waiting); try again later")]
+    QueueFull(usize),
+    /// The engine thread has stopped.
+    #[error("the engine has stopped")]
+    EngineStopped,
     /// An option the engine does not support, rather than silently ignoring it.
     #[error("unsupported option: {0}")]
     Unsupported(String),

@@ -273,7 +273,7 @@ impl Generator {
         let mut finish = FinishReason::Length;
         if max_tokens > 0 {
             self.run_tokens(table, prompt, 0, LogitRows::Last, |l| {
-                next = Some(sampler.sample(l.row(0)));
+                next = Some(sampler.sample(l.row(0), prompt, &output));
                 Ok(())
             })?;
         }
@@ -289,7 +289,7 @@ impl Generator {
                 break;
             }
             self.run_tokens(table, &[tok], pos, LogitRows::Last, |l| {
-                next = Some(sampler.sample(l.row(0)));
+                next = Some(sampler.sample(l.row(0), prompt, &output));
                 Ok(())
             })?;
         }

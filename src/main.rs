@@ -232,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 top_p,
                 seed,
+                ..Default::default()
             };
             let stop: Vec<u32> = tok
                 .as_ref()

@@ -36,6 +36,7 @@ pub const KV_WRITE: ShaderSource = shader!("kv_write");
 pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
 pub const SILU_MUL: ShaderSource = shader!("silu_mul");
 pub const GELU: ShaderSource = shader!("gelu");
+pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[ShaderSource] = &[
@@ -48,6 +49,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     PAGED_ATTENTION,
     SILU_MUL,
     GELU,
+    COPY_BLOCKS,
 ];
 
 /// A compiled pipeline and the layout of its bind group 0.

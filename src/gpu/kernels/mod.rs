@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod copy_blocks;
 pub mod embedding;
 pub mod kv_write;
 pub mod matmul;
@@ -15,6 +16,7 @@ pub mod rope;
 
 pub use activation::{Gelu, SiluMul};
 pub use attention::{AttentionParams, PagedAttention};
+pub use copy_blocks::CopyBlocks;
 pub use embedding::Embedding;
 pub use kv_write::KvWrite;
 pub use matmul::{Matmul, MatmulParams};
