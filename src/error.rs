@@ -34,4 +34,15 @@ impl From<crate::model::ModelError> for Error {
     }
 }
 
+impl From<crate::scheduler::SchedError> for Error {
+    fn from(e: crate::scheduler::SchedError) -> Self {
+        use crate::scheduler::SchedError;
+        match e {
+            SchedError::QueueFull { cap } => Error::QueueFull(cap),
+            SchedError::Kv(e) => Error::Kv(e),
+            other => Error::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! wllm: a portable LLM inference runtime — PagedAttention serving on any GPU through wgpu.
 
 pub mod batch;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gpu;
@@ -8,8 +9,12 @@ pub mod kv;
 pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 
+pub use engine::{
+    Completion, Engine, EngineConfig, EngineStats, Event, Prompt, Request, RequestHandle, Usage,
+};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, Generator, ModelOptions};
 pub use gpu::{AdapterSelector, GpuContext, WeightDType};

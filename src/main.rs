@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+mod cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -79,6 +81,15 @@ enum Command {
         chat: bool,
         text: String,
     },
+    /// Offline batch inference over a JSONL file
+    Batch(cli::batch::BatchArgs),
+    /// How many sequences a KV memory budget holds, preallocated versus paged
+    Plan(cli::plan::PlanArgs),
+    /// Benchmarks
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCommand,
+    },
     /// Teacher-forced top-K logits after each prefix of the prompt
     Score {
         #[command(flatten)]
@@ -151,6 +162,9 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Batch(args) => cli::batch::run(args)?,
+        Command::Plan(args) => cli::plan::run(args)?,
+        Command::Bench { command } => cli::bench::run(command)?,
         Command::Info { json } => {
             let adapters = wllm::gpu::list_adapters(AdapterSelector::from_env()?.backends);
             if json {

@@ -5,9 +5,10 @@
 //! batch metadata, records the dispatches and reads back the logits rows it asked for.
 
 use crate::batch::StepBatch;
+use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::{
-    AttentionParams, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, PagedAttention,
-    RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
+    AttentionParams, CopyBlocks, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams,
+    PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
 };
 use crate::gpu::tensor::map_and_read;
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
@@ -55,6 +56,7 @@ struct Kernels {
     attention: PagedAttention,
     silu_mul: SiluMul,
     gelu: Gelu,
+    copy_blocks: CopyBlocks,
 }
 
 /// Per-step metadata buffers (see [`StepBatch`] for their meaning).
@@ -105,10 +107,16 @@ pub struct Runner {
     layers: Vec<LayerBinds>,
     final_norm: wgpu::BindGroup,
     lm_head: MatmulBinds,
+    /// (src, dst) block pairs for copy-on-write, and one bind group per layer over them.
+    copy_pairs: wgpu::Buffer,
+    copy_binds: Vec<wgpu::BindGroup>,
     // Kept alive for the bind groups above.
     _weights: ModelWeights,
     _buffers: Vec<wgpu::Buffer>,
 }
+
+/// Block copies one submit can carry.
+const MAX_BLOCK_COPIES: usize = 1024;
 
 fn u32_buffer(ctx: &GpuContext, name: &str, len: usize) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -151,6 +159,7 @@ impl Runner {
             attention: PagedAttention::new(ctx, hd, rc.kv_dtype)?,
             silu_mul: SiluMul::new(ctx),
             gelu: Gelu::new(ctx),
+            copy_blocks: CopyBlocks::new(ctx),
         };
         let meta = Metadata {
             token_ids: u32_buffer(ctx, "token_ids", t),
@@ -263,6 +272,14 @@ impl Runner {
             None
         };
 
+        let copy_pairs = u32_buffer(ctx, "block copy pairs", 2 * MAX_BLOCK_COPIES);
+        let copy_binds = (0..cfg.num_layers)
+            .map(|l| {
+                kernels
+                    .copy_blocks
+                    .bind(ctx, &copy_pairs, &k_pools[l], &v_pools[l])
+            })
+            .collect();
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (l, lw) in weights.layers.iter().enumerate() {
             let kv_write =
@@ -359,6 +376,8 @@ impl Runner {
             layers,
             final_norm,
             lm_head,
+            copy_pairs,
+            copy_binds,
             _weights: weights,
             _buffers: buffers,
         })
@@ -384,6 +403,42 @@ impl Runner {
     /// Most logits rows one step may ask for.
     pub fn max_logit_rows(&self) -> usize {
         self.max_logit_rows
+    }
+
+    /// Copies whole KV blocks `src → dst` in every layer (copy-on-write of a shared block
+    /// before a forked sequence appends to it). Runs before the next forward pass.
+    pub fn copy_blocks(&mut self, copies: &[[u32; 2]]) -> Result<(), GpuError> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        check_pairs(copies, self.rc.num_blocks)?;
+        let wpb = words_per_block(self.rc.block_size, self.cfg.kv_dim(), self.rc.kv_dtype);
+        // write_buffer lands before the next submit, so each chunk of pairs gets its own submit.
+        for chunk in copies.chunks(MAX_BLOCK_COPIES) {
+            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+            self.ctx
+                .queue
+                .write_buffer(&self.copy_pairs, 0, bytemuck::cast_slice(&flat));
+            let mut enc = self
+                .ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("copy blocks"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("copy blocks"),
+                    timestamp_writes: None,
+                });
+                for bg in &self.copy_binds {
+                    self.kernels
+                        .copy_blocks
+                        .encode(&mut pass, bg, chunk.len(), wpb);
+                }
+            }
+            self.ctx.queue.submit([enc.finish()]);
+        }
+        Ok(())
     }
 
     fn check(&self, b: &StepBatch) -> Result<(), GpuError> {

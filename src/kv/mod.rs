@@ -3,10 +3,16 @@
 //! Pure logic, no GPU types. Invariants (checked by the property tests):
 //! - every block is either on the free list (ref count 0) or held (ref count ≥ 1), never both;
 //! - free + held = total;
+//! - a block's ref count is its number of holders: the tables that list it, plus any caller that
+//!   retained it directly (the scheduler keeps a copy's source alive until the copy has run);
 //! - a block table holds exactly ceil(num_tokens / block_size) blocks, so only its last block
-//!   may be partly empty, and every token's slot lies in one of its own blocks.
+//!   may be partly empty, and every token's slot lies in one of its own blocks;
+//! - a table never writes into a block another table also holds: full blocks are never written
+//!   again, and appending into a shared, partly filled last block first copies it (copy-on-write).
 //!
-//! Costs: allocate is O(1) (pop the free list), free is O(1) (push it back).
+//! Costs: allocate is O(1) (pop the free list), release is O(1) (push it back), retain is O(1);
+//! `BlockTable::fork` and `release` are O(blocks of the table); `grow_to`, `prepare_append` and
+//! `truncate` are O(blocks allocated or released), plus O(1) for a copy-on-write.
 
 use std::fmt;
 
@@ -32,6 +38,19 @@ pub enum KvError {
     BadBlockSize(usize),
     #[error("{0} is not held")]
     NotHeld(BlockId),
+    /// `grow_to` would write into a partly filled last block that another table shares;
+    /// use `prepare_append`, which copies it first.
+    #[error("{0} is shared: appending to it needs a copy-on-write (use prepare_append)")]
+    SharedLastBlock(BlockId),
+}
+
+/// A copy the GPU runner performs before the step's forward pass: every slot of `src` (K and V,
+/// all layers) into `dst`. Produced by copy-on-write; `dst` is a fresh block of the appending
+/// table, `src` the shared block it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockCopy {
+    pub src: BlockId,
+    pub dst: BlockId,
 }
 
 /// Checks a block size: a power of two in 1..=256.
@@ -148,21 +167,94 @@ impl BlockTable {
     }
 
     /// Grows the table to hold `num_tokens` tokens, allocating only the blocks it crosses into.
-    /// All-or-nothing: on `OutOfBlocks` nothing was allocated.
+    /// All-or-nothing: on `OutOfBlocks` nothing was allocated. For a table that may share its
+    /// last block (after `fork`), this refuses with `SharedLastBlock` rather than let two
+    /// sequences write one block; use [`BlockTable::prepare_append`] there.
     pub fn grow_to(&mut self, pool: &mut BlockPool, num_tokens: usize) -> Result<(), KvError> {
-        let need = Self::blocks_needed(num_tokens, pool.block_size());
+        if let Some(shared) = self.copy_needed(pool, num_tokens) {
+            return Err(KvError::SharedLastBlock(shared));
+        }
+        self.prepare_append(pool, num_tokens).map(|_| ())
+    }
+
+    /// The shared block that appending up to `new_len` tokens would have to copy first: the
+    /// last block, when it is partly filled, held by another table too, and the table grows.
+    /// O(1).
+    pub fn copy_needed(&self, pool: &BlockPool, new_len: usize) -> Option<BlockId> {
+        let last = *self.blocks.last()?;
+        let partial = self.num_tokens % pool.block_size() != 0;
+        (new_len > self.num_tokens && partial && pool.ref_count(last) > 1).then_some(last)
+    }
+
+    /// Makes room for `new_len` tokens (a no-op if the table already holds that many).
+    /// Copy-on-write: if the partly filled last block is shared, a fresh block replaces it in
+    /// this table, the table drops its reference to the shared one, and the returned
+    /// [`BlockCopy`] must run before anything is written or read through the new block.
+    /// Then allocates the blocks the new tokens cross into.
+    /// All-or-nothing: on `OutOfBlocks` (needing the copy's block plus the new ones) the table
+    /// and the pool are unchanged. O(1 + blocks allocated).
+    pub fn prepare_append(
+        &mut self,
+        pool: &mut BlockPool,
+        new_len: usize,
+    ) -> Result<Option<BlockCopy>, KvError> {
+        let copy_src = self.copy_needed(pool, new_len);
+        let need = Self::blocks_needed(new_len, pool.block_size());
         let extra = need.saturating_sub(self.blocks.len());
-        if extra > pool.num_free() {
+        let wanted = extra + usize::from(copy_src.is_some());
+        if wanted > pool.num_free() {
             return Err(KvError::OutOfBlocks {
-                needed: extra,
+                needed: wanted,
                 free: pool.num_free(),
                 total: pool.num_blocks(),
             });
         }
+        let copy = match copy_src {
+            Some(src) => {
+                let dst = pool.allocate()?;
+                *self
+                    .blocks
+                    .last_mut()
+                    .expect("copy_needed implies a last block") = dst;
+                pool.release(src)?;
+                Some(BlockCopy { src, dst })
+            }
+            None => None,
+        };
         for _ in 0..extra {
             self.blocks.push(pool.allocate()?);
         }
-        self.num_tokens = self.num_tokens.max(num_tokens);
+        self.num_tokens = self.num_tokens.max(new_len);
+        Ok(copy)
+    }
+
+    /// A second table sharing every block of this one (each block's ref count goes up by one);
+    /// the first of the two to append into the partly filled last block copies it.
+    /// O(blocks). On error (a block this table lists is not held: a table out of sync with its
+    /// pool) nothing was retained.
+    pub fn fork(&self, pool: &mut BlockPool) -> Result<BlockTable, KvError> {
+        for (i, id) in self.blocks.iter().enumerate() {
+            if let Err(e) = pool.retain(*id) {
+                for done in &self.blocks[..i] {
+                    pool.release(*done)?;
+                }
+                return Err(e);
+            }
+        }
+        Ok(self.clone())
+    }
+
+    /// Shrinks the table to `num_tokens` tokens, releasing the blocks past
+    /// ceil(num_tokens / block_size) (a no-op if it holds no more). O(blocks released).
+    pub fn truncate(&mut self, pool: &mut BlockPool, num_tokens: usize) -> Result<(), KvError> {
+        if num_tokens >= self.num_tokens {
+            return Ok(());
+        }
+        let keep = Self::blocks_needed(num_tokens, pool.block_size());
+        for id in self.blocks.drain(keep..) {
+            pool.release(id)?;
+        }
+        self.num_tokens = num_tokens;
         Ok(())
     }
 

@@ -117,3 +117,225 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fork_shares_every_block_and_copies_the_partial_last_one_on_append() {
+    // 10 tokens, block 4 → 3 blocks, the last holding 2 tokens (positions 8, 9).
+    let mut pool = BlockPool::new(8, 4).unwrap();
+    let mut parent = BlockTable::new();
+    parent.grow_to(&mut pool, 10).unwrap();
+    let child = &mut parent.fork(&mut pool).unwrap();
+    assert_eq!(child.blocks(), parent.blocks());
+    for b in parent.blocks() {
+        assert_eq!(pool.ref_count(*b), 2);
+    }
+    assert_eq!(pool.num_free(), 5, "forking allocates nothing");
+    let shared_last = parent.blocks()[2];
+    // grow_to would write into the shared block: refused, nothing changes.
+    assert_eq!(
+        child.grow_to(&mut pool, 11).unwrap_err(),
+        KvError::SharedLastBlock(shared_last)
+    );
+    assert_eq!(pool.num_free(), 5);
+    // The child appends token 10: it gets its own copy of the last block.
+    let copy = child.prepare_append(&mut pool, 11).unwrap().unwrap();
+    assert_eq!(copy.src, shared_last);
+    assert_eq!(child.blocks()[2], copy.dst);
+    assert_ne!(copy.dst, copy.src);
+    assert_eq!(pool.ref_count(copy.src), 1, "only the parent holds it now");
+    assert_eq!(pool.ref_count(copy.dst), 1);
+    assert_eq!(
+        pool.ref_count(parent.blocks()[0]),
+        2,
+        "full blocks stay shared"
+    );
+    assert_eq!(pool.num_free(), 4);
+    // The parent is now the last block's only holder: it appends in place.
+    assert_eq!(parent.prepare_append(&mut pool, 12).unwrap(), None);
+    assert_eq!(parent.blocks()[2], shared_last);
+    // Appending past a full shared block allocates a new block, copies nothing.
+    let mut a = BlockTable::new();
+    a.grow_to(&mut pool, 4).unwrap();
+    let mut b = a.fork(&mut pool).unwrap();
+    assert_eq!(b.prepare_append(&mut pool, 5).unwrap(), None);
+    assert_eq!(pool.ref_count(a.blocks()[0]), 2);
+    for t in [&mut parent, child, &mut a, &mut b] {
+        t.release(&mut pool).unwrap();
+    }
+    assert_eq!(pool.num_free(), 8);
+}
+
+#[test]
+fn copy_on_write_is_all_or_nothing() {
+    // 6 tokens, block 4 → 2 blocks, the second holding 2 tokens; a pool of 3 leaves 1 free.
+    let mut pool = BlockPool::new(3, 4).unwrap();
+    let mut parent = BlockTable::new();
+    parent.grow_to(&mut pool, 6).unwrap();
+    let mut child = parent.fork(&mut pool).unwrap();
+    let before = child.clone();
+    // 9 tokens: the copy of the last block plus a third block = 2 blocks, 1 free.
+    assert_eq!(
+        child.prepare_append(&mut pool, 9).unwrap_err(),
+        KvError::OutOfBlocks {
+            needed: 2,
+            free: 1,
+            total: 3
+        }
+    );
+    assert_eq!(child, before);
+    assert_eq!(pool.ref_count(parent.blocks()[1]), 2);
+    assert_eq!(pool.num_free(), 1);
+    // 8 tokens: only the copy, which fits.
+    let copy = child.prepare_append(&mut pool, 8).unwrap().unwrap();
+    assert_eq!(copy.src, parent.blocks()[1]);
+    assert_eq!(pool.num_free(), 0);
+    // A second fork leaves no block for the next copy: refused, nothing changes.
+    let mut g = parent.fork(&mut pool).unwrap();
+    let g_before = g.clone();
+    assert_eq!(
+        g.prepare_append(&mut pool, 7).unwrap_err(),
+        KvError::OutOfBlocks {
+            needed: 1,
+            free: 0,
+            total: 3
+        }
+    );
+    assert_eq!(g, g_before);
+    for t in [&mut parent, &mut child, &mut g] {
+        t.release(&mut pool).unwrap();
+    }
+    assert_eq!(pool.num_free(), 3);
+}
+
+#[test]
+fn truncate_releases_only_the_blocks_past_the_new_length() {
+    // 13 tokens, block 4 → 4 blocks; truncating to 5 keeps 2.
+    let mut pool = BlockPool::new(6, 4).unwrap();
+    let mut t = BlockTable::new();
+    t.grow_to(&mut pool, 13).unwrap();
+    let kept = t.blocks()[..2].to_vec();
+    t.truncate(&mut pool, 5).unwrap();
+    assert_eq!(t.blocks(), kept.as_slice());
+    assert_eq!(t.num_tokens(), 5);
+    assert_eq!(pool.num_free(), 4);
+    t.truncate(&mut pool, 9).unwrap(); // longer than held: no-op
+    assert_eq!(t.num_tokens(), 5);
+    t.truncate(&mut pool, 0).unwrap();
+    assert!(t.blocks().is_empty());
+    assert_eq!(pool.num_free(), 6);
+}
+
+#[test]
+fn forking_a_table_out_of_sync_with_its_pool_retains_nothing() {
+    let mut pool = BlockPool::new(4, 4).unwrap();
+    let mut t = BlockTable::new();
+    t.grow_to(&mut pool, 8).unwrap();
+    let stale = t.clone(); // blocks 0 and 1
+    t.truncate(&mut pool, 4).unwrap(); // block 1 goes back to the pool
+    // retaining block 0 succeeds, block 1 fails: the retain of block 0 is undone
+    assert_eq!(
+        stale.fork(&mut pool).unwrap_err(),
+        KvError::NotHeld(BlockId(1))
+    );
+    assert_eq!(pool.ref_count(BlockId(0)), 1);
+}
+
+/// Operations on tables that may share blocks.
+#[derive(Debug, Clone)]
+enum ShareOp {
+    Append { seq: usize, tokens: usize },
+    Fork { from: usize, to: usize },
+    Truncate { seq: usize, keep: usize },
+    Release { seq: usize },
+}
+
+fn share_op() -> impl Strategy<Value = ShareOp> {
+    prop_oneof![
+        4 => (0..5usize, 1..20usize).prop_map(|(seq, tokens)| ShareOp::Append { seq, tokens }),
+        2 => (0..5usize, 0..5usize).prop_map(|(from, to)| ShareOp::Fork { from, to }),
+        1 => (0..5usize, 0..30usize).prop_map(|(seq, keep)| ShareOp::Truncate { seq, keep }),
+        1 => (0..5usize).prop_map(|seq| ShareOp::Release { seq }),
+    ]
+}
+
+proptest! {
+    /// Simulates the KV memory itself: every append writes a value unique to (table, position)
+    /// into its slot, copies run as the GPU would, and each table must read back exactly what
+    /// it wrote — so no table ever writes into a block another table reads.
+    #[test]
+    fn shared_tables_never_see_each_others_writes(
+        bs_log in 0u32..5,
+        num_blocks in 1usize..16,
+        ops in prop::collection::vec(share_op(), 1..80),
+    ) {
+        let bs = 1usize << bs_log;
+        let mut pool = BlockPool::new(num_blocks, bs).unwrap();
+        let mut tables = vec![BlockTable::new(); 5];
+        // what each table has written at each of its positions
+        let mut contents: Vec<Vec<u64>> = vec![Vec::new(); 5];
+        let mut memory = vec![u64::MAX; num_blocks * bs];
+        let mut next_value = 0u64;
+        for op in ops {
+            match op {
+                ShareOp::Append { seq, tokens } => {
+                    let t = &mut tables[seq];
+                    let new_len = t.num_tokens() + tokens;
+                    let before = t.clone();
+                    let free_before = pool.num_free();
+                    match t.prepare_append(&mut pool, new_len) {
+                        Ok(copy) => {
+                            if let Some(c) = copy {
+                                let (s, d) = (c.src.0 as usize * bs, c.dst.0 as usize * bs);
+                                memory.copy_within(s..s + bs, d);
+                            }
+                            for pos in before.num_tokens()..new_len {
+                                let slot = t.slot(pos, bs).unwrap() as usize;
+                                memory[slot] = next_value;
+                                contents[seq].push(next_value);
+                                next_value += 1;
+                            }
+                        }
+                        Err(KvError::OutOfBlocks { .. }) => {
+                            prop_assert_eq!(&*t, &before);
+                            prop_assert_eq!(pool.num_free(), free_before);
+                        }
+                        Err(e) => prop_assert!(false, "unexpected {e}"),
+                    }
+                }
+                ShareOp::Fork { from, to } => {
+                    if from != to {
+                        tables[to].release(&mut pool).unwrap();
+                        tables[to] = tables[from].fork(&mut pool).unwrap();
+                        contents[to] = contents[from].clone();
+                    }
+                }
+                ShareOp::Truncate { seq, keep } => {
+                    tables[seq].truncate(&mut pool, keep).unwrap();
+                    contents[seq].truncate(keep);
+                }
+                ShareOp::Release { seq } => {
+                    tables[seq].release(&mut pool).unwrap();
+                    contents[seq].clear();
+                }
+            }
+            let mut holders = vec![0u32; num_blocks];
+            for (t, want) in tables.iter().zip(&contents) {
+                prop_assert_eq!(t.num_tokens(), want.len());
+                prop_assert_eq!(t.blocks().len(), BlockTable::blocks_needed(t.num_tokens(), bs));
+                for b in t.blocks() {
+                    holders[b.0 as usize] += 1;
+                }
+                for (pos, v) in want.iter().enumerate() {
+                    let slot = t.slot(pos, bs).unwrap();
+                    prop_assert!(t.blocks().contains(&BlockId(slot / bs as u32)));
+                    prop_assert_eq!(memory[slot as usize], *v, "position {} reads another's write", pos);
+                }
+            }
+            for (i, h) in holders.iter().enumerate() {
+                prop_assert_eq!(pool.ref_count(BlockId(i as u32)), *h);
+            }
+            let used = holders.iter().filter(|h| **h > 0).count();
+            prop_assert_eq!(pool.num_free() + used, num_blocks);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Subcommands beyond the basics in main.rs: batch, plan, bench.
+
+pub mod batch;
+pub mod bench;
+pub mod plan;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use wllm::engine::{Engine, EngineConfig};
+use wllm::{AdapterSelector, GpuContext, WeightDType};
+
+/// Model and engine options shared by the engine-driven commands.
+#[derive(clap::Args, Clone)]
+pub struct EngineArgs {
+    /// A .gguf file or a Hugging Face model directory
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Weight and KV-cache storage: f16 or f32 (default f16)
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Tokens per KV-cache block: a power of two from 1 to 256
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV pool size in blocks (default: as many as 256 MiB hold)
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Most sequences per step
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Most tokens per step (prompts longer than this are prefilled in chunks)
+    #[arg(long, default_value_t = 256)]
+    pub max_num_batched_tokens: usize,
+}
+
+pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
+    match s {
+        None => Ok(WeightDType::F16),
+        Some(s) => {
+            WeightDType::parse(s).with_context(|| format!("--dtype {s}: expected f16 or f32"))
+        }
+    }
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> Result<EngineConfig> {
+        let mut cfg = EngineConfig::new(&self.model);
+        cfg.model.dtype = parse_dtype(&self.dtype)?;
+        cfg.model.block_size = self.block_size;
+        cfg.model.num_blocks = self.kv_blocks;
+        cfg.model.max_seqs = self.max_num_seqs;
+        cfg.model.max_batch_tokens = self.max_num_batched_tokens;
+        cfg.adapter = AdapterSelector::from_env()?;
+        Ok(cfg)
+    }
+}
+
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {what}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}
+
+/// Opens the adapter and loads the model with a progress bar.
+pub fn start_engine(cfg: EngineConfig) -> Result<Engine> {
+    let ctx = GpuContext::new(&cfg.adapter)?;
+    start_engine_on(&ctx, cfg)
+}
+
+pub fn start_engine_on(ctx: &GpuContext, cfg: EngineConfig) -> Result<Engine> {
+    let bar = progress_bar(0, "tensors");
+    bar.set_message(format!("loading {}", cfg.model.path.display()));
+    let path = cfg.model.path.clone();
+    let e = Engine::with_context(ctx, cfg, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    e.with_context(|| format!("loading {}", path.display()))
+}

@@ -1,0 +1,447 @@
+//! The serving engine: requests from any thread, one batched forward pass per step on an
+//! engine thread, each request's tokens streamed back as they are sampled.
+//!
+//! ```text
+//! submit(Request) ── tokenize, validate ──► engine thread: scheduler.add
+//! engine thread, every step: schedule ─► StepBatch ─► Runner::forward ─► sample ─► update
+//!                                         ─► detokenize, stop strings ─► Event to the handle
+//! ```
+//! `submit` never waits for the GPU; dropping a [`RequestHandle`] aborts its request, and the
+//! request's KV blocks are freed within one step.
+
+mod stop;
+mod worker;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use futures::channel::mpsc;
+
+use crate::error::{Error, Result};
+use crate::generate::{FinishReason, ModelOptions, kv_bytes_per_token, load_tokenizer};
+use crate::gpu::{AdapterSelector, GpuContext, Runner, RunnerConfig};
+use crate::kv::{BlockPool, BlockTable, check_block_size};
+use crate::model::{ModelConfig, ModelFiles, load_weights};
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+pub use stop::{StopMatcher, StopResult};
+
+/// Everything needed to start an engine. Only the model path has no default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: ModelOptions,
+    /// Requests that may wait for admission; more are refused with [`Error::QueueFull`].
+    pub max_waiting: usize,
+    /// Which adapter to open when no device is handed over.
+    pub adapter: AdapterSelector,
+}
+
+impl EngineConfig {
+    pub fn new(model: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            model: ModelOptions::new(model),
+            max_waiting: 1024,
+            adapter: AdapterSelector::default(),
+        }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Plain text, tokenized as is.
+    Text(String),
+    /// Messages rendered with the model's chat template (generation prompt added).
+    Chat(Vec<ChatMessage>),
+    /// Token ids.
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when the text contains one of these; the stop text is not emitted.
+    pub stop: Vec<String>,
+    /// Keep going past the model's end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+impl Request {
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Token counts and latency of one request.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// From submit to the first generated token.
+    pub time_to_first_token: Option<Duration>,
+    /// From submit to the end.
+    pub total_time: Duration,
+}
+
+/// What a request's stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (possibly empty while a UTF-8 character or a possible stop string is
+    /// incomplete) and the token ids it came from.
+    Delta { text: String, token_ids: Vec<u32> },
+    /// The last event of a request.
+    Finished { reason: FinishReason, usage: Usage },
+    /// The request failed on the engine side (also the last event).
+    Failed(String),
+}
+
+/// The collected result of one request.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// A snapshot of the engine's memory and queues.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EngineStats {
+    pub blocks_total: usize,
+    pub blocks_used: usize,
+    pub blocks_free: usize,
+    pub block_size: usize,
+    pub kv_bytes_per_token: u64,
+    pub kv_bytes_per_block: u64,
+    /// Tokens whose KV the running sequences hold.
+    pub tokens_held: usize,
+    /// (allocated slots − tokens held) / allocated slots, in percent, now.
+    pub kv_waste_pct: f64,
+    /// The same, averaged over the steps run so far.
+    pub mean_kv_waste_pct: f64,
+    pub preemptions: u64,
+    pub requests_waiting: usize,
+    pub requests_running: usize,
+    pub requests_finished: u64,
+    pub peak_blocks_used: usize,
+    pub steps: u64,
+}
+
+pub(crate) enum Command {
+    Submit(Box<worker::Pending>),
+    Abort(SeqId),
+}
+
+pub(crate) struct Shared {
+    commands: Mutex<std::sync::mpsc::Sender<Command>>,
+    /// Requests submitted but not yet admitted or finished (for the queue cap).
+    queued: AtomicUsize,
+    stats: Mutex<EngineStats>,
+}
+
+impl Shared {
+    fn send(&self, c: Command) -> bool {
+        self.commands
+            .lock()
+            .map(|tx| tx.send(c).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// The engine: a loaded model, its KV pool and the thread that steps them.
+pub struct Engine {
+    shared: Arc<Shared>,
+    tokenizer: Option<Tokenizer>,
+    model: ModelConfig,
+    max_waiting: usize,
+    max_seq_tokens: usize,
+    next_id: AtomicU64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens the adapter the config selects and loads the model.
+    pub fn new(cfg: EngineConfig) -> Result<Engine> {
+        let ctx = GpuContext::new(&cfg.adapter)?;
+        Self::with_context(&ctx, cfg, &mut |_, _| {})
+    }
+
+    /// Loads the model on a device the caller already has; `progress(done, total)` reports
+    /// tensors loaded.
+    pub fn with_context(
+        ctx: &GpuContext,
+        cfg: EngineConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Engine> {
+        let opts = &cfg.model;
+        check_block_size(opts.block_size)?;
+        let files = ModelFiles::open(&opts.path)?;
+        let model = files.config()?;
+        let tokenizer = load_tokenizer(&files)?;
+        let weights = load_weights(ctx, &files, &model, opts.dtype, progress)?;
+        let bs = opts.block_size;
+        let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
+        let per_layer_block = (bs * model.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
+        let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
+        let num_blocks = opts
+            .num_blocks
+            .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize)
+            .min(binding_cap);
+        if num_blocks == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "the KV pool holds no block ({per_block} bytes per block)"
+            )));
+        }
+        let rc = RunnerConfig {
+            kv_dtype: opts.dtype,
+            block_size: bs,
+            num_blocks,
+            max_batch_tokens: opts.max_batch_tokens.max(1),
+            max_seqs: opts.max_seqs.max(1),
+        };
+        let runner = Runner::new(ctx, &model, weights, rc)?;
+        let pool = BlockPool::new(num_blocks, bs)?;
+        let sched_cfg = SchedulerConfig {
+            max_num_seqs: rc.max_seqs,
+            max_num_batched_tokens: rc.max_batch_tokens,
+            max_model_len: model.max_context,
+            max_waiting: cfg.max_waiting,
+            ..SchedulerConfig::default()
+        };
+        // The longest sequence the pool can ever hold.
+        let max_seq_tokens = (num_blocks * bs).min(model.max_context);
+        let stats = EngineStats {
+            blocks_total: num_blocks,
+            blocks_free: num_blocks,
+            block_size: bs,
+            kv_bytes_per_token: kv_bytes_per_token(&model, opts.dtype),
+            kv_bytes_per_block: per_block,
+            ..Default::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            commands: Mutex::new(tx),
+            queued: AtomicUsize::new(0),
+            stats: Mutex::new(stats),
+        });
+        let sched = Scheduler::new(sched_cfg, pool)?;
+        let worker = worker::Worker::new(runner, sched, tokenizer.clone(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("wllm-engine".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
+        log::info!(
+            "engine ready: {} KV blocks of {bs} tokens, {} seqs × {} tokens per step",
+            num_blocks,
+            rc.max_seqs,
+            rc.max_batch_tokens
+        );
+        Ok(Engine {
+            shared,
+            tokenizer,
+            model,
+            max_waiting: cfg.max_waiting,
+            max_seq_tokens,
+            next_id: AtomicU64::new(1),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Token ids of a prompt (chat rendering and tokenization happen on the caller's thread).
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let tok = || {
+            self.tokenizer.as_ref().ok_or_else(|| {
+                Error::InvalidRequest("the model has no tokenizer: send token ids".into())
+            })
+        };
+        Ok(match prompt {
+            Prompt::Ids(ids) => ids.clone(),
+            Prompt::Text(t) => tok()?.encode(t)?,
+            Prompt::Chat(m) => {
+                let t = tok()?;
+                t.encode(&t.render_chat(m, true)?)?
+            }
+        })
+    }
+
+    /// Queues a request. Errors at once (nothing is queued) for a request that can never run
+    /// or when the waiting queue is full; otherwise returns the stream of its events.
+    pub fn submit(&self, req: Request) -> Result<RequestHandle> {
+        let ids = self.prompt_ids(&req.prompt)?;
+        self.check(&ids, &req)?;
+        if self.shared.queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::QueueFull(self.max_waiting));
+        }
+        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded();
+        let pending = worker::Pending::new(id, ids.clone(), req, tx);
+        if !self.shared.send(Command::Submit(Box::new(pending))) {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::EngineStopped);
+        }
+        Ok(RequestHandle {
+            id,
+            prompt_ids: ids,
+            rx,
+            shared: self.shared.clone(),
+            done: false,
+        })
+    }
+
+    fn check(&self, ids: &[u32], req: &Request) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if req.max_tokens == 0 {
+            return Err(Error::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        if let Some(id) = ids.iter().find(|id| **id as usize >= self.model.vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {id} is outside the vocabulary of {}",
+                self.model.vocab_size
+            )));
+        }
+        // The prompt plus at least one generated token must fit the context and the pool.
+        if ids.len() + 1 > self.max_seq_tokens {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens; at most {} fit (model context {}, KV pool {} tokens)",
+                ids.len(),
+                self.max_seq_tokens - 1,
+                self.model.max_context,
+                self.stats().blocks_total * self.stats().block_size
+            )));
+        }
+        req.sampling
+            .validate()
+            .map_err(|e| Error::InvalidRequest(format!("sampling: {e}")))?;
+        Ok(())
+    }
+
+    /// Submits and waits for the whole completion (a blocking convenience).
+    pub fn generate(&self, req: Request) -> Result<Completion> {
+        self.submit(req)?.wait()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the command channel ends the engine thread once its work is done.
+        if let Ok(mut tx) = self.shared.commands.lock() {
+            let (dead, _) = std::sync::mpsc::channel();
+            *tx = dead;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request's event stream. Dropping it before the end aborts the request.
+pub struct RequestHandle {
+    id: SeqId,
+    prompt_ids: Vec<u32>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl RequestHandle {
+    pub fn id(&self) -> u64 {
+        self.id.0
+    }
+
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Stops the request; its blocks are freed within one engine step.
+    pub fn abort(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.shared.send(Command::Abort(self.id));
+        }
+    }
+
+    /// Blocks until the request ends and returns everything it produced.
+    pub fn wait(self) -> Result<Completion> {
+        let mut text = String::new();
+        let mut output_ids = Vec::new();
+        let prompt_ids = self.prompt_ids.clone();
+        for ev in futures::executor::block_on_stream(self) {
+            match ev {
+                Event::Delta { text: t, token_ids } => {
+                    text.push_str(&t);
+                    output_ids.extend(token_ids);
+                }
+                Event::Finished { reason, usage } => {
+                    return Ok(Completion {
+                        prompt_ids,
+                        output_ids,
+                        text,
+                        finish_reason: reason,
+                        usage,
+                    });
+                }
+                Event::Failed(e) => return Err(Error::InvalidRequest(e)),
+            }
+        }
+        Err(Error::EngineStopped)
+    }
+}
+
+impl Stream for RequestHandle {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let p = Pin::new(&mut self.rx).poll_next(cx);
+        if let Poll::Ready(Some(Event::Finished { .. } | Event::Failed(_)) | None) = &p {
+            self.done = true;
+        }
+        p
+    }
+}
+
+impl Drop for RequestHandle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Blocks a table would need for `tokens` (re-exported arithmetic for planning).
+pub fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    BlockTable::blocks_needed(tokens, block_size)
+}

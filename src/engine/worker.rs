@@ -1,0 +1,343 @@
+//! The engine thread: owns the runner and the scheduler and steps them while there is work.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use futures::channel::mpsc::UnboundedSender;
+
+use super::{Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, Usage};
+use crate::generate::FinishReason;
+use crate::gpu::Runner;
+use crate::sampling::Sampler;
+use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+/// A submitted request on its way to the engine thread.
+pub(crate) struct Pending {
+    id: SeqId,
+    prompt: Vec<u32>,
+    req: Request,
+    events: UnboundedSender<Event>,
+    submitted: Instant,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        id: SeqId,
+        prompt: Vec<u32>,
+        req: Request,
+        events: UnboundedSender<Event>,
+    ) -> Self {
+        Self {
+            id,
+            prompt,
+            req,
+            events,
+            submitted: Instant::now(),
+        }
+    }
+}
+
+/// Per-request state the engine thread keeps beside the scheduler's.
+struct Active {
+    prompt_len: usize,
+    output: Vec<u32>,
+    max_tokens: usize,
+    ignore_eos: bool,
+    sampler: Sampler,
+    detok: Option<Detokenizer>,
+    stop: StopMatcher,
+    events: UnboundedSender<Event>,
+    submitted: Instant,
+    first_token: Option<Instant>,
+    prompt: Vec<u32>,
+    stop_string_hit: bool,
+}
+
+pub(crate) struct Worker {
+    runner: Runner,
+    sched: Scheduler,
+    tokenizer: Option<Tokenizer>,
+    stop_ids: Vec<u32>,
+    shared: Arc<Shared>,
+    active: HashMap<SeqId, Active>,
+    finished: u64,
+    steps: u64,
+    peak_blocks: usize,
+    /// Sum over steps of the KV waste fraction (for the mean).
+    waste_sum: f64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        runner: Runner,
+        sched: Scheduler,
+        tokenizer: Option<Tokenizer>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let stop_ids = tokenizer
+            .as_ref()
+            .map(|t| t.stop_token_ids().to_vec())
+            .unwrap_or_default();
+        Self {
+            runner,
+            sched,
+            tokenizer,
+            stop_ids,
+            shared,
+            active: HashMap::new(),
+            finished: 0,
+            steps: 0,
+            peak_blocks: 0,
+            waste_sum: 0.0,
+        }
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            // Idle: sleep until a command arrives (or every handle and the engine are gone).
+            if self.active.is_empty() {
+                match rx.recv() {
+                    Ok(c) => self.command(c),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(c) => self.command(c),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        if self.active.is_empty() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            if !self.active.is_empty() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Submit(p) => {
+                let p = *p;
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                if let Err(e) = self.sched.add(p.id, p.prompt.clone(), p.req.max_tokens) {
+                    let _ = p.events.unbounded_send(Event::Failed(e.to_string()));
+                    return;
+                }
+                let active = Active {
+                    prompt_len: p.prompt.len(),
+                    output: Vec::new(),
+                    max_tokens: p.req.max_tokens,
+                    ignore_eos: p.req.ignore_eos,
+                    sampler: Sampler::new(p.req.sampling.clone()),
+                    detok: self.tokenizer.as_ref().map(|t| t.detokenizer()),
+                    stop: StopMatcher::new(p.req.stop.clone()),
+                    events: p.events,
+                    submitted: p.submitted,
+                    first_token: None,
+                    prompt: p.prompt,
+                    stop_string_hit: false,
+                };
+                self.active.insert(p.id, active);
+            }
+            Command::Abort(id) => {
+                if self.active.remove(&id).is_some() {
+                    let _ = self.sched.abort(id);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let out: SchedulerOutput = self.sched.schedule();
+        for id in out.length_capped.clone() {
+            if self.active.contains_key(&id) {
+                self.finish(id, FinishReason::Length);
+            }
+        }
+        if out.seqs.is_empty() {
+            return;
+        }
+        self.steps += 1;
+        let copies: Vec<[u32; 2]> = out
+            .block_copies
+            .iter()
+            .map(|c| [c.src.0, c.dst.0])
+            .collect();
+        let result = match self.sched.step_batch(&out, self.runner.max_blocks()) {
+            Ok(batch) => self
+                .runner
+                .copy_blocks(&copies)
+                .and_then(|_| self.runner.forward(&batch))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("step failed: {e}");
+                for s in &out.seqs {
+                    if let Some(a) = self.active.remove(&s.id) {
+                        let _ = a.events.unbounded_send(Event::Failed(e.clone()));
+                    }
+                    let _ = self.sched.abort(s.id);
+                }
+                return;
+            }
+        };
+        // Logits row i belongs to the i-th sampling sequence of the step.
+        let mut sampled = Vec::new();
+        for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+            if let Some(a) = self.active.get_mut(&s.id) {
+                let tok = a.sampler.sample(logits.row(row), &a.prompt, &a.output);
+                sampled.push((s.id, tok));
+            }
+        }
+        let capped = match self.sched.update(&out, &sampled) {
+            Ok(c) => c,
+            Err(e) => {
+                // A bookkeeping bug, not a user error: fail the step's requests loudly.
+                log::error!("scheduler update failed: {e}");
+                for s in &out.seqs {
+                    if let Some(a) = self.active.remove(&s.id) {
+                        let _ = a.events.unbounded_send(Event::Failed(e.to_string()));
+                    }
+                    let _ = self.sched.abort(s.id);
+                }
+                return;
+            }
+        };
+        self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());
+        self.waste_sum += self.sched.stats().waste;
+        for (id, tok) in sampled {
+            self.on_token(id, tok);
+        }
+        // Sequences that reached max_tokens or the context end (if not already finished).
+        for id in capped {
+            if self.active.contains_key(&id) {
+                self.finish(id, FinishReason::Length);
+            }
+        }
+    }
+
+    /// Emits a sampled token and ends the request if it should stop.
+    fn on_token(&mut self, id: SeqId, tok: u32) {
+        let is_stop_token = self.stop_ids.contains(&tok);
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
+        a.output.push(tok);
+        a.first_token.get_or_insert_with(Instant::now);
+        let mut finish = None;
+        if is_stop_token && !a.ignore_eos {
+            // The id is reported (as vLLM does), its text never.
+            let _ = a.events.unbounded_send(Event::Delta {
+                text: String::new(),
+                token_ids: vec![tok],
+            });
+            finish = Some(FinishReason::Stop);
+        } else {
+            let text = match a.detok.as_mut().map(|d| d.push(tok)) {
+                Some(Ok(t)) => t,
+                Some(Err(e)) => {
+                    log::warn!("detokenizing {tok}: {e}");
+                    String::new()
+                }
+                None => String::new(),
+            };
+            let (text, stopped) = match a.stop.push(&text) {
+                StopResult::Continue(t) => (t, false),
+                StopResult::Stopped(t) => (t, true),
+            };
+            if a.events
+                .unbounded_send(Event::Delta {
+                    text,
+                    token_ids: vec![tok],
+                })
+                .is_err()
+            {
+                // The handle is gone: abort.
+                self.active.remove(&id);
+                let _ = self.sched.abort(id);
+                return;
+            }
+            if stopped {
+                a.stop_string_hit = true;
+                finish = Some(FinishReason::Stop);
+            } else if a.output.len() >= a.max_tokens {
+                finish = Some(FinishReason::Length);
+            }
+        }
+        if let Some(reason) = finish {
+            self.finish(id, reason);
+        }
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason) {
+        let _ = self.sched.finish(id);
+        if let Some(mut a) = self.active.remove(&id) {
+            // Release text held back for a possible stop string or an incomplete character,
+            // unless a stop string ended the request (what follows it is never shown).
+            let tail = if a.stop_string_hit {
+                String::new()
+            } else {
+                let held = a.stop.finish();
+                let rest = a
+                    .detok
+                    .as_mut()
+                    .and_then(|d| d.finish().ok())
+                    .unwrap_or_default();
+                held + &rest
+            };
+            if !tail.is_empty() {
+                let _ = a.events.unbounded_send(Event::Delta {
+                    text: tail,
+                    token_ids: vec![],
+                });
+            }
+            let usage = Usage {
+                prompt_tokens: a.prompt_len,
+                completion_tokens: a.output.len(),
+                time_to_first_token: a.first_token.map(|t| t - a.submitted),
+                total_time: a.submitted.elapsed(),
+            };
+            self.finished += 1;
+            // Stats first, so a caller that sees Finished also sees the blocks returned.
+            self.publish_stats();
+            let _ = a.events.unbounded_send(Event::Finished { reason, usage });
+        }
+    }
+
+    fn publish_stats(&self) {
+        let st = self.sched.stats();
+        if let Ok(mut s) = self.shared.stats.lock() {
+            *s = EngineStats {
+                blocks_used: st.blocks_used,
+                blocks_free: st.blocks_free,
+                tokens_held: st.tokens_held,
+                kv_waste_pct: st.waste * 100.0,
+                mean_kv_waste_pct: if self.steps == 0 {
+                    0.0
+                } else {
+                    self.waste_sum / self.steps as f64 * 100.0
+                },
+                preemptions: st.preemptions,
+                requests_waiting: st.waiting + self.shared.queued.load(Ordering::SeqCst),
+                requests_running: st.running,
+                requests_finished: self.finished,
+                peak_blocks_used: self.peak_blocks,
+                steps: self.steps,
+                ..s.clone()
+            };
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! Iteration-level scheduler (vLLM v1 style): every step decides which sequences run and
+//! which tokens of each, within a token budget, and where their KV lives. Pure CPU: it owns
+//! the [`BlockPool`] and every sequence's [`BlockTable`], and never sees a GPU type.
+//!
+//! One engine step:
+//! ```text
+//! out   = scheduler.schedule()             // which tokens run, block copies, preemptions
+//! batch = scheduler.step_batch(&out, ..)   // the flat batch for the runner
+//! runner: out.block_copies, then forward(batch) → logits row i ↔ out.sampling_ids() i-th
+//! capped = scheduler.update(&out, &sampled)?  // KV written, sampled tokens appended
+//! engine: finish() what stopped (EOS, stop strings, max_tokens) and what `capped` lists
+//! ```
+//!
+//! Policy of `schedule`, in order:
+//! 1. running sequences with one token to compute (decodes), in admission order;
+//! 2. running sequences with several (a prefill continued in chunks, or a recompute);
+//! 3. waiting sequences, first come first served, while fewer than `max_num_seqs` run, the
+//!    budget lasts and — unless nothing runs — `watermark_blocks` stay free after the chunk.
+//!    The queue's head that does not fit stops admission (no overtaking). No admission in a
+//!    step that preempted.
+//!
+//! Every scheduled sequence gets `min(tokens left, budget left)` tokens: a long prompt runs in
+//! chunks over several steps, and decodes never wait behind it. When a running sequence needs a
+//! block and none is free, the most recently admitted running sequence is preempted (blocks
+//! freed, computed count reset, pushed to the *front* of the queue, its output kept; if it was
+//! already scheduled this step, that is undone); repeat until the block is there or the needy
+//! sequence preempted itself. It is later recomputed from prompt + output as one prefill.
+//!
+//! Lengths. A sequence's KV never holds more than `max_model_len` tokens and no more than its
+//! prompt plus `max_tokens - 1` (the last sampled token is never fed back). A sequence that
+//! reached `max_tokens` output tokens, or whose length reached `max_model_len` (a prompt of
+//! exactly `max_model_len` still gets one token), is *length-capped*: never scheduled again;
+//! `update` reports it so the engine finishes it with `Length`. Rejected at `add` is only what
+//! can never run: an empty prompt, `max_tokens == 0`, a prompt longer than `max_model_len`,
+//! or a sequence whose largest KV needs more blocks than the whole pool — so a sequence alone
+//! always fits, which with FCFS and front-of-queue requeueing rules out deadlock and starvation.
+//!
+//! Invariants (checked by the tests after every operation):
+//! - every sequence is in exactly one of `waiting` and `running`; `running.len() ≤ max_num_seqs`;
+//! - a waiting sequence holds no block and has nothing computed;
+//! - between steps (no output in flight) a running sequence's table holds exactly its computed
+//!   tokens; block ref counts equal the number of tables holding each block;
+//! - until `update` confirms a block copy, its source cannot return to the pool: when the last
+//!   table holding it lets go (preemption, finish, abort), the scheduler holds it instead.
+//!   (So a copy re-issued after an abandoned step still reads the right data.)
+//! - a sequence's tokens (prompt + output) only grow; preemption drops KV, never tokens.
+//!
+//! Costs: `add` O(1); `schedule` O(running + scheduled tokens + blocks allocated), plus
+//! O(running) per preemption; `update` O(scheduled + sampled); `finish`/`abort` O(its blocks +
+//! running + waiting); `stats` O(blocks held).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::batch::{LogitRows, StepBatch};
+use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvError};
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use types::{
+    SchedError, ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats, SeqId, SeqSummary,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+}
+
+#[derive(Debug, Clone)]
+struct Seq {
+    /// Prompt followed by the output so far.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    max_tokens: usize,
+    /// Tokens whose KV is written (confirmed by `update`).
+    num_computed: usize,
+    table: BlockTable,
+    state: State,
+    preemptions: usize,
+}
+
+impl Seq {
+    fn output(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Reached max_tokens, or the context: no token may be computed for sampling any more.
+    fn is_capped(&self, max_model_len: usize) -> bool {
+        self.output().len() >= self.max_tokens
+            || self.tokens.len() >= max_model_len.max(self.prompt_len + 1)
+    }
+
+    /// Tokens left to compute: none once capped (its KV already holds all but the last
+    /// token if it runs; a capped waiting sequence is not recomputed), else all not computed.
+    fn pending(&self, max_model_len: usize) -> usize {
+        if self.is_capped(max_model_len) {
+            0
+        } else {
+            self.tokens.len() - self.num_computed
+        }
+    }
+}
+
+/// Most KV tokens a request can ever hold (see the module docs): the final length is
+/// min(prompt + max_tokens, max(max_model_len, prompt + 1)); its last token is never computed.
+fn max_kv_tokens(prompt: usize, max_tokens: usize, max_model_len: usize) -> usize {
+    let final_len = prompt
+        .saturating_add(max_tokens)
+        .min(max_model_len.max(prompt + 1));
+    final_len - 1
+}
+
+/// Waiting and running sequences, the block pool and every block table.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    watermark: usize,
+    pool: BlockPool,
+    seqs: HashMap<SeqId, Seq>,
+    /// FCFS; preempted sequences go to the front.
+    waiting: VecDeque<SeqId>,
+    /// In admission order: the last is the most recently admitted, the first to preempt.
+    running: Vec<SeqId>,
+    /// Copies issued and not yet confirmed by `update`, re-issued if their output is
+    /// abandoned (a new `schedule` without `update`).
+    copies: Vec<PendingCopy>,
+    /// Step of the output not yet passed to `update`.
+    in_flight: Option<u64>,
+    next_step: u64,
+    num_preemptions: u64,
+}
+
+impl Scheduler {
+    /// Takes ownership of the pool (which should be all free). Checks the config.
+    pub fn new(cfg: SchedulerConfig, pool: BlockPool) -> Result<Self, SchedError> {
+        let bad = |m: String| Err(SchedError::InvalidConfig(m));
+        let n = pool.num_blocks();
+        if n == 0 {
+            return bad("the pool has no block".into());
+        }
+        if cfg.max_num_seqs == 0 || cfg.max_waiting == 0 || cfg.max_model_len == 0 {
+            return bad("max_num_seqs, max_waiting and max_model_len must be ≥ 1".into());
+        }
+        if cfg.max_num_batched_tokens < cfg.max_num_seqs {
+            return bad(format!(
+                "max_num_batched_tokens ({}) must be ≥ max_num_seqs ({}), or a full batch of decodes could not run",
+                cfg.max_num_batched_tokens, cfg.max_num_seqs
+            ));
+        }
+        let watermark = match cfg.watermark_blocks {
+            Some(w) if w >= n => {
+                return bad(format!(
+                    "watermark_blocks ({w}) must be below the pool's {n} blocks"
+                ));
+            }
+            Some(w) => w,
+            None => n.div_ceil(100).min(n - 1),
+        };
+        Ok(Self {
+            cfg,
+            watermark,
+            pool,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            copies: Vec::new(),
+            in_flight: None,
+            next_step: 0,
+            num_preemptions: 0,
+        })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// Blocks admission leaves free (the config's, or the 1% default).
+    pub fn watermark_blocks(&self) -> usize {
+        self.watermark
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_preemptions(&self) -> u64 {
+        self.num_preemptions
+    }
+
+    pub fn contains(&self, id: SeqId) -> bool {
+        self.seqs.contains_key(&id)
+    }
+
+    /// The tokens generated so far.
+    pub fn output(&self, id: SeqId) -> Option<&[u32]> {
+        self.seqs.get(&id).map(Seq::output)
+    }
+
+    /// A sequence's block table (empty while it waits).
+    pub fn block_table(&self, id: SeqId) -> Option<&BlockTable> {
+        self.seqs.get(&id).map(|s| &s.table)
+    }
+
+    /// Queues a request at the back. Rejects what could never run (see the module docs) and
+    /// refuses, without queueing, when `max_waiting` sequences already wait.
+    pub fn add(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+    ) -> Result<(), SchedError> {
+        if self.seqs.contains_key(&id) {
+            return Err(SchedError::DuplicateId(id));
+        }
+        if prompt.is_empty() {
+            return Err(SchedError::EmptyPrompt);
+        }
+        if max_tokens == 0 {
+            return Err(SchedError::MaxTokensZero);
+        }
+        let max_model_len = self.cfg.max_model_len;
+        if prompt.len() > max_model_len {
+            return Err(SchedError::PromptTooLong {
+                prompt: prompt.len(),
+                max_model_len,
+            });
+        }
+        let kv = max_kv_tokens(prompt.len(), max_tokens, max_model_len);
+        let blocks_needed = BlockTable::blocks_needed(kv, self.pool.block_size());
+        if blocks_needed > self.pool.num_blocks() {
+            return Err(SchedError::NeverFits {
+                blocks_needed,
+                num_blocks: self.pool.num_blocks(),
+            });
+        }
+        if self.waiting.len() >= self.cfg.max_waiting {
+            return Err(SchedError::QueueFull {
+                cap: self.cfg.max_waiting,
+            });
+        }
+        self.seqs.insert(
+            id,
+            Seq {
+                prompt_len: prompt.len(),
+                tokens: prompt,
+                max_tokens,
+                num_computed: 0,
+                table: BlockTable::new(),
+                state: State::Waiting,
+                preemptions: 0,
+            },
+        );
+        self.waiting.push_back(id);
+        Ok(())
+    }
+
+    /// Starts `child` as a copy of the running `parent` that shares all its blocks (parallel
+    /// sampling): same prompt, output, computed KV and limits; its first append into the shared
+    /// partly filled block is copied on write. With `last_token`, the child's last output token
+    /// — sampled by the last `update` and not yet computed — is replaced, so the two diverge.
+    /// Only between steps; the child counts as the most recently admitted. O(parent's blocks).
+    pub fn fork(
+        &mut self,
+        parent: SeqId,
+        child: SeqId,
+        last_token: Option<u32>,
+    ) -> Result<(), SchedError> {
+        if self.in_flight.is_some() {
+            return Err(SchedError::StepInFlight);
+        }
+        if self.seqs.contains_key(&child) {
+            return Err(SchedError::DuplicateId(child));
+        }
+        let p = self
+            .seqs
+            .get(&parent)
+            .ok_or(SchedError::UnknownSeq(parent))?;
+        if p.state != State::Running {
+            return Err(SchedError::NotRunning(parent));
+        }
+        if self.running.len() >= self.cfg.max_num_seqs {
+            return Err(SchedError::TooManySeqs {
+                max: self.cfg.max_num_seqs,
+            });
+        }
+        let mut tokens = p.tokens.clone();
+        if let Some(tok) = last_token {
+            let pending = !p.output().is_empty() && p.num_computed < p.tokens.len();
+            if !pending {
+                return Err(SchedError::NoPendingToken(parent));
+            }
+            *tokens.last_mut().expect("output is not empty") = tok;
+        }
+        let seq = Seq {
+            tokens,
+            prompt_len: p.prompt_len,
+            max_tokens: p.max_tokens,
+            num_computed: p.num_computed,
+            table: p.table.fork(&mut self.pool)?,
+            state: State::Running,
+            preemptions: 0,
+        };
+        self.seqs.insert(child, seq);
+        self.running.push(child);
+        Ok(())
+    }
+
+    /// Decides this step's work (see the module docs). An earlier output not passed to
+    /// `update` is abandoned: none of its work counts, and its block copies are issued again.
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        if self.in_flight.take().is_some() {
+            // Give back the slots the abandoned step reserved; its copies stay pending.
+            for i in 0..self.running.len() {
+                let s = &self.seqs[&self.running[i]];
+                let keep = BlockTable::blocks_needed(s.num_computed, self.pool.block_size());
+                let dropped = s.table.blocks()[keep.min(s.table.blocks().len())..].to_vec();
+                self.guard_sources(&dropped);
+                let s = self
+                    .seqs
+                    .get_mut(&self.running[i])
+                    .expect("running ids exist");
+                s.table
+                    .truncate(&mut self.pool, s.num_computed)
+                    .expect(SYNC);
+            }
+        }
+        let step = self.next_step;
+        self.next_step += 1;
+        self.in_flight = Some(step);
+        let mut st = StepState {
+            out: SchedulerOutput {
+                step,
+                seqs: Vec::new(),
+                block_copies: Vec::new(),
+                preempted: Vec::new(),
+                length_capped: Vec::new(),
+                num_batched_tokens: 0,
+            },
+            budget: self.cfg.max_num_batched_tokens,
+        };
+        for decodes in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && st.budget > 0 {
+                let id = self.running[i];
+                let pending = self.seqs[&id].pending(self.cfg.max_model_len);
+                if pending == 0 || (pending == 1) != decodes {
+                    i += 1;
+                    continue;
+                }
+                if self.schedule_running(id, pending.min(st.budget), &mut st) {
+                    i += 1;
+                }
+            }
+        }
+        if st.out.preempted.is_empty() {
+            self.admit(&mut st);
+        }
+        let mml = self.cfg.max_model_len;
+        st.out.length_capped = (self.running.iter().chain(&self.waiting))
+            .copied()
+            .filter(|id| self.seqs[id].is_capped(mml))
+            .collect();
+        st.out.block_copies = self.copies.iter().map(|p| p.copy).collect();
+        st.out.num_batched_tokens = st.out.seqs.iter().map(|s| s.tokens.len()).sum();
+        st.out
+    }
+
+    /// Reserves blocks for `n` more tokens of running `id`, preempting from the back of
+    /// `running` until they fit. Returns false if `id` itself was preempted.
+    fn schedule_running(&mut self, id: SeqId, n: usize, st: &mut StepState) -> bool {
+        loop {
+            let s = self.seqs.get_mut(&id).expect("running ids exist");
+            match s.table.prepare_append(&mut self.pool, s.num_computed + n) {
+                Ok(copy) => {
+                    if let Some(copy) = copy {
+                        // The copy's source is still held by the tables it was shared with.
+                        self.copies.push(PendingCopy {
+                            owner: id,
+                            copy,
+                            held: false,
+                        });
+                    }
+                    st.push(id, s, n);
+                    return true;
+                }
+                Err(KvError::OutOfBlocks { .. }) => {
+                    let victim = *self.running.last().expect("id is running");
+                    self.preempt(victim, st);
+                    if victim == id {
+                        return false;
+                    }
+                }
+                Err(e) => panic!("{SYNC}: {e}"),
+            }
+        }
+    }
+
+    /// Admits waiting sequences FCFS (skipping length-capped ones, which wait to be finished).
+    fn admit(&mut self, st: &mut StepState) {
+        let bs = self.pool.block_size();
+        let mut w = 0;
+        while w < self.waiting.len() && self.running.len() < self.cfg.max_num_seqs && st.budget > 0
+        {
+            let id = self.waiting[w];
+            let s = self.seqs.get_mut(&id).expect("waiting ids exist");
+            let pending = s.pending(self.cfg.max_model_len);
+            if pending == 0 {
+                w += 1;
+                continue;
+            }
+            let n = pending.min(st.budget);
+            let reserve = if self.running.is_empty() {
+                0
+            } else {
+                self.watermark
+            };
+            if BlockTable::blocks_needed(n, bs) + reserve > self.pool.num_free() {
+                break;
+            }
+            s.table.prepare_append(&mut self.pool, n).expect(SYNC);
+            s.state = State::Running;
+            st.push(id, s, n);
+            self.waiting.remove(w);
+            self.running.push(id);
+        }
+    }
+
+    /// Frees `id`'s blocks and requeues it at the front, undoing its work in this step.
+    fn preempt(&mut self, id: SeqId, st: &mut StepState) {
+        self.drop_kv(id);
+        let s = self.seqs.get_mut(&id).expect("victim exists");
+        s.state = State::Waiting;
+        s.preemptions += 1;
+        self.num_preemptions += 1;
+        self.running.retain(|r| *r != id);
+        self.waiting.push_front(id);
+        if let Some(i) = st.out.seqs.iter().position(|e| e.id == id) {
+            st.budget += st.out.seqs.remove(i).tokens.len();
+        }
+        st.out.preempted.push(id);
+    }
+
+    /// Releases `id`'s table and forgets its own pending copies; nothing computed remains.
+    fn drop_kv(&mut self, id: SeqId) {
+        let pool = &mut self.pool;
+        self.copies.retain(|p| {
+            if p.owner == id && p.held {
+                pool.release(p.copy.src).expect(SYNC);
+            }
+            p.owner != id
+        });
+        let blocks = self.seqs[&id].table.blocks().to_vec();
+        self.guard_sources(&blocks);
+        let s = self.seqs.get_mut(&id).expect("caller checked");
+        s.table.release(&mut self.pool).expect(SYNC);
+        s.num_computed = 0;
+    }
+
+    /// Holds the source of every pending copy among `blocks`, which a table is about to release.
+    fn guard_sources(&mut self, blocks: &[BlockId]) {
+        for p in &mut self.copies {
+            if !p.held && blocks.contains(&p.copy.src) {
+                self.pool.retain(p.copy.src).expect(SYNC);
+                p.held = true;
+            }
+        }
+    }
+
+    /// The step batch for `out` (call it before any `finish`/`abort` of its sequences): rows in
+    /// `out.seqs` order, logits only for the last row of each sampling entry.
+    pub fn step_batch(
+        &self,
+        out: &SchedulerOutput,
+        max_blocks: usize,
+    ) -> Result<StepBatch, SchedError> {
+        let bs = self.pool.block_size();
+        let mut batch = StepBatch::new(max_blocks);
+        for e in &out.seqs {
+            let s = self.seqs.get(&e.id).ok_or(SchedError::UnknownSeq(e.id))?;
+            let rows = if e.sample {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
+            batch
+                .push_sequence(&e.tokens, e.start_pos, &s.table, bs, rows)
+                .ok_or(SchedError::BatchTooWide {
+                    id: e.id,
+                    blocks: s.table.blocks().len(),
+                    max_blocks,
+                })?;
+        }
+        Ok(batch)
+    }
+
+    /// Records that `out` ran: its tokens' KV is written, its block copies are done, and each
+    /// sampling sequence got the token in `sampled`. Entries of sequences finished or aborted
+    /// since `schedule` are skipped (their samples ignored). Returns the sequences that are now
+    /// length-capped (max_tokens or max_model_len reached): finish them with `Length`.
+    /// Validates everything before changing anything.
+    pub fn update(
+        &mut self,
+        out: &SchedulerOutput,
+        sampled: &[(SeqId, u32)],
+    ) -> Result<Vec<SeqId>, SchedError> {
+        if self.in_flight != Some(out.step) {
+            return Err(SchedError::StaleOutput {
+                expected: self.in_flight,
+                got: out.step,
+            });
+        }
+        let samplers: HashSet<SeqId> = out.sampling_ids().collect();
+        let mut got = HashMap::with_capacity(sampled.len());
+        for &(id, tok) in sampled {
+            if !samplers.contains(&id) || got.insert(id, tok).is_some() {
+                return Err(SchedError::UnexpectedSample(id));
+            }
+        }
+        // Alive: still running with the KV this entry extended (not finished, aborted or re-added).
+        let alive = |s: Option<&Seq>, e: &ScheduledSeq| {
+            s.is_some_and(|s| s.state == State::Running && s.num_computed == e.start_pos)
+        };
+        for e in &out.seqs {
+            if e.sample && alive(self.seqs.get(&e.id), e) && !got.contains_key(&e.id) {
+                return Err(SchedError::MissingSample(e.id));
+            }
+        }
+        self.in_flight = None;
+        for p in self.copies.drain(..) {
+            if p.held {
+                self.pool.release(p.copy.src).expect(SYNC);
+            }
+        }
+        let mut capped = Vec::new();
+        for e in &out.seqs {
+            if !alive(self.seqs.get(&e.id), e) {
+                continue;
+            }
+            let s = self.seqs.get_mut(&e.id).expect("alive");
+            s.num_computed += e.tokens.len();
+            if let Some(tok) = got.get(&e.id) {
+                s.tokens.push(*tok);
+            }
+            if s.is_capped(self.cfg.max_model_len) {
+                capped.push(e.id);
+            }
+        }
+        Ok(capped)
+    }
+
+    /// Ends a sequence: frees its blocks and forgets it. Allowed any time, also while its
+    /// step is in flight (then `update` skips it).
+    pub fn finish(&mut self, id: SeqId) -> Result<SeqSummary, SchedError> {
+        if !self.seqs.contains_key(&id) {
+            return Err(SchedError::UnknownSeq(id));
+        }
+        self.drop_kv(id);
+        let s = self.seqs.remove(&id).expect("checked");
+        match s.state {
+            State::Running => self.running.retain(|r| *r != id),
+            State::Waiting => self.waiting.retain(|r| *r != id),
+        }
+        Ok(SeqSummary {
+            id,
+            prompt_len: s.prompt_len,
+            output: s.tokens[s.prompt_len..].to_vec(),
+            preemptions: s.preemptions,
+        })
+    }
+
+    /// Cancels a sequence like `finish`; `None` if it does not exist (aborting twice is harmless).
+    pub fn abort(&mut self, id: SeqId) -> Option<SeqSummary> {
+        self.finish(id).ok()
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        let bs = self.pool.block_size();
+        // Fill of each held block: the most any table holding it has written.
+        let mut fill: HashMap<BlockId, usize> = HashMap::new();
+        for id in &self.running {
+            let t = &self.seqs[id].table;
+            for (j, b) in t.blocks().iter().enumerate() {
+                let n = (t.num_tokens() - j * bs).min(bs);
+                let f = fill.entry(*b).or_default();
+                *f = (*f).max(n);
+            }
+        }
+        let tokens_held = fill.values().sum();
+        let allocated_slots = self.pool.num_used() * bs;
+        let waste = if allocated_slots == 0 {
+            0.0
+        } else {
+            (allocated_slots - tokens_held) as f64 / allocated_slots as f64
+        };
+        SchedulerStats {
+            block_size: bs,
+            blocks_total: self.pool.num_blocks(),
+            blocks_used: self.pool.num_used(),
+            blocks_free: self.pool.num_free(),
+            tokens_held,
+            allocated_slots,
+            waste,
+            preemptions: self.num_preemptions,
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+        }
+    }
+}
+
+/// A broken link between tables and pool is a bug in this module, not a runtime condition.
+const SYNC: &str = "scheduler's block tables out of sync with its pool";
+
+/// A block copy issued and not yet confirmed by `update`.
+#[derive(Debug, Clone, Copy)]
+struct PendingCopy {
+    /// The sequence whose table holds `copy.dst`.
+    owner: SeqId,
+    copy: BlockCopy,
+    /// The scheduler holds a reference to `copy.src` (the tables sharing it let go).
+    held: bool,
+}
+
+/// The output being built and the budget left.
+struct StepState {
+    out: SchedulerOutput,
+    budget: usize,
+}
+
+impl StepState {
+    fn push(&mut self, id: SeqId, s: &Seq, n: usize) {
+        let start = s.num_computed;
+        self.out.seqs.push(ScheduledSeq {
+            id,
+            tokens: s.tokens[start..start + n].to_vec(),
+            start_pos: start,
+            sample: start + n == s.tokens.len(),
+        });
+        self.budget -= n;
+    }
+}

@@ -1,0 +1,376 @@
+//! Property tests: random add / step / finish / abort / fork sequences on tiny pools, with the
+//! KV memory itself simulated. Each step runs the block copies, writes every scheduled token's
+//! KV (a hash of the sequence's tokens up to it) into its slot, and then reads each sequence's
+//! whole context back through its block-table row as the attention kernel would: any block
+//! shared wrongly, freed early, or recomputed with other tokens reads back the wrong hash.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add {
+        prompt_len: usize,
+        max_tokens: usize,
+        stop_at: usize,
+    },
+    /// Schedule, run, update.
+    Step,
+    /// Schedule and run, but abort the `pick`-th sequence before `update`.
+    StepAbortingOne {
+        pick: usize,
+    },
+    /// Schedule (and run the copies and forward if `ran`) but never call `update`.
+    Abandon {
+        ran: bool,
+    },
+    Finish {
+        pick: usize,
+    },
+    Abort {
+        pick: usize,
+    },
+    Fork {
+        pick: usize,
+        diverge: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..200usize, 0..200usize, 1..40usize)
+            .prop_map(|(prompt_len, max_tokens, stop_at)| Op::Add { prompt_len, max_tokens, stop_at }),
+        8 => Just(Op::Step),
+        1 => (0..8usize).prop_map(|pick| Op::StepAbortingOne { pick }),
+        1 => any::<bool>().prop_map(|ran| Op::Abandon { ran }),
+        1 => (0..8usize).prop_map(|pick| Op::Finish { pick }),
+        1 => (0..8usize).prop_map(|pick| Op::Abort { pick }),
+        1 => (0..8usize, any::<bool>()).prop_map(|(pick, diverge)| Op::Fork { pick, diverge }),
+    ]
+}
+
+fn config() -> impl Strategy<Value = (SchedulerConfig, usize, usize)> {
+    (
+        2..=12usize,
+        0..=4u32,
+        1..=6usize,
+        0..40usize,
+        prop_oneof![Just(usize::MAX), 3..80usize],
+        1..=8usize,
+        0..4usize,
+    )
+        .prop_map(
+            |(num_blocks, bs_log, max_num_seqs, extra, max_model_len, max_waiting, wm)| {
+                let cfg = SchedulerConfig {
+                    max_num_seqs,
+                    max_num_batched_tokens: max_num_seqs + extra,
+                    max_model_len,
+                    max_waiting,
+                    // 0..=2 blocks, or the default
+                    watermark_blocks: (wm < 3).then(|| wm.min(num_blocks - 1)),
+                };
+                (cfg, num_blocks, 1 << bs_log)
+            },
+        )
+}
+
+/// KV value of position `pos`: a hash of the tokens up to and including it.
+fn kv_value(tokens: &[u32], pos: usize) -> u64 {
+    tokens[..=pos]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, t| {
+            (h ^ u64::from(*t)).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+struct Harness {
+    s: Scheduler,
+    /// What each live sequence's tokens must be: prompt + every token sampled for it.
+    model: HashMap<SeqId, Vec<u32>>,
+    /// Output length at which the "engine" stops it (like an EOS).
+    stop_at: HashMap<SeqId, usize>,
+    memory: Vec<u64>,
+    next_id: u64,
+    rng: u64,
+}
+
+impl Harness {
+    fn rand(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 50_000) as u32
+    }
+
+    /// Sizes are scaled to the pool (1..=its slots), so most requests fit and some never do.
+    fn add(&mut self, prompt_len: usize, max_tokens: usize, stop_at: usize) {
+        let slots = self.s.pool().num_blocks() * self.s.pool().block_size();
+        let (prompt_len, max_tokens) = (1 + prompt_len % slots, 1 + max_tokens % slots);
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let prompt: Vec<u32> = (0..prompt_len).map(|_| self.rand()).collect();
+        if self.s.add(id, prompt.clone(), max_tokens).is_ok() {
+            self.model.insert(id, prompt);
+            self.stop_at.insert(id, stop_at);
+        }
+    }
+
+    fn live(&self) -> Vec<SeqId> {
+        self.s
+            .running
+            .iter()
+            .chain(&self.s.waiting)
+            .copied()
+            .collect()
+    }
+
+    fn remove(&mut self, id: SeqId, summary: Option<SeqSummary>) {
+        let tokens = self.model.remove(&id).expect("modelled");
+        let summary = summary.expect("live");
+        assert_eq!(summary.output, tokens[summary.prompt_len..]);
+        self.stop_at.remove(&id);
+    }
+
+    /// The runner: copies, KV writes, then every context read back through the block tables.
+    fn run(&mut self, out: &SchedulerOutput) -> Result<(), TestCaseError> {
+        let bs = self.s.pool().block_size();
+        for c in &out.block_copies {
+            let (src, dst) = (c.src.0 as usize * bs, c.dst.0 as usize * bs);
+            self.memory.copy_within(src..src + bs, dst);
+        }
+        let max_blocks = self.s.pool().num_blocks();
+        let batch = self.s.step_batch(out, max_blocks).expect("batch builds");
+        for (i, e) in out.seqs.iter().enumerate() {
+            let tokens = &self.model[&e.id];
+            // The same tokens at the same positions, however often it was recomputed.
+            prop_assert_eq!(
+                &e.tokens[..],
+                &tokens[e.start_pos..e.start_pos + e.tokens.len()]
+            );
+            prop_assert_eq!(e.sample, e.start_pos + e.tokens.len() == tokens.len());
+            let row = &batch.block_tables[i * max_blocks..(i + 1) * max_blocks];
+            let table = self.s.block_table(e.id).unwrap();
+            for r in batch.query_start[i] as usize..batch.query_start[i + 1] as usize {
+                let slot = batch.slot_mapping[r];
+                // every slot lies in a block of its own sequence's table
+                prop_assert!(table.blocks().contains(&BlockId(slot / bs as u32)));
+                self.memory[slot as usize] = kv_value(tokens, batch.positions[r] as usize);
+            }
+            for pos in 0..batch.context_lens[i] as usize {
+                let slot = row[pos / bs] as usize * bs + pos % bs;
+                prop_assert_eq!(
+                    self.memory[slot],
+                    kv_value(tokens, pos),
+                    "{} position {}",
+                    e.id,
+                    pos
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, out: &SchedulerOutput) -> Vec<(SeqId, u32)> {
+        let ids: Vec<SeqId> = out.sampling_ids().collect();
+        ids.into_iter().map(|id| (id, self.rand())).collect()
+    }
+
+    /// Applies samples to the model and finishes what the engine would: capped or stopped.
+    fn update(
+        &mut self,
+        out: &SchedulerOutput,
+        sampled: &[(SeqId, u32)],
+    ) -> Result<(), TestCaseError> {
+        let capped = self.s.update(out, sampled).expect("update");
+        for (id, tok) in sampled {
+            if let Some(t) = self.model.get_mut(id) {
+                t.push(*tok);
+            }
+        }
+        let stopped: Vec<SeqId> = (self.model.keys())
+            .filter(|id| self.s.output(**id).unwrap().len() >= self.stop_at[*id])
+            .copied()
+            .collect();
+        for id in capped.into_iter().chain(stopped) {
+            if self.model.contains_key(&id) {
+                let summary = self.s.finish(id).ok();
+                self.remove(id, summary);
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, abort: Option<usize>) -> Result<SchedulerOutput, TestCaseError> {
+        let out = self.s.schedule();
+        self.check_output(&out)?;
+        self.check(true)?;
+        self.run(&out)?;
+        let sampled = self.sample(&out);
+        if let Some(pick) = abort {
+            let live = self.live();
+            if !live.is_empty() {
+                let id = live[pick % live.len()];
+                let summary = self.s.abort(id);
+                self.remove(id, summary);
+            }
+        }
+        self.update(&out, &sampled)?;
+        Ok(out)
+    }
+
+    fn check_output(&self, out: &SchedulerOutput) -> Result<(), TestCaseError> {
+        let cfg = &self.s.cfg;
+        let total: usize = out.seqs.iter().map(|e| e.tokens.len()).sum();
+        prop_assert_eq!(out.num_batched_tokens, total);
+        prop_assert!(total <= cfg.max_num_batched_tokens);
+        let mut seen = std::collections::HashSet::new();
+        for e in &out.seqs {
+            prop_assert!(seen.insert(e.id), "{} twice", e.id);
+            prop_assert!(!e.tokens.is_empty());
+            prop_assert!(self.s.running.contains(&e.id));
+            prop_assert!(!out.preempted.contains(&e.id));
+            // the KV never holds more than the context
+            prop_assert!(e.start_pos + e.tokens.len() <= cfg.max_model_len);
+        }
+        Ok(())
+    }
+
+    /// The scheduler's invariants (module docs), against the pool and the model.
+    fn check(&self, in_flight: bool) -> Result<(), TestCaseError> {
+        let s = &self.s;
+        let n = s.pool.num_blocks();
+        let bs = s.pool.block_size();
+        prop_assert!(s.running.len() <= s.cfg.max_num_seqs);
+        prop_assert_eq!(s.running.len() + s.waiting.len(), s.seqs.len());
+        prop_assert_eq!(s.seqs.len(), self.model.len());
+        let mut holders = vec![0u32; n];
+        for (id, seq) in &s.seqs {
+            let running = s.running.contains(id);
+            prop_assert_eq!(running, !s.waiting.contains(id));
+            prop_assert_eq!(seq.state == State::Running, running);
+            prop_assert_eq!(&seq.tokens, &self.model[id]);
+            prop_assert!(seq.output().len() <= seq.max_tokens);
+            let kv_max = max_kv_tokens(seq.prompt_len, seq.max_tokens, s.cfg.max_model_len);
+            prop_assert!(seq.table.num_tokens() <= kv_max);
+            prop_assert!(seq.num_computed <= seq.table.num_tokens());
+            prop_assert_eq!(
+                seq.table.blocks().len(),
+                BlockTable::blocks_needed(seq.table.num_tokens(), bs)
+            );
+            if !running {
+                prop_assert!(seq.table.blocks().is_empty());
+                prop_assert_eq!(seq.num_computed, 0);
+            } else if !in_flight {
+                prop_assert_eq!(seq.table.num_tokens(), seq.num_computed);
+            }
+            for b in seq.table.blocks() {
+                holders[b.0 as usize] += 1;
+            }
+        }
+        if !in_flight {
+            prop_assert!(s.copies.is_empty());
+        }
+        for p in &s.copies {
+            if p.held {
+                holders[p.copy.src.0 as usize] += 1;
+            }
+        }
+        // no leaked or doubly freed block: ref counts = holders; free + used = total
+        for (b, h) in holders.iter().enumerate() {
+            prop_assert_eq!(s.pool.ref_count(BlockId(b as u32)), *h, "block {}", b);
+        }
+        let used = holders.iter().filter(|h| **h > 0).count();
+        prop_assert_eq!(s.pool.num_free() + used, n);
+        let st = s.stats();
+        prop_assert_eq!(st.blocks_used + st.blocks_free, st.blocks_total);
+        prop_assert!(st.tokens_held <= st.allocated_slots);
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_workloads_keep_every_invariant_and_all_finish(
+        (cfg, num_blocks, bs) in config(),
+        ops in prop::collection::vec(op(), 1..150),
+        seed in 1u64..,
+    ) {
+        let pool = BlockPool::new(num_blocks, bs).unwrap();
+        let mut h = Harness {
+            s: Scheduler::new(cfg, pool).unwrap(),
+            model: HashMap::new(),
+            stop_at: HashMap::new(),
+            memory: vec![u64::MAX; num_blocks * bs],
+            next_id: 0,
+            rng: seed,
+        };
+        for op in ops {
+            let in_flight = match op {
+                Op::Add { prompt_len, max_tokens, stop_at } => {
+                    h.add(prompt_len, max_tokens, stop_at);
+                    h.s.in_flight.is_some()
+                }
+                Op::Step => { h.step(None)?; false }
+                Op::StepAbortingOne { pick } => { h.step(Some(pick))?; false }
+                Op::Abandon { ran } => {
+                    let out = h.s.schedule();
+                    h.check_output(&out)?;
+                    if ran {
+                        h.run(&out)?;
+                    }
+                    true
+                }
+                Op::Finish { pick } | Op::Abort { pick } => {
+                    let live = h.live();
+                    if !live.is_empty() {
+                        let id = live[pick % live.len()];
+                        let summary = match op {
+                            Op::Finish { .. } => h.s.finish(id).ok(),
+                            _ => h.s.abort(id),
+                        };
+                        h.remove(id, summary);
+                    }
+                    h.s.in_flight.is_some()
+                }
+                Op::Fork { pick, diverge } => {
+                    let running = h.s.running.clone();
+                    if !running.is_empty() {
+                        let parent = running[pick % running.len()];
+                        let child = SeqId(h.next_id);
+                        h.next_id += 1;
+                        let tok = h.rand();
+                        let last = diverge.then_some(tok);
+                        if h.s.fork(parent, child, last).is_ok() {
+                            let mut tokens = h.model[&parent].clone();
+                            if let Some(t) = last {
+                                *tokens.last_mut().unwrap() = t;
+                            }
+                            h.model.insert(child, tokens);
+                            h.stop_at.insert(child, h.stop_at[&parent]);
+                        }
+                    }
+                    h.s.in_flight.is_some()
+                }
+            };
+            h.check(in_flight)?;
+        }
+        // Drain: keep stepping and finishing; everything ends, never two idle steps in a row.
+        let mut idle = 0;
+        for _ in 0..20_000 {
+            if h.model.is_empty() {
+                break;
+            }
+            let out = h.step(None)?;
+            h.check(false)?;
+            idle = if out.is_empty() { idle + 1 } else { 0 };
+            prop_assert!(idle < 2, "no progress: {} waiting, {} running", h.s.num_waiting(), h.s.num_running());
+        }
+        prop_assert!(h.model.is_empty(), "{} sequences never finished", h.model.len());
+        prop_assert_eq!(h.s.pool().num_free(), num_blocks);
+    }
+}

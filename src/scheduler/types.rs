@@ -1,0 +1,169 @@
+//! The plain values that cross the scheduler's boundary: ids, config, errors, the per-step
+//! output handed to the runner, and the summaries and stats handed to the engine.
+
+use std::fmt;
+
+use crate::kv::{BlockCopy, KvError};
+
+/// A sequence's id, chosen by the caller (one per request, or per sample of a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct SeqId(pub u64);
+
+impl fmt::Display for SeqId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {}", self.0)
+    }
+}
+
+/// Budgets and limits. `Default` gives everything; the engine sets `max_model_len` from the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Most sequences running at once (≥ 1).
+    pub max_num_seqs: usize,
+    /// Most tokens computed per step, all sequences together (≥ max_num_seqs).
+    pub max_num_batched_tokens: usize,
+    /// The model's context: most tokens a sequence's KV may hold (default: unlimited).
+    pub max_model_len: usize,
+    /// Most sequences waiting; `add` beyond it is refused with `QueueFull` (≥ 1).
+    /// Preempted sequences return to the queue even past it: nothing admitted is dropped.
+    pub max_waiting: usize,
+    /// Blocks that admitting a waiting sequence must leave free (unless nothing runs), so
+    /// fresh admissions do not preempt at once. `None`: 1% of the pool, rounded up (at most
+    /// all blocks but one). An explicit value must be below the pool's size.
+    pub watermark_blocks: Option<usize>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 64,
+            max_num_batched_tokens: 256,
+            max_model_len: usize::MAX,
+            max_waiting: 1024,
+            watermark_blocks: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedError {
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(String),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("max_tokens is 0: nothing to generate")]
+    MaxTokensZero,
+    #[error("the prompt has {prompt} tokens, more than the model's context of {max_model_len}")]
+    PromptTooLong { prompt: usize, max_model_len: usize },
+    #[error(
+        "the request needs {blocks_needed} KV blocks, more than the whole pool of {num_blocks}"
+    )]
+    NeverFits {
+        blocks_needed: usize,
+        num_blocks: usize,
+    },
+    #[error("the queue is full ({cap} requests waiting); try again later")]
+    QueueFull { cap: usize },
+    #[error("{0} already exists")]
+    DuplicateId(SeqId),
+    #[error("{0} does not exist")]
+    UnknownSeq(SeqId),
+    #[error("{0} is not running")]
+    NotRunning(SeqId),
+    #[error("{max} sequences already run")]
+    TooManySeqs { max: usize },
+    #[error("{0} has no sampled token waiting to be computed")]
+    NoPendingToken(SeqId),
+    #[error("a step is in flight: call update first")]
+    StepInFlight,
+    #[error("output of step {got} is not the one in flight ({expected:?})")]
+    StaleOutput { expected: Option<u64>, got: u64 },
+    #[error("{0} sampled but got no token")]
+    MissingSample(SeqId),
+    #[error("{0} got a token it did not sample (or twice)")]
+    UnexpectedSample(SeqId),
+    #[error("{id} holds {blocks} blocks, more than the batch's {max_blocks} columns")]
+    BatchTooWide {
+        id: SeqId,
+        blocks: usize,
+        max_blocks: usize,
+    },
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// One sequence's work in a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub id: SeqId,
+    /// The tokens to compute this step (never empty): the sequence's tokens at positions
+    /// `start_pos..start_pos + tokens.len()`.
+    pub tokens: Vec<u32>,
+    /// Position of `tokens[0]` = tokens already computed; the KV holds
+    /// `start_pos + tokens.len()` tokens after this step.
+    pub start_pos: usize,
+    /// The chunk reaches the end of the known tokens: the last row's logits give the next token.
+    pub sample: bool,
+}
+
+/// The plain value that crosses from the scheduler to the runner for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerOutput {
+    /// Step number; `update` accepts only the output of the step in flight.
+    pub step: u64,
+    /// Work per sequence, decodes first, then prefill chunks, then new admissions; the batch
+    /// rows follow this order, and logits row i belongs to the i-th entry with `sample`.
+    /// Each id appears at most once; every id is running.
+    pub seqs: Vec<ScheduledSeq>,
+    /// Copy-on-write copies to run before the forward pass, in order. Each `dst` is in the
+    /// table of a sequence; each `src` stays held until `update`.
+    pub block_copies: Vec<BlockCopy>,
+    /// Sequences preempted this step (now at the front of the queue, with no blocks);
+    /// none of them is in `seqs`.
+    pub preempted: Vec<SeqId>,
+    /// Length-capped sequences still alive (see `update`): never scheduled; finish them with
+    /// `Length`. Empty when the engine finishes what `update` reported.
+    pub length_capped: Vec<SeqId>,
+    /// Sum of `seqs[i].tokens.len()`; ≤ max_num_batched_tokens.
+    pub num_batched_tokens: usize,
+}
+
+impl SchedulerOutput {
+    /// Ids of the sequences that sample, in logits-row order.
+    pub fn sampling_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.seqs.iter().filter(|s| s.sample).map(|s| s.id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// What a sequence amounted to, returned by `finish` and `abort`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqSummary {
+    pub id: SeqId,
+    pub prompt_len: usize,
+    pub output: Vec<u32>,
+    /// Times this sequence was preempted and recomputed.
+    pub preemptions: usize,
+}
+
+/// Memory accounting, as `engine.stats()` reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SchedulerStats {
+    pub block_size: usize,
+    pub blocks_total: usize,
+    pub blocks_used: usize,
+    pub blocks_free: usize,
+    /// Slots holding a token's KV; a block shared by several tables counts once.
+    pub tokens_held: usize,
+    /// blocks_used × block_size.
+    pub allocated_slots: usize,
+    /// (allocated_slots − tokens_held) / allocated_slots; 0 when nothing is allocated.
+    pub waste: f64,
+    /// Preemptions since the scheduler started.
+    pub preemptions: u64,
+    pub waiting: usize,
+    pub running: usize,
+}

@@ -1,0 +1,258 @@
+//! The batching engine end to end: golden outputs through the engine, batch invariance with
+//! preemption, aborts, refusals, stop strings.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fixtures, gpu, ids, read_json, smollm2_path};
+use futures::StreamExt;
+use wllm::engine::{Engine, EngineConfig, Event, Prompt, Request};
+use wllm::{Error, SamplingParams, WeightDType};
+
+fn engine(
+    dir: &str,
+    dtype: WeightDType,
+    blocks: Option<usize>,
+    block_size: usize,
+    max_seqs: usize,
+    max_tokens_per_step: usize,
+) -> Engine {
+    let mut cfg = EngineConfig::new(fixtures().join(dir));
+    cfg.model.dtype = dtype;
+    cfg.model.num_blocks = blocks;
+    cfg.model.block_size = block_size;
+    cfg.model.max_seqs = max_seqs;
+    cfg.model.max_batch_tokens = max_tokens_per_step;
+    Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap()
+}
+
+fn req(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Request {
+    let mut r = Request::new(Prompt::Ids(prompt));
+    r.max_tokens = max_tokens;
+    r.sampling = sampling;
+    r
+}
+
+/// The golden cases of a tiny model, greedy, plus two sampled variants.
+fn requests(dir: &str) -> Vec<Request> {
+    let golden = read_json(&fixtures().join(dir).join("golden.json"));
+    let mut out = Vec::new();
+    for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&case["prompt_ids"]);
+        out.push(req(prompt.clone(), 24, SamplingParams::default()));
+        let sampled = SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            seed: i as u64,
+            ..Default::default()
+        };
+        out.push(req(prompt, 20, sampled));
+    }
+    out
+}
+
+/// Stats are published after each step; wait (bounded) until the engine has gone idle.
+fn idle_stats(e: &Engine) -> wllm::EngineStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = e.stats();
+        if (st.blocks_used == 0 && st.requests_running == 0) || std::time::Instant::now() > deadline
+        {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn run_together(e: &Engine, reqs: &[Request]) -> Vec<Vec<u32>> {
+    let handles: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+    handles
+        .into_iter()
+        .map(|h| h.wait().unwrap().output_ids)
+        .collect()
+}
+
+fn run_alone(e: &Engine, reqs: &[Request]) -> Vec<Vec<u32>> {
+    reqs.iter()
+        .map(|r| e.generate(r.clone()).unwrap().output_ids)
+        .collect()
+}
+
+#[test]
+fn engine_greedy_matches_the_golden_ids() {
+    for dir in ["tiny-llama-gqa-public", "tiny-gpt2-public"] {
+        let golden = read_json(&fixtures().join(dir).join("golden.json"));
+        let e = engine(dir, WeightDType::F32, None, 16, 8, 64);
+        let cases = golden["cases"].as_array().unwrap();
+        let reqs: Vec<_> = cases
+            .iter()
+            .map(|c| req(ids(&c["prompt_ids"]), 24, SamplingParams::default()))
+            .collect();
+        let outs = run_together(&e, &reqs);
+        for (c, out) in cases.iter().zip(outs) {
+            assert_eq!(out, ids(&c["greedy_ids"]), "{dir} {}", c["name"]);
+        }
+        assert_eq!(idle_stats(&e).blocks_used, 0);
+    }
+}
+
+/// Same outputs alone (a roomy pool) and all together in a pool so small that sequences are
+/// preempted and recomputed, with prompts prefilled in small chunks.
+fn check_invariance(dir: &str, dtype: WeightDType) {
+    let reqs = requests(dir);
+    let alone = run_alone(&engine(dir, dtype, None, 16, 1, 256), &reqs);
+    // 40 blocks of 4 = 160 slots for 12 requests of up to 124 tokens each.
+    let tight = engine(dir, dtype, Some(40), 4, 12, 24);
+    let together = run_together(&tight, &reqs);
+    let st = idle_stats(&tight);
+    assert!(
+        st.preemptions > 0,
+        "the pool should force preemptions: {st:?}"
+    );
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(
+            a, b,
+            "{dir} {dtype:?} request {i} differs between alone and batched"
+        );
+    }
+    assert_eq!(st.blocks_used, 0, "blocks leaked: {st:?}");
+}
+
+#[test]
+fn outputs_do_not_depend_on_the_batch_f32() {
+    check_invariance("tiny-llama-gqa-public", WeightDType::F32);
+    check_invariance("tiny-gpt2-public", WeightDType::F32);
+}
+
+#[test]
+fn outputs_do_not_depend_on_the_batch_f16() {
+    check_invariance("tiny-llama-gqa-public", WeightDType::F16);
+    check_invariance("tiny-gpt2-public", WeightDType::F16);
+}
+
+#[test]
+fn bad_requests_are_refused_at_submit() {
+    let e = engine(
+        "tiny-llama-gqa-public",
+        WeightDType::F32,
+        Some(8),
+        16,
+        4,
+        64,
+    );
+    let refused = |r: Request| match e.submit(r) {
+        Err(Error::InvalidRequest(m)) => m,
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(refused(req(vec![], 4, SamplingParams::default())).contains("empty"));
+    assert!(refused(req(vec![1, 2], 0, SamplingParams::default())).contains("max_tokens"));
+    assert!(refused(req(vec![1, 99999], 4, SamplingParams::default())).contains("vocabulary"));
+    // 8 blocks of 16 = 128 tokens: a 200-token prompt can never fit the pool
+    assert!(refused(req(vec![3; 200], 4, SamplingParams::default())).contains("fit"));
+    let bad_sampling = SamplingParams {
+        temperature: -1.0,
+        ..Default::default()
+    };
+    assert!(refused(req(vec![1, 2], 4, bad_sampling)).contains("sampling"));
+    // Text prompts need a tokenizer, which the random-weight checkpoint lacks.
+    assert!(matches!(
+        e.submit(Request::new(Prompt::Text("hi".into()))),
+        Err(Error::InvalidRequest(_))
+    ));
+    // The engine still works afterwards.
+    assert_eq!(
+        e.generate(req(vec![1, 2, 3], 3, SamplingParams::default()))
+            .unwrap()
+            .output_ids
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_full_queue_refuses_instead_of_dropping() {
+    let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+    cfg.max_waiting = 2;
+    cfg.model.max_seqs = 1;
+    let e = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
+    let mut handles = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match e.submit(req(vec![5; 40], 200, SamplingParams::default())) {
+            Ok(h) => handles.push(h),
+            Err(Error::QueueFull(2)) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "40 submissions into a queue of 2 should see refusals"
+    );
+    // Every accepted request completes.
+    for h in handles {
+        let c = h.wait().unwrap();
+        assert_eq!(c.output_ids.len(), 200);
+    }
+}
+
+#[test]
+fn abort_and_drop_free_blocks() {
+    let e = engine("tiny-llama-gqa-public", WeightDType::F32, None, 4, 8, 64);
+    let mut h = e
+        .submit(req(vec![7; 30], 400, SamplingParams::default()))
+        .unwrap();
+    // Wait for the first token, then abort.
+    futures::executor::block_on(async {
+        while let Some(ev) = h.next().await {
+            if matches!(ev, Event::Delta { .. }) {
+                break;
+            }
+        }
+    });
+    h.abort();
+    let dropped = e
+        .submit(req(vec![8; 30], 400, SamplingParams::default()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(dropped);
+    let st = idle_stats(&e);
+    assert!(
+        st.blocks_used == 0 && st.requests_running == 0,
+        "blocks not freed: {st:?}"
+    );
+    // Still serving.
+    assert_eq!(
+        e.generate(req(vec![1, 2], 2, SamplingParams::default()))
+            .unwrap()
+            .output_ids
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn stop_strings_and_eos_end_generation_without_emitting_the_stop_text() {
+    let mut cfg = EngineConfig::new(smollm2_path());
+    cfg.model.dtype = WeightDType::F32;
+    let e = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
+    // Greedy reference continuation: " Paris.\n\nThe answer is: 2018-..."
+    let mut r = Request::new(Prompt::Text("The capital of France is".into()));
+    r.max_tokens = 12;
+    r.stop = vec![".".into()];
+    let c = e.generate(r).unwrap();
+    assert_eq!(c.text, " Paris");
+    assert_eq!(c.finish_reason, wllm::FinishReason::Stop);
+    // Chat: the model ends its turn with <|im_end|> (id 2), a stop token.
+    let mut r = Request::new(Prompt::Chat(vec![wllm::tokenizer::ChatMessage::user(
+        "Say hi.",
+    )]));
+    r.max_tokens = 64;
+    let c = e.generate(r).unwrap();
+    assert_eq!(c.finish_reason, wllm::FinishReason::Stop, "{c:?}");
+    assert_eq!(c.output_ids.last(), Some(&2));
+    assert!(!c.text.contains("<|im_end|>"));
+    assert_eq!(c.usage.completion_tokens, c.output_ids.len());
+    assert!(c.usage.time_to_first_token.is_some());
+}
