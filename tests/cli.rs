@@ -1,0 +1,195 @@
+//! The `wllm` binary's contracts, as scripts use them: JSON shapes, input order, errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixtures, smollm2_path};
+use serde_json::Value;
+
+fn wllm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wllm"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("run wllm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tiny_llama() -> String {
+    fixtures()
+        .join("tiny-llama-gqa-public")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn generate_json_score_and_tokenize_contracts() {
+    let model = tiny_llama();
+    let (ok, out, err) = wllm(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-tokens",
+        "5",
+        "--dtype",
+        "f32",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["prompt_ids"], serde_json::json!([1, 2, 3]));
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(v["finish_reason"], "length");
+    assert!(v["text"].is_string());
+
+    let (ok, out, err) = wllm(&[
+        "score",
+        "--model",
+        &model,
+        "--prompt-ids",
+        "4,5,6,7",
+        "--top-k",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let pos = v["positions"].as_array().unwrap();
+    assert_eq!(pos.len(), 4);
+    assert_eq!(pos[0]["ids"].as_array().unwrap().len(), 3);
+    let l: Vec<f64> = pos[0]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(l[0] >= l[1] && l[1] >= l[2]);
+
+    let gguf = smollm2_path().display().to_string();
+    let (ok, out, err) = wllm(&["tokenize", "--model", &gguf, "The capital of France is"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[504,3575,282,4649,314]");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let model = tiny_llama();
+    let (ok, _, err) = wllm(&[
+        "generate",
+        "--model",
+        "/no/such/model.gguf",
+        "--prompt-ids",
+        "1",
+    ]);
+    assert!(!ok && err.contains("/no/such/model.gguf"), "{err}");
+    let (ok, _, err) = wllm(&["generate", "--model", &model, "--prompt-ids", "1,999999"]);
+    assert!(!ok && err.contains("vocabulary"), "{err}");
+    let (ok, _, err) = wllm(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt-ids",
+        "1",
+        "--block-size",
+        "24",
+    ]);
+    assert!(!ok && err.contains("power of two"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn batch_keeps_input_order_reports_bad_lines_and_prints_stats() {
+    let dir = std::env::temp_dir().join(format!("wllm-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let mut lines = vec![];
+    for i in 0..10 {
+        lines.push(format!(r#"{{"id": {i}, "prompt_ids": [{}, 7, 9, 11, 13, 15, 17, 19, 21, 23], "max_tokens": {}}}"#, 10 + i, 5 + i));
+    }
+    lines.insert(3, "this is not json".to_string());
+    lines.insert(5, r#"{"id": "empty", "prompt_ids": []}"#.to_string());
+    lines.insert(
+        7,
+        r#"{"id": "text", "prompt": "no tokenizer here"}"#.to_string(),
+    );
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let model = tiny_llama();
+    let (ok, _, err) = wllm(&[
+        "batch",
+        "--model",
+        &model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--kv-blocks",
+        "12",
+        "--block-size",
+        "4",
+        "--max-num-seqs",
+        "8",
+        "--max-num-batched-tokens",
+        "32",
+        "--stats",
+    ]);
+    assert!(ok, "{err}");
+    let results: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 13);
+    assert!(results[3]["error"].as_str().unwrap().contains("malformed"));
+    assert_eq!(results[5]["id"], "empty");
+    assert!(results[5]["error"].as_str().unwrap().contains("empty"));
+    assert!(results[7]["error"].is_string());
+    let ok_rows: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.get("error").is_none())
+        .collect();
+    assert_eq!(ok_rows.len(), 10);
+    for (i, r) in ok_rows.iter().enumerate() {
+        assert_eq!(r["id"], i);
+        assert_eq!(r["output_ids"].as_array().unwrap().len(), 5 + i);
+        assert_eq!(r["finish_reason"], "length");
+    }
+    let stats: Value = serde_json::from_str(err.trim().lines().last().unwrap()).unwrap();
+    assert!(
+        stats["preemptions"].as_u64().unwrap() > 0,
+        "12 blocks of 4 for 10 sequences: {stats}"
+    );
+    assert!(stats["kv_waste_pct"].is_number());
+    assert_eq!(stats["blocks_used"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plan_compares_preallocation_with_paging() {
+    let gguf = smollm2_path().display().to_string();
+    let (ok, out, err) = wllm(&[
+        "plan",
+        "--model",
+        &gguf,
+        "--kv-memory",
+        "2GiB",
+        "--context",
+        "8192",
+        "--avg-tokens",
+        "600",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    // 30 layers × 2 (K, V) × 192 KV dims × 2 bytes
+    assert_eq!(v["kv_bytes_per_token"], 23040);
+    // 2 GiB / (8192 × 23040) = 11.4 → 11; paged: 600 tokens = 38 blocks of 16 → 2 GiB / (38 × 16 × 23040) = 153.3 → 153
+    assert_eq!(v["preallocated_seqs"], 11);
+    assert_eq!(v["paged_seqs"], 153);
+}
