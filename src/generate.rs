@@ -1,8 +1,9 @@
-//! One model on one device, generating for one sequence at a time over the paged KV cache.
+//! Model options, and [`Generator`]: one model on one device for teacher-forced scoring
+//! (`wllm score`, the golden tests) over the paged KV cache. Generation goes through the
+//! batching engine ([`crate::engine`]).
 //!
-//! Even a single generation allocates KV blocks as it grows and feeds the runner step
-//! batches (prefill in chunks, then one token per step), the same inputs the batching engine
-//! builds for many sequences.
+//! Scoring allocates KV blocks as the sequence grows and feeds the runner step batches
+//! (the prompt in chunks), the same inputs the engine builds for many sequences.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Logits, Runner, RunnerConfig, WeightDType};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
-use crate::sampling::{Sampler, SamplingParams, top_k};
+use crate::sampling::top_k;
 use crate::tokenizer::Tokenizer;
 
 /// How to load a model. Everything but the path has a default.
@@ -57,14 +58,7 @@ pub enum FinishReason {
     Length,
 }
 
-#[derive(Debug, Clone)]
-pub struct Generation {
-    pub prompt_ids: Vec<u32>,
-    pub output_ids: Vec<u32>,
-    pub finish_reason: FinishReason,
-}
-
-/// A loaded model ready to score and generate.
+/// A loaded model ready to score.
 pub struct Generator {
     runner: Runner,
     pool: BlockPool,
@@ -237,67 +231,6 @@ impl Generator {
         });
         table.release(&mut self.pool)?;
         res.map(|_| out)
-    }
-
-    /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` as each arrives.
-    /// Stops at any of `stop_ids`, at `max_tokens`, or when the model's context is full.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_tokens: usize,
-        sampling: &SamplingParams,
-        stop_ids: &[u32],
-        on_token: &mut dyn FnMut(u32),
-    ) -> Result<Generation> {
-        self.check_prompt(prompt)?;
-        let mut table = BlockTable::new();
-        let res = self.generate_inner(&mut table, prompt, max_tokens, sampling, stop_ids, on_token);
-        // Blocks go back to the pool whatever happened.
-        table.release(&mut self.pool)?;
-        res
-    }
-
-    fn generate_inner(
-        &mut self,
-        table: &mut BlockTable,
-        prompt: &[u32],
-        max_tokens: usize,
-        sampling: &SamplingParams,
-        stop_ids: &[u32],
-        on_token: &mut dyn FnMut(u32),
-    ) -> Result<Generation> {
-        let max_context = self.config().max_context;
-        let mut sampler = Sampler::new(sampling.clone());
-        let mut output = Vec::new();
-        let mut next = None;
-        let mut finish = FinishReason::Length;
-        if max_tokens > 0 {
-            self.run_tokens(table, prompt, 0, LogitRows::Last, |l| {
-                next = Some(sampler.sample(l.row(0), prompt, &output));
-                Ok(())
-            })?;
-        }
-        while let Some(tok) = next.take() {
-            output.push(tok);
-            on_token(tok);
-            if stop_ids.contains(&tok) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            let pos = prompt.len() + output.len() - 1;
-            if output.len() >= max_tokens || pos + 1 >= max_context {
-                break;
-            }
-            self.run_tokens(table, &[tok], pos, LogitRows::Last, |l| {
-                next = Some(sampler.sample(l.row(0), prompt, &output));
-                Ok(())
-            })?;
-        }
-        Ok(Generation {
-            prompt_ids: prompt.to_vec(),
-            output_ids: output,
-            finish_reason: finish,
-        })
     }
 }
 

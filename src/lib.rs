@@ -16,6 +16,6 @@ pub use engine::{
     Completion, Engine, EngineConfig, EngineStats, Event, Prompt, Request, RequestHandle, Usage,
 };
 pub use error::{Error, Result};
-pub use generate::{FinishReason, Generation, Generator, ModelOptions};
+pub use generate::{FinishReason, Generator, ModelOptions};
 pub use gpu::{AdapterSelector, GpuContext, WeightDType};
 pub use sampling::SamplingParams;

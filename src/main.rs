@@ -7,11 +7,14 @@ mod cli;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 use serde_json::json;
 use wllm::generate::load_tokenizer;
 use wllm::model::ModelFiles;
 use wllm::tokenizer::{ChatMessage, Tokenizer};
-use wllm::{AdapterSelector, Generator, GpuContext, ModelOptions, SamplingParams, WeightDType};
+use wllm::{
+    AdapterSelector, Event, Generator, GpuContext, ModelOptions, Prompt, Request, SamplingParams,
+};
 
 #[derive(Parser)]
 #[command(
@@ -101,12 +104,13 @@ enum Command {
     },
 }
 
-fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
-    match s {
-        None => Ok(WeightDType::F16),
-        Some(s) => {
-            WeightDType::parse(s).with_context(|| format!("--dtype {s}: expected f16 or f32"))
-        }
+impl ModelArgs {
+    fn engine_config(&self) -> Result<wllm::EngineConfig> {
+        let mut cfg = wllm::EngineConfig::new(&self.model);
+        cfg.model.dtype = cli::parse_dtype(&self.dtype)?;
+        cfg.model.block_size = self.block_size;
+        cfg.adapter = AdapterSelector::from_env()?;
+        Ok(cfg)
     }
 }
 
@@ -114,7 +118,7 @@ fn load(args: &ModelArgs) -> Result<Generator> {
     let sel = AdapterSelector::from_env()?;
     let ctx = GpuContext::new(&sel)?;
     let mut opts = ModelOptions::new(&args.model);
-    opts.dtype = parse_dtype(&args.dtype)?;
+    opts.dtype = cli::parse_dtype(&args.dtype)?;
     opts.block_size = args.block_size;
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
@@ -229,76 +233,65 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             json,
         } => {
-            let mut g = load(&model)?;
-            let tok = g.tokenizer().cloned();
-            let prompt_ids = match (prompt, prompt_ids) {
-                (Some(text), None) => {
-                    let tok = tok
-                        .as_ref()
-                        .context("the model has no tokenizer: use --prompt-ids")?;
-                    tok.encode(&render(tok, &text, chat)?)?
-                }
-                (None, Some(ids)) => ids,
+            let engine = cli::start_engine(ModelArgs::engine_config(&model)?)?;
+            let prompt = match (prompt, prompt_ids) {
+                (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage::user(text)]),
+                (Some(text), None) => Prompt::Text(text),
+                (None, Some(ids)) => Prompt::Ids(ids),
                 _ => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
             };
-            let sampling = SamplingParams {
+            let mut req = Request::new(prompt);
+            req.max_tokens = max_tokens;
+            req.sampling = SamplingParams {
                 temperature,
                 top_k,
                 top_p,
                 seed,
                 ..Default::default()
             };
-            let stop: Vec<u32> = tok
-                .as_ref()
-                .map(|t| t.stop_token_ids().to_vec())
-                .unwrap_or_default();
-            let mut detok = tok.as_ref().map(|t| t.detokenizer());
+            let mut handle = engine.submit(req)?;
+            let prompt_ids = handle.prompt_ids().to_vec();
+            let (mut text, mut output_ids, mut finish) = (String::new(), Vec::new(), None);
             let mut stdout = std::io::stdout();
-            let mut stream_err = None;
-            let out = g.generate(&prompt_ids, max_tokens, &sampling, &stop, &mut |id| {
-                if json || stop.contains(&id) {
-                    return;
-                }
-                if let Some(d) = detok.as_mut() {
-                    match d.push(id) {
-                        Ok(s) => {
-                            let _ = stdout.write_all(s.as_bytes());
-                            let _ = stdout.flush();
+            let has_tokenizer = engine.tokenizer().is_some();
+            futures::executor::block_on(async {
+                while let Some(ev) = handle.next().await {
+                    match ev {
+                        Event::Delta { text: t, token_ids } => {
+                            if !json {
+                                // Random-weight checkpoints have no tokenizer: stream the ids.
+                                let shown = if has_tokenizer {
+                                    t.clone()
+                                } else {
+                                    token_ids.iter().map(|i| format!("{i} ")).collect()
+                                };
+                                let _ = stdout.write_all(shown.as_bytes());
+                                let _ = stdout.flush();
+                            }
+                            text.push_str(&t);
+                            output_ids.extend(token_ids);
                         }
-                        Err(e) => stream_err = Some(e),
+                        Event::Finished { reason, .. } => finish = Some(Ok(reason)),
+                        Event::Failed(e) => finish = Some(Err(e)),
                     }
-                } else {
-                    let _ = write!(stdout, "{id} ");
-                    let _ = stdout.flush();
                 }
-            })?;
-            if let Some(e) = stream_err {
-                return Err(e.into());
-            }
-            let shown: Vec<u32> = out
-                .output_ids
-                .iter()
-                .copied()
-                .filter(|id| !stop.contains(id))
-                .collect();
-            let text = match &tok {
-                Some(t) => t.decode(&shown)?,
-                None => String::new(),
+            });
+            let reason = match finish {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => bail!("generation failed: {e}"),
+                None => bail!("the engine stopped"),
             };
             if json {
                 println!(
                     "{}",
                     json!({
-                        "prompt_ids": out.prompt_ids,
-                        "output_ids": out.output_ids,
+                        "prompt_ids": prompt_ids,
+                        "output_ids": output_ids,
                         "text": text,
-                        "finish_reason": out.finish_reason,
+                        "finish_reason": reason,
                     })
                 );
             } else {
-                if let Some(d) = detok.as_mut() {
-                    print!("{}", d.finish()?);
-                }
                 println!();
             }
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, floats, gpu, ids, read_json};
-use wllm::{Generator, ModelOptions, SamplingParams, WeightDType};
+use wllm::{Engine, EngineConfig, Generator, ModelOptions, Prompt, Request, WeightDType};
 
 fn check_model(dir: &str, block_size: usize) {
     let path = fixtures().join(dir);
@@ -16,6 +16,9 @@ fn check_model(dir: &str, block_size: usize) {
     // Small chunks so the 100-token prompt is prefilled across several steps.
     opts.max_batch_tokens = 48;
     let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let mut cfg = EngineConfig::new(&path);
+    cfg.model = opts.clone();
+    let engine = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
     let cases = golden["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
     let mut worst = 0f32;
@@ -23,15 +26,9 @@ fn check_model(dir: &str, block_size: usize) {
         let name = case["name"].as_str().unwrap();
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
-        let out = g
-            .generate(
-                &prompt,
-                want.len(),
-                &SamplingParams::default(),
-                &[],
-                &mut |_| {},
-            )
-            .unwrap();
+        let mut req = Request::new(Prompt::Ids(prompt.clone()));
+        req.max_tokens = want.len();
+        let out = engine.generate(req).unwrap();
         assert_eq!(out.output_ids, want, "{dir} {name}: greedy ids differ");
 
         let mut all = prompt.clone();

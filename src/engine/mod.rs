@@ -207,12 +207,20 @@ impl Engine {
                 "the KV pool holds no block ({per_block} bytes per block)"
             )));
         }
+        let max_batch_tokens = opts.max_batch_tokens.max(1);
+        // A step must fit one decode token of every running sequence.
+        if opts.max_seqs > max_batch_tokens {
+            log::warn!(
+                "max_num_seqs {} exceeds max_num_batched_tokens {max_batch_tokens}: using {max_batch_tokens}",
+                opts.max_seqs
+            );
+        }
         let rc = RunnerConfig {
             kv_dtype: opts.dtype,
             block_size: bs,
             num_blocks,
-            max_batch_tokens: opts.max_batch_tokens.max(1),
-            max_seqs: opts.max_seqs.max(1),
+            max_batch_tokens,
+            max_seqs: opts.max_seqs.clamp(1, max_batch_tokens),
         };
         let runner = Runner::new(ctx, &model, weights, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
