@@ -257,7 +257,9 @@ fn run(cli: Cli) -> Result<()> {
             futures::executor::block_on(async {
                 while let Some(ev) = handle.next().await {
                     match ev {
-                        Event::Delta { text: t, token_ids } => {
+                        Event::Delta {
+                            text: t, token_ids, ..
+                        } => {
                             if !json {
                                 // Random-weight checkpoints have no tokenizer: stream the ids.
                                 let shown = if has_tokenizer {

@@ -256,3 +256,25 @@ fn stop_strings_and_eos_end_generation_without_emitting_the_stop_text() {
     assert_eq!(c.usage.completion_tokens, c.output_ids.len());
     assert!(c.usage.time_to_first_token.is_some());
 }
+
+#[test]
+fn logprobs_report_the_chosen_token_and_alternatives() {
+    let e = engine("tiny-llama-gqa-public", WeightDType::F32, None, 16, 4, 64);
+    let mut r = req(vec![3, 1, 4, 1, 5], 6, SamplingParams::default());
+    r.logprobs = Some(3);
+    let c = e.generate(r).unwrap();
+    assert_eq!(c.logprobs.len(), c.output_ids.len());
+    for (lp, id) in c.logprobs.iter().zip(&c.output_ids) {
+        assert_eq!(lp.token, *id);
+        assert_eq!(lp.top.len(), 3);
+        // greedy: the chosen token is the most likely one
+        assert_eq!(lp.top[0].0, *id);
+        assert_eq!(lp.top[0].1, lp.logprob);
+        assert!(lp.logprob <= 0.0 && lp.top[1].1 <= lp.top[0].1);
+    }
+    let plain = e
+        .generate(req(vec![3, 1, 4, 1, 5], 6, SamplingParams::default()))
+        .unwrap();
+    assert!(plain.logprobs.is_empty());
+    assert_eq!(plain.output_ids, c.output_ids);
+}

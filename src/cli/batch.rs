@@ -121,7 +121,9 @@ pub fn run(args: BatchArgs) -> Result<()> {
         while let Some((i, ev)) = all.next().await {
             let id = parse_line(lines[i], 0).0;
             match ev {
-                Event::Delta { text, token_ids } => {
+                Event::Delta {
+                    text, token_ids, ..
+                } => {
                     texts[i].push_str(&text);
                     ids[i].extend(token_ids);
                 }

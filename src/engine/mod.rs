@@ -72,6 +72,9 @@ pub struct Request {
     pub stop: Vec<String>,
     /// Keep going past the model's end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (from the model's distribution before sampling adjustments); `None` = off.
+    pub logprobs: Option<usize>,
 }
 
 impl Request {
@@ -82,6 +85,7 @@ impl Request {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -97,12 +101,27 @@ pub struct Usage {
     pub total_time: Duration,
 }
 
+/// Log-probability of one generated token, and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// ln p(token) under the model's softmax.
+    pub logprob: f32,
+    /// (id, ln p) of the most likely tokens, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// What a request's stream yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// New text (possibly empty while a UTF-8 character or a possible stop string is
-    /// incomplete) and the token ids it came from.
-    Delta { text: String, token_ids: Vec<u32> },
+    /// incomplete), the token ids it came from and, when asked for, their log-probabilities
+    /// (one per id).
+    Delta {
+        text: String,
+        token_ids: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The last event of a request.
     Finished { reason: FinishReason, usage: Usage },
     /// The request failed on the engine side (also the last event).
@@ -117,6 +136,8 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// One per output id when the request asked for logprobs, else empty.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A snapshot of the engine's memory and queues.
@@ -408,12 +429,18 @@ impl RequestHandle {
     pub fn wait(self) -> Result<Completion> {
         let mut text = String::new();
         let mut output_ids = Vec::new();
+        let mut logprobs = Vec::new();
         let prompt_ids = self.prompt_ids.clone();
         for ev in futures::executor::block_on_stream(self) {
             match ev {
-                Event::Delta { text: t, token_ids } => {
+                Event::Delta {
+                    text: t,
+                    token_ids,
+                    logprobs: lp,
+                } => {
                     text.push_str(&t);
                     output_ids.extend(token_ids);
+                    logprobs.extend(lp);
                 }
                 Event::Finished { reason, usage } => {
                     return Ok(Completion {
@@ -422,6 +449,7 @@ impl RequestHandle {
                         text,
                         finish_reason: reason,
                         usage,
+                        logprobs,
                     });
                 }
                 Event::Failed(e) => return Err(Error::InvalidRequest(e)),

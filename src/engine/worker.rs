@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use futures::channel::mpsc::UnboundedSender;
 
-use super::{Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, Usage};
+use super::{
+    Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, TokenLogprob, Usage,
+};
 use crate::generate::FinishReason;
 use crate::gpu::Runner;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, top_k};
 use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -55,6 +57,8 @@ struct Active {
     first_token: Option<Instant>,
     prompt: Vec<u32>,
     stop_string_hit: bool,
+    /// Alternatives to report per token (None = no logprobs).
+    logprobs: Option<usize>,
 }
 
 pub(crate) struct Worker {
@@ -144,6 +148,7 @@ impl Worker {
                     events: p.events,
                     submitted: p.submitted,
                     first_token: None,
+                    logprobs: p.req.logprobs,
                     prompt: p.prompt,
                     stop_string_hit: false,
                 };
@@ -196,10 +201,14 @@ impl Worker {
         };
         // Logits row i belongs to the i-th sampling sequence of the step.
         let mut sampled = Vec::new();
+        let mut logprobs = HashMap::new();
         for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
             if let Some(a) = self.active.get_mut(&s.id) {
                 let tok = a.sampler.sample(logits.row(row), &a.prompt, &a.output);
                 sampled.push((s.id, tok));
+                if let Some(k) = a.logprobs {
+                    logprobs.insert(s.id, token_logprob(logits.row(row), tok, k));
+                }
             }
         }
         let capped = match self.sched.update(&out, &sampled) {
@@ -219,7 +228,8 @@ impl Worker {
         self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());
         self.waste_sum += self.sched.stats().waste;
         for (id, tok) in sampled {
-            self.on_token(id, tok);
+            let lp = logprobs.remove(&id);
+            self.on_token(id, tok, lp);
         }
         // Sequences that reached max_tokens or the context end (if not already finished).
         for id in capped {
@@ -230,7 +240,7 @@ impl Worker {
     }
 
     /// Emits a sampled token and ends the request if it should stop.
-    fn on_token(&mut self, id: SeqId, tok: u32) {
+    fn on_token(&mut self, id: SeqId, tok: u32, logprob: Option<TokenLogprob>) {
         let is_stop_token = self.stop_ids.contains(&tok);
         let Some(a) = self.active.get_mut(&id) else {
             return;
@@ -243,6 +253,7 @@ impl Worker {
             let _ = a.events.unbounded_send(Event::Delta {
                 text: String::new(),
                 token_ids: vec![tok],
+                logprobs: logprob.into_iter().collect(),
             });
             finish = Some(FinishReason::Stop);
         } else {
@@ -262,6 +273,7 @@ impl Worker {
                 .unbounded_send(Event::Delta {
                     text,
                     token_ids: vec![tok],
+                    logprobs: logprob.into_iter().collect(),
                 })
                 .is_err()
             {
@@ -302,6 +314,7 @@ impl Worker {
                 let _ = a.events.unbounded_send(Event::Delta {
                     text: tail,
                     token_ids: vec![],
+                    logprobs: vec![],
                 });
             }
             let usage = Usage {
@@ -339,5 +352,33 @@ impl Worker {
                 ..s.clone()
             };
         }
+    }
+}
+
+/// ln p(token) and the k most likely alternatives, from raw logits (log-sum-exp in f64).
+pub(crate) fn token_logprob(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|l| (*l as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |l: f32| (l as f64 - lse) as f32;
+    TokenLogprob {
+        token,
+        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |l| lp(*l)),
+        top: top_k(logits, k).into_iter().map(|(i, l)| (i, lp(l))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_logprob;
+
+    #[test]
+    fn logprobs_are_log_softmax() {
+        // softmax([ln 1, ln 2, ln 1]) = [0.25, 0.5, 0.25]
+        let logits = [0f32, 2f32.ln(), 0.0];
+        let t = token_logprob(&logits, 0, 2);
+        assert!((t.logprob - 0.25f32.ln()).abs() < 1e-6);
+        assert_eq!(t.top[0].0, 1);
+        assert!((t.top[0].1 - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(t.top[1].0, 0);
     }
 }
