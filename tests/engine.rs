@@ -278,3 +278,46 @@ fn logprobs_report_the_chosen_token_and_alternatives() {
     assert!(plain.logprobs.is_empty());
     assert_eq!(plain.output_ids, c.output_ids);
 }
+
+#[test]
+fn parallel_sampling_shares_the_prompt_and_matches_separate_requests() {
+    let e = engine("tiny-llama-gqa-public", WeightDType::F32, None, 4, 8, 64);
+    let prompt: Vec<u32> = (0..23).map(|i| (i * 7 + 3) % 500).collect();
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        seed: 40,
+        ..Default::default()
+    };
+    let handles = e
+        .submit_n(req(prompt.clone(), 12, sampling.clone()), 3)
+        .unwrap();
+    assert_eq!(handles.len(), 3);
+    let outs: Vec<Vec<u32>> = handles
+        .into_iter()
+        .map(|h| h.wait().unwrap().output_ids)
+        .collect();
+    for (i, out) in outs.iter().enumerate() {
+        let alone = SamplingParams {
+            seed: 40 + i as u64,
+            ..sampling.clone()
+        };
+        let want = e
+            .generate(req(prompt.clone(), 12, alone))
+            .unwrap()
+            .output_ids;
+        assert_eq!(out, &want, "completion {i}");
+    }
+    assert!(
+        outs[0] != outs[1] || outs[1] != outs[2],
+        "different seeds should diverge"
+    );
+    // Greedy completions are identical.
+    let g: Vec<_> = e
+        .submit_n(req(prompt, 8, SamplingParams::default()), 2)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.wait().unwrap().output_ids)
+        .collect();
+    assert_eq!(g[0], g[1]);
+    assert_eq!(idle_stats(&e).blocks_used, 0);
+}

@@ -327,26 +327,44 @@ impl Engine {
     /// Queues a request. Errors at once (nothing is queued) for a request that can never run
     /// or when the waiting queue is full; otherwise returns the stream of its events.
     pub fn submit(&self, req: Request) -> Result<RequestHandle> {
+        let mut handles = self.submit_n(req, 1)?;
+        handles.pop().ok_or(Error::EngineStopped)
+    }
+
+    /// Parallel sampling: `n` completions of one prompt. The prompt is prefilled once and its
+    /// KV blocks are shared by the `n` sequences (the partly filled last block is copied on
+    /// write). Completion i samples with seed `req.sampling.seed + i`, so it equals what a
+    /// separate request with that seed would produce. One handle per completion.
+    pub fn submit_n(&self, req: Request, n: usize) -> Result<Vec<RequestHandle>> {
+        if n == 0 {
+            return Err(Error::InvalidRequest("n must be at least 1".into()));
+        }
         let ids = self.prompt_ids(&req.prompt)?;
         self.check(&ids, &req)?;
         if self.shared.queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull(self.max_waiting));
         }
-        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::unbounded();
-        let pending = worker::Pending::new(id, ids.clone(), req, tx);
+        let mut handles = Vec::with_capacity(n);
+        let mut senders = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+            let (tx, rx) = mpsc::unbounded();
+            senders.push((id, tx));
+            handles.push(RequestHandle {
+                id,
+                prompt_ids: ids.clone(),
+                rx,
+                shared: self.shared.clone(),
+                done: false,
+            });
+        }
+        let pending = worker::Pending::new(ids, req, senders);
         if !self.shared.send(Command::Submit(Box::new(pending))) {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::EngineStopped);
         }
-        Ok(RequestHandle {
-            id,
-            prompt_ids: ids,
-            rx,
-            shared: self.shared.clone(),
-            done: false,
-        })
+        Ok(handles)
     }
 
     fn check(&self, ids: &[u32], req: &Request) -> Result<()> {

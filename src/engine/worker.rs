@@ -17,30 +17,35 @@ use crate::sampling::{Sampler, top_k};
 use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
-/// A submitted request on its way to the engine thread.
+/// A submitted request on its way to the engine thread: one prompt, one or more
+/// completions (parallel sampling), each with its id and event channel.
 pub(crate) struct Pending {
-    id: SeqId,
     prompt: Vec<u32>,
     req: Request,
-    events: UnboundedSender<Event>,
+    completions: Vec<(SeqId, UnboundedSender<Event>)>,
     submitted: Instant,
 }
 
 impl Pending {
     pub(crate) fn new(
-        id: SeqId,
         prompt: Vec<u32>,
         req: Request,
-        events: UnboundedSender<Event>,
+        completions: Vec<(SeqId, UnboundedSender<Event>)>,
     ) -> Self {
         Self {
-            id,
             prompt,
             req,
-            events,
+            completions,
             submitted: Instant::now(),
         }
     }
+}
+
+/// A completion of a parallel-sampling request waiting for its parent's prefill, to be
+/// forked from it when the parent samples its first token.
+struct ForkChild {
+    id: SeqId,
+    active: Active,
 }
 
 /// Per-request state the engine thread keeps beside the scheduler's.
@@ -68,6 +73,8 @@ pub(crate) struct Worker {
     stop_ids: Vec<u32>,
     shared: Arc<Shared>,
     active: HashMap<SeqId, Active>,
+    /// Parallel-sampling completions waiting for their parent's first token.
+    forks: HashMap<SeqId, Vec<ForkChild>>,
     finished: u64,
     steps: u64,
     peak_blocks: usize,
@@ -93,6 +100,7 @@ impl Worker {
             stop_ids,
             shared,
             active: HashMap::new(),
+            forks: HashMap::new(),
             finished: 0,
             steps: 0,
             peak_blocks: 0,
@@ -133,31 +141,82 @@ impl Worker {
             Command::Submit(p) => {
                 let p = *p;
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                if let Err(e) = self.sched.add(p.id, p.prompt.clone(), p.req.max_tokens) {
-                    let _ = p.events.unbounded_send(Event::Failed(e.to_string()));
+                let mut completions = p.completions.into_iter().enumerate();
+                let Some((_, (parent, events))) = completions.next() else {
+                    return;
+                };
+                if let Err(e) = self.sched.add(parent, p.prompt.clone(), p.req.max_tokens) {
+                    let msg = e.to_string();
+                    let _ = events.unbounded_send(Event::Failed(msg.clone()));
+                    for (_, (_, ev)) in completions {
+                        let _ = ev.unbounded_send(Event::Failed(msg.clone()));
+                    }
                     return;
                 }
-                let active = Active {
-                    prompt_len: p.prompt.len(),
-                    output: Vec::new(),
-                    max_tokens: p.req.max_tokens,
-                    ignore_eos: p.req.ignore_eos,
-                    sampler: Sampler::new(p.req.sampling.clone()),
-                    detok: self.tokenizer.as_ref().map(|t| t.detokenizer()),
-                    stop: StopMatcher::new(p.req.stop.clone()),
-                    events: p.events,
-                    submitted: p.submitted,
-                    first_token: None,
-                    logprobs: p.req.logprobs,
-                    prompt: p.prompt,
-                    stop_string_hit: false,
-                };
-                self.active.insert(p.id, active);
+                let children: Vec<ForkChild> = completions
+                    .map(|(i, (id, ev))| ForkChild {
+                        id,
+                        active: self.new_active(&p.prompt, &p.req, i as u64, ev, p.submitted),
+                    })
+                    .collect();
+                if !children.is_empty() {
+                    self.forks.insert(parent, children);
+                }
+                let active = self.new_active(&p.prompt, &p.req, 0, events, p.submitted);
+                self.active.insert(parent, active);
             }
             Command::Abort(id) => {
                 if self.active.remove(&id).is_some() {
                     let _ = self.sched.abort(id);
+                    // Completions still waiting to fork from it start on their own.
+                    for child in self.forks.remove(&id).unwrap_or_default() {
+                        self.start_alone(child);
+                    }
                 }
+                for children in self.forks.values_mut() {
+                    children.retain(|c| c.id != id);
+                }
+            }
+        }
+    }
+
+    fn new_active(
+        &self,
+        prompt: &[u32],
+        req: &Request,
+        seed_offset: u64,
+        events: UnboundedSender<Event>,
+        submitted: Instant,
+    ) -> Active {
+        let mut sampling = req.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(seed_offset);
+        Active {
+            prompt_len: prompt.len(),
+            output: Vec::new(),
+            max_tokens: req.max_tokens,
+            ignore_eos: req.ignore_eos,
+            sampler: Sampler::new(sampling),
+            detok: self.tokenizer.as_ref().map(|t| t.detokenizer()),
+            stop: StopMatcher::new(req.stop.clone()),
+            events,
+            submitted,
+            first_token: None,
+            logprobs: req.logprobs,
+            prompt: prompt.to_vec(),
+            stop_string_hit: false,
+        }
+    }
+
+    /// A parallel-sampling completion that cannot fork (its parent is gone or the fork was
+    /// refused) runs as its own request: same output, just without shared blocks.
+    fn start_alone(&mut self, child: ForkChild) {
+        let a = child.active;
+        match self.sched.add(child.id, a.prompt.clone(), a.max_tokens) {
+            Ok(()) => {
+                self.active.insert(child.id, a);
+            }
+            Err(e) => {
+                let _ = a.events.unbounded_send(Event::Failed(e.to_string()));
             }
         }
     }
@@ -202,13 +261,24 @@ impl Worker {
         // Logits row i belongs to the i-th sampling sequence of the step.
         let mut sampled = Vec::new();
         let mut logprobs = HashMap::new();
+        // Forks to make once this step is recorded: (parent, child, child's first token).
+        let mut forks = Vec::new();
         for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+            let row = logits.row(row);
             if let Some(a) = self.active.get_mut(&s.id) {
-                let tok = a.sampler.sample(logits.row(row), &a.prompt, &a.output);
+                let tok = a.sampler.sample(row, &a.prompt, &a.output);
                 sampled.push((s.id, tok));
                 if let Some(k) = a.logprobs {
-                    logprobs.insert(s.id, token_logprob(logits.row(row), tok, k));
+                    logprobs.insert(s.id, token_logprob(row, tok, k));
                 }
+            }
+            // The parent's prefill is done: its siblings sample their first token from the
+            // same logits, each with its own sampler.
+            for mut child in self.forks.remove(&s.id).unwrap_or_default() {
+                let a = &mut child.active;
+                let tok = a.sampler.sample(row, &a.prompt, &a.output);
+                let lp = a.logprobs.map(|k| token_logprob(row, tok, k));
+                forks.push((s.id, child, tok, lp));
             }
         }
         let capped = match self.sched.update(&out, &sampled) {
@@ -227,6 +297,23 @@ impl Worker {
         };
         self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());
         self.waste_sum += self.sched.stats().waste;
+        // Fork before the parent's own token is handled: that may finish the parent.
+        for (parent, child, tok, lp) in forks {
+            let id = child.id;
+            match self.sched.fork(parent, id, Some(tok)) {
+                Ok(()) => {
+                    self.active.insert(id, child.active);
+                    self.on_token(id, tok, lp);
+                }
+                Err(e) => {
+                    log::debug!("fork of {parent:?} refused ({e}): {id:?} runs on its own");
+                    let mut child = child;
+                    // Its first token is not kept: running alone it samples it again, identically.
+                    child.active.sampler = Sampler::new(child.active.sampler.params().clone());
+                    self.start_alone(child);
+                }
+            }
+        }
         for (id, tok) in sampled {
             let lp = logprobs.remove(&id);
             self.on_token(id, tok, lp);
@@ -358,12 +445,22 @@ impl Worker {
 /// ln p(token) and the k most likely alternatives, from raw logits (log-sum-exp in f64).
 pub(crate) fn token_logprob(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|l| (*l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|l| (*l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     let lp = |l: f32| (l as f64 - lse) as f32;
     TokenLogprob {
         token,
-        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |l| lp(*l)),
-        top: top_k(logits, k).into_iter().map(|(i, l)| (i, lp(l))).collect(),
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |l| lp(*l)),
+        top: top_k(logits, k)
+            .into_iter()
+            .map(|(i, l)| (i, lp(l)))
+            .collect(),
     }
 }
 
