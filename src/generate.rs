@@ -32,6 +32,9 @@ pub struct ModelOptions {
     pub max_batch_tokens: usize,
     /// Most sequences per step.
     pub max_seqs: usize,
+    /// Reuse the KV of full blocks whose tokens (and every token before them) match an earlier
+    /// request's (the engine only; `Generator` never shares).
+    pub enable_prefix_cache: bool,
 }
 
 impl ModelOptions {
@@ -44,6 +47,7 @@ impl ModelOptions {
             num_blocks: None,
             max_batch_tokens: 256,
             max_seqs: 64,
+            enable_prefix_cache: true,
         }
     }
 }

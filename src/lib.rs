@@ -10,10 +10,13 @@ pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
 
 pub use engine::{
-    Completion, Engine, EngineConfig, EngineStats, Event, Prompt, Request, RequestHandle, Usage,
+    Completion, Engine, EngineConfig, EngineStats, Event, Prompt, Request, RequestHandle,
+    TokenLogprob, Usage,
 };
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generator, ModelOptions};

@@ -84,6 +84,8 @@ enum Command {
         chat: bool,
         text: String,
     },
+    /// Interactive chat in the terminal (history kept, replies streamed)
+    Chat(cli::chat::ChatArgs),
     /// Offline batch inference over a JSONL file
     Batch(cli::batch::BatchArgs),
     /// How many sequences a KV memory budget holds, preallocated versus paged
@@ -93,6 +95,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::bench::BenchCommand,
     },
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /metrics)
+    #[cfg(feature = "server")]
+    Serve(ServeArgs),
     /// Teacher-forced top-K logits after each prefix of the prompt
     Score {
         #[command(flatten)]
@@ -102,6 +107,51 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         top_k: usize,
     },
+}
+
+#[cfg(feature = "server")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    engine: cli::EngineArgs,
+    /// Address to bind (use 0.0.0.0 to accept other machines)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Requests that may wait for admission; more get 429
+    #[arg(long)]
+    max_waiting: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1 routes (default: env WLLM_API_KEY)
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name clients send (default: the model file or directory name)
+    #[arg(long)]
+    served_model_name: Option<String>,
+}
+
+#[cfg(feature = "server")]
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut cfg = args.engine.config()?;
+    if let Some(w) = args.max_waiting {
+        cfg.max_waiting = w;
+    }
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        let p = &args.engine.model;
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string())
+    });
+    let mut opts = wllm::server::ServerOptions::new(name);
+    opts.max_waiting = Some(cfg.max_waiting);
+    opts.api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("WLLM_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    let engine = std::sync::Arc::new(cli::start_engine(cfg)?);
+    let addr = format!("{}:{}", args.host, args.port);
+    wllm::server::run(engine, opts, &addr).with_context(|| format!("serving on {addr}"))
 }
 
 impl ModelArgs {
@@ -167,8 +217,11 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Batch(args) => cli::batch::run(args)?,
+        Command::Chat(args) => cli::chat::run(args)?,
         Command::Plan(args) => cli::plan::run(args)?,
         Command::Bench { command } => cli::bench::run(command)?,
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve(args)?,
         Command::Info { json } => {
             let adapters = wllm::gpu::list_adapters(AdapterSelector::from_env()?.backends);
             if json {

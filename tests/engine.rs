@@ -321,3 +321,114 @@ fn parallel_sampling_shares_the_prompt_and_matches_separate_requests() {
     assert_eq!(g[0], g[1]);
     assert_eq!(idle_stats(&e).blocks_used, 0);
 }
+
+fn engine_with_cache(dtype: WeightDType, blocks: usize, cache: bool) -> Engine {
+    let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+    cfg.model.dtype = dtype;
+    cfg.model.num_blocks = Some(blocks);
+    cfg.model.block_size = 4;
+    cfg.model.max_seqs = 4;
+    cfg.model.max_batch_tokens = 32;
+    cfg.model.enable_prefix_cache = cache;
+    Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap()
+}
+
+/// Prompts sharing a 16-token "system prompt", ending exactly on a block boundary (20 tokens),
+/// one past it (21), and a second turn that extends the first turn's prompt and output.
+fn prefix_requests(first_turn: &[u32]) -> Vec<Vec<u32>> {
+    let system: Vec<u32> = (0..16).map(|i| (i * 31 + 7) % 500).collect();
+    let mut out = Vec::new();
+    for (n, salt) in [(4usize, 1u32), (5, 2), (7, 3), (4, 1)] {
+        let mut p = system.clone();
+        p.extend((0..n as u32).map(|i| (i * 13 + salt * 101) % 500));
+        out.push(p);
+    }
+    let mut second = out[0].clone();
+    second.extend_from_slice(first_turn);
+    second.extend([11, 12, 13]);
+    out.push(second);
+    out
+}
+
+fn check_prefix_cache(dtype: WeightDType) {
+    // The first turn's output, computed without any cache.
+    let cold = engine_with_cache(dtype, 64, false);
+    let system_turn = prefix_requests(&[])[0].clone();
+    let first = cold
+        .generate(req(system_turn, 6, SamplingParams::default()))
+        .unwrap()
+        .output_ids;
+    let prompts = prefix_requests(&first);
+    let run = |e: &Engine| -> Vec<(Vec<u32>, usize)> {
+        prompts
+            .iter()
+            .map(|p| {
+                let c = e
+                    .generate(req(p.clone(), 8, SamplingParams::default()))
+                    .unwrap();
+                (c.output_ids, c.usage.cached_tokens)
+            })
+            .collect()
+    };
+    let off = run(&cold);
+    // 14 blocks of 4 tokens: small enough that later prompts evict earlier cached blocks.
+    let on_engine = engine_with_cache(dtype, 14, true);
+    let on = run(&on_engine);
+    for (i, ((a, _), (b, cached))) in off.iter().zip(&on).enumerate() {
+        assert_eq!(
+            a, b,
+            "{dtype:?} prompt {i}: output differs with the prefix cache on"
+        );
+        if i > 0 {
+            assert!(
+                *cached >= 16,
+                "{dtype:?} prompt {i} reused only {cached} tokens"
+            );
+        }
+    }
+    assert!(off.iter().all(|(_, c)| *c == 0));
+    // The identical repeat of prompt 0 (20 tokens, on a block boundary) reuses 16: the last
+    // token is always computed, so the final full block is not taken.
+    assert_eq!(on[3].1, 16);
+    // The second turn reuses the first turn's prompt blocks.
+    assert!(on[4].1 >= 20, "multi-turn reuse: {}", on[4].1);
+    let st = idle_stats(&on_engine);
+    assert!(st.evictions > 0, "{st:?}");
+    assert!(st.prefix_hit_tokens > 0 && st.prefix_query_tokens >= st.prefix_hit_tokens);
+    assert_eq!(st.blocks_used, 0);
+}
+
+#[test]
+fn prefix_cache_reuses_without_changing_outputs_f32() {
+    check_prefix_cache(WeightDType::F32);
+}
+
+#[test]
+fn prefix_cache_reuses_without_changing_outputs_f16() {
+    check_prefix_cache(WeightDType::F16);
+}
+
+#[test]
+fn prefix_cache_keeps_batched_outputs_identical_under_eviction() {
+    // Many requests sharing prefixes, all at once, in a pool that forces evictions and
+    // preemptions: same greedy outputs with the cache on and off.
+    let prompts: Vec<Vec<u32>> = (0..10)
+        .map(|i| {
+            let mut p: Vec<u32> = (0..12 + (i % 3) * 4)
+                .map(|j| (j * 17 + (i % 2) * 5) as u32 % 500)
+                .collect();
+            p.push(100 + i as u32);
+            p
+        })
+        .collect();
+    let reqs: Vec<Request> = prompts
+        .iter()
+        .map(|p| req(p.clone(), 10, SamplingParams::default()))
+        .collect();
+    let off = run_together(&engine_with_cache(WeightDType::F32, 24, false), &reqs);
+    let e = engine_with_cache(WeightDType::F32, 24, true);
+    let on = run_together(&e, &reqs);
+    assert_eq!(off, on);
+    let st = idle_stats(&e);
+    assert!(st.prefix_hit_tokens > 0 && st.evictions > 0, "{st:?}");
+}

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod chat;
 pub mod plan;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub struct EngineArgs {
     /// Most tokens per step (prompts longer than this are prefilled in chunks)
     #[arg(long, default_value_t = 256)]
     pub max_num_batched_tokens: usize,
+    /// Compute every prompt in full instead of reusing cached KV of common prefixes
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -50,6 +54,7 @@ impl EngineArgs {
         cfg.model.num_blocks = self.kv_blocks;
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
+        cfg.model.enable_prefix_cache = !self.no_prefix_cache;
         cfg.adapter = AdapterSelector::from_env()?;
         Ok(cfg)
     }

@@ -94,6 +94,8 @@ impl Request {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     /// From submit to the first generated token.
     pub time_to_first_token: Option<Duration>,
@@ -161,6 +163,13 @@ pub struct EngineStats {
     pub requests_finished: u64,
     pub peak_blocks_used: usize,
     pub steps: u64,
+    /// Prompt tokens looked up in the prefix cache, and how many were found (cumulative).
+    pub prefix_query_tokens: u64,
+    pub prefix_hit_tokens: u64,
+    pub prefix_hit_rate: f64,
+    /// Blocks holding reusable KV (in use or free).
+    pub cached_blocks: usize,
+    pub evictions: u64,
 }
 
 pub(crate) enum Command {
@@ -170,8 +179,11 @@ pub(crate) enum Command {
 
 pub(crate) struct Shared {
     commands: Mutex<std::sync::mpsc::Sender<Command>>,
-    /// Requests submitted but not yet admitted or finished (for the queue cap).
+    /// Requests submitted but not yet seen by the engine thread.
     queued: AtomicUsize,
+    /// Requests the scheduler holds waiting for admission (updated by the engine thread).
+    /// `queued + waiting` is what the queue cap limits.
+    waiting: AtomicUsize,
     stats: Mutex<EngineStats>,
 }
 
@@ -249,7 +261,10 @@ impl Engine {
             max_num_seqs: rc.max_seqs,
             max_num_batched_tokens: rc.max_batch_tokens,
             max_model_len: model.max_context,
-            max_waiting: cfg.max_waiting,
+            // The engine enforces the cap at submit (see `Engine::submit_n`), so the scheduler
+            // never refuses a request that was already accepted.
+            max_waiting: usize::MAX,
+            enable_prefix_cache: opts.enable_prefix_cache,
             ..SchedulerConfig::default()
         };
         // The longest sequence the pool can ever hold.
@@ -266,6 +281,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             commands: Mutex::new(tx),
             queued: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             stats: Mutex::new(stats),
         });
         let sched = Scheduler::new(sched_cfg, pool)?;
@@ -341,7 +357,8 @@ impl Engine {
         }
         let ids = self.prompt_ids(&req.prompt)?;
         self.check(&ids, &req)?;
-        if self.shared.queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+        let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        if queued + self.shared.waiting.load(Ordering::SeqCst) >= self.max_waiting {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull(self.max_waiting));
         }

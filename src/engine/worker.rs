@@ -140,6 +140,9 @@ impl Worker {
         match c {
             Command::Submit(p) => {
                 let p = *p;
+                // Count it as waiting before it stops counting as queued, so a concurrent
+                // submit never sees the queue emptier than it is.
+                self.shared.waiting.fetch_add(1, Ordering::SeqCst);
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 let mut completions = p.completions.into_iter().enumerate();
                 let Some((_, (parent, events))) = completions.next() else {
@@ -382,7 +385,7 @@ impl Worker {
     }
 
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
-        let _ = self.sched.finish(id);
+        let cached_tokens = self.sched.finish(id).map_or(0, |s| s.cached_tokens);
         if let Some(mut a) = self.active.remove(&id) {
             // Release text held back for a possible stop string or an incomplete character,
             // unless a stop string ended the request (what follows it is never shown).
@@ -406,6 +409,7 @@ impl Worker {
             }
             let usage = Usage {
                 prompt_tokens: a.prompt_len,
+                cached_tokens,
                 completion_tokens: a.output.len(),
                 time_to_first_token: a.first_token.map(|t| t - a.submitted),
                 total_time: a.submitted.elapsed(),
@@ -419,6 +423,7 @@ impl Worker {
 
     fn publish_stats(&self) {
         let st = self.sched.stats();
+        self.shared.waiting.store(st.waiting, Ordering::SeqCst);
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = EngineStats {
                 blocks_used: st.blocks_used,
@@ -436,6 +441,11 @@ impl Worker {
                 requests_finished: self.finished,
                 peak_blocks_used: self.peak_blocks,
                 steps: self.steps,
+                prefix_query_tokens: st.prefix_query_tokens,
+                prefix_hit_tokens: st.prefix_hit_tokens,
+                prefix_hit_rate: st.prefix_hit_rate,
+                cached_blocks: st.cached_blocks,
+                evictions: st.evictions,
                 ..s.clone()
             };
         }

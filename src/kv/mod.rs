@@ -1,8 +1,9 @@
 //! The paged KV cache's CPU side: a pool of fixed-size blocks and per-sequence block tables.
 //!
 //! Pure logic, no GPU types. Invariants (checked by the property tests):
-//! - every block is either on the free list (ref count 0) or held (ref count ≥ 1), never both;
-//! - free + held = total;
+//! - every block is exactly one of: on the free list (ref count 0, uncached), cached-free (ref
+//!   count 0, registered in the prefix cache, evictable) or held (ref count ≥ 1), never two;
+//! - free (uncached + cached-free) + held = total (`BlockPool::validate` checks all of this);
 //! - a block's ref count is its number of holders: the tables that list it, plus any caller that
 //!   retained it directly (the scheduler keeps a copy's source alive until the copy has run);
 //! - a block table holds exactly ceil(num_tokens / block_size) blocks, so only its last block
@@ -10,11 +11,25 @@
 //! - a table never writes into a block another table also holds: full blocks are never written
 //!   again, and appending into a shared, partly filled last block first copies it (copy-on-write).
 //!
-//! Costs: allocate is O(1) (pop the free list), release is O(1) (push it back), retain is O(1);
+//! Prefix cache (see [`prefix_cache`]): a full block may be registered under a key naming its
+//! whole prefix. A registered block whose ref count drops to 0 keeps its KV and stays cached
+//! (*cached-free*): it counts as free (`num_free`, `free + used = total` still hold) and can be
+//! taken again by a hit ([`BlockPool::acquire_cached`]). Allocation hands out uncached free
+//! blocks first; when none is left it evicts the least recently freed cached-free leaf.
+//! A cached block is full, so no table ever writes into it (tables append only into their own
+//! partly filled last block, which is never cached); a held block is never evicted.
+//!
+//! Costs: allocate is O(1) (pop the free list; O(log n) when it evicts), release is O(1)
+//! (push it back; O(log n) for a cached block), retain is O(1);
 //! `BlockTable::fork` and `release` are O(blocks of the table); `grow_to`, `prepare_append` and
 //! `truncate` are O(blocks allocated or released), plus O(1) for a copy-on-write.
 
 use std::fmt;
+
+pub mod prefix_cache;
+
+use prefix_cache::PrefixCache;
+pub use prefix_cache::{BlockHash, block_hash};
 
 /// Physical block index in the KV pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,6 +53,11 @@ pub enum KvError {
     BadBlockSize(usize),
     #[error("{0} is not held")]
     NotHeld(BlockId),
+    #[error("{0} is not in the prefix cache")]
+    NotCached(BlockId),
+    /// Cached blocks can only start a table: they are a prefix of its tokens.
+    #[error("cached blocks can only be adopted by an empty table")]
+    TableNotEmpty,
     /// `grow_to` would write into a partly filled last block that another table shares;
     /// use `prepare_append`, which copies it first.
     #[error("{0} is shared: appending to it needs a copy-on-write (use prepare_append)")]
@@ -66,10 +86,12 @@ pub fn check_block_size(block_size: usize) -> Result<(), KvError> {
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     block_size: usize,
-    /// Free blocks; the next allocation pops the last one.
+    /// Free blocks not in the prefix cache; the next allocation pops the last one.
     free: Vec<BlockId>,
-    /// Holders of each block (0 = free).
+    /// Holders of each block (0 = free, possibly cached).
     ref_counts: Vec<u32>,
+    /// Registered full blocks, held or cached-free.
+    cache: PrefixCache,
 }
 
 impl BlockPool {
@@ -80,6 +102,7 @@ impl BlockPool {
             // Reverse order so block 0 is handed out first (only cosmetic).
             free: (0..num_blocks as u32).rev().map(BlockId).collect(),
             ref_counts: vec![0; num_blocks],
+            cache: PrefixCache::new(num_blocks),
         })
     }
 
@@ -91,8 +114,9 @@ impl BlockPool {
         self.ref_counts.len()
     }
 
+    /// Free blocks, uncached and cached-free (a cached-free block is evicted when allocated).
     pub fn num_free(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.cache.cached_free.len()
     }
 
     pub fn num_used(&self) -> usize {
@@ -103,13 +127,17 @@ impl BlockPool {
         self.ref_counts.get(id.0 as usize).copied().unwrap_or(0)
     }
 
-    /// Takes a free block (ref count becomes 1).
+    /// Takes a free block (ref count becomes 1): an uncached one if any, else it evicts the
+    /// least recently freed cached-free leaf.
     pub fn allocate(&mut self) -> Result<BlockId, KvError> {
-        let id = self.free.pop().ok_or(KvError::OutOfBlocks {
-            needed: 1,
-            free: 0,
-            total: self.num_blocks(),
-        })?;
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => self.cache.evict().ok_or(KvError::OutOfBlocks {
+                needed: 1,
+                free: 0,
+                total: self.num_blocks(),
+            })?,
+        };
         self.ref_counts[id.0 as usize] = 1;
         Ok(id)
     }
@@ -131,12 +159,125 @@ impl BlockPool {
             Some(rc) if *rc > 0 => {
                 *rc -= 1;
                 if *rc == 0 {
-                    self.free.push(id);
+                    if self.cache.is_cached(id) {
+                        self.cache.on_freed(id);
+                    } else {
+                        self.free.push(id);
+                    }
                 }
                 Ok(())
             }
             _ => Err(KvError::NotHeld(id)),
         }
+    }
+
+    /// One more holder of a cached block, held or cached-free (a prefix-cache hit). O(log n).
+    pub fn acquire_cached(&mut self, id: BlockId) -> Result<(), KvError> {
+        if !self.cache.is_cached(id) {
+            return Err(KvError::NotCached(id));
+        }
+        let rc = &mut self.ref_counts[id.0 as usize];
+        if *rc == 0 {
+            self.cache.on_taken(id);
+        }
+        *rc += 1;
+        Ok(())
+    }
+
+    /// The cached blocks holding the longest prefix of `tokens`' full blocks (at most
+    /// `max_blocks` of them) under `salt`, in order; takes nothing. O(blocks × block_size).
+    pub fn match_prefix(
+        &self,
+        tokens: &[u32],
+        salt: Option<u64>,
+        max_blocks: usize,
+    ) -> Vec<BlockId> {
+        let mut hits = Vec::new();
+        let mut parent = None;
+        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
+            let key = block_hash(parent, chunk, salt);
+            match self.cache.lookup(key, parent, chunk, salt) {
+                Some(id) => hits.push(id),
+                None => break,
+            }
+            parent = Some(key);
+        }
+        hits
+    }
+
+    /// Registers the held, full block `id` as holding `tokens` (exactly one block) after the
+    /// prefix keyed `parent`, under `key` = `block_hash(parent, tokens, salt)`. Returns false
+    /// and changes nothing when that key is already cached (another block computed the same
+    /// prefix) or `id` already has a key. The caller guarantees the block's KV is written.
+    pub fn register(
+        &mut self,
+        id: BlockId,
+        parent: Option<BlockHash>,
+        tokens: &[u32],
+        salt: Option<u64>,
+    ) -> Result<bool, KvError> {
+        if self.ref_count(id) == 0 {
+            return Err(KvError::NotHeld(id));
+        }
+        debug_assert_eq!(tokens.len(), self.block_size, "only full blocks are cached");
+        let key = block_hash(parent, tokens, salt);
+        Ok(self.cache.register(id, key, parent, salt, tokens))
+    }
+
+    pub fn is_cached(&self, id: BlockId) -> bool {
+        self.cache.is_cached(id)
+    }
+
+    /// The key `id` is cached under.
+    pub fn cached_key(&self, id: BlockId) -> Option<BlockHash> {
+        self.cache.key_of.get(id.0 as usize).copied().flatten()
+    }
+
+    /// The tokens a cached block holds the KV of.
+    pub fn cached_tokens(&self, id: BlockId) -> Option<&[u32]> {
+        let key = self.cached_key(id)?;
+        self.cache.entries.get(&key).map(|e| e.tokens.as_slice())
+    }
+
+    /// The parent key a cached block was registered under.
+    pub fn cached_parent(&self, id: BlockId) -> Option<Option<BlockHash>> {
+        let key = self.cached_key(id)?;
+        self.cache.entries.get(&key).map(|e| e.parent)
+    }
+
+    /// Blocks registered in the prefix cache, held or free.
+    pub fn num_cached(&self) -> usize {
+        self.cache.entries.len()
+    }
+
+    /// Cached blocks nobody holds (they count in `num_free`).
+    pub fn num_cached_free(&self) -> usize {
+        self.cache.cached_free.len()
+    }
+
+    /// Cached blocks evicted since the pool was made.
+    pub fn num_evictions(&self) -> u64 {
+        self.cache.evictions
+    }
+
+    /// Checks the pool's bookkeeping: each block is exactly one of uncached-free, cached-free
+    /// and held; the cache's maps and eviction sets agree. O(blocks). For tests.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut on_free_list = vec![false; self.num_blocks()];
+        for id in &self.free {
+            let b = id.0 as usize;
+            if on_free_list[b] || self.ref_counts[b] != 0 || self.cache.is_cached(*id) {
+                return Err(format!("{id} is on the free list twice, held or cached"));
+            }
+            on_free_list[b] = true;
+        }
+        for (b, rc) in self.ref_counts.iter().enumerate() {
+            let id = BlockId(b as u32);
+            if *rc == 0 && !on_free_list[b] && !self.cache.is_cached(id) {
+                return Err(format!("{id} is leaked: free but on no list"));
+            }
+        }
+        self.cache.validate(&self.ref_counts)
     }
 }
 
@@ -242,6 +383,28 @@ impl BlockTable {
             }
         }
         Ok(self.clone())
+    }
+
+    /// Starts an empty table with cached blocks (a prefix-cache hit): each one's ref count goes
+    /// up by one and the table holds `blocks.len() × block_size` tokens. All-or-nothing.
+    /// O(blocks × log n).
+    pub fn adopt_cached(
+        &mut self,
+        pool: &mut BlockPool,
+        blocks: &[BlockId],
+    ) -> Result<(), KvError> {
+        if !self.blocks.is_empty() {
+            return Err(KvError::TableNotEmpty);
+        }
+        if let Some(b) = blocks.iter().find(|b| !pool.is_cached(**b)) {
+            return Err(KvError::NotCached(*b));
+        }
+        for b in blocks {
+            pool.acquire_cached(*b)?;
+        }
+        self.blocks = blocks.to_vec();
+        self.num_tokens = blocks.len() * pool.block_size();
+        Ok(())
     }
 
     /// Shrinks the table to `num_tokens` tokens, releasing the blocks past

@@ -339,3 +339,199 @@ proptest! {
         }
     }
 }
+
+// ---- prefix cache ----
+
+/// A table of `tokens`, every full block registered as a chain; returns it.
+fn cached_table(pool: &mut BlockPool, tokens: &[u32]) -> BlockTable {
+    let bs = pool.block_size();
+    let mut t = BlockTable::new();
+    t.grow_to(pool, tokens.len()).unwrap();
+    let mut parent = None;
+    for (j, chunk) in tokens.chunks_exact(bs).enumerate() {
+        pool.register(t.blocks()[j], parent, chunk, None).unwrap();
+        parent = Some(block_hash(parent, chunk, None));
+    }
+    t
+}
+
+#[test]
+fn block_hash_is_stable_and_chains_parent_tokens_and_salt() {
+    // Pinned: keys must not change across Rust versions or runs.
+    assert_eq!(
+        block_hash(None, &[1, 2, 3], None),
+        block_hash(None, &[1, 2, 3], None)
+    );
+    let k = block_hash(None, &[1, 2, 3, 4], None);
+    assert_eq!(k, BlockHash(0xcadf_a9cb_830a_c532), "{:#x}", k.0);
+    assert_ne!(block_hash(Some(k), &[1, 2, 3, 4], None), k);
+    assert_ne!(block_hash(None, &[1, 2, 3, 4], Some(0)), k);
+    assert_ne!(
+        block_hash(None, &[1, 2, 3, 4], Some(0)),
+        block_hash(None, &[1, 2, 3, 4], Some(1))
+    );
+    assert_ne!(block_hash(None, &[1, 2, 4, 3], None), k);
+}
+
+#[test]
+fn freed_blocks_stay_cached_and_a_chain_is_evicted_from_its_end() {
+    // 3 blocks of 2; 6 tokens → a chain of 3 full blocks b0 ← b1 ← b2.
+    let mut pool = BlockPool::new(3, 2).unwrap();
+    let tokens = [1, 2, 3, 4, 5, 6];
+    let mut t = cached_table(&mut pool, &tokens);
+    let chain = t.blocks().to_vec();
+    // Released in order b0, b1, b2: b0 is the least recently freed, but b2 is the only leaf.
+    t.release(&mut pool).unwrap();
+    assert_eq!(
+        (pool.num_free(), pool.num_cached(), pool.num_cached_free()),
+        (3, 3, 3)
+    );
+    assert_eq!(pool.match_prefix(&tokens, None, 3), chain);
+    for left in [2, 1, 0] {
+        let b = pool.allocate().unwrap();
+        assert_eq!(b, chain[left], "the chain's end goes first");
+        assert_eq!(pool.match_prefix(&tokens, None, 3), chain[..left]);
+        pool.validate().unwrap();
+    }
+    assert_eq!(pool.num_evictions(), 3);
+    assert_eq!(pool.num_cached(), 0);
+}
+
+#[test]
+fn a_shared_parent_outlives_its_children() {
+    // Parent P = [1, 2]; children C1 = [3, 4] (table A) and C2 = [5, 6] (table B, which
+    // adopted P from the cache). 3 blocks of 2.
+    let mut pool = BlockPool::new(3, 2).unwrap();
+    let mut a = cached_table(&mut pool, &[1, 2, 3, 4]);
+    let (p, c1) = (a.blocks()[0], a.blocks()[1]);
+    let mut b = BlockTable::new();
+    assert_eq!(pool.match_prefix(&[1, 2, 5, 6], None, 2), vec![p]);
+    b.adopt_cached(&mut pool, &[p]).unwrap();
+    assert_eq!((b.num_tokens(), pool.ref_count(p)), (2, 2));
+    b.grow_to(&mut pool, 4).unwrap();
+    let c2 = b.blocks()[1];
+    let kp = pool.cached_key(p).unwrap();
+    assert!(pool.register(c2, Some(kp), &[5, 6], None).unwrap());
+    // Freed in order C1, P, C2: P is older than C2, but C2 is a leaf and P is not.
+    a.release(&mut pool).unwrap();
+    b.release(&mut pool).unwrap();
+    pool.validate().unwrap();
+    assert_eq!(pool.allocate().unwrap(), c1);
+    assert_eq!(pool.allocate().unwrap(), c2);
+    assert_eq!(
+        pool.match_prefix(&[1, 2, 5, 6], None, 2),
+        vec![p],
+        "P is still cached"
+    );
+    assert_eq!(pool.allocate().unwrap(), p);
+    pool.validate().unwrap();
+}
+
+#[test]
+fn uncached_free_blocks_are_handed_out_before_any_eviction() {
+    // 4 blocks of 2: one cached-free block, three uncached.
+    let mut pool = BlockPool::new(4, 2).unwrap();
+    let mut t = cached_table(&mut pool, &[7, 8]);
+    let cached = t.blocks()[0];
+    t.release(&mut pool).unwrap();
+    let got: Vec<_> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+    assert!(!got.contains(&cached));
+    assert_eq!((pool.num_evictions(), pool.num_free()), (0, 1));
+    assert_eq!(pool.allocate().unwrap(), cached);
+    assert_eq!(pool.num_evictions(), 1);
+    assert_eq!(
+        pool.allocate().unwrap_err(),
+        KvError::OutOfBlocks {
+            needed: 1,
+            free: 0,
+            total: 4
+        }
+    );
+}
+
+#[test]
+fn a_hit_checks_tokens_salt_and_parent_and_takes_cached_blocks_only() {
+    let mut pool = BlockPool::new(4, 2).unwrap();
+    let t = cached_table(&mut pool, &[1, 2, 3, 4]);
+    assert_eq!(pool.match_prefix(&[1, 2, 3, 4, 5], None, 9).len(), 2);
+    assert_eq!(pool.match_prefix(&[1, 2, 3, 5], None, 9).len(), 1);
+    assert_eq!(
+        pool.match_prefix(&[3, 4], None, 9).len(),
+        0,
+        "a block matches only after its parent"
+    );
+    assert_eq!(
+        pool.match_prefix(&[1, 2, 3, 4], Some(1), 9).len(),
+        0,
+        "another salt"
+    );
+    assert_eq!(pool.match_prefix(&[1, 2, 3, 4], None, 1).len(), 1, "capped");
+    assert_eq!(
+        pool.match_prefix(&[1], None, 9).len(),
+        0,
+        "partial blocks never match"
+    );
+    // Registering a second block under a cached key changes nothing.
+    let dup = pool.allocate().unwrap();
+    assert!(!pool.register(dup, None, &[1, 2], None).unwrap());
+    assert!(!pool.is_cached(dup));
+    assert_eq!(pool.acquire_cached(dup), Err(KvError::NotCached(dup)));
+    let mut other = BlockTable::new();
+    assert_eq!(
+        other.adopt_cached(&mut pool, &[dup]),
+        Err(KvError::NotCached(dup))
+    );
+    other.grow_to(&mut pool, 1).unwrap();
+    assert_eq!(
+        other.adopt_cached(&mut pool, &t.blocks()[..1]),
+        Err(KvError::TableNotEmpty)
+    );
+    pool.validate().unwrap();
+}
+
+#[test]
+fn a_cached_block_is_never_copied_on_write_and_forks_share_it() {
+    // A table adopting a cached full block and appending gets a fresh block for the new
+    // tokens; the cached one is never the target of a write or a copy.
+    let mut pool = BlockPool::new(6, 2).unwrap();
+    let mut a = cached_table(&mut pool, &[1, 2]);
+    let shared = a.blocks()[0];
+    let mut b = BlockTable::new();
+    b.adopt_cached(&mut pool, &[shared]).unwrap();
+    let mut c = b.fork(&mut pool).unwrap();
+    assert_eq!(pool.ref_count(shared), 3);
+    for t in [&mut a, &mut b, &mut c] {
+        assert_eq!(t.prepare_append(&mut pool, 3).unwrap(), None);
+        assert_ne!(t.blocks()[1], shared);
+    }
+    pool.validate().unwrap();
+}
+
+#[test]
+fn with_no_free_leaf_the_oldest_cached_free_block_goes_and_its_children_come_back_with_it() {
+    // 3 blocks of 2. Table X computed [1, 2] first (cached). Table Y computed the same tokens
+    // in its own block (a duplicate: not registered) and then [3, 4] after them (cached, its
+    // parent key is X's). X goes away: its block is cached-free but not a leaf (its child is
+    // held by Y), and nothing else is free.
+    let mut pool = BlockPool::new(3, 2).unwrap();
+    let mut x = cached_table(&mut pool, &[1, 2]);
+    let px = x.blocks()[0];
+    let mut y = BlockTable::new();
+    y.grow_to(&mut pool, 4).unwrap();
+    let k0 = block_hash(None, &[1, 2], None);
+    assert!(!pool.register(y.blocks()[0], None, &[1, 2], None).unwrap());
+    assert!(
+        pool.register(y.blocks()[1], Some(k0), &[3, 4], None)
+            .unwrap()
+    );
+    x.release(&mut pool).unwrap();
+    pool.validate().unwrap();
+    // The fallback evicts it anyway; Y's block stays cached but unreachable...
+    assert_eq!(pool.allocate().unwrap(), px);
+    assert_eq!(pool.match_prefix(&[1, 2, 3, 4], None, 2), vec![]);
+    assert!(pool.is_cached(y.blocks()[1]));
+    // ...until the same prefix is registered again: keys name contents, not blocks.
+    assert!(pool.register(y.blocks()[0], None, &[1, 2], None).unwrap());
+    assert_eq!(pool.match_prefix(&[1, 2, 3, 4], None, 2), y.blocks());
+    pool.validate().unwrap();
+}

@@ -26,6 +26,18 @@
 //! already scheduled this step, that is undone); repeat until the block is there or the needy
 //! sequence preempted itself. It is later recomputed from prompt + output as one prefill.
 //!
+//! Prefix cache (`enable_prefix_cache`, on by default). Admitting a sequence looks its tokens up
+//! block by block in the pool's prefix cache (keys chain each full block's tokens with its
+//! parent's key and the sequence's cache salt) and adopts every cached block it matches, up to
+//! (tokens − 1) rounded down to whole blocks — the last token is always computed, for its
+//! logits. Its computed count starts at the hit length and only the rest is scheduled (in
+//! chunks as usual). `update` registers every block it completed (early reuse: a block is
+//! found by the very next admission, while its owner still runs). Finishing, aborting and
+//! preempting release blocks into the cache rather than wiping them; allocation evicts the
+//! least recently freed cached leaf when no uncached block is free. A cached block is full,
+//! so it is never written again: scheduled tokens land only in a sequence's own partly filled
+//! last block or in fresh blocks.
+//!
 //! Lengths. A sequence's KV never holds more than `max_model_len` tokens and no more than its
 //! prompt plus `max_tokens - 1` (the last sampled token is never fed back). A sequence that
 //! reached `max_tokens` output tokens, or whose length reached `max_model_len` (a prompt of
@@ -43,17 +55,23 @@
 //! - until `update` confirms a block copy, its source cannot return to the pool: when the last
 //!   table holding it lets go (preemption, finish, abort), the scheduler holds it instead.
 //!   (So a copy re-issued after an abandoned step still reads the right data.)
-//! - a sequence's tokens (prompt + output) only grow; preemption drops KV, never tokens.
+//! - a sequence's tokens (prompt + output) only grow; preemption drops KV, never tokens;
+//! - a cached block's tokens are the tokens every table holding it has at its positions, and
+//!   a cached block is never in a step's written slots.
 //!
 //! Costs: `add` O(1); `schedule` O(running + scheduled tokens + blocks allocated), plus
-//! O(running) per preemption; `update` O(scheduled + sampled); `finish`/`abort` O(its blocks +
-//! running + waiting); `stats` O(blocks held).
+//! O(running) per preemption and O(tokens) per admission with the prefix cache on (hashing its
+//! full blocks; O(log n) per hit taken or block evicted); `update` O(scheduled + sampled), plus
+//! O(block_size) per block it registers; `finish`/`abort` O(its blocks + running + waiting);
+//! `stats` O(blocks held).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::batch::{LogitRows, StepBatch};
-use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvError};
+use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError, block_hash};
 
+#[cfg(test)]
+mod prefix_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -81,6 +99,15 @@ struct Seq {
     table: BlockTable,
     state: State,
     preemptions: usize,
+    /// Separates prefix caches (e.g. per tenant): blocks only match under the same salt.
+    salt: Option<u64>,
+    /// Prefix-cache keys of the first full blocks of `tokens`, computed once (tokens at a
+    /// computed position never change).
+    keys: Vec<BlockHash>,
+    /// Leading blocks of `table` already registered (or found) in the prefix cache.
+    num_registered: usize,
+    /// Tokens found in the prefix cache at the first admission.
+    cached_tokens: Option<usize>,
 }
 
 impl Seq {
@@ -132,6 +159,8 @@ pub struct Scheduler {
     in_flight: Option<u64>,
     next_step: u64,
     num_preemptions: u64,
+    prefix_query_tokens: u64,
+    prefix_hit_tokens: u64,
 }
 
 impl Scheduler {
@@ -171,6 +200,8 @@ impl Scheduler {
             in_flight: None,
             next_step: 0,
             num_preemptions: 0,
+            prefix_query_tokens: 0,
+            prefix_hit_tokens: 0,
         })
     }
 
@@ -213,6 +244,12 @@ impl Scheduler {
         self.seqs.get(&id).map(|s| &s.table)
     }
 
+    /// Prompt tokens whose KV came from the prefix cache when `id` was first admitted
+    /// (`Some(0)` before that, or with no hit).
+    pub fn cached_tokens(&self, id: SeqId) -> Option<usize> {
+        self.seqs.get(&id).map(|s| s.cached_tokens.unwrap_or(0))
+    }
+
     /// Queues a request at the back. Rejects what could never run (see the module docs) and
     /// refuses, without queueing, when `max_waiting` sequences already wait.
     pub fn add(
@@ -220,6 +257,18 @@ impl Scheduler {
         id: SeqId,
         prompt: Vec<u32>,
         max_tokens: usize,
+    ) -> Result<(), SchedError> {
+        self.add_with_salt(id, prompt, max_tokens, None)
+    }
+
+    /// `add` with a prefix-cache salt: the sequence shares cached blocks only with sequences
+    /// of the same salt (`None` is a salt of its own).
+    pub fn add_with_salt(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        salt: Option<u64>,
     ) -> Result<(), SchedError> {
         if self.seqs.contains_key(&id) {
             return Err(SchedError::DuplicateId(id));
@@ -260,6 +309,10 @@ impl Scheduler {
                 table: BlockTable::new(),
                 state: State::Waiting,
                 preemptions: 0,
+                salt,
+                keys: Vec::new(),
+                num_registered: 0,
+                cached_tokens: None,
             },
         );
         self.waiting.push_back(id);
@@ -311,6 +364,10 @@ impl Scheduler {
             table: p.table.fork(&mut self.pool)?,
             state: State::Running,
             preemptions: 0,
+            salt: p.salt,
+            keys: p.keys.clone(),
+            num_registered: p.num_registered,
+            cached_tokens: p.cached_tokens,
         };
         self.seqs.insert(child, seq);
         self.running.push(child);
@@ -420,16 +477,40 @@ impl Scheduler {
                 w += 1;
                 continue;
             }
-            let n = pending.min(st.budget);
+            // The cached prefix: whole blocks, never the last token (its logits are needed).
+            let hits = if self.cfg.enable_prefix_cache {
+                let cap = (s.tokens.len() - 1) / bs;
+                self.pool.match_prefix(&s.tokens, s.salt, cap)
+            } else {
+                Vec::new()
+            };
+            let hit_tokens = hits.len() * bs;
+            let n = (s.tokens.len() - hit_tokens).min(st.budget);
             let reserve = if self.running.is_empty() {
                 0
             } else {
                 self.watermark
             };
-            if BlockTable::blocks_needed(n, bs) + reserve > self.pool.num_free() {
+            // Taking a cached-free block uses up a free block just as allocating does.
+            let fresh = BlockTable::blocks_needed(hit_tokens + n, bs) - hits.len();
+            let revived = hits
+                .iter()
+                .filter(|b| self.pool.ref_count(**b) == 0)
+                .count();
+            if fresh + revived + reserve > self.pool.num_free() {
                 break;
             }
-            s.table.prepare_append(&mut self.pool, n).expect(SYNC);
+            s.table.adopt_cached(&mut self.pool, &hits).expect(SYNC);
+            s.num_computed = hit_tokens;
+            s.num_registered = hits.len();
+            if self.cfg.enable_prefix_cache {
+                self.prefix_query_tokens += s.tokens.len() as u64;
+                self.prefix_hit_tokens += hit_tokens as u64;
+                s.cached_tokens.get_or_insert(hit_tokens);
+            }
+            s.table
+                .prepare_append(&mut self.pool, hit_tokens + n)
+                .expect(SYNC);
             s.state = State::Running;
             st.push(id, s, n);
             self.waiting.remove(w);
@@ -466,6 +547,7 @@ impl Scheduler {
         let s = self.seqs.get_mut(&id).expect("caller checked");
         s.table.release(&mut self.pool).expect(SYNC);
         s.num_computed = 0;
+        s.num_registered = 0;
     }
 
     /// Holds the source of every pending copy among `blocks`, which a table is about to release.
@@ -550,6 +632,9 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&e.id).expect("alive");
             s.num_computed += e.tokens.len();
+            if self.cfg.enable_prefix_cache {
+                register_full_blocks(&mut self.pool, s);
+            }
             if let Some(tok) = got.get(&e.id) {
                 s.tokens.push(*tok);
             }
@@ -577,6 +662,7 @@ impl Scheduler {
             prompt_len: s.prompt_len,
             output: s.tokens[s.prompt_len..].to_vec(),
             preemptions: s.preemptions,
+            cached_tokens: s.cached_tokens.unwrap_or(0),
         })
     }
 
@@ -615,8 +701,39 @@ impl Scheduler {
             preemptions: self.num_preemptions,
             waiting: self.waiting.len(),
             running: self.running.len(),
+            prefix_query_tokens: self.prefix_query_tokens,
+            prefix_hit_tokens: self.prefix_hit_tokens,
+            prefix_hit_rate: if self.prefix_query_tokens == 0 {
+                0.0
+            } else {
+                self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64
+            },
+            cached_blocks: self.pool.num_cached(),
+            evictions: self.pool.num_evictions(),
         }
     }
+}
+
+/// Registers in the prefix cache every block of `s` that its computed tokens now fill and
+/// that is not registered yet (its KV was written by the step `update` confirms). A block
+/// whose prefix another block already holds stays unregistered. O(blocks registered ×
+/// block_size).
+fn register_full_blocks(pool: &mut BlockPool, s: &mut Seq) {
+    let bs = pool.block_size();
+    let full = s.num_computed / bs;
+    while s.keys.len() < full {
+        let j = s.keys.len();
+        let parent = s.keys.last().copied();
+        s.keys
+            .push(block_hash(parent, &s.tokens[j * bs..(j + 1) * bs], s.salt));
+    }
+    for j in s.num_registered..full {
+        let parent = j.checked_sub(1).map(|p| s.keys[p]);
+        let block = s.table.blocks()[j];
+        pool.register(block, parent, &s.tokens[j * bs..(j + 1) * bs], s.salt)
+            .expect(SYNC);
+    }
+    s.num_registered = s.num_registered.max(full);
 }
 
 /// A broken link between tables and pool is a bug in this module, not a runtime condition.

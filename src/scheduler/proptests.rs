@@ -3,6 +3,12 @@
 //! KV (a hash of the sequence's tokens up to it) into its slot, and then reads each sequence's
 //! whole context back through its block-table row as the attention kernel would: any block
 //! shared wrongly, freed early, or recomputed with other tokens reads back the wrong hash.
+//!
+//! Prompts are drawn from a few shared prefixes, and most configs turn the prefix cache on: a
+//! sequence that adopted cached blocks reads back, through them, exactly the values a run
+//! without the cache would have written (the KV value of a position depends only on the tokens
+//! up to it), no step ever writes a slot of a cached block, and every cached block — held or
+//! free — still holds the KV of the tokens its key names.
 
 use std::collections::HashMap;
 
@@ -16,6 +22,11 @@ enum Op {
         prompt_len: usize,
         max_tokens: usize,
         stop_at: usize,
+        /// Which shared prefix the prompt starts with (≥ PREFIXES: none).
+        prefix: usize,
+        /// Tokens taken from it (capped by the prompt's length).
+        shared: usize,
+        salted: bool,
     },
     /// Schedule, run, update.
     Step,
@@ -41,8 +52,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..200usize, 0..200usize, 1..40usize)
-            .prop_map(|(prompt_len, max_tokens, stop_at)| Op::Add { prompt_len, max_tokens, stop_at }),
+        3 => (0..200usize, 0..200usize, 1..40usize, 0..PREFIXES + 1, 0..200usize, prop::bool::weighted(0.15))
+            .prop_map(|(prompt_len, max_tokens, stop_at, prefix, shared, salted)| Op::Add {
+                prompt_len, max_tokens, stop_at, prefix, shared, salted
+            }),
         8 => Just(Op::Step),
         1 => (0..8usize).prop_map(|pick| Op::StepAbortingOne { pick }),
         1 => any::<bool>().prop_map(|ran| Op::Abandon { ran }),
@@ -61,9 +74,10 @@ fn config() -> impl Strategy<Value = (SchedulerConfig, usize, usize)> {
         prop_oneof![Just(usize::MAX), 3..80usize],
         1..=8usize,
         0..4usize,
+        prop::bool::weighted(0.8),
     )
         .prop_map(
-            |(num_blocks, bs_log, max_num_seqs, extra, max_model_len, max_waiting, wm)| {
+            |(num_blocks, bs_log, max_num_seqs, extra, max_model_len, max_waiting, wm, cache)| {
                 let cfg = SchedulerConfig {
                     max_num_seqs,
                     max_num_batched_tokens: max_num_seqs + extra,
@@ -71,11 +85,15 @@ fn config() -> impl Strategy<Value = (SchedulerConfig, usize, usize)> {
                     max_waiting,
                     // 0..=2 blocks, or the default
                     watermark_blocks: (wm < 3).then(|| wm.min(num_blocks - 1)),
+                    enable_prefix_cache: cache,
                 };
                 (cfg, num_blocks, 1 << bs_log)
             },
         )
 }
+
+/// Shared prompt prefixes per test case.
+const PREFIXES: usize = 3;
 
 /// KV value of position `pos`: a hash of the tokens up to and including it.
 fn kv_value(tokens: &[u32], pos: usize) -> u64 {
@@ -95,6 +113,8 @@ struct Harness {
     memory: Vec<u64>,
     next_id: u64,
     rng: u64,
+    /// Shared prompt beginnings (the second extends the first's first half).
+    prefixes: Vec<Vec<u32>>,
 }
 
 impl Harness {
@@ -106,13 +126,45 @@ impl Harness {
     }
 
     /// Sizes are scaled to the pool (1..=its slots), so most requests fit and some never do.
-    fn add(&mut self, prompt_len: usize, max_tokens: usize, stop_at: usize) {
+    fn make_prefixes(&mut self) {
+        let slots = self.s.pool().num_blocks() * self.s.pool().block_size();
+        let first: Vec<u32> = (0..slots).map(|_| self.rand() % 8).collect();
+        let mut second = first[..slots / 2].to_vec();
+        second.extend((slots / 2..slots).map(|_| self.rand()));
+        let third = (0..slots).map(|_| self.rand()).collect();
+        self.prefixes = vec![first, second, third];
+    }
+
+    fn add(&mut self, a: &Op) {
+        let Op::Add {
+            prompt_len,
+            max_tokens,
+            stop_at,
+            prefix,
+            shared,
+            salted,
+        } = *a
+        else {
+            unreachable!()
+        };
         let slots = self.s.pool().num_blocks() * self.s.pool().block_size();
         let (prompt_len, max_tokens) = (1 + prompt_len % slots, 1 + max_tokens % slots);
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let prompt: Vec<u32> = (0..prompt_len).map(|_| self.rand()).collect();
-        if self.s.add(id, prompt.clone(), max_tokens).is_ok() {
+        let mut prompt: Vec<u32> = match self.prefixes.get(prefix) {
+            Some(p) => p[..shared.min(prompt_len)].to_vec(),
+            None => Vec::new(),
+        };
+        while prompt.len() < prompt_len {
+            let t = self.rand();
+            prompt.push(t);
+        }
+        let salt = salted.then_some(7);
+        if self
+            .s
+            .add_with_salt(id, prompt.clone(), max_tokens, salt)
+            .is_ok()
+        {
             self.model.insert(id, prompt);
             self.stop_at.insert(id, stop_at);
         }
@@ -157,6 +209,13 @@ impl Harness {
                 let slot = batch.slot_mapping[r];
                 // every slot lies in a block of its own sequence's table
                 prop_assert!(table.blocks().contains(&BlockId(slot / bs as u32)));
+                // the batch covers uncached tokens only: no cached block is ever written
+                prop_assert!(
+                    !self.s.pool().is_cached(BlockId(slot / bs as u32)),
+                    "{} writes position {} into a cached block",
+                    e.id,
+                    batch.positions[r]
+                );
                 self.memory[slot as usize] = kv_value(tokens, batch.positions[r] as usize);
             }
             for pos in 0..batch.context_lens[i] as usize {
@@ -287,6 +346,75 @@ impl Harness {
         let st = s.stats();
         prop_assert_eq!(st.blocks_used + st.blocks_free, st.blocks_total);
         prop_assert!(st.tokens_held <= st.allocated_slots);
+        self.check_cache()
+    }
+
+    /// The prefix cache against the pool, the tables and the simulated memory.
+    fn check_cache(&self) -> Result<(), TestCaseError> {
+        let s = &self.s;
+        let (n, bs) = (s.pool.num_blocks(), s.pool.block_size());
+        if let Err(e) = s.pool.validate() {
+            return Err(TestCaseError::fail(e));
+        }
+        let st = s.stats();
+        prop_assert!(st.prefix_hit_tokens <= st.prefix_query_tokens);
+        let cached: Vec<BlockId> = (0..n as u32)
+            .map(BlockId)
+            .filter(|b| s.pool.is_cached(*b))
+            .collect();
+        prop_assert_eq!(st.cached_blocks, cached.len());
+        if !s.cfg.enable_prefix_cache {
+            prop_assert_eq!((st.prefix_hit_tokens, st.cached_blocks), (0, 0));
+        }
+        // A cached block in a table holds that table's tokens at its positions.
+        for seq in s.seqs.values() {
+            for (j, b) in seq.table.blocks().iter().enumerate() {
+                if let Some(toks) = s.pool.cached_tokens(*b) {
+                    prop_assert!(
+                        seq.num_computed >= (j + 1) * bs,
+                        "cached block beyond the KV"
+                    );
+                    prop_assert_eq!(toks, &seq.tokens[j * bs..(j + 1) * bs]);
+                }
+            }
+            prop_assert!(seq.num_registered * bs <= seq.num_computed);
+        }
+        // Every cached block whose chain is still cached holds the KV of its whole prefix.
+        let by_key: HashMap<BlockHash, BlockId> = cached
+            .iter()
+            .map(|b| (s.pool.cached_key(*b).unwrap(), *b))
+            .collect();
+        for b in &cached {
+            let mut chain = vec![*b];
+            let mut complete = true;
+            while let Some(Some(parent)) = s.pool.cached_parent(*chain.last().unwrap()) {
+                match by_key.get(&parent) {
+                    Some(p) => chain.push(*p),
+                    None => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                continue;
+            }
+            let prefix: Vec<u32> = chain
+                .iter()
+                .rev()
+                .flat_map(|c| s.pool.cached_tokens(*c).unwrap().iter().copied())
+                .collect();
+            let base = (chain.len() - 1) * bs;
+            for i in 0..bs {
+                prop_assert_eq!(
+                    self.memory[b.0 as usize * bs + i],
+                    kv_value(&prefix, base + i),
+                    "cached {} offset {}",
+                    b,
+                    i
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -308,11 +436,13 @@ proptest! {
             memory: vec![u64::MAX; num_blocks * bs],
             next_id: 0,
             rng: seed,
+            prefixes: Vec::new(),
         };
+        h.make_prefixes();
         for op in ops {
             let in_flight = match op {
-                Op::Add { prompt_len, max_tokens, stop_at } => {
-                    h.add(prompt_len, max_tokens, stop_at);
+                Op::Add { .. } => {
+                    h.add(&op);
                     h.s.in_flight.is_some()
                 }
                 Op::Step => { h.step(None)?; false }
@@ -372,5 +502,6 @@ proptest! {
         }
         prop_assert!(h.model.is_empty(), "{} sequences never finished", h.model.len());
         prop_assert_eq!(h.s.pool().num_free(), num_blocks);
+        prop_assert_eq!(h.s.pool().num_cached_free(), h.s.pool().num_cached());
     }
 }

@@ -239,11 +239,13 @@ fn admission_is_fcfs_under_the_seq_cap_and_the_budget() {
 fn the_queue_head_that_does_not_fit_blocks_the_queue() {
     // 6 blocks of 4. Seq 1 holds 2. Seq 2 (16 tokens = 4 blocks) would leave 0 < watermark 1
     // free; seq 3 (1 block) would fit, but does not overtake.
+    // (No prefix cache: seq 2's prompt starts with seq 1's, and this is about admission.)
     let mut s = sched(
         6,
         4,
         SchedulerConfig {
             watermark_blocks: Some(1),
+            enable_prefix_cache: false,
             ..cfg(4, 64)
         },
     );
@@ -319,7 +321,15 @@ fn max_model_len_caps_generation() {
 #[test]
 fn out_of_blocks_preempts_the_most_recently_admitted_which_later_resumes() {
     // 4 blocks of 4. Seqs 1 and 2: 8-token prompts, 2 blocks each: the pool is full.
-    let mut s = sched(4, 4, cfg(4, 64));
+    // (No prefix cache: this spells out a recompute from scratch.)
+    let mut s = sched(
+        4,
+        4,
+        SchedulerConfig {
+            enable_prefix_cache: false,
+            ..cfg(4, 64)
+        },
+    );
     s.add(SeqId(1), prompt(8, 0), 5).unwrap();
     s.add(SeqId(2), prompt(8, 100), 5).unwrap();
     s.add(SeqId(3), prompt(1, 0), 5).unwrap(); // 1 block + watermark 0 > 0 free: waits

@@ -31,6 +31,11 @@ pub struct SchedulerConfig {
     /// fresh admissions do not preempt at once. `None`: 1% of the pool, rounded up (at most
     /// all blocks but one). An explicit value must be below the pool's size.
     pub watermark_blocks: Option<usize>,
+    /// Reuse the KV of full prompt blocks other sequences computed (prefix cache, default on):
+    /// admission takes the cached prefix and schedules only the rest; `update` registers every
+    /// block it completes; freed blocks stay cached until evicted. Off: no lookups, nothing
+    /// registered, so no hits.
+    pub enable_prefix_cache: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -41,6 +46,7 @@ impl Default for SchedulerConfig {
             max_model_len: usize::MAX,
             max_waiting: 1024,
             watermark_blocks: None,
+            enable_prefix_cache: true,
         }
     }
 }
@@ -147,6 +153,9 @@ pub struct SeqSummary {
     pub output: Vec<u32>,
     /// Times this sequence was preempted and recomputed.
     pub preemptions: usize,
+    /// Prompt tokens whose KV came from the prefix cache at its first admission (0 if it was
+    /// never admitted or the cache is off); `usage.prompt_tokens_details.cached_tokens`.
+    pub cached_tokens: usize,
 }
 
 /// Memory accounting, as `engine.stats()` reports it.
@@ -166,4 +175,15 @@ pub struct SchedulerStats {
     pub preemptions: u64,
     pub waiting: usize,
     pub running: usize,
+    /// Tokens looked up in the prefix cache, summed over admissions (each admission, also a
+    /// re-admission after preemption, queries its whole token list). 0 with the cache off.
+    pub prefix_query_tokens: u64,
+    /// Of those, tokens whose KV was found cached (so not computed).
+    pub prefix_hit_tokens: u64,
+    /// prefix_hit_tokens / prefix_query_tokens; 0 before any query.
+    pub prefix_hit_rate: f64,
+    /// Blocks registered in the prefix cache now, held or free.
+    pub cached_blocks: usize,
+    /// Cached blocks evicted to make room, since the scheduler started.
+    pub evictions: u64,
 }

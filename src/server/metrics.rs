@@ -1,0 +1,195 @@
+//! Prometheus text-format metrics: the engine's gauges read at scrape time plus counters and
+//! histograms the server keeps as requests pass through it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::engine::EngineStats;
+
+/// Seconds from submit to the first generated token.
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+/// Seconds between two consecutive tokens of one request.
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 20.0,
+];
+
+/// A cumulative histogram with fixed upper bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Ok(mut g) = self.inner.lock() {
+            let (counts, sum, n) = &mut *g;
+            if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+                counts[i] += 1;
+            }
+            *sum += v;
+            *n += 1;
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let Ok(g) = self.inner.lock() else { return };
+        let (counts, sum, n) = &*g;
+        let mut acc = 0;
+        for (b, c) in self.bounds.iter().zip(counts) {
+            acc += c;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {acc}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// What the server counts itself.
+pub struct Metrics {
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    /// HTTP responses by status code.
+    pub by_status: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            by_status: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
+}
+
+impl Metrics {
+    pub fn count_status(&self, status: u16) {
+        if let Ok(mut m) = self.by_status.lock() {
+            *m.entry(status).or_default() += 1;
+        }
+    }
+
+    /// The whole exposition: engine gauges from `stats`, then the server's own series.
+    pub fn render(&self, stats: &EngineStats) -> String {
+        let mut o = String::new();
+        let g = "gauge";
+        let c = "counter";
+        scalar(
+            &mut o,
+            "wllm_kv_blocks_used",
+            g,
+            "KV-cache blocks in use.",
+            stats.blocks_used,
+        );
+        scalar(
+            &mut o,
+            "wllm_kv_blocks_total",
+            g,
+            "KV-cache blocks in the pool.",
+            stats.blocks_total,
+        );
+        scalar(
+            &mut o,
+            "wllm_kv_waste_percent",
+            g,
+            "Allocated KV slots not holding a token, in percent.",
+            stats.kv_waste_pct,
+        );
+        scalar(
+            &mut o,
+            "wllm_requests_waiting",
+            g,
+            "Requests waiting for admission.",
+            stats.requests_waiting,
+        );
+        scalar(
+            &mut o,
+            "wllm_requests_running",
+            g,
+            "Requests running.",
+            stats.requests_running,
+        );
+        scalar(
+            &mut o,
+            "wllm_preemptions_total",
+            c,
+            "Sequences preempted for KV blocks.",
+            stats.preemptions,
+        );
+        scalar(
+            &mut o,
+            "wllm_requests_finished_total",
+            c,
+            "Requests the engine finished.",
+            stats.requests_finished,
+        );
+        scalar(
+            &mut o,
+            "wllm_engine_steps_total",
+            c,
+            "Engine steps run.",
+            stats.steps,
+        );
+        scalar(
+            &mut o,
+            "wllm_prompt_tokens_total",
+            c,
+            "Prompt tokens of accepted requests.",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut o,
+            "wllm_generation_tokens_total",
+            c,
+            "Tokens generated.",
+            self.generation_tokens.load(Ordering::Relaxed),
+        );
+        self.ttft.render(
+            &mut o,
+            "wllm_time_to_first_token_seconds",
+            "Seconds from submit to the first generated token.",
+        );
+        self.itl.render(
+            &mut o,
+            "wllm_inter_token_latency_seconds",
+            "Seconds between consecutive tokens of a request.",
+        );
+        let name = "wllm_http_requests_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} HTTP responses by status code.\n# TYPE {name} counter"
+        );
+        if let Ok(m) = self.by_status.lock() {
+            for (status, n) in m.iter() {
+                let _ = writeln!(o, "{name}{{status=\"{status}\"}} {n}");
+            }
+        }
+        o
+    }
+}
