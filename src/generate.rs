@@ -70,6 +70,24 @@ pub struct Generator {
     path: PathBuf,
 }
 
+/// Blocks in the KV pool: `opts.num_blocks`, or as many as `opts.kv_memory_bytes` hold,
+/// capped so one layer's K (or V) pool fits one storage binding.
+pub fn kv_pool_blocks(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<usize> {
+    let per_block = kv_bytes_per_token(cfg, opts.dtype) * opts.block_size as u64;
+    let per_layer_block = (opts.block_size * cfg.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
+    let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
+    let num_blocks = opts
+        .num_blocks
+        .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize)
+        .min(binding_cap);
+    if num_blocks == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "the KV pool holds no block ({per_block} bytes per block)"
+        )));
+    }
+    Ok(num_blocks)
+}
+
 /// KV bytes one token takes across all layers (K and V).
 pub fn kv_bytes_per_token(cfg: &ModelConfig, dtype: WeightDType) -> u64 {
     (2 * cfg.num_layers * cfg.kv_dim() * dtype.bytes_per_elem()) as u64
@@ -89,20 +107,7 @@ impl Generator {
         let tokenizer = load_tokenizer(&files)?;
         let weights = load_weights(ctx, &files, &cfg, opts.dtype, progress)?;
         let bs = opts.block_size;
-        let per_block = kv_bytes_per_token(&cfg, opts.dtype) * bs as u64;
-        // One layer's K (or V) pool must fit one binding.
-        let per_layer_block = (bs * cfg.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
-        let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
-        let wanted = opts
-            .num_blocks
-            .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize);
-        let num_blocks = wanted.min(binding_cap);
-        if num_blocks == 0 {
-            return Err(Error::InvalidRequest(format!(
-                "the KV pool holds no block ({} bytes per block)",
-                per_block
-            )));
-        }
+        let num_blocks = kv_pool_blocks(ctx, &cfg, opts)?;
         let rc = RunnerConfig {
             kv_dtype: opts.dtype,
             block_size: bs,

@@ -22,7 +22,9 @@ use futures::Stream;
 use futures::channel::mpsc;
 
 use crate::error::{Error, Result};
-use crate::generate::{FinishReason, ModelOptions, kv_bytes_per_token, load_tokenizer};
+use crate::generate::{
+    FinishReason, ModelOptions, kv_bytes_per_token, kv_pool_blocks, load_tokenizer,
+};
 use crate::gpu::{AdapterSelector, GpuContext, Runner, RunnerConfig};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
@@ -228,18 +230,8 @@ impl Engine {
         let tokenizer = load_tokenizer(&files)?;
         let weights = load_weights(ctx, &files, &model, opts.dtype, progress)?;
         let bs = opts.block_size;
+        let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
         let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
-        let per_layer_block = (bs * model.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
-        let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
-        let num_blocks = opts
-            .num_blocks
-            .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize)
-            .min(binding_cap);
-        if num_blocks == 0 {
-            return Err(Error::InvalidRequest(format!(
-                "the KV pool holds no block ({per_block} bytes per block)"
-            )));
-        }
         let max_batch_tokens = opts.max_batch_tokens.max(1);
         // A step must fit one decode token of every running sequence.
         if opts.max_seqs > max_batch_tokens {
