@@ -416,6 +416,8 @@ fn full_queue_answers_429_at_once_and_metrics_have_stable_names() {
         "wllm_preemptions_total ",
         "wllm_prompt_tokens_total ",
         "wllm_generation_tokens_total ",
+        "wllm_prefix_cache_hit_tokens_total ",
+        "wllm_prefix_cache_query_tokens_total ",
         "# TYPE wllm_time_to_first_token_seconds histogram",
         "wllm_time_to_first_token_seconds_bucket{le=\"+Inf\"} ",
         "wllm_time_to_first_token_seconds_count ",

@@ -144,6 +144,34 @@ impl Metrics {
         );
         scalar(
             &mut o,
+            "wllm_prefix_cache_query_tokens_total",
+            c,
+            "Prompt tokens looked up in the prefix cache.",
+            stats.prefix_query_tokens,
+        );
+        scalar(
+            &mut o,
+            "wllm_prefix_cache_hit_tokens_total",
+            c,
+            "Prompt tokens whose KV came from the prefix cache.",
+            stats.prefix_hit_tokens,
+        );
+        scalar(
+            &mut o,
+            "wllm_prefix_cache_blocks",
+            g,
+            "Blocks holding reusable KV.",
+            stats.cached_blocks,
+        );
+        scalar(
+            &mut o,
+            "wllm_prefix_cache_evictions_total",
+            c,
+            "Cached blocks evicted to make room.",
+            stats.evictions,
+        );
+        scalar(
+            &mut o,
             "wllm_requests_finished_total",
             c,
             "Requests the engine finished.",
