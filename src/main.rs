@@ -12,9 +12,7 @@ use serde_json::json;
 use wllm::generate::load_tokenizer;
 use wllm::model::ModelFiles;
 use wllm::tokenizer::{ChatMessage, Tokenizer};
-use wllm::{
-    AdapterSelector, Event, Generator, GpuContext, ModelOptions, Prompt, Request, SamplingParams,
-};
+use wllm::{AdapterSelector, Event, Generator, GpuContext, Prompt, Request, SamplingParams};
 
 #[derive(Parser)]
 #[command(
@@ -27,19 +25,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Clone)]
-struct ModelArgs {
-    /// A .gguf file or a Hugging Face model directory
-    #[arg(long)]
-    model: PathBuf,
-    /// Weight and KV-cache storage: f16 or f32 (default f16)
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Tokens per KV-cache block: a power of two from 1 to 256
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// List every GPU adapter wgpu sees (WLLM_BACKEND picks backends)
@@ -50,7 +35,7 @@ enum Command {
     /// Generate text, streamed token by token
     Generate {
         #[command(flatten)]
-        model: ModelArgs,
+        model: cli::EngineArgs,
         /// Prompt text
         #[arg(long, conflicts_with = "prompt_ids")]
         prompt: Option<String>,
@@ -101,7 +86,7 @@ enum Command {
     /// Teacher-forced top-K logits after each prefix of the prompt
     Score {
         #[command(flatten)]
-        model: ModelArgs,
+        model: cli::EngineArgs,
         #[arg(long, value_delimiter = ',', required = true)]
         prompt_ids: Vec<u32>,
         #[arg(long, default_value_t = 8)]
@@ -154,28 +139,13 @@ fn serve(args: ServeArgs) -> Result<()> {
     wllm::server::run(engine, opts, &addr).with_context(|| format!("serving on {addr}"))
 }
 
-impl ModelArgs {
-    fn engine_config(&self) -> Result<wllm::EngineConfig> {
-        let mut cfg = wllm::EngineConfig::new(&self.model);
-        cfg.model.dtype = cli::parse_dtype(&self.dtype)?;
-        cfg.model.block_size = self.block_size;
-        cfg.adapter = AdapterSelector::from_env()?;
-        Ok(cfg)
-    }
-}
-
-fn load(args: &ModelArgs) -> Result<Generator> {
-    let sel = AdapterSelector::from_env()?;
-    let ctx = GpuContext::new(&sel)?;
-    let mut opts = ModelOptions::new(&args.model);
-    opts.dtype = cli::parse_dtype(&args.dtype)?;
-    opts.block_size = args.block_size;
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(args.model.display().to_string());
-    let g = Generator::load(&ctx, &opts, &mut |done, total| {
+/// Loads the model for teacher-forced scoring, with the same progress bar as the engine.
+fn load(args: &cli::EngineArgs) -> Result<Generator> {
+    let cfg = args.config()?;
+    let ctx = GpuContext::new(&cfg.adapter)?;
+    let bar = cli::progress_bar(0, "tensors");
+    bar.set_message(format!("loading {}", args.model.display()));
+    let g = Generator::load(&ctx, &cfg.model, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -286,7 +256,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             json,
         } => {
-            let engine = cli::start_engine(ModelArgs::engine_config(&model)?)?;
+            let engine = cli::start_engine(model.config()?)?;
             let prompt = match (prompt, prompt_ids) {
                 (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage::user(text)]),
                 (Some(text), None) => Prompt::Text(text),

@@ -24,20 +24,16 @@ use wllm::model::RopeStyle;
 // ---------------------------------------------------------------------------------------------
 // Test plumbing: a deterministic PRNG, buffers, one-pass submission, comparisons.
 
-/// splitmix64: small, deterministic, good enough for test data.
-struct Rng(u64);
+/// The library's SplitMix64 with the helpers the tests need.
+struct Rng(wllm::sampling::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+        Rng(wllm::sampling::Rng::new(seed ^ 0xD1B5_4A32_D192_ED03))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in (0, 1].

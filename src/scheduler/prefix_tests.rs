@@ -1,5 +1,6 @@
 //! Prefix-cache scheduling, step by step, with the arithmetic spelled out.
 
+use super::tests::{prompt, sched, step, work};
 use super::*;
 
 fn cfg(cache: bool) -> SchedulerConfig {
@@ -10,33 +11,6 @@ fn cfg(cache: bool) -> SchedulerConfig {
         enable_prefix_cache: cache,
         ..Default::default()
     }
-}
-
-fn sched(num_blocks: usize, block_size: usize, cfg: SchedulerConfig) -> Scheduler {
-    Scheduler::new(cfg, BlockPool::new(num_blocks, block_size).unwrap()).unwrap()
-}
-
-fn prompt(len: usize, first: u32) -> Vec<u32> {
-    (first..first + len as u32).collect()
-}
-
-/// (id, tokens, start_pos, sample) of each entry.
-fn work(out: &SchedulerOutput) -> Vec<(u64, usize, usize, bool)> {
-    out.seqs
-        .iter()
-        .map(|e| (e.id.0, e.tokens.len(), e.start_pos, e.sample))
-        .collect()
-}
-
-/// One step, sampling `1000 + id` for every sampling sequence.
-fn step(s: &mut Scheduler) -> SchedulerOutput {
-    let out = s.schedule();
-    let sampled: Vec<_> = out
-        .sampling_ids()
-        .map(|id| (id, 1000 + id.0 as u32))
-        .collect();
-    s.update(&out, &sampled).unwrap();
-    out
 }
 
 fn blocks(s: &Scheduler, id: u64) -> Vec<BlockId> {

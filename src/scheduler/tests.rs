@@ -12,16 +12,16 @@ fn cfg(max_num_seqs: usize, budget: usize) -> SchedulerConfig {
     }
 }
 
-fn sched(num_blocks: usize, block_size: usize, cfg: SchedulerConfig) -> Scheduler {
+pub(super) fn sched(num_blocks: usize, block_size: usize, cfg: SchedulerConfig) -> Scheduler {
     Scheduler::new(cfg, BlockPool::new(num_blocks, block_size).unwrap()).unwrap()
 }
 
-fn prompt(len: usize, first: u32) -> Vec<u32> {
+pub(super) fn prompt(len: usize, first: u32) -> Vec<u32> {
     (first..first + len as u32).collect()
 }
 
 /// (id, tokens, start_pos, sample) of each entry.
-fn work(out: &SchedulerOutput) -> Vec<(u64, usize, usize, bool)> {
+pub(super) fn work(out: &SchedulerOutput) -> Vec<(u64, usize, usize, bool)> {
     out.seqs
         .iter()
         .map(|e| (e.id.0, e.tokens.len(), e.start_pos, e.sample))
@@ -29,7 +29,7 @@ fn work(out: &SchedulerOutput) -> Vec<(u64, usize, usize, bool)> {
 }
 
 /// One engine step: schedule, sample token `1000 + id` for every sampling sequence, update.
-fn step(s: &mut Scheduler) -> SchedulerOutput {
+pub(super) fn step(s: &mut Scheduler) -> SchedulerOutput {
     let out = s.schedule();
     let sampled: Vec<_> = out
         .sampling_ids()
