@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, Logits, Runner, RunnerConfig, WeightDType};
+use crate::gpu::{GpuContext, Logits, Runner, RunnerConfig, StepProfile, WeightDType};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
-use crate::sampling::top_k;
+use crate::sampling::{argmax, top_k};
 use crate::tokenizer::Tokenizer;
 
 /// How to load a model. Everything but the path has a default.
@@ -240,6 +240,136 @@ impl Generator {
         });
         table.release(&mut self.pool)?;
         res.map(|_| out)
+    }
+}
+
+/// Timings of one [`Generator::lockstep`] run.
+#[derive(Debug, Clone, Default)]
+pub struct LockstepRun {
+    /// Seconds to prefill every prompt.
+    pub prefill_s: f64,
+    /// Seconds of the decode steps (each advances every sequence by one token).
+    pub decode_s: f64,
+    pub decode_steps: usize,
+    /// Mean CPU µs per decode step spent writing metadata and recording dispatches.
+    pub decode_encode_us: f64,
+    /// Per-kernel GPU time summed over the decode steps (when profiling is on).
+    pub decode_profile: Option<StepProfile>,
+    /// The same for the prefill steps.
+    pub prefill_profile: Option<StepProfile>,
+}
+
+impl Generator {
+    /// Times every kernel call of the following steps (adapters with timestamp queries),
+    /// or stops doing so.
+    pub fn set_profiling(&mut self, on: bool) -> Result<()> {
+        Ok(self.runner.set_profiling(on)?)
+    }
+
+    /// llama-batched-bench's workload: prefills every prompt (packed into steps of at most
+    /// `max_batch_tokens`), then runs `gen_len` decode steps in which every sequence advances
+    /// by one greedy token. All blocks are released at the end, also on error.
+    pub fn lockstep(&mut self, prompts: &[Vec<u32>], gen_len: usize) -> Result<LockstepRun> {
+        let rc = *self.runner.runner_config();
+        if prompts.is_empty() || prompts.len() > rc.max_seqs || prompts.len() > rc.max_batch_tokens
+        {
+            return Err(Error::InvalidRequest(format!(
+                "{} sequences: this model was loaded for 1..={} per step",
+                prompts.len(),
+                rc.max_seqs.min(rc.max_batch_tokens)
+            )));
+        }
+        for p in prompts {
+            self.check_prompt(p)?;
+            if p.len() + gen_len > self.config().max_context {
+                return Err(Error::InvalidRequest(
+                    "prompt + generated tokens exceed the context".into(),
+                ));
+            }
+        }
+        let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
+        let res = self.lockstep_inner(prompts, gen_len, &mut tables);
+        for t in &mut tables {
+            t.release(&mut self.pool)?;
+        }
+        res
+    }
+
+    fn lockstep_inner(
+        &mut self,
+        prompts: &[Vec<u32>],
+        gen_len: usize,
+        tables: &mut [BlockTable],
+    ) -> Result<LockstepRun> {
+        let bs = self.pool.block_size();
+        let budget = self.runner.runner_config().max_batch_tokens;
+        let mut run = LockstepRun::default();
+        let add = |acc: &mut Option<StepProfile>, p: Option<&StepProfile>| {
+            if let Some(p) = p {
+                acc.get_or_insert_with(StepProfile::default).add(p);
+            }
+        };
+        // Prefill: (sequence, next position) chunks packed into steps.
+        let mut next = vec![0usize; prompts.len()];
+        let mut last = vec![0u32; prompts.len()];
+        let t0 = std::time::Instant::now();
+        let mut s = 0;
+        while s < prompts.len() {
+            let mut batch = StepBatch::new(self.runner.max_blocks());
+            let mut members = Vec::new();
+            while s < prompts.len() && batch.num_tokens() < budget {
+                let take = (prompts[s].len() - next[s]).min(budget - batch.num_tokens());
+                let pos = next[s];
+                tables[s].grow_to(&mut self.pool, pos + take)?;
+                let done = pos + take == prompts[s].len();
+                let rows = if done {
+                    LogitRows::Last
+                } else {
+                    LogitRows::None
+                };
+                batch
+                    .push_sequence(&prompts[s][pos..pos + take], pos, &tables[s], bs, rows)
+                    .ok_or_else(|| {
+                        Error::InvalidRequest("sequence longer than the block table".into())
+                    })?;
+                next[s] += take;
+                if done {
+                    members.push(s);
+                    s += 1;
+                }
+            }
+            let out = self.runner.forward(&batch)?;
+            add(&mut run.prefill_profile, self.runner.last_profile());
+            for (row, &seq) in members.iter().enumerate() {
+                last[seq] = argmax(out.row(row));
+            }
+        }
+        run.prefill_s = t0.elapsed().as_secs_f64();
+        // Decode in lockstep.
+        let t1 = std::time::Instant::now();
+        let mut encode_us = 0.0;
+        for step in 0..gen_len {
+            let mut batch = StepBatch::new(self.runner.max_blocks());
+            for (i, p) in prompts.iter().enumerate() {
+                let pos = p.len() + step;
+                tables[i].grow_to(&mut self.pool, pos + 1)?;
+                batch
+                    .push_sequence(&[last[i]], pos, &tables[i], bs, LogitRows::Last)
+                    .ok_or_else(|| {
+                        Error::InvalidRequest("sequence longer than the block table".into())
+                    })?;
+            }
+            let out = self.runner.forward(&batch)?;
+            encode_us += self.runner.last_timing().encode_us;
+            add(&mut run.decode_profile, self.runner.last_profile());
+            for (i, l) in last.iter_mut().enumerate() {
+                *l = argmax(out.row(i));
+            }
+        }
+        run.decode_s = t1.elapsed().as_secs_f64();
+        run.decode_steps = gen_len;
+        run.decode_encode_us = encode_us / gen_len.max(1) as f64;
+        Ok(run)
     }
 }
 

@@ -20,6 +20,11 @@ pub enum BenchCommand {
     /// Time to first token for a burst sharing a long prefix, prefix cache on versus off,
     /// and a sweep over block sizes
     Prefix(PrefixArgs),
+    /// One prompt prefilled in one step (llama-bench's pp): tok/s, optional per-kernel profile
+    Prefill(super::bench_model::PrefillArgs),
+    /// Sequences decoding in lockstep (llama-batched-bench): tok/s per batch size, optional
+    /// per-kernel profile
+    Decode(super::bench_model::DecodeArgs),
 }
 
 #[derive(clap::Args)]
@@ -291,6 +296,8 @@ fn run_config(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> R
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Prefix(a) => run_prefix(a)?,
+        BenchCommand::Prefill(a) => super::bench_model::run_prefill(a)?,
+        BenchCommand::Decode(a) => super::bench_model::run_decode(a)?,
         BenchCommand::Throughput(args) => {
             let ctx = GpuContext::new(&args.engine.config()?.adapter)?;
             let batched = run_config(&ctx, &args, args.engine.max_num_seqs)?;

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bench_model;
 pub mod chat;
 pub mod plan;
 

@@ -6,12 +6,14 @@
 pub mod context;
 pub mod kernels;
 pub mod pipeline;
+pub mod profile;
 pub mod runner;
 pub mod tensor;
 
 pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters, parse_backends};
 pub use pipeline::{Kernel, ShaderSource};
-pub use runner::{Logits, Runner, RunnerConfig};
+pub use profile::StepProfile;
+pub use runner::{Logits, Runner, RunnerConfig, StepTiming};
 pub use tensor::{GpuTensor, WeightDType};
 
 /// Why something on the GPU side failed.

@@ -10,6 +10,7 @@ use crate::gpu::kernels::{
     AttentionParams, CopyBlocks, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams,
     PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
 };
+use crate::gpu::profile::{Profiler, Recorder, StepProfile};
 use crate::gpu::tensor::map_and_read;
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::model::weights::{GpuMatrix, LayerWeights, ModelWeights};
@@ -110,9 +111,22 @@ pub struct Runner {
     /// (src, dst) block pairs for copy-on-write, and one bind group per layer over them.
     copy_pairs: wgpu::Buffer,
     copy_binds: Vec<wgpu::BindGroup>,
+    /// Set by [`Runner::enable_profiling`]: per-kernel timestamps of every step.
+    profiler: Option<Profiler>,
+    last_profile: Option<StepProfile>,
+    last_timing: StepTiming,
     // Kept alive for the bind groups above.
     _weights: ModelWeights,
     _buffers: Vec<wgpu::Buffer>,
+}
+
+/// CPU-side time of the last step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// Writing the metadata and recording the dispatches, up to the submit.
+    pub encode_us: f64,
+    /// The whole `forward` call, readback included.
+    pub total_us: f64,
 }
 
 /// Block copies one submit can carry.
@@ -378,6 +392,9 @@ impl Runner {
             lm_head,
             copy_pairs,
             copy_binds,
+            profiler: None,
+            last_profile: None,
+            last_timing: StepTiming::default(),
             _weights: weights,
             _buffers: buffers,
         })
@@ -393,6 +410,28 @@ impl Runner {
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Times every kernel call of each following step (see [`Runner::last_profile`]), or
+    /// stops doing so. Fails on adapters without timestamp queries.
+    pub fn set_profiling(&mut self, on: bool) -> Result<(), GpuError> {
+        if !on {
+            self.profiler = None;
+            self.last_profile = None;
+        } else if self.profiler.is_none() {
+            self.profiler = Some(Profiler::new(&self.ctx)?);
+        }
+        Ok(())
+    }
+
+    /// Per-kernel GPU time of the last step, when profiling.
+    pub fn last_profile(&self) -> Option<&StepProfile> {
+        self.last_profile.as_ref()
+    }
+
+    /// CPU-side time of the last step.
+    pub fn last_timing(&self) -> StepTiming {
+        self.last_timing
     }
 
     /// Columns the batch's block-table matrix must have.
@@ -511,23 +550,50 @@ impl Runner {
         Ok(())
     }
 
-    fn encode_matmul(&self, pass: &mut wgpu::ComputePass<'_>, mb: &MatmulBinds, m: usize) {
-        for (start, rows, bg) in &mb.parts {
-            let p = MatmulParams {
-                m,
-                n: *rows,
-                k: mb.k,
-                y_stride: mb.y_stride,
-                y_col: *start,
-                bias: mb.bias,
-                accumulate: mb.accumulate,
-            };
-            self.kernels.matmul.encode(pass, bg, &p);
-        }
-    }
-
     /// Runs every layer over the batch and returns the logits of `batch.logit_rows`.
     pub fn forward(&mut self, batch: &StepBatch) -> Result<Logits, GpuError> {
+        let start = std::time::Instant::now();
+        let mut profiler = self.profiler.take();
+        let res = self.forward_with(batch, profiler.as_mut(), start);
+        let profile = match (&res, profiler.as_mut()) {
+            (Ok(_), Some(p)) => Some(p.finish(&self.ctx)?),
+            _ => None,
+        };
+        self.profiler = profiler;
+        self.last_profile = profile;
+        self.last_timing.total_us = start.elapsed().as_secs_f64() * 1e6;
+        res
+    }
+}
+
+fn encode_matmul(
+    kernels: &Kernels,
+    rec: &mut Recorder,
+    label: &'static str,
+    mb: &MatmulBinds,
+    m: usize,
+) {
+    for (start, rows, bg) in &mb.parts {
+        let p = MatmulParams {
+            m,
+            n: *rows,
+            k: mb.k,
+            y_stride: mb.y_stride,
+            y_col: *start,
+            bias: mb.bias,
+            accumulate: mb.accumulate,
+        };
+        kernels.matmul.encode(rec.pass(label), bg, &p);
+    }
+}
+
+impl Runner {
+    fn forward_with(
+        &mut self,
+        batch: &StepBatch,
+        profiler: Option<&mut Profiler>,
+        start: std::time::Instant,
+    ) -> Result<Logits, GpuError> {
         self.check(batch)?;
         let q = &self.ctx.queue;
         q.write_buffer(
@@ -569,20 +635,18 @@ impl Runner {
         let r = batch.logit_rows.len();
         let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
+        let mut rec = Recorder::new(&self.ctx, profiler);
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
             for (start, rows, bg) in &self.embed_binds {
-                k.embedding
-                    .encode(&mut pass, bg, t, d, *start, *rows, cfg.max_context);
+                k.embedding.encode(
+                    rec.pass("embedding"),
+                    bg,
+                    t,
+                    d,
+                    *start,
+                    *rows,
+                    cfg.max_context,
+                );
             }
             let attn = AttentionParams {
                 num_tokens: t,
@@ -597,14 +661,15 @@ impl Runner {
             for lb in &self.layers {
                 match cfg.arch {
                     Architecture::Llama => {
-                        k.rms_norm.encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps)
+                        k.rms_norm
+                            .encode(rec.pass("norm"), &lb.norm1, t, d, cfg.norm_eps)
                     }
                     Architecture::Gpt2 => {
                         k.layer_norm
-                            .encode(&mut pass, &lb.norm1, t, d, cfg.norm_eps)
+                            .encode(rec.pass("norm"), &lb.norm1, t, d, cfg.norm_eps)
                     }
                 }
-                self.encode_matmul(&mut pass, &lb.qkv, t);
+                encode_matmul(k, &mut rec, "matmul qkv", &lb.qkv, t);
                 if let Some(rope) = &self.rope_bind {
                     let p = RopeParams {
                         num_tokens: t,
@@ -615,53 +680,69 @@ impl Runner {
                         max_positions: cfg.max_context,
                         style: cfg.rope_style,
                     };
-                    k.rope.encode(&mut pass, rope, &p);
+                    k.rope.encode(rec.pass("rope"), rope, &p);
                 }
                 k.kv_write.encode(
-                    &mut pass,
+                    rec.pass("kv_write"),
                     &lb.kv_write,
                     t,
                     qkv_dim,
                     cfg.q_dim(),
                     cfg.kv_dim(),
                 );
-                k.attention.encode(&mut pass, &lb.attention, &attn);
-                self.encode_matmul(&mut pass, &lb.out_proj, t);
+                k.attention
+                    .encode(rec.pass("attention"), &lb.attention, &attn);
+                encode_matmul(k, &mut rec, "matmul out", &lb.out_proj, t);
                 match cfg.arch {
                     Architecture::Llama => {
-                        k.rms_norm.encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
-                        self.encode_matmul(&mut pass, &lb.up, t);
-                        k.silu_mul
-                            .encode(&mut pass, &lb.act, t, cfg.intermediate_size);
+                        k.rms_norm
+                            .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
+                        encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
+                        k.silu_mul.encode(
+                            rec.pass("activation"),
+                            &lb.act,
+                            t,
+                            cfg.intermediate_size,
+                        );
                     }
                     Architecture::Gpt2 => {
                         k.layer_norm
-                            .encode(&mut pass, &lb.norm2, t, d, cfg.norm_eps);
-                        self.encode_matmul(&mut pass, &lb.up, t);
-                        k.gelu.encode(&mut pass, &lb.act, t * cfg.intermediate_size);
+                            .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
+                        encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
+                        k.gelu
+                            .encode(rec.pass("activation"), &lb.act, t * cfg.intermediate_size);
                     }
                 }
-                self.encode_matmul(&mut pass, &lb.down, t);
+                encode_matmul(k, &mut rec, "matmul down", &lb.down, t);
             }
             if r > 0 {
                 match cfg.arch {
-                    Architecture::Llama => {
-                        k.rms_norm_gather
-                            .encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps)
-                    }
-                    Architecture::Gpt2 => {
-                        k.layer_norm_gather
-                            .encode(&mut pass, &self.final_norm, r, d, cfg.norm_eps)
-                    }
+                    Architecture::Llama => k.rms_norm_gather.encode(
+                        rec.pass("final norm"),
+                        &self.final_norm,
+                        r,
+                        d,
+                        cfg.norm_eps,
+                    ),
+                    Architecture::Gpt2 => k.layer_norm_gather.encode(
+                        rec.pass("final norm"),
+                        &self.final_norm,
+                        r,
+                        d,
+                        cfg.norm_eps,
+                    ),
                 }
-                self.encode_matmul(&mut pass, &self.lm_head, r);
+                encode_matmul(k, &mut rec, "matmul lm_head", &self.lm_head, r);
             }
         }
         let bytes = (r * vocab * 4) as u64;
         if bytes > 0 {
-            enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+            rec.encoder()
+                .copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
         }
-        self.ctx.queue.submit([enc.finish()]);
+        let commands = rec.finish();
+        self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
+        self.ctx.queue.submit([commands]);
         if bytes == 0 {
             self.ctx
                 .device
