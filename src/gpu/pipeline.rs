@@ -31,6 +31,8 @@ pub const EMBEDDING: ShaderSource = shader!("embedding");
 pub const RMS_NORM: ShaderSource = shader!("rms_norm");
 pub const LAYER_NORM: ShaderSource = shader!("layer_norm");
 pub const MATMUL: ShaderSource = shader!("matmul");
+pub const MATMUL_QUANT: ShaderSource = shader!("matmul_quant");
+pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
 pub const ROPE: ShaderSource = shader!("rope");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
 pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
@@ -44,6 +46,8 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     RMS_NORM,
     LAYER_NORM,
     MATMUL,
+    MATMUL_QUANT,
+    EMBEDDING_QUANT,
     ROPE,
     KV_WRITE,
     PAGED_ATTENTION,
@@ -88,6 +92,73 @@ impl Kernel {
             pipeline,
             layout,
         }
+    }
+
+    /// Pipelines of `src`, one per set of override constants, sharing one explicit bind group
+    /// layout (derived layouts are exclusive to their pipeline), so one bind group serves all.
+    /// Binding i is a storage buffer, read-only where `read_only[i]`.
+    pub fn family(
+        ctx: &GpuContext,
+        src: ShaderSource,
+        read_only: &[bool],
+        variants: &[&[(&str, f64)]],
+    ) -> Vec<Kernel> {
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = read_only
+            .iter()
+            .enumerate()
+            .map(|(i, ro)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *ro },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(src.name),
+                entries: &entries,
+            });
+        let pipeline_layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(src.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: ctx.device.limits().max_immediate_size,
+            });
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(src.name),
+                source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+            });
+        variants
+            .iter()
+            .map(|constants| {
+                let pipeline =
+                    ctx.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(src.name),
+                            layout: Some(&pipeline_layout),
+                            module: &module,
+                            entry_point: Some("main"),
+                            compilation_options: wgpu::PipelineCompilationOptions {
+                                constants,
+                                zero_initialize_workgroup_memory: false,
+                            },
+                            cache: None,
+                        });
+                Kernel {
+                    name: src.name,
+                    pipeline,
+                    layout: layout.clone(),
+                }
+            })
+            .collect()
     }
 
     /// A bind group with `buffers` at bindings 0, 1, 2, ... (whole buffers).

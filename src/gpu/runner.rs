@@ -6,14 +6,15 @@
 
 use crate::batch::StepBatch;
 use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
+use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
-    AttentionParams, CopyBlocks, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams,
-    PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
+    AttentionParams, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm, Matmul,
+    MatmulParams, PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
 };
 use crate::gpu::profile::{Profiler, Recorder, StepProfile};
 use crate::gpu::tensor::map_and_read;
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
-use crate::model::weights::{GpuMatrix, LayerWeights, ModelWeights};
+use crate::model::weights::{GpuMatrix, LayerWeights, MatrixFormat, ModelWeights};
 use crate::model::{Architecture, ModelConfig};
 
 /// Sizes fixed when the runner is built.
@@ -45,8 +46,16 @@ impl Logits {
     }
 }
 
+/// The token-embedding gather for the table's storage.
+enum EmbeddingKernel {
+    Dense(Embedding),
+    Quant(EmbeddingQuant),
+}
+
 struct Kernels {
-    embedding: Embedding,
+    embedding: EmbeddingKernel,
+    /// A quantized matmul per quantized format the weights use.
+    matmul_quant: Vec<(QuantFormat, MatmulQuant)>,
     rms_norm: RmsNorm,
     rms_norm_gather: RmsNorm,
     layer_norm: LayerNorm,
@@ -72,6 +81,7 @@ struct Metadata {
 
 /// A matmul over a weight's parts: one bind group and column offset per part.
 struct MatmulBinds {
+    format: MatrixFormat,
     parts: Vec<(usize, usize, wgpu::BindGroup)>, // (first row, rows, bind group)
     k: usize,
     y_stride: usize,
@@ -161,8 +171,25 @@ impl Runner {
         let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
         let wdt = weights.dtype;
 
+        let mut quant_formats: Vec<QuantFormat> = Vec::new();
+        for m in weights.matrices() {
+            if let MatrixFormat::Quant(f) = m.format {
+                if !quant_formats.contains(&f) {
+                    quant_formats.push(f);
+                }
+            }
+        }
         let kernels = Kernels {
-            embedding: Embedding::new(ctx, wdt, weights.pos_embed.is_some()),
+            embedding: match weights.embed.format {
+                MatrixFormat::Quant(f) => EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f)),
+                MatrixFormat::Dense(_) => {
+                    EmbeddingKernel::Dense(Embedding::new(ctx, wdt, weights.pos_embed.is_some()))
+                }
+            },
+            matmul_quant: quant_formats
+                .iter()
+                .map(|&f| (f, MatmulQuant::new(ctx, f, QuantTuning::for_adapter(ctx))))
+                .collect(),
             rms_norm: RmsNorm::new(ctx, false),
             rms_norm_gather: RmsNorm::new(ctx, true),
             layer_norm: LayerNorm::new(ctx, false),
@@ -232,17 +259,16 @@ impl Runner {
                 });
             }
             let bias_buf = bias.map_or(&dummy, |b| &b.buffer);
+            let bind = |buf: &wgpu::Buffer| match w.format {
+                MatrixFormat::Dense(_) => mm.bind(ctx, x, buf, bias_buf, y),
+                MatrixFormat::Quant(f) => quant_kernel(&kernels, f).bind(ctx, x, buf, bias_buf, y),
+            };
             Ok(MatmulBinds {
+                format: w.format,
                 parts: w
                     .parts
                     .iter()
-                    .map(|(start, part)| {
-                        (
-                            *start,
-                            part.shape[0],
-                            mm.bind(ctx, x, &part.buffer, bias_buf, y),
-                        )
-                    })
+                    .map(|p| (p.first_row, p.rows, bind(&p.buffer)))
                     .collect(),
                 k: w.cols,
                 y_stride,
@@ -256,16 +282,19 @@ impl Runner {
             .embed
             .parts
             .iter()
-            .map(|(start, part)| {
-                let bg = kernels.embedding.bind(
-                    ctx,
-                    &meta.token_ids,
-                    &meta.positions,
-                    &part.buffer,
-                    pos_table,
-                    &x,
-                );
-                (*start, part.shape[0], bg)
+            .map(|p| {
+                let bg = match &kernels.embedding {
+                    EmbeddingKernel::Dense(e) => e.bind(
+                        ctx,
+                        &meta.token_ids,
+                        &meta.positions,
+                        &p.buffer,
+                        pos_table,
+                        &x,
+                    ),
+                    EmbeddingKernel::Quant(e) => e.bind(ctx, &meta.token_ids, &p.buffer, &x),
+                };
+                (p.first_row, p.rows, bg)
             })
             .collect();
 
@@ -566,6 +595,15 @@ impl Runner {
     }
 }
 
+fn quant_kernel(kernels: &Kernels, format: QuantFormat) -> &MatmulQuant {
+    kernels
+        .matmul_quant
+        .iter()
+        .find(|(f, _)| *f == format)
+        .map(|(_, k)| k)
+        .expect("a pipeline per quantized format the weights use")
+}
+
 fn encode_matmul(
     kernels: &Kernels,
     rec: &mut Recorder,
@@ -583,7 +621,11 @@ fn encode_matmul(
             bias: mb.bias,
             accumulate: mb.accumulate,
         };
-        kernels.matmul.encode(rec.pass(label), bg, &p);
+        let pass = rec.pass(label);
+        match mb.format {
+            MatrixFormat::Dense(_) => kernels.matmul.encode(pass, bg, &p),
+            MatrixFormat::Quant(f) => quant_kernel(kernels, f).encode(pass, bg, &p),
+        }
     }
 }
 
@@ -638,15 +680,13 @@ impl Runner {
         let mut rec = Recorder::new(&self.ctx, profiler);
         {
             for (start, rows, bg) in &self.embed_binds {
-                k.embedding.encode(
-                    rec.pass("embedding"),
-                    bg,
-                    t,
-                    d,
-                    *start,
-                    *rows,
-                    cfg.max_context,
-                );
+                let pass = rec.pass("embedding");
+                match &k.embedding {
+                    EmbeddingKernel::Dense(e) => {
+                        e.encode(pass, bg, t, d, *start, *rows, cfg.max_context)
+                    }
+                    EmbeddingKernel::Quant(e) => e.encode(pass, bg, t, d, *start, *rows),
+                }
             }
             let attn = AttentionParams {
                 num_tokens: t,

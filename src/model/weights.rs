@@ -1,17 +1,21 @@
 //! Model files → weights on the GPU, in the layout the forward graph expects.
 //!
-//! Every linear weight is uploaded as (out_features, in_features) in the chosen storage type;
-//! Q/K/V are concatenated into one (q_dim + 2·kv_dim, hidden) matrix and gate/up into one
-//! (2·inner, hidden) matrix so each is a single matmul. Norm weights and biases stay f32.
-//! A matrix larger than one storage binding allows is split by rows across buffers.
+//! Every linear weight is uploaded as (out_features, in_features): GGUF Q4_0/Q4_1/Q8_0 matrices
+//! stay in their quantized blocks ([`pack_quantized`]'s layout, dequantized in registers by the
+//! matmul kernel); float matrices take the chosen storage type. Q/K/V are concatenated into one
+//! (q_dim + 2·kv_dim, hidden) matrix and gate/up into one (2·inner, hidden) matrix so each is a
+//! single matmul (stacked from quantized blocks when all parts share one quantized type).
+//! Norm weights and biases stay f32. A matrix larger than one storage binding allows is split
+//! by rows across buffers.
 
 use std::path::{Path, PathBuf};
 
 use crate::gpu::kernels::matmul::pack_weight;
-use crate::gpu::{GpuContext, GpuTensor, WeightDType};
+use crate::gpu::kernels::matmul_quant::{QuantFormat, pack_quantized, row_bytes};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
-use crate::loader::{LoadError, RawTensor, TensorSource};
+use crate::loader::{LoadError, RawTensor, TensorDType, TensorSource};
 use crate::model::{Architecture, ModelConfig};
 
 use super::ModelError;
@@ -58,17 +62,78 @@ impl ModelFiles {
     }
 }
 
-/// A weight matrix (rows = out_features), possibly split by rows across buffers; each part
-/// is stored in the matmul kernel's transposed layout ([`pack_weight`]).
+/// How a matrix's elements are stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixFormat {
+    /// f32 or f16 in the dense matmul's transposed layout ([`pack_weight`]).
+    Dense(WeightDType),
+    /// GGUF blocks in [`pack_quantized`]'s layout.
+    Quant(QuantFormat),
+}
+
+/// Rows `first_row..first_row + rows` of a matrix, in one buffer.
+#[derive(Debug)]
+pub struct MatrixPart {
+    pub first_row: usize,
+    pub rows: usize,
+    pub buffer: wgpu::Buffer,
+}
+
+/// A weight matrix (rows = out_features), possibly split by rows across buffers.
 #[derive(Debug)]
 pub struct GpuMatrix {
     pub rows: usize,
     pub cols: usize,
-    /// (first row, part) in row order.
-    pub parts: Vec<(usize, GpuTensor)>,
+    pub format: MatrixFormat,
+    /// In row order.
+    pub parts: Vec<MatrixPart>,
 }
 
 impl GpuMatrix {
+    /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
+    /// dequantizing them.
+    pub fn upload_quantized(
+        ctx: &GpuContext,
+        name: &str,
+        raw: &[u8],
+        dtype: TensorDType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuMatrix, ModelError> {
+        let format = QuantFormat::of(dtype).ok_or_else(|| GpuError::Shape {
+            op: "upload_quantized",
+            msg: format!("`{name}`: {dtype:?} is not a quantized type"),
+        })?;
+        let rb = row_bytes(dtype, cols);
+        let packed_row_bytes = (format.words_for(1, cols) * 4).max(1) as u64;
+        let max_rows = ((ctx.max_binding_bytes() / packed_row_bytes) as usize).max(1);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = max_rows.min(rows - start);
+            let (words, _) = pack_quantized(&raw[start * rb..(start + n) * rb], dtype, n, cols)?;
+            let t = GpuTensor::from_words(
+                ctx,
+                &format!("{name}[{start}..]"),
+                &words,
+                &[words.len()],
+                WeightDType::F32,
+            )?;
+            parts.push(MatrixPart {
+                first_row: start,
+                rows: n,
+                buffer: t.buffer,
+            });
+            start += n;
+        }
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            format: MatrixFormat::Quant(format),
+            parts,
+        })
+    }
+
     pub fn upload(
         ctx: &GpuContext,
         name: &str,
@@ -93,10 +158,19 @@ impl GpuMatrix {
                 &[n, cols],
                 dtype,
             )?;
-            parts.push((start, t));
+            parts.push(MatrixPart {
+                first_row: start,
+                rows: n,
+                buffer: t.buffer,
+            });
             start += n;
         }
-        Ok(GpuMatrix { rows, cols, parts })
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            format: MatrixFormat::Dense(dtype),
+            parts,
+        })
     }
 }
 
@@ -155,6 +229,19 @@ impl ModelWeights {
     pub fn lm_head(&self) -> &GpuMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+
+    /// Every weight matrix, the embedding table included.
+    pub fn matrices(&self) -> Vec<&GpuMatrix> {
+        let mut out = vec![&self.embed];
+        out.extend(&self.lm_head);
+        for l in &self.layers {
+            match l {
+                LayerWeights::Llama(w) => out.extend([&w.wqkv, &w.wo, &w.w_gate_up, &w.w_down]),
+                LayerWeights::Gpt2(w) => out.extend([&w.w_qkv, &w.w_o, &w.w_fc, &w.w_proj]),
+            }
+        }
+        out
+    }
 }
 
 /// Reads tensors by role, checking shapes, and uploads them.
@@ -178,6 +265,14 @@ impl Uploader<'_> {
 
     /// The tensor as f32 with exactly `shape`.
     fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let v = self.checked(name, shape)?.to_f32()?;
+        self.done += 1;
+        (self.progress)(self.done, self.total);
+        Ok(v)
+    }
+
+    /// The tensor as stored, after checking it has exactly `shape`.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<RawTensor, ModelError> {
         let t = self.raw(name)?;
         let numel: usize = shape.iter().product();
         // GGUF stores 1-D tensors and HF may store [1, n]-style shapes: compare element counts
@@ -197,10 +292,7 @@ impl Uploader<'_> {
             }
             .into());
         }
-        let v = t.to_f32()?;
-        self.done += 1;
-        (self.progress)(self.done, self.total);
-        Ok(v)
+        Ok(t)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
@@ -214,8 +306,37 @@ impl Uploader<'_> {
         )?)
     }
 
-    /// Rows of several (rows_i, cols) tensors stacked into one matrix.
+    /// Rows of several (rows_i, cols) tensors stacked into one matrix; kept quantized when
+    /// they all share one quantized GGUF type.
     fn stacked(
+        &mut self,
+        label: &str,
+        names: &[(&str, usize)],
+        cols: usize,
+    ) -> Result<GpuMatrix, ModelError> {
+        let raws = names
+            .iter()
+            .map(|(name, r)| self.checked(name, &[*r, cols]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dtype = raws[0].dtype;
+        if QuantFormat::of(dtype).is_some() && raws.iter().all(|t| t.dtype == dtype) {
+            let rows = names.iter().map(|(_, r)| r).sum();
+            let mut bytes = Vec::with_capacity(raws.iter().map(|t| t.data.len()).sum());
+            for t in &raws {
+                bytes.extend_from_slice(&t.data);
+            }
+            drop(raws);
+            let m = GpuMatrix::upload_quantized(self.ctx, label, &bytes, dtype, rows, cols)?;
+            self.done += names.len();
+            (self.progress)(self.done, self.total);
+            return Ok(m);
+        }
+        drop(raws);
+        self.stacked_dense(label, names, cols)
+    }
+
+    /// [`Uploader::stacked`], always dequantized to the dense storage type.
+    fn stacked_dense(
         &mut self,
         label: &str,
         names: &[(&str, usize)],
@@ -374,7 +495,9 @@ fn load_gpt2(
             format!("{prefix}{hf_name}")
         }
     };
-    let embed = up.matrix(&g("token_embd.weight", "wte.weight"), v, d)?;
+    // The quantized embedding gather has no position table: GPT-2 keeps its table dense.
+    let embed_name = g("token_embd.weight", "wte.weight");
+    let embed = up.stacked_dense(&embed_name, &[(&embed_name, v)], d)?;
     let pos = up.f32(
         &g("position_embd.weight", "wpe.weight"),
         &[cfg.max_context, d],

@@ -9,8 +9,10 @@ pub mod activation;
 pub mod attention;
 pub mod copy_blocks;
 pub mod embedding;
+pub mod embedding_quant;
 pub mod kv_write;
 pub mod matmul;
+pub mod matmul_quant;
 pub mod norm;
 pub mod rope;
 
@@ -18,8 +20,10 @@ pub use activation::{Gelu, SiluMul};
 pub use attention::{AttentionParams, PagedAttention};
 pub use copy_blocks::CopyBlocks;
 pub use embedding::Embedding;
+pub use embedding_quant::EmbeddingQuant;
 pub use kv_write::KvWrite;
 pub use matmul::{Matmul, MatmulParams};
+pub use matmul_quant::{MatmulQuant, QuantFormat, QuantTuning, pack_quantized};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{Rope, RopeParams};
 

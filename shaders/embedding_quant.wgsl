@@ -1,0 +1,61 @@
+// Embedding lookup from a quantized table: x[t, d] = E[token_ids[t] - first_id, d] for the
+// tokens whose id lies in [first_id, first_id + vocab); other rows are left untouched, so a
+// table split across buffers by rows is one dispatch per part.
+// E (vocab rows × dim, dim a multiple of 32) is stored exactly as matmul_quant.wgsl stores a
+// weight (block (row n, k-block b) at word (b * vocab + n) * BW), so a tied LM head and the
+// embedding share one copy:
+//   4-bit (Q8 = false, BW = 5): word 0 = d f16 | m f16 << 16, words 1..5 = 16 nibble bytes
+//     (byte j: low nibble = element j, high nibble = element j + 16); value = d * q + m.
+//   8-bit (Q8 = true, BW = 9): word 0 = d f16, words 1..9 = 32 int8; value = d * q.
+// Quantized models here are Llama-style, so there is no position table.
+//
+// Bindings:
+//   0 token_ids  u32 (T)
+//   1 table      u32 words of the blocks above
+//   2 x          vec4<f32> (T, dim / 4) output
+// Immediates: Params below.
+// Dispatch: ceil(T * dim / 4 / 256) workgroups of 256, spread over x and y (x ≤ 65535);
+// one thread per 4 consecutive elements of a row.
+// Ids are checked against the whole vocabulary on the CPU before dispatch.
+
+override Q8: bool = false;
+
+struct Params {
+    num_tokens: u32,
+    dim: u32,
+    vocab: u32,
+    first_id: u32,
+}
+
+@group(0) @binding(0) var<storage, read> token_ids: array<u32>;
+@group(0) @binding(1) var<storage, read> table: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
+var<immediate> p: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let pieces = p.dim / 4u;
+    if i >= p.num_tokens * pieces {
+        return;
+    }
+    let t = i / pieces;
+    let j = i % pieces;
+    let tok = token_ids[t];
+    if tok < p.first_id || tok - p.first_id >= p.vocab {
+        return;
+    }
+    let block = (j / 8u) * p.vocab + (tok - p.first_id);
+    let c = j % 8u;
+    if Q8 {
+        let base = block * 9u;
+        let d = unpack2x16float(table[base]).x;
+        x[i] = vec4<f32>(d) * vec4<f32>(unpack4xI8(table[base + 1u + c]));
+    } else {
+        let base = block * 5u;
+        let dm = unpack2x16float(table[base]);
+        let q = (table[base + 1u + (c & 3u)] >> ((c >> 2u) * 4u)) & 0x0f0f0f0fu;
+        x[i] = fma(vec4<f32>(dm.x), vec4<f32>(unpack4xU8(q)), vec4<f32>(dm.y));
+    }
+}

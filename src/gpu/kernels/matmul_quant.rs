@@ -1,0 +1,326 @@
+//! `shaders/matmul_quant.wgsl`: activations × a GGUF-quantized linear weight (Q4_0, Q4_1,
+//! Q8_0) that stays quantized in GPU memory and is dequantized in registers, with optional
+//! bias and a fused residual add; and [`pack_quantized`], GGUF's blocks → the kernel's layout.
+//!
+//! Layout of a quantized (N, K) weight, K a multiple of 32 ([`QUANT_BLOCK`]): GGUF stores each
+//! row as K/32 blocks of 32 consecutive k. On the GPU the blocks are block-column-major:
+//! block (row n, k-block b) starts at word `(b * N + n) * BW`.
+//! - [`QuantFormat::Q4`], BW = 5: word 0 = d (f16, low half) | m (f16, high half), words 1..5 =
+//!   the 16 `qs` bytes as GGUF stores them (byte j: low nibble element j, high nibble element
+//!   j + 16); w = d·q + m. Q4_1 maps directly; Q4_0 (w = d·(q − 8)) gets m = −8·d, exact in f16.
+//! - [`QuantFormat::Q8`], BW = 9: word 0 = d (f16, low half, high half zero), words 1..9 = the
+//!   32 int8 `qs` (element 4w + i in byte i of word 1 + w); w = d·q.
+//!
+//! The GPU's dequantized weights equal [`crate::loader::dequant`]'s bit for bit: d·q has at
+//! most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either way.
+
+use crate::gpu::pipeline::{Kernel, MATMUL_QUANT};
+use crate::gpu::{GpuContext, GpuError};
+use crate::loader::{TensorDType, dequant};
+use half::f16;
+
+use super::matmul::MatmulParams;
+
+/// Weights per quantization block (along k).
+pub const QUANT_BLOCK: usize = 32;
+
+/// How a quantized weight is stored on the GPU (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// Q4_0 and Q4_1: 5 words per block, w = d·q + m.
+    Q4,
+    /// Q8_0: 9 words per block, w = d·q.
+    Q8,
+}
+
+impl QuantFormat {
+    /// The GPU format a GGUF element type packs into; `None` for float types.
+    pub fn of(dtype: TensorDType) -> Option<QuantFormat> {
+        match dtype {
+            TensorDType::Q4_0 | TensorDType::Q4_1 => Some(QuantFormat::Q4),
+            TensorDType::Q8_0 => Some(QuantFormat::Q8),
+            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => None,
+        }
+    }
+
+    /// u32 words per 32-weight block.
+    pub fn block_words(self) -> usize {
+        match self {
+            QuantFormat::Q4 => 5,
+            QuantFormat::Q8 => 9,
+        }
+    }
+
+    /// Words of an (n, k) weight (k a multiple of 32).
+    pub fn words_for(self, n: usize, k: usize) -> usize {
+        n * (k / QUANT_BLOCK) * self.block_words()
+    }
+
+    /// The shaders' `Q8` override constant.
+    pub(crate) fn q8_constant(self) -> f64 {
+        match self {
+            QuantFormat::Q4 => 0.0,
+            QuantFormat::Q8 => 1.0,
+        }
+    }
+}
+
+fn pack_error(msg: String) -> GpuError {
+    GpuError::Shape {
+        op: "pack_quantized",
+        msg,
+    }
+}
+
+/// Bytes of one GGUF row of `k` weights of a quantized `dtype` (to slice a row range out of a
+/// bigger matrix: rows `start..start + n` are `raw[start * row_bytes..(start + n) * row_bytes]`).
+pub fn row_bytes(dtype: TensorDType, k: usize) -> usize {
+    (k / dtype.block_len()) * dtype.block_bytes()
+}
+
+/// Packs `n` rows of `k` weights, stored by GGUF as `dtype` blocks in `raw` (row-major, any
+/// row range of a bigger matrix), into the kernel's layout. O(bytes), one allocation.
+///
+/// Fails when `dtype` is not Q4_0/Q4_1/Q8_0, `k` is not a multiple of 32, `raw` is not exactly
+/// n·k weights, or a Q4_0 scale times −8 overflows f16 (|d| > 8188; never seen in a real model).
+pub fn pack_quantized(
+    raw: &[u8],
+    dtype: TensorDType,
+    n: usize,
+    k: usize,
+) -> Result<(Vec<u32>, QuantFormat), GpuError> {
+    let format = QuantFormat::of(dtype)
+        .ok_or_else(|| pack_error(format!("{dtype:?} is not a quantized type")))?;
+    if k % QUANT_BLOCK != 0 {
+        return Err(pack_error(format!(
+            "k = {k} is not a multiple of {QUANT_BLOCK}"
+        )));
+    }
+    let blocks_per_row = k / QUANT_BLOCK;
+    let bb = dtype.block_bytes();
+    let expected = n
+        .checked_mul(blocks_per_row)
+        .and_then(|b| b.checked_mul(bb))
+        .ok_or_else(|| pack_error(format!("({n}, {k}) is too large")))?;
+    if raw.len() != expected {
+        return Err(pack_error(format!(
+            "({n}, {k}) {dtype:?} weights need {expected} bytes, got {}",
+            raw.len()
+        )));
+    }
+    let bw = format.block_words();
+    let mut out = vec![0u32; n * blocks_per_row * bw];
+    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    for (i, block) in raw.chunks_exact(bb).enumerate() {
+        let (row, b) = (i / blocks_per_row, i % blocks_per_row);
+        let dst = &mut out[(b * n + row) * bw..][..bw];
+        // (header word, offset of the qs bytes in the GGUF block)
+        let (head, qs_at) = match dtype {
+            TensorDType::Q8_0 => (u32::from(u16::from_le_bytes([block[0], block[1]])), 2),
+            TensorDType::Q4_1 => (word(block, 0), 4),
+            TensorDType::Q4_0 => {
+                let d = f16::from_le_bytes([block[0], block[1]]);
+                // Exact: a power-of-two scale, unless it leaves f16's range.
+                let m = f16::from_f32(d.to_f32() * -8.0);
+                if m.is_infinite() && d.is_finite() {
+                    return Err(pack_error(format!(
+                        "Q4_0 block {b} of row {row}: -8 · d = -8 · {d} overflows f16"
+                    )));
+                }
+                (u32::from(d.to_bits()) | (u32::from(m.to_bits()) << 16), 2)
+            }
+            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => unreachable!(),
+        };
+        dst[0] = head;
+        for (j, w) in dst[1..].iter_mut().enumerate() {
+            *w = word(block, qs_at + 4 * j);
+        }
+    }
+    Ok((out, format))
+}
+
+/// Dequantizes [`pack_quantized`]'s words back to row-major (n, k) f32 with the shader's
+/// arithmetic (for tests: it must equal [`crate::loader::dequant`] of the GGUF bytes).
+pub fn dequantize_packed(words: &[u32], format: QuantFormat, n: usize, k: usize) -> Vec<f32> {
+    let bw = format.block_words();
+    let mut out = vec![0f32; n * k];
+    for (row, out_row) in out.chunks_exact_mut(k).enumerate() {
+        for (b, out_block) in out_row.chunks_exact_mut(QUANT_BLOCK).enumerate() {
+            let blk = &words[(b * n + row) * bw..][..bw];
+            let low_f16 = |bits: u32| f16::from_bits(bits as u16).to_f32();
+            let (d, m) = (low_f16(blk[0]), low_f16(blk[0] >> 16));
+            for (e, v) in out_block.iter_mut().enumerate() {
+                *v = match format {
+                    QuantFormat::Q8 => {
+                        let q = (blk[1 + e / 4] >> (8 * (e % 4))) as u8 as i8;
+                        d * f32::from(q)
+                    }
+                    QuantFormat::Q4 => {
+                        let j = e % 16;
+                        let byte = (blk[1 + j / 4] >> (8 * (j % 4))) as u8;
+                        let q = if e < 16 { byte & 15 } else { byte >> 4 };
+                        d.mul_add(f32::from(q), m)
+                    }
+                };
+            }
+        }
+    }
+    out
+}
+
+/// How the quantized matmul spreads work over threads on an adapter. Every choice gives
+/// bit-identical results (each output is the same fma chain); only speed differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantTuning {
+    /// Threads per workgroup.
+    pub workgroup: usize,
+    /// Output columns per thread (they share each loaded block of x).
+    pub cols: usize,
+    /// Rows of x per thread, one of [`MatmulQuant::ROW_CHOICES`]; `None` picks by batch size.
+    pub fixed_rows: Option<usize>,
+}
+
+impl QuantTuning {
+    /// CPU adapters (llvmpipe) pay per loaded word and lane, so a thread takes many columns to
+    /// reuse x; GPUs want many threads, one column each.
+    pub fn for_adapter(ctx: &GpuContext) -> QuantTuning {
+        if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+            QuantTuning {
+                workgroup: 16,
+                cols: 16,
+                fixed_rows: None,
+            }
+        } else {
+            QuantTuning {
+                workgroup: 64,
+                cols: 1,
+                fixed_rows: None,
+            }
+        }
+    }
+
+    /// Rows of x per thread for a call over `m` rows.
+    fn rows_for(self, m: usize) -> usize {
+        if let Some(r) = self.fixed_rows {
+            return r;
+        }
+        match m {
+            0..=3 => 1,
+            _ if self.cols > 8 => 4,
+            4..=7 => 4,
+            _ => 8,
+        }
+    }
+}
+
+/// The quantized matmul for one weight format: one pipeline per rows-per-thread choice, all
+/// sharing one bind group layout.
+pub struct MatmulQuant {
+    /// (rows per thread, pipeline), ROW_CHOICES order.
+    kernels: Vec<(usize, Kernel)>,
+    tuning: QuantTuning,
+}
+
+impl MatmulQuant {
+    /// Rows of x per thread the kernel is built for.
+    pub const ROW_CHOICES: [usize; 3] = [1, 4, 8];
+
+    pub fn new(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
+        assert!(
+            (1..=16).contains(&tuning.cols)
+                && tuning.workgroup >= 1
+                && tuning
+                    .fixed_rows
+                    .is_none_or(|r| Self::ROW_CHOICES.contains(&r)),
+            "MatmulQuant tuning out of range: {tuning:?}"
+        );
+        let consts = |rows: usize| {
+            [
+                ("Q8", format.q8_constant()),
+                ("ROWS", rows as f64),
+                ("COLS", tuning.cols as f64),
+                ("WG", tuning.workgroup as f64),
+            ]
+        };
+        let sets = Self::ROW_CHOICES.map(consts);
+        let variants: Vec<&[(&str, f64)]> = sets.iter().map(|c| &c[..]).collect();
+        // x, w, bias read-only; y read-write.
+        let family = Kernel::family(ctx, MATMUL_QUANT, &[true, true, true, false], &variants);
+        let kernels = Self::ROW_CHOICES.into_iter().zip(family).collect();
+        Self { kernels, tuning }
+    }
+
+    /// `w` holds [`pack_quantized`]'s words; `bias` may be any buffer when the call has no bias.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernels[0].1.bind(ctx, &[x, w, bias, y])
+    }
+
+    /// Checks the shape contract the shader relies on.
+    pub fn check(p: &MatmulParams) -> Result<(), GpuError> {
+        let err = |msg| GpuError::Shape {
+            op: "matmul_quant",
+            msg,
+        };
+        if p.k % QUANT_BLOCK != 0 {
+            return Err(err(format!(
+                "k = {} is not a multiple of {QUANT_BLOCK}",
+                p.k
+            )));
+        }
+        if p.y_col + p.n > p.y_stride {
+            return Err(err(format!(
+                "columns {}..{} exceed the output width {}",
+                p.y_col,
+                p.y_col + p.n,
+                p.y_stride
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &MatmulParams) {
+        let flags = (p.bias as u32) | ((p.accumulate as u32) << 1);
+        let imm = [
+            p.m as u32,
+            p.n as u32,
+            p.k as u32,
+            p.y_stride as u32,
+            p.y_col as u32,
+            flags,
+        ];
+        let rows = self.tuning.rows_for(p.m);
+        let kernel = self
+            .kernels
+            .iter()
+            .find(|(r, _)| *r == rows)
+            .map_or(&self.kernels[0], |k| k);
+        let per_group = self.tuning.workgroup * self.tuning.cols;
+        let groups = [p.n.div_ceil(per_group) as u32, p.m.div_ceil(rows) as u32, 1];
+        kernel.1.dispatch(pass, bg, &imm, groups);
+    }
+}
+
+/// y (m, y_stride): columns y_col.. get x·Wᵀ (+ bias) (+ previous y) in f64, W being the
+/// (n, k) GGUF `dtype` blocks in `raw` dequantized by [`crate::loader::dequant`].
+pub fn reference(
+    x: &[f32],
+    raw: &[u8],
+    dtype: TensorDType,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    p: &MatmulParams,
+) -> Result<(), GpuError> {
+    let w = dequant::to_f32(dtype, raw, p.n * p.k).map_err(|msg| GpuError::Shape {
+        op: "matmul_quant reference",
+        msg,
+    })?;
+    super::matmul::reference(x, &w, bias, y, p);
+    Ok(())
+}

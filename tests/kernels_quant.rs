@@ -1,0 +1,496 @@
+//! The quantized-weight kernels (matmul_quant, embedding_quant) and their packing, against
+//! the CPU references on random GGUF blocks.
+//!
+//! Weights are built as real GGUF Q4_0 / Q4_1 / Q8_0 block bytes (random f16 scales of a
+//! realistic size, random nibbles / int8), packed with `pack_quantized`, and compared with
+//! `loader::dequant` + f64 accumulation. Sizes are awkward (N not a multiple of the 64-thread
+//! workgroup, M not a multiple of the rows per thread), outputs start as random garbage, and
+//! batch invariance (ROWS = 1, 4, 8; a row alone vs in a batch of 13) is checked bit-exactly.
+
+mod common;
+
+use half::f16;
+use wllm::WeightDType::F32;
+use wllm::gpu::GpuTensor;
+use wllm::gpu::kernels::matmul_quant::{
+    self, QuantFormat, QuantTuning, dequantize_packed, row_bytes,
+};
+use wllm::gpu::kernels::{EmbeddingQuant, MatmulParams, MatmulQuant, embedding_quant};
+use wllm::loader::TensorDType::{self, Q4_0, Q4_1, Q8_0};
+use wllm::loader::dequant;
+
+const QUANT_TYPES: [TensorDType; 3] = [Q4_0, Q4_1, Q8_0];
+
+// ---------------------------------------------------------------------------------------------
+// Test plumbing (as in tests/kernels.rs): a deterministic PRNG, buffers, submission, comparisons.
+
+/// The library's SplitMix64 with the helpers the tests need.
+struct Rng(wllm::sampling::Rng);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(wllm::sampling::Rng::new(seed ^ 0xA5A5_5A5A_0F0F_F0F0))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in (lo, hi].
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    /// N(0, 1) by Box–Muller.
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+
+    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+
+    fn below(&mut self, n: usize) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+
+    fn byte(&mut self) -> u8 {
+        (self.next_u64() >> 56) as u8
+    }
+}
+
+/// `n` rows of `k` weights as GGUF `dtype` block bytes: scales d of either sign with
+/// |d| in 0.01..0.1, Q4_1 mins around −8·d, random nibbles / int8.
+fn random_blocks(rng: &mut Rng, dtype: TensorDType, n: usize, k: usize) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(n * row_bytes(dtype, k));
+    for _ in 0..n * k / 32 {
+        let sign = if rng.below(2) == 0 { 1.0 } else { -1.0 };
+        let d = f16::from_f64(sign * rng.range(0.01, 0.1));
+        raw.extend_from_slice(&d.to_le_bytes());
+        let qs = match dtype {
+            Q4_1 => {
+                let m = f16::from_f64(-d.to_f64().abs() * rng.range(4.0, 12.0));
+                raw.extend_from_slice(&m.to_le_bytes());
+                16
+            }
+            Q4_0 => 16,
+            Q8_0 => 32,
+            other => panic!("{other:?} is not quantized"),
+        };
+        raw.extend((0..qs).map(|_| rng.byte()));
+    }
+    raw
+}
+
+fn ctx() -> &'static wllm::GpuContext {
+    common::gpu()
+}
+
+fn f32s(name: &str, data: &[f32], shape: &[usize]) -> GpuTensor {
+    GpuTensor::from_f32(ctx(), name, data, shape, F32).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Raw words (packed weights, ids): stored as they are.
+fn words(name: &str, data: &[u32]) -> GpuTensor {
+    GpuTensor::from_words(ctx(), name, data, &[data.len()], F32)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// GGUF blocks of an (n, k) weight, packed and uploaded.
+fn quant_weight(name: &str, raw: &[u8], dtype: TensorDType, n: usize, k: usize) -> GpuTensor {
+    let (w, _) =
+        matmul_quant::pack_quantized(raw, dtype, n, k).unwrap_or_else(|e| panic!("{name}: {e}"));
+    words(name, &w)
+}
+
+/// Records `f`'s dispatches into one compute pass and submits it.
+fn run(f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+    let mut enc = ctx()
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("test"),
+        });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("test"),
+            timestamp_writes: None,
+        });
+        f(&mut pass);
+    }
+    ctx().queue.submit([enc.finish()]);
+}
+
+fn read(t: &GpuTensor) -> Vec<f32> {
+    t.read_f32(ctx()).expect("read back")
+}
+
+#[track_caller]
+fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            x.to_bits() == y.to_bits(),
+            "{what}: failed at index {i}: {x} vs {y}"
+        );
+    }
+}
+
+/// Equal values (`==`: a Q4_0 zero, q = 8, may come out as +0 where the loader's d·0 gave −0).
+#[track_caller]
+fn assert_values_eq(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(x == y, "{what}: failed at index {i}: {x} vs {y}");
+    }
+}
+
+/// f32 accumulation vs the f64 reference: |gpu − cpu| ≤ 1e-4 · (Σ|x·w| + |bias| + |y₀|).
+const TOL: f64 = 1e-4;
+
+// ---------------------------------------------------------------------------------------------
+// Packing (CPU only)
+
+#[test]
+fn packed_blocks_dequantize_exactly_like_the_loader() {
+    let (n, k) = (77usize, 96usize);
+    for dtype in QUANT_TYPES {
+        let mut rng = Rng::new(1);
+        let raw = random_blocks(&mut rng, dtype, n, k);
+        let (w, format) = matmul_quant::pack_quantized(&raw, dtype, n, k).expect("packs");
+        let expect_format = if dtype == Q8_0 {
+            QuantFormat::Q8
+        } else {
+            QuantFormat::Q4
+        };
+        assert_eq!(format, expect_format, "{dtype:?}");
+        assert_eq!(w.len(), format.words_for(n, k), "{dtype:?}: word count");
+        let want = dequant::to_f32(dtype, &raw, n * k).expect("dequantizes");
+        let got = dequantize_packed(&w, format, n, k);
+        assert_values_eq(&format!("{dtype:?}"), &got, &want);
+    }
+}
+
+#[test]
+fn a_row_range_packs_like_those_rows_of_the_whole() {
+    let (n, k, start, rows) = (77usize, 96usize, 20usize, 30usize);
+    for dtype in QUANT_TYPES {
+        let mut rng = Rng::new(2);
+        let raw = random_blocks(&mut rng, dtype, n, k);
+        let (whole, format) = matmul_quant::pack_quantized(&raw, dtype, n, k).expect("whole");
+        let rb = row_bytes(dtype, k);
+        let part_raw = &raw[start * rb..(start + rows) * rb];
+        let (part, _) = matmul_quant::pack_quantized(part_raw, dtype, rows, k).expect("part");
+        let bw = format.block_words();
+        for r in 0..rows {
+            for b in 0..k / 32 {
+                let got = &part[(b * rows + r) * bw..][..bw];
+                let want = &whole[(b * n + start + r) * bw..][..bw];
+                assert_eq!(got, want, "{dtype:?}: row {r} block {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_0_becomes_d_and_minus_8d() {
+    // d = 0.5 (f16 0x3800), m = -4 (f16 0xc400); qs copied as they are.
+    let mut block = vec![0x00, 0x38];
+    block.extend(0u8..16);
+    let (w, format) = matmul_quant::pack_quantized(&block, Q4_0, 1, 32).expect("packs");
+    assert_eq!(format, QuantFormat::Q4);
+    assert_eq!(
+        w,
+        vec![
+            0xc400_3800,
+            0x0302_0100,
+            0x0706_0504,
+            0x0b0a_0908,
+            0x0f0e_0d0c
+        ]
+    );
+    // The largest d whose −8·d fits f16 (8188 · 8 = 65504) packs; 8192 overflows: an error.
+    let with_d = |d: f32| {
+        let mut b = f16::from_f32(d).to_le_bytes().to_vec();
+        b.extend([0x88; 16]);
+        matmul_quant::pack_quantized(&b, Q4_0, 1, 32)
+    };
+    assert!(with_d(8188.0).is_ok());
+    assert!(with_d(-8188.0).is_ok());
+    let err = with_d(8192.0).expect_err("-8 · 8192 overflows f16");
+    assert!(err.to_string().contains("overflows"), "{err}");
+}
+
+#[test]
+fn packing_rejects_bad_shapes() {
+    let raw = vec![0u8; 2 * row_bytes(Q8_0, 64)];
+    assert!(matmul_quant::pack_quantized(&raw, Q8_0, 2, 64).is_ok());
+    // One byte short, one row too many, k not a multiple of 32, not a quantized type.
+    assert!(matmul_quant::pack_quantized(&raw[1..], Q8_0, 2, 64).is_err());
+    assert!(matmul_quant::pack_quantized(&raw, Q8_0, 3, 64).is_err());
+    assert!(matmul_quant::pack_quantized(&raw, Q8_0, 4, 16).is_err());
+    assert!(matmul_quant::pack_quantized(&raw, TensorDType::F16, 1, 68).is_err());
+    assert!(MatmulQuant::check(&MatmulParams::plain(1, 8, 48)).is_err());
+    assert!(EmbeddingQuant::check(48).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matmul
+
+/// Runs one quantized matmul on random data and checks it against the reference.
+fn check_matmul(dtype: TensorDType, tuning: QuantTuning, p: MatmulParams, seed: u64) {
+    MatmulQuant::check(&p).expect("valid shape");
+    let what = format!("matmul_quant {dtype:?} {tuning:?} {p:?}");
+    let mut rng = Rng::new(seed);
+    let x = rng.normals(p.m * p.k, 1.0);
+    let raw = random_blocks(&mut rng, dtype, p.n, p.k);
+    let bias = rng.normals(p.n, 1.0);
+    let y0 = rng.normals(p.m * p.y_stride, 1.0);
+    let mut want = y0.clone();
+    let bias_ref = p.bias.then_some(&bias[..]);
+    matmul_quant::reference(&x, &raw, dtype, bias_ref, &mut want, &p).expect("reference");
+
+    let xb = f32s("x", &x, &[p.m, p.k]);
+    let wb = quant_weight("w", &raw, dtype, p.n, p.k);
+    let bb = f32s("bias", &bias, &[p.n]);
+    let y = f32s("y", &y0, &[p.m, p.y_stride]);
+    let format = QuantFormat::of(dtype).expect("quantized");
+    let mm = MatmulQuant::new(ctx(), format, tuning);
+    let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &bb.buffer, &y.buffer);
+    run(|pass| mm.encode(pass, &bg, &p));
+    let got = read(&y);
+
+    // Untouched columns keep their garbage; written ones are within TOL of their magnitude.
+    let w = dequant::to_f32(dtype, &raw, p.n * p.k).expect("dequantizes");
+    for m in 0..p.m {
+        for col in 0..p.y_stride {
+            let i = m * p.y_stride + col;
+            if col < p.y_col || col >= p.y_col + p.n {
+                assert_eq!(
+                    got[i].to_bits(),
+                    y0[i].to_bits(),
+                    "{what}: clobbered index {i}"
+                );
+                continue;
+            }
+            let n = col - p.y_col;
+            let mut scale: f64 = (0..p.k)
+                .map(|k| (x[m * p.k + k] as f64 * w[n * p.k + k] as f64).abs())
+                .sum();
+            if p.bias {
+                scale += (bias[n] as f64).abs();
+            }
+            if p.accumulate {
+                scale += (y0[i] as f64).abs();
+            }
+            let err = (got[i] as f64 - want[i] as f64).abs();
+            assert!(
+                err <= TOL * scale,
+                "{what}: failed at index {i} (row {m}, col {n}): {} vs {} (scale {scale})",
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
+    let with = |m, n, k, y_stride, y_col, bias, accumulate| MatmulParams {
+        m,
+        n,
+        k,
+        y_stride,
+        y_col,
+        bias,
+        accumulate,
+    };
+    let cases = [
+        MatmulParams::plain(1, 77, 32),
+        with(3, 300, 96, 300, 0, true, false),
+        with(13, 77, 576, 90, 7, true, true),
+        with(40, 64, 96, 64, 0, false, true),
+        // Five workgroups of columns at an offset, M one past a multiple of 4 and 8, the
+        // SmolLM2 MLP's in-features.
+        with(41, 300, 1536, 310, 5, true, true),
+    ];
+    for dtype in QUANT_TYPES {
+        for tuning in tunings() {
+            for (i, p) in cases.iter().enumerate() {
+                check_matmul(dtype, tuning, *p, 100 + i as u64);
+            }
+        }
+    }
+}
+
+/// Work splits to test: the GPU and CPU-adapter defaults with each rows-per-thread choice
+/// forced, an awkward split, and the automatic row choice.
+fn tunings() -> Vec<QuantTuning> {
+    let t = |workgroup, cols, fixed_rows| QuantTuning {
+        workgroup,
+        cols,
+        fixed_rows,
+    };
+    let mut v = vec![t(8, 3, None), t(64, 1, None), t(16, 16, None)];
+    for rows in MatmulQuant::ROW_CHOICES {
+        v.push(t(64, 1, Some(rows)));
+        v.push(t(16, 16, Some(rows)));
+    }
+    v
+}
+
+#[test]
+fn matmul_quant_rows_are_batch_invariant() {
+    let (m, n, k) = (13usize, 77usize, 576usize);
+    for dtype in QUANT_TYPES {
+        let mut rng = Rng::new(7);
+        let x = rng.normals(m * k, 1.0);
+        let raw = random_blocks(&mut rng, dtype, n, k);
+        let bias = rng.normals(n, 1.0);
+        let y0 = rng.normals(m * n, 1.0);
+        let p = MatmulParams {
+            bias: true,
+            accumulate: true,
+            ..MatmulParams::plain(m, n, k)
+        };
+        let format = QuantFormat::of(dtype).expect("quantized");
+        let wb = quant_weight("w", &raw, dtype, n, k);
+        let bb = f32s("bias", &bias, &[n]);
+        let xb = f32s("x", &x, &[m, k]);
+        let mut batched: Option<Vec<f32>> = None;
+        for tuning in tunings() {
+            let mm = MatmulQuant::new(ctx(), format, tuning);
+            let y = f32s("y", &y0, &[m, n]);
+            let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &bb.buffer, &y.buffer);
+            run(|pass| mm.encode(pass, &bg, &p));
+            let got = read(&y);
+            match &batched {
+                None => batched = Some(got),
+                Some(first) => assert_bits_eq(
+                    &format!(
+                        "matmul_quant {dtype:?} M={m}: {:?} vs {tuning:?}",
+                        tunings()[0]
+                    ),
+                    &got,
+                    first,
+                ),
+            }
+        }
+        let batched = batched.expect("ran");
+        for tuning in tunings() {
+            let mm = MatmulQuant::new(ctx(), format, tuning);
+            for row in [0usize, 3, 4, 7, 8, 12] {
+                let x1 = f32s("x row", &x[row * k..(row + 1) * k], &[1, k]);
+                let y1 = f32s("y row", &y0[row * n..(row + 1) * n], &[1, n]);
+                let bg1 = mm.bind(ctx(), &x1.buffer, &wb.buffer, &bb.buffer, &y1.buffer);
+                run(|pass| mm.encode(pass, &bg1, &MatmulParams { m: 1, ..p }));
+                assert_bits_eq(
+                    &format!("matmul_quant {dtype:?} {tuning:?} row {row}: M=1 vs M={m}"),
+                    &read(&y1),
+                    &batched[row * n..(row + 1) * n],
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+#[test]
+fn embedding_quant_over_a_table_split_in_two() {
+    let (vocab, dim, t, split) = (300usize, 96usize, 37usize, 123usize);
+    for dtype in QUANT_TYPES {
+        let what = format!("embedding_quant {dtype:?}");
+        let mut rng = Rng::new(11);
+        let raw = random_blocks(&mut rng, dtype, vocab, dim);
+        let mut ids: Vec<u32> = (0..t).map(|_| rng.below(vocab)).collect();
+        ids[..4].copy_from_slice(&[0, split as u32 - 1, split as u32, vocab as u32 - 1]);
+        let x0 = rng.normals(t * dim, 1.0);
+        let want = embedding_quant::reference(&ids, &raw, dtype, vocab, dim).expect("reference");
+        EmbeddingQuant::check(dim).expect("valid dim");
+
+        // The table in two buffers, packed on their own: ids [0, split) and [split, vocab).
+        let rb = row_bytes(dtype, dim);
+        let part_a = quant_weight("table a", &raw[..split * rb], dtype, split, dim);
+        let part_b = quant_weight("table b", &raw[split * rb..], dtype, vocab - split, dim);
+        let id_buf = words("ids", &ids);
+        let x = f32s("x", &x0, &[t, dim]);
+        let emb = EmbeddingQuant::new(ctx(), QuantFormat::of(dtype).expect("quantized"));
+        let bg_a = emb.bind(ctx(), &id_buf.buffer, &part_a.buffer, &x.buffer);
+        let bg_b = emb.bind(ctx(), &id_buf.buffer, &part_b.buffer, &x.buffer);
+
+        // After the first part only, rows of the other part's ids are untouched.
+        run(|pass| emb.encode(pass, &bg_a, t, dim, 0, split));
+        let got = read(&x);
+        for (tok, &id) in ids.iter().enumerate() {
+            let r = tok * dim..(tok + 1) * dim;
+            let expect = if (id as usize) < split {
+                &want[r.clone()]
+            } else {
+                &x0[r.clone()]
+            };
+            assert_values_eq(&format!("{what} part a, token {tok}"), &got[r], expect);
+        }
+        run(|pass| emb.encode(pass, &bg_b, t, dim, split, vocab - split));
+        // Exact: the kernel's d·q + m is the loader's (see matmul_quant's module docs).
+        assert_values_eq(&what, &read(&x), &want);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing, not correctness: `cargo test --release --test kernels_quant -- --ignored --nocapture`
+// prints SmolLM2's gate+up shape (N = 2·1536, K = 576) for the f16 Matmul and every
+// MatmulQuant format and rows per thread, best of 5 submits of 4 dispatches each.
+
+#[test]
+#[ignore]
+fn timing_matmul_quant_vs_f16() {
+    use wllm::WeightDType::F16;
+    use wllm::gpu::kernels::{Matmul, matmul};
+    let (n, k, ms) = (1536 * 2, 576usize, [1usize, 8, 32]);
+    let mmax = ms[ms.len() - 1];
+    let mut rng = Rng::new(3);
+    let x = f32s("x", &rng.normals(mmax * k, 1.0), &[mmax, k]);
+    let y = f32s("y", &rng.normals(mmax * n, 1.0), &[mmax, n]);
+    let bias = f32s("bias", &rng.normals(n, 1.0), &[n]);
+    let time = |f: &dyn Fn(&mut wgpu::ComputePass<'_>)| {
+        run(f); // first use of the pipeline
+        read(&y);
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            run(|pass| (0..4).for_each(|_| f(pass)));
+            read(&y);
+            best = best.min(t0.elapsed().as_secs_f64() * 1e6 / 4.0);
+        }
+        best
+    };
+
+    let w = rng.normals(n * k, 0.05);
+    let wf = matmul::pack_weight(&w, n, k, F16);
+    let wf = GpuTensor::from_words(ctx(), "w f16", &wf, &[k, n], F16).expect("upload");
+    let mm = Matmul::new(ctx(), F16);
+    let bg = mm.bind(ctx(), &x.buffer, &wf.buffer, &bias.buffer, &y.buffer);
+    for m in ms {
+        let us = time(&|pass| mm.encode(pass, &bg, &MatmulParams::plain(m, n, k)));
+        println!("f16 Matmul      N={n} K={k} M={m:2}: {us:9.1} µs");
+    }
+    for dtype in QUANT_TYPES {
+        let raw = random_blocks(&mut rng, dtype, n, k);
+        let wq = quant_weight("w q", &raw, dtype, n, k);
+        for tuning in tunings() {
+            let mq = MatmulQuant::new(ctx(), QuantFormat::of(dtype).expect("quantized"), tuning);
+            let bg = mq.bind(ctx(), &x.buffer, &wq.buffer, &bias.buffer, &y.buffer);
+            for m in ms {
+                let us = time(&|pass| mq.encode(pass, &bg, &MatmulParams::plain(m, n, k)));
+                println!("MatmulQuant {dtype:?} {tuning:?} M={m:2}: {us:9.1} µs");
+            }
+        }
+    }
+}
