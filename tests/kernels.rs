@@ -13,9 +13,9 @@ use wllm::WeightDType::{self, F16, F32};
 use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::{
-    AttentionParams, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, PagedAttention,
-    RmsNorm, Rope, RopeParams, SiluMul, activation, attention, embedding, kv_write, matmul, norm,
-    rope,
+    AttentionKind, AttentionParams, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams,
+    PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, activation, attention, embedding, kv_write,
+    matmul, norm, rope,
 };
 use wllm::gpu::tensor::round_to;
 use wllm::kv::{BlockId, BlockPool, BlockTable};
@@ -502,7 +502,12 @@ fn block_tables(bs: usize, shuffled: bool, rng: &mut Rng) -> (usize, Vec<BlockTa
 /// Builds the step (K/V of earlier positions written straight into the pool, the step's own
 /// K/V through kv_write), runs kv_write + paged attention in one pass, checks every listed
 /// token alone (T = 1) against its row in the batch bit for bit; returns (gpu, reference).
-fn paged_attention_case(c: AttnCase, shuffled: bool, seed: u64) -> (Vec<f32>, Vec<f32>) {
+fn paged_attention_case(
+    c: AttnCase,
+    kind: AttentionKind,
+    shuffled: bool,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
     let (bs, nh, nkv, hd, kv) = c;
     let kv_dim = nkv * hd;
     let q_dim = nh * hd;
@@ -570,7 +575,7 @@ fn paged_attention_case(c: AttnCase, shuffled: bool, seed: u64) -> (Vec<f32>, Ve
     let pos_b = u32s("positions", &batch.positions);
     let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
     let kvw = KvWrite::new(ctx(), kv);
-    let attn = PagedAttention::new(ctx(), hd, kv).expect("head_dim");
+    let attn = PagedAttention::with_kind(ctx(), hd, kv, kind).expect("head_dim");
     let kvw_bg = kvw.bind(
         ctx(),
         &qkv_b.buffer,
@@ -620,7 +625,7 @@ fn paged_attention_case(c: AttnCase, shuffled: bool, seed: u64) -> (Vec<f32>, Ve
         run(|pass| attn.encode(pass, &bg1, &AttentionParams { num_tokens: 1, ..p }));
         assert_bits_eq(
             &format!(
-                "{c:?}: token {tok} (seq {s}, position {}) alone vs in a batch of {t}",
+                "{c:?} {kind:?}: token {tok} (seq {s}, position {}) alone vs in a batch of {t}",
                 batch.positions[tok]
             ),
             &read(&out1),
@@ -631,9 +636,11 @@ fn paged_attention_case(c: AttnCase, shuffled: bool, seed: u64) -> (Vec<f32>, Ve
 }
 
 fn check_paged_attention(cases: &[AttnCase]) {
-    for (i, &c) in cases.iter().enumerate() {
-        let (gpu, want) = paged_attention_case(c, true, i as u64 + 1);
-        assert_close(&format!("paged attention {c:?}"), &gpu, &want, TOL);
+    for kind in [AttentionKind::Workgroup, AttentionKind::Serial] {
+        for (i, &c) in cases.iter().enumerate() {
+            let (gpu, want) = paged_attention_case(c, kind, true, i as u64 + 1);
+            assert_close(&format!("paged attention {c:?} {kind:?}"), &gpu, &want, TOL);
+        }
     }
 }
 
@@ -657,11 +664,14 @@ fn paged_attention_head128_and_one_token_blocks() {
 #[test]
 fn paged_attention_does_not_depend_on_block_placement() {
     // Same data, scattered vs consecutive blocks: bit-identical outputs.
-    for kv in [F32, F16] {
+    for (kv, kind) in [F32, F16]
+        .into_iter()
+        .flat_map(|kv| [AttentionKind::Workgroup, AttentionKind::Serial].map(|k| (kv, k)))
+    {
         let c = (4, 6, 2, 16, kv);
-        let (scattered, want) = paged_attention_case(c, true, 9);
-        let (contiguous, _) = paged_attention_case(c, false, 9);
-        let what = format!("{c:?}: shuffled vs contiguous blocks");
+        let (scattered, want) = paged_attention_case(c, kind, true, 9);
+        let (contiguous, _) = paged_attention_case(c, kind, false, 9);
+        let what = format!("{c:?} {kind:?}: shuffled vs contiguous blocks");
         assert_bits_eq(&what, &scattered, &contiguous);
         assert_close(&format!("paged attention {c:?}"), &scattered, &want, TOL);
     }

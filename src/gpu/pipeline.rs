@@ -36,6 +36,7 @@ pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
 pub const ROPE: ShaderSource = shader!("rope");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
 pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
+pub const PAGED_ATTENTION_SERIAL: ShaderSource = shader!("paged_attention_serial");
 pub const SILU_MUL: ShaderSource = shader!("silu_mul");
 pub const GELU: ShaderSource = shader!("gelu");
 pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
@@ -51,6 +52,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     ROPE,
     KV_WRITE,
     PAGED_ATTENTION,
+    PAGED_ATTENTION_SERIAL,
     SILU_MUL,
     GELU,
     COPY_BLOCKS,

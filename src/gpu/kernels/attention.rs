@@ -1,6 +1,8 @@
-//! `shaders/paged_attention.wgsl`: causal attention for packed queries over the paged KV pool.
+//! `shaders/paged_attention.wgsl` and `shaders/paged_attention_serial.wgsl`: causal attention
+//! for packed queries over the paged KV pool. One of the two serves every step on an adapter
+//! (prefill and decode alike), so results never depend on the batch.
 
-use crate::gpu::pipeline::{Kernel, PAGED_ATTENTION, grid_2d};
+use crate::gpu::pipeline::{Kernel, PAGED_ATTENTION, PAGED_ATTENTION_SERIAL, grid_2d};
 use crate::gpu::{GpuContext, GpuError, WeightDType};
 
 #[derive(Debug, Clone, Copy)]
@@ -17,15 +19,49 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
+/// How the attention work is spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// A workgroup of 64 threads per (token, head), keys in tiles of 64 (GPUs).
+    Workgroup,
+    /// One thread per (token, head) walking the keys alone (CPU adapters: no barriers, and
+    /// each K/V word loaded once).
+    Serial,
+}
+
+impl AttentionKind {
+    pub fn for_adapter(ctx: &GpuContext) -> AttentionKind {
+        if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+            AttentionKind::Serial
+        } else {
+            AttentionKind::Workgroup
+        }
+    }
+}
+
+/// Threads per workgroup of the serial kernel.
+const SERIAL_WG: usize = 8;
+
 pub struct PagedAttention {
     kernel: Kernel,
+    kind: AttentionKind,
 }
 
 /// Largest head the shader's per-thread accumulators cover (4 dims × 64 threads).
 pub const MAX_HEAD_DIM: usize = 256;
 
 impl PagedAttention {
+    /// The kind [`AttentionKind::for_adapter`] picks.
     pub fn new(ctx: &GpuContext, head_dim: usize, kv_dtype: WeightDType) -> Result<Self, GpuError> {
+        Self::with_kind(ctx, head_dim, kv_dtype, AttentionKind::for_adapter(ctx))
+    }
+
+    pub fn with_kind(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        kind: AttentionKind,
+    ) -> Result<Self, GpuError> {
         if head_dim % 2 != 0 || head_dim == 0 || head_dim > MAX_HEAD_DIM {
             return Err(GpuError::Shape {
                 op: "paged_attention",
@@ -33,9 +69,15 @@ impl PagedAttention {
             });
         }
         let consts = [("HEAD_DIM", head_dim as f64), ("KV_F16", kv_dtype.is_f16())];
-        Ok(Self {
-            kernel: Kernel::new(ctx, PAGED_ATTENTION, &consts),
-        })
+        let kernel = match kind {
+            AttentionKind::Workgroup => Kernel::new(ctx, PAGED_ATTENTION, &consts),
+            AttentionKind::Serial => Kernel::new(
+                ctx,
+                PAGED_ATTENTION_SERIAL,
+                &[consts[0], consts[1], ("WG", SERIAL_WG as f64)],
+            ),
+        };
+        Ok(Self { kernel, kind })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -79,8 +121,12 @@ impl PagedAttention {
             p.max_blocks as u32,
             p.scale.to_bits(),
         ];
-        self.kernel
-            .dispatch(pass, bg, &imm, grid_2d((p.num_tokens * p.num_heads) as u32));
+        let items = p.num_tokens * p.num_heads;
+        let groups = match self.kind {
+            AttentionKind::Workgroup => items,
+            AttentionKind::Serial => items.div_ceil(SERIAL_WG),
+        };
+        self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
     }
 }
 

@@ -17,7 +17,7 @@ pub mod norm;
 pub mod rope;
 
 pub use activation::{Gelu, SiluMul};
-pub use attention::{AttentionParams, PagedAttention};
+pub use attention::{AttentionKind, AttentionParams, PagedAttention};
 pub use copy_blocks::CopyBlocks;
 pub use embedding::Embedding;
 pub use embedding_quant::EmbeddingQuant;
