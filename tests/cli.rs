@@ -193,3 +193,76 @@ fn plan_compares_preallocation_with_paging() {
     assert_eq!(v["preallocated_seqs"], 11);
     assert_eq!(v["paged_seqs"], 153);
 }
+
+#[test]
+fn bench_throughput_mixed_lengths_arriving_over_time() {
+    let model = tiny_llama();
+    let (ok, out, err) = wllm(&[
+        "bench",
+        "throughput",
+        "--model",
+        &model,
+        "--dtype",
+        "f32",
+        "--requests",
+        "3",
+        "--prompt-len",
+        "4..8",
+        "--output-len",
+        "2..4",
+        "--request-rate",
+        "50",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["concurrency"], 2);
+    assert_eq!(v["request_rate"], 50.0);
+    assert_eq!(v["prompt_len_range"], serde_json::json!([4, 7]));
+    assert_eq!(v["output_len_range"], serde_json::json!([2, 3]));
+    let lens = |k: &str| -> Vec<u64> {
+        v["workload"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (prompt_lens, output_lens) = (lens("prompt_lens"), lens("output_lens"));
+    assert_eq!(prompt_lens.len(), 3);
+    assert!(prompt_lens.iter().all(|l| (4..8).contains(l)));
+    assert!(output_lens.iter().all(|l| (2..4).contains(l)));
+    let arrivals = v["workload"]["arrival_s"].as_array().unwrap();
+    assert_eq!(arrivals[0], 0.0);
+    assert!(arrivals[2].as_f64().unwrap() > 0.0);
+    let expected: u64 = output_lens.iter().sum();
+    assert_eq!(v["expected_output_tokens"], expected);
+    for (side, seqs) in [("batched", 2), ("baseline", 1)] {
+        let r = &v[side];
+        assert_eq!(r["max_num_seqs"], seqs, "{side}");
+        assert_eq!(r["output_tokens"], expected, "{side}: ignore_eos");
+        assert_eq!(
+            r["prompt_tokens"],
+            prompt_lens.iter().sum::<u64>(),
+            "{side}"
+        );
+        assert_eq!(r["completed"], 3, "{side}");
+        assert_eq!(r["refused"], 0, "{side}");
+        assert_eq!(r["failed"], 0, "{side}");
+        for k in [
+            "output_tokens_per_s",
+            "requests_per_s",
+            "total_tokens_per_s",
+            "ttft_ms_p50",
+            "e2e_ms_p99",
+        ] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{side}.{k}");
+        }
+        assert!(r["itl_ms_p99"].as_f64().unwrap() >= r["itl_ms_p50"].as_f64().unwrap());
+        assert!(r["peak_blocks_used"].as_u64().unwrap() >= 1, "{side}");
+        assert!(r["preemptions"].is_u64(), "{side}");
+    }
+    assert!(v["throughput_ratio"].as_f64().unwrap() > 0.0);
+}

@@ -1,10 +1,14 @@
-//! `wllm bench throughput`: a burst of synthetic requests through the batching engine, and the
-//! same workload one request at a time (max_num_seqs = 1) as the baseline, in one run.
+//! `wllm bench throughput`: synthetic requests (mixed lengths, arriving over time or all at
+//! once) through the batching engine, and the identical workload one request at a time
+//! (max_num_seqs = 1) as the baseline, in one run.
+
+mod workload;
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::json;
 use wllm::engine::{Event, Prompt, Request};
@@ -12,6 +16,7 @@ use wllm::sampling::Rng;
 use wllm::{Engine, GpuContext};
 
 use super::EngineArgs;
+use workload::{LenSpec, Workload, parse_rate};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -75,11 +80,12 @@ fn prefix_run(
     cfg.max_waiting = cfg.max_waiting.max(a.requests);
     let engine = super::start_engine_on(ctx, cfg)?;
     let reqs = prefix_workload(a, engine.model_config().vocab_size);
+    let arrivals = vec![0.0; reqs.len()];
     let label = format!(
         "cache {} block {block_size}",
         if cache { "on" } else { "off" }
     );
-    drive(&engine, reqs, a.engine.max_num_seqs, &label)
+    drive(&engine, reqs, &arrivals, a.engine.max_num_seqs, &label)
 }
 
 fn run_prefix(a: PrefixArgs) -> Result<()> {
@@ -146,11 +152,24 @@ pub struct ThroughputArgs {
     pub engine: EngineArgs,
     #[arg(long, default_value_t = 16)]
     pub requests: usize,
-    #[arg(long, default_value_t = 32)]
-    pub prompt_len: usize,
-    #[arg(long, default_value_t = 32)]
-    pub output_len: usize,
-    /// Runs of each configuration; figures are medians
+    /// Prompt tokens per request: N, or a range sampled uniformly per request: A..B (B
+    /// excluded) or A..=B (B included)
+    #[arg(long, default_value = "32")]
+    pub prompt_len: LenSpec,
+    /// Output tokens per request (EOS ignored): N, A..B (B excluded) or A..=B (B included)
+    #[arg(long, default_value = "32")]
+    pub output_len: LenSpec,
+    /// max_num_seqs of the batched configuration (default: --max-num-seqs); the baseline is
+    /// always 1 on the identical workload
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Requests per second, Poisson arrivals (exponential gaps from --seed); inf = all at t = 0
+    #[arg(long, default_value = "inf", value_parser = parse_rate)]
+    pub request_rate: f64,
+    /// Seeds the lengths, the arrival times and the prompt tokens
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Runs of each configuration; figures are those of the run with the median output tok/s
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
     /// Skip the one-at-a-time baseline
@@ -160,22 +179,42 @@ pub struct ThroughputArgs {
     pub json: bool,
 }
 
-/// Figures of one configuration (medians over repeats).
+/// Figures of one run of one configuration. Latencies are measured at the client: TTFT and
+/// end-to-end from each request's own submission (its arrival), ITL between its tokens.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunFigures {
     pub max_num_seqs: usize,
     pub wall_s: f64,
     pub output_tokens_per_s: f64,
+    /// Completed requests per second.
     pub requests_per_s: f64,
+    /// (prompt tokens of completed requests + output tokens) per second.
+    pub total_tokens_per_s: f64,
     pub ttft_ms_p50: f64,
     pub ttft_ms_p99: f64,
     pub itl_ms_p50: f64,
     pub itl_ms_p99: f64,
+    pub e2e_ms_p50: f64,
+    pub e2e_ms_p99: f64,
     pub peak_blocks_used: usize,
     pub blocks_total: usize,
     pub mean_kv_waste_pct: f64,
     pub preemptions: u64,
     pub prefix_hit_rate: f64,
+    /// Requests that ran to their end.
+    pub completed: usize,
+    /// Requests the engine refused at submission because its waiting queue was full.
+    pub refused: usize,
+    /// Requests rejected at submission for another reason, or that failed or were cut off.
+    pub failed: usize,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+}
+
+impl RunFigures {
+    fn all_completed(&self) -> bool {
+        self.refused == 0 && self.failed == 0
+    }
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -191,90 +230,184 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&mut v, 0.5)
 }
 
-fn workload(n: usize, prompt_len: usize, output_len: usize, vocab: usize) -> Vec<Request> {
-    let mut rng = Rng::new(1234);
-    (0..n)
-        .map(|_| {
-            let ids = (0..prompt_len)
-                .map(|_| 100 + (rng.next_u64() % (vocab as u64 - 100).max(1)) as u32)
-                .collect();
-            let mut r = Request::new(Prompt::Ids(ids));
-            r.max_tokens = output_len;
-            r.ignore_eos = true;
-            r
-        })
-        .collect()
+fn workload_of(args: &ThroughputArgs) -> Workload {
+    Workload::synthetic(
+        args.requests,
+        args.prompt_len,
+        args.output_len,
+        args.request_rate,
+        args.seed,
+    )
 }
 
 fn run_once(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> Result<RunFigures> {
     let mut cfg = args.engine.config()?;
     cfg.model.max_seqs = max_num_seqs;
+    // Room for every request in the queue: a refusal would measure the queue cap, not serving.
     cfg.max_waiting = cfg.max_waiting.max(args.requests);
     let engine = super::start_engine_on(ctx, cfg)?;
-    let vocab = engine.model_config().vocab_size;
-    let reqs = workload(args.requests, args.prompt_len, args.output_len, vocab);
+    let w = workload_of(args);
+    let reqs = w.requests(engine.model_config().vocab_size);
+    // One untimed request first (as vLLM's serving benchmark does), so the first timed one
+    // does not carry the engine's one-time costs (pipelines, buffers) in its TTFT. Its prompt
+    // is token 0 alone (workload tokens start at 100), so it seeds no prefix-cache hit.
+    let mut warm = Request::new(Prompt::Ids(vec![0]));
+    warm.max_tokens = 2;
+    warm.ignore_eos = true;
+    engine.generate(warm)?;
     drive(
         &engine,
         reqs,
+        &w.arrivals_s,
         max_num_seqs,
         &format!("max_num_seqs {max_num_seqs}"),
     )
 }
 
-/// Submits every request at once and measures until all are done.
+/// What the event loop hears about request `i`.
+enum Msg {
+    /// Submitted (its arrival), with its prompt length.
+    Arrived(Instant, usize),
+    /// Not accepted: (queue full?, why).
+    Refused(bool, String),
+    Event(Event),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    NotYet,
+    Running,
+    Done,
+}
+
+/// Submits request i at `arrivals_s[i]` seconds after the start, from a thread of its own so
+/// that waiting for an arrival never holds up the loop that collects tokens, and measures
+/// until every request has ended.
 fn drive(
     engine: &Engine,
     reqs: Vec<Request>,
+    arrivals_s: &[f64],
     max_num_seqs: usize,
     label: &str,
 ) -> Result<RunFigures> {
     let n = reqs.len();
     let bar = super::progress_bar(n as u64, "requests");
     bar.set_message(label.to_string());
-    let start = Instant::now();
-    let mut streams = Vec::new();
-    for (i, r) in reqs.into_iter().enumerate() {
-        streams.push(engine.submit(r)?.map(move |e| (i, e)).boxed());
-    }
+    let (tx, rx) = futures::channel::mpsc::unbounded::<BoxStream<'static, (usize, Msg)>>();
+    let mut state = vec![State::NotYet; n];
+    let mut arrived: Vec<Option<Instant>> = vec![None; n];
+    let mut prompt_len = vec![0usize; n];
     let mut last_token: Vec<Option<Instant>> = vec![None; n];
-    let mut ttft = Vec::new();
-    let mut itl = Vec::new();
-    let mut out_tokens = 0usize;
-    let mut all = futures::stream::select_all(streams);
-    futures::executor::block_on(async {
-        while let Some((i, ev)) = all.next().await {
-            match ev {
-                Event::Delta { token_ids, .. } if !token_ids.is_empty() => {
-                    let now = Instant::now();
-                    match last_token[i] {
-                        None => ttft.push((now - start).as_secs_f64() * 1e3),
-                        Some(t) => itl.push((now - t).as_secs_f64() * 1e3),
-                    }
-                    last_token[i] = Some(now);
-                    out_tokens += token_ids.len();
+    let (mut ttft, mut itl, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut out_tokens, mut prompt_tokens) = (0usize, 0usize);
+    let (mut completed, mut refused, mut failed) = (0usize, 0usize, 0usize);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for (i, (r, &t)) in reqs.into_iter().zip(arrivals_s).enumerate() {
+                let due = start + Duration::from_secs_f64(t);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
                 }
-                Event::Finished { .. } | Event::Failed(_) => bar.inc(1),
-                _ => {}
+                let at = Instant::now();
+                let events = match engine.submit(r) {
+                    Ok(h) => {
+                        let p = h.prompt_ids().len();
+                        futures::stream::once(async move { (i, Msg::Arrived(at, p)) })
+                            .chain(h.map(move |e| (i, Msg::Event(e))))
+                            .boxed()
+                    }
+                    Err(e) => {
+                        let full = matches!(e, wllm::Error::QueueFull(_));
+                        let m = Msg::Refused(full, e.to_string());
+                        futures::stream::once(async move { (i, m) }).boxed()
+                    }
+                };
+                if tx.unbounded_send(events).is_err() {
+                    break;
+                }
             }
-        }
+            // Dropping `tx` ends the stream of streams once every request's stream has ended.
+        });
+        futures::executor::block_on(async {
+            let mut all = rx.flatten_unordered(None);
+            while let Some((i, msg)) = all.next().await {
+                let now = Instant::now();
+                match msg {
+                    Msg::Arrived(at, p) => {
+                        arrived[i] = Some(at);
+                        prompt_len[i] = p;
+                        state[i] = State::Running;
+                    }
+                    Msg::Refused(full, why) => {
+                        if full {
+                            refused += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        state[i] = State::Done;
+                        bar.suspend(|| eprintln!("request {i} refused: {why}"));
+                        bar.inc(1);
+                    }
+                    Msg::Event(Event::Delta { token_ids, .. }) if !token_ids.is_empty() => {
+                        let arrival = arrived[i].unwrap_or(start);
+                        match last_token[i] {
+                            None => ttft.push((now - arrival).as_secs_f64() * 1e3),
+                            Some(t) => itl.push((now - t).as_secs_f64() * 1e3),
+                        }
+                        last_token[i] = Some(now);
+                        out_tokens += token_ids.len();
+                    }
+                    Msg::Event(Event::Finished { .. }) => {
+                        completed += 1;
+                        prompt_tokens += prompt_len[i];
+                        e2e.push((now - arrived[i].unwrap_or(start)).as_secs_f64() * 1e3);
+                        state[i] = State::Done;
+                        bar.inc(1);
+                    }
+                    Msg::Event(Event::Failed(why)) => {
+                        failed += 1;
+                        state[i] = State::Done;
+                        bar.suspend(|| eprintln!("request {i} failed: {why}"));
+                        bar.inc(1);
+                    }
+                    Msg::Event(_) => {}
+                }
+            }
+        });
     });
     let wall = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
     bar.finish_and_clear();
+    // A stream that ended without Finished or Failed: the engine stopped under it.
+    let cut_off = state.iter().filter(|s| **s != State::Done).count();
+    if cut_off > 0 {
+        eprintln!("{cut_off} requests ended without finishing (engine stopped)");
+    }
+    failed += cut_off;
     let st = engine.stats();
     Ok(RunFigures {
         max_num_seqs,
         wall_s: wall,
         output_tokens_per_s: out_tokens as f64 / wall,
-        requests_per_s: n as f64 / wall,
+        requests_per_s: completed as f64 / wall,
+        total_tokens_per_s: (prompt_tokens + out_tokens) as f64 / wall,
         ttft_ms_p50: percentile(&mut ttft, 0.5),
         ttft_ms_p99: percentile(&mut ttft, 0.99),
         itl_ms_p50: percentile(&mut itl, 0.5),
         itl_ms_p99: percentile(&mut itl, 0.99),
+        e2e_ms_p50: percentile(&mut e2e, 0.5),
+        e2e_ms_p99: percentile(&mut e2e, 0.99),
         peak_blocks_used: st.peak_blocks_used,
         blocks_total: st.blocks_total,
         mean_kv_waste_pct: st.mean_kv_waste_pct,
         preemptions: st.preemptions,
         prefix_hit_rate: st.prefix_hit_rate,
+        completed,
+        refused,
+        failed,
+        prompt_tokens,
+        output_tokens: out_tokens,
     })
 }
 
@@ -293,62 +426,119 @@ fn run_config(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> R
     best.ok_or_else(|| anyhow::anyhow!("no run"))
 }
 
+fn run_throughput(args: ThroughputArgs) -> Result<()> {
+    let ctx = GpuContext::new(&args.engine.config()?.adapter)?;
+    let concurrency = args.concurrency.unwrap_or(args.engine.max_num_seqs).max(1);
+    let batched = run_config(&ctx, &args, concurrency)?;
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        Some(run_config(&ctx, &args, 1)?)
+    };
+    let ratio = baseline
+        .as_ref()
+        .map(|b| batched.output_tokens_per_s / b.output_tokens_per_s.max(1e-9));
+    let w = workload_of(&args);
+    let adapter = format!("{} ({})", ctx.adapter_info.name, ctx.adapter_info.backend);
+    let rate = if args.request_rate.is_finite() {
+        format!("Poisson {} req/s", args.request_rate)
+    } else {
+        "all at t = 0".to_string()
+    };
+    for r in std::iter::once(&batched).chain(baseline.as_ref()) {
+        if !r.all_completed() {
+            eprintln!(
+                "warning: max_num_seqs {}: {} of {} requests did not complete ({} refused: queue full, {} failed); its figures cover the rest",
+                r.max_num_seqs,
+                r.refused + r.failed,
+                args.requests,
+                r.refused,
+                r.failed
+            );
+        }
+    }
+    if args.json {
+        let range = |s: LenSpec| json!([s.min, s.max]);
+        println!(
+            "{}",
+            json!({
+                "adapter": adapter,
+                "requests": args.requests,
+                "prompt_len": args.prompt_len.to_json(),
+                "output_len": args.output_len.to_json(),
+                "prompt_len_range": range(args.prompt_len),
+                "output_len_range": range(args.output_len),
+                "concurrency": concurrency,
+                "request_rate": args.request_rate.is_finite().then_some(args.request_rate),
+                "seed": args.seed,
+                "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
+                "workload": {
+                    "prompt_lens": w.prompt_lens,
+                    "output_lens": w.output_lens,
+                    "arrival_s": w.arrivals_s,
+                },
+                "batched": batched,
+                "baseline": baseline,
+                "throughput_ratio": ratio,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "adapter {adapter}; {} requests, prompt {} tokens, output {} tokens, arrivals {rate} (seed {})",
+        args.requests, args.prompt_len, args.output_len, args.seed
+    );
+    println!(
+        "workload: {} prompt + {} output tokens; last arrival at {:.2} s",
+        w.prompt_lens.iter().sum::<usize>(),
+        w.output_lens.iter().sum::<usize>(),
+        w.arrivals_s.last().copied().unwrap_or(0.0)
+    );
+    let cols: Vec<&RunFigures> = std::iter::once(&batched).chain(baseline.as_ref()).collect();
+    let row = |name: &str, f: &dyn Fn(&RunFigures) -> String| {
+        let mut line = format!("{name:<20}");
+        for c in &cols {
+            line += &format!(" {:>16}", f(c));
+        }
+        println!("{line}");
+    };
+    row("", &|r| format!("max_num_seqs {}", r.max_num_seqs));
+    row("output tok/s", &|r| format!("{:.1}", r.output_tokens_per_s));
+    row("requests/s", &|r| format!("{:.2}", r.requests_per_s));
+    row("total tok/s", &|r| format!("{:.1}", r.total_tokens_per_s));
+    row("TTFT p50 / p99 ms", &|r| {
+        format!("{:.0} / {:.0}", r.ttft_ms_p50, r.ttft_ms_p99)
+    });
+    row("ITL p50 / p99 ms", &|r| {
+        format!("{:.1} / {:.1}", r.itl_ms_p50, r.itl_ms_p99)
+    });
+    row("e2e p50 / p99 ms", &|r| {
+        format!("{:.0} / {:.0}", r.e2e_ms_p50, r.e2e_ms_p99)
+    });
+    row("peak KV blocks", &|r| {
+        format!("{}/{}", r.peak_blocks_used, r.blocks_total)
+    });
+    row("mean KV waste", &|r| format!("{:.1}%", r.mean_kv_waste_pct));
+    row("preemptions", &|r| r.preemptions.to_string());
+    row("completed", &|r| {
+        format!("{}/{}", r.completed, args.requests)
+    });
+    row("refused / failed", &|r| {
+        format!("{} / {}", r.refused, r.failed)
+    });
+    row("wall s", &|r| format!("{:.2}", r.wall_s));
+    if let Some(r) = ratio {
+        println!("batched / one-at-a-time output tok/s: {r:.2}×");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Prefix(a) => run_prefix(a)?,
         BenchCommand::Prefill(a) => super::bench_model::run_prefill(a)?,
         BenchCommand::Decode(a) => super::bench_model::run_decode(a)?,
-        BenchCommand::Throughput(args) => {
-            let ctx = GpuContext::new(&args.engine.config()?.adapter)?;
-            let batched = run_config(&ctx, &args, args.engine.max_num_seqs)?;
-            let baseline = if args.no_baseline {
-                None
-            } else {
-                Some(run_config(&ctx, &args, 1)?)
-            };
-            let ratio = baseline
-                .as_ref()
-                .map(|b| batched.output_tokens_per_s / b.output_tokens_per_s.max(1e-9));
-            let adapter = format!("{} ({})", ctx.adapter_info.name, ctx.adapter_info.backend);
-            if args.json {
-                println!(
-                    "{}",
-                    json!({
-                        "adapter": adapter,
-                        "requests": args.requests,
-                        "prompt_len": args.prompt_len,
-                        "output_len": args.output_len,
-                        "batched": batched,
-                        "baseline": baseline,
-                        "throughput_ratio": ratio,
-                    })
-                );
-            } else {
-                println!(
-                    "adapter {adapter}; {} requests, prompt {} tokens, output {} tokens",
-                    args.requests, args.prompt_len, args.output_len
-                );
-                for r in std::iter::once(&batched).chain(baseline.as_ref()) {
-                    println!(
-                        "max_num_seqs {:>3}: {:8.1} output tok/s {:6.2} req/s  TTFT p50 {:8.1} ms p99 {:8.1} ms  ITL p50 {:7.1} ms p99 {:7.1} ms  peak blocks {}/{}  waste {:.1}%  preemptions {}",
-                        r.max_num_seqs,
-                        r.output_tokens_per_s,
-                        r.requests_per_s,
-                        r.ttft_ms_p50,
-                        r.ttft_ms_p99,
-                        r.itl_ms_p50,
-                        r.itl_ms_p99,
-                        r.peak_blocks_used,
-                        r.blocks_total,
-                        r.mean_kv_waste_pct,
-                        r.preemptions
-                    );
-                }
-                if let Some(r) = ratio {
-                    println!("batched / one-at-a-time throughput: {r:.2}×");
-                }
-            }
-        }
+        BenchCommand::Throughput(args) => run_throughput(args)?,
     }
     Ok(())
 }
