@@ -36,6 +36,11 @@ pub struct StepBatch {
     pub max_blocks: usize,
     /// Token rows (indices into 0..T) whose logits are returned, in output order.
     pub logit_rows: Vec<u32>,
+    /// One per entry of `logit_rows`: whether its whole logits row is read back. The argmax
+    /// of every row is computed on the GPU and always returned, so a greedy row needs only
+    /// its id (4 bytes instead of 4 × vocab). `push_sequence` sets true; see
+    /// [`StepBatch::argmax_only`].
+    pub full_logits: Vec<bool>,
 }
 
 impl StepBatch {
@@ -95,7 +100,14 @@ impl StepBatch {
             LogitRows::Last => self.logit_rows.push(last_row - 1),
             LogitRows::All => self.logit_rows.extend(first_row..last_row),
         }
+        self.full_logits.resize(self.logit_rows.len(), true);
         Some(())
+    }
+
+    /// Returns only the argmax of logits row `i` (the i-th entry of `logit_rows`), not its
+    /// logits: for greedy sampling without logit processors.
+    pub fn argmax_only(&mut self, i: usize) {
+        self.full_logits[i] = false;
     }
 }
 
@@ -123,6 +135,9 @@ mod tests {
         assert_eq!(batch.token_seq, vec![0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(batch.positions, vec![0, 1, 2, 3, 4, 5, 8]);
         assert_eq!(batch.logit_rows, vec![5, 6]);
+        assert_eq!(batch.full_logits, vec![true, true]);
+        batch.argmax_only(0);
+        assert_eq!(batch.full_logits, vec![false, true]);
         // position 8 is offset 0 of b's third block
         assert_eq!(batch.slot_mapping[6], b.blocks()[2].0 * 4);
         assert_eq!(batch.block_tables.len(), 8);

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, Logits, Runner, RunnerConfig, StepProfile, WeightDType};
+use crate::gpu::{GpuContext, GpuError, Logits, Runner, RunnerConfig, StepProfile, WeightDType};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
-use crate::sampling::{argmax, top_k};
+use crate::sampling::top_k;
 use crate::tokenizer::Tokenizer;
 
 /// How to load a model. Everything but the path has a default.
@@ -219,7 +219,7 @@ impl Generator {
         let mut out = Vec::with_capacity(ids.len());
         let res = self.run_tokens(&mut table, ids, 0, LogitRows::All, |l| {
             for r in 0..l.rows {
-                out.push(top_k(l.row(r), k));
+                out.push(top_k(full_row(l, r)?, k));
             }
             Ok(())
         });
@@ -234,7 +234,7 @@ impl Generator {
         let mut out = Vec::with_capacity(ids.len());
         let res = self.run_tokens(&mut table, ids, 0, LogitRows::All, |l| {
             for r in 0..l.rows {
-                out.push(l.row(r).to_vec());
+                out.push(full_row(l, r)?.to_vec());
             }
             Ok(())
         });
@@ -338,10 +338,11 @@ impl Generator {
                     s += 1;
                 }
             }
+            batch.full_logits.fill(false);
             let out = self.runner.forward(&batch)?;
             add(&mut run.prefill_profile, self.runner.last_profile());
             for (row, &seq) in members.iter().enumerate() {
-                last[seq] = argmax(out.row(row));
+                last[seq] = out.argmax(row);
             }
         }
         run.prefill_s = t0.elapsed().as_secs_f64();
@@ -359,11 +360,12 @@ impl Generator {
                         Error::InvalidRequest("sequence longer than the block table".into())
                     })?;
             }
+            batch.full_logits.fill(false);
             let out = self.runner.forward(&batch)?;
             encode_us += self.runner.last_timing().encode_us;
             add(&mut run.decode_profile, self.runner.last_profile());
             for (i, l) in last.iter_mut().enumerate() {
-                *l = argmax(out.row(i));
+                *l = out.argmax(i);
             }
         }
         run.decode_s = t1.elapsed().as_secs_f64();
@@ -371,6 +373,15 @@ impl Generator {
         run.decode_encode_us = encode_us / gen_len.max(1) as f64;
         Ok(run)
     }
+}
+
+/// Row `r` of a step that kept every row's logits (a broken promise is an error, not a panic).
+fn full_row(l: &Logits, r: usize) -> Result<&[f32]> {
+    l.row(r).ok_or_else(|| {
+        Error::Gpu(GpuError::Readback(format!(
+            "logits row {r} was not read back"
+        )))
+    })
 }
 
 /// The tokenizer the model files carry: GGUF metadata, or tokenizer.json in an HF directory.

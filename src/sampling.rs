@@ -53,6 +53,12 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy with no logit processor: the token is the plain argmax of the logits (which
+    /// the GPU computes, so such a row needs no logits read back).
+    pub fn is_plain_greedy(&self) -> bool {
+        (self.temperature.is_nan() || self.temperature <= 0.0) && !self.has_penalties()
+    }
+
     /// Rejects values no processor can apply: a negative or non-finite temperature, top_p
     /// outside (0, 1], min_p outside [0, 1], a repetition penalty that is not positive, presence
     /// or frequency penalties outside OpenAI's [-2, 2], and NaN anywhere.
@@ -116,11 +122,12 @@ impl Rng {
     }
 }
 
-/// Index of the largest value; the lowest index wins ties; NaN never wins.
+/// Index of the largest value; the lowest index wins ties; NaN ranks below every number (so
+/// an all-NaN row gives 0). shaders/argmax.wgsl computes the same on the GPU.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] || logits[best].is_nan() {
+        if !v.is_nan() && (*v > logits[best] || logits[best].is_nan()) {
             best = i;
         }
     }

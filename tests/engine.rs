@@ -272,6 +272,8 @@ fn logprobs_report_the_chosen_token_and_alternatives() {
         assert_eq!(lp.top[0].1, lp.logprob);
         assert!(lp.logprob <= 0.0 && lp.top[1].1 <= lp.top[0].1);
     }
+    // Plain greedy reads back only the GPU's argmax; with logprobs the CPU picks from the
+    // full logits: the same tokens.
     let plain = e
         .generate(req(vec![3, 1, 4, 1, 5], 6, SamplingParams::default()))
         .unwrap();

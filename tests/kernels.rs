@@ -1,135 +1,22 @@
 //! Every kernel against its CPU reference, on random inputs of awkward sizes.
 //!
 //! Sizes are deliberately not multiples of the kernels' tiles (32/64/256 threads, 8 rows,
-//! 8 columns per matmul thread, 64 keys per attention tile), sequence lengths straddle block
-//! and key-tile boundaries, and the paged-attention KV lives in shuffled, non-contiguous
-//! blocks while the reference reads contiguous per-sequence K/V. Outputs start as random
-//! garbage (never zeros), so an element a kernel forgets to write fails. Batch invariance
-//! (a row's result does not depend on its batch) is checked bit-exactly.
+//! 8 columns per matmul thread). Outputs start as random garbage (never zeros), so an element
+//! a kernel forgets to write fails. Batch invariance (a row's result does not depend on its
+//! batch) is checked bit-exactly. Paged attention has its own file, tests/kernels_attention.rs;
+//! the plumbing shared with it is tests/common/plumbing.rs.
 
 mod common;
 
+use common::plumbing::*;
 use wllm::WeightDType::{self, F16, F32};
-use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::{
-    AttentionKind, AttentionParams, Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams,
-    PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, activation, attention, embedding, kv_write,
-    matmul, norm, rope,
+    Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, RmsNorm, Rope, RopeParams, SiluMul,
+    activation, embedding, kv_write, matmul, norm, rope,
 };
 use wllm::gpu::tensor::round_to;
-use wllm::kv::{BlockId, BlockPool, BlockTable};
 use wllm::model::RopeStyle;
-
-// ---------------------------------------------------------------------------------------------
-// Test plumbing: a deterministic PRNG, buffers, one-pass submission, comparisons.
-
-/// The library's SplitMix64 with the helpers the tests need.
-struct Rng(wllm::sampling::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(wllm::sampling::Rng::new(seed ^ 0xD1B5_4A32_D192_ED03))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// N(0, 1) by Box–Muller.
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-
-    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.normal() * scale).collect()
-    }
-
-    fn below(&mut self, n: usize) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1) as usize);
-        }
-    }
-}
-
-fn ctx() -> &'static wllm::GpuContext {
-    common::gpu()
-}
-
-fn tensor(name: &str, data: &[f32], shape: &[usize], dtype: WeightDType) -> GpuTensor {
-    GpuTensor::from_f32(ctx(), name, data, shape, dtype).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// A linear layer's weight `w` (n, k) in the matmul kernel's layout (also the embedding's).
-fn linear_weight(name: &str, w: &[f32], n: usize, k: usize, dtype: WeightDType) -> GpuTensor {
-    let words = matmul::pack_weight(w, n, k, dtype);
-    GpuTensor::from_words(ctx(), name, &words, &[k, matmul::padded_cols(n)], dtype)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn f32s(name: &str, data: &[f32], shape: &[usize]) -> GpuTensor {
-    tensor(name, data, shape, F32)
-}
-
-/// A u32 buffer (ids, positions, slots, block tables): the words are stored as they are.
-fn u32s(name: &str, data: &[u32]) -> GpuTensor {
-    GpuTensor::from_words(ctx(), name, data, &[data.len()], F32)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Records `f`'s dispatches into one compute pass and submits it.
-fn run(f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
-    let mut enc = ctx()
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("test"),
-        });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("test"),
-            timestamp_writes: None,
-        });
-        f(&mut pass);
-    }
-    ctx().queue.submit([enc.finish()]);
-}
-
-fn read(t: &GpuTensor) -> Vec<f32> {
-    t.read_f32(ctx()).expect("read back")
-}
-
-/// |gpu - cpu| <= tol * (1 + |cpu|): relative for large values, absolute near zero.
-#[track_caller]
-fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
-    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
-        let close = (g - c).abs() <= tol * (1.0 + c.abs());
-        assert!(close, "{what}: failed at index {i}: {g} vs {c}");
-    }
-}
-
-#[track_caller]
-fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            x.to_bits() == y.to_bits(),
-            "{what}: failed at index {i}: {x} vs {y}"
-        );
-    }
-}
-
-const TOL: f32 = 1e-4;
 
 // ---------------------------------------------------------------------------------------------
 // Embedding
@@ -453,227 +340,113 @@ fn kv_write_f32_and_f16() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Paged attention
-
-/// The sequences of one step as (len, from): the KV holds `len` tokens after the step and the
-/// step's queries are positions `from..len` (a whole prompt, a chunk starting mid-sequence,
-/// or one decode token).
-const SEQS: [(usize, usize); 7] = [
-    (33, 32),   // decode, straddles 16 and 32
-    (17, 5),    // prefill chunk starting mid-sequence
-    (1, 0),     // one-token prompt
-    (5, 4),     // decode
-    (70, 60),   // chunk crossing the kernel's 64-key tile
-    (9, 0),     // whole prompt
-    (130, 125), // three key tiles
-];
-
-/// (block_size, num_heads, num_kv_heads, head_dim, KV storage).
-type AttnCase = (usize, usize, usize, usize, WeightDType);
-
-/// Block tables for [`SEQS`] in a pool with spare blocks; returns (pool blocks, tables).
-/// Shuffled: the free list is permuted first and the sequences grow one block each in turn,
-/// so every table is scattered; otherwise each sequence gets consecutive blocks.
-fn block_tables(bs: usize, shuffled: bool, rng: &mut Rng) -> (usize, Vec<BlockTable>) {
-    let blocks = SEQS.map(|(len, _)| len.div_ceil(bs));
-    let mut pool = BlockPool::new(blocks.iter().sum::<usize>() + 5, bs).expect("pool");
-    if shuffled {
-        let n = pool.num_blocks();
-        let mut all: Vec<BlockId> = (0..n).map(|_| pool.allocate().expect("block")).collect();
-        rng.shuffle(&mut all);
-        all.into_iter()
-            .for_each(|b| pool.release(b).expect("release"));
-    }
-    let mut tables = vec![BlockTable::new(); SEQS.len()];
-    for round in 1..=blocks.iter().copied().max().unwrap_or(0) {
-        for (table, (len, _)) in tables.iter_mut().zip(SEQS) {
-            let tokens = if shuffled { len.min(round * bs) } else { len };
-            table.grow_to(&mut pool, tokens).expect("grow");
-        }
-    }
-    let scattered = tables
-        .iter()
-        .any(|t| t.blocks().windows(2).any(|w| w[1].0 != w[0].0 + 1));
-    assert_eq!(scattered, shuffled, "block layout");
-    (pool.num_blocks(), tables)
-}
-
-/// Builds the step (K/V of earlier positions written straight into the pool, the step's own
-/// K/V through kv_write), runs kv_write + paged attention in one pass, checks every listed
-/// token alone (T = 1) against its row in the batch bit for bit; returns (gpu, reference).
-fn paged_attention_case(
-    c: AttnCase,
-    kind: AttentionKind,
-    shuffled: bool,
-    seed: u64,
-) -> (Vec<f32>, Vec<f32>) {
-    let (bs, nh, nkv, hd, kv) = c;
-    let kv_dim = nkv * hd;
-    let q_dim = nh * hd;
-    let row_stride = q_dim + 2 * kv_dim + 2;
-    let mut rng = Rng::new(seed);
-    // Contiguous per-sequence K/V (len, kv_dim), as stored (f16-rounded when the pool is f16).
-    let mut per_seq = || SEQS.map(|(len, _)| round_to(&rng.normals(len * kv_dim, 1.0), kv));
-    let (keys, values) = (per_seq(), per_seq());
-
-    let mut layout_rng = Rng::new(seed ^ 0xB10C);
-    let (num_blocks, tables) = block_tables(bs, shuffled, &mut layout_rng);
-    let max_blocks = tables.iter().map(|t| t.blocks().len()).max().unwrap_or(0) + 1;
-    let mut batch = StepBatch::new(max_blocks);
-    for (&(len, from), table) in SEQS.iter().zip(&tables) {
-        let tokens: Vec<u32> = (from..len).map(|p| p as u32).collect();
-        batch
-            .push_sequence(&tokens, from, table, bs, LogitRows::Last)
-            .expect("table covers the step");
-    }
-    let t = batch.num_tokens();
-
-    // qkv rows: Q random; K and V are the token's own entries of keys/values.
-    let mut qkv = rng.normals(t * row_stride, 1.0);
-    for tok in 0..t {
-        let (s, pos) = (batch.token_seq[tok] as usize, batch.positions[tok] as usize);
-        let row = &mut qkv[tok * row_stride..(tok + 1) * row_stride];
-        row[q_dim..q_dim + kv_dim].copy_from_slice(&keys[s][pos * kv_dim..(pos + 1) * kv_dim]);
-        row[q_dim + kv_dim..q_dim + 2 * kv_dim]
-            .copy_from_slice(&values[s][pos * kv_dim..(pos + 1) * kv_dim]);
-    }
-    // The pool: large garbage everywhere (a wrong slot shows), then the earlier positions.
-    let num_slots = num_blocks * bs;
-    let mut k_pool = rng.normals(num_slots * kv_dim, 10.0);
-    let mut v_pool = rng.normals(num_slots * kv_dim, 10.0);
-    for ((&(_, from), table), (k, v)) in SEQS.iter().zip(&tables).zip(keys.iter().zip(&values)) {
-        for pos in 0..from {
-            let slot = table.slot(pos, bs).expect("slot") as usize;
-            let (dst, src) = (
-                slot * kv_dim..(slot + 1) * kv_dim,
-                pos * kv_dim..(pos + 1) * kv_dim,
-            );
-            k_pool[dst.clone()].copy_from_slice(&k[src.clone()]);
-            v_pool[dst].copy_from_slice(&v[src]);
-        }
-    }
-
-    let p = AttentionParams {
-        num_tokens: t,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        row_stride,
-        block_size: bs,
-        max_blocks,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
-    let want = attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
-
-    let qkv_b = f32s("qkv", &qkv, &[t, row_stride]);
-    let k_cache = tensor("k_cache", &k_pool, &[num_slots, kv_dim], kv);
-    let v_cache = tensor("v_cache", &v_pool, &[num_slots, kv_dim], kv);
-    let slots_b = u32s("slot_mapping", &batch.slot_mapping);
-    let tables_b = u32s("block_tables", &batch.block_tables);
-    let seq_b = u32s("token_seq", &batch.token_seq);
-    let pos_b = u32s("positions", &batch.positions);
-    let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
-    let kvw = KvWrite::new(ctx(), kv);
-    let attn = PagedAttention::with_kind(ctx(), hd, kv, kind).expect("head_dim");
-    let kvw_bg = kvw.bind(
-        ctx(),
-        &qkv_b.buffer,
-        &slots_b.buffer,
-        &k_cache.buffer,
-        &v_cache.buffer,
-    );
-    let bind =
-        |q: &GpuTensor, tables: &GpuTensor, seq: &GpuTensor, pos: &GpuTensor, out: &GpuTensor| {
-            let (k, v) = (&k_cache.buffer, &v_cache.buffer);
-            attn.bind(
-                ctx(),
-                &q.buffer,
-                k,
-                v,
-                &tables.buffer,
-                &seq.buffer,
-                &pos.buffer,
-                &out.buffer,
-            )
-        };
-    let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
-    run(|pass| {
-        kvw.encode(pass, &kvw_bg, t, row_stride, q_dim, kv_dim);
-        attn.encode(pass, &attn_bg, &p);
-    });
-    let gpu = read(&out);
-
-    // Batch invariance: each decode token, and the first and last token of every chunk,
-    // alone in a T = 1 step over the same (now fully written) pool.
-    let mut alone = Vec::new();
-    for s in 0..SEQS.len() {
-        let (a, b) = (batch.query_start[s], batch.query_start[s + 1]);
-        alone.extend([a as usize, b as usize - 1]);
-    }
-    alone.dedup();
-    for tok in alone {
-        let s = batch.token_seq[tok] as usize;
-        let row = tok * row_stride..(tok + 1) * row_stride;
-        let q1 = f32s("qkv row", &qkv[row], &[1, row_stride]);
-        let table1 = &batch.block_tables[s * max_blocks..(s + 1) * max_blocks];
-        let table1 = u32s("table row", table1);
-        let seq1 = u32s("token_seq", &[0]);
-        let pos1 = u32s("positions", &[batch.positions[tok]]);
-        let out1 = f32s("out row", &rng.normals(q_dim, 1.0), &[1, q_dim]);
-        let bg1 = bind(&q1, &table1, &seq1, &pos1, &out1);
-        run(|pass| attn.encode(pass, &bg1, &AttentionParams { num_tokens: 1, ..p }));
-        assert_bits_eq(
-            &format!(
-                "{c:?} {kind:?}: token {tok} (seq {s}, position {}) alone vs in a batch of {t}",
-                batch.positions[tok]
-            ),
-            &read(&out1),
-            &gpu[tok * q_dim..(tok + 1) * q_dim],
-        );
-    }
-    (gpu, want)
-}
-
-fn check_paged_attention(cases: &[AttnCase]) {
-    for kind in [AttentionKind::Workgroup, AttentionKind::Serial] {
-        for (i, &c) in cases.iter().enumerate() {
-            let (gpu, want) = paged_attention_case(c, kind, true, i as u64 + 1);
-            assert_close(&format!("paged attention {c:?} {kind:?}"), &gpu, &want, TOL);
-        }
-    }
-}
-
+/// RoPE + KV write fused: against the reference, and bit-exact against the two separate
+/// kernels it replaces. head_dim 6 with rotate_half has an odd half (a K cache word holds
+/// elements of two different rotation pairs).
 #[test]
-fn paged_attention_gqa_over_shuffled_blocks() {
-    check_paged_attention(&[
-        (4, 6, 2, 16, F32),
-        (16, 6, 2, 16, F16),
-        (16, 6, 2, 64, F32),
-        (4, 6, 2, 64, F16),
-    ]);
-}
+fn rope_kv_write_matches_rope_then_kv_write() {
+    use wllm::gpu::kernels::{RopeKvWrite, rope_kv_write};
+    let (t, block_size, num_blocks, max_positions) = (23usize, 4usize, 9usize, 200usize);
+    let slots = block_size * num_blocks;
+    for style in [RopeStyle::Interleaved, RopeStyle::Half] {
+        for (heads, kv_heads, head_dim) in [(6usize, 2usize, 16usize), (9, 3, 64), (4, 4, 6)] {
+            for dtype in [F32, F16] {
+                let what =
+                    format!("rope_kv_write {style:?} {heads}/{kv_heads}×{head_dim} {dtype:?}");
+                let mut rng = Rng::new(head_dim as u64 + 7);
+                let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+                let row_stride = q_dim + 2 * kv_dim + 3;
+                let mut positions: Vec<u32> = (0..t).map(|_| rng.below(max_positions)).collect();
+                (positions[0], positions[1]) = (0, max_positions as u32 - 1);
+                let mut all_slots: Vec<u32> = (0..slots as u32).collect();
+                rng.shuffle(&mut all_slots);
+                let slot_mapping = &all_slots[..t];
+                let cos_sin = rope::cos_sin_table(max_positions, head_dim, 10000.0);
+                let qkv = rng.normals(t * row_stride, 1.0);
+                let (k0, v0) = (
+                    rng.normals(slots * kv_dim, 1.0),
+                    rng.normals(slots * kv_dim, 1.0),
+                );
+                let p = RopeParams {
+                    num_tokens: t,
+                    row_stride,
+                    num_heads: heads,
+                    num_kv_heads: kv_heads,
+                    head_dim,
+                    max_positions,
+                    style,
+                };
+                let pb = u32s("positions", &positions);
+                let sb = u32s("slots", slot_mapping);
+                let cb = f32s("cos_sin", &cos_sin, &[max_positions, head_dim / 2, 2]);
 
-#[test]
-fn paged_attention_head128_and_one_token_blocks() {
-    // head_dim 128 (two dims per thread); block size 1 without grouping: every position is
-    // its own table entry.
-    check_paged_attention(&[(16, 8, 2, 128, F16), (1, 3, 3, 16, F32)]);
-}
+                // Fused.
+                let qb = f32s("qkv", &qkv, &[t, row_stride]);
+                let kc = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
+                let vc = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
+                let k = RopeKvWrite::new(ctx(), dtype);
+                let bg = k.bind(
+                    ctx(),
+                    &qb.buffer,
+                    &pb.buffer,
+                    &cb.buffer,
+                    &sb.buffer,
+                    &kc.buffer,
+                    &vc.buffer,
+                );
+                run(|pass| k.encode(pass, &bg, &p));
+                let (fq, fk, fv) = (read(&qb), read(&kc), read(&vc));
 
-#[test]
-fn paged_attention_does_not_depend_on_block_placement() {
-    // Same data, scattered vs consecutive blocks: bit-identical outputs.
-    for (kv, kind) in [F32, F16]
-        .into_iter()
-        .flat_map(|kv| [AttentionKind::Workgroup, AttentionKind::Serial].map(|k| (kv, k)))
-    {
-        let c = (4, 6, 2, 16, kv);
-        let (scattered, want) = paged_attention_case(c, kind, true, 9);
-        let (contiguous, _) = paged_attention_case(c, kind, false, 9);
-        let what = format!("{c:?} {kind:?}: shuffled vs contiguous blocks");
-        assert_bits_eq(&what, &scattered, &contiguous);
-        assert_close(&format!("paged attention {c:?}"), &scattered, &want, TOL);
+                // Reference.
+                let (mut want_q, mut want_k, mut want_v) =
+                    (qkv.clone(), round_to(&k0, dtype), round_to(&v0, dtype));
+                rope_kv_write::reference(
+                    &mut want_q,
+                    &positions,
+                    &cos_sin,
+                    slot_mapping,
+                    &p,
+                    &mut want_k,
+                    &mut want_v,
+                );
+                // The pools store the written values in their own type.
+                let (want_k, want_v) = (round_to(&want_k, dtype), round_to(&want_v, dtype));
+                let cache_tol = if dtype == F16 { 2e-3 } else { TOL };
+                assert_close(&format!("{what} qkv"), &fq, &want_q, TOL);
+                // K and V columns and the pad are untouched.
+                for r in 0..t {
+                    let tail = r * row_stride + q_dim..(r + 1) * row_stride;
+                    assert_bits_eq(&format!("{what} qkv tail"), &fq[tail.clone()], &qkv[tail]);
+                }
+                assert_close(&format!("{what} K"), &fk, &want_k, cache_tol);
+                assert_close(&format!("{what} V"), &fv, &want_v, 0.0);
+
+                // The separate kernels, in one pass.
+                let qb2 = f32s("qkv", &qkv, &[t, row_stride]);
+                let kc2 = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
+                let vc2 = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
+                let rk = Rope::new(ctx());
+                let rbg = rk.bind(ctx(), &qb2.buffer, &pb.buffer, &cb.buffer);
+                let kw = KvWrite::new(ctx(), dtype);
+                let kbg = kw.bind(ctx(), &qb2.buffer, &sb.buffer, &kc2.buffer, &vc2.buffer);
+                run(|pass| {
+                    rk.encode(pass, &rbg, &p);
+                    kw.encode(pass, &kbg, t, row_stride, q_dim, kv_dim);
+                });
+                assert_bits_eq(
+                    &format!("{what} Q vs separate"),
+                    &fq.chunks(row_stride)
+                        .flat_map(|r| r[..q_dim].to_vec())
+                        .collect::<Vec<_>>(),
+                    &read(&qb2)
+                        .chunks(row_stride)
+                        .flat_map(|r| r[..q_dim].to_vec())
+                        .collect::<Vec<_>>(),
+                );
+                assert_bits_eq(&format!("{what} K vs separate"), &fk, &read(&kc2));
+                assert_bits_eq(&format!("{what} V vs separate"), &fv, &read(&vc2));
+            }
+        }
     }
 }
 

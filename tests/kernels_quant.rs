@@ -9,8 +9,8 @@
 
 mod common;
 
+use common::plumbing::{Rng, assert_bits_eq, ctx, f32s, read, run, u32s};
 use half::f16;
-use wllm::WeightDType::F32;
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::matmul_quant::{
     self, QuantFormat, QuantTuning, dequantize_packed, row_bytes,
@@ -22,48 +22,7 @@ use wllm::loader::dequant;
 const QUANT_TYPES: [TensorDType; 3] = [Q4_0, Q4_1, Q8_0];
 
 // ---------------------------------------------------------------------------------------------
-// Test plumbing (as in tests/kernels.rs): a deterministic PRNG, buffers, submission, comparisons.
-
-/// The library's SplitMix64 with the helpers the tests need.
-struct Rng(wllm::sampling::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(wllm::sampling::Rng::new(seed ^ 0xA5A5_5A5A_0F0F_F0F0))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in (lo, hi].
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    /// N(0, 1) by Box–Muller.
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-
-    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.normal() * scale).collect()
-    }
-
-    fn below(&mut self, n: usize) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
-
-    fn byte(&mut self) -> u8 {
-        (self.next_u64() >> 56) as u8
-    }
-}
+// Test plumbing beyond tests/common/plumbing.rs: GGUF blocks, their upload, comparisons.
 
 /// `n` rows of `k` weights as GGUF `dtype` block bytes: scales d of either sign with
 /// |d| in 0.01..0.1, Q4_1 mins around −8·d, random nibbles / int8.
@@ -88,57 +47,11 @@ fn random_blocks(rng: &mut Rng, dtype: TensorDType, n: usize, k: usize) -> Vec<u
     raw
 }
 
-fn ctx() -> &'static wllm::GpuContext {
-    common::gpu()
-}
-
-fn f32s(name: &str, data: &[f32], shape: &[usize]) -> GpuTensor {
-    GpuTensor::from_f32(ctx(), name, data, shape, F32).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Raw words (packed weights, ids): stored as they are.
-fn words(name: &str, data: &[u32]) -> GpuTensor {
-    GpuTensor::from_words(ctx(), name, data, &[data.len()], F32)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 /// GGUF blocks of an (n, k) weight, packed and uploaded.
 fn quant_weight(name: &str, raw: &[u8], dtype: TensorDType, n: usize, k: usize) -> GpuTensor {
     let (w, _) =
         matmul_quant::pack_quantized(raw, dtype, n, k).unwrap_or_else(|e| panic!("{name}: {e}"));
-    words(name, &w)
-}
-
-/// Records `f`'s dispatches into one compute pass and submits it.
-fn run(f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
-    let mut enc = ctx()
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("test"),
-        });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("test"),
-            timestamp_writes: None,
-        });
-        f(&mut pass);
-    }
-    ctx().queue.submit([enc.finish()]);
-}
-
-fn read(t: &GpuTensor) -> Vec<f32> {
-    t.read_f32(ctx()).expect("read back")
-}
-
-#[track_caller]
-fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            x.to_bits() == y.to_bits(),
-            "{what}: failed at index {i}: {x} vs {y}"
-        );
-    }
+    u32s(name, &w)
 }
 
 /// Equal values (`==`: a Q4_0 zero, q = 8, may come out as +0 where the loader's d·0 gave −0).
@@ -419,7 +332,7 @@ fn embedding_quant_over_a_table_split_in_two() {
         let rb = row_bytes(dtype, dim);
         let part_a = quant_weight("table a", &raw[..split * rb], dtype, split, dim);
         let part_b = quant_weight("table b", &raw[split * rb..], dtype, vocab - split, dim);
-        let id_buf = words("ids", &ids);
+        let id_buf = u32s("ids", &ids);
         let x = f32s("x", &x0, &[t, dim]);
         let emb = EmbeddingQuant::new(ctx(), QuantFormat::of(dtype).expect("quantized"));
         let bg_a = emb.bind(ctx(), &id_buf.buffer, &part_a.buffer, &x.buffer);

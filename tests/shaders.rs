@@ -29,6 +29,8 @@ fn override_values(name: &str) -> Vec<f64> {
         "WG" => vec![8.0, 16.0, 64.0],
         // paged_attention: the test head sizes, SmolLM2's 64, and the wrapper's maximum.
         "HEAD_DIM" => vec![16.0, 64.0, 128.0, 256.0],
+        // split attention's keys per partition: the tests' 16 and 70, the rule's 256 and 512.
+        "PARTITION" => vec![16.0, 70.0, 256.0, 512.0],
         other => panic!("override `{other}` has no runtime values listed in tests/shaders.rs"),
     }
 }

@@ -241,11 +241,21 @@ impl Worker {
             .map(|c| [c.src.0, c.dst.0])
             .collect();
         let result = match self.sched.step_batch(&out, self.runner.max_blocks()) {
-            Ok(batch) => self
-                .runner
-                .copy_blocks(&copies)
-                .and_then(|_| self.runner.forward(&batch))
-                .map_err(|e| e.to_string()),
+            Ok(mut batch) => {
+                // Greedy rows read back their GPU argmax only.
+                for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+                    let plain_greedy = self.active.get(&s.id).is_some_and(|a| {
+                        a.sampler.params().is_plain_greedy() && a.logprobs.is_none()
+                    });
+                    if plain_greedy && !self.forks.contains_key(&s.id) {
+                        batch.argmax_only(row);
+                    }
+                }
+                self.runner
+                    .copy_blocks(&copies)
+                    .and_then(|_| self.runner.forward(&batch))
+                    .map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         let logits = match result {
@@ -266,8 +276,14 @@ impl Worker {
         let mut logprobs = HashMap::new();
         // Forks to make once this step is recorded: (parent, child, child's first token).
         let mut forks = Vec::new();
-        for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
-            let row = logits.row(row);
+        for (i, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+            let Some(row) = logits.row(i) else {
+                // Plain greedy, marked above: the GPU's argmax is the token.
+                if self.active.contains_key(&s.id) {
+                    sampled.push((s.id, logits.argmax(i)));
+                }
+                continue;
+            };
             if let Some(a) = self.active.get_mut(&s.id) {
                 let tok = a.sampler.sample(row, &a.prompt, &a.output);
                 sampled.push((s.id, tok));

@@ -37,9 +37,13 @@ pub const ROPE: ShaderSource = shader!("rope");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
 pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
 pub const PAGED_ATTENTION_SERIAL: ShaderSource = shader!("paged_attention_serial");
+pub const PAGED_ATTENTION_SPLIT: ShaderSource = shader!("paged_attention_split");
+pub const ATTENTION_COMBINE: ShaderSource = shader!("attention_combine");
 pub const SILU_MUL: ShaderSource = shader!("silu_mul");
 pub const GELU: ShaderSource = shader!("gelu");
 pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
+pub const ARGMAX: ShaderSource = shader!("argmax");
+pub const ROPE_KV_WRITE: ShaderSource = shader!("rope_kv_write");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[ShaderSource] = &[
@@ -53,9 +57,13 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     KV_WRITE,
     PAGED_ATTENTION,
     PAGED_ATTENTION_SERIAL,
+    PAGED_ATTENTION_SPLIT,
+    ATTENTION_COMBINE,
     SILU_MUL,
     GELU,
     COPY_BLOCKS,
+    ARGMAX,
+    ROPE_KV_WRITE,
 ];
 
 /// A compiled pipeline and the layout of its bind group 0.
@@ -141,6 +149,76 @@ impl Kernel {
         variants
             .iter()
             .map(|constants| {
+                let pipeline =
+                    ctx.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(src.name),
+                            layout: Some(&pipeline_layout),
+                            module: &module,
+                            entry_point: Some("main"),
+                            compilation_options: wgpu::PipelineCompilationOptions {
+                                constants,
+                                zero_initialize_workgroup_memory: false,
+                            },
+                            cache: None,
+                        });
+                Kernel {
+                    name: src.name,
+                    pipeline,
+                    layout: layout.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Pipelines of several shaders, each with its own override constants, sharing one explicit
+    /// bind group layout (binding i a storage buffer, read-only where `read_only[i]`), so one
+    /// bind group serves all of them. Each shader declares the bindings it uses, with exactly
+    /// the access the layout gives them, and may leave the others out.
+    pub fn sharing_layout(
+        ctx: &GpuContext,
+        read_only: &[bool],
+        members: &[(ShaderSource, &[(&str, f64)])],
+    ) -> Vec<Kernel> {
+        let Some((first, _)) = members.first() else {
+            return Vec::new();
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = read_only
+            .iter()
+            .enumerate()
+            .map(|(i, ro)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *ro },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(first.name),
+                entries: &entries,
+            });
+        let pipeline_layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(first.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: ctx.device.limits().max_immediate_size,
+            });
+        members
+            .iter()
+            .map(|(src, constants)| {
+                let module = ctx
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(src.name),
+                        source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+                    });
                 let pipeline =
                     ctx.device
                         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -5,17 +5,24 @@
 //! batch metadata, records the dispatches and reads back the logits rows it asked for.
 
 use crate::batch::StepBatch;
+use crate::gpu::kernels::attention::SplitLimits;
 use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
-    AttentionParams, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm, Matmul,
-    MatmulParams, PagedAttention, RmsNorm, Rope, RopeParams, SiluMul, rope::cos_sin_table,
+    Argmax, AttentionParams, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm,
+    Matmul, MatmulParams, PagedAttention, RmsNorm, RopeKvWrite, RopeParams, SiluMul,
+    rope::cos_sin_table,
 };
 use crate::gpu::profile::{Profiler, Recorder, StepProfile};
-use crate::gpu::tensor::map_and_read;
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::model::weights::{GpuMatrix, LayerWeights, MatrixFormat, ModelWeights};
 use crate::model::{Architecture, ModelConfig};
+
+mod check;
+mod logits;
+
+pub use logits::Logits;
+use logits::Readback;
 
 /// Sizes fixed when the runner is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,20 +37,6 @@ pub struct RunnerConfig {
     pub max_batch_tokens: usize,
     /// Most sequences in one step.
     pub max_seqs: usize,
-}
-
-/// Logits of the rows a batch asked for: (rows, vocab), row-major.
-#[derive(Debug, Clone)]
-pub struct Logits {
-    pub rows: usize,
-    pub vocab: usize,
-    pub data: Vec<f32>,
-}
-
-impl Logits {
-    pub fn row(&self, r: usize) -> &[f32] {
-        &self.data[r * self.vocab..(r + 1) * self.vocab]
-    }
 }
 
 /// The token-embedding gather for the table's storage.
@@ -61,12 +54,14 @@ struct Kernels {
     layer_norm: LayerNorm,
     layer_norm_gather: LayerNorm,
     matmul: Matmul,
-    rope: Rope,
+    /// RoPE models write K and V through the fused kernel, others through the plain copy.
+    rope_kv_write: RopeKvWrite,
     kv_write: KvWrite,
     attention: PagedAttention,
     silu_mul: SiluMul,
     gelu: Gelu,
     copy_blocks: CopyBlocks,
+    argmax: Argmax,
 }
 
 /// Per-step metadata buffers (see [`StepBatch`] for their meaning).
@@ -92,6 +87,7 @@ struct MatmulBinds {
 struct LayerBinds {
     norm1: wgpu::BindGroup,
     qkv: MatmulBinds,
+    /// The fused RoPE + KV write for RoPE models, else the plain KV write.
     kv_write: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     out_proj: MatmulBinds,
@@ -112,9 +108,13 @@ pub struct Runner {
     kernels: Kernels,
     meta: Metadata,
     logits: wgpu::Buffer,
+    /// The argmax of each logits row, and its bind group over (logits, ids).
+    ids: wgpu::Buffer,
+    argmax_bind: wgpu::BindGroup,
     staging: wgpu::Buffer,
     embed_binds: Vec<(usize, usize, wgpu::BindGroup)>,
-    rope_bind: Option<wgpu::BindGroup>,
+    /// Whether the model rotates Q and K (then `LayerBinds::kv_write` is the fused kernel's).
+    has_rope: bool,
     layers: Vec<LayerBinds>,
     final_norm: wgpu::BindGroup,
     lm_head: MatmulBinds,
@@ -146,7 +146,9 @@ fn u32_buffer(ctx: &GpuContext, name: &str, len: usize) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(name),
         size: (len.max(1) * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     })
 }
@@ -195,12 +197,22 @@ impl Runner {
             layer_norm: LayerNorm::new(ctx, false),
             layer_norm_gather: LayerNorm::new(ctx, true),
             matmul: Matmul::new(ctx, wdt),
-            rope: Rope::new(ctx),
+            rope_kv_write: RopeKvWrite::new(ctx, rc.kv_dtype),
             kv_write: KvWrite::new(ctx, rc.kv_dtype),
-            attention: PagedAttention::new(ctx, hd, rc.kv_dtype)?,
+            attention: PagedAttention::for_model(
+                ctx,
+                hd,
+                rc.kv_dtype,
+                SplitLimits {
+                    max_tokens: t,
+                    num_heads: cfg.num_heads,
+                    max_context: cfg.max_context,
+                },
+            )?,
             silu_mul: SiluMul::new(ctx),
             gelu: Gelu::new(ctx),
             copy_blocks: CopyBlocks::new(ctx),
+            argmax: Argmax::new(ctx),
         };
         let meta = Metadata {
             token_ids: u32_buffer(ctx, "token_ids", t),
@@ -226,10 +238,12 @@ impl Runner {
         let logits = f32_buffer(ctx, "logits", max_logit_rows * vocab)?;
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logits staging"),
-            size: (max_logit_rows * vocab * 4) as u64,
+            size: Readback::staging_bytes(max_logit_rows, vocab),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let ids = u32_buffer(ctx, "argmax ids", max_logit_rows);
+        let argmax_bind = kernels.argmax.bind(ctx, &logits, &ids);
         let dummy = u32_buffer(ctx, "unused binding", 1);
 
         // KV pools: one K and one V buffer per layer, (num_blocks * block_size, kv_dim).
@@ -299,7 +313,7 @@ impl Runner {
             .collect();
 
         let mut buffers = vec![];
-        let rope_bind = if cfg.arch == Architecture::Llama {
+        let cos_sin = if cfg.arch == Architecture::Llama {
             let table = cos_sin_table(cfg.max_context, hd, cfg.rope_theta);
             let cs = GpuTensor::from_f32(
                 ctx,
@@ -308,9 +322,7 @@ impl Runner {
                 &[table.len()],
                 WeightDType::F32,
             )?;
-            let bg = kernels.rope.bind(ctx, &qkv, &meta.positions, &cs.buffer);
-            buffers.push(cs.buffer);
-            Some(bg)
+            Some(cs.buffer)
         } else {
             None
         };
@@ -325,10 +337,22 @@ impl Runner {
             .collect();
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (l, lw) in weights.layers.iter().enumerate() {
-            let kv_write =
-                kernels
-                    .kv_write
-                    .bind(ctx, &qkv, &meta.slot_mapping, &k_pools[l], &v_pools[l]);
+            let kv_write = match &cos_sin {
+                Some(cs) => kernels.rope_kv_write.bind(
+                    ctx,
+                    &qkv,
+                    &meta.positions,
+                    cs,
+                    &meta.slot_mapping,
+                    &k_pools[l],
+                    &v_pools[l],
+                ),
+                None => {
+                    kernels
+                        .kv_write
+                        .bind(ctx, &qkv, &meta.slot_mapping, &k_pools[l], &v_pools[l])
+                }
+            };
             let attention = kernels.attention.bind(
                 ctx,
                 &qkv,
@@ -400,7 +424,9 @@ impl Runner {
             ),
         };
         let lm_head = matmul_binds(weights.lm_head(), &final_h, None, &logits, vocab, false)?;
+        let has_rope = cos_sin.is_some();
         buffers.extend([x, h, qkv, attn, ffn_in, act, final_h, dummy]);
+        buffers.extend(cos_sin);
         buffers.extend(k_pools);
         buffers.extend(v_pools);
 
@@ -413,9 +439,11 @@ impl Runner {
             kernels,
             meta,
             logits,
+            ids,
+            argmax_bind,
             staging,
             embed_binds,
-            rope_bind,
+            has_rope,
             layers,
             final_norm,
             lm_head,
@@ -505,76 +533,6 @@ impl Runner {
                 }
             }
             self.ctx.queue.submit([enc.finish()]);
-        }
-        Ok(())
-    }
-
-    fn check(&self, b: &StepBatch) -> Result<(), GpuError> {
-        let bad = |msg: String| {
-            Err(GpuError::Shape {
-                op: "step batch",
-                msg,
-            })
-        };
-        let t = b.num_tokens();
-        if t == 0 || t > self.rc.max_batch_tokens {
-            return bad(format!(
-                "{t} tokens (1..={} allowed)",
-                self.rc.max_batch_tokens
-            ));
-        }
-        if b.num_seqs() > self.rc.max_seqs || b.max_blocks != self.max_blocks {
-            return bad(format!(
-                "{} sequences × {} blocks (at most {} × {})",
-                b.num_seqs(),
-                b.max_blocks,
-                self.rc.max_seqs,
-                self.max_blocks
-            ));
-        }
-        if b.logit_rows.len() > self.max_logit_rows || b.logit_rows.iter().any(|r| *r as usize >= t)
-        {
-            return bad(format!(
-                "{} logits rows (at most {})",
-                b.logit_rows.len(),
-                self.max_logit_rows
-            ));
-        }
-        if [&b.positions, &b.slot_mapping, &b.token_seq]
-            .iter()
-            .any(|v| v.len() != t)
-            || b.block_tables.len() != b.num_seqs() * self.max_blocks
-        {
-            return bad("metadata lengths disagree".into());
-        }
-        if let Some(id) = b
-            .token_ids
-            .iter()
-            .find(|id| **id as usize >= self.cfg.vocab_size)
-        {
-            return bad(format!(
-                "token id {id} outside the vocabulary of {}",
-                self.cfg.vocab_size
-            ));
-        }
-        if let Some(p) = b
-            .positions
-            .iter()
-            .find(|p| **p as usize >= self.cfg.max_context)
-        {
-            return bad(format!(
-                "position {p} beyond the model's context of {}",
-                self.cfg.max_context
-            ));
-        }
-        let slots = (self.rc.num_blocks * self.rc.block_size) as u32;
-        if b.slot_mapping.iter().any(|s| *s >= slots)
-            || b.block_tables
-                .iter()
-                .any(|blk| *blk as usize >= self.rc.num_blocks)
-            || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
-        {
-            return bad("a slot, block or sequence index is out of range".into());
         }
         Ok(())
     }
@@ -697,6 +655,7 @@ impl Runner {
                 block_size: self.rc.block_size,
                 max_blocks: self.max_blocks,
                 scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                max_context_len: batch.context_lens.iter().max().map_or(0, |&c| c as usize),
             };
             for lb in &self.layers {
                 match cfg.arch {
@@ -710,7 +669,7 @@ impl Runner {
                     }
                 }
                 encode_matmul(k, &mut rec, "matmul qkv", &lb.qkv, t);
-                if let Some(rope) = &self.rope_bind {
+                if self.has_rope {
                     let p = RopeParams {
                         num_tokens: t,
                         row_stride: qkv_dim,
@@ -720,16 +679,18 @@ impl Runner {
                         max_positions: cfg.max_context,
                         style: cfg.rope_style,
                     };
-                    k.rope.encode(rec.pass("rope"), rope, &p);
+                    k.rope_kv_write
+                        .encode(rec.pass("rope+kv_write"), &lb.kv_write, &p);
+                } else {
+                    k.kv_write.encode(
+                        rec.pass("kv_write"),
+                        &lb.kv_write,
+                        t,
+                        qkv_dim,
+                        cfg.q_dim(),
+                        cfg.kv_dim(),
+                    );
                 }
-                k.kv_write.encode(
-                    rec.pass("kv_write"),
-                    &lb.kv_write,
-                    t,
-                    qkv_dim,
-                    cfg.q_dim(),
-                    cfg.kv_dim(),
-                );
                 k.attention
                     .encode(rec.pass("attention"), &lb.attention, &attn);
                 encode_matmul(k, &mut rec, "matmul out", &lb.out_proj, t);
@@ -773,32 +734,15 @@ impl Runner {
                     ),
                 }
                 encode_matmul(k, &mut rec, "matmul lm_head", &self.lm_head, r);
+                k.argmax
+                    .encode(rec.pass("argmax"), &self.argmax_bind, r, vocab);
             }
         }
-        let bytes = (r * vocab * 4) as u64;
-        if bytes > 0 {
-            rec.encoder()
-                .copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
-        }
+        let readback = Readback::new(&batch.full_logits, vocab);
+        readback.record(rec.encoder(), &self.ids, &self.logits, &self.staging);
         let commands = rec.finish();
         self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
         self.ctx.queue.submit([commands]);
-        if bytes == 0 {
-            self.ctx
-                .device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| GpuError::Readback(e.to_string()))?;
-            return Ok(Logits {
-                rows: 0,
-                vocab,
-                data: vec![],
-            });
-        }
-        let words = map_and_read(&self.ctx, &self.staging, bytes)?;
-        Ok(Logits {
-            rows: r,
-            vocab,
-            data: bytemuck::cast_slice(&words).to_vec(),
-        })
+        readback.finish(&self.ctx, &self.staging)
     }
 }

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use wllm::{AdapterSelector, GpuContext};
 
+pub mod plumbing;
+
 /// The device every test in this binary shares. A missing adapter fails the test loudly:
 /// CI has lavapipe (mesa-vulkan-drivers), so "no GPU" is a broken setup, not a skip.
 pub fn gpu() -> &'static GpuContext {

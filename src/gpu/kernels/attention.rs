@@ -1,9 +1,24 @@
-//! `shaders/paged_attention.wgsl` and `shaders/paged_attention_serial.wgsl`: causal attention
-//! for packed queries over the paged KV pool. One of the two serves every step on an adapter
+//! `shaders/paged_attention.wgsl`, `shaders/paged_attention_serial.wgsl` and the split pair
+//! `shaders/paged_attention_split.wgsl` + `shaders/attention_combine.wgsl`: causal attention
+//! for packed queries over the paged KV pool. One kind serves every step on an adapter
 //! (prefill and decode alike), so results never depend on the batch.
+//!
+//! The split kind (flash-decoding) cuts each (token, head)'s keys into partitions of a fixed
+//! `partition` positions: a workgroup per (token, head, partition) leaves the partition's
+//! running max, sum of exponentials and unnormalised V accumulator in a scratch buffer, and a
+//! second dispatch merges the partitions in order 0, 1, 2, ... (a token with a single
+//! partition is finished by the first kernel, and a batch of such tokens needs no second
+//! dispatch, so short contexts cost what the workgroup kind costs). The partition size is fixed
+//! per model ([`SplitLimits::partition`]), so a token's partitions, and its result, depend only
+//! on its own position. Scratch: (max_tokens, num_heads, part_stride, 2 + head_dim) f32 with
+//! part_stride = ceil(max_context / partition) <= [`MAX_PARTITIONS`], shared by every bind group
+//! (the dispatches that use it run one after another).
 
-use crate::gpu::pipeline::{Kernel, PAGED_ATTENTION, PAGED_ATTENTION_SERIAL, grid_2d};
-use crate::gpu::{GpuContext, GpuError, WeightDType};
+use crate::gpu::pipeline::{
+    ATTENTION_COMBINE, Kernel, PAGED_ATTENTION, PAGED_ATTENTION_SERIAL, PAGED_ATTENTION_SPLIT,
+    grid_2d,
+};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -17,6 +32,9 @@ pub struct AttentionParams {
     /// Columns of the block-table matrix (its row stride).
     pub max_blocks: usize,
     pub scale: f32,
+    /// Largest context (positions[t] + 1) of any token in the batch. Only sizes the split
+    /// kind's grid (partitions per token); it must not be smaller than any token's context.
+    pub max_context_len: usize,
 }
 
 /// How the attention work is spread over threads.
@@ -27,47 +45,104 @@ pub enum AttentionKind {
     /// One thread per (token, head) walking the keys alone (CPU adapters: no barriers, and
     /// each K/V word loaded once).
     Serial,
+    /// A workgroup of 64 threads per (token, head, partition of the keys), then a combine
+    /// pass (GPUs: long contexts spread over many workgroups even for a single token).
+    /// Needs [`SplitLimits`]: build it with [`PagedAttention::split`].
+    Split,
 }
 
 impl AttentionKind {
+    /// Serial on CPU adapters, Split on GPUs (built by [`PagedAttention::for_model`]).
     pub fn for_adapter(ctx: &GpuContext) -> AttentionKind {
         if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
             AttentionKind::Serial
         } else {
-            AttentionKind::Workgroup
+            AttentionKind::Split
         }
     }
 }
 
 /// Threads per workgroup of the serial kernel.
 const SERIAL_WG: usize = 8;
+/// Threads per workgroup of the combine kernel.
+const COMBINE_WG: usize = 64;
+
+/// Smallest partition of the split kind, in key positions.
+pub const MIN_PARTITION: usize = 256;
+/// Most partitions a token has at the model's longest context.
+pub const MAX_PARTITIONS: usize = 16;
+
+/// What the split kind's scratch buffer is sized for (fixed for a runner, never per batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitLimits {
+    /// Most tokens in one step.
+    pub max_tokens: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Most positions a sequence may hold (the model's context).
+    pub max_context: usize,
+}
+
+impl SplitLimits {
+    /// The partition size for these limits: [`MIN_PARTITION`] keys, doubled until
+    /// `max_context` fits in [`MAX_PARTITIONS`] partitions (2048-token model: 8 partitions
+    /// of 256; 8192: 16 of 512). Depends only on the model's context, never on a batch.
+    pub fn partition(&self) -> usize {
+        let mut partition = MIN_PARTITION;
+        while self.max_context.div_ceil(partition) > MAX_PARTITIONS {
+            partition *= 2;
+        }
+        partition
+    }
+}
+
+/// The split kind's second kernel and the scratch both share.
+struct SplitState {
+    combine: Kernel,
+    scratch: GpuTensor,
+    limits: SplitLimits,
+    partition: usize,
+    /// Partitions per (token, head) in the scratch layout: ceil(max_context / partition).
+    part_stride: usize,
+}
 
 pub struct PagedAttention {
     kernel: Kernel,
     kind: AttentionKind,
+    head_dim: usize,
+    split: Option<SplitState>,
 }
 
 /// Largest head the shader's per-thread accumulators cover (4 dims × 64 threads).
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Binding order of the split kernels' shared layout (bind's arguments plus the scratch),
+/// as read-only flags: qkv, k, v, tables, token_seq, positions, scratch, out.
+const SPLIT_READ_ONLY: [bool; 8] = [true, true, true, true, true, true, false, false];
+
 impl PagedAttention {
-    /// The kind [`AttentionKind::for_adapter`] picks.
-    pub fn new(ctx: &GpuContext, head_dim: usize, kv_dtype: WeightDType) -> Result<Self, GpuError> {
-        Self::with_kind(ctx, head_dim, kv_dtype, AttentionKind::for_adapter(ctx))
+    /// The kind [`AttentionKind::for_adapter`] picks, a split one's scratch sized by `limits`.
+    pub fn for_model(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        limits: SplitLimits,
+    ) -> Result<Self, GpuError> {
+        match AttentionKind::for_adapter(ctx) {
+            AttentionKind::Split => Self::split(ctx, head_dim, kv_dtype, limits),
+            kind => Self::with_kind(ctx, head_dim, kv_dtype, kind),
+        }
     }
 
+    /// A kind that needs no sizes: [`AttentionKind::Workgroup`] or [`AttentionKind::Serial`]
+    /// ([`AttentionKind::Split`] is an error here: it needs [`PagedAttention::split`]).
     pub fn with_kind(
         ctx: &GpuContext,
         head_dim: usize,
         kv_dtype: WeightDType,
         kind: AttentionKind,
     ) -> Result<Self, GpuError> {
-        if head_dim % 2 != 0 || head_dim == 0 || head_dim > MAX_HEAD_DIM {
-            return Err(GpuError::Shape {
-                op: "paged_attention",
-                msg: format!("head_dim {head_dim} must be even and at most {MAX_HEAD_DIM}"),
-            });
-        }
+        check_head_dim(head_dim)?;
         let consts = [("HEAD_DIM", head_dim as f64), ("KV_F16", kv_dtype.is_f16())];
         let kernel = match kind {
             AttentionKind::Workgroup => Kernel::new(ctx, PAGED_ATTENTION, &consts),
@@ -76,8 +151,96 @@ impl PagedAttention {
                 PAGED_ATTENTION_SERIAL,
                 &[consts[0], consts[1], ("WG", SERIAL_WG as f64)],
             ),
+            AttentionKind::Split => {
+                return Err(GpuError::Shape {
+                    op: "paged_attention",
+                    msg: "the split kind needs its scratch sizes: use PagedAttention::split".into(),
+                });
+            }
         };
-        Ok(Self { kernel, kind })
+        Ok(Self {
+            kernel,
+            kind,
+            head_dim,
+            split: None,
+        })
+    }
+
+    /// The split kind with the partition size [`SplitLimits::partition`] picks; allocates
+    /// the scratch buffer every bind group of this wrapper shares.
+    pub fn split(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        limits: SplitLimits,
+    ) -> Result<Self, GpuError> {
+        Self::split_with_partition(ctx, head_dim, kv_dtype, limits, limits.partition())
+    }
+
+    /// The split kind with an explicit partition size (tests use small ones so that short
+    /// contexts span several partitions).
+    pub fn split_with_partition(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        limits: SplitLimits,
+        partition: usize,
+    ) -> Result<Self, GpuError> {
+        check_head_dim(head_dim)?;
+        if partition == 0 || limits.max_tokens == 0 || limits.num_heads == 0 {
+            return Err(GpuError::Shape {
+                op: "paged_attention",
+                msg: format!("split attention with partition {partition} and {limits:?}"),
+            });
+        }
+        let part_stride = limits.max_context.div_ceil(partition).max(1);
+        let consts: [(&str, f64); 3] = [
+            ("HEAD_DIM", head_dim as f64),
+            ("KV_F16", kv_dtype.is_f16()),
+            ("PARTITION", partition as f64),
+        ];
+        let mut kernels = Kernel::sharing_layout(
+            ctx,
+            &SPLIT_READ_ONLY,
+            &[
+                (PAGED_ATTENTION_SPLIT, &consts),
+                (ATTENTION_COMBINE, &[consts[0], consts[2]]),
+            ],
+        );
+        let scratch = GpuTensor::zeros(
+            ctx,
+            "attention scratch",
+            &[
+                limits.max_tokens,
+                limits.num_heads,
+                part_stride,
+                2 + head_dim,
+            ],
+            WeightDType::F32,
+        )?;
+        let combine = kernels.pop().expect("two kernels");
+        let kernel = kernels.pop().expect("two kernels");
+        Ok(Self {
+            kernel,
+            kind: AttentionKind::Split,
+            head_dim,
+            split: Some(SplitState {
+                combine,
+                scratch,
+                limits,
+                partition,
+                part_stride,
+            }),
+        })
+    }
+
+    pub fn kind(&self) -> AttentionKind {
+        self.kind
+    }
+
+    /// Keys per partition of the split kind (None for the others).
+    pub fn partition(&self) -> Option<usize> {
+        self.split.as_ref().map(|s| s.partition)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -92,26 +255,24 @@ impl PagedAttention {
         positions: &wgpu::Buffer,
         out: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(
-            ctx,
-            &[
-                qkv,
-                k_cache,
-                v_cache,
-                block_tables,
-                token_seq,
-                positions,
-                out,
-            ],
-        )
+        let mut buffers = vec![qkv, k_cache, v_cache, block_tables, token_seq, positions];
+        if let Some(split) = &self.split {
+            buffers.push(&split.scratch.buffer);
+        }
+        buffers.push(out);
+        self.kernel.bind(ctx, &buffers)
     }
 
+    /// Records the attention for `p`'s batch: one dispatch, or for the split kind two (split,
+    /// then combine; a compute pass orders them with a barrier on the scratch between) when
+    /// some token has more than one partition.
     pub fn encode(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         bg: &wgpu::BindGroup,
         p: &AttentionParams,
     ) {
+        assert_eq!(p.head_dim, self.head_dim, "paged_attention: head_dim");
         let imm = [
             p.num_tokens as u32,
             p.num_heads as u32,
@@ -122,12 +283,57 @@ impl PagedAttention {
             p.scale.to_bits(),
         ];
         let items = p.num_tokens * p.num_heads;
-        let groups = match self.kind {
-            AttentionKind::Workgroup => items,
-            AttentionKind::Serial => items.div_ceil(SERIAL_WG),
-        };
-        self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
+        match (self.kind, &self.split) {
+            (AttentionKind::Split, Some(s)) => {
+                let l = &s.limits;
+                assert!(
+                    p.num_tokens <= l.max_tokens
+                        && p.num_heads <= l.num_heads
+                        && p.max_context_len <= l.max_context,
+                    "paged_attention: {} tokens, {} heads, context {} over the split limits {l:?}",
+                    p.num_tokens,
+                    p.num_heads,
+                    p.max_context_len
+                );
+                let parts = p.max_context_len.div_ceil(s.partition);
+                let mut split_imm = imm.to_vec();
+                split_imm.extend([parts as u32, s.part_stride as u32]);
+                self.kernel
+                    .dispatch(pass, bg, &split_imm, grid_2d((items * parts) as u32));
+                if parts <= 1 {
+                    // Every token fits in one partition: the split kernel wrote `out` itself.
+                    return;
+                }
+                let combine_imm = [
+                    p.num_tokens as u32,
+                    p.num_heads as u32,
+                    s.part_stride as u32,
+                ];
+                let threads = items * p.head_dim;
+                s.combine.dispatch(
+                    pass,
+                    bg,
+                    &combine_imm,
+                    grid_2d(threads.div_ceil(COMBINE_WG) as u32),
+                );
+            }
+            (AttentionKind::Serial, _) => {
+                let groups = items.div_ceil(SERIAL_WG);
+                self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
+            }
+            _ => self.kernel.dispatch(pass, bg, &imm, grid_2d(items as u32)),
+        }
     }
+}
+
+fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
+    if head_dim % 2 != 0 || head_dim == 0 || head_dim > MAX_HEAD_DIM {
+        return Err(GpuError::Shape {
+            op: "paged_attention",
+            msg: format!("head_dim {head_dim} must be even and at most {MAX_HEAD_DIM}"),
+        });
+    }
+    Ok(())
 }
 
 /// Causal attention computed from contiguous per-sequence K/V (`keys[s]`, `values[s]`, each

@@ -6,6 +6,7 @@
 //! compare against them on random inputs.
 
 pub mod activation;
+pub mod argmax;
 pub mod attention;
 pub mod copy_blocks;
 pub mod embedding;
@@ -15,8 +16,10 @@ pub mod matmul;
 pub mod matmul_quant;
 pub mod norm;
 pub mod rope;
+pub mod rope_kv_write;
 
 pub use activation::{Gelu, SiluMul};
+pub use argmax::Argmax;
 pub use attention::{AttentionKind, AttentionParams, PagedAttention};
 pub use copy_blocks::CopyBlocks;
 pub use embedding::Embedding;
@@ -26,6 +29,7 @@ pub use matmul::{Matmul, MatmulParams};
 pub use matmul_quant::{MatmulQuant, QuantFormat, QuantTuning, pack_quantized};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{Rope, RopeParams};
+pub use rope_kv_write::RopeKvWrite;
 
 /// Workgroups for `n` independent items handled `per_group` at a time (2-D when large).
 pub(crate) fn groups_for(n: usize, per_group: usize) -> [u32; 3] {

@@ -1,0 +1,135 @@
+// Rotary position embedding and the KV write in one pass (rope.wgsl followed by kv_write.wgsl,
+// fused to save a dispatch per layer and a round trip of K through memory).
+//
+// For token t at position pos = positions[t] (qkv row t: num_heads Q heads, then num_kv_heads
+// K heads, then as many V heads, head_dim columns each):
+//   Q heads are rotated in place (attention reads them from qkv);
+//   K heads are rotated into slot slot_mapping[t] of k_cache (qkv's K columns stay as they were);
+//   V heads are copied into the same slot of v_cache.
+// The rotation is rope.wgsl's: pair i < head_dim/2 is (2i, 2i+1) when style = 0 (interleaved,
+// GGUF llama) or (i, i + head_dim/2) when style = 1 (rotate_half, Hugging Face llama);
+// a' = a*cos - b*sin, b' = b*cos + a*sin with (cos, sin) = cos_sin[pos, i].
+// Pool layout as in kv_write.wgsl: (slots, kv_dim) as u32 words, f16 pairs when KV_F16.
+//
+// Work items per token: num_heads * head_dim/2 Q pairs (a thread rotates both elements of its
+// pair, so the in-place update never races), then num_kv_heads * head_dim/2 K words and as many
+// V words (a thread writes one cache word = elements 2j, 2j+1, reading whatever partners its
+// rotation needs from qkv, which it does not modify). Every output element is computed by one
+// thread with a fixed expression, so results do not depend on the batch.
+//
+// Bindings:
+//   0 qkv           f32 (T, row_stride) read_write
+//   1 positions     u32 (T)
+//   2 cos_sin       f32 (max_positions, head_dim/2, 2)
+//   3 slot_mapping  u32 (T)
+//   4 k_cache       u32 words (slots, kv_dim) read_write
+//   5 v_cache       same layout as k_cache
+// Immediates: Params below. head_dim must be even.
+// Dispatch: ceil(T * (num_heads + 2 * num_kv_heads) * head_dim/2 / 256) workgroups of 256
+// (x, then y when > 65535).
+
+override KV_F16: bool = true;
+
+struct Params {
+    num_tokens: u32,
+    row_stride: u32,
+    num_heads: u32,
+    num_kv_heads: u32,
+    head_dim: u32,
+    max_positions: u32,
+    style: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> positions: array<u32>;
+@group(0) @binding(2) var<storage, read> cos_sin: array<f32>;
+@group(0) @binding(3) var<storage, read> slot_mapping: array<u32>;
+@group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
+var<immediate> p: Params;
+
+// Columns (within a head) of rotation pair i.
+fn pair_cols(i: u32, half_dim: u32) -> vec2<u32> {
+    if p.style == 1u {
+        return vec2<u32>(i, i + half_dim);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+// Element `e` (0 <= e < head_dim) of the rotated head starting at qkv[base].
+fn rotated(base: u32, e: u32, pos: u32, half_dim: u32) -> f32 {
+    var i = e / 2u;
+    if p.style == 1u {
+        i = e % half_dim;
+    }
+    let cols = pair_cols(i, half_dim);
+    let c = cos_sin[(pos * half_dim + i) * 2u];
+    let s = cos_sin[(pos * half_dim + i) * 2u + 1u];
+    let a = qkv[base + cols.x];
+    let b = qkv[base + cols.y];
+    if e == cols.x {
+        return a * c - b * s;
+    }
+    return b * c + a * s;
+}
+
+fn store(cache_is_k: bool, dst: u32, v: vec2<f32>) {
+    if KV_F16 {
+        if cache_is_k {
+            k_cache[dst >> 1u] = pack2x16float(v);
+        } else {
+            v_cache[dst >> 1u] = pack2x16float(v);
+        }
+    } else if cache_is_k {
+        k_cache[dst] = bitcast<u32>(v.x);
+        k_cache[dst + 1u] = bitcast<u32>(v.y);
+    } else {
+        v_cache[dst] = bitcast<u32>(v.x);
+        v_cache[dst + 1u] = bitcast<u32>(v.y);
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let half_dim = p.head_dim / 2u;
+    let q_items = p.num_heads * half_dim;
+    let kv_items = p.num_kv_heads * half_dim;
+    let per_token = q_items + 2u * kv_items;
+    let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if idx >= p.num_tokens * per_token {
+        return;
+    }
+    let t = idx / per_token;
+    let u = idx % per_token;
+    let pos = min(positions[t], p.max_positions - 1u);
+    let row = t * p.row_stride;
+    if u < q_items {
+        let i = u % half_dim;
+        let base = row + (u / half_dim) * p.head_dim;
+        let cols = pair_cols(i, half_dim);
+        let c = cos_sin[(pos * half_dim + i) * 2u];
+        let s = cos_sin[(pos * half_dim + i) * 2u + 1u];
+        let a = qkv[base + cols.x];
+        let b = qkv[base + cols.y];
+        qkv[base + cols.x] = a * c - b * s;
+        qkv[base + cols.y] = b * c + a * s;
+        return;
+    }
+    let kv_dim = p.num_kv_heads * p.head_dim;
+    let k_col = p.num_heads * p.head_dim;
+    // Word j of this token's K (or V) row: elements 2j and 2j + 1.
+    let is_k = u < q_items + kv_items;
+    let j = select(u - q_items - kv_items, u - q_items, is_k);
+    let col = 2u * j;
+    let dst = slot_mapping[t] * kv_dim + col;
+    if is_k {
+        let base = row + k_col + (col / p.head_dim) * p.head_dim;
+        let e = col % p.head_dim;
+        store(true, dst, vec2<f32>(rotated(base, e, pos, half_dim),
+                                   rotated(base, e + 1u, pos, half_dim)));
+    } else {
+        let src = row + k_col + kv_dim + col;
+        store(false, dst, vec2<f32>(qkv[src], qkv[src + 1u]));
+    }
+}

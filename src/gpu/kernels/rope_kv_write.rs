@@ -1,0 +1,89 @@
+//! `shaders/rope_kv_write.wgsl`: RoPE on the Q and K heads and the KV write in one dispatch
+//! (rope.wgsl then kv_write.wgsl, fused). Q is rotated in place; K is rotated on its way into
+//! the pool, so qkv's K columns keep their unrotated values.
+
+use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE};
+use crate::gpu::{GpuContext, WeightDType};
+use crate::model::RopeStyle;
+
+use super::{RopeParams, groups_for, kv_write, rope};
+
+pub struct RopeKvWrite {
+    kernel: Kernel,
+}
+
+impl RopeKvWrite {
+    pub fn new(ctx: &GpuContext, kv_dtype: WeightDType) -> Self {
+        Self {
+            kernel: Kernel::new(ctx, ROPE_KV_WRITE, &[("KV_F16", kv_dtype.is_f16())]),
+        }
+    }
+
+    /// `cos_sin`: [`rope::cos_sin_table`]; the pools are one layer's (slots, kv_dim) words.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        qkv: &wgpu::Buffer,
+        positions: &wgpu::Buffer,
+        cos_sin: &wgpu::Buffer,
+        slot_mapping: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        self.kernel.bind(
+            ctx,
+            &[qkv, positions, cos_sin, slot_mapping, k_cache, v_cache],
+        )
+    }
+
+    /// K starts right after the Q heads (column num_heads · head_dim), V right after K.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
+        let style = match p.style {
+            RopeStyle::Interleaved => 0,
+            RopeStyle::Half => 1,
+        };
+        let imm = [
+            p.num_tokens as u32,
+            p.row_stride as u32,
+            p.num_heads as u32,
+            p.num_kv_heads as u32,
+            p.head_dim as u32,
+            p.max_positions as u32,
+            style,
+        ];
+        let items = p.num_tokens * (p.num_heads + 2 * p.num_kv_heads) * p.head_dim / 2;
+        self.kernel.dispatch(pass, bg, &imm, groups_for(items, 256));
+    }
+}
+
+/// What the kernel computes: Q rotated in `qkv` in place, rotated K and plain V written to the
+/// pools (each (slots, kv_dim)), qkv's K and V columns left as they were.
+pub fn reference(
+    qkv: &mut [f32],
+    positions: &[u32],
+    cos_sin: &[f32],
+    slot_mapping: &[u32],
+    p: &RopeParams,
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+) {
+    let mut rotated = qkv.to_vec();
+    rope::reference(&mut rotated, positions, cos_sin, p);
+    let q_dim = p.num_heads * p.head_dim;
+    let kv_dim = p.num_kv_heads * p.head_dim;
+    // RoPE leaves V alone, so the rotated rows carry both the rotated K and the plain V.
+    kv_write::reference(
+        &rotated,
+        slot_mapping,
+        p.row_stride,
+        q_dim,
+        kv_dim,
+        k_cache,
+        v_cache,
+    );
+    for t in 0..p.num_tokens {
+        let row = t * p.row_stride;
+        qkv[row..row + q_dim].copy_from_slice(&rotated[row..row + q_dim]);
+    }
+}

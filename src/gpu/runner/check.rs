@@ -1,0 +1,80 @@
+//! The runner's guard: a step batch that would index outside a buffer is an error, not UB.
+
+use super::Runner;
+use crate::batch::StepBatch;
+use crate::gpu::GpuError;
+
+impl Runner {
+    /// Every size and index the kernels will trust, checked against the runner's buffers.
+    pub(super) fn check(&self, b: &StepBatch) -> Result<(), GpuError> {
+        let bad = |msg: String| {
+            Err(GpuError::Shape {
+                op: "step batch",
+                msg,
+            })
+        };
+        let t = b.num_tokens();
+        if t == 0 || t > self.rc.max_batch_tokens {
+            return bad(format!(
+                "{t} tokens (1..={} allowed)",
+                self.rc.max_batch_tokens
+            ));
+        }
+        if b.num_seqs() > self.rc.max_seqs || b.max_blocks != self.max_blocks {
+            return bad(format!(
+                "{} sequences × {} blocks (at most {} × {})",
+                b.num_seqs(),
+                b.max_blocks,
+                self.rc.max_seqs,
+                self.max_blocks
+            ));
+        }
+        if b.logit_rows.len() > self.max_logit_rows
+            || b.logit_rows.iter().any(|r| *r as usize >= t)
+            || b.full_logits.len() != b.logit_rows.len()
+        {
+            return bad(format!(
+                "{} logits rows (at most {})",
+                b.logit_rows.len(),
+                self.max_logit_rows
+            ));
+        }
+        if [&b.positions, &b.slot_mapping, &b.token_seq]
+            .iter()
+            .any(|v| v.len() != t)
+            || b.block_tables.len() != b.num_seqs() * self.max_blocks
+        {
+            return bad("metadata lengths disagree".into());
+        }
+        if let Some(id) = b
+            .token_ids
+            .iter()
+            .find(|id| **id as usize >= self.cfg.vocab_size)
+        {
+            return bad(format!(
+                "token id {id} outside the vocabulary of {}",
+                self.cfg.vocab_size
+            ));
+        }
+        if let Some(p) = b
+            .positions
+            .iter()
+            .find(|p| **p as usize >= self.cfg.max_context)
+        {
+            return bad(format!(
+                "position {p} beyond the model's context of {}",
+                self.cfg.max_context
+            ));
+        }
+        let slots = (self.rc.num_blocks * self.rc.block_size) as u32;
+        if b.slot_mapping.iter().any(|s| *s >= slots)
+            || b.block_tables
+                .iter()
+                .any(|blk| *blk as usize >= self.rc.num_blocks)
+            || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
+        {
+            return bad("a slot, block or sequence index is out of range".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,409 @@
+//! Paged attention against its CPU reference, over KV in shuffled, non-contiguous blocks.
+//!
+//! Every attention kind (Workgroup, Serial, and Split with small partitions as well as the one
+//! the model's context picks) runs kv_write + attention on one step of mixed sequences (whole
+//! prompts, chunks starting mid-sequence, decode tokens) whose lengths straddle block, 64-key
+//! tile and partition boundaries, and is compared with the reference reading contiguous
+//! per-sequence K/V. The pool starts as large random garbage, so a wrong slot shows. Batch
+//! invariance (a token alone vs in its batch) and independence of the block placement
+//! (shuffled vs consecutive blocks) are checked bit-exactly.
+
+mod common;
+
+use common::plumbing::*;
+use wllm::WeightDType::{self, F16, F32};
+use wllm::batch::{LogitRows, StepBatch};
+use wllm::gpu::GpuTensor;
+use wllm::gpu::kernels::attention::SplitLimits;
+use wllm::gpu::kernels::{AttentionKind, AttentionParams, KvWrite, PagedAttention, attention};
+use wllm::gpu::tensor::round_to;
+use wllm::kv::{BlockId, BlockPool, BlockTable};
+
+// ---------------------------------------------------------------------------------------------
+// Paged attention
+
+/// The sequences of one step as (len, from): the KV holds `len` tokens after the step and the
+/// step's queries are positions `from..len` (a whole prompt, a chunk starting mid-sequence,
+/// or one decode token).
+const SEQS: [(usize, usize); 7] = [
+    (33, 32),   // decode, straddles 16 and 32
+    (17, 5),    // prefill chunk starting mid-sequence
+    (1, 0),     // one-token prompt
+    (5, 4),     // decode
+    (70, 60),   // chunk crossing the kernel's 64-key tile
+    (9, 0),     // whole prompt
+    (130, 125), // three key tiles
+];
+
+/// (block_size, num_heads, num_kv_heads, head_dim, KV storage).
+type AttnCase = (usize, usize, usize, usize, WeightDType);
+
+/// An attention kernel under test: a kind, and for the split kind its partition size, small
+/// so that the contexts of [`SEQS`] span several: up to 9 partitions of 16 (block-aligned), or
+/// 2 of 70 (starting mid-block, each a full 64-key tile and a partial one).
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Workgroup,
+    Serial,
+    Split(usize),
+    /// Split with the partition [`SplitLimits::partition`] picks, as the runner builds it.
+    SplitForModel,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant::Workgroup,
+    Variant::Serial,
+    Variant::Split(16),
+    Variant::Split(70),
+];
+
+impl Variant {
+    /// The wrapper; a split one's scratch is sized for `limits`.
+    fn build(self, hd: usize, kv: WeightDType, limits: SplitLimits) -> PagedAttention {
+        let attn = match self {
+            Variant::Workgroup => {
+                PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Workgroup)
+            }
+            Variant::Serial => PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Serial),
+            Variant::Split(part) => {
+                PagedAttention::split_with_partition(ctx(), hd, kv, limits, part)
+            }
+            Variant::SplitForModel => PagedAttention::split(ctx(), hd, kv, limits),
+        };
+        let attn = attn.unwrap_or_else(|e| panic!("{self:?}: {e}"));
+        let kind = match self {
+            Variant::Workgroup => AttentionKind::Workgroup,
+            Variant::Serial => AttentionKind::Serial,
+            Variant::Split(_) | Variant::SplitForModel => AttentionKind::Split,
+        };
+        assert_eq!(attn.kind(), kind);
+        let partition = match self {
+            Variant::Workgroup | Variant::Serial => None,
+            Variant::Split(part) => Some(part),
+            Variant::SplitForModel => Some(limits.partition()),
+        };
+        assert_eq!(attn.partition(), partition);
+        attn
+    }
+}
+
+/// Block tables for `seqs` (as in [`SEQS`]) in a pool with spare blocks; returns (pool
+/// blocks, tables).
+/// Shuffled: the free list is permuted first and the sequences grow one block each in turn,
+/// so every table is scattered; otherwise each sequence gets consecutive blocks.
+fn block_tables(
+    seqs: &[(usize, usize)],
+    bs: usize,
+    shuffled: bool,
+    rng: &mut Rng,
+) -> (usize, Vec<BlockTable>) {
+    let blocks: Vec<usize> = seqs.iter().map(|(len, _)| len.div_ceil(bs)).collect();
+    let mut pool = BlockPool::new(blocks.iter().sum::<usize>() + 5, bs).expect("pool");
+    if shuffled {
+        let n = pool.num_blocks();
+        let mut all: Vec<BlockId> = (0..n).map(|_| pool.allocate().expect("block")).collect();
+        rng.shuffle(&mut all);
+        all.into_iter()
+            .for_each(|b| pool.release(b).expect("release"));
+    }
+    let mut tables = vec![BlockTable::new(); seqs.len()];
+    for round in 1..=blocks.iter().copied().max().unwrap_or(0) {
+        for (table, &(len, _)) in tables.iter_mut().zip(seqs) {
+            let tokens = if shuffled { len.min(round * bs) } else { len };
+            table.grow_to(&mut pool, tokens).expect("grow");
+        }
+    }
+    let scattered = tables
+        .iter()
+        .any(|t| t.blocks().windows(2).any(|w| w[1].0 != w[0].0 + 1));
+    assert_eq!(scattered, shuffled, "block layout");
+    (pool.num_blocks(), tables)
+}
+
+/// Builds the step (K/V of earlier positions written straight into the pool, the step's own
+/// K/V through kv_write), runs kv_write + paged attention in one pass, checks every listed
+/// token alone (T = 1) against its row in the batch bit for bit; returns (gpu, reference).
+fn paged_attention_case(
+    seqs: &[(usize, usize)],
+    c: AttnCase,
+    kind: Variant,
+    shuffled: bool,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let (bs, nh, nkv, hd, kv) = c;
+    let kv_dim = nkv * hd;
+    let q_dim = nh * hd;
+    let row_stride = q_dim + 2 * kv_dim + 2;
+    let mut rng = Rng::new(seed);
+    // Contiguous per-sequence K/V (len, kv_dim), as stored (f16-rounded when the pool is f16).
+    let mut per_seq = || -> Vec<Vec<f32>> {
+        seqs.iter()
+            .map(|(len, _)| round_to(&rng.normals(len * kv_dim, 1.0), kv))
+            .collect()
+    };
+    let (keys, values) = (per_seq(), per_seq());
+
+    let mut layout_rng = Rng::new(seed ^ 0xB10C);
+    let (num_blocks, tables) = block_tables(seqs, bs, shuffled, &mut layout_rng);
+    let max_blocks = tables.iter().map(|t| t.blocks().len()).max().unwrap_or(0) + 1;
+    let mut batch = StepBatch::new(max_blocks);
+    for (&(len, from), table) in seqs.iter().zip(&tables) {
+        let tokens: Vec<u32> = (from..len).map(|p| p as u32).collect();
+        batch
+            .push_sequence(&tokens, from, table, bs, LogitRows::Last)
+            .expect("table covers the step");
+    }
+    let t = batch.num_tokens();
+
+    // qkv rows: Q random; K and V are the token's own entries of keys/values.
+    let mut qkv = rng.normals(t * row_stride, 1.0);
+    for tok in 0..t {
+        let (s, pos) = (batch.token_seq[tok] as usize, batch.positions[tok] as usize);
+        let row = &mut qkv[tok * row_stride..(tok + 1) * row_stride];
+        row[q_dim..q_dim + kv_dim].copy_from_slice(&keys[s][pos * kv_dim..(pos + 1) * kv_dim]);
+        row[q_dim + kv_dim..q_dim + 2 * kv_dim]
+            .copy_from_slice(&values[s][pos * kv_dim..(pos + 1) * kv_dim]);
+    }
+    // The pool: large garbage everywhere (a wrong slot shows), then the earlier positions.
+    let num_slots = num_blocks * bs;
+    let mut k_pool = rng.normals(num_slots * kv_dim, 10.0);
+    let mut v_pool = rng.normals(num_slots * kv_dim, 10.0);
+    for ((&(_, from), table), (k, v)) in seqs.iter().zip(&tables).zip(keys.iter().zip(&values)) {
+        for pos in 0..from {
+            let slot = table.slot(pos, bs).expect("slot") as usize;
+            let (dst, src) = (
+                slot * kv_dim..(slot + 1) * kv_dim,
+                pos * kv_dim..(pos + 1) * kv_dim,
+            );
+            k_pool[dst.clone()].copy_from_slice(&k[src.clone()]);
+            v_pool[dst].copy_from_slice(&v[src]);
+        }
+    }
+
+    let p = AttentionParams {
+        num_tokens: t,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: hd,
+        row_stride,
+        block_size: bs,
+        max_blocks,
+        scale: 1.0 / (hd as f32).sqrt(),
+        max_context_len: batch.context_lens.iter().max().map_or(0, |&c| c as usize),
+    };
+    let longest = seqs.iter().map(|&(len, _)| len).max();
+    assert_eq!(Some(p.max_context_len), longest, "the longest sequence");
+    let want = attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
+
+    let qkv_b = f32s("qkv", &qkv, &[t, row_stride]);
+    let k_cache = tensor("k_cache", &k_pool, &[num_slots, kv_dim], kv);
+    let v_cache = tensor("v_cache", &v_pool, &[num_slots, kv_dim], kv);
+    let slots_b = u32s("slot_mapping", &batch.slot_mapping);
+    let tables_b = u32s("block_tables", &batch.block_tables);
+    let seq_b = u32s("token_seq", &batch.token_seq);
+    let pos_b = u32s("positions", &batch.positions);
+    let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
+    let kvw = KvWrite::new(ctx(), kv);
+    // The scratch fits this batch and any position the tables can hold.
+    let limits = SplitLimits {
+        max_tokens: t,
+        num_heads: nh,
+        max_context: max_blocks * bs,
+    };
+    let attn = kind.build(hd, kv, limits);
+    let kvw_bg = kvw.bind(
+        ctx(),
+        &qkv_b.buffer,
+        &slots_b.buffer,
+        &k_cache.buffer,
+        &v_cache.buffer,
+    );
+    let bind =
+        |q: &GpuTensor, tables: &GpuTensor, seq: &GpuTensor, pos: &GpuTensor, out: &GpuTensor| {
+            let (k, v) = (&k_cache.buffer, &v_cache.buffer);
+            attn.bind(
+                ctx(),
+                &q.buffer,
+                k,
+                v,
+                &tables.buffer,
+                &seq.buffer,
+                &pos.buffer,
+                &out.buffer,
+            )
+        };
+    let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
+    run(|pass| {
+        kvw.encode(pass, &kvw_bg, t, row_stride, q_dim, kv_dim);
+        attn.encode(pass, &attn_bg, &p);
+    });
+    let gpu = read(&out);
+
+    // Batch invariance: each decode token, and the first and last token of every chunk,
+    // alone in a T = 1 step over the same (now fully written) pool.
+    let mut alone = Vec::new();
+    for s in 0..seqs.len() {
+        let (a, b) = (batch.query_start[s], batch.query_start[s + 1]);
+        alone.extend([a as usize, b as usize - 1]);
+    }
+    alone.dedup();
+    for tok in alone {
+        let s = batch.token_seq[tok] as usize;
+        let row = tok * row_stride..(tok + 1) * row_stride;
+        let q1 = f32s("qkv row", &qkv[row], &[1, row_stride]);
+        let table1 = &batch.block_tables[s * max_blocks..(s + 1) * max_blocks];
+        let table1 = u32s("table row", table1);
+        let seq1 = u32s("token_seq", &[0]);
+        let pos1 = u32s("positions", &[batch.positions[tok]]);
+        let out1 = f32s("out row", &rng.normals(q_dim, 1.0), &[1, q_dim]);
+        let bg1 = bind(&q1, &table1, &seq1, &pos1, &out1);
+        // Its own context sizes the grid: fewer partitions than the batch's.
+        let p1 = AttentionParams {
+            num_tokens: 1,
+            max_context_len: batch.positions[tok] as usize + 1,
+            ..p
+        };
+        run(|pass| attn.encode(pass, &bg1, &p1));
+        assert_bits_eq(
+            &format!(
+                "{c:?} {kind:?}: token {tok} (seq {s}, position {}) alone vs in a batch of {t}",
+                batch.positions[tok]
+            ),
+            &read(&out1),
+            &gpu[tok * q_dim..(tok + 1) * q_dim],
+        );
+    }
+    (gpu, want)
+}
+
+fn check_paged_attention(cases: &[AttnCase]) {
+    for kind in VARIANTS {
+        for (i, &c) in cases.iter().enumerate() {
+            let (gpu, want) = paged_attention_case(&SEQS, c, kind, true, i as u64 + 1);
+            assert_close(&format!("paged attention {c:?} {kind:?}"), &gpu, &want, TOL);
+        }
+    }
+}
+
+#[test]
+fn paged_attention_gqa_over_shuffled_blocks() {
+    check_paged_attention(&[
+        (4, 6, 2, 16, F32),
+        (16, 6, 2, 16, F16),
+        (16, 6, 2, 64, F32),
+        (4, 6, 2, 64, F16),
+    ]);
+}
+
+#[test]
+fn paged_attention_head128_and_one_token_blocks() {
+    // head_dim 128 (two dims per thread); block size 1 without grouping: every position is
+    // its own table entry.
+    check_paged_attention(&[(16, 8, 2, 128, F16), (1, 3, 3, 16, F32)]);
+}
+
+#[test]
+fn paged_attention_does_not_depend_on_block_placement() {
+    // Same data, scattered vs consecutive blocks: bit-identical outputs.
+    for (kv, kind) in [F32, F16]
+        .into_iter()
+        .flat_map(|kv| VARIANTS.map(|k| (kv, k)))
+    {
+        let c = (4, 6, 2, 16, kv);
+        let (scattered, want) = paged_attention_case(&SEQS, c, kind, true, 9);
+        let (contiguous, _) = paged_attention_case(&SEQS, c, kind, false, 9);
+        let what = format!("{c:?} {kind:?}: shuffled vs contiguous blocks");
+        assert_bits_eq(&what, &scattered, &contiguous);
+        assert_close(
+            &format!("paged attention {c:?} {kind:?}"),
+            &scattered,
+            &want,
+            TOL,
+        );
+    }
+}
+
+/// Long contexts for the split kind with its own partition rule: the tables hold 720
+/// positions, so partitions of 256 (3 per token at most).
+const LONG_SEQS: [(usize, usize); 5] = [
+    (700, 699), // decode in the third partition
+    (257, 256), // decode: the first key of the second partition
+    (256, 255), // decode: the last key of the first partition
+    (513, 500), // chunk crossing from the second partition into the third
+    (40, 0),    // whole prompt, one partition
+];
+
+#[test]
+fn split_attention_over_long_contexts() {
+    let c = (16, 4, 2, 64, F16);
+    for (i, kind) in [
+        Variant::SplitForModel,
+        Variant::Split(16),
+        Variant::Workgroup,
+        Variant::Serial,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (gpu, want) = paged_attention_case(&LONG_SEQS, c, kind, true, 30 + i as u64);
+        assert_close(&format!("paged attention {c:?} {kind:?}"), &gpu, &want, TOL);
+    }
+}
+
+#[test]
+fn split_partition_is_fixed_by_the_model_context() {
+    let part = |max_context| {
+        SplitLimits {
+            max_tokens: 512,
+            num_heads: 9,
+            max_context,
+        }
+        .partition()
+    };
+    // Partitions of 256 keys while the longest context needs at most 16 of them; past that
+    // the partition doubles until 16 cover it.
+    assert_eq!(part(1), 256);
+    assert_eq!(part(2048), 256); // 8 partitions
+    assert_eq!(part(4096), 256); // 16
+    assert_eq!(part(4097), 512); // 9 of 512
+    assert_eq!(part(8192), 512); // SmolLM2: 16 of 512
+    assert_eq!(part(8193), 1024); // 9 of 1024
+    assert_eq!(part(32768), 2048); // 16 of 2048
+    // The tokens per step and the heads size the scratch, never the partition.
+    let one = SplitLimits {
+        max_tokens: 1,
+        num_heads: 1,
+        max_context: 8192,
+    };
+    assert_eq!(one.partition(), 512);
+}
+
+#[test]
+fn split_attention_needs_its_sizes() {
+    // with_kind has no sizes for the scratch: the split kind is refused, not half built.
+    let r = PagedAttention::with_kind(ctx(), 64, F16, AttentionKind::Split);
+    assert!(
+        r.is_err(),
+        "with_kind built a split attention without its limits"
+    );
+    let limits = SplitLimits {
+        max_tokens: 3,
+        num_heads: 2,
+        max_context: 50,
+    };
+    let r = PagedAttention::split_with_partition(ctx(), 64, F16, limits, 0);
+    assert!(r.is_err(), "a partition of 0 keys was accepted");
+    let attn = PagedAttention::split(ctx(), 64, F16, limits).expect("split");
+    assert_eq!(attn.partition(), Some(256));
+    // The runner's constructor: Serial on a CPU adapter such as lavapipe, Split on GPUs.
+    let attn = PagedAttention::for_model(ctx(), 64, F16, limits).expect("for_model");
+    assert_eq!(attn.kind(), AttentionKind::for_adapter(ctx()));
+    let on_cpu = ctx().adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
+    let want = if on_cpu {
+        AttentionKind::Serial
+    } else {
+        AttentionKind::Split
+    };
+    assert_eq!(attn.kind(), want);
+    assert_eq!(attn.partition().is_some(), !on_cpu);
+}
