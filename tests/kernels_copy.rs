@@ -71,19 +71,7 @@ fn copy_on_gpu(
     let k = CopyBlocks::new(ctx());
     let bg = k.bind(ctx(), &pb.buffer, &kc.buffer, &vc.buffer);
     let wpb = copy_blocks::words_per_block(block_size, kv_dim, dtype);
-    let mut enc = ctx()
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("test"),
-        });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("test"),
-            timestamp_writes: None,
-        });
-        k.encode(&mut pass, &bg, pairs.len(), wpb);
-    }
-    ctx().queue.submit([enc.finish()]);
+    common::plumbing::run(|pass| k.encode(pass, &bg, pairs.len(), wpb));
     [before, (words(&kc), words(&vc))]
 }
 

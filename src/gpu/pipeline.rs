@@ -113,62 +113,9 @@ impl Kernel {
         read_only: &[bool],
         variants: &[&[(&str, f64)]],
     ) -> Vec<Kernel> {
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = read_only
-            .iter()
-            .enumerate()
-            .map(|(i, ro)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *ro },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
-        let layout = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(src.name),
-                entries: &entries,
-            });
-        let pipeline_layout = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(src.name),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: ctx.device.limits().max_immediate_size,
-            });
-        let module = ctx
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(src.name),
-                source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
-            });
-        variants
-            .iter()
-            .map(|constants| {
-                let pipeline =
-                    ctx.device
-                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                            label: Some(src.name),
-                            layout: Some(&pipeline_layout),
-                            module: &module,
-                            entry_point: Some("main"),
-                            compilation_options: wgpu::PipelineCompilationOptions {
-                                constants,
-                                zero_initialize_workgroup_memory: false,
-                            },
-                            cache: None,
-                        });
-                Kernel {
-                    name: src.name,
-                    pipeline,
-                    layout: layout.clone(),
-                }
-            })
-            .collect()
+        let members: Vec<(ShaderSource, &[(&str, f64)])> =
+            variants.iter().map(|c| (src, *c)).collect();
+        Self::sharing_layout(ctx, read_only, &members)
     }
 
     /// Pipelines of several shaders, each with its own override constants, sharing one explicit
@@ -210,21 +157,33 @@ impl Kernel {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: ctx.device.limits().max_immediate_size,
             });
-        members
-            .iter()
-            .map(|(src, constants)| {
+        // One module per distinct shader, however many constant sets it comes with.
+        let mut modules: Vec<(&str, wgpu::ShaderModule)> = Vec::new();
+        for (src, _) in members {
+            if !modules.iter().any(|(name, _)| *name == src.name) {
                 let module = ctx
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(src.name),
                         source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
                     });
+                modules.push((src.name, module));
+            }
+        }
+        members
+            .iter()
+            .map(|(src, constants)| {
+                let module = &modules
+                    .iter()
+                    .find(|(name, _)| *name == src.name)
+                    .expect("a module was made for every member")
+                    .1;
                 let pipeline =
                     ctx.device
                         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                             label: Some(src.name),
                             layout: Some(&pipeline_layout),
-                            module: &module,
+                            module,
                             entry_point: Some("main"),
                             compilation_options: wgpu::PipelineCompilationOptions {
                                 constants,

@@ -17,6 +17,25 @@ pub struct RopeParams {
     pub style: RopeStyle,
 }
 
+impl RopeParams {
+    /// The `Params` struct of rope.wgsl and rope_kv_write.wgsl.
+    pub(crate) fn immediates(&self) -> [u32; 7] {
+        let style = match self.style {
+            RopeStyle::Interleaved => 0,
+            RopeStyle::Half => 1,
+        };
+        [
+            self.num_tokens as u32,
+            self.row_stride as u32,
+            self.num_heads as u32,
+            self.num_kv_heads as u32,
+            self.head_dim as u32,
+            self.max_positions as u32,
+            style,
+        ]
+    }
+}
+
 pub struct Rope {
     kernel: Kernel,
 }
@@ -39,19 +58,7 @@ impl Rope {
     }
 
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
-        let style = match p.style {
-            RopeStyle::Interleaved => 0,
-            RopeStyle::Half => 1,
-        };
-        let imm = [
-            p.num_tokens as u32,
-            p.row_stride as u32,
-            p.num_heads as u32,
-            p.num_kv_heads as u32,
-            p.head_dim as u32,
-            p.max_positions as u32,
-            style,
-        ];
+        let imm = p.immediates();
         let n = p.num_tokens * (p.num_heads + p.num_kv_heads) * p.head_dim / 2;
         self.kernel.dispatch(pass, bg, &imm, groups_for(n, 256));
     }

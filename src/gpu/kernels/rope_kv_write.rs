@@ -4,7 +4,6 @@
 
 use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE};
 use crate::gpu::{GpuContext, WeightDType};
-use crate::model::RopeStyle;
 
 use super::{RopeParams, groups_for, kv_write, rope};
 
@@ -39,19 +38,7 @@ impl RopeKvWrite {
 
     /// K starts right after the Q heads (column num_heads · head_dim), V right after K.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
-        let style = match p.style {
-            RopeStyle::Interleaved => 0,
-            RopeStyle::Half => 1,
-        };
-        let imm = [
-            p.num_tokens as u32,
-            p.row_stride as u32,
-            p.num_heads as u32,
-            p.num_kv_heads as u32,
-            p.head_dim as u32,
-            p.max_positions as u32,
-            style,
-        ];
+        let imm = p.immediates();
         let items = p.num_tokens * (p.num_heads + 2 * p.num_kv_heads) * p.head_dim / 2;
         self.kernel.dispatch(pass, bg, &imm, groups_for(items, 256));
     }
