@@ -251,8 +251,11 @@ pub struct LockstepRun {
     /// Seconds of the decode steps (each advances every sequence by one token).
     pub decode_s: f64,
     pub decode_steps: usize,
-    /// Mean CPU µs per decode step spent writing metadata and recording dispatches.
+    /// Mean CPU µs per decode step spent writing metadata and recording dispatches before the
+    /// submit (the step's critical path on the CPU).
     pub decode_encode_us: f64,
+    /// Decode steps whose commands were recorded while the GPU ran the step before.
+    pub decode_prerecorded_steps: usize,
     /// Per-kernel GPU time summed over the decode steps (when profiling is on).
     pub decode_profile: Option<StepProfile>,
     /// The same for the prefill steps.
@@ -363,6 +366,7 @@ impl Generator {
             batch.full_logits.fill(false);
             let out = self.runner.forward(&batch)?;
             encode_us += self.runner.last_timing().encode_us;
+            run.decode_prerecorded_steps += usize::from(self.runner.last_timing().prerecorded);
             add(&mut run.decode_profile, self.runner.last_profile());
             for (i, l) in last.iter_mut().enumerate() {
                 *l = out.argmax(i);

@@ -70,3 +70,22 @@ fn tiny_llama_gqa_matches_with_other_block_sizes() {
 fn tiny_gpt2_matches_transformers_f32() {
     check_model("tiny-gpt2-public", 16);
 }
+
+/// Decode steps run the commands the runner recorded while the GPU ran the step before (their
+/// shape is predictable), so the CPU's recording leaves the step's critical path. The golden
+/// checks above go through the same path: prerecorded steps must give the same ids.
+#[test]
+fn decode_steps_run_prerecorded_commands() {
+    let mut opts = ModelOptions::new(fixtures().join("tiny-llama-gqa-public"));
+    opts.dtype = WeightDType::F32;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let prompts = vec![
+        vec![3, 1, 4, 1, 5],
+        vec![9, 2, 6],
+        vec![5, 3, 5, 8, 9, 7, 9],
+    ];
+    let run = g.lockstep(&prompts, 6).unwrap();
+    assert_eq!(run.decode_steps, 6);
+    assert_eq!(run.decode_prerecorded_steps, 6);
+    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+}

@@ -214,6 +214,11 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
         let prefill_s = median(runs.iter().map(|r| r.prefill_s).collect());
         let decode_s = median(runs.iter().map(|r| r.decode_s).collect());
         let encode_us = median(runs.iter().map(|r| r.decode_encode_us).collect());
+        let prerecorded = runs
+            .iter()
+            .map(|r| r.decode_prerecorded_steps)
+            .min()
+            .unwrap_or(0);
         let prefill_tps = (b * plen) as f64 / prefill_s;
         let decode_tps = (b * gen_len) as f64 / decode_s;
         let ms_step = decode_s * 1e3 / gen_len as f64;
@@ -223,20 +228,19 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             "decode_tok_per_s": decode_tps,
             "decode_ms_per_step": ms_step,
             "cpu_encode_us_per_step": encode_us,
+            "prerecorded_steps": prerecorded,
         });
+        if !a.common.json {
+            println!(
+                "batch {b:4}: prefill {prefill_tps:9.1} tok/s  decode {decode_tps:9.1} tok/s ({ms_step:.2} ms/step, CPU before submit {encode_us:.0} µs, {prerecorded}/{gen_len} steps prerecorded)"
+            );
+        }
         if let Some(pr) = profiled.as_ref().and_then(|r| r.decode_profile.as_ref()) {
             let cpu = profiled.as_ref().map_or(f64::NAN, |r| r.decode_encode_us);
             row["profile"] = profile_json(pr, gen_len, cpu);
             if !a.common.json {
-                println!(
-                    "batch {b:4}: prefill {prefill_tps:9.1} tok/s  decode {decode_tps:9.1} tok/s ({ms_step:.2} ms/step, CPU encode {encode_us:.0} µs)"
-                );
                 print_profile("  profile (decode steps)", pr, gen_len, cpu);
             }
-        } else if !a.common.json {
-            println!(
-                "batch {b:4}: prefill {prefill_tps:9.1} tok/s  decode {decode_tps:9.1} tok/s ({ms_step:.2} ms/step, CPU encode {encode_us:.0} µs)"
-            );
         }
         results.push(row);
     }

@@ -125,6 +125,9 @@ pub struct Runner {
     profiler: Option<Profiler>,
     last_profile: Option<StepProfile>,
     last_timing: StepTiming,
+    /// The next step's commands, recorded while the GPU ran the last one, for the shape a
+    /// decode step after it would have; used when the next batch has that shape.
+    prerecorded: Option<(StepShape, wgpu::CommandBuffer)>,
     // Kept alive for the bind groups above.
     _weights: ModelWeights,
     _buffers: Vec<wgpu::Buffer>,
@@ -133,8 +136,11 @@ pub struct Runner {
 /// CPU-side time of the last step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTiming {
-    /// Writing the metadata and recording the dispatches, up to the submit.
+    /// Writing the metadata and recording the dispatches, up to the submit (only the metadata
+    /// when the commands were prerecorded).
     pub encode_us: f64,
+    /// Whether the step ran commands recorded while the GPU ran the step before.
+    pub prerecorded: bool,
     /// The whole `forward` call, readback included.
     pub total_us: f64,
 }
@@ -452,6 +458,7 @@ impl Runner {
             profiler: None,
             last_profile: None,
             last_timing: StepTiming::default(),
+            prerecorded: None,
             _weights: weights,
             _buffers: buffers,
         })
@@ -629,10 +636,46 @@ impl Runner {
             );
         }
 
+        let shape = StepShape::of(batch);
+        let readback = Readback::new(&shape.full_logits, self.cfg.vocab_size);
+        let profiling = profiler.is_some();
+        let commands = match self.prerecorded.take() {
+            Some((s, commands)) if s == shape && !profiling => {
+                self.last_timing.prerecorded = true;
+                commands
+            }
+            _ => {
+                self.last_timing.prerecorded = false;
+                self.record(&shape, &readback, profiler)
+            }
+        };
+        self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
+        self.ctx.queue.submit([commands]);
+        // While the GPU runs this step, record the next one in case it has the shape a decode
+        // step following this one would have (the common case when every sequence decodes).
+        if !profiling {
+            if let Some(next) = shape.next_decode() {
+                let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
+                let commands = self.record(&next, &next_readback, None);
+                self.prerecorded = Some((next, commands));
+            }
+        }
+        readback.finish(&self.ctx, &self.staging)
+    }
+
+    /// Records a step of `shape` (every dispatch and the readback copies) into one command
+    /// buffer. Nothing here reads the batch's contents: those reach the GPU through the
+    /// metadata buffers.
+    fn record(
+        &self,
+        shape: &StepShape,
+        readback: &Readback,
+        profiler: Option<&mut Profiler>,
+    ) -> wgpu::CommandBuffer {
         let cfg = &self.cfg;
         let k = &self.kernels;
-        let t = batch.num_tokens();
-        let r = batch.logit_rows.len();
+        let t = shape.tokens;
+        let r = shape.full_logits.len();
         let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
         let mut rec = Recorder::new(&self.ctx, profiler);
@@ -655,7 +698,7 @@ impl Runner {
                 block_size: self.rc.block_size,
                 max_blocks: self.max_blocks,
                 scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                max_context_len: batch.context_lens.iter().max().map_or(0, |&c| c as usize),
+                max_context_len: shape.max_context_len,
             };
             for lb in &self.layers {
                 match cfg.arch {
@@ -738,11 +781,39 @@ impl Runner {
                     .encode(rec.pass("argmax"), &self.argmax_bind, r, vocab);
             }
         }
-        let readback = Readback::new(&batch.full_logits, vocab);
         readback.record(rec.encoder(), &self.ids, &self.logits, &self.staging);
-        let commands = rec.finish();
-        self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
-        self.ctx.queue.submit([commands]);
-        readback.finish(&self.ctx, &self.staging)
+        rec.finish()
+    }
+}
+
+/// What a step's recorded commands depend on; everything else about a batch reaches the GPU
+/// through the metadata buffers, so two batches of one shape can share a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StepShape {
+    tokens: usize,
+    /// Sizes the split-attention grid.
+    max_context_len: usize,
+    /// One per logits row (`StepBatch::full_logits`).
+    full_logits: Vec<bool>,
+}
+
+impl StepShape {
+    fn of(b: &StepBatch) -> Self {
+        Self {
+            tokens: b.num_tokens(),
+            max_context_len: b.context_lens.iter().max().map_or(0, |&c| c as usize),
+            full_logits: b.full_logits.clone(),
+        }
+    }
+
+    /// The shape of the next step if it decodes one token for each sequence that got logits
+    /// here (after a decode step: every sequence goes on; after a prefill: the prompts that
+    /// ended) and the longest sequence is among them.
+    fn next_decode(&self) -> Option<Self> {
+        (!self.full_logits.is_empty()).then(|| Self {
+            tokens: self.full_logits.len(),
+            max_context_len: self.max_context_len + 1,
+            full_logits: self.full_logits.clone(),
+        })
     }
 }
