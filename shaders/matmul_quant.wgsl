@@ -13,6 +13,11 @@
 // x is (M, K) f32 read as vec4s; y has row stride y_stride and this call writes columns
 // [y_col, y_col + N) (a weight split across buffers by rows is one call per part).
 // flags bit 0: add bias[n]; bit 1: accumulate into y (the fused residual add).
+// GLU = true (SwiGLU's gate, up and SiLU·mul in one pass): W is the stacked (2N, K) gate|up
+// weight, the thread computes gate row n and up row N + n from the same loaded x, and writes
+// y[m, y_col + n] = silu(gate) * up with silu(g) = g / (1 + exp(-g)) as in silu_mul.wgsl
+// (no bias, no accumulate; COLS <= 8 counts output columns, so a thread reads 2·COLS weight
+// rows).
 //
 // Bindings:
 //   0 x     vec4<f32> (M, K / 4)
@@ -35,6 +40,7 @@
 // No workgroup memory and no barrier (llvmpipe pays dearly for barriers).
 
 override Q8: bool = false;
+override GLU: bool = false;
 // Rows of x per thread (the wrapper uses 1, 4 or 8).
 override ROWS: u32 = 4u;
 // Output columns per thread: n = wg.x * WG * COLS + c * WG + lid for c < COLS.
@@ -42,6 +48,8 @@ override COLS: u32 = 4u;
 override WG: u32 = 64u;
 const MAX_ROWS: u32 = 8u;
 const MAX_COLS: u32 = 8u;
+// Where GLU keeps the up sums in acc (its COLS is at most 8).
+const UP: u32 = 64u;
 
 struct Params {
     m: u32,
@@ -75,9 +83,14 @@ fn nibbles(q: u32, shift: u32, d: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
     return fma(d, vec4<f32>(unpack4xU8((q >> shift) & 0x0f0f0f0fu)), m);
 }
 
+// Weight rows stored: the stacked gate|up has twice the output columns.
+fn weight_rows() -> u32 {
+    return select(p.n, 2u * p.n, GLU);
+}
+
 fn load_block(n: u32, b: u32) -> Block {
     if Q8 {
-        let i = (b * p.n + n) * 9u;
+        let i = (b * weight_rows() + n) * 9u;
         let d = vec4<f32>(unpack2x16float(w[i]).x);
         return Block(
             d * vec4<f32>(unpack4xI8(w[i + 1u])),
@@ -90,7 +103,7 @@ fn load_block(n: u32, b: u32) -> Block {
             d * vec4<f32>(unpack4xI8(w[i + 8u])),
         );
     }
-    let i = (b * p.n + n) * 5u;
+    let i = (b * weight_rows() + n) * 5u;
     let dm = unpack2x16float(w[i]);
     let d = vec4<f32>(dm.x);
     let m = vec4<f32>(dm.y);
@@ -110,8 +123,12 @@ fn load_block(n: u32, b: u32) -> Block {
     );
 }
 
+fn reduce(acc: vec4<f32>) -> f32 {
+    return (acc.x + acc.y) + (acc.z + acc.w);
+}
+
 fn store(row: u32, col: u32, acc: vec4<f32>) {
-    var v = (acc.x + acc.y) + (acc.z + acc.w);
+    var v = reduce(acc);
     if (p.flags & 1u) != 0u {
         v = v + bias[col];
     }
@@ -131,6 +148,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let row_vec4s = p.k / 4u;
     // acc[c * MAX_ROWS + r]: column n0 + c * WG, row row0 + r.
+    // With GLU (COLS <= 8): the up rows' sums at acc[UP + c * MAX_ROWS + r].
     var acc: array<vec4<f32>, 128>;
     // x[row0 + r, this block] as 8 vec4 each: loaded once per block, used for every column.
     var xs: array<vec4<f32>, 64>;
@@ -149,8 +167,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let wb = load_block(n, b);
                 for (var r = 0u; r < ROWS; r++) {
                     if row0 + r < p.m {
+                        let i = c * MAX_ROWS + r;
                         let xr = r * 8u;
-                        var a = acc[c * MAX_ROWS + r];
+                        var a = acc[i];
                         a = fma(xs[xr], wb.w0, a);
                         a = fma(xs[xr + 1u], wb.w1, a);
                         a = fma(xs[xr + 2u], wb.w2, a);
@@ -159,7 +178,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                         a = fma(xs[xr + 5u], wb.w5, a);
                         a = fma(xs[xr + 6u], wb.w6, a);
                         a = fma(xs[xr + 7u], wb.w7, a);
-                        acc[c * MAX_ROWS + r] = a;
+                        acc[i] = a;
+                    }
+                }
+                if GLU {
+                    // The up row of the same column, over the same x.
+                    let wu = load_block(p.n + n, b);
+                    for (var r = 0u; r < ROWS; r++) {
+                        if row0 + r < p.m {
+                            let i = UP + c * MAX_ROWS + r;
+                            let xr = r * 8u;
+                            var a = acc[i];
+                            a = fma(xs[xr], wu.w0, a);
+                            a = fma(xs[xr + 1u], wu.w1, a);
+                            a = fma(xs[xr + 2u], wu.w2, a);
+                            a = fma(xs[xr + 3u], wu.w3, a);
+                            a = fma(xs[xr + 4u], wu.w4, a);
+                            a = fma(xs[xr + 5u], wu.w5, a);
+                            a = fma(xs[xr + 6u], wu.w6, a);
+                            a = fma(xs[xr + 7u], wu.w7, a);
+                            acc[i] = a;
+                        }
                     }
                 }
             }
@@ -169,7 +208,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let n = n0 + c * WG;
         for (var r = 0u; r < ROWS; r++) {
             if n < p.n && row0 + r < p.m {
-                store(row0 + r, n, acc[c * MAX_ROWS + r]);
+                if GLU {
+                    let g = reduce(acc[c * MAX_ROWS + r]);
+                    let u = reduce(acc[UP + c * MAX_ROWS + r]);
+                    y[(row0 + r) * p.y_stride + p.y_col + n] = (g / (1.0 + exp(-g))) * u;
+                } else {
+                    store(row0 + r, n, acc[c * MAX_ROWS + r]);
+                }
             }
         }
     }

@@ -407,3 +407,77 @@ fn timing_matmul_quant_vs_f16() {
         }
     }
 }
+
+/// SwiGLU's gate, up and SiLU·mul in one matmul pass: bit-identical to the quantized matmul
+/// into the stacked gate|up buffer followed by the silu_mul kernel, for every format, work
+/// split and a batch size per rows-per-thread choice; columns outside the call untouched.
+#[test]
+fn glu_matmul_equals_matmul_then_silu_mul() {
+    use wllm::gpu::kernels::SiluMul;
+    let (n, k, y_col, y_stride) = (45usize, 96usize, 3usize, 50usize);
+    for (d, dtype) in QUANT_TYPES.into_iter().enumerate() {
+        for tuning in [tunings()[0], tunings()[1], tunings()[2]] {
+            let format = QuantFormat::of(dtype).expect("quantized");
+            let mm = MatmulQuant::with_glu(ctx(), format, tuning);
+            for m in [1usize, 5, 13] {
+                let what = format!("glu {dtype:?} {tuning:?} m={m}");
+                let mut rng = Rng::new(100 + d as u64 * 7 + m as u64);
+                let x = rng.normals(m * k, 1.0);
+                let raw = random_blocks(&mut rng, dtype, 2 * n, k);
+                let y0 = rng.normals(m * y_stride, 1.0);
+                let xb = f32s("x", &x, &[m, k]);
+                let wb = quant_weight("w", &raw, dtype, 2 * n, k);
+                let dummy = f32s("bias", &[0.0], &[1]);
+
+                // Separate: gate|up (m, 2n), then silu_mul into (m, n).
+                let gate_up = f32s("gate_up", &rng.normals(m * 2 * n, 1.0), &[m, 2 * n]);
+                let act = f32s("act", &rng.normals(m * n, 1.0), &[m, n]);
+                let bg = mm.bind(
+                    ctx(),
+                    &xb.buffer,
+                    &wb.buffer,
+                    &dummy.buffer,
+                    &gate_up.buffer,
+                );
+                let silu = SiluMul::new(ctx());
+                let sbg = silu.bind(ctx(), &gate_up.buffer, &act.buffer);
+                run(|pass| {
+                    mm.encode(pass, &bg, &MatmulParams::plain(m, 2 * n, k));
+                    silu.encode(pass, &sbg, m, n);
+                });
+                let want = read(&act);
+
+                // Fused, into columns y_col.. of a wider y.
+                let y = f32s("y", &y0, &[m, y_stride]);
+                let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &dummy.buffer, &y.buffer);
+                let p = MatmulParams {
+                    y_stride,
+                    y_col,
+                    ..MatmulParams::plain(m, n, k)
+                };
+                run(|pass| mm.encode_glu(pass, &bg, &p));
+                let got = read(&y);
+                for r in 0..m {
+                    let row = &got[r * y_stride..(r + 1) * y_stride];
+                    let row0 = &y0[r * y_stride..(r + 1) * y_stride];
+                    assert_bits_eq(
+                        &format!("{what} row {r}"),
+                        &row[y_col..y_col + n],
+                        &want[r * n..(r + 1) * n],
+                    );
+                    assert_bits_eq(
+                        &format!("{what} row {r} before"),
+                        &row[..y_col],
+                        &row0[..y_col],
+                    );
+                    assert_bits_eq(
+                        &format!("{what} row {r} after"),
+                        &row[y_col + n..],
+                        &row0[y_col + n..],
+                    );
+                }
+                assert!(want.iter().any(|v| *v != 0.0), "{what}: all zero");
+            }
+        }
+    }
+}

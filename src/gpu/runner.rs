@@ -82,6 +82,9 @@ struct MatmulBinds {
     y_stride: usize,
     bias: bool,
     accumulate: bool,
+    /// The stacked gate|up weight with SiLU·mul applied in the same pass: y gets rows / 2
+    /// columns.
+    glu: bool,
 }
 
 struct LayerBinds {
@@ -93,7 +96,8 @@ struct LayerBinds {
     out_proj: MatmulBinds,
     norm2: wgpu::BindGroup,
     up: MatmulBinds,
-    act: wgpu::BindGroup,
+    /// The activation pass; `None` when `up` applies it (SwiGLU fused into the matmul).
+    act: Option<wgpu::BindGroup>,
     down: MatmulBinds,
 }
 
@@ -187,6 +191,16 @@ impl Runner {
                 }
             }
         }
+        // SwiGLU's gate|up matmul and SiLU·mul run as one pass when the stacked weight is
+        // quantized in one binding (the fused kernel reads both halves from it).
+        let glu_formats: Vec<QuantFormat> = weights
+            .layers
+            .iter()
+            .filter_map(|l| match l {
+                LayerWeights::Llama(w) => fused_glu_format(&w.w_gate_up),
+                LayerWeights::Gpt2(_) => None,
+            })
+            .collect();
         let kernels = Kernels {
             embedding: match weights.embed.format {
                 MatrixFormat::Quant(f) => EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f)),
@@ -196,7 +210,15 @@ impl Runner {
             },
             matmul_quant: quant_formats
                 .iter()
-                .map(|&f| (f, MatmulQuant::new(ctx, f, QuantTuning::for_adapter(ctx))))
+                .map(|&f| {
+                    let tuning = QuantTuning::for_adapter(ctx);
+                    let k = if glu_formats.contains(&f) {
+                        MatmulQuant::with_glu(ctx, f, tuning)
+                    } else {
+                        MatmulQuant::new(ctx, f, tuning)
+                    };
+                    (f, k)
+                })
                 .collect(),
             rms_norm: RmsNorm::new(ctx, false),
             rms_norm_gather: RmsNorm::new(ctx, true),
@@ -294,6 +316,7 @@ impl Runner {
                 y_stride,
                 bias: bias.is_some(),
                 accumulate,
+                glu: false,
             })
         };
 
@@ -381,8 +404,17 @@ impl Runner {
                     norm2: kernels
                         .rms_norm
                         .bind(ctx, &x, &w.ffn_norm.buffer, &dummy, &h),
-                    up: matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?,
-                    act: kernels.silu_mul.bind(ctx, &ffn_in, &act),
+                    up: if fused_glu_format(&w.w_gate_up).is_some() {
+                        MatmulBinds {
+                            glu: true,
+                            ..matmul_binds(&w.w_gate_up, &h, None, &act, inner, false)?
+                        }
+                    } else {
+                        matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?
+                    },
+                    act: fused_glu_format(&w.w_gate_up)
+                        .is_none()
+                        .then(|| kernels.silu_mul.bind(ctx, &ffn_in, &act)),
                     down: matmul_binds(&w.w_down, &act, None, &x, d, true)?,
                 },
                 LayerWeights::Gpt2(w) => LayerBinds {
@@ -407,7 +439,7 @@ impl Runner {
                         &h,
                     ),
                     up: matmul_binds(&w.w_fc, &h, Some(&w.b_fc), &ffn_in, inner, false)?,
-                    act: kernels.gelu.bind(ctx, &ffn_in),
+                    act: Some(kernels.gelu.bind(ctx, &ffn_in)),
                     down: matmul_binds(&w.w_proj, &ffn_in, Some(&w.b_proj), &x, d, true)?,
                 },
             });
@@ -579,7 +611,7 @@ fn encode_matmul(
     for (start, rows, bg) in &mb.parts {
         let p = MatmulParams {
             m,
-            n: *rows,
+            n: if mb.glu { *rows / 2 } else { *rows },
             k: mb.k,
             y_stride: mb.y_stride,
             y_col: *start,
@@ -589,8 +621,18 @@ fn encode_matmul(
         let pass = rec.pass(label);
         match mb.format {
             MatrixFormat::Dense(_) => kernels.matmul.encode(pass, bg, &p),
+            MatrixFormat::Quant(f) if mb.glu => quant_kernel(kernels, f).encode_glu(pass, bg, &p),
             MatrixFormat::Quant(f) => quant_kernel(kernels, f).encode(pass, bg, &p),
         }
+    }
+}
+
+/// The quantized format of a stacked gate|up weight the fused SwiGLU matmul can take (one
+/// binding), if any.
+fn fused_glu_format(w: &GpuMatrix) -> Option<QuantFormat> {
+    match w.format {
+        MatrixFormat::Quant(f) if w.parts.len() == 1 => Some(f),
+        _ => None,
     }
 }
 
@@ -742,19 +784,23 @@ impl Runner {
                         k.rms_norm
                             .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
                         encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
-                        k.silu_mul.encode(
-                            rec.pass("activation"),
-                            &lb.act,
-                            t,
-                            cfg.intermediate_size,
-                        );
+                        if let Some(act) = &lb.act {
+                            k.silu_mul.encode(
+                                rec.pass("activation"),
+                                act,
+                                t,
+                                cfg.intermediate_size,
+                            );
+                        }
                     }
                     Architecture::Gpt2 => {
                         k.layer_norm
                             .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
                         encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
-                        k.gelu
-                            .encode(rec.pass("activation"), &lb.act, t * cfg.intermediate_size);
+                        if let Some(act) = &lb.act {
+                            k.gelu
+                                .encode(rec.pass("activation"), act, t * cfg.intermediate_size);
+                        }
                     }
                 }
                 encode_matmul(k, &mut rec, "matmul down", &lb.down, t);

@@ -218,6 +218,8 @@ impl QuantTuning {
 pub struct MatmulQuant {
     /// (rows per thread, pipeline), ROW_CHOICES order.
     kernels: Vec<(usize, Kernel)>,
+    /// The same with GLU on (gate, up and SiLU·mul in one pass), when asked for.
+    glu_kernels: Vec<(usize, Kernel)>,
     tuning: QuantTuning,
 }
 
@@ -226,6 +228,15 @@ impl MatmulQuant {
     pub const ROW_CHOICES: [usize; 3] = [1, 4, 8];
 
     pub fn new(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
+        Self::build(ctx, format, tuning, false)
+    }
+
+    /// Also compiles the GLU pipelines ([`MatmulQuant::encode_glu`]).
+    pub fn with_glu(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
+        Self::build(ctx, format, tuning, true)
+    }
+
+    fn build(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning, glu: bool) -> Self {
         assert!(
             (1..=16).contains(&tuning.cols)
                 && tuning.workgroup >= 1
@@ -234,20 +245,36 @@ impl MatmulQuant {
                     .is_none_or(|r| Self::ROW_CHOICES.contains(&r)),
             "MatmulQuant tuning out of range: {tuning:?}"
         );
-        let consts = |rows: usize| {
+        // A GLU thread reads two weight rows per output column: half the columns keep its
+        // loads per block where the plain kernel has them.
+        let glu_cols = Self::glu_cols(tuning);
+        let consts = |rows: usize, glu: bool| {
             [
                 ("Q8", format.q8_constant()),
+                ("GLU", f64::from(u8::from(glu))),
                 ("ROWS", rows as f64),
-                ("COLS", tuning.cols as f64),
+                ("COLS", if glu { glu_cols } else { tuning.cols } as f64),
                 ("WG", tuning.workgroup as f64),
             ]
         };
-        let sets = Self::ROW_CHOICES.map(consts);
+        let mut sets: Vec<[(&str, f64); 5]> = Self::ROW_CHOICES
+            .iter()
+            .map(|&r| consts(r, false))
+            .collect();
+        if glu {
+            sets.extend(Self::ROW_CHOICES.iter().map(|&r| consts(r, true)));
+        }
         let variants: Vec<&[(&str, f64)]> = sets.iter().map(|c| &c[..]).collect();
         // x, w, bias read-only; y read-write.
-        let family = Kernel::family(ctx, MATMUL_QUANT, &[true, true, true, false], &variants);
-        let kernels = Self::ROW_CHOICES.into_iter().zip(family).collect();
-        Self { kernels, tuning }
+        let mut family =
+            Kernel::family(ctx, MATMUL_QUANT, &[true, true, true, false], &variants).into_iter();
+        let kernels = Self::ROW_CHOICES.into_iter().zip(family.by_ref()).collect();
+        let glu_kernels = Self::ROW_CHOICES.into_iter().zip(family).collect();
+        Self {
+            kernels,
+            glu_kernels,
+            tuning,
+        }
     }
 
     /// `w` holds [`pack_quantized`]'s words; `bias` may be any buffer when the call has no bias.
@@ -287,6 +314,47 @@ impl MatmulQuant {
 
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &MatmulParams) {
         let flags = (p.bias as u32) | ((p.accumulate as u32) << 1);
+        self.dispatch(&self.kernels, self.tuning.cols, pass, bg, p, flags);
+    }
+
+    /// SwiGLU's first half in one pass: the bound weight is the stacked (2·n, k) gate|up
+    /// matrix, and y's columns y_col..y_col + n get silu(x·gateᵀ) · (x·upᵀ). `p.bias` and
+    /// `p.accumulate` must be off. Needs [`MatmulQuant::with_glu`].
+    pub fn encode_glu(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &MatmulParams,
+    ) {
+        assert!(
+            !self.glu_kernels.is_empty() && !p.bias && !p.accumulate,
+            "encode_glu needs MatmulQuant::with_glu and no bias or accumulate"
+        );
+        self.dispatch(
+            &self.glu_kernels,
+            Self::glu_cols(self.tuning),
+            pass,
+            bg,
+            p,
+            0,
+        );
+    }
+
+    /// Output columns per GLU thread: half the plain kernel's (each takes two weight rows), at
+    /// most 8 (the shader keeps the up sums in the upper half of its accumulators).
+    fn glu_cols(tuning: QuantTuning) -> usize {
+        tuning.cols.div_ceil(2).min(8)
+    }
+
+    fn dispatch(
+        &self,
+        kernels: &[(usize, Kernel)],
+        cols: usize,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &MatmulParams,
+        flags: u32,
+    ) {
         let imm = [
             p.m as u32,
             p.n as u32,
@@ -296,12 +364,11 @@ impl MatmulQuant {
             flags,
         ];
         let rows = self.tuning.rows_for(p.m);
-        let kernel = self
-            .kernels
+        let kernel = kernels
             .iter()
             .find(|(r, _)| *r == rows)
-            .map_or(&self.kernels[0], |k| k);
-        let per_group = self.tuning.workgroup * self.tuning.cols;
+            .map_or(&kernels[0], |k| k);
+        let per_group = self.tuning.workgroup * cols;
         let groups = [p.n.div_ceil(per_group) as u32, p.m.div_ceil(rows) as u32, 1];
         kernel.1.dispatch(pass, bg, &imm, groups);
     }
