@@ -30,6 +30,11 @@
 // Per block it loads its rows of x once and reuses them for all its columns: on llvmpipe every
 // load from a storage buffer costs a loop over the SIMD lanes, so loads per multiply-add are
 // what decide speed there (COLS = 16); GPUs want many threads instead (COLS = 1).
+// The thread's sums live in 16 named `Tile`s of 8 rows, every row and weight-row step written
+// out and switched off by `if` on the override constants (folded away when the pipeline is
+// built): llvmpipe keeps such values in registers, but an array indexed by a loop counter it
+// cannot unroll goes to per-lane scratch memory, which made the array form of this kernel
+// ~2x slower there.
 //
 // Batch invariance: each output element is accumulated by one thread into its own vec4
 // (lane l sums the k ≡ l mod 4 terms in increasing k, one explicit fma each), then reduced
@@ -41,15 +46,12 @@
 
 override Q8: bool = false;
 override GLU: bool = false;
-// Rows of x per thread (the wrapper uses 1, 4 or 8).
+// Rows of x per thread: 1, 4 or 8.
 override ROWS: u32 = 4u;
-// Output columns per thread: n = wg.x * WG * COLS + c * WG + lid for c < COLS.
+// Output columns per thread (at most 16, with GLU at most 8): n = wg.x * WG * COLS + c * WG +
+// lid for c < COLS.
 override COLS: u32 = 4u;
 override WG: u32 = 64u;
-const MAX_ROWS: u32 = 8u;
-const MAX_COLS: u32 = 8u;
-// Where GLU keeps the up sums in acc (its COLS is at most 8).
-const UP: u32 = 64u;
 
 struct Params {
     m: u32,
@@ -127,7 +129,116 @@ fn reduce(acc: vec4<f32>) -> f32 {
     return (acc.x + acc.y) + (acc.z + acc.w);
 }
 
+// x[row, k-block b]: elements 4j..4j+3 in xj.
+struct XBlock {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+    x4: vec4<f32>,
+    x5: vec4<f32>,
+    x6: vec4<f32>,
+    x7: vec4<f32>,
+}
+
+// The thread's rows of x for one k-block (rows past ROWS unused).
+struct XTile {
+    r0: XBlock,
+    r1: XBlock,
+    r2: XBlock,
+    r3: XBlock,
+    r4: XBlock,
+    r5: XBlock,
+    r6: XBlock,
+    r7: XBlock,
+}
+
+// One weight row's running sums for the thread's rows: lane l of rI sums the k = l mod 4
+// terms of row row0 + I.
+struct Tile {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+    r4: vec4<f32>,
+    r5: vec4<f32>,
+    r6: vec4<f32>,
+    r7: vec4<f32>,
+}
+
+fn load_x(row: u32, b: u32) -> XBlock {
+    let i = row * (p.k / 4u) + b * 8u;
+    return XBlock(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+}
+
+// Rows past the batch read its last row: their sums are computed and never stored.
+fn load_x_tile(row0: u32, b: u32) -> XTile {
+    let last = p.m - 1u;
+    var t: XTile;
+    t.r0 = load_x(row0, b);
+    if ROWS > 1u {
+        t.r1 = load_x(min(row0 + 1u, last), b);
+        t.r2 = load_x(min(row0 + 2u, last), b);
+        t.r3 = load_x(min(row0 + 3u, last), b);
+    }
+    if ROWS > 4u {
+        t.r4 = load_x(min(row0 + 4u, last), b);
+        t.r5 = load_x(min(row0 + 5u, last), b);
+        t.r6 = load_x(min(row0 + 6u, last), b);
+        t.r7 = load_x(min(row0 + 7u, last), b);
+    }
+    return t;
+}
+
+// acc + this block's terms, one explicit fma per 4 lanes in increasing k.
+fn dot_block(acc: vec4<f32>, xb: XBlock, wb: Block) -> vec4<f32> {
+    var a = fma(xb.x0, wb.w0, acc);
+    a = fma(xb.x1, wb.w1, a);
+    a = fma(xb.x2, wb.w2, a);
+    a = fma(xb.x3, wb.w3, a);
+    a = fma(xb.x4, wb.w4, a);
+    a = fma(xb.x5, wb.w5, a);
+    a = fma(xb.x6, wb.w6, a);
+    return fma(xb.x7, wb.w7, a);
+}
+
+fn mac(t: Tile, xt: XTile, wb: Block) -> Tile {
+    var o = t;
+    o.r0 = dot_block(o.r0, xt.r0, wb);
+    if ROWS > 1u {
+        o.r1 = dot_block(o.r1, xt.r1, wb);
+        o.r2 = dot_block(o.r2, xt.r2, wb);
+        o.r3 = dot_block(o.r3, xt.r3, wb);
+    }
+    if ROWS > 4u {
+        o.r4 = dot_block(o.r4, xt.r4, wb);
+        o.r5 = dot_block(o.r5, xt.r5, wb);
+        o.r6 = dot_block(o.r6, xt.r6, wb);
+        o.r7 = dot_block(o.r7, xt.r7, wb);
+    }
+    return o;
+}
+
+// Tile slot s holds output column c = s (with GLU: the gate row of c = s for s < 8, the up
+// row of c = s - 8 above).
+fn slot_col(s: u32) -> u32 {
+    return select(s, s % 8u, GLU);
+}
+
+fn slot_used(s: u32) -> bool {
+    return slot_col(s) < COLS;
+}
+
+// The weight row slot s reads in this thread (columns past n read the last one, unstored).
+fn slot_row(s: u32, n0: u32) -> u32 {
+    let n = min(n0 + slot_col(s) * WG, p.n - 1u);
+    return select(n, p.n + n, GLU && s >= 8u);
+}
+
 fn store(row: u32, col: u32, acc: vec4<f32>) {
+    if row >= p.m || col >= p.n {
+        return;
+    }
     var v = reduce(acc);
     if (p.flags & 1u) != 0u {
         v = v + bias[col];
@@ -139,6 +250,46 @@ fn store(row: u32, col: u32, acc: vec4<f32>) {
     y[o] = v;
 }
 
+fn store_glu(row: u32, col: u32, gate: vec4<f32>, up: vec4<f32>) {
+    if row >= p.m || col >= p.n {
+        return;
+    }
+    let g = reduce(gate);
+    y[row * p.y_stride + p.y_col + col] = (g / (1.0 + exp(-g))) * reduce(up);
+}
+
+// Column `col` of the thread's rows from tile t (and, with GLU, the up sums in u). Written
+// out like the loop above: indexing the tiles here would move them all to scratch memory.
+fn store_tile(row0: u32, col: u32, t: Tile, u: Tile) {
+    if GLU {
+        store_glu(row0, col, t.r0, u.r0);
+        if ROWS > 1u {
+            store_glu(row0 + 1u, col, t.r1, u.r1);
+            store_glu(row0 + 2u, col, t.r2, u.r2);
+            store_glu(row0 + 3u, col, t.r3, u.r3);
+        }
+        if ROWS > 4u {
+            store_glu(row0 + 4u, col, t.r4, u.r4);
+            store_glu(row0 + 5u, col, t.r5, u.r5);
+            store_glu(row0 + 6u, col, t.r6, u.r6);
+            store_glu(row0 + 7u, col, t.r7, u.r7);
+        }
+    } else {
+        store(row0, col, t.r0);
+        if ROWS > 1u {
+            store(row0 + 1u, col, t.r1);
+            store(row0 + 2u, col, t.r2);
+            store(row0 + 3u, col, t.r3);
+        }
+        if ROWS > 4u {
+            store(row0 + 4u, col, t.r4);
+            store(row0 + 5u, col, t.r5);
+            store(row0 + 6u, col, t.r6);
+            store(row0 + 7u, col, t.r7);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n0 = wg.x * WG * COLS + lid;
@@ -146,76 +297,67 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if n0 >= p.n || row0 >= p.m {
         return;
     }
-    let row_vec4s = p.k / 4u;
-    // acc[c * MAX_ROWS + r]: column n0 + c * WG, row row0 + r.
-    // With GLU (COLS <= 8): the up rows' sums at acc[UP + c * MAX_ROWS + r].
-    var acc: array<vec4<f32>, 128>;
-    // x[row0 + r, this block] as 8 vec4 each: loaded once per block, used for every column.
-    var xs: array<vec4<f32>, 64>;
+    var t0: Tile;
+    var t1: Tile;
+    var t2: Tile;
+    var t3: Tile;
+    var t4: Tile;
+    var t5: Tile;
+    var t6: Tile;
+    var t7: Tile;
+    var t8: Tile;
+    var t9: Tile;
+    var t10: Tile;
+    var t11: Tile;
+    var t12: Tile;
+    var t13: Tile;
+    var t14: Tile;
+    var t15: Tile;
     for (var b = 0u; b < p.k / 32u; b++) {
-        for (var r = 0u; r < ROWS; r++) {
-            if row0 + r < p.m {
-                let xi = (row0 + r) * row_vec4s + b * 8u;
-                for (var j = 0u; j < 8u; j++) {
-                    xs[r * 8u + j] = x[xi + j];
-                }
-            }
-        }
-        for (var c = 0u; c < COLS; c++) {
-            let n = n0 + c * WG;
-            if n < p.n {
-                let wb = load_block(n, b);
-                for (var r = 0u; r < ROWS; r++) {
-                    if row0 + r < p.m {
-                        let i = c * MAX_ROWS + r;
-                        let xr = r * 8u;
-                        var a = acc[i];
-                        a = fma(xs[xr], wb.w0, a);
-                        a = fma(xs[xr + 1u], wb.w1, a);
-                        a = fma(xs[xr + 2u], wb.w2, a);
-                        a = fma(xs[xr + 3u], wb.w3, a);
-                        a = fma(xs[xr + 4u], wb.w4, a);
-                        a = fma(xs[xr + 5u], wb.w5, a);
-                        a = fma(xs[xr + 6u], wb.w6, a);
-                        a = fma(xs[xr + 7u], wb.w7, a);
-                        acc[i] = a;
-                    }
-                }
-                if GLU {
-                    // The up row of the same column, over the same x.
-                    let wu = load_block(p.n + n, b);
-                    for (var r = 0u; r < ROWS; r++) {
-                        if row0 + r < p.m {
-                            let i = UP + c * MAX_ROWS + r;
-                            let xr = r * 8u;
-                            var a = acc[i];
-                            a = fma(xs[xr], wu.w0, a);
-                            a = fma(xs[xr + 1u], wu.w1, a);
-                            a = fma(xs[xr + 2u], wu.w2, a);
-                            a = fma(xs[xr + 3u], wu.w3, a);
-                            a = fma(xs[xr + 4u], wu.w4, a);
-                            a = fma(xs[xr + 5u], wu.w5, a);
-                            a = fma(xs[xr + 6u], wu.w6, a);
-                            a = fma(xs[xr + 7u], wu.w7, a);
-                            acc[i] = a;
-                        }
-                    }
-                }
-            }
-        }
+        let xt = load_x_tile(row0, b);
+        t0 = mac(t0, xt, load_block(slot_row(0u, n0), b));
+        if slot_used(1u) { t1 = mac(t1, xt, load_block(slot_row(1u, n0), b)); }
+        if slot_used(2u) { t2 = mac(t2, xt, load_block(slot_row(2u, n0), b)); }
+        if slot_used(3u) { t3 = mac(t3, xt, load_block(slot_row(3u, n0), b)); }
+        if slot_used(4u) { t4 = mac(t4, xt, load_block(slot_row(4u, n0), b)); }
+        if slot_used(5u) { t5 = mac(t5, xt, load_block(slot_row(5u, n0), b)); }
+        if slot_used(6u) { t6 = mac(t6, xt, load_block(slot_row(6u, n0), b)); }
+        if slot_used(7u) { t7 = mac(t7, xt, load_block(slot_row(7u, n0), b)); }
+        if slot_used(8u) { t8 = mac(t8, xt, load_block(slot_row(8u, n0), b)); }
+        if slot_used(9u) { t9 = mac(t9, xt, load_block(slot_row(9u, n0), b)); }
+        if slot_used(10u) { t10 = mac(t10, xt, load_block(slot_row(10u, n0), b)); }
+        if slot_used(11u) { t11 = mac(t11, xt, load_block(slot_row(11u, n0), b)); }
+        if slot_used(12u) { t12 = mac(t12, xt, load_block(slot_row(12u, n0), b)); }
+        if slot_used(13u) { t13 = mac(t13, xt, load_block(slot_row(13u, n0), b)); }
+        if slot_used(14u) { t14 = mac(t14, xt, load_block(slot_row(14u, n0), b)); }
+        if slot_used(15u) { t15 = mac(t15, xt, load_block(slot_row(15u, n0), b)); }
     }
-    for (var c = 0u; c < COLS; c++) {
-        let n = n0 + c * WG;
-        for (var r = 0u; r < ROWS; r++) {
-            if n < p.n && row0 + r < p.m {
-                if GLU {
-                    let g = reduce(acc[c * MAX_ROWS + r]);
-                    let u = reduce(acc[UP + c * MAX_ROWS + r]);
-                    y[(row0 + r) * p.y_stride + p.y_col + n] = (g / (1.0 + exp(-g))) * u;
-                } else {
-                    store(row0 + r, n, acc[c * MAX_ROWS + r]);
-                }
-            }
-        }
+    // Column c of the thread is in slot c (its up sums, with GLU, in slot c + 8).
+    if GLU {
+        store_tile(row0, n0, t0, t8);
+        if COLS > 1u { store_tile(row0, n0 + 1u * WG, t1, t9); }
+        if COLS > 2u { store_tile(row0, n0 + 2u * WG, t2, t10); }
+        if COLS > 3u { store_tile(row0, n0 + 3u * WG, t3, t11); }
+        if COLS > 4u { store_tile(row0, n0 + 4u * WG, t4, t12); }
+        if COLS > 5u { store_tile(row0, n0 + 5u * WG, t5, t13); }
+        if COLS > 6u { store_tile(row0, n0 + 6u * WG, t6, t14); }
+        if COLS > 7u { store_tile(row0, n0 + 7u * WG, t7, t15); }
+    } else {
+        store_tile(row0, n0, t0, t0);
+        if COLS > 1u { store_tile(row0, n0 + 1u * WG, t1, t1); }
+        if COLS > 2u { store_tile(row0, n0 + 2u * WG, t2, t2); }
+        if COLS > 3u { store_tile(row0, n0 + 3u * WG, t3, t3); }
+        if COLS > 4u { store_tile(row0, n0 + 4u * WG, t4, t4); }
+        if COLS > 5u { store_tile(row0, n0 + 5u * WG, t5, t5); }
+        if COLS > 6u { store_tile(row0, n0 + 6u * WG, t6, t6); }
+        if COLS > 7u { store_tile(row0, n0 + 7u * WG, t7, t7); }
+        if COLS > 8u { store_tile(row0, n0 + 8u * WG, t8, t8); }
+        if COLS > 9u { store_tile(row0, n0 + 9u * WG, t9, t9); }
+        if COLS > 10u { store_tile(row0, n0 + 10u * WG, t10, t10); }
+        if COLS > 11u { store_tile(row0, n0 + 11u * WG, t11, t11); }
+        if COLS > 12u { store_tile(row0, n0 + 12u * WG, t12, t12); }
+        if COLS > 13u { store_tile(row0, n0 + 13u * WG, t13, t13); }
+        if COLS > 14u { store_tile(row0, n0 + 14u * WG, t14, t14); }
+        if COLS > 15u { store_tile(row0, n0 + 15u * WG, t15, t15); }
     }
 }

@@ -206,7 +206,6 @@ impl QuantTuning {
         }
         match m {
             0..=3 => 1,
-            _ if self.cols > 8 => 4,
             4..=7 => 4,
             _ => 8,
         }
