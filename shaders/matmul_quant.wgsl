@@ -20,16 +20,22 @@
 // rows).
 //
 // Bindings:
-//   0 x     vec4<f32> (M, K / 4)
-//   1 w     u32 words of the blocks above
-//   2 bias  f32 (N) (any buffer when flag 0 is off)
-//   3 y     f32 (M, y_stride) read_write
-// Immediates: Params below.
-// Dispatch: (ceil(N / (WG * COLS)), ceil(M / ROWS)) workgroups of WG threads; a thread owns
-// output columns n0 + c * WG (c < COLS, n0 = wg.x * WG * COLS + lid) and rows [row0, row0 + ROWS).
+//   0 x         vec4<f32> (M, K / 4)
+//   1 w         u32 words of the blocks above
+//   2 bias      f32 (N) (any buffer when flag 0 is off)
+//   3 y         f32 (M, y_stride) read_write
+//   4 x_window  (X_WINDOW only) uniform, 64 KiB of x starting at row row0 (a dynamic offset)
+// Immediates: Params below; this call computes rows [row0, m).
+// Dispatch: (ceil(N / (WG * COLS)), ceil((m - row0) / ROWS)) workgroups of WG threads; a thread
+// owns output columns n0 + c * WG (c < COLS, n0 = wg.x * WG * COLS + lid) and rows
+// [r0, r0 + ROWS), r0 = row0 + wg.y * ROWS.
+// X_WINDOW (CPU adapters): x is read through a uniform-buffer window instead. llvmpipe turns a
+// storage load into a loop over the SIMD lanes (~3.8 ns per word and lane) but a uniform load
+// into one gather (~0.6 ns), and x is most of what this kernel loads once ROWS > 1. A window
+// holds 16,384 floats, so the wrapper issues one dispatch per window of rows.
 // Per block it loads its rows of x once and reuses them for all its columns: on llvmpipe every
 // load from a storage buffer costs a loop over the SIMD lanes, so loads per multiply-add are
-// what decide speed there (COLS = 16); GPUs want many threads instead (COLS = 1).
+// what decide speed there (COLS = 8); GPUs want many threads instead (COLS = 1).
 // The thread's sums live in 16 named `Tile`s of 8 rows, every row and weight-row step written
 // out and switched off by `if` on the override constants (folded away when the pipeline is
 // built): llvmpipe keeps such values in registers, but an array indexed by a loop counter it
@@ -52,6 +58,7 @@ override ROWS: u32 = 4u;
 // lid for c < COLS.
 override COLS: u32 = 4u;
 override WG: u32 = 64u;
+override X_WINDOW: bool = false;
 
 struct Params {
     m: u32,
@@ -60,12 +67,14 @@ struct Params {
     y_stride: u32,
     y_col: u32,
     flags: u32,
+    row0: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> x_window: array<vec4<f32>, 4096>;
 var<immediate> p: Params;
 
 // The 32 weights of one block, elements 4j..4j+3 in wj.
@@ -167,6 +176,13 @@ struct Tile {
 }
 
 fn load_x(row: u32, b: u32) -> XBlock {
+    if X_WINDOW {
+        let i = (row - p.row0) * (p.k / 4u) + b * 8u;
+        return XBlock(
+            x_window[i], x_window[i + 1u], x_window[i + 2u], x_window[i + 3u],
+            x_window[i + 4u], x_window[i + 5u], x_window[i + 6u], x_window[i + 7u],
+        );
+    }
     let i = row * (p.k / 4u) + b * 8u;
     return XBlock(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
 }
@@ -293,7 +309,7 @@ fn store_tile(row0: u32, col: u32, t: Tile, u: Tile) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n0 = wg.x * WG * COLS + lid;
-    let row0 = wg.y * ROWS;
+    let row0 = p.row0 + wg.y * ROWS;
     if n0 >= p.n || row0 >= p.m {
         return;
     }

@@ -168,7 +168,7 @@ fn check_matmul(dtype: TensorDType, tuning: QuantTuning, p: MatmulParams, seed: 
     let bias_ref = p.bias.then_some(&bias[..]);
     matmul_quant::reference(&x, &raw, dtype, bias_ref, &mut want, &p).expect("reference");
 
-    let xb = f32s("x", &x, &[p.m, p.k]);
+    let xb = x_input(&x, p.m, p.k);
     let wb = quant_weight("w", &raw, dtype, p.n, p.k);
     let bb = f32s("bias", &bias, &[p.n]);
     let y = f32s("y", &y0, &[p.m, p.y_stride]);
@@ -242,19 +242,32 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
 }
 
 /// Work splits to test: the GPU and CPU-adapter defaults with each rows-per-thread choice
-/// forced, an awkward split, and the automatic row choice.
+/// forced, an awkward split, and the automatic row choice; x from storage and through
+/// uniform windows.
 fn tunings() -> Vec<QuantTuning> {
-    let t = |workgroup, cols, fixed_rows| QuantTuning {
+    let t = |workgroup, cols, fixed_rows, x_window| QuantTuning {
         workgroup,
         cols,
         fixed_rows,
+        x_window,
     };
-    let mut v = vec![t(8, 3, None), t(64, 1, None), t(16, 16, None)];
+    let mut v = vec![
+        t(8, 3, None, false),
+        t(64, 1, None, false),
+        t(8, 8, None, true),
+    ];
     for rows in MatmulQuant::ROW_CHOICES {
-        v.push(t(64, 1, Some(rows)));
-        v.push(t(16, 16, Some(rows)));
+        v.push(t(64, 1, Some(rows), false));
+        v.push(t(16, 16, Some(rows), true));
     }
+    v.push(t(16, 16, Some(8), false));
+    v.push(t(8, 5, Some(4), true));
     v
+}
+
+/// x (rows, k) in a buffer every tuning can bind (uniform windows included).
+fn x_input(x: &[f32], rows: usize, k: usize) -> GpuTensor {
+    GpuTensor::matmul_input(ctx(), "x", x, rows, k).expect("x buffer")
 }
 
 #[test]
@@ -274,7 +287,7 @@ fn matmul_quant_rows_are_batch_invariant() {
         let format = QuantFormat::of(dtype).expect("quantized");
         let wb = quant_weight("w", &raw, dtype, n, k);
         let bb = f32s("bias", &bias, &[n]);
-        let xb = f32s("x", &x, &[m, k]);
+        let xb = x_input(&x, m, k);
         let mut batched: Option<Vec<f32>> = None;
         for tuning in tunings() {
             let mm = MatmulQuant::new(ctx(), format, tuning);
@@ -298,7 +311,7 @@ fn matmul_quant_rows_are_batch_invariant() {
         for tuning in tunings() {
             let mm = MatmulQuant::new(ctx(), format, tuning);
             for row in [0usize, 3, 4, 7, 8, 12] {
-                let x1 = f32s("x row", &x[row * k..(row + 1) * k], &[1, k]);
+                let x1 = x_input(&x[row * k..(row + 1) * k], 1, k);
                 let y1 = f32s("y row", &y0[row * n..(row + 1) * n], &[1, n]);
                 let bg1 = mm.bind(ctx(), &x1.buffer, &wb.buffer, &bb.buffer, &y1.buffer);
                 run(|pass| mm.encode(pass, &bg1, &MatmulParams { m: 1, ..p }));
@@ -369,7 +382,7 @@ fn timing_matmul_quant_vs_f16() {
     let (n, k, ms) = (1536 * 2, 576usize, [1usize, 8, 32]);
     let mmax = ms[ms.len() - 1];
     let mut rng = Rng::new(3);
-    let x = f32s("x", &rng.normals(mmax * k, 1.0), &[mmax, k]);
+    let x = x_input(&rng.normals(mmax * k, 1.0), mmax, k);
     let y = f32s("y", &rng.normals(mmax * n, 1.0), &[mmax, n]);
     let bias = f32s("bias", &rng.normals(n, 1.0), &[n]);
     let time = |f: &dyn Fn(&mut wgpu::ComputePass<'_>)| {
@@ -425,7 +438,7 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
                 let x = rng.normals(m * k, 1.0);
                 let raw = random_blocks(&mut rng, dtype, 2 * n, k);
                 let y0 = rng.normals(m * y_stride, 1.0);
-                let xb = f32s("x", &x, &[m, k]);
+                let xb = x_input(&x, m, k);
                 let wb = quant_weight("w", &raw, dtype, 2 * n, k);
                 let dummy = f32s("bias", &[0.0], &[1]);
 

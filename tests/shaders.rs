@@ -21,7 +21,7 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 /// An override missing here fails the test, so a new one gets its values listed.
 fn override_values(name: &str) -> Vec<f64> {
     match name {
-        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" => vec![0.0, 1.0],
+        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" => vec![0.0, 1.0],
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
         // paged_attention_serial's workgroup size is 8.
         "ROWS" => vec![1.0, 4.0, 8.0],

@@ -127,28 +127,43 @@ impl Kernel {
         read_only: &[bool],
         members: &[(ShaderSource, &[(&str, f64)])],
     ) -> Vec<Kernel> {
-        let Some((first, _)) = members.first() else {
-            return Vec::new();
-        };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = read_only
             .iter()
             .enumerate()
-            .map(|(i, ro)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *ro },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
+            .map(|(i, ro)| Self::storage_entry(i as u32, *ro))
             .collect();
+        Self::with_layout(ctx, &entries, members)
+    }
+
+    /// A storage-buffer binding of a compute shader, read-only or read-write.
+    pub fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+        wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }
+    }
+
+    /// [`Kernel::sharing_layout`] with the layout's entries given as they are (uniform
+    /// buffers, dynamic offsets).
+    pub fn with_layout(
+        ctx: &GpuContext,
+        entries: &[wgpu::BindGroupLayoutEntry],
+        members: &[(ShaderSource, &[(&str, f64)])],
+    ) -> Vec<Kernel> {
+        let Some((first, _)) = members.first() else {
+            return Vec::new();
+        };
         let layout = ctx
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(first.name),
-                entries: &entries,
+                entries,
             });
         let pipeline_layout = ctx
             .device
@@ -225,11 +240,23 @@ impl Kernel {
         immediates: &[u32],
         groups: [u32; 3],
     ) {
+        self.dispatch_at(pass, bind_group, &[], immediates, groups);
+    }
+
+    /// [`Kernel::dispatch`] with the bind group's dynamic offsets.
+    pub fn dispatch_at(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        dynamic_offsets: &[u32],
+        immediates: &[u32],
+        groups: [u32; 3],
+    ) {
         if groups.contains(&0) {
             return;
         }
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
+        pass.set_bind_group(0, bind_group, dynamic_offsets);
         if !immediates.is_empty() {
             pass.set_immediates(0, bytemuck::cast_slice(immediates));
         }

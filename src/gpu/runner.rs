@@ -168,6 +168,17 @@ fn f32_buffer(ctx: &GpuContext, name: &str, len: usize) -> Result<wgpu::Buffer, 
     Ok(GpuTensor::zeros(ctx, name, &[len], WeightDType::F32)?.buffer)
 }
 
+/// An activation buffer of `rows` × `k` f32 that matmuls read: also bindable as the quantized
+/// matmul's uniform x window (see [`MatmulQuant::bind`]).
+fn matmul_input(
+    ctx: &GpuContext,
+    name: &str,
+    rows: usize,
+    k: usize,
+) -> Result<wgpu::Buffer, GpuError> {
+    Ok(GpuTensor::matmul_input(ctx, name, &[], rows, k)?.buffer)
+}
+
 impl Runner {
     pub fn new(
         ctx: &GpuContext,
@@ -202,6 +213,8 @@ impl Runner {
                 LayerWeights::Gpt2(_) => None,
             })
             .collect();
+        // The widest input any matmul reads (hidden, attention output or MLP inner width).
+        let max_k = d.max(cfg.q_dim()).max(inner);
         let kernels = Kernels {
             embedding: match weights.embed.format {
                 MatrixFormat::Quant(f) => EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f)),
@@ -212,7 +225,7 @@ impl Runner {
             matmul_quant: quant_formats
                 .iter()
                 .map(|&f| {
-                    let tuning = QuantTuning::for_adapter(ctx);
+                    let tuning = QuantTuning::for_adapter(ctx, max_k);
                     let k = if glu_formats.contains(&f) {
                         MatmulQuant::with_glu(ctx, f, tuning)
                     } else {
@@ -253,17 +266,17 @@ impl Runner {
         };
         // Activations, (max_batch_tokens, width) each.
         let x = f32_buffer(ctx, "x (residual)", t * d)?;
-        let h = f32_buffer(ctx, "h (normed)", t * d)?;
+        let h = matmul_input(ctx, "h (normed)", t, d)?;
         let qkv = f32_buffer(ctx, "qkv", t * qkv_dim)?;
-        let attn = f32_buffer(ctx, "attention out", t * cfg.q_dim())?;
+        let attn = matmul_input(ctx, "attention out", t, cfg.q_dim())?;
         let ffn_in_width = if cfg.arch == Architecture::Llama {
             2 * inner
         } else {
             inner
         };
         let ffn_in = f32_buffer(ctx, "gate_up / fc", t * ffn_in_width)?;
-        let act = f32_buffer(ctx, "mlp act", t * inner)?;
-        let final_h = f32_buffer(ctx, "final normed rows", max_logit_rows * d)?;
+        let act = matmul_input(ctx, "mlp act", t, inner)?;
+        let final_h = matmul_input(ctx, "final normed rows", max_logit_rows, d)?;
         let logits = f32_buffer(ctx, "logits", max_logit_rows * vocab)?;
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logits staging"),

@@ -171,6 +171,41 @@ impl GpuTensor {
         })
     }
 
+    /// An f32 (rows, k) activation that matmuls read, made bindable as the quantized matmul's
+    /// x window too: `UNIFORM` usage and room for a window past the last row
+    /// ([`crate::gpu::kernels::MatmulQuant::bind`]). `data` fills the start; empty for zeros.
+    pub fn matmul_input(
+        ctx: &GpuContext,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Result<GpuTensor, GpuError> {
+        let bytes = crate::gpu::kernels::MatmulQuant::x_buffer_bytes(rows, k);
+        check_binding(ctx, name, bytes)?;
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !data.is_empty() {
+            ctx.queue.write_buffer(
+                &buffer,
+                0,
+                bytemuck::cast_slice(&data[..data.len().min(rows * k)]),
+            );
+        }
+        Ok(GpuTensor {
+            buffer,
+            shape: vec![rows, k],
+            dtype: WeightDType::F32,
+        })
+    }
+
     /// Reads the tensor back as f32 (blocking; for tests and debugging, never the hot path).
     pub fn read_f32(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
         let words = read_words(ctx, &self.buffer)?;

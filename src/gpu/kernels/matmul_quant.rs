@@ -178,23 +178,32 @@ pub struct QuantTuning {
     pub cols: usize,
     /// Rows of x per thread, one of [`MatmulQuant::ROW_CHOICES`]; `None` picks by batch size.
     pub fixed_rows: Option<usize>,
+    /// Read x through 64 KiB uniform-buffer windows, one dispatch per window of rows (what
+    /// llvmpipe loads fastest). x must then be bound as [`MatmulQuant::bind`] says, and k be
+    /// at most [`MatmulQuant::MAX_WINDOW_K`].
+    pub x_window: bool,
 }
 
 impl QuantTuning {
     /// CPU adapters (llvmpipe) pay per loaded word and lane, so a thread takes many columns to
-    /// reuse x; GPUs want many threads, one column each.
-    pub fn for_adapter(ctx: &GpuContext) -> QuantTuning {
+    /// reuse x, and x comes through uniform windows when every call's k fits one (`max_k`);
+    /// a workgroup is one 8-lane SIMD group, so that a 576-column matmul still makes 9
+    /// workgroups to spread over the cores (16 × 16 made 3, and decode ran ~1.4× slower).
+    /// GPUs want many threads, one column each.
+    pub fn for_adapter(ctx: &GpuContext, max_k: usize) -> QuantTuning {
         if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
             QuantTuning {
-                workgroup: 16,
-                cols: 16,
+                workgroup: 8,
+                cols: 8,
                 fixed_rows: None,
+                x_window: max_k <= MatmulQuant::MAX_WINDOW_K,
             }
         } else {
             QuantTuning {
                 workgroup: 64,
                 cols: 1,
                 fixed_rows: None,
+                x_window: false,
             }
         }
     }
@@ -220,11 +229,19 @@ pub struct MatmulQuant {
     /// The same with GLU on (gate, up and SiLU·mul in one pass), when asked for.
     glu_kernels: Vec<(usize, Kernel)>,
     tuning: QuantTuning,
+    /// The adapter's uniform-buffer offset alignment (x windows start at multiples of it).
+    offset_align: u64,
+    /// What fills the x-window binding when the tuning reads x from storage.
+    unused_window: Option<wgpu::Buffer>,
 }
 
 impl MatmulQuant {
     /// Rows of x per thread the kernel is built for.
     pub const ROW_CHOICES: [usize; 3] = [1, 4, 8];
+    /// Bytes of x one window shows the kernel (`x_window` in the shader).
+    pub const X_WINDOW_BYTES: u64 = 65536;
+    /// The largest k a window holds a row of.
+    pub const MAX_WINDOW_K: usize = Self::X_WINDOW_BYTES as usize / 4;
 
     pub fn new(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
         Self::build(ctx, format, tuning, false)
@@ -254,9 +271,10 @@ impl MatmulQuant {
                 ("ROWS", rows as f64),
                 ("COLS", if glu { glu_cols } else { tuning.cols } as f64),
                 ("WG", tuning.workgroup as f64),
+                ("X_WINDOW", f64::from(u8::from(tuning.x_window))),
             ]
         };
-        let mut sets: Vec<[(&str, f64); 5]> = Self::ROW_CHOICES
+        let mut sets: Vec<[(&str, f64); 6]> = Self::ROW_CHOICES
             .iter()
             .map(|&r| consts(r, false))
             .collect();
@@ -264,19 +282,49 @@ impl MatmulQuant {
             sets.extend(Self::ROW_CHOICES.iter().map(|&r| consts(r, true)));
         }
         let variants: Vec<&[(&str, f64)]> = sets.iter().map(|c| &c[..]).collect();
-        // x, w, bias read-only; y read-write.
-        let mut family =
-            Kernel::family(ctx, MATMUL_QUANT, &[true, true, true, false], &variants).into_iter();
+        // x, w, bias read-only; y read-write; the x window, a uniform buffer at a dynamic
+        // offset. Pipelines without windows still declare it (naga counts the binding as used
+        // even in the branch their constants switch off), so they get a zero buffer there.
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = [true, true, true, false]
+            .into_iter()
+            .enumerate()
+            .map(|(i, ro)| Kernel::storage_entry(i as u32, ro))
+            .collect();
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: 4,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: tuning.x_window,
+                min_binding_size: wgpu::BufferSize::new(Self::X_WINDOW_BYTES),
+            },
+            count: None,
+        });
+        let unused_window = (!tuning.x_window).then(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matmul_quant unused x window"),
+                size: Self::X_WINDOW_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: false,
+            })
+        });
+        let members: Vec<_> = variants.iter().map(|c| (MATMUL_QUANT, *c)).collect();
+        let mut family = Kernel::with_layout(ctx, &entries, &members).into_iter();
         let kernels = Self::ROW_CHOICES.into_iter().zip(family.by_ref()).collect();
         let glu_kernels = Self::ROW_CHOICES.into_iter().zip(family).collect();
         Self {
             kernels,
             glu_kernels,
             tuning,
+            offset_align: u64::from(ctx.limits.min_uniform_buffer_offset_alignment.max(1)),
+            unused_window,
         }
     }
 
     /// `w` holds [`pack_quantized`]'s words; `bias` may be any buffer when the call has no bias.
+    /// With `x_window` x also needs `UNIFORM` usage and [`MatmulQuant::X_WINDOW_BYTES`] of
+    /// room past its last row ([`MatmulQuant::x_buffer_bytes`]): each window binds that many
+    /// bytes from the window's first row.
     pub fn bind(
         &self,
         ctx: &GpuContext,
@@ -285,7 +333,45 @@ impl MatmulQuant {
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernels[0].1.bind(ctx, &[x, w, bias, y])
+        let kernel = &self.kernels[0].1;
+        let window = match &self.unused_window {
+            Some(unused) => unused,
+            None => {
+                assert!(
+                    x.usage().contains(wgpu::BufferUsages::UNIFORM)
+                        && x.size() >= Self::X_WINDOW_BYTES,
+                    "matmul_quant with x windows: x needs UNIFORM usage and room for a window"
+                );
+                x
+            }
+        };
+        let mut entries: Vec<wgpu::BindGroupEntry> = [x, w, bias, y]
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: 4,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: window,
+                offset: 0,
+                size: wgpu::BufferSize::new(Self::X_WINDOW_BYTES),
+            }),
+        });
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("matmul_quant"),
+            layout: &kernel.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Bytes an x buffer of `rows` rows of `k` needs to be bound with any tuning: the rows,
+    /// then room for the window a call starting at the last row binds.
+    pub fn x_buffer_bytes(rows: usize, k: usize) -> u64 {
+        (rows * k * 4) as u64 + Self::X_WINDOW_BYTES
     }
 
     /// Checks the shape contract the shader relies on.
@@ -354,23 +440,61 @@ impl MatmulQuant {
         p: &MatmulParams,
         flags: u32,
     ) {
-        let imm = [
-            p.m as u32,
-            p.n as u32,
-            p.k as u32,
-            p.y_stride as u32,
-            p.y_col as u32,
-            flags,
-        ];
-        let rows = self.tuning.rows_for(p.m);
+        let mut rows = self.tuning.rows_for(p.m);
+        // Rows one call covers: all of them, or as many as a window holds in whole threads'
+        // worth whose byte size keeps the next window's offset aligned.
+        let mut span = p.m;
+        if self.tuning.x_window {
+            let fit = Self::MAX_WINDOW_K / p.k.max(1);
+            let row_bytes = (p.k * 4) as u64;
+            let step = (self.offset_align / gcd(self.offset_align, row_bytes)) as usize;
+            let mut unit = rows * step / gcd(rows as u64, step as u64) as usize;
+            while unit > fit && rows > 1 {
+                rows = Self::ROW_CHOICES
+                    .into_iter()
+                    .rev()
+                    .find(|&r| r < rows)
+                    .unwrap_or(1);
+                unit = rows * step / gcd(rows as u64, step as u64) as usize;
+            }
+            assert!(
+                unit <= fit,
+                "matmul_quant: k = {} is past the x window",
+                p.k
+            );
+            span = fit / unit * unit;
+        }
         let kernel = kernels
             .iter()
             .find(|(r, _)| *r == rows)
             .map_or(&kernels[0], |k| k);
-        let per_group = self.tuning.workgroup * cols;
-        let groups = [p.n.div_ceil(per_group) as u32, p.m.div_ceil(rows) as u32, 1];
-        kernel.1.dispatch(pass, bg, &imm, groups);
+        let col_groups = p.n.div_ceil(self.tuning.workgroup * cols) as u32;
+        let mut row0 = 0;
+        while row0 < p.m {
+            let end = p.m.min(row0 + span);
+            let imm = [
+                end as u32,
+                p.n as u32,
+                p.k as u32,
+                p.y_stride as u32,
+                p.y_col as u32,
+                flags,
+                row0 as u32,
+            ];
+            let groups = [col_groups, (end - row0).div_ceil(rows) as u32, 1];
+            if self.tuning.x_window {
+                let offset = (row0 * p.k * 4) as u32;
+                kernel.1.dispatch_at(pass, bg, &[offset], &imm, groups);
+            } else {
+                kernel.1.dispatch(pass, bg, &imm, groups);
+            }
+            row0 = end;
+        }
     }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// y (m, y_stride): columns y_col.. get x·Wᵀ (+ bias) (+ previous y) in f64, W being the
