@@ -4,7 +4,7 @@
 // transposed, (K, n_pad) with n_pad = N rounded up to a multiple of 8, so that for each k the
 // columns a thread needs are one aligned run: 8 columns = one vec4<u32> of packed f16 pairs
 // when W_F16 (column 2j in the low half of word j), else two vec4<u32> of f32 bits.
-// Each thread owns 8 adjacent output columns for up to 8 rows.
+// Each thread owns 8 adjacent output columns for ROWS rows (1 or 8).
 // y has row stride y_stride; this call writes columns [y_col, y_col + N) (a weight split
 // across buffers is one call per part). flags bit 0: add bias[n]; bit 1: accumulate into y
 // (the fused residual add).
@@ -15,7 +15,7 @@
 //   2 bias  f32 (N) (any buffer when flag 0 is off)
 //   3 y     f32 (M, y_stride) read_write
 // Immediates: Params below.
-// Dispatch: (ceil(N / 256), ceil(M / 8)) workgroups of 32 threads.
+// Dispatch: (ceil(N / 256), ceil(M / ROWS)) workgroups of 32 threads.
 //
 // Each output element is one sequential fma chain over k = 0..K-1, whatever M is and
 // whichever rows share the workgroup: a row's result never depends on its batch. There is
@@ -23,7 +23,9 @@
 
 override W_F16: bool = true;
 const WG: u32 = 32u;
-const ROWS: u32 = 8u;
+// Rows per thread: 8, or 1 for small batches (the wrapper picks).
+override ROWS: u32 = 8u;
+const MAX_ROWS: u32 = 8u;
 
 struct Params {
     m: u32,
@@ -82,22 +84,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if n0 >= p.n || row0 >= p.m {
         return;
     }
-    let rows = min(ROWS, p.m - row0);
-    var lo: array<vec4<f32>, ROWS>;
-    var hi: array<vec4<f32>, ROWS>;
+    // Every loop over rows runs the constant ROWS times (rows past the batch re-read its last
+    // row and are never stored): a compiler can then unroll it and keep lo/hi in registers,
+    // where a trip count read from memory left llvmpipe indexing them in per-lane scratch.
+    let last = p.m - 1u;
+    var lo: array<vec4<f32>, MAX_ROWS>;
+    var hi: array<vec4<f32>, MAX_ROWS>;
     for (var k = 0u; k < p.k; k++) {
         let wv = load_w8(k, n0);
-        for (var r = 0u; r < rows; r++) {
-            let xv = vec4<f32>(x[(row0 + r) * p.k + k]);
+        for (var r = 0u; r < ROWS; r++) {
+            let xv = vec4<f32>(x[min(row0 + r, last) * p.k + k]);
             lo[r] = fma(xv, wv.lo, lo[r]);
             hi[r] = fma(xv, wv.hi, hi[r]);
         }
     }
-    for (var r = 0u; r < rows; r++) {
+    for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
-        for (var j = 0u; j < 4u; j++) {
-            store(row, n0 + j, lo[r][j]);
-            store(row, n0 + 4u + j, hi[r][j]);
+        if row <= last {
+            for (var j = 0u; j < 4u; j++) {
+                store(row, n0 + j, lo[r][j]);
+                store(row, n0 + 4u + j, hi[r][j]);
+            }
         }
     }
 }

@@ -34,11 +34,12 @@ impl MatmulParams {
 }
 
 pub struct Matmul {
-    kernel: Kernel,
+    /// (rows per thread, pipeline): 1 for batches under 8 rows, else 8.
+    kernels: Vec<(usize, Kernel)>,
 }
 
 const COLS_PER_GROUP: usize = 256;
-const ROWS_PER_GROUP: usize = 8;
+const ROW_CHOICES: [usize; 2] = [1, 8];
 
 /// Columns of the stored (transposed) weight: n rounded up to a multiple of 8.
 pub fn padded_cols(n: usize) -> usize {
@@ -60,8 +61,16 @@ pub fn pack_weight(w: &[f32], n: usize, k: usize, dtype: WeightDType) -> Vec<u32
 
 impl Matmul {
     pub fn new(ctx: &GpuContext, dtype: WeightDType) -> Self {
+        let w_f16 = dtype.is_f16();
+        let sets: Vec<[(&str, f64); 2]> = ROW_CHOICES
+            .iter()
+            .map(|&r| [("W_F16", w_f16), ("ROWS", r as f64)])
+            .collect();
+        let variants: Vec<&[(&str, f64)]> = sets.iter().map(|c| &c[..]).collect();
+        // x, w, bias read-only; y read-write.
+        let family = Kernel::family(ctx, MATMUL, &[true, true, true, false], &variants);
         Self {
-            kernel: Kernel::new(ctx, MATMUL, &[("W_F16", dtype.is_f16())]),
+            kernels: ROW_CHOICES.into_iter().zip(family).collect(),
         }
     }
 
@@ -74,7 +83,7 @@ impl Matmul {
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(ctx, &[x, w, bias, y])
+        self.kernels[0].1.bind(ctx, &[x, w, bias, y])
     }
 
     /// Checks the shape contract the shader relies on.
@@ -104,12 +113,19 @@ impl Matmul {
             p.y_col as u32,
             flags,
         ];
+        // A thread reads its rows of x per k; with fewer rows than it holds it would read the
+        // last one again, so small batches take one row per thread.
+        let (rows, kernel) = if p.m >= 8 {
+            &self.kernels[1]
+        } else {
+            &self.kernels[0]
+        };
         let groups = [
             p.n.div_ceil(COLS_PER_GROUP) as u32,
-            p.m.div_ceil(ROWS_PER_GROUP) as u32,
+            p.m.div_ceil(*rows) as u32,
             1,
         ];
-        self.kernel.dispatch(pass, bg, &imm, groups);
+        kernel.dispatch(pass, bg, &imm, groups);
     }
 }
 
