@@ -7,11 +7,15 @@
 //   2 rows    u32 (R) row indices into x (any buffer when !GATHER)
 //   3 y       f32 (R, D) output
 // Immediates: Params below (eps as f32 bits).
-// Dispatch: one workgroup of 256 per output row: R workgroups (x ≤ 65535, then y).
+// Dispatch: one workgroup of WG = 256 per output row: R workgroups (x ≤ 65535, then y).
 // The sum of squares uses a fixed tree order, so a row's result never depends on the batch.
+// SERIAL (CPU adapters): one thread per output row summing in order d = 0, 1, ..., with
+// ceil(R / WG) workgroups of WG = 8: llvmpipe runs every barrier of the tree as a switch
+// through all 256 invocations, which made a 576-wide norm cost ~100 µs per row.
 
 override GATHER: bool = false;
-const WG: u32 = 256u;
+override SERIAL: bool = false;
+override WG: u32 = 256u;
 
 struct Params {
     num_rows: u32,
@@ -27,9 +31,35 @@ var<immediate> p: Params;
 
 var<workgroup> partial: array<f32, WG>;
 
-@compute @workgroup_size(256)
+// The SERIAL path: row r alone in one thread.
+fn serial_row(r: u32) {
+    if r >= p.num_rows {
+        return;
+    }
+    var src = r;
+    if GATHER {
+        src = rows[r];
+    }
+    let base = src * p.dim;
+    var s = 0.0;
+    for (var d = 0u; d < p.dim; d++) {
+        let v = x[base + d];
+        s = fma(v, v, s);
+    }
+    let inv = inverseSqrt(s / f32(p.dim) + p.eps);
+    let out = r * p.dim;
+    for (var d = 0u; d < p.dim; d++) {
+        y[out + d] = (x[base + d] * inv) * weight[d];
+    }
+}
+
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+    if SERIAL {
+        serial_row((wg.y * nwg.x + wg.x) * WG + lid);
+        return;
+    }
     let r = wg.y * nwg.x + wg.x;
     if r >= p.num_rows {
         return;

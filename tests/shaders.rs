@@ -21,13 +21,15 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 /// An override missing here fails the test, so a new one gets its values listed.
 fn override_values(name: &str) -> Vec<f64> {
     match name {
-        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" => vec![0.0, 1.0],
+        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "SERIAL" => {
+            vec![0.0, 1.0]
+        }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
         // paged_attention_serial's workgroup size is 8.
         "ROWS" => vec![1.0, 4.0, 8.0],
         // (GLU halves COLS: 16 -> 8.)
         "COLS" => vec![1.0, 8.0, 16.0],
-        "WG" => vec![8.0, 16.0, 64.0],
+        "WG" => vec![8.0, 16.0, 64.0, 256.0],
         // paged_attention: the test head sizes, SmolLM2's 64, and the wrapper's maximum.
         "HEAD_DIM" => vec![16.0, 64.0, 128.0, 256.0],
         // split attention's keys per partition: the tests' 16 and 70, the rule's 256 and 512.

@@ -10,13 +10,33 @@ fn gather_const(gather: bool) -> [(&'static str, f64); 1] {
 
 pub struct RmsNorm {
     kernel: Kernel,
+    /// One thread per row (CPU adapters) instead of a workgroup per row.
+    serial: bool,
 }
 
+/// Rows per workgroup of the serial RMSNorm: one 8-lane SIMD group on llvmpipe.
+const SERIAL_WG: usize = 8;
+
 impl RmsNorm {
-    /// `gather`: read input row `rows[r]` for output row r.
+    /// `gather`: read input row `rows[r]` for output row r. CPU adapters get the serial form.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
+        let cpu = ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
+        Self::with_serial(ctx, gather, cpu)
+    }
+
+    /// [`RmsNorm::new`] with the split chosen: `serial` sums each row in one thread in order,
+    /// otherwise a workgroup of 256 reduces it as a tree.
+    pub fn with_serial(ctx: &GpuContext, gather: bool, serial: bool) -> Self {
+        let [g] = gather_const(gather);
+        let wg = if serial { SERIAL_WG } else { 256 };
+        let consts = [
+            g,
+            ("SERIAL", f64::from(u8::from(serial))),
+            ("WG", wg as f64),
+        ];
         Self {
-            kernel: Kernel::new(ctx, RMS_NORM, &gather_const(gather)),
+            kernel: Kernel::new(ctx, RMS_NORM, &consts),
+            serial,
         }
     }
 
@@ -41,8 +61,12 @@ impl RmsNorm {
         eps: f32,
     ) {
         let imm = [num_rows as u32, dim as u32, eps.to_bits()];
-        self.kernel
-            .dispatch(pass, bg, &imm, grid_2d(num_rows as u32));
+        let groups = if self.serial {
+            num_rows.div_ceil(SERIAL_WG)
+        } else {
+            num_rows
+        };
+        self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
     }
 }
 
