@@ -31,24 +31,30 @@ var<immediate> p: Params;
 
 var<workgroup> partial: array<f32, WG>;
 
-// The SERIAL path: row r alone in one thread.
-fn serial_row(r: u32) {
-    if r >= p.num_rows {
-        return;
-    }
+// Where input row r starts in x.
+fn input_base(r: u32) -> u32 {
     var src = r;
     if GATHER {
         src = rows[r];
     }
-    let base = src * p.dim;
+    return src * p.dim;
+}
+
+// Sum of squares of the row's elements d0, d0 + step, ... in that order.
+fn sum_squares(base: u32, d0: u32, step: u32) -> f32 {
     var s = 0.0;
-    for (var d = 0u; d < p.dim; d++) {
+    for (var d = d0; d < p.dim; d += step) {
         let v = x[base + d];
         s = fma(v, v, s);
     }
-    let inv = inverseSqrt(s / f32(p.dim) + p.eps);
+    return s;
+}
+
+// Output row r's elements d0, d0 + step, ...
+fn write_row(r: u32, base: u32, sum: f32, d0: u32, step: u32) {
+    let inv = inverseSqrt(sum / f32(p.dim) + p.eps);
     let out = r * p.dim;
-    for (var d = 0u; d < p.dim; d++) {
+    for (var d = d0; d < p.dim; d += step) {
         y[out + d] = (x[base + d] * inv) * weight[d];
     }
 }
@@ -56,25 +62,22 @@ fn serial_row(r: u32) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+    let group = wg.y * nwg.x + wg.x;
     if SERIAL {
-        serial_row((wg.y * nwg.x + wg.x) * WG + lid);
+        // Row r alone in one thread, summed in order.
+        let r = group * WG + lid;
+        if r < p.num_rows {
+            let base = input_base(r);
+            write_row(r, base, sum_squares(base, 0u, 1u), 0u, 1u);
+        }
         return;
     }
-    let r = wg.y * nwg.x + wg.x;
+    let r = group;
     if r >= p.num_rows {
         return;
     }
-    var src = r;
-    if GATHER {
-        src = rows[r];
-    }
-    let base = src * p.dim;
-    var s = 0.0;
-    for (var d = lid; d < p.dim; d += WG) {
-        let v = x[base + d];
-        s = fma(v, v, s);
-    }
-    partial[lid] = s;
+    let base = input_base(r);
+    partial[lid] = sum_squares(base, lid, WG);
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {
@@ -82,9 +85,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         workgroupBarrier();
     }
-    let inv = inverseSqrt(partial[0] / f32(p.dim) + p.eps);
-    let out = r * p.dim;
-    for (var d = lid; d < p.dim; d += WG) {
-        y[out + d] = (x[base + d] * inv) * weight[d];
-    }
+    write_row(r, base, partial[0], lid, WG);
 }
