@@ -348,32 +348,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if slot_used(14u) { t14 = mac(t14, xt, load_block(slot_row(14u, n0), b)); }
         if slot_used(15u) { t15 = mac(t15, xt, load_block(slot_row(15u, n0), b)); }
     }
-    // Column c of the thread is in slot c (its up sums, with GLU, in slot c + 8).
-    if GLU {
-        store_tile(row0, n0, t0, t8);
-        if COLS > 1u { store_tile(row0, n0 + 1u * WG, t1, t9); }
-        if COLS > 2u { store_tile(row0, n0 + 2u * WG, t2, t10); }
-        if COLS > 3u { store_tile(row0, n0 + 3u * WG, t3, t11); }
-        if COLS > 4u { store_tile(row0, n0 + 4u * WG, t4, t12); }
-        if COLS > 5u { store_tile(row0, n0 + 5u * WG, t5, t13); }
-        if COLS > 6u { store_tile(row0, n0 + 6u * WG, t6, t14); }
-        if COLS > 7u { store_tile(row0, n0 + 7u * WG, t7, t15); }
-    } else {
-        store_tile(row0, n0, t0, t0);
-        if COLS > 1u { store_tile(row0, n0 + 1u * WG, t1, t1); }
-        if COLS > 2u { store_tile(row0, n0 + 2u * WG, t2, t2); }
-        if COLS > 3u { store_tile(row0, n0 + 3u * WG, t3, t3); }
-        if COLS > 4u { store_tile(row0, n0 + 4u * WG, t4, t4); }
-        if COLS > 5u { store_tile(row0, n0 + 5u * WG, t5, t5); }
-        if COLS > 6u { store_tile(row0, n0 + 6u * WG, t6, t6); }
-        if COLS > 7u { store_tile(row0, n0 + 7u * WG, t7, t7); }
-        if COLS > 8u { store_tile(row0, n0 + 8u * WG, t8, t8); }
-        if COLS > 9u { store_tile(row0, n0 + 9u * WG, t9, t9); }
-        if COLS > 10u { store_tile(row0, n0 + 10u * WG, t10, t10); }
-        if COLS > 11u { store_tile(row0, n0 + 11u * WG, t11, t11); }
-        if COLS > 12u { store_tile(row0, n0 + 12u * WG, t12, t12); }
-        if COLS > 13u { store_tile(row0, n0 + 13u * WG, t13, t13); }
-        if COLS > 14u { store_tile(row0, n0 + 14u * WG, t14, t14); }
-        if COLS > 15u { store_tile(row0, n0 + 15u * WG, t15, t15); }
-    }
+    // Column c of the thread is in slot c; with GLU its up sums are in slot c + 8 (COLS <= 8),
+    // otherwise store_tile ignores its last argument.
+    store_tile(row0, n0, t0, t8);
+    if COLS > 1u { store_tile(row0, n0 + 1u * WG, t1, t9); }
+    if COLS > 2u { store_tile(row0, n0 + 2u * WG, t2, t10); }
+    if COLS > 3u { store_tile(row0, n0 + 3u * WG, t3, t11); }
+    if COLS > 4u { store_tile(row0, n0 + 4u * WG, t4, t12); }
+    if COLS > 5u { store_tile(row0, n0 + 5u * WG, t5, t13); }
+    if COLS > 6u { store_tile(row0, n0 + 6u * WG, t6, t14); }
+    if COLS > 7u { store_tile(row0, n0 + 7u * WG, t7, t15); }
+    if !GLU && COLS > 8u { store_tile(row0, n0 + 8u * WG, t8, t8); }
+    if !GLU && COLS > 9u { store_tile(row0, n0 + 9u * WG, t9, t9); }
+    if !GLU && COLS > 10u { store_tile(row0, n0 + 10u * WG, t10, t10); }
+    if !GLU && COLS > 11u { store_tile(row0, n0 + 11u * WG, t11, t11); }
+    if !GLU && COLS > 12u { store_tile(row0, n0 + 12u * WG, t12, t12); }
+    if !GLU && COLS > 13u { store_tile(row0, n0 + 13u * WG, t13, t13); }
+    if !GLU && COLS > 14u { store_tile(row0, n0 + 14u * WG, t14, t14); }
+    if !GLU && COLS > 15u { store_tile(row0, n0 + 15u * WG, t15, t15); }
 }

@@ -154,16 +154,7 @@ impl GpuTensor {
             WeightDType::F32 => numel,
             WeightDType::F16 => numel.div_ceil(2),
         };
-        let bytes = (words.max(1) * 4) as u64;
-        check_binding(ctx, name, bytes)?;
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let buffer = zeroed_buffer(ctx, name, (words.max(1) * 4) as u64, false)?;
         Ok(GpuTensor {
             buffer,
             shape: shape.to_vec(),
@@ -182,16 +173,7 @@ impl GpuTensor {
         k: usize,
     ) -> Result<GpuTensor, GpuError> {
         let bytes = crate::gpu::kernels::MatmulQuant::x_buffer_bytes(rows, k);
-        check_binding(ctx, name, bytes)?;
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::UNIFORM
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let buffer = zeroed_buffer(ctx, name, bytes, true)?;
         if !data.is_empty() {
             ctx.queue.write_buffer(
                 &buffer,
@@ -221,6 +203,28 @@ impl GpuTensor {
                 .collect(),
         })
     }
+}
+
+/// A zero-initialised storage buffer of `bytes` (copyable both ways), also bindable as a
+/// uniform buffer when `uniform`.
+fn zeroed_buffer(
+    ctx: &GpuContext,
+    name: &str,
+    bytes: u64,
+    uniform: bool,
+) -> Result<wgpu::Buffer, GpuError> {
+    check_binding(ctx, name, bytes)?;
+    let mut usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    if uniform {
+        usage |= wgpu::BufferUsages::UNIFORM;
+    }
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size: bytes,
+        usage,
+        mapped_at_creation: false,
+    }))
 }
 
 fn check_binding(ctx: &GpuContext, name: &str, bytes: u64) -> Result<(), GpuError> {
