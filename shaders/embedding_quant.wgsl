@@ -8,17 +8,23 @@
 //     (byte j: low nibble = element j, high nibble = element j + 16); value = d * q + m.
 //   8-bit (Q8 = true, BW = 9): word 0 = d f16, words 1..9 = 32 int8; value = d * q.
 // Quantized models here are Llama-style, so there is no position table.
+// W_TEXTURE: the table is in w_texture as the two planes matmul_quant.wgsl's W_TEXTURE reads
+// (qs plane: block i = b * vocab + n in texels i * QT .. + QT; scale plane after it: block
+// (n, b)'s word 0 in component b % 4 of texel (b / 4) * vocab + n), and `table` is unused.
 //
 // Bindings:
 //   0 token_ids  u32 (T)
 //   1 table      u32 words of the blocks above
 //   2 x          vec4<f32> (T, dim / 4) output
+//   3 w_texture  (W_TEXTURE only) rgba32uint texels, row width TEX_WIDTH
 // Immediates: Params below.
 // Dispatch: ceil(T * dim / 4 / 256) workgroups of 256, spread over x and y (x ≤ 65535);
 // one thread per 4 consecutive elements of a row.
 // Ids are checked against the whole vocabulary on the CPU before dispatch.
 
 override Q8: bool = false;
+override W_TEXTURE: bool = false;
+const TEX_WIDTH: u32 = 4096u;
 
 struct Params {
     num_tokens: u32,
@@ -30,7 +36,12 @@ struct Params {
 @group(0) @binding(0) var<storage, read> token_ids: array<u32>;
 @group(0) @binding(1) var<storage, read> table: array<u32>;
 @group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(3) var w_texture: texture_2d<u32>;
 var<immediate> p: Params;
+
+fn texel(i: u32) -> vec4<u32> {
+    return textureLoad(w_texture, vec2<u32>(i % TEX_WIDTH, i / TEX_WIDTH), 0);
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -46,8 +57,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if tok < p.first_id || tok - p.first_id >= p.vocab {
         return;
     }
-    let block = (j / 8u) * p.vocab + (tok - p.first_id);
+    let row = tok - p.first_id;
+    let b = j / 8u;
+    let block = b * p.vocab + row;
     let c = j % 8u;
+    if W_TEXTURE {
+        let qt = select(1u, 2u, Q8);
+        let plane = qt * (p.dim / 32u) * p.vocab;
+        let head = texel(plane + (b / 4u) * p.vocab + row)[b % 4u];
+        if Q8 {
+            let q = texel(block * 2u + c / 4u)[c % 4u];
+            x[i] = vec4<f32>(unpack2x16float(head).x) * vec4<f32>(unpack4xI8(q));
+        } else {
+            let dm = unpack2x16float(head);
+            let q = (texel(block)[c & 3u] >> ((c >> 2u) * 4u)) & 0x0f0f0f0fu;
+            x[i] = fma(vec4<f32>(dm.x), vec4<f32>(unpack4xU8(q)), vec4<f32>(dm.y));
+        }
+        return;
+    }
     if Q8 {
         let base = block * 9u;
         let d = unpack2x16float(table[base]).x;

@@ -25,6 +25,7 @@
 //   2 bias      f32 (N) (any buffer when flag 0 is off)
 //   3 y         f32 (M, y_stride) read_write
 //   4 x_window  (X_WINDOW only) uniform, 64 KiB of x starting at row row0 (a dynamic offset)
+//   5 w_texture (W_TEXTURE only) rgba32uint texels of the weight planes below
 // Immediates: Params below; this call computes rows [row0, m).
 // Dispatch: (ceil(N / (WG * COLS)), ceil((m - row0) / ROWS)) workgroups of WG threads; a thread
 // owns output columns n0 + c * WG (c < COLS, n0 = wg.x * WG * COLS + lid) and rows
@@ -33,6 +34,15 @@
 // storage load into a loop over the SIMD lanes (~3.8 ns per word and lane) but a uniform load
 // into one gather (~0.6 ns), and x is most of what this kernel loads once ROWS > 1. A window
 // holds 16,384 floats, so the wrapper issues one dispatch per window of rows.
+// W_TEXTURE (CPU adapters): the weight is read from a texture of 4-word texels instead of w,
+// because llvmpipe fetches a texel for all lanes in one gather (~1.4 ns per word against
+// ~4 ns per word and lane from a storage buffer). Texel i is at (i % TEX_WIDTH, i / TEX_WIDTH).
+// The blocks' words are split in two planes so that every load is a whole aligned texel:
+//   qs plane, texels [0, QT * B * NW): block (row n, k-block b)'s qs words (word 1.. of the
+//     layout above) in texels (b * NW + n) * QT .. + QT (QT = 1 for 4-bit, 2 for 8-bit);
+//   scale plane, from texel QT * B * NW: word 0 of block (n, b) is component b % 4 of texel
+//     (b / 4) * NW + n, so a thread loads one scale texel per 4 k-blocks.
+// (B = K / 32 k-blocks, NW = weight rows: N, or 2N with GLU.)
 // Per block it loads its rows of x once and reuses them for all its columns: on llvmpipe every
 // load from a storage buffer costs a loop over the SIMD lanes, so loads per multiply-add are
 // what decide speed there (COLS = 8); GPUs want many threads instead (COLS = 1).
@@ -59,6 +69,9 @@ override ROWS: u32 = 4u;
 override COLS: u32 = 4u;
 override WG: u32 = 64u;
 override X_WINDOW: bool = false;
+override W_TEXTURE: bool = false;
+// Texels per row of w_texture (a power of two).
+const TEX_WIDTH: u32 = 4096u;
 
 struct Params {
     m: u32,
@@ -75,6 +88,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> x_window: array<vec4<f32>, 4096>;
+@group(0) @binding(5) var w_texture: texture_2d<u32>;
 var<immediate> p: Params;
 
 // The 32 weights of one block, elements 4j..4j+3 in wj.
@@ -99,29 +113,85 @@ fn weight_rows() -> u32 {
     return select(p.n, 2u * p.n, GLU);
 }
 
-fn load_block(n: u32, b: u32) -> Block {
+fn texel(i: u32) -> vec4<u32> {
+    return textureLoad(w_texture, vec2<u32>(i % TEX_WIDTH, i / TEX_WIDTH), 0);
+}
+
+// qs texels per weight block.
+fn qs_texels() -> u32 {
+    return select(1u, 2u, Q8);
+}
+
+// The scale texel of weight row n for k-blocks 4 * (b / 4) .. + 4 (W_TEXTURE only).
+fn load_scales(n: u32, b: u32) -> vec4<u32> {
+    if !W_TEXTURE {
+        return vec4<u32>();
+    }
+    let plane = qs_texels() * (p.k / 32u) * weight_rows();
+    return texel(plane + (b / 4u) * weight_rows() + n);
+}
+
+// v[i] as selects (a dynamic index could put v in scratch memory on llvmpipe).
+fn component(v: vec4<u32>, i: u32) -> u32 {
+    return select(select(v.x, v.y, i == 1u), select(v.z, v.w, i == 3u), i >= 2u);
+}
+
+// Block (n, b); `scales` is load_scales(n, b) when W_TEXTURE (else unused).
+fn load_block(n: u32, b: u32, scales: vec4<u32>) -> Block {
+    var head: u32;
+    var q0: u32;
+    var q1: u32;
+    var q2: u32;
+    var q3: u32;
+    var q4: u32;
+    var q5: u32;
+    var q6: u32;
+    var q7: u32;
+    if W_TEXTURE {
+        head = component(scales, b % 4u);
+        let t = (b * weight_rows() + n) * qs_texels();
+        let lo = texel(t);
+        q0 = lo.x;
+        q1 = lo.y;
+        q2 = lo.z;
+        q3 = lo.w;
+        if Q8 {
+            let hi = texel(t + 1u);
+            q4 = hi.x;
+            q5 = hi.y;
+            q6 = hi.z;
+            q7 = hi.w;
+        }
+    } else {
+        let i = (b * weight_rows() + n) * select(5u, 9u, Q8);
+        head = w[i];
+        q0 = w[i + 1u];
+        q1 = w[i + 2u];
+        q2 = w[i + 3u];
+        q3 = w[i + 4u];
+        if Q8 {
+            q4 = w[i + 5u];
+            q5 = w[i + 6u];
+            q6 = w[i + 7u];
+            q7 = w[i + 8u];
+        }
+    }
     if Q8 {
-        let i = (b * weight_rows() + n) * 9u;
-        let d = vec4<f32>(unpack2x16float(w[i]).x);
+        let d = vec4<f32>(unpack2x16float(head).x);
         return Block(
-            d * vec4<f32>(unpack4xI8(w[i + 1u])),
-            d * vec4<f32>(unpack4xI8(w[i + 2u])),
-            d * vec4<f32>(unpack4xI8(w[i + 3u])),
-            d * vec4<f32>(unpack4xI8(w[i + 4u])),
-            d * vec4<f32>(unpack4xI8(w[i + 5u])),
-            d * vec4<f32>(unpack4xI8(w[i + 6u])),
-            d * vec4<f32>(unpack4xI8(w[i + 7u])),
-            d * vec4<f32>(unpack4xI8(w[i + 8u])),
+            d * vec4<f32>(unpack4xI8(q0)),
+            d * vec4<f32>(unpack4xI8(q1)),
+            d * vec4<f32>(unpack4xI8(q2)),
+            d * vec4<f32>(unpack4xI8(q3)),
+            d * vec4<f32>(unpack4xI8(q4)),
+            d * vec4<f32>(unpack4xI8(q5)),
+            d * vec4<f32>(unpack4xI8(q6)),
+            d * vec4<f32>(unpack4xI8(q7)),
         );
     }
-    let i = (b * weight_rows() + n) * 5u;
-    let dm = unpack2x16float(w[i]);
+    let dm = unpack2x16float(head);
     let d = vec4<f32>(dm.x);
     let m = vec4<f32>(dm.y);
-    let q0 = w[i + 1u];
-    let q1 = w[i + 2u];
-    let q2 = w[i + 3u];
-    let q3 = w[i + 4u];
     return Block(
         nibbles(q0, 0u, d, m),
         nibbles(q1, 0u, d, m),
@@ -329,24 +399,59 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var t13: Tile;
     var t14: Tile;
     var t15: Tile;
+    // Scale texels of the slots' weight rows (W_TEXTURE), loaded every 4th k-block.
+    var s0: vec4<u32>;
+    var s1: vec4<u32>;
+    var s2: vec4<u32>;
+    var s3: vec4<u32>;
+    var s4: vec4<u32>;
+    var s5: vec4<u32>;
+    var s6: vec4<u32>;
+    var s7: vec4<u32>;
+    var s8: vec4<u32>;
+    var s9: vec4<u32>;
+    var s10: vec4<u32>;
+    var s11: vec4<u32>;
+    var s12: vec4<u32>;
+    var s13: vec4<u32>;
+    var s14: vec4<u32>;
+    var s15: vec4<u32>;
     for (var b = 0u; b < p.k / 32u; b++) {
+        if W_TEXTURE && b % 4u == 0u {
+            s0 = load_scales(slot_row(0u, n0), b);
+            if slot_used(1u) { s1 = load_scales(slot_row(1u, n0), b); }
+            if slot_used(2u) { s2 = load_scales(slot_row(2u, n0), b); }
+            if slot_used(3u) { s3 = load_scales(slot_row(3u, n0), b); }
+            if slot_used(4u) { s4 = load_scales(slot_row(4u, n0), b); }
+            if slot_used(5u) { s5 = load_scales(slot_row(5u, n0), b); }
+            if slot_used(6u) { s6 = load_scales(slot_row(6u, n0), b); }
+            if slot_used(7u) { s7 = load_scales(slot_row(7u, n0), b); }
+            if slot_used(8u) { s8 = load_scales(slot_row(8u, n0), b); }
+            if slot_used(9u) { s9 = load_scales(slot_row(9u, n0), b); }
+            if slot_used(10u) { s10 = load_scales(slot_row(10u, n0), b); }
+            if slot_used(11u) { s11 = load_scales(slot_row(11u, n0), b); }
+            if slot_used(12u) { s12 = load_scales(slot_row(12u, n0), b); }
+            if slot_used(13u) { s13 = load_scales(slot_row(13u, n0), b); }
+            if slot_used(14u) { s14 = load_scales(slot_row(14u, n0), b); }
+            if slot_used(15u) { s15 = load_scales(slot_row(15u, n0), b); }
+        }
         let xt = load_x_tile(row0, b);
-        t0 = mac(t0, xt, load_block(slot_row(0u, n0), b));
-        if slot_used(1u) { t1 = mac(t1, xt, load_block(slot_row(1u, n0), b)); }
-        if slot_used(2u) { t2 = mac(t2, xt, load_block(slot_row(2u, n0), b)); }
-        if slot_used(3u) { t3 = mac(t3, xt, load_block(slot_row(3u, n0), b)); }
-        if slot_used(4u) { t4 = mac(t4, xt, load_block(slot_row(4u, n0), b)); }
-        if slot_used(5u) { t5 = mac(t5, xt, load_block(slot_row(5u, n0), b)); }
-        if slot_used(6u) { t6 = mac(t6, xt, load_block(slot_row(6u, n0), b)); }
-        if slot_used(7u) { t7 = mac(t7, xt, load_block(slot_row(7u, n0), b)); }
-        if slot_used(8u) { t8 = mac(t8, xt, load_block(slot_row(8u, n0), b)); }
-        if slot_used(9u) { t9 = mac(t9, xt, load_block(slot_row(9u, n0), b)); }
-        if slot_used(10u) { t10 = mac(t10, xt, load_block(slot_row(10u, n0), b)); }
-        if slot_used(11u) { t11 = mac(t11, xt, load_block(slot_row(11u, n0), b)); }
-        if slot_used(12u) { t12 = mac(t12, xt, load_block(slot_row(12u, n0), b)); }
-        if slot_used(13u) { t13 = mac(t13, xt, load_block(slot_row(13u, n0), b)); }
-        if slot_used(14u) { t14 = mac(t14, xt, load_block(slot_row(14u, n0), b)); }
-        if slot_used(15u) { t15 = mac(t15, xt, load_block(slot_row(15u, n0), b)); }
+        t0 = mac(t0, xt, load_block(slot_row(0u, n0), b, s0));
+        if slot_used(1u) { t1 = mac(t1, xt, load_block(slot_row(1u, n0), b, s1)); }
+        if slot_used(2u) { t2 = mac(t2, xt, load_block(slot_row(2u, n0), b, s2)); }
+        if slot_used(3u) { t3 = mac(t3, xt, load_block(slot_row(3u, n0), b, s3)); }
+        if slot_used(4u) { t4 = mac(t4, xt, load_block(slot_row(4u, n0), b, s4)); }
+        if slot_used(5u) { t5 = mac(t5, xt, load_block(slot_row(5u, n0), b, s5)); }
+        if slot_used(6u) { t6 = mac(t6, xt, load_block(slot_row(6u, n0), b, s6)); }
+        if slot_used(7u) { t7 = mac(t7, xt, load_block(slot_row(7u, n0), b, s7)); }
+        if slot_used(8u) { t8 = mac(t8, xt, load_block(slot_row(8u, n0), b, s8)); }
+        if slot_used(9u) { t9 = mac(t9, xt, load_block(slot_row(9u, n0), b, s9)); }
+        if slot_used(10u) { t10 = mac(t10, xt, load_block(slot_row(10u, n0), b, s10)); }
+        if slot_used(11u) { t11 = mac(t11, xt, load_block(slot_row(11u, n0), b, s11)); }
+        if slot_used(12u) { t12 = mac(t12, xt, load_block(slot_row(12u, n0), b, s12)); }
+        if slot_used(13u) { t13 = mac(t13, xt, load_block(slot_row(13u, n0), b, s13)); }
+        if slot_used(14u) { t14 = mac(t14, xt, load_block(slot_row(14u, n0), b, s14)); }
+        if slot_used(15u) { t15 = mac(t15, xt, load_block(slot_row(15u, n0), b, s15)); }
     }
     // Column c of the thread is in slot c; with GLU its up sums are in slot c + 8 (COLS <= 8),
     // otherwise store_tile ignores its last argument.

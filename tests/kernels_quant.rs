@@ -15,7 +15,9 @@ use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::matmul_quant::{
     self, QuantFormat, QuantTuning, dequantize_packed, row_bytes,
 };
-use wllm::gpu::kernels::{EmbeddingQuant, MatmulParams, MatmulQuant, embedding_quant};
+use wllm::gpu::kernels::{
+    EmbeddingQuant, MatmulParams, MatmulQuant, WeightData, embedding_quant, quant_texture,
+};
 use wllm::loader::TensorDType::{self, Q4_0, Q4_1, Q8_0};
 use wllm::loader::dequant;
 
@@ -47,11 +49,25 @@ fn random_blocks(rng: &mut Rng, dtype: TensorDType, n: usize, k: usize) -> Vec<u
     raw
 }
 
-/// GGUF blocks of an (n, k) weight, packed and uploaded.
-fn quant_weight(name: &str, raw: &[u8], dtype: TensorDType, n: usize, k: usize) -> GpuTensor {
-    let (w, _) =
+/// GGUF blocks of an (n, k) weight, packed and uploaded: as texture planes when `texture`,
+/// else as words in a storage buffer.
+fn quant_weight(
+    name: &str,
+    raw: &[u8],
+    dtype: TensorDType,
+    n: usize,
+    k: usize,
+    texture: bool,
+) -> WeightData {
+    let (w, format) =
         matmul_quant::pack_quantized(raw, dtype, n, k).unwrap_or_else(|e| panic!("{name}: {e}"));
-    u32s(name, &w)
+    if texture {
+        let view = quant_texture::upload_texture(ctx(), name, &w, format, n, k)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        WeightData::Texture(view)
+    } else {
+        WeightData::Buffer(u32s(name, &w).buffer)
+    }
 }
 
 /// Equal values (`==`: a Q4_0 zero, q = 8, may come out as +0 where the loader's d·0 gave −0).
@@ -169,12 +185,14 @@ fn check_matmul(dtype: TensorDType, tuning: QuantTuning, p: MatmulParams, seed: 
     matmul_quant::reference(&x, &raw, dtype, bias_ref, &mut want, &p).expect("reference");
 
     let xb = x_input(&x, p.m, p.k);
-    let wb = quant_weight("w", &raw, dtype, p.n, p.k);
+    let wb = quant_weight("w", &raw, dtype, p.n, p.k, tuning.w_texture);
     let bb = f32s("bias", &bias, &[p.n]);
     let y = f32s("y", &y0, &[p.m, p.y_stride]);
     let format = QuantFormat::of(dtype).expect("quantized");
     let mm = MatmulQuant::new(ctx(), format, tuning);
-    let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &bb.buffer, &y.buffer);
+    let bg = mm
+        .bind(ctx(), &xb.buffer, &wb, &bb.buffer, &y.buffer)
+        .expect("bind");
     run(|pass| mm.encode(pass, &bg, &p));
     let got = read(&y);
 
@@ -226,6 +244,8 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
     let cases = [
         MatmulParams::plain(1, 77, 32),
         with(3, 300, 96, 300, 0, true, false),
+        // 5 k-blocks: one whole scale texel and one partly used.
+        with(9, 33, 160, 40, 2, false, false),
         with(13, 77, 576, 90, 7, true, true),
         with(40, 64, 96, 64, 0, false, true),
         // Five workgroups of columns at an offset, M one past a multiple of 4 and 8, the
@@ -243,25 +263,28 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
 
 /// Work splits to test: the GPU and CPU-adapter defaults with each rows-per-thread choice
 /// forced, an awkward split, and the automatic row choice; x from storage and through
-/// uniform windows.
+/// uniform windows; weights from buffers and from textures.
 fn tunings() -> Vec<QuantTuning> {
-    let t = |workgroup, cols, fixed_rows, x_window| QuantTuning {
+    let t = |workgroup, cols, fixed_rows, x_window, w_texture| QuantTuning {
         workgroup,
         cols,
         fixed_rows,
         x_window,
+        w_texture,
     };
     let mut v = vec![
-        t(8, 3, None, false),
-        t(64, 1, None, false),
-        t(8, 8, None, true),
+        t(8, 3, None, false, false),
+        t(64, 1, None, false, false),
+        t(8, 8, None, true, true),
     ];
     for rows in MatmulQuant::ROW_CHOICES {
-        v.push(t(64, 1, Some(rows), false));
-        v.push(t(16, 16, Some(rows), true));
+        v.push(t(64, 1, Some(rows), false, false));
+        v.push(t(16, 16, Some(rows), true, false));
+        v.push(t(8, 8, Some(rows), true, true));
     }
-    v.push(t(16, 16, Some(8), false));
-    v.push(t(8, 5, Some(4), true));
+    v.push(t(16, 16, Some(8), false, true));
+    v.push(t(8, 5, Some(4), true, false));
+    v.push(t(64, 1, None, false, true));
     v
 }
 
@@ -285,14 +308,17 @@ fn matmul_quant_rows_are_batch_invariant() {
             ..MatmulParams::plain(m, n, k)
         };
         let format = QuantFormat::of(dtype).expect("quantized");
-        let wb = quant_weight("w", &raw, dtype, n, k);
+        let weights = [false, true].map(|tex| quant_weight("w", &raw, dtype, n, k, tex));
+        let wb = |tuning: QuantTuning| &weights[usize::from(tuning.w_texture)];
         let bb = f32s("bias", &bias, &[n]);
         let xb = x_input(&x, m, k);
         let mut batched: Option<Vec<f32>> = None;
         for tuning in tunings() {
             let mm = MatmulQuant::new(ctx(), format, tuning);
             let y = f32s("y", &y0, &[m, n]);
-            let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &bb.buffer, &y.buffer);
+            let bg = mm
+                .bind(ctx(), &xb.buffer, wb(tuning), &bb.buffer, &y.buffer)
+                .expect("bind");
             run(|pass| mm.encode(pass, &bg, &p));
             let got = read(&y);
             match &batched {
@@ -313,7 +339,9 @@ fn matmul_quant_rows_are_batch_invariant() {
             for row in [0usize, 3, 4, 7, 8, 12] {
                 let x1 = x_input(&x[row * k..(row + 1) * k], 1, k);
                 let y1 = f32s("y row", &y0[row * n..(row + 1) * n], &[1, n]);
-                let bg1 = mm.bind(ctx(), &x1.buffer, &wb.buffer, &bb.buffer, &y1.buffer);
+                let bg1 = mm
+                    .bind(ctx(), &x1.buffer, wb(tuning), &bb.buffer, &y1.buffer)
+                    .expect("bind");
                 run(|pass| mm.encode(pass, &bg1, &MatmulParams { m: 1, ..p }));
                 assert_bits_eq(
                     &format!("matmul_quant {dtype:?} {tuning:?} row {row}: M=1 vs M={m}"),
@@ -341,31 +369,49 @@ fn embedding_quant_over_a_table_split_in_two() {
         let want = embedding_quant::reference(&ids, &raw, dtype, vocab, dim).expect("reference");
         EmbeddingQuant::check(dim).expect("valid dim");
 
-        // The table in two buffers, packed on their own: ids [0, split) and [split, vocab).
-        let rb = row_bytes(dtype, dim);
-        let part_a = quant_weight("table a", &raw[..split * rb], dtype, split, dim);
-        let part_b = quant_weight("table b", &raw[split * rb..], dtype, vocab - split, dim);
-        let id_buf = u32s("ids", &ids);
-        let x = f32s("x", &x0, &[t, dim]);
-        let emb = EmbeddingQuant::new(ctx(), QuantFormat::of(dtype).expect("quantized"));
-        let bg_a = emb.bind(ctx(), &id_buf.buffer, &part_a.buffer, &x.buffer);
-        let bg_b = emb.bind(ctx(), &id_buf.buffer, &part_b.buffer, &x.buffer);
+        for texture in [false, true] {
+            let what = format!("{what} texture={texture}");
+            // The table in two parts, packed on their own: ids [0, split) and [split, vocab).
+            let rb = row_bytes(dtype, dim);
+            let part_a = quant_weight("table a", &raw[..split * rb], dtype, split, dim, texture);
+            let part_b = quant_weight(
+                "table b",
+                &raw[split * rb..],
+                dtype,
+                vocab - split,
+                dim,
+                texture,
+            );
+            let id_buf = u32s("ids", &ids);
+            let x = f32s("x", &x0, &[t, dim]);
+            let format = QuantFormat::of(dtype).expect("quantized");
+            let emb = EmbeddingQuant::new(ctx(), format, texture);
+            let bg_a = emb
+                .bind(ctx(), &id_buf.buffer, &part_a, &x.buffer)
+                .expect("bind");
+            let bg_b = emb
+                .bind(ctx(), &id_buf.buffer, &part_b, &x.buffer)
+                .expect("bind");
+            // The other storage is refused, not misread.
+            let other = quant_weight("other", &raw[..split * rb], dtype, split, dim, !texture);
+            assert!(emb.bind(ctx(), &id_buf.buffer, &other, &x.buffer).is_err());
 
-        // After the first part only, rows of the other part's ids are untouched.
-        run(|pass| emb.encode(pass, &bg_a, t, dim, 0, split));
-        let got = read(&x);
-        for (tok, &id) in ids.iter().enumerate() {
-            let r = tok * dim..(tok + 1) * dim;
-            let expect = if (id as usize) < split {
-                &want[r.clone()]
-            } else {
-                &x0[r.clone()]
-            };
-            assert_values_eq(&format!("{what} part a, token {tok}"), &got[r], expect);
+            // After the first part only, rows of the other part's ids are untouched.
+            run(|pass| emb.encode(pass, &bg_a, t, dim, 0, split));
+            let got = read(&x);
+            for (tok, &id) in ids.iter().enumerate() {
+                let r = tok * dim..(tok + 1) * dim;
+                let expect = if (id as usize) < split {
+                    &want[r.clone()]
+                } else {
+                    &x0[r.clone()]
+                };
+                assert_values_eq(&format!("{what} part a, token {tok}"), &got[r], expect);
+            }
+            run(|pass| emb.encode(pass, &bg_b, t, dim, split, vocab - split));
+            // Exact: the kernel's d·q + m is the loader's (see matmul_quant's module docs).
+            assert_values_eq(&what, &read(&x), &want);
         }
-        run(|pass| emb.encode(pass, &bg_b, t, dim, split, vocab - split));
-        // Exact: the kernel's d·q + m is the loader's (see matmul_quant's module docs).
-        assert_values_eq(&what, &read(&x), &want);
     }
 }
 
@@ -409,10 +455,13 @@ fn timing_matmul_quant_vs_f16() {
     }
     for dtype in QUANT_TYPES {
         let raw = random_blocks(&mut rng, dtype, n, k);
-        let wq = quant_weight("w q", &raw, dtype, n, k);
+        let weights = [false, true].map(|tex| quant_weight("w q", &raw, dtype, n, k, tex));
         for tuning in tunings() {
             let mq = MatmulQuant::new(ctx(), QuantFormat::of(dtype).expect("quantized"), tuning);
-            let bg = mq.bind(ctx(), &x.buffer, &wq.buffer, &bias.buffer, &y.buffer);
+            let wq = &weights[usize::from(tuning.w_texture)];
+            let bg = mq
+                .bind(ctx(), &x.buffer, wq, &bias.buffer, &y.buffer)
+                .expect("bind");
             for m in ms {
                 let us = time(&|pass| mq.encode(pass, &bg, &MatmulParams::plain(m, n, k)));
                 println!("MatmulQuant {dtype:?} {tuning:?} M={m:2}: {us:9.1} µs");
@@ -429,7 +478,7 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
     use wllm::gpu::kernels::SiluMul;
     let (n, k, y_col, y_stride) = (45usize, 96usize, 3usize, 50usize);
     for (d, dtype) in QUANT_TYPES.into_iter().enumerate() {
-        for tuning in [tunings()[0], tunings()[1], tunings()[2]] {
+        for tuning in [tunings()[0], tunings()[1], tunings()[2], tunings()[12]] {
             let format = QuantFormat::of(dtype).expect("quantized");
             let mm = MatmulQuant::with_glu(ctx(), format, tuning);
             for m in [1usize, 5, 13] {
@@ -439,19 +488,15 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
                 let raw = random_blocks(&mut rng, dtype, 2 * n, k);
                 let y0 = rng.normals(m * y_stride, 1.0);
                 let xb = x_input(&x, m, k);
-                let wb = quant_weight("w", &raw, dtype, 2 * n, k);
+                let wb = quant_weight("w", &raw, dtype, 2 * n, k, tuning.w_texture);
                 let dummy = f32s("bias", &[0.0], &[1]);
 
                 // Separate: gate|up (m, 2n), then silu_mul into (m, n).
                 let gate_up = f32s("gate_up", &rng.normals(m * 2 * n, 1.0), &[m, 2 * n]);
                 let act = f32s("act", &rng.normals(m * n, 1.0), &[m, n]);
-                let bg = mm.bind(
-                    ctx(),
-                    &xb.buffer,
-                    &wb.buffer,
-                    &dummy.buffer,
-                    &gate_up.buffer,
-                );
+                let bg = mm
+                    .bind(ctx(), &xb.buffer, &wb, &dummy.buffer, &gate_up.buffer)
+                    .expect("bind");
                 let silu = SiluMul::new(ctx());
                 let sbg = silu.bind(ctx(), &gate_up.buffer, &act.buffer);
                 run(|pass| {
@@ -462,7 +507,9 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
 
                 // Fused, into columns y_col.. of a wider y.
                 let y = f32s("y", &y0, &[m, y_stride]);
-                let bg = mm.bind(ctx(), &xb.buffer, &wb.buffer, &dummy.buffer, &y.buffer);
+                let bg = mm
+                    .bind(ctx(), &xb.buffer, &wb, &dummy.buffer, &y.buffer)
+                    .expect("bind");
                 let p = MatmulParams {
                     y_stride,
                     y_col,

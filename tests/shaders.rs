@@ -21,7 +21,8 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 /// An override missing here fails the test, so a new one gets its values listed.
 fn override_values(name: &str) -> Vec<f64> {
     match name {
-        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "SERIAL" => {
+        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "W_TEXTURE"
+        | "SERIAL" => {
             vec![0.0, 1.0]
         }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
@@ -117,8 +118,8 @@ fn write_spv(name: &str, combo: &str, module: &naga::Module, info: &ModuleInfo) 
     );
 }
 
-/// Bindings of group 0 in declaration order, as (binding, writable).
-fn bindings(module: &naga::Module) -> Vec<(u32, bool)> {
+/// Bindings of group 0 in declaration order, as (binding, writable, texture).
+fn bindings(module: &naga::Module) -> Vec<(u32, bool, bool)> {
     module
         .global_variables
         .iter()
@@ -129,7 +130,11 @@ fn bindings(module: &naga::Module) -> Vec<(u32, bool)> {
                 g.space,
                 naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
             );
-            Some((b.binding, writable))
+            let texture = matches!(
+                module.types[g.ty].inner,
+                naga::TypeInner::Image { .. }
+            );
+            Some((b.binding, writable, texture))
         })
         .collect()
 }
@@ -142,14 +147,16 @@ fn write_msl(name: &str, combo: &str, module: &naga::Module, info: &ModuleInfo) 
         sizes_buffer: Some(binds.len() as u8 + 1),
         ..Default::default()
     };
-    for (b, writable) in &binds {
+    for (b, writable, texture) in &binds {
+        let slot = Some(*b as u8);
         resources.resources.insert(
             naga::ResourceBinding {
                 group: 0,
                 binding: *b,
             },
             msl::BindTarget {
-                buffer: Some(*b as u8),
+                buffer: slot.filter(|_| !texture),
+                texture: slot.filter(|_| *texture),
                 mutable: *writable,
                 ..Default::default()
             },
@@ -176,7 +183,7 @@ fn write_msl(name: &str, combo: &str, module: &naga::Module, info: &ModuleInfo) 
 fn write_hlsl(module: &naga::Module, info: &ModuleInfo) -> Result<String, String> {
     use naga::back::hlsl;
     let mut binding_map = hlsl::BindingMap::default();
-    for (b, _) in bindings(module) {
+    for (b, _, _) in bindings(module) {
         binding_map.insert(
             naga::ResourceBinding {
                 group: 0,

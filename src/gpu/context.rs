@@ -247,4 +247,9 @@ impl GpuContext {
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
     }
+
+    /// A CPU adapter (llvmpipe/lavapipe, WARP): kernels pick their CPU-friendly forms there.
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    }
 }

@@ -10,7 +10,7 @@ use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, RmsNorm, RopeKvWrite, SiluMul, rope::cos_sin_table,
+    PagedAttention, RmsNorm, RopeKvWrite, SiluMul, WeightData, rope::cos_sin_table,
 };
 use crate::gpu::profile::{Profiler, StepProfile};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
@@ -196,6 +196,12 @@ impl Runner {
         let wdt = weights.dtype;
 
         let mut quant_formats: Vec<QuantFormat> = Vec::new();
+        // Quantized weights sit in textures or in buffers (the loader's choice, one for all).
+        let quant_in_texture = weights
+            .matrices()
+            .iter()
+            .flat_map(|m| &m.parts)
+            .any(|p| matches!(p.data, WeightData::Texture(_)));
         for m in weights.matrices() {
             if let MatrixFormat::Quant(f) = m.format {
                 if !quant_formats.contains(&f) {
@@ -217,7 +223,9 @@ impl Runner {
         let max_k = d.max(cfg.q_dim()).max(inner);
         let kernels = Kernels {
             embedding: match weights.embed.format {
-                MatrixFormat::Quant(f) => EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f)),
+                MatrixFormat::Quant(f) => {
+                    EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f, quant_in_texture))
+                }
                 MatrixFormat::Dense(_) => {
                     EmbeddingKernel::Dense(Embedding::new(ctx, wdt, weights.pos_embed.is_some()))
                 }
@@ -225,7 +233,10 @@ impl Runner {
             matmul_quant: quant_formats
                 .iter()
                 .map(|&f| {
-                    let tuning = QuantTuning::for_adapter(ctx, max_k);
+                    let tuning = QuantTuning {
+                        w_texture: quant_in_texture,
+                        ..QuantTuning::for_adapter(ctx, max_k)
+                    };
                     let k = if glu_formats.contains(&f) {
                         MatmulQuant::with_glu(ctx, f, tuning)
                     } else {
@@ -315,17 +326,25 @@ impl Runner {
                 });
             }
             let bias_buf = bias.map_or(&dummy, |b| &b.buffer);
-            let bind = |buf: &wgpu::Buffer| match w.format {
-                MatrixFormat::Dense(_) => mm.bind(ctx, x, buf, bias_buf, y),
-                MatrixFormat::Quant(f) => quant_kernel(&kernels, f).bind(ctx, x, buf, bias_buf, y),
+            let bind = |data: &WeightData| match (w.format, data) {
+                (MatrixFormat::Dense(_), WeightData::Buffer(buf)) => {
+                    Ok(mm.bind(ctx, x, buf, bias_buf, y))
+                }
+                (MatrixFormat::Quant(f), _) => {
+                    quant_kernel(&kernels, f).bind(ctx, x, data, bias_buf, y)
+                }
+                (MatrixFormat::Dense(_), WeightData::Texture(_)) => Err(GpuError::Shape {
+                    op: "matmul",
+                    msg: "dense weights are read from buffers".into(),
+                }),
             };
             Ok(MatmulBinds {
                 format: w.format,
                 parts: w
                     .parts
                     .iter()
-                    .map(|p| (p.first_row, p.rows, bind(&p.buffer)))
-                    .collect(),
+                    .map(|p| Ok((p.first_row, p.rows, bind(&p.data)?)))
+                    .collect::<Result<_, GpuError>>()?,
                 k: w.cols,
                 y_stride,
                 bias: bias.is_some(),
@@ -340,20 +359,19 @@ impl Runner {
             .parts
             .iter()
             .map(|p| {
-                let bg = match &kernels.embedding {
-                    EmbeddingKernel::Dense(e) => e.bind(
-                        ctx,
-                        &meta.token_ids,
-                        &meta.positions,
-                        &p.buffer,
-                        pos_table,
-                        &x,
-                    ),
-                    EmbeddingKernel::Quant(e) => e.bind(ctx, &meta.token_ids, &p.buffer, &x),
-                };
-                (p.first_row, p.rows, bg)
+                let bg = match (&kernels.embedding, &p.data) {
+                    (EmbeddingKernel::Dense(e), WeightData::Buffer(table)) => {
+                        Ok(e.bind(ctx, &meta.token_ids, &meta.positions, table, pos_table, &x))
+                    }
+                    (EmbeddingKernel::Quant(e), data) => e.bind(ctx, &meta.token_ids, data, &x),
+                    (EmbeddingKernel::Dense(_), WeightData::Texture(_)) => Err(GpuError::Shape {
+                        op: "embedding",
+                        msg: "a dense table is read from a buffer".into(),
+                    }),
+                }?;
+                Ok((p.first_row, p.rows, bg))
             })
-            .collect();
+            .collect::<Result<_, GpuError>>()?;
 
         let mut buffers = vec![];
         let cos_sin = if cfg.arch == Architecture::Llama {

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::gpu::kernels::matmul::pack_weight;
 use crate::gpu::kernels::matmul_quant::{QuantFormat, pack_quantized, row_bytes};
+use crate::gpu::kernels::quant_texture::{
+    WeightData, max_rows_per_texture, textures_preferred, upload_texture,
+};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
@@ -71,12 +74,12 @@ pub enum MatrixFormat {
     Quant(QuantFormat),
 }
 
-/// Rows `first_row..first_row + rows` of a matrix, in one buffer.
+/// Rows `first_row..first_row + rows` of a matrix, in one buffer or texture.
 #[derive(Debug)]
 pub struct MatrixPart {
     pub first_row: usize,
     pub rows: usize,
-    pub buffer: wgpu::Buffer,
+    pub data: WeightData,
 }
 
 /// A weight matrix (rows = out_features), possibly split by rows across buffers.
@@ -91,7 +94,8 @@ pub struct GpuMatrix {
 
 impl GpuMatrix {
     /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
-    /// dequantizing them.
+    /// dequantizing them: into textures where [`textures_preferred`] (CPU adapters), else into
+    /// storage buffers.
     pub fn upload_quantized(
         ctx: &GpuContext,
         name: &str,
@@ -105,24 +109,30 @@ impl GpuMatrix {
             msg: format!("`{name}`: {dtype:?} is not a quantized type"),
         })?;
         let rb = row_bytes(dtype, cols);
-        let packed_row_bytes = (format.words_for(1, cols) * 4).max(1) as u64;
-        let max_rows = ((ctx.max_binding_bytes() / packed_row_bytes) as usize).max(1);
+        let in_texture = textures_preferred(ctx);
+        let max_rows = if in_texture {
+            max_rows_per_texture(ctx, format, cols)
+        } else {
+            let packed_row_bytes = (format.words_for(1, cols) * 4).max(1) as u64;
+            ((ctx.max_binding_bytes() / packed_row_bytes) as usize).max(1)
+        };
         let mut parts = Vec::new();
         let mut start = 0;
         while start < rows {
             let n = max_rows.min(rows - start);
             let (words, _) = pack_quantized(&raw[start * rb..(start + n) * rb], dtype, n, cols)?;
-            let t = GpuTensor::from_words(
-                ctx,
-                &format!("{name}[{start}..]"),
-                &words,
-                &[words.len()],
-                WeightDType::F32,
-            )?;
+            let label = format!("{name}[{start}..]");
+            let data = if in_texture {
+                WeightData::Texture(upload_texture(ctx, &label, &words, format, n, cols)?)
+            } else {
+                let t =
+                    GpuTensor::from_words(ctx, &label, &words, &[words.len()], WeightDType::F32)?;
+                WeightData::Buffer(t.buffer)
+            };
             parts.push(MatrixPart {
                 first_row: start,
                 rows: n,
-                buffer: t.buffer,
+                data,
             });
             start += n;
         }
@@ -161,7 +171,7 @@ impl GpuMatrix {
             parts.push(MatrixPart {
                 first_row: start,
                 rows: n,
-                buffer: t.buffer,
+                data: WeightData::Buffer(t.buffer),
             });
             start += n;
         }

@@ -8,27 +8,67 @@ use crate::loader::{TensorDType, dequant};
 
 use super::groups_for;
 use super::matmul_quant::{QUANT_BLOCK, QuantFormat};
+use super::quant_texture::{WeightData, unused_texture};
 
 pub struct EmbeddingQuant {
     kernel: Kernel,
+    in_texture: bool,
+    /// What fills the table binding the kernel does not read (buffer or texture).
+    unused_buffer: wgpu::Buffer,
+    unused_texture: wgpu::TextureView,
 }
 
 impl EmbeddingQuant {
-    pub fn new(ctx: &GpuContext, format: QuantFormat) -> Self {
+    /// `in_texture`: the table parts are [`WeightData::Texture`]s, else buffers.
+    pub fn new(ctx: &GpuContext, format: QuantFormat, in_texture: bool) -> Self {
+        let consts = [
+            ("Q8", format.q8_constant()),
+            ("W_TEXTURE", f64::from(u8::from(in_texture))),
+        ];
         Self {
-            kernel: Kernel::new(ctx, EMBEDDING_QUANT, &[("Q8", format.q8_constant())]),
+            kernel: Kernel::new(ctx, EMBEDDING_QUANT, &consts),
+            in_texture,
+            unused_buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("embedding_quant unused table buffer"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            unused_texture: unused_texture(ctx),
         }
     }
 
-    /// `table` holds one part of the table as [`super::matmul_quant::pack_quantized`] words.
+    /// `table` holds one part of the table as [`super::matmul_quant::pack_quantized`] words, or
+    /// as [`super::quant_texture`]'s planes (as [`EmbeddingQuant::new`] was told).
     pub fn bind(
         &self,
         ctx: &GpuContext,
         token_ids: &wgpu::Buffer,
-        table: &wgpu::Buffer,
+        table: &WeightData,
         x: &wgpu::Buffer,
-    ) -> wgpu::BindGroup {
-        self.kernel.bind(ctx, &[token_ids, table, x])
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        let (buffer, texture) = match table {
+            WeightData::Buffer(b) if !self.in_texture => (b, &self.unused_texture),
+            WeightData::Texture(t) if self.in_texture => (&self.unused_buffer, t),
+            _ => {
+                return Err(GpuError::Shape {
+                    op: "embedding_quant",
+                    msg: "the table's storage (buffer or texture) is not the kernel's".into(),
+                });
+            }
+        };
+        let entries = [
+            (0, token_ids.as_entire_binding()),
+            (1, buffer.as_entire_binding()),
+            (2, x.as_entire_binding()),
+            (3, wgpu::BindingResource::TextureView(texture)),
+        ]
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource });
+        Ok(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("embedding_quant"),
+            layout: &self.kernel.layout,
+            entries: &entries,
+        }))
     }
 
     /// Checks the shape contract the shader relies on: whole blocks per row.

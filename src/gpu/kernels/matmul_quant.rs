@@ -14,6 +14,7 @@
 //! The GPU's dequantized weights equal [`crate::loader::dequant`]'s bit for bit: d·q has at
 //! most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either way.
 
+use super::quant_texture::{WeightData, texture_entry, textures_preferred, unused_texture};
 use crate::gpu::pipeline::{Kernel, MATMUL_QUANT};
 use crate::gpu::{GpuContext, GpuError};
 use crate::loader::{TensorDType, dequant};
@@ -182,6 +183,9 @@ pub struct QuantTuning {
     /// llvmpipe loads fastest). x must then be bound as [`MatmulQuant::bind`] says, and k be
     /// at most [`MatmulQuant::MAX_WINDOW_K`].
     pub x_window: bool,
+    /// Read the weight from a texture ([`WeightData::Texture`], what llvmpipe loads fastest)
+    /// instead of a storage buffer.
+    pub w_texture: bool,
 }
 
 impl QuantTuning {
@@ -189,14 +193,16 @@ impl QuantTuning {
     /// reuse x, and x comes through uniform windows when every call's k fits one (`max_k`);
     /// a workgroup is one 8-lane SIMD group, so that a 576-column matmul still makes 9
     /// workgroups to spread over the cores (16 × 16 made 3, and decode ran ~1.4× slower).
-    /// GPUs want many threads, one column each.
+    /// GPUs want many threads, one column each. Weights come from textures where
+    /// [`textures_preferred`] says (CPU adapters); the weights must be uploaded to match.
     pub fn for_adapter(ctx: &GpuContext, max_k: usize) -> QuantTuning {
-        if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+        if ctx.is_cpu_adapter() {
             QuantTuning {
                 workgroup: 8,
                 cols: 8,
                 fixed_rows: None,
                 x_window: max_k <= MatmulQuant::MAX_WINDOW_K,
+                w_texture: textures_preferred(ctx),
             }
         } else {
             QuantTuning {
@@ -204,6 +210,7 @@ impl QuantTuning {
                 cols: 1,
                 fixed_rows: None,
                 x_window: false,
+                w_texture: textures_preferred(ctx),
             }
         }
     }
@@ -233,6 +240,9 @@ pub struct MatmulQuant {
     offset_align: u64,
     /// What fills the x-window binding when the tuning reads x from storage.
     unused_window: Option<wgpu::Buffer>,
+    /// What fills the weight binding the tuning does not read (buffer or texture).
+    unused_buffer: wgpu::Buffer,
+    unused_texture: wgpu::TextureView,
 }
 
 impl MatmulQuant {
@@ -272,9 +282,10 @@ impl MatmulQuant {
                 ("COLS", if glu { glu_cols } else { tuning.cols } as f64),
                 ("WG", tuning.workgroup as f64),
                 ("X_WINDOW", f64::from(u8::from(tuning.x_window))),
+                ("W_TEXTURE", f64::from(u8::from(tuning.w_texture))),
             ]
         };
-        let mut sets: Vec<[(&str, f64); 6]> = Self::ROW_CHOICES
+        let mut sets: Vec<[(&str, f64); 7]> = Self::ROW_CHOICES
             .iter()
             .map(|&r| consts(r, false))
             .collect();
@@ -300,6 +311,7 @@ impl MatmulQuant {
             },
             count: None,
         });
+        entries.push(texture_entry(5));
         let unused_window = (!tuning.x_window).then(|| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("matmul_quant unused x window"),
@@ -318,10 +330,18 @@ impl MatmulQuant {
             tuning,
             offset_align: u64::from(ctx.limits.min_uniform_buffer_offset_alignment.max(1)),
             unused_window,
+            unused_buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matmul_quant unused weight buffer"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            unused_texture: unused_texture(ctx),
         }
     }
 
-    /// `w` holds [`pack_quantized`]'s words; `bias` may be any buffer when the call has no bias.
+    /// `w` holds [`pack_quantized`]'s words in a buffer, or [`super::quant_texture`]'s planes
+    /// when the tuning has `w_texture`; `bias` may be any buffer when the call has no bias.
     /// With `x_window` x also needs `UNIFORM` usage and [`MatmulQuant::X_WINDOW_BYTES`] of
     /// room past its last row ([`MatmulQuant::x_buffer_bytes`]): each window binds that many
     /// bytes from the window's first row.
@@ -329,11 +349,21 @@ impl MatmulQuant {
         &self,
         ctx: &GpuContext,
         x: &wgpu::Buffer,
-        w: &wgpu::Buffer,
+        w: &WeightData,
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
-    ) -> wgpu::BindGroup {
+    ) -> Result<wgpu::BindGroup, GpuError> {
         let kernel = &self.kernels[0].1;
+        let (w_buffer, w_texture) = match w {
+            WeightData::Buffer(b) if !self.tuning.w_texture => (b, &self.unused_texture),
+            WeightData::Texture(t) if self.tuning.w_texture => (&self.unused_buffer, t),
+            _ => {
+                return Err(GpuError::Shape {
+                    op: "matmul_quant",
+                    msg: "the weight's storage (buffer or texture) is not the tuning's".into(),
+                });
+            }
+        };
         let window = match &self.unused_window {
             Some(unused) => unused,
             None => {
@@ -345,7 +375,7 @@ impl MatmulQuant {
                 x
             }
         };
-        let mut entries: Vec<wgpu::BindGroupEntry> = [x, w, bias, y]
+        let mut entries: Vec<wgpu::BindGroupEntry> = [x, w_buffer, bias, y]
             .into_iter()
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupEntry {
@@ -361,11 +391,15 @@ impl MatmulQuant {
                 size: wgpu::BufferSize::new(Self::X_WINDOW_BYTES),
             }),
         });
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        entries.push(wgpu::BindGroupEntry {
+            binding: 5,
+            resource: wgpu::BindingResource::TextureView(w_texture),
+        });
+        Ok(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("matmul_quant"),
             layout: &kernel.layout,
             entries: &entries,
-        })
+        }))
     }
 
     /// Bytes an x buffer of `rows` rows of `k` needs to be bound with any tuning: the rows,

@@ -15,6 +15,7 @@ pub mod kv_write;
 pub mod matmul;
 pub mod matmul_quant;
 pub mod norm;
+pub mod quant_texture;
 pub mod rope;
 pub mod rope_kv_write;
 
@@ -28,6 +29,7 @@ pub use kv_write::KvWrite;
 pub use matmul::{Matmul, MatmulParams};
 pub use matmul_quant::{MatmulQuant, QuantFormat, QuantTuning, pack_quantized};
 pub use norm::{LayerNorm, RmsNorm};
+pub use quant_texture::WeightData;
 pub use rope::{Rope, RopeParams};
 pub use rope_kv_write::RopeKvWrite;
 

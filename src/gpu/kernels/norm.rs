@@ -20,7 +20,7 @@ const SERIAL_WG: usize = 8;
 impl RmsNorm {
     /// `gather`: read input row `rows[r]` for output row r. CPU adapters get the serial form.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
-        let cpu = ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
+        let cpu = ctx.is_cpu_adapter();
         Self::with_serial(ctx, gather, cpu)
     }
 
