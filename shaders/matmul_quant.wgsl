@@ -34,6 +34,12 @@
 // storage load into a loop over the SIMD lanes (~3.8 ns per word and lane) but a uniform load
 // into one gather (~0.6 ns), and x is most of what this kernel loads once ROWS > 1. A window
 // holds 16,384 floats, so the wrapper issues one dispatch per window of rows.
+// X_SHARED (with X_WINDOW, where a subgroup is exactly the workgroup of WG lanes, WG = 8):
+// the lanes share the workgroup's rows, so each lane loads one of a block's 8 vec4s of a row
+// and subgroupBroadcast hands it to the others: one gather instead of eight (llvmpipe gathers
+// a uniform buffer element by element, and does not see that all lanes want the same one).
+// On adapters without subgroups the wrapper compiles this file with the calls renamed to
+// subgroup_broadcast_unavailable below (X_SHARED is off there).
 // W_TEXTURE (CPU adapters): the weight is read from a texture of 4-word texels instead of w,
 // because llvmpipe fetches a texel for all lanes in one gather (~1.4 ns per word against
 // ~4 ns per word and lane from a storage buffer). Texel i is at (i % TEX_WIDTH, i / TEX_WIDTH).
@@ -69,6 +75,7 @@ override ROWS: u32 = 4u;
 override COLS: u32 = 4u;
 override WG: u32 = 64u;
 override X_WINDOW: bool = false;
+override X_SHARED: bool = false;
 override W_TEXTURE: bool = false;
 // Texels per row of w_texture (a power of two).
 const TEX_WIDTH: u32 = 4096u;
@@ -90,6 +97,8 @@ struct Params {
 @group(0) @binding(4) var<uniform> x_window: array<vec4<f32>, 4096>;
 @group(0) @binding(5) var w_texture: texture_2d<u32>;
 var<immediate> p: Params;
+// This invocation's local_invocation_index (the subgroup lane with X_SHARED).
+var<private> lane: u32;
 
 // The 32 weights of one block, elements 4j..4j+3 in wj.
 struct Block {
@@ -245,9 +254,23 @@ struct Tile {
     r7: vec4<f32>,
 }
 
+// The stand-in the wrapper renames subgroupBroadcast calls to where subgroups are missing.
+fn subgroup_broadcast_unavailable(v: vec4<f32>, from_lane: u32) -> vec4<f32> {
+    return v;
+}
+
 fn load_x(row: u32, b: u32) -> XBlock {
     if X_WINDOW {
         let i = (row - p.row0) * (p.k / 4u) + b * 8u;
+        if X_SHARED {
+            let v = x_window[i + lane];
+            return XBlock(
+                subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
+                subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+                subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+                subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
+            );
+        }
         return XBlock(
             x_window[i], x_window[i + 1u], x_window[i + 2u], x_window[i + 3u],
             x_window[i + 4u], x_window[i + 5u], x_window[i + 6u], x_window[i + 7u],
@@ -379,10 +402,10 @@ fn store_tile(row0: u32, col: u32, t: Tile, u: Tile) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n0 = wg.x * WG * COLS + lid;
+    // Rows start below m (the dispatch covers them exactly). Columns past n compute the last
+    // one and store nothing: every lane stays to the end, for X_SHARED's broadcasts.
     let row0 = p.row0 + wg.y * ROWS;
-    if n0 >= p.n || row0 >= p.m {
-        return;
-    }
+    lane = lid;
     var t0: Tile;
     var t1: Tile;
     var t2: Tile;

@@ -265,11 +265,14 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
 /// forced, an awkward split, and the automatic row choice; x from storage and through
 /// uniform windows; weights from buffers and from textures.
 fn tunings() -> Vec<QuantTuning> {
+    // x_shared only takes effect with x windows where a subgroup is the 8-lane workgroup
+    // (lavapipe); elsewhere those tunings run unshared.
     let t = |workgroup, cols, fixed_rows, x_window, w_texture| QuantTuning {
         workgroup,
         cols,
         fixed_rows,
         x_window,
+        x_shared: workgroup == 8,
         w_texture,
     };
     let mut v = vec![
@@ -285,12 +288,38 @@ fn tunings() -> Vec<QuantTuning> {
     v.push(t(16, 16, Some(8), false, true));
     v.push(t(8, 5, Some(4), true, false));
     v.push(t(64, 1, None, false, true));
+    v.push(QuantTuning {
+        x_shared: false,
+        ..t(8, 8, None, true, true)
+    });
     v
 }
 
 /// x (rows, k) in a buffer every tuning can bind (uniform windows included).
 fn x_input(x: &[f32], rows: usize, k: usize) -> GpuTensor {
     GpuTensor::matmul_input(ctx(), "x", x, rows, k).expect("x buffer")
+}
+
+/// The shared-x form is built exactly where a subgroup is the 8-lane workgroup (lavapipe on
+/// 256-bit CPUs), so the tests above run it there.
+#[test]
+fn x_sharing_is_on_where_subgroups_are_the_workgroup() {
+    let info = &ctx().adapter_info;
+    let can = info.subgroup && info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+    let cpu = tunings()[2];
+    assert!(cpu.x_window && cpu.x_shared);
+    let built = MatmulQuant::new(ctx(), QuantFormat::Q4, cpu).tuning();
+    assert_eq!(built.x_shared, can, "{info:?}");
+    // Never without windows.
+    let storage_x = QuantTuning {
+        x_window: false,
+        ..cpu
+    };
+    assert!(
+        !MatmulQuant::new(ctx(), QuantFormat::Q4, storage_x)
+            .tuning()
+            .x_shared
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
-use wllm::gpu::pipeline::{ALL_SHADERS, ShaderSource};
+use wllm::gpu::pipeline::{ALL_SHADERS, SUBGROUP_STAND_IN, ShaderSource, without_subgroups};
 
 /// WebGPU's default limits: the smallest any adapter offers.
 const MAX_INVOCATIONS: u32 = 256;
@@ -21,8 +21,8 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 /// An override missing here fails the test, so a new one gets its values listed.
 fn override_values(name: &str) -> Vec<f64> {
     match name {
-        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "W_TEXTURE"
-        | "SERIAL" => {
+        "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "X_SHARED"
+        | "W_TEXTURE" | "SERIAL" => {
             vec![0.0, 1.0]
         }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
@@ -324,6 +324,44 @@ fn every_shader_validates_and_translates_for_every_override_combination() {
         translated >= 2 * ALL_SHADERS.len(),
         "translated only {translated} modules"
     );
+}
+
+/// A shader that calls subgroupBroadcast also compiles on adapters without subgroups: with
+/// the calls renamed to the stand-in it defines, it validates without the capability.
+#[test]
+fn shaders_using_subgroups_build_without_them() {
+    let mut checked = 0;
+    for s in ALL_SHADERS {
+        if !s.wgsl.contains("subgroupBroadcast(") {
+            continue;
+        }
+        let text = without_subgroups(s.wgsl);
+        assert!(
+            !text.contains("subgroup") || text.contains(SUBGROUP_STAND_IN),
+            "{}: defines no {SUBGROUP_STAND_IN}",
+            s.name
+        );
+        let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| {
+            panic!("{} without subgroups: {}", s.name, e.emit_to_string(&text))
+        });
+        let caps = Capabilities::IMMEDIATES | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| {
+                panic!("{} without subgroups: {}", s.name, e.emit_to_string(&text))
+            });
+        // And the original does need the capability (the rename is what makes it portable).
+        let original = naga::front::wgsl::parse_str(s.wgsl).expect("parses");
+        assert!(
+            Validator::new(ValidationFlags::all(), caps)
+                .validate(&original)
+                .is_err(),
+            "{}: validates without subgroups as it is",
+            s.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "no shader uses subgroupBroadcast");
 }
 
 #[test]

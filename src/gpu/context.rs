@@ -62,6 +62,10 @@ pub struct AdapterReport {
     pub driver_info: String,
     pub shader_f16: bool,
     pub subgroup: bool,
+    /// Lanes per subgroup, smallest and largest (equal on CPU adapters: 8 on 256-bit
+    /// llvmpipe, 4 on WARP).
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
     pub immediates: bool,
     pub timestamp_query: bool,
     pub max_storage_binding_bytes: u64,
@@ -84,6 +88,8 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
         driver_info: info.driver_info,
         shader_f16: f.contains(wgpu::Features::SHADER_F16),
         subgroup: f.contains(wgpu::Features::SUBGROUP),
+        subgroup_min_size: info.subgroup_min_size,
+        subgroup_max_size: info.subgroup_max_size,
         immediates: f.contains(wgpu::Features::IMMEDIATES),
         timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
         max_storage_binding_bytes: l.max_storage_buffer_binding_size,

@@ -13,6 +13,34 @@ pub struct ShaderSource {
     pub wgsl: &'static str,
 }
 
+impl ShaderSource {
+    /// The text to compile on `ctx`: as it is, or on adapters without subgroups with its
+    /// `subgroupBroadcast` calls renamed to the stand-in [`SUBGROUP_STAND_IN`] the shader
+    /// defines (naga rejects a module that names a subgroup builtin on such a device even
+    /// where an override switches the call off, and those shaders switch it off there).
+    pub fn wgsl_for(&self, ctx: &GpuContext) -> std::borrow::Cow<'static, str> {
+        if ctx.features.contains(wgpu::Features::SUBGROUP) {
+            self.wgsl.into()
+        } else {
+            without_subgroups(self.wgsl)
+        }
+    }
+}
+
+/// The function a shader that calls `subgroupBroadcast` defines for adapters without
+/// subgroups (same signature; it is never run there).
+pub const SUBGROUP_STAND_IN: &str = "subgroup_broadcast_unavailable";
+
+/// `wgsl` with its `subgroupBroadcast(` calls renamed to [`SUBGROUP_STAND_IN`].
+pub fn without_subgroups(wgsl: &'static str) -> std::borrow::Cow<'static, str> {
+    const CALL: &str = "subgroupBroadcast(";
+    if wgsl.contains(CALL) {
+        wgsl.replace(CALL, &format!("{SUBGROUP_STAND_IN}(")).into()
+    } else {
+        wgsl.into()
+    }
+}
+
 macro_rules! shader {
     ($name:literal) => {
         ShaderSource {
@@ -81,7 +109,7 @@ impl Kernel {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(src.name),
-                source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+                source: wgpu::ShaderSource::Wgsl(src.wgsl_for(ctx)),
             });
         let pipeline = ctx
             .device
@@ -180,7 +208,7 @@ impl Kernel {
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(src.name),
-                        source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+                        source: wgpu::ShaderSource::Wgsl(src.wgsl_for(ctx)),
                     });
                 modules.push((src.name, module));
             }

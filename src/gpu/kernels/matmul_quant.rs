@@ -183,6 +183,9 @@ pub struct QuantTuning {
     /// llvmpipe loads fastest). x must then be bound as [`MatmulQuant::bind`] says, and k be
     /// at most [`MatmulQuant::MAX_WINDOW_K`].
     pub x_window: bool,
+    /// With `x_window`: each lane loads one vec4 of a row block and subgroupBroadcast shares
+    /// it, where a subgroup is exactly the workgroup (llvmpipe: 8 lanes); ignored elsewhere.
+    pub x_shared: bool,
     /// Read the weight from a texture ([`WeightData::Texture`], what llvmpipe loads fastest)
     /// instead of a storage buffer.
     pub w_texture: bool,
@@ -202,6 +205,7 @@ impl QuantTuning {
                 cols: 8,
                 fixed_rows: None,
                 x_window: max_k <= MatmulQuant::MAX_WINDOW_K,
+                x_shared: true,
                 w_texture: textures_preferred(ctx),
             }
         } else {
@@ -210,6 +214,7 @@ impl QuantTuning {
                 cols: 1,
                 fixed_rows: None,
                 x_window: false,
+                x_shared: false,
                 w_texture: textures_preferred(ctx),
             }
         }
@@ -263,6 +268,16 @@ impl MatmulQuant {
     }
 
     fn build(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning, glu: bool) -> Self {
+        let info = &ctx.adapter_info;
+        let tuning = QuantTuning {
+            x_shared: tuning.x_shared
+                && tuning.x_window
+                && ctx.features.contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size as usize == tuning.workgroup
+                && info.subgroup_max_size as usize == tuning.workgroup
+                && tuning.workgroup == 8,
+            ..tuning
+        };
         assert!(
             (1..=16).contains(&tuning.cols)
                 && tuning.workgroup >= 1
@@ -282,10 +297,11 @@ impl MatmulQuant {
                 ("COLS", if glu { glu_cols } else { tuning.cols } as f64),
                 ("WG", tuning.workgroup as f64),
                 ("X_WINDOW", f64::from(u8::from(tuning.x_window))),
+                ("X_SHARED", f64::from(u8::from(tuning.x_shared))),
                 ("W_TEXTURE", f64::from(u8::from(tuning.w_texture))),
             ]
         };
-        let mut sets: Vec<[(&str, f64); 7]> = Self::ROW_CHOICES
+        let mut sets: Vec<[(&str, f64); 8]> = Self::ROW_CHOICES
             .iter()
             .map(|&r| consts(r, false))
             .collect();
@@ -429,6 +445,11 @@ impl MatmulQuant {
             )));
         }
         Ok(())
+    }
+
+    /// The tuning as built (`x_shared` off where the adapter cannot share).
+    pub fn tuning(&self) -> QuantTuning {
+        self.tuning
     }
 
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &MatmulParams) {
