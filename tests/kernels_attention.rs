@@ -1,12 +1,14 @@
 //! Paged attention against its CPU reference, over KV in shuffled, non-contiguous blocks.
 //!
-//! Every attention kind (Workgroup, Serial, and Split with small partitions as well as the one
-//! the model's context picks) runs kv_write + attention on one step of mixed sequences (whole
-//! prompts, chunks starting mid-sequence, decode tokens) whose lengths straddle block, 64-key
-//! tile and partition boundaries, and is compared with the reference reading contiguous
-//! per-sequence K/V. The pool starts as large random garbage, so a wrong slot shows. Batch
-//! invariance (a token alone vs in its batch) and independence of the block placement
-//! (shuffled vs consecutive blocks) are checked bit-exactly.
+//! Every attention kind (Workgroup, Serial with one head per thread and with the model's head
+//! groups, and Split with small partitions as well as the one the model's context picks) runs
+//! kv_write + attention on one step of mixed sequences (whole prompts, chunks starting
+//! mid-sequence, decode tokens) whose lengths straddle block, 64-key tile and partition
+//! boundaries, and is compared with the reference reading contiguous per-sequence K/V. The pool
+//! starts as large random garbage, so a wrong slot shows. Batch invariance (a token alone vs in
+//! its batch) and independence of the block placement (shuffled vs consecutive blocks) are
+//! checked bit-exactly. Every serial tuning (heads per thread, rows shared across the subgroup
+//! or not) must give the same bits: they only move work between lanes.
 
 mod common;
 
@@ -14,7 +16,7 @@ use common::plumbing::*;
 use wllm::WeightDType::{self, F16, F32};
 use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
-use wllm::gpu::kernels::attention::SplitLimits;
+use wllm::gpu::kernels::attention::{MAX_SERIAL_GROUP, SerialTuning, SplitLimits};
 use wllm::gpu::kernels::{AttentionKind, AttentionParams, KvWrite, PagedAttention, attention};
 use wllm::gpu::tensor::round_to;
 use wllm::kv::{BlockId, BlockPool, BlockTable};
@@ -44,27 +46,63 @@ type AttnCase = (usize, usize, usize, usize, WeightDType);
 #[derive(Debug, Clone, Copy)]
 enum Variant {
     Workgroup,
+    /// Serial as `with_kind` builds it: one query head per thread.
     Serial,
+    /// Serial with [`SerialTuning::for_heads`], as the runner builds it.
+    SerialForHeads,
+    /// Serial with `group` heads per thread, rows shared across the subgroup or not.
+    SerialTuned {
+        group: usize,
+        shared: bool,
+    },
     Split(usize),
     /// Split with the partition [`SplitLimits::partition`] picks, as the runner builds it.
     SplitForModel,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant::Workgroup,
     Variant::Serial,
+    Variant::SerialForHeads,
     Variant::Split(16),
     Variant::Split(70),
 ];
 
+/// Whether the serial kind can share rows here (the subgroup is exactly its 8-lane workgroup).
+fn can_share() -> bool {
+    let info = &ctx().adapter_info;
+    ctx().features.contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == 8
+        && info.subgroup_max_size == 8
+}
+
 impl Variant {
-    /// The wrapper; a split one's scratch is sized for `limits`.
-    fn build(self, hd: usize, kv: WeightDType, limits: SplitLimits) -> PagedAttention {
+    /// The wrapper for `nh` query heads over `nkv` KV heads; a split one's scratch is sized for
+    /// `limits`.
+    fn build(
+        self,
+        hd: usize,
+        kv: WeightDType,
+        (nh, nkv): (usize, usize),
+        limits: SplitLimits,
+    ) -> PagedAttention {
+        let tuning = match self {
+            Variant::Serial => Some(SerialTuning {
+                group: 1,
+                shared: true,
+            }),
+            Variant::SerialForHeads => Some(SerialTuning::for_heads(nh, nkv)),
+            Variant::SerialTuned { group, shared } => Some(SerialTuning { group, shared }),
+            _ => None,
+        };
         let attn = match self {
             Variant::Workgroup => {
                 PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Workgroup)
             }
             Variant::Serial => PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Serial),
+            Variant::SerialForHeads | Variant::SerialTuned { .. } => {
+                PagedAttention::serial(ctx(), hd, kv, tuning.expect("serial"))
+            }
             Variant::Split(part) => {
                 PagedAttention::split_with_partition(ctx(), hd, kv, limits, part)
             }
@@ -73,16 +111,24 @@ impl Variant {
         let attn = attn.unwrap_or_else(|e| panic!("{self:?}: {e}"));
         let kind = match self {
             Variant::Workgroup => AttentionKind::Workgroup,
-            Variant::Serial => AttentionKind::Serial,
+            Variant::Serial | Variant::SerialForHeads | Variant::SerialTuned { .. } => {
+                AttentionKind::Serial
+            }
             Variant::Split(_) | Variant::SplitForModel => AttentionKind::Split,
         };
         assert_eq!(attn.kind(), kind);
         let partition = match self {
-            Variant::Workgroup | Variant::Serial => None,
             Variant::Split(part) => Some(part),
             Variant::SplitForModel => Some(limits.partition()),
+            _ => None,
         };
         assert_eq!(attn.partition(), partition);
+        // Shared rows only where the adapter's subgroup is the workgroup.
+        let built = tuning.map(|t| SerialTuning {
+            shared: t.shared && can_share(),
+            ..t
+        });
+        assert_eq!(attn.serial_tuning(), built, "{self:?}");
         attn
     }
 }
@@ -210,7 +256,7 @@ fn paged_attention_case(
         num_heads: nh,
         max_context: max_blocks * bs,
     };
-    let attn = kind.build(hd, kv, limits);
+    let attn = kind.build(hd, kv, (nh, nkv), limits);
     let kvw_bg = kvw.bind(
         ctx(),
         &qkv_b.buffer,
@@ -341,6 +387,7 @@ fn split_attention_over_long_contexts() {
         Variant::Split(16),
         Variant::Workgroup,
         Variant::Serial,
+        Variant::SerialForHeads,
     ]
     .into_iter()
     .enumerate()
@@ -395,8 +442,9 @@ fn split_attention_needs_its_sizes() {
     assert!(r.is_err(), "a partition of 0 keys was accepted");
     let attn = PagedAttention::split(ctx(), 64, F16, limits).expect("split");
     assert_eq!(attn.partition(), Some(256));
-    // The runner's constructor: Serial on a CPU adapter such as lavapipe, Split on GPUs.
-    let attn = PagedAttention::for_model(ctx(), 64, F16, limits).expect("for_model");
+    // The runner's constructor: Serial on a CPU adapter such as lavapipe (both query heads of
+    // the one KV head in a thread), Split on GPUs.
+    let attn = PagedAttention::for_model(ctx(), 64, F16, 1, limits).expect("for_model");
     assert_eq!(attn.kind(), AttentionKind::for_adapter(ctx()));
     let on_cpu = ctx().adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
     let want = if on_cpu {
@@ -406,4 +454,111 @@ fn split_attention_needs_its_sizes() {
     };
     assert_eq!(attn.kind(), want);
     assert_eq!(attn.partition().is_some(), !on_cpu);
+    let serial = on_cpu.then_some(SerialTuning {
+        group: 2,
+        shared: can_share(),
+    });
+    assert_eq!(attn.serial_tuning(), serial);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The serial kind's tunings
+
+#[test]
+fn serial_groups_are_the_largest_divisor_up_to_eight() {
+    let group = |nh, nkv| SerialTuning::for_heads(nh, nkv).group;
+    assert_eq!(group(9, 3), 3); // SmolLM2-135M
+    assert_eq!(group(8, 2), 4);
+    assert_eq!(group(14, 2), 7); // Qwen2.5-0.5B
+    assert_eq!(group(32, 4), 8);
+    assert_eq!(group(64, 4), 8); // 16 per KV head: two threads of 8
+    assert_eq!(group(12, 1), 6);
+    assert_eq!(group(9, 1), 3);
+    assert_eq!(group(71, 1), 1);
+    assert_eq!(group(12, 12), 1); // no grouping (GPT-2)
+    assert!(SerialTuning::for_heads(9, 3).shared);
+    // Out-of-range groups are refused.
+    for group in [0, MAX_SERIAL_GROUP + 1] {
+        let tuning = SerialTuning {
+            group,
+            shared: false,
+        };
+        let r = PagedAttention::serial(ctx(), 64, F16, tuning);
+        assert!(r.is_err(), "a serial group of {group} was accepted");
+    }
+}
+
+/// (block_size, num_heads, num_kv_heads, head_dim, KV storage) for the serial tunings: groups
+/// of 1, 2, 3, 4 and 7 heads per KV head; heads of 2, 6 (rows read word by word), 64, 80 and
+/// 256 dims (rows read as vec4s).
+const SERIAL_CASES: [AttnCase; 7] = [
+    (16, 9, 3, 64, F16),  // SmolLM2-135M
+    (16, 7, 1, 64, F16),  // group 7
+    (4, 8, 2, 80, F32),   // group 4, a head past one 64-dim part
+    (16, 4, 2, 6, F16),   // group 2, rows not 16-byte aligned
+    (1, 3, 1, 2, F32),    // group 3, one-token blocks, the smallest head
+    (16, 2, 2, 256, F16), // no grouping, the largest head
+    (8, 4, 1, 256, F32),  // group 4 of the largest head
+];
+
+#[test]
+fn serial_tunings_agree_bit_for_bit() {
+    for (i, &c) in SERIAL_CASES.iter().enumerate() {
+        let (_, nh, nkv, _, _) = c;
+        let seed = 50 + i as u64;
+        let model = SerialTuning::for_heads(nh, nkv);
+        let (want_bits, want) = paged_attention_case(&SEQS, c, Variant::Serial, true, seed);
+        assert_close(&format!("serial {c:?}"), &want_bits, &want, TOL);
+        // The model's group with rows read privately (and, below, shared where the adapter
+        // allows): the same bits as one head per thread.
+        let kind = Variant::SerialTuned {
+            group: model.group,
+            shared: false,
+        };
+        let (gpu, _) = paged_attention_case(&SEQS, c, kind, true, seed);
+        assert_bits_eq(
+            &format!("{c:?} {kind:?} vs one head per thread"),
+            &gpu,
+            &want_bits,
+        );
+        let (gpu, _) = paged_attention_case(&SEQS, c, Variant::SerialForHeads, true, seed);
+        assert_bits_eq(
+            &format!("{c:?} {model:?} vs one head per thread"),
+            &gpu,
+            &want_bits,
+        );
+    }
+}
+
+/// A whole prompt and its decode steps, as the runner sends them: a prompt of 8k + 3 tokens
+/// (workgroups of 8 tokens of one sequence share rows, the last mixes in the next sequence), a
+/// prompt chunk starting mid-block, and lone decode tokens.
+const PROMPT_SEQS: [(usize, usize); 4] = [(35, 0), (45, 21), (20, 19), (1, 0)];
+
+#[test]
+fn serial_shared_rows_match_private_rows_over_prompts() {
+    for (i, c) in [
+        (16, 9, 3, 64, F16),
+        (4, 4, 2, 64, F32),
+        (16, 8, 1, 128, F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, nh, nkv, _, _) = c;
+        let group = SerialTuning::for_heads(nh, nkv).group;
+        let seed = 70 + i as u64;
+        let private = Variant::SerialTuned {
+            group,
+            shared: false,
+        };
+        let shared = Variant::SerialTuned {
+            group,
+            shared: true,
+        };
+        let (a, want) = paged_attention_case(&PROMPT_SEQS, c, private, true, seed);
+        let (b, _) = paged_attention_case(&PROMPT_SEQS, c, shared, true, seed);
+        assert_close(&format!("serial {c:?} {private:?}"), &a, &want, TOL);
+        assert_bits_eq(&format!("{c:?}: shared vs private rows"), &b, &a);
+    }
 }

@@ -22,7 +22,7 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 fn override_values(name: &str) -> Vec<f64> {
     match name {
         "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "X_SHARED"
-        | "W_TEXTURE" | "SERIAL" => {
+        | "W_TEXTURE" | "SERIAL" | "SHARED" => {
             vec![0.0, 1.0]
         }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
@@ -35,6 +35,8 @@ fn override_values(name: &str) -> Vec<f64> {
         "HEAD_DIM" => vec![16.0, 64.0, 128.0, 256.0],
         // split attention's keys per partition: the tests' 16 and 70, the rule's 256 and 512.
         "PARTITION" => vec![16.0, 70.0, 256.0, 512.0],
+        // serial attention's query heads per thread: one, SmolLM2's 3, the wrapper's maximum.
+        "GROUP" => vec![1.0, 3.0, 8.0],
         other => panic!("override `{other}` has no runtime values listed in tests/shaders.rs"),
     }
 }

@@ -256,6 +256,7 @@ impl Runner {
                 ctx,
                 hd,
                 rc.kv_dtype,
+                cfg.num_kv_heads,
                 SplitLimits {
                     max_tokens: t,
                     num_heads: cfg.num_heads,

@@ -3,6 +3,11 @@
 //! for packed queries over the paged KV pool. One kind serves every step on an adapter
 //! (prefill and decode alike), so results never depend on the batch.
 //!
+//! The serial kind (CPU adapters) gives each thread one token and [`SerialTuning::group`]
+//! query heads of one KV head, so a K/V row is loaded once for all of them; with
+//! [`SerialTuning::shared`], 8 lanes whose tokens belong to one sequence load each row together
+//! and share it through subgroupBroadcast. Either way a token's arithmetic is the same.
+//!
 //! The split kind (flash-decoding) cuts each (token, head)'s keys into partitions of a fixed
 //! `partition` positions: a workgroup per (token, head, partition) leaves the partition's
 //! running max, sum of exponentials and unnormalised V accumulator in a scratch buffer, and a
@@ -42,8 +47,10 @@ pub struct AttentionParams {
 pub enum AttentionKind {
     /// A workgroup of 64 threads per (token, head), keys in tiles of 64 (GPUs).
     Workgroup,
-    /// One thread per (token, head) walking the keys alone (CPU adapters: no barriers, and
-    /// each K/V word loaded once).
+    /// One thread per (token, group of query heads sharing a KV head) walking the keys alone
+    /// (CPU adapters: no barriers, and each K/V row loaded once for the group). Tuned by
+    /// [`SerialTuning`]: build it with [`PagedAttention::serial`] (or with_kind, one head per
+    /// thread).
     Serial,
     /// A workgroup of 64 threads per (token, head, partition of the keys), then a combine
     /// pass (GPUs: long contexts spread over many workgroups even for a single token).
@@ -62,8 +69,43 @@ impl AttentionKind {
     }
 }
 
-/// Threads per workgroup of the serial kernel.
+/// Threads per workgroup of the serial kernel (llvmpipe's 8 SIMD lanes on 256-bit CPUs).
 const SERIAL_WG: usize = 8;
+/// Most query heads one thread of the serial kernel serves.
+pub const MAX_SERIAL_GROUP: usize = 8;
+
+/// How the serial kind spreads a step over threads (fixed for a wrapper, never per batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialTuning {
+    /// Query heads per thread, all of one KV head: 1 ..= [`MAX_SERIAL_GROUP`], dividing the
+    /// model's num_heads / num_kv_heads.
+    pub group: usize,
+    /// Lanes of a workgroup whose tokens all belong to one sequence load each K/V row together
+    /// and share it through subgroupBroadcast. Only where the adapter's subgroup is exactly the
+    /// 8-lane workgroup (lavapipe on 256-bit CPUs); ignored elsewhere.
+    pub shared: bool,
+}
+
+impl SerialTuning {
+    /// The largest group of at most [`MAX_SERIAL_GROUP`] heads dividing the query heads per KV
+    /// head (SmolLM2-135M: 9 / 3 -> 3), rows shared where the adapter allows it.
+    pub fn for_heads(num_heads: usize, num_kv_heads: usize) -> SerialTuning {
+        let per_kv = if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            1
+        } else {
+            num_heads / num_kv_heads
+        };
+        let group = (1..=MAX_SERIAL_GROUP.min(per_kv))
+            .rev()
+            .find(|g| per_kv % g == 0)
+            .unwrap_or(1);
+        SerialTuning {
+            group,
+            shared: true,
+        }
+    }
+}
+
 /// Threads per workgroup of the combine kernel.
 const COMBINE_WG: usize = 64;
 
@@ -111,6 +153,8 @@ pub struct PagedAttention {
     kind: AttentionKind,
     head_dim: usize,
     split: Option<SplitState>,
+    /// The serial kind's tuning as built (shared only where the adapter allows it).
+    serial: Option<SerialTuning>,
 }
 
 /// Largest head the shader's per-thread accumulators cover (4 dims × 64 threads).
@@ -121,21 +165,31 @@ pub const MAX_HEAD_DIM: usize = 256;
 const SPLIT_READ_ONLY: [bool; 8] = [true, true, true, true, true, true, false, false];
 
 impl PagedAttention {
-    /// The kind [`AttentionKind::for_adapter`] picks, a split one's scratch sized by `limits`.
+    /// The kind [`AttentionKind::for_adapter`] picks, a split one's scratch sized by `limits`,
+    /// a serial one grouped by [`SerialTuning::for_heads`] (`limits.num_heads` query heads over
+    /// `num_kv_heads`).
     pub fn for_model(
         ctx: &GpuContext,
         head_dim: usize,
         kv_dtype: WeightDType,
+        num_kv_heads: usize,
         limits: SplitLimits,
     ) -> Result<Self, GpuError> {
         match AttentionKind::for_adapter(ctx) {
             AttentionKind::Split => Self::split(ctx, head_dim, kv_dtype, limits),
+            AttentionKind::Serial => Self::serial(
+                ctx,
+                head_dim,
+                kv_dtype,
+                SerialTuning::for_heads(limits.num_heads, num_kv_heads),
+            ),
             kind => Self::with_kind(ctx, head_dim, kv_dtype, kind),
         }
     }
 
     /// A kind that needs no sizes: [`AttentionKind::Workgroup`] or [`AttentionKind::Serial`]
-    /// ([`AttentionKind::Split`] is an error here: it needs [`PagedAttention::split`]).
+    /// (one query head per thread, rows shared where the adapter allows it;
+    /// [`AttentionKind::Split`] is an error here: it needs [`PagedAttention::split`]).
     pub fn with_kind(
         ctx: &GpuContext,
         head_dim: usize,
@@ -146,11 +200,13 @@ impl PagedAttention {
         let consts = [("HEAD_DIM", head_dim as f64), ("KV_F16", kv_dtype.is_f16())];
         let kernel = match kind {
             AttentionKind::Workgroup => Kernel::new(ctx, PAGED_ATTENTION, &consts),
-            AttentionKind::Serial => Kernel::new(
-                ctx,
-                PAGED_ATTENTION_SERIAL,
-                &[consts[0], consts[1], ("WG", SERIAL_WG as f64)],
-            ),
+            AttentionKind::Serial => {
+                let tuning = SerialTuning {
+                    group: 1,
+                    shared: true,
+                };
+                return Self::serial(ctx, head_dim, kv_dtype, tuning);
+            }
             AttentionKind::Split => {
                 return Err(GpuError::Shape {
                     op: "paged_attention",
@@ -163,6 +219,49 @@ impl PagedAttention {
             kind,
             head_dim,
             split: None,
+            serial: None,
+        })
+    }
+
+    /// The serial kind with `tuning` (its `shared` switched off where the adapter's subgroup
+    /// is not exactly the 8-lane workgroup).
+    pub fn serial(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        tuning: SerialTuning,
+    ) -> Result<Self, GpuError> {
+        check_head_dim(head_dim)?;
+        if !(1..=MAX_SERIAL_GROUP).contains(&tuning.group) {
+            return Err(GpuError::Shape {
+                op: "paged_attention",
+                msg: format!(
+                    "serial attention serves 1 to {MAX_SERIAL_GROUP} query heads per thread, not {}",
+                    tuning.group
+                ),
+            });
+        }
+        let info = &ctx.adapter_info;
+        let tuning = SerialTuning {
+            shared: tuning.shared
+                && ctx.features.contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size as usize == SERIAL_WG
+                && info.subgroup_max_size as usize == SERIAL_WG,
+            ..tuning
+        };
+        let consts = [
+            ("HEAD_DIM", head_dim as f64),
+            ("KV_F16", kv_dtype.is_f16()),
+            ("WG", SERIAL_WG as f64),
+            ("GROUP", tuning.group as f64),
+            ("SHARED", f64::from(u8::from(tuning.shared))),
+        ];
+        Ok(Self {
+            kernel: Kernel::new(ctx, PAGED_ATTENTION_SERIAL, &consts),
+            kind: AttentionKind::Serial,
+            head_dim,
+            split: None,
+            serial: Some(tuning),
         })
     }
 
@@ -231,6 +330,7 @@ impl PagedAttention {
                 partition,
                 part_stride,
             }),
+            serial: None,
         })
     }
 
@@ -241,6 +341,11 @@ impl PagedAttention {
     /// Keys per partition of the split kind (None for the others).
     pub fn partition(&self) -> Option<usize> {
         self.split.as_ref().map(|s| s.partition)
+    }
+
+    /// The serial kind's tuning as built (None for the others).
+    pub fn serial_tuning(&self) -> Option<SerialTuning> {
+        self.serial
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -318,8 +423,30 @@ impl PagedAttention {
                 );
             }
             (AttentionKind::Serial, _) => {
-                let groups = items.div_ceil(SERIAL_WG);
-                self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
+                let tuning = self.serial.expect("the serial kind has its tuning");
+                assert!(
+                    p.num_kv_heads > 0
+                        && p.num_heads % p.num_kv_heads == 0
+                        && (p.num_heads / p.num_kv_heads) % tuning.group == 0,
+                    "paged_attention: {} query heads over {} KV heads in groups of {}",
+                    p.num_heads,
+                    p.num_kv_heads,
+                    tuning.group
+                );
+                let head_groups = p.num_heads / tuning.group;
+                // Lanes over tokens where rows can be shared and a workgroup's worth of tokens
+                // exist; otherwise lanes over (token, head group) items, so that a short batch
+                // (decode) fills workgroups. The choice only moves work between lanes.
+                let token_lanes = tuning.shared && p.num_tokens >= SERIAL_WG;
+                let groups = if token_lanes {
+                    p.num_tokens.div_ceil(SERIAL_WG) * head_groups
+                } else {
+                    (p.num_tokens * head_groups).div_ceil(SERIAL_WG)
+                };
+                let mut serial_imm = imm.to_vec();
+                serial_imm.push(u32::from(token_lanes));
+                self.kernel
+                    .dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
             }
             _ => self.kernel.dispatch(pass, bg, &imm, grid_2d(items as u32)),
         }
