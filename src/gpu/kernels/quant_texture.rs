@@ -31,16 +31,6 @@ pub enum WeightData {
     Texture(wgpu::TextureView),
 }
 
-impl WeightData {
-    /// The storage buffer, for kernels that only read buffers (dense weights).
-    pub fn buffer(&self) -> Option<&wgpu::Buffer> {
-        match self {
-            WeightData::Buffer(b) => Some(b),
-            WeightData::Texture(_) => None,
-        }
-    }
-}
-
 /// `qs` texels per block.
 fn qs_texels(format: QuantFormat) -> usize {
     (format.block_words() - 1) / 4
@@ -170,24 +160,23 @@ pub fn textures_preferred(ctx: &GpuContext) -> bool {
     }
 }
 
-/// The (n, k) weight back from [`texture_planes`] into [`super::pack_quantized`]'s words (for
-/// tests).
-pub fn words_from_planes(planes: &[u32], format: QuantFormat, n: usize, k: usize) -> Vec<u32> {
-    let blocks = k / QUANT_BLOCK;
-    let bw = format.block_words();
-    let qs_words = (bw - 1) * blocks * n;
-    let mut out = vec![0u32; n * blocks * bw];
-    for (i, block) in out.chunks_exact_mut(bw).enumerate() {
-        let (b, row) = (i / n, i % n);
-        block[1..].copy_from_slice(&planes[i * (bw - 1)..(i + 1) * (bw - 1)]);
-        block[0] = planes[qs_words + ((b / 4) * n + row) * 4 + b % 4];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The (n, k) weight back from the planes into pack_quantized's words.
+    fn words_from_planes(planes: &[u32], format: QuantFormat, n: usize, k: usize) -> Vec<u32> {
+        let blocks = k / QUANT_BLOCK;
+        let bw = format.block_words();
+        let qs_words = (bw - 1) * blocks * n;
+        let mut out = vec![0u32; n * blocks * bw];
+        for (i, block) in out.chunks_exact_mut(bw).enumerate() {
+            let (b, row) = (i / n, i % n);
+            block[1..].copy_from_slice(&planes[i * (bw - 1)..(i + 1) * (bw - 1)]);
+            block[0] = planes[qs_words + ((b / 4) * n + row) * 4 + b % 4];
+        }
+        out
+    }
 
     #[test]
     fn planes_round_trip_and_align() {
