@@ -443,8 +443,9 @@ impl PagedAttention {
                 } else {
                     (p.num_tokens * head_groups).div_ceil(SERIAL_WG)
                 };
-                let mut serial_imm = imm.to_vec();
-                serial_imm.push(u32::from(token_lanes));
+                let mut serial_imm = [0u32; 8];
+                serial_imm[..7].copy_from_slice(&imm);
+                serial_imm[7] = u32::from(token_lanes);
                 self.kernel
                     .dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
             }
