@@ -23,6 +23,8 @@ for tool in perf gdb objdump python3; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 mkdir -p "$OUT"
+# A reused OUT must not mix an earlier run's dumps into this one.
+rm -f "$OUT"/jit_*.bin "$OUT"/jit_*.asm
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 "$@" >"$OUT/command.log" 2>&1 &
 PID=$!
