@@ -51,7 +51,8 @@
 // (B = K / 32 k-blocks, NW = weight rows: N, or 2N with GLU.)
 // Per block it loads its rows of x once and reuses them for all its columns: on llvmpipe every
 // load from a storage buffer costs a loop over the SIMD lanes, so loads per multiply-add are
-// what decide speed there (COLS = 8); GPUs want many threads instead (COLS = 1).
+// what decide speed there (COLS = 8). GPUs take matmul_quant_split.wgsl instead (many threads,
+// each column's k-blocks split over 16 lanes).
 // The thread's sums live in 16 named `Tile`s of 8 rows, every row and weight-row step written
 // out and switched off by `if` on the override constants (folded away when the pipeline is
 // built): llvmpipe keeps such values in registers, but an array indexed by a loop counter it

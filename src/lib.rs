@@ -20,5 +20,5 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generator, ModelOptions};
-pub use gpu::{AdapterSelector, GpuContext, WeightDType};
+pub use gpu::{AdapterSelector, GpuContext, KernelForms, WeightDType};
 pub use sampling::SamplingParams;

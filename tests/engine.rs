@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fixtures, gpu, ids, read_json, smollm2_path};
+use common::{fixtures, gpu, gpu_other_forms, ids, read_json, smollm2_path};
 use futures::StreamExt;
 use wllm::engine::{Engine, EngineConfig, Event, Prompt, Request};
 use wllm::{Error, SamplingParams, WeightDType};
@@ -18,13 +18,27 @@ fn engine(
     max_seqs: usize,
     max_tokens_per_step: usize,
 ) -> Engine {
-    let mut cfg = EngineConfig::new(fixtures().join(dir));
+    let path = fixtures().join(dir);
+    let shape = (blocks, block_size, max_seqs, max_tokens_per_step);
+    engine_on(gpu(), &path, dtype, shape)
+}
+
+/// An engine on `ctx` for the model at `path`; `shape` is (KV blocks, block size, most
+/// sequences, most tokens per step).
+fn engine_on(
+    ctx: &wllm::GpuContext,
+    path: &std::path::Path,
+    dtype: WeightDType,
+    shape: (Option<usize>, usize, usize, usize),
+) -> Engine {
+    let (blocks, block_size, max_seqs, max_tokens_per_step) = shape;
+    let mut cfg = EngineConfig::new(path);
     cfg.model.dtype = dtype;
     cfg.model.num_blocks = blocks;
     cfg.model.block_size = block_size;
     cfg.model.max_seqs = max_seqs;
     cfg.model.max_batch_tokens = max_tokens_per_step;
-    Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap()
+    Engine::with_context(ctx, cfg, &mut |_, _| {}).unwrap()
 }
 
 fn req(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Request {
@@ -100,11 +114,20 @@ fn engine_greedy_matches_the_golden_ids() {
 /// Same outputs alone (a roomy pool) and all together in a pool so small that sequences are
 /// preempted and recomputed, with prompts prefilled in small chunks.
 fn check_invariance(dir: &str, dtype: WeightDType) {
-    let reqs = requests(dir);
-    let alone = run_alone(&engine(dir, dtype, None, 16, 1, 256), &reqs);
+    check_invariance_on(gpu(), &fixtures().join(dir), &requests(dir), dtype);
+}
+
+fn check_invariance_on(
+    ctx: &wllm::GpuContext,
+    path: &std::path::Path,
+    reqs: &[Request],
+    dtype: WeightDType,
+) {
+    let dir = path.display();
+    let alone = run_alone(&engine_on(ctx, path, dtype, (None, 16, 1, 256)), reqs);
     // 40 blocks of 4 = 160 slots for 12 requests of up to 124 tokens each.
-    let tight = engine(dir, dtype, Some(40), 4, 12, 24);
-    let together = run_together(&tight, &reqs);
+    let tight = engine_on(ctx, path, dtype, (Some(40), 4, 12, 24));
+    let together = run_together(&tight, reqs);
     let st = idle_stats(&tight);
     assert!(
         st.preemptions > 0,
@@ -123,6 +146,32 @@ fn check_invariance(dir: &str, dtype: WeightDType) {
 fn outputs_do_not_depend_on_the_batch_f32() {
     check_invariance("tiny-llama-gqa-public", WeightDType::F32);
     check_invariance("tiny-gpt2-public", WeightDType::F32);
+}
+
+/// The same in the kernel forms the default device does not build (see `gpu_other_forms`),
+/// with the quantized reference model too (the split-k quantized matmul on lavapipe).
+#[test]
+fn outputs_do_not_depend_on_the_batch_in_the_other_kernel_forms() {
+    let ctx = gpu_other_forms();
+    let tiny = |dir| (fixtures().join(dir), requests(dir));
+    let (path, reqs) = tiny("tiny-llama-gqa-public");
+    check_invariance_on(ctx, &path, &reqs, WeightDType::F32);
+    let (path, reqs) = tiny("tiny-gpt2-public");
+    check_invariance_on(ctx, &path, &reqs, WeightDType::F16);
+    // SmolLM2's golden prompts, greedy and sampled, 12 tokens each.
+    let fx = read_json(&fixtures().join("smollm2-135m-public.json"));
+    let mut reqs = Vec::new();
+    for (i, case) in fx["cases"].as_array().unwrap().iter().take(4).enumerate() {
+        let prompt = ids(&case["prompt_ids"]);
+        reqs.push(req(prompt.clone(), 12, SamplingParams::default()));
+        let sampled = SamplingParams {
+            temperature: 0.8,
+            seed: i as u64,
+            ..Default::default()
+        };
+        reqs.push(req(prompt, 12, sampled));
+    }
+    check_invariance_on(ctx, &smollm2_path(), &reqs, WeightDType::F32);
 }
 
 #[test]

@@ -263,12 +263,15 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
 
 /// Work splits to test: the GPU and CPU-adapter defaults with each rows-per-thread choice
 /// forced, an awkward split, and the automatic row choice; x from storage and through
-/// uniform windows; weights from buffers and from textures.
+/// uniform windows; weights from buffers and from textures. The k-split tunings (the GPU
+/// default and awkward ones: fewer lanes per column than rows per thread, one column per
+/// workgroup) come last, from index [`FIRST_K_SPLIT`].
 fn tunings() -> Vec<QuantTuning> {
     // x_shared only takes effect with x windows where a subgroup is the 8-lane workgroup
     // (lavapipe); elsewhere those tunings run unshared.
     let t = |workgroup, cols, fixed_rows, x_window, w_texture| QuantTuning {
         workgroup,
+        k_split: 1,
         cols,
         fixed_rows,
         x_window,
@@ -292,8 +295,22 @@ fn tunings() -> Vec<QuantTuning> {
         x_shared: false,
         ..t(8, 8, None, true, true)
     });
+    assert_eq!(v.len(), FIRST_K_SPLIT);
+    let split = |workgroup, k_split, fixed_rows| QuantTuning {
+        k_split,
+        fixed_rows,
+        ..t(workgroup, 1, None, false, false)
+    };
+    v.push(split(64, 16, None));
+    v.push(split(64, 16, Some(8)));
+    v.push(split(32, 4, Some(8)));
+    v.push(split(16, 16, Some(4)));
+    v.push(split(128, 2, None));
     v
 }
+
+/// Where the k-split tunings start in [`tunings`].
+const FIRST_K_SPLIT: usize = 16;
 
 /// x (rows, k) in a buffer every tuning can bind (uniform windows included).
 fn x_input(x: &[f32], rows: usize, k: usize) -> GpuTensor {
@@ -341,7 +358,8 @@ fn matmul_quant_rows_are_batch_invariant() {
         let wb = |tuning: QuantTuning| &weights[usize::from(tuning.w_texture)];
         let bb = f32s("bias", &bias, &[n]);
         let xb = x_input(&x, m, k);
-        let mut batched: Option<Vec<f32>> = None;
+        // One result per k_split (the order of each sum), with the tuning that made it first.
+        let mut batched: Vec<(QuantTuning, Vec<f32>)> = Vec::new();
         for tuning in tunings() {
             let mm = MatmulQuant::new(ctx(), format, tuning);
             let y = f32s("y", &y0, &[m, n]);
@@ -350,20 +368,21 @@ fn matmul_quant_rows_are_batch_invariant() {
                 .expect("bind");
             run(|pass| mm.encode(pass, &bg, &p));
             let got = read(&y);
-            match &batched {
-                None => batched = Some(got),
-                Some(first) => assert_bits_eq(
-                    &format!(
-                        "matmul_quant {dtype:?} M={m}: {:?} vs {tuning:?}",
-                        tunings()[0]
-                    ),
+            match batched.iter().find(|(t, _)| t.k_split == tuning.k_split) {
+                None => batched.push((tuning, got)),
+                Some((first, want)) => assert_bits_eq(
+                    &format!("matmul_quant {dtype:?} M={m}: {first:?} vs {tuning:?}"),
                     &got,
-                    first,
+                    want,
                 ),
             }
         }
-        let batched = batched.expect("ran");
         for tuning in tunings() {
+            let batched = &batched
+                .iter()
+                .find(|(t, _)| t.k_split == tuning.k_split)
+                .expect("ran")
+                .1;
             let mm = MatmulQuant::new(ctx(), format, tuning);
             for row in [0usize, 3, 4, 7, 8, 12] {
                 let x1 = x_input(&x[row * k..(row + 1) * k], 1, k);
@@ -507,7 +526,17 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
     use wllm::gpu::kernels::SiluMul;
     let (n, k, y_col, y_stride) = (45usize, 96usize, 3usize, 50usize);
     for (d, dtype) in QUANT_TYPES.into_iter().enumerate() {
-        for tuning in [tunings()[0], tunings()[1], tunings()[2], tunings()[12]] {
+        let all = tunings();
+        let picked = [
+            0,
+            1,
+            2,
+            12,
+            FIRST_K_SPLIT,
+            FIRST_K_SPLIT + 2,
+            FIRST_K_SPLIT + 3,
+        ];
+        for tuning in picked.map(|i| all[i]) {
             let format = QuantFormat::of(dtype).expect("quantized");
             let mm = MatmulQuant::with_glu(ctx(), format, tuning);
             for m in [1usize, 5, 13] {
@@ -566,6 +595,85 @@ fn glu_matmul_equals_matmul_then_silu_mul() {
                     );
                 }
                 assert!(want.iter().any(|v| *v != 0.0), "{what}: all zero");
+            }
+        }
+    }
+}
+
+/// RMSNorm fused in front of the k-split matmul (plain with bias and residual, and GLU)
+/// against the f64 references of RMSNorm then the matmul, for every format, the k-split
+/// tunings and a batch size per rows-per-thread choice; and each row of an M = 13 call equals
+/// the same row run alone, bit for bit.
+#[test]
+fn normed_matmul_matches_rms_norm_then_matmul() {
+    use wllm::gpu::kernels::norm::rms_norm_reference;
+    let (n, k, eps) = (45usize, 96usize, 1e-5f32);
+    let silu = |g: f64| g / (1.0 + (-g).exp());
+    let all = tunings();
+    for (d, dtype) in QUANT_TYPES.into_iter().enumerate() {
+        let format = QuantFormat::of(dtype).expect("quantized");
+        for tuning in [FIRST_K_SPLIT, FIRST_K_SPLIT + 2, FIRST_K_SPLIT + 3].map(|i| all[i]) {
+            let mm = MatmulQuant::with_variants(ctx(), format, tuning, true, true);
+            for glu in [false, true] {
+                let what = format!("normed glu={glu} {dtype:?} {tuning:?}");
+                let mut rng = Rng::new(300 + d as u64);
+                let m = 13;
+                let x = rng.normals(m * k, 2.0);
+                let g = rng.normals(k, 1.0);
+                let wn = if glu { 2 * n } else { n };
+                let raw = random_blocks(&mut rng, dtype, wn, k);
+                let bias = rng.normals(n, 1.0);
+                let y0 = rng.normals(m * n, 1.0);
+                let w = dequant::to_f32(dtype, &raw, wn * k).expect("dequantizes");
+                let h = rms_norm_reference(&x, &g, None, k, eps);
+                let dot = |r: usize, row: usize| -> (f64, f64) {
+                    let hw = (0..k).map(|i| h[r * k + i] as f64 * w[row * k + i] as f64);
+                    hw.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()))
+                };
+                let wb = quant_weight("w", &raw, dtype, wn, k, false);
+                let gb = f32s("g", &g, &[k]);
+                let bb = f32s("bias", &bias, &[n]);
+                let p = MatmulParams {
+                    bias: !glu,
+                    accumulate: !glu,
+                    ..MatmulParams::plain(m, n, k)
+                };
+                let call = |rows: std::ops::Range<usize>| -> Vec<f32> {
+                    let xb = x_input(&x[rows.start * k..rows.end * k], rows.len(), k);
+                    let y = f32s("y", &y0[rows.start * n..rows.end * n], &[rows.len(), n]);
+                    let bg = mm
+                        .bind_normed(ctx(), &xb.buffer, &wb, &gb.buffer, &bb.buffer, &y.buffer)
+                        .expect("bind");
+                    let p = MatmulParams { m: rows.len(), ..p };
+                    run(|pass| match glu {
+                        true => mm.encode_glu_normed(pass, &bg, &p, eps),
+                        false => mm.encode_normed(pass, &bg, &p, eps),
+                    });
+                    read(&y)
+                };
+                let got = call(0..m);
+                for r in 0..m {
+                    for (c, &b) in bias.iter().enumerate() {
+                        let i = r * n + c;
+                        let (want, bound) = if glu {
+                            let ((gs, ga), (us, ua)) = (dot(r, c), dot(r, n + c));
+                            (silu(gs) * us, 3.0 * TOL * (ga + 1.0) * (ua + 1.0))
+                        } else {
+                            let (s, a) = dot(r, c);
+                            let want = s + b as f64 + y0[i] as f64;
+                            (want, TOL * (a + (b as f64).abs() + (y0[i] as f64).abs()))
+                        };
+                        let err = (got[i] as f64 - want).abs();
+                        assert!(err <= bound, "{what} row {r} col {c}: {} vs {want}", got[i]);
+                    }
+                }
+                for r in [0usize, 3, 4, 7, 8, 12] {
+                    assert_bits_eq(
+                        &format!("{what} row {r}: M=1 vs M={m}"),
+                        &call(r..r + 1),
+                        &got[r * n..(r + 1) * n],
+                    );
+                }
             }
         }
     }

@@ -8,29 +8,65 @@ use std::sync::Arc;
 
 use super::GpuError;
 
-/// Which adapter to use. Defaults come from `WLLM_BACKEND` and `WLLM_ADAPTER`.
+/// Which adapter to use. Defaults come from `WLLM_BACKEND`, `WLLM_ADAPTER` and
+/// `WLLM_KERNEL_FORMS`.
 #[derive(Debug, Clone, Default)]
 pub struct AdapterSelector {
     /// Backends to search (`vulkan`, `gl`, `metal`, `dx12`, `all`); `None` = wgpu's default set.
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name.
     pub name_contains: Option<String>,
+    /// The kernel forms to build; `None` = the adapter's own ([`KernelForms::for_device_type`]).
+    pub kernel_forms: Option<KernelForms>,
 }
 
 impl AdapterSelector {
-    /// Reads `WLLM_BACKEND` and `WLLM_ADAPTER`.
+    /// Reads `WLLM_BACKEND`, `WLLM_ADAPTER` and `WLLM_KERNEL_FORMS`.
     pub fn from_env() -> Result<Self, GpuError> {
-        let backends = match std::env::var("WLLM_BACKEND") {
-            Ok(s) if !s.trim().is_empty() => Some(parse_backends(&s)?),
-            _ => None,
-        };
-        let name_contains = std::env::var("WLLM_ADAPTER")
-            .ok()
-            .filter(|s| !s.trim().is_empty());
+        let set = |name| std::env::var(name).ok().filter(|s| !s.trim().is_empty());
+        let backends = set("WLLM_BACKEND")
+            .map(|s| parse_backends(&s))
+            .transpose()?;
+        let kernel_forms = set("WLLM_KERNEL_FORMS")
+            .map(|s| KernelForms::parse(&s))
+            .transpose()?;
         Ok(Self {
             backends,
-            name_contains,
+            name_contains: set("WLLM_ADAPTER"),
+            kernel_forms,
         })
+    }
+}
+
+/// Which forms of the kernels a context builds. Each kernel's forms compute the same function;
+/// they differ in how work is spread over threads, and where a form changes a sum's order it
+/// keeps that order fixed for every batch (so outputs stay batch-invariant within one form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelForms {
+    /// For CPU adapters (llvmpipe, WARP): few threads with long serial sums, quantized weights
+    /// in textures, activations through uniform windows.
+    Cpu,
+    /// For GPUs: many threads, reductions split over lanes and workgroups.
+    Gpu,
+}
+
+impl KernelForms {
+    /// CPU adapters get the CPU forms, every other device type the GPU forms.
+    pub fn for_device_type(t: wgpu::DeviceType) -> KernelForms {
+        if t == wgpu::DeviceType::Cpu {
+            KernelForms::Cpu
+        } else {
+            KernelForms::Gpu
+        }
+    }
+
+    /// `cpu` or `gpu` (`WLLM_KERNEL_FORMS`).
+    pub fn parse(s: &str) -> Result<KernelForms, GpuError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(KernelForms::Cpu),
+            "gpu" => Ok(KernelForms::Gpu),
+            other => Err(GpuError::BadKernelForms(other.to_string())),
+        }
     }
 }
 
@@ -132,6 +168,8 @@ pub struct GpuContext {
     pub adapter_info: Arc<AdapterReport>,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The kernel forms built on this device (set with [`GpuContext::with_kernel_forms`]).
+    pub kernel_forms: KernelForms,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -139,6 +177,7 @@ impl std::fmt::Debug for GpuContext {
         f.debug_struct("GpuContext")
             .field("adapter", &self.adapter_info.name)
             .field("backend", &self.adapter_info.backend)
+            .field("kernel_forms", &self.kernel_forms)
             .finish()
     }
 }
@@ -184,7 +223,14 @@ impl GpuContext {
                 .unwrap_or_else(|| "any".to_string()),
             seen: seen.clone(),
         })?;
-        Self::open(adapter)
+        let ctx = Self::open(adapter)?;
+        Ok(match selector.kernel_forms {
+            Some(forms) => {
+                log::info!("building the {forms:?} kernel forms (asked for)");
+                ctx.with_kernel_forms(forms)
+            }
+            None => ctx,
+        })
     }
 
     fn open(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
@@ -219,6 +265,7 @@ impl GpuContext {
             adapter_info: Arc::new(info),
             limits,
             features,
+            kernel_forms: KernelForms::for_device_type(adapter.get_info().device_type),
         })
     }
 
@@ -244,6 +291,7 @@ impl GpuContext {
             adapter_info: Arc::new(report(adapter)),
             limits,
             features,
+            kernel_forms: KernelForms::for_device_type(adapter.get_info().device_type),
         })
     }
 
@@ -254,8 +302,16 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
-    /// A CPU adapter (llvmpipe/lavapipe, WARP): kernels pick their CPU-friendly forms there.
-    pub fn is_cpu_adapter(&self) -> bool {
-        self.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    /// The same device building the other kernel forms: on a CPU adapter, the GPU forms run
+    /// (slowly) on lavapipe, which is how the tests check them on a machine without a GPU.
+    /// Set it before building a model on the context.
+    pub fn with_kernel_forms(mut self, forms: KernelForms) -> Self {
+        self.kernel_forms = forms;
+        self
+    }
+
+    /// Whether kernels build their CPU-adapter forms ([`KernelForms::Cpu`]).
+    pub fn wants_cpu_kernels(&self) -> bool {
+        self.kernel_forms == KernelForms::Cpu
     }
 }

@@ -10,7 +10,9 @@ pub mod profile;
 pub mod runner;
 pub mod tensor;
 
-pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters, parse_backends};
+pub use context::{
+    AdapterReport, AdapterSelector, GpuContext, KernelForms, list_adapters, parse_backends,
+};
 pub use pipeline::{Kernel, ShaderSource};
 pub use profile::StepProfile;
 pub use runner::{Logits, Runner, RunnerConfig, StepTiming};
@@ -21,6 +23,8 @@ pub use tensor::{GpuTensor, WeightDType};
 pub enum GpuError {
     #[error("unknown backend `{0}` (expected vulkan, gl, metal, dx12 or all)")]
     BadBackend(String),
+    #[error("unknown kernel forms `{0}` (expected cpu or gpu)")]
+    BadKernelForms(String),
     #[error(
         "no usable GPU adapter matching `{wanted}` (wgpu sees: {seen:?}); install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers) or check WLLM_BACKEND / WLLM_ADAPTER"
     )]

@@ -60,6 +60,7 @@ pub const RMS_NORM: ShaderSource = shader!("rms_norm");
 pub const LAYER_NORM: ShaderSource = shader!("layer_norm");
 pub const MATMUL: ShaderSource = shader!("matmul");
 pub const MATMUL_QUANT: ShaderSource = shader!("matmul_quant");
+pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!("matmul_quant_split");
 pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
 pub const ROPE: ShaderSource = shader!("rope");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
@@ -80,6 +81,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     LAYER_NORM,
     MATMUL,
     MATMUL_QUANT,
+    MATMUL_QUANT_SPLIT,
     EMBEDDING_QUANT,
     ROPE,
     KV_WRITE,

@@ -86,16 +86,20 @@ struct MatmulBinds {
     /// The stacked gate|up weight with SiLU·mul applied in the same pass: y gets rows / 2
     /// columns.
     glu: bool,
+    /// RMSNorm with this eps fused in front (quantized k-split matmul): x is the residual
+    /// stream and the layer's norm pass is skipped.
+    norm_eps: Option<f32>,
 }
 
 struct LayerBinds {
-    norm1: wgpu::BindGroup,
+    /// `None` where the next matmul applies the norm (`MatmulBinds::norm_eps`).
+    norm1: Option<wgpu::BindGroup>,
     qkv: MatmulBinds,
     /// The fused RoPE + KV write for RoPE models, else the plain KV write.
     kv_write: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     out_proj: MatmulBinds,
-    norm2: wgpu::BindGroup,
+    norm2: Option<wgpu::BindGroup>,
     up: MatmulBinds,
     /// The activation pass; `None` when `up` applies it (SwiGLU fused into the matmul).
     act: Option<wgpu::BindGroup>,
@@ -221,6 +225,19 @@ impl Runner {
             .collect();
         // The widest input any matmul reads (hidden, attention output or MLP inner width).
         let max_k = d.max(cfg.q_dim()).max(inner);
+        // Weights forced into textures (WLLM_QUANT_WEIGHTS) take the one-thread-per-column
+        // kernel, the only one that reads textures.
+        let quant_tuning = {
+            let base = QuantTuning::for_adapter(ctx, max_k);
+            QuantTuning {
+                w_texture: quant_in_texture,
+                k_split: if quant_in_texture { 1 } else { base.k_split },
+                ..base
+            }
+        };
+        // Llama's RMSNorms run inside the quantized qkv and gate|up matmuls where the kernel
+        // has that form (GPUs: one dispatch fewer per norm).
+        let fuse_norms = cfg.arch == Architecture::Llama && MatmulQuant::fuses_norm(quant_tuning);
         let kernels = Kernels {
             embedding: match weights.embed.format {
                 MatrixFormat::Quant(f) => {
@@ -233,15 +250,8 @@ impl Runner {
             matmul_quant: quant_formats
                 .iter()
                 .map(|&f| {
-                    let tuning = QuantTuning {
-                        w_texture: quant_in_texture,
-                        ..QuantTuning::for_adapter(ctx, max_k)
-                    };
-                    let k = if glu_formats.contains(&f) {
-                        MatmulQuant::with_glu(ctx, f, tuning)
-                    } else {
-                        MatmulQuant::new(ctx, f, tuning)
-                    };
+                    let glu = glu_formats.contains(&f);
+                    let k = MatmulQuant::with_variants(ctx, f, quant_tuning, glu, fuse_norms);
                     (f, k)
                 })
                 .collect(),
@@ -351,7 +361,41 @@ impl Runner {
                 bias: bias.is_some(),
                 accumulate,
                 glu: false,
+                norm_eps: None,
             })
+        };
+        // A quantized matmul over RMSNorm(x, g) with the norm fused, or None where it cannot
+        // be (dense weights, or a tuning without the fused form).
+        let normed_binds = |w: &GpuMatrix,
+                            g: &GpuTensor,
+                            y: &wgpu::Buffer,
+                            y_stride: usize,
+                            glu: bool|
+         -> Result<Option<MatmulBinds>, GpuError> {
+            let MatrixFormat::Quant(f) = w.format else {
+                return Ok(None);
+            };
+            if !fuse_norms || (glu && fused_glu_format(w).is_none()) {
+                return Ok(None);
+            }
+            let k = quant_kernel(&kernels, f);
+            Ok(Some(MatmulBinds {
+                format: w.format,
+                parts: w
+                    .parts
+                    .iter()
+                    .map(|p| {
+                        let bg = k.bind_normed(ctx, &x, &p.data, &g.buffer, &dummy, y)?;
+                        Ok((p.first_row, p.rows, bg))
+                    })
+                    .collect::<Result<_, GpuError>>()?,
+                k: w.cols,
+                y_stride,
+                bias: false,
+                accumulate: false,
+                glu,
+                norm_eps: Some(cfg.norm_eps),
+            }))
         };
 
         let pos_table = weights.pos_embed.as_ref().map_or(&dummy, |p| &p.buffer);
@@ -426,51 +470,58 @@ impl Runner {
                 &attn,
             );
             layers.push(match lw {
-                LayerWeights::Llama(w) => LayerBinds {
-                    norm1: kernels
-                        .rms_norm
-                        .bind(ctx, &x, &w.attn_norm.buffer, &dummy, &h),
-                    qkv: matmul_binds(&w.wqkv, &h, None, &qkv, qkv_dim, false)?,
-                    kv_write,
-                    attention,
-                    out_proj: matmul_binds(&w.wo, &attn, None, &x, d, true)?,
-                    norm2: kernels
-                        .rms_norm
-                        .bind(ctx, &x, &w.ffn_norm.buffer, &dummy, &h),
-                    up: if fused_glu_format(&w.w_gate_up).is_some() {
-                        MatmulBinds {
-                            glu: true,
-                            ..matmul_binds(&w.w_gate_up, &h, None, &act, inner, false)?
-                        }
-                    } else {
-                        matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?
-                    },
-                    act: fused_glu_format(&w.w_gate_up)
-                        .is_none()
-                        .then(|| kernels.silu_mul.bind(ctx, &ffn_in, &act)),
-                    down: matmul_binds(&w.w_down, &act, None, &x, d, true)?,
-                },
+                LayerWeights::Llama(w) => {
+                    let qkv_normed = normed_binds(&w.wqkv, &w.attn_norm, &qkv, qkv_dim, false)?;
+                    let up_normed = normed_binds(&w.w_gate_up, &w.ffn_norm, &act, inner, true)?;
+                    let norm_pass =
+                        |g: &GpuTensor| kernels.rms_norm.bind(ctx, &x, &g.buffer, &dummy, &h);
+                    LayerBinds {
+                        norm1: qkv_normed.is_none().then(|| norm_pass(&w.attn_norm)),
+                        qkv: match qkv_normed {
+                            Some(b) => b,
+                            None => matmul_binds(&w.wqkv, &h, None, &qkv, qkv_dim, false)?,
+                        },
+                        kv_write,
+                        attention,
+                        out_proj: matmul_binds(&w.wo, &attn, None, &x, d, true)?,
+                        norm2: up_normed.is_none().then(|| norm_pass(&w.ffn_norm)),
+                        up: if let Some(b) = up_normed {
+                            b
+                        } else if fused_glu_format(&w.w_gate_up).is_some() {
+                            MatmulBinds {
+                                glu: true,
+                                ..matmul_binds(&w.w_gate_up, &h, None, &act, inner, false)?
+                            }
+                        } else {
+                            matmul_binds(&w.w_gate_up, &h, None, &ffn_in, 2 * inner, false)?
+                        },
+                        act: fused_glu_format(&w.w_gate_up)
+                            .is_none()
+                            .then(|| kernels.silu_mul.bind(ctx, &ffn_in, &act)),
+                        down: matmul_binds(&w.w_down, &act, None, &x, d, true)?,
+                    }
+                }
                 LayerWeights::Gpt2(w) => LayerBinds {
-                    norm1: kernels.layer_norm.bind(
+                    norm1: Some(kernels.layer_norm.bind(
                         ctx,
                         &x,
                         &w.ln1_w.buffer,
                         &w.ln1_b.buffer,
                         &dummy,
                         &h,
-                    ),
+                    )),
                     qkv: matmul_binds(&w.w_qkv, &h, Some(&w.b_qkv), &qkv, qkv_dim, false)?,
                     kv_write,
                     attention,
                     out_proj: matmul_binds(&w.w_o, &attn, Some(&w.b_o), &x, d, true)?,
-                    norm2: kernels.layer_norm.bind(
+                    norm2: Some(kernels.layer_norm.bind(
                         ctx,
                         &x,
                         &w.ln2_w.buffer,
                         &w.ln2_b.buffer,
                         &dummy,
                         &h,
-                    ),
+                    )),
                     up: matmul_binds(&w.w_fc, &h, Some(&w.b_fc), &ffn_in, inner, false)?,
                     act: Some(kernels.gelu.bind(ctx, &ffn_in)),
                     down: matmul_binds(&w.w_proj, &ffn_in, Some(&w.b_proj), &x, d, true)?,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use wllm::{AdapterSelector, GpuContext};
+use wllm::{AdapterSelector, GpuContext, KernelForms};
 
 pub mod plumbing;
 
@@ -17,6 +17,24 @@ pub fn gpu() -> &'static GpuContext {
         GpuContext::new(&sel).unwrap_or_else(|e| {
             panic!("no GPU adapter for the tests ({e}); install mesa-vulkan-drivers for lavapipe")
         })
+    })
+}
+
+/// The same adapter building the kernel forms [`gpu`] does not: the GPU forms on lavapipe
+/// (split reductions, storage-buffer weights), the CPU forms on a real GPU. Each form has its
+/// own summation order, so tests compare it with the reference and with itself across batches.
+pub fn gpu_other_forms() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let other = match gpu().kernel_forms {
+            KernelForms::Cpu => KernelForms::Gpu,
+            KernelForms::Gpu => KernelForms::Cpu,
+        };
+        let sel = AdapterSelector {
+            kernel_forms: Some(other),
+            ..AdapterSelector::from_env().expect("WLLM_BACKEND / WLLM_ADAPTER")
+        };
+        GpuContext::new(&sel).unwrap_or_else(|e| panic!("no GPU adapter for the tests ({e})"))
     })
 }
 

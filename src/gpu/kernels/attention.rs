@@ -59,9 +59,9 @@ pub enum AttentionKind {
 }
 
 impl AttentionKind {
-    /// Serial on CPU adapters, Split on GPUs (built by [`PagedAttention::for_model`]).
+    /// Serial for the CPU kernel forms, Split for GPUs (built by [`PagedAttention::for_model`]).
     pub fn for_adapter(ctx: &GpuContext) -> AttentionKind {
-        if ctx.adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+        if ctx.wants_cpu_kernels() {
             AttentionKind::Serial
         } else {
             AttentionKind::Split

@@ -1,6 +1,9 @@
-//! `shaders/matmul_quant.wgsl`: activations × a GGUF-quantized linear weight (Q4_0, Q4_1,
-//! Q8_0) that stays quantized in GPU memory and is dequantized in registers, with optional
-//! bias and a fused residual add; and [`pack_quantized`], GGUF's blocks → the kernel's layout.
+//! `shaders/matmul_quant.wgsl` and `shaders/matmul_quant_split.wgsl`: activations × a
+//! GGUF-quantized linear weight (Q4_0, Q4_1, Q8_0) that stays quantized in GPU memory and is
+//! dequantized in registers, with optional bias and a fused residual add; and
+//! [`pack_quantized`], GGUF's blocks → the kernels' layout. The first kernel gives each output
+//! column one thread (CPU adapters); the second splits a column's k-blocks over lanes (GPUs,
+//! [`QuantTuning::k_split`]).
 //!
 //! Layout of a quantized (N, K) weight, K a multiple of 32 ([`QUANT_BLOCK`]): GGUF stores each
 //! row as K/32 blocks of 32 consecutive k. On the GPU the blocks are block-column-major:
@@ -15,7 +18,7 @@
 //! most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either way.
 
 use super::quant_texture::{WeightData, texture_entry, textures_preferred, unused_texture};
-use crate::gpu::pipeline::{Kernel, MATMUL_QUANT};
+use crate::gpu::pipeline::{Kernel, MATMUL_QUANT, MATMUL_QUANT_SPLIT};
 use crate::gpu::{GpuContext, GpuError};
 use crate::loader::{TensorDType, dequant};
 use half::f16;
@@ -169,13 +172,20 @@ pub fn dequantize_packed(words: &[u32], format: QuantFormat, n: usize, k: usize)
     out
 }
 
-/// How the quantized matmul spreads work over threads on an adapter. Every choice gives
-/// bit-identical results (each output is the same fma chain); only speed differs.
+/// How the quantized matmul spreads work over threads on an adapter. Choices with the same
+/// `k_split` give bit-identical results (each output is the same chain of operations); only
+/// speed differs. `k_split` sets the order of each output's sum, so a model uses one value
+/// for all its calls (batch invariance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantTuning {
     /// Threads per workgroup.
     pub workgroup: usize,
-    /// Output columns per thread (they share each loaded block of x).
+    /// Lanes that share one output column, lane s summing its k-blocks s, s + k_split, ...
+    /// (`matmul_quant_split.wgsl`; it must divide `workgroup`, and rules out `x_window` and
+    /// `w_texture`). 1: one thread per column (`matmul_quant.wgsl`).
+    pub k_split: usize,
+    /// Output columns per thread (they share each loaded block of x); with `k_split` > 1 a
+    /// workgroup has workgroup / k_split columns and this is unused.
     pub cols: usize,
     /// Rows of x per thread, one of [`MatmulQuant::ROW_CHOICES`]; `None` picks by batch size.
     pub fixed_rows: Option<usize>,
@@ -196,12 +206,15 @@ impl QuantTuning {
     /// reuse x, and x comes through uniform windows when every call's k fits one (`max_k`);
     /// a workgroup is one 8-lane SIMD group, so that a 576-column matmul still makes 9
     /// workgroups to spread over the cores (16 × 16 made 3, and decode ran ~1.4× slower).
-    /// GPUs want many threads, one column each. Weights come from textures where
-    /// [`textures_preferred`] says (CPU adapters); the weights must be uploaded to match.
+    /// GPUs want many threads: 16 lanes per column, each taking every 16th k-block, so that
+    /// a decode step's matvec has N · 16 threads instead of N walking all of K alone.
+    /// Weights come from textures where [`textures_preferred`] says (CPU adapters); the
+    /// weights must be uploaded to match.
     pub fn for_adapter(ctx: &GpuContext, max_k: usize) -> QuantTuning {
-        if ctx.is_cpu_adapter() {
+        if ctx.wants_cpu_kernels() {
             QuantTuning {
                 workgroup: 8,
+                k_split: 1,
                 cols: 8,
                 fixed_rows: None,
                 x_window: max_k <= MatmulQuant::MAX_WINDOW_K,
@@ -211,11 +224,12 @@ impl QuantTuning {
         } else {
             QuantTuning {
                 workgroup: 64,
+                k_split: 16,
                 cols: 1,
                 fixed_rows: None,
                 x_window: false,
                 x_shared: false,
-                w_texture: textures_preferred(ctx),
+                w_texture: false,
             }
         }
     }
@@ -233,13 +247,19 @@ impl QuantTuning {
     }
 }
 
-/// The quantized matmul for one weight format: one pipeline per rows-per-thread choice, all
-/// sharing one bind group layout.
+/// Which pipeline of a [`MatmulQuant`]: rows of x per thread, GLU (gate, up and SiLU·mul in
+/// one pass), NORM (RMSNorm fused in front, k-split kernel only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Variant {
+    rows: usize,
+    glu: bool,
+    norm: bool,
+}
+
+/// The quantized matmul for one weight format: one pipeline per rows-per-thread choice and
+/// asked-for GLU / NORM variant, all sharing one bind group layout.
 pub struct MatmulQuant {
-    /// (rows per thread, pipeline), ROW_CHOICES order.
-    kernels: Vec<(usize, Kernel)>,
-    /// The same with GLU on (gate, up and SiLU·mul in one pass), when asked for.
-    glu_kernels: Vec<(usize, Kernel)>,
+    kernels: Vec<(Variant, Kernel)>,
     tuning: QuantTuning,
     /// The adapter's uniform-buffer offset alignment (x windows start at multiples of it).
     offset_align: u64,
@@ -259,18 +279,33 @@ impl MatmulQuant {
     pub const MAX_WINDOW_K: usize = Self::X_WINDOW_BYTES as usize / 4;
 
     pub fn new(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
-        Self::build(ctx, format, tuning, false)
+        Self::with_variants(ctx, format, tuning, false, false)
     }
 
     /// Also compiles the GLU pipelines ([`MatmulQuant::encode_glu`]).
     pub fn with_glu(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning) -> Self {
-        Self::build(ctx, format, tuning, true)
+        Self::with_variants(ctx, format, tuning, true, false)
     }
 
-    fn build(ctx: &GpuContext, format: QuantFormat, tuning: QuantTuning, glu: bool) -> Self {
+    /// Also compiles the GLU pipelines when `glu`, and with `norm` the RMSNorm-fused form of
+    /// each ([`MatmulQuant::encode_normed`]; k-split tunings only, see
+    /// [`MatmulQuant::fuses_norm`]).
+    pub fn with_variants(
+        ctx: &GpuContext,
+        format: QuantFormat,
+        tuning: QuantTuning,
+        glu: bool,
+        norm: bool,
+    ) -> Self {
         let info = &ctx.adapter_info;
+        let split = tuning.k_split > 1;
+        assert!(
+            !norm || split,
+            "MatmulQuant: the RMSNorm-fused form needs a k-split tuning: {tuning:?}"
+        );
         let tuning = QuantTuning {
             x_shared: tuning.x_shared
+                && !split
                 && tuning.x_window
                 && ctx.features.contains(wgpu::Features::SUBGROUP)
                 && info.subgroup_min_size as usize == tuning.workgroup
@@ -286,11 +321,31 @@ impl MatmulQuant {
                     .is_none_or(|r| Self::ROW_CHOICES.contains(&r)),
             "MatmulQuant tuning out of range: {tuning:?}"
         );
+        assert!(
+            tuning.k_split >= 1
+                && (!split
+                    || (tuning.workgroup % tuning.k_split == 0
+                        && tuning.workgroup <= 128
+                        && !tuning.x_window
+                        && !tuning.w_texture)),
+            "MatmulQuant: k_split must divide a workgroup of at most 128 and rules out x windows and textures: {tuning:?}"
+        );
         // A GLU thread reads two weight rows per output column: half the columns keep its
         // loads per block where the plain kernel has them.
         let glu_cols = Self::glu_cols(tuning);
-        let consts = |rows: usize, glu: bool| {
-            [
+        let consts = |v: Variant| -> Vec<(&str, f64)> {
+            let (rows, glu) = (v.rows, v.glu);
+            if split {
+                return vec![
+                    ("Q8", format.q8_constant()),
+                    ("GLU", f64::from(u8::from(glu))),
+                    ("NORM", f64::from(u8::from(v.norm))),
+                    ("ROWS", rows as f64),
+                    ("SPLIT", tuning.k_split as f64),
+                    ("SPLIT_WG", tuning.workgroup as f64),
+                ];
+            }
+            vec![
                 ("Q8", format.q8_constant()),
                 ("GLU", f64::from(u8::from(glu))),
                 ("ROWS", rows as f64),
@@ -301,14 +356,20 @@ impl MatmulQuant {
                 ("W_TEXTURE", f64::from(u8::from(tuning.w_texture))),
             ]
         };
-        let mut sets: Vec<[(&str, f64); 8]> = Self::ROW_CHOICES
-            .iter()
-            .map(|&r| consts(r, false))
-            .collect();
-        if glu {
-            sets.extend(Self::ROW_CHOICES.iter().map(|&r| consts(r, true)));
+        let mut variants = Vec::new();
+        for v_glu in [false, true] {
+            for v_norm in [false, true] {
+                if (v_glu && !glu) || (v_norm && !norm) {
+                    continue;
+                }
+                variants.extend(Self::ROW_CHOICES.map(|rows| Variant {
+                    rows,
+                    glu: v_glu,
+                    norm: v_norm,
+                }));
+            }
         }
-        let variants: Vec<&[(&str, f64)]> = sets.iter().map(|c| &c[..]).collect();
+        let sets: Vec<Vec<(&str, f64)>> = variants.iter().map(|&v| consts(v)).collect();
         // x, w, bias read-only; y read-write; the x window, a uniform buffer at a dynamic
         // offset. Pipelines without windows still declare it (naga counts the binding as used
         // even in the branch their constants switch off), so they get a zero buffer there.
@@ -328,6 +389,7 @@ impl MatmulQuant {
             count: None,
         });
         entries.push(texture_entry(5));
+        entries.push(Kernel::storage_entry(6, true));
         let unused_window = (!tuning.x_window).then(|| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("matmul_quant unused x window"),
@@ -336,13 +398,17 @@ impl MatmulQuant {
                 mapped_at_creation: false,
             })
         });
-        let members: Vec<_> = variants.iter().map(|c| (MATMUL_QUANT, *c)).collect();
-        let mut family = Kernel::with_layout(ctx, &entries, &members).into_iter();
-        let kernels = Self::ROW_CHOICES.into_iter().zip(family.by_ref()).collect();
-        let glu_kernels = Self::ROW_CHOICES.into_iter().zip(family).collect();
+        // The split kernel declares bindings 0..3 only; the layout's extra entries are bound to
+        // the unused buffers as for the plain kernel, so both take the same bind groups.
+        let source = if split {
+            MATMUL_QUANT_SPLIT
+        } else {
+            MATMUL_QUANT
+        };
+        let members: Vec<_> = sets.iter().map(|c| (source, &c[..])).collect();
+        let family = Kernel::with_layout(ctx, &entries, &members);
         Self {
-            kernels,
-            glu_kernels,
+            kernels: variants.into_iter().zip(family).collect(),
             tuning,
             offset_align: u64::from(ctx.limits.min_uniform_buffer_offset_alignment.max(1)),
             unused_window,
@@ -366,6 +432,32 @@ impl MatmulQuant {
         ctx: &GpuContext,
         x: &wgpu::Buffer,
         w: &WeightData,
+        bias: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        self.bind_with_norm(ctx, x, w, &self.unused_buffer, bias, y)
+    }
+
+    /// [`MatmulQuant::bind`] for [`MatmulQuant::encode_normed`]: x is the un-normed input and
+    /// `norm_weight` the RMSNorm weight (k f32).
+    pub fn bind_normed(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        w: &WeightData,
+        norm_weight: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        self.bind_with_norm(ctx, x, w, norm_weight, bias, y)
+    }
+
+    fn bind_with_norm(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        w: &WeightData,
+        norm_weight: &wgpu::Buffer,
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup, GpuError> {
@@ -411,6 +503,10 @@ impl MatmulQuant {
             binding: 5,
             resource: wgpu::BindingResource::TextureView(w_texture),
         });
+        entries.push(wgpu::BindGroupEntry {
+            binding: 6,
+            resource: norm_weight.as_entire_binding(),
+        });
         Ok(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("matmul_quant"),
             layout: &kernel.layout,
@@ -454,7 +550,26 @@ impl MatmulQuant {
 
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &MatmulParams) {
         let flags = (p.bias as u32) | ((p.accumulate as u32) << 1);
-        self.dispatch(&self.kernels, self.tuning.cols, pass, bg, p, flags);
+        self.dispatch(false, None, self.tuning.cols, pass, bg, p, flags);
+    }
+
+    /// Whether this tuning has the RMSNorm-fused form (the k-split kernel's NORM).
+    pub fn fuses_norm(tuning: QuantTuning) -> bool {
+        tuning.k_split > 1
+    }
+
+    /// RMSNorm(x) · g, then the matmul, in one pass: y = RMSNorm(x, g, eps) · Wᵀ (+ bias)
+    /// (+ y), with x and g bound by [`MatmulQuant::bind_normed`]. Needs `norm` in
+    /// [`MatmulQuant::with_variants`].
+    pub fn encode_normed(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &MatmulParams,
+        eps: f32,
+    ) {
+        let flags = (p.bias as u32) | ((p.accumulate as u32) << 1);
+        self.dispatch(false, Some(eps), self.tuning.cols, pass, bg, p, flags);
     }
 
     /// SwiGLU's first half in one pass: the bound weight is the stacked (2·n, k) gate|up
@@ -466,18 +581,34 @@ impl MatmulQuant {
         bg: &wgpu::BindGroup,
         p: &MatmulParams,
     ) {
+        self.encode_glu_with(pass, bg, p, None);
+    }
+
+    /// [`MatmulQuant::encode_glu`] with RMSNorm fused in front, as in
+    /// [`MatmulQuant::encode_normed`].
+    pub fn encode_glu_normed(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &MatmulParams,
+        eps: f32,
+    ) {
+        self.encode_glu_with(pass, bg, p, Some(eps));
+    }
+
+    fn encode_glu_with(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &MatmulParams,
+        norm_eps: Option<f32>,
+    ) {
         assert!(
-            !self.glu_kernels.is_empty() && !p.bias && !p.accumulate,
-            "encode_glu needs MatmulQuant::with_glu and no bias or accumulate"
+            !p.bias && !p.accumulate,
+            "encode_glu takes no bias or accumulate"
         );
-        self.dispatch(
-            &self.glu_kernels,
-            Self::glu_cols(self.tuning),
-            pass,
-            bg,
-            p,
-            0,
-        );
+        let cols = Self::glu_cols(self.tuning);
+        self.dispatch(true, norm_eps, cols, pass, bg, p, 0);
     }
 
     /// Output columns per GLU thread: half the plain kernel's (each takes two weight rows), at
@@ -486,9 +617,12 @@ impl MatmulQuant {
         tuning.cols.div_ceil(2).min(8)
     }
 
+    /// `norm_eps`: the NORM variant with that eps.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
-        kernels: &[(usize, Kernel)],
+        glu: bool,
+        norm_eps: Option<f32>,
         cols: usize,
         pass: &mut wgpu::ComputePass<'_>,
         bg: &wgpu::BindGroup,
@@ -519,11 +653,22 @@ impl MatmulQuant {
             );
             span = fit / unit * unit;
         }
-        let kernel = kernels
+        let want = Variant {
+            rows,
+            glu,
+            norm: norm_eps.is_some(),
+        };
+        let kernel = self
+            .kernels
             .iter()
-            .find(|(r, _)| *r == rows)
-            .map_or(&kernels[0], |k| k);
-        let col_groups = p.n.div_ceil(self.tuning.workgroup * cols) as u32;
+            .find(|(v, _)| *v == want)
+            .unwrap_or_else(|| panic!("MatmulQuant was built without the {want:?} pipeline"));
+        let cols_per_group = if self.tuning.k_split > 1 {
+            self.tuning.workgroup / self.tuning.k_split
+        } else {
+            self.tuning.workgroup * cols
+        };
+        let col_groups = p.n.div_ceil(cols_per_group) as u32;
         let mut row0 = 0;
         while row0 < p.m {
             let end = p.m.min(row0 + span);
@@ -535,6 +680,7 @@ impl MatmulQuant {
                 p.y_col as u32,
                 flags,
                 row0 as u32,
+                norm_eps.unwrap_or(0.0).to_bits(),
             ];
             let groups = [col_groups, (end - row0).div_ceil(rows) as u32, 1];
             if self.tuning.x_window {

@@ -20,7 +20,7 @@ const SERIAL_WG: usize = 8;
 impl RmsNorm {
     /// `gather`: read input row `rows[r]` for output row r. CPU adapters get the serial form.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
-        let cpu = ctx.is_cpu_adapter();
+        let cpu = ctx.wants_cpu_kernels();
         Self::with_serial(ctx, gather, cpu)
     }
 

@@ -156,7 +156,7 @@ pub fn textures_preferred(ctx: &GpuContext) -> bool {
     match forced.as_deref() {
         Some("buffer") => false,
         Some("texture") => true,
-        _ => ctx.is_cpu_adapter(),
+        _ => ctx.wants_cpu_kernels(),
     }
 }
 

@@ -49,17 +49,21 @@ impl Runner {
                 max_context_len: shape.max_context_len,
             };
             for lb in &self.layers {
-                match cfg.arch {
-                    Architecture::Llama => {
-                        k.rms_norm
-                            .encode(rec.pass("norm"), &lb.norm1, t, d, cfg.norm_eps)
+                match (cfg.arch, &lb.norm1) {
+                    (_, None) => {} // fused into the qkv matmul
+                    (Architecture::Llama, Some(bg)) => {
+                        k.rms_norm.encode(rec.pass("norm"), bg, t, d, cfg.norm_eps)
                     }
-                    Architecture::Gpt2 => {
+                    (Architecture::Gpt2, Some(bg)) => {
                         k.layer_norm
-                            .encode(rec.pass("norm"), &lb.norm1, t, d, cfg.norm_eps)
+                            .encode(rec.pass("norm"), bg, t, d, cfg.norm_eps)
                     }
                 }
-                encode_matmul(k, &mut rec, "matmul qkv", &lb.qkv, t);
+                let qkv_label = match lb.qkv.norm_eps {
+                    Some(_) => "norm+matmul qkv",
+                    None => "matmul qkv",
+                };
+                encode_matmul(k, &mut rec, qkv_label, &lb.qkv, t);
                 if self.has_rope {
                     let p = RopeParams {
                         num_tokens: t,
@@ -87,9 +91,14 @@ impl Runner {
                 encode_matmul(k, &mut rec, "matmul out", &lb.out_proj, t);
                 match cfg.arch {
                     Architecture::Llama => {
-                        k.rms_norm
-                            .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
-                        encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
+                        if let Some(bg) = &lb.norm2 {
+                            k.rms_norm.encode(rec.pass("norm"), bg, t, d, cfg.norm_eps);
+                        }
+                        let up_label = match lb.up.norm_eps {
+                            Some(_) => "norm+matmul up",
+                            None => "matmul up",
+                        };
+                        encode_matmul(k, &mut rec, up_label, &lb.up, t);
                         if let Some(act) = &lb.act {
                             k.silu_mul.encode(
                                 rec.pass("activation"),
@@ -100,8 +109,10 @@ impl Runner {
                         }
                     }
                     Architecture::Gpt2 => {
-                        k.layer_norm
-                            .encode(rec.pass("norm"), &lb.norm2, t, d, cfg.norm_eps);
+                        if let Some(bg) = &lb.norm2 {
+                            k.layer_norm
+                                .encode(rec.pass("norm"), bg, t, d, cfg.norm_eps);
+                        }
                         encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
                         if let Some(act) = &lb.act {
                             k.gelu
@@ -156,10 +167,18 @@ fn encode_matmul(
             accumulate: mb.accumulate,
         };
         let pass = rec.pass(label);
-        match mb.format {
-            MatrixFormat::Dense(_) => kernels.matmul.encode(pass, bg, &p),
-            MatrixFormat::Quant(f) if mb.glu => quant_kernel(kernels, f).encode_glu(pass, bg, &p),
-            MatrixFormat::Quant(f) => quant_kernel(kernels, f).encode(pass, bg, &p),
+        match (mb.format, mb.norm_eps) {
+            (MatrixFormat::Dense(_), _) => kernels.matmul.encode(pass, bg, &p),
+            (MatrixFormat::Quant(f), None) if mb.glu => {
+                quant_kernel(kernels, f).encode_glu(pass, bg, &p)
+            }
+            (MatrixFormat::Quant(f), None) => quant_kernel(kernels, f).encode(pass, bg, &p),
+            (MatrixFormat::Quant(f), Some(eps)) if mb.glu => {
+                quant_kernel(kernels, f).encode_glu_normed(pass, bg, &p, eps)
+            }
+            (MatrixFormat::Quant(f), Some(eps)) => {
+                quant_kernel(kernels, f).encode_normed(pass, bg, &p, eps)
+            }
         }
     }
 }
