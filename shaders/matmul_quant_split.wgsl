@@ -1,7 +1,7 @@
 // Quantized matmul with the k blocks split over lanes (GPUs): y[m, y_col + n] (+)= sum_k x[m, k] * W[n, k] + bias[n]
 //
-// Same contract, weight layout, immediates and flags as matmul_quant.wgsl (storage buffers
-// only: no x windows, no textures), GLU included. What differs is who sums what: SPLIT lanes share each output column, lane s summing the column's k-blocks
+// Same contract, weight layout, immediates (plus eps) and flags as matmul_quant.wgsl (storage
+// buffers only: no x windows, no textures), GLU included. What differs is who sums what: SPLIT lanes share each output column, lane s summing the column's k-blocks
 // b = s, s + SPLIT, s + 2·SPLIT, ... for the thread's rows; the lanes' partial sums then meet in
 // workgroup memory and one lane adds them up. A decode step (M = 1) thus puts N · SPLIT
 // threads to work with K / (32 · SPLIT) blocks each, where one thread per column would walk
@@ -21,8 +21,9 @@
 //   3 y       f32 (M, y_stride) read_write
 //   6 norm_g  vec4<f32> (K / 4): the RMSNorm weight g (NORM only; any buffer otherwise)
 // Immediates: Params below (eps as f32 bits, NORM only); this call computes rows [row0, m).
-// Dispatch: (ceil(N / (WG / SPLIT)), ceil((m - row0) / ROWS)) workgroups of WG threads
-// (SPLIT divides WG, WG <= 128). Lane lid takes column wg.x * (WG / SPLIT) + lid % (WG / SPLIT)
+// Dispatch: (G, ceil((m - row0) / ROWS), Z) workgroups of WG threads, G · Z >= ceil(N / (WG /
+// SPLIT)) column groups, group g = wg.z · G + wg.x (Z > 1 only past 65,535 groups), SPLIT
+// dividing WG, WG <= 128. Lane lid takes column g * (WG / SPLIT) + lid % (WG / SPLIT)
 // and segment s = lid / (WG / SPLIT): neighbouring lanes read neighbouring columns' blocks,
 // which are adjacent in memory. Rows [r0, r0 + ROWS), r0 = row0 + wg.y * ROWS.
 //
@@ -137,12 +138,14 @@ fn reduce(acc: vec4<f32>) -> f32 {
 }
 
 @compute @workgroup_size(SPLIT_WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
     // (max: a SPLIT over WG is refused by the wrapper; it must not divide by zero here.)
     let cols = max(SPLIT_WG / SPLIT, 1u);
     let slot = lid % cols;
     let seg = lid / cols;
-    let col = wg.x * cols + slot;
+    // Column groups past 65,535 (a big vocabulary's lm_head) continue along z.
+    let col = (wg.z * nwg.x + wg.x) * cols + slot;
     // Columns past n compute the last one and store nothing (every lane reaches the barrier).
     let n = min(col, p.n - 1u);
     let row0 = p.row0 + wg.y * ROWS;

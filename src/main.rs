@@ -204,13 +204,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 for a in &adapters {
                     println!(
-                        "{} [{} {}] f16={} subgroup={} immediates={} max binding {} MiB{}",
+                        "{} [{} {}] f16={} subgroup={} immediates={} kernels={} max binding {} MiB{}",
                         a.name,
                         a.backend,
                         a.device_type,
                         a.shader_f16,
                         a.subgroup,
                         a.immediates,
+                        a.kernel_forms,
                         a.max_storage_binding_bytes >> 20,
                         if a.usable {
                             ""

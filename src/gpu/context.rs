@@ -110,12 +110,19 @@ pub struct AdapterReport {
     pub max_workgroup_memory_bytes: u32,
     /// Whether wllm can run on it (it needs immediates and 8+ storage buffers per stage).
     pub usable: bool,
+    /// The kernel forms wllm builds on it by default (`cpu` or `gpu`; `WLLM_KERNEL_FORMS`
+    /// overrides).
+    pub kernel_forms: String,
 }
 
 fn report(adapter: &wgpu::Adapter) -> AdapterReport {
     let info = adapter.get_info();
     let f = adapter.features();
     let l = adapter.limits();
+    let kernel_forms = match KernelForms::for_device_type(info.device_type) {
+        KernelForms::Cpu => "cpu",
+        KernelForms::Gpu => "gpu",
+    };
     AdapterReport {
         name: info.name,
         backend: format!("{:?}", info.backend),
@@ -133,6 +140,7 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
         max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
         max_workgroup_memory_bytes: l.max_compute_workgroup_storage_size,
         usable: usable(adapter),
+        kernel_forms: kernel_forms.into(),
     }
 }
 

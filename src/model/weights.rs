@@ -94,7 +94,7 @@ pub struct GpuMatrix {
 
 impl GpuMatrix {
     /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
-    /// dequantizing them: into textures where [`textures_preferred`] (CPU adapters), else into
+    /// dequantizing them: into textures where [`textures_preferred`] (the CPU kernel forms), else into
     /// storage buffers.
     pub fn upload_quantized(
         ctx: &GpuContext,

@@ -398,8 +398,9 @@ impl MatmulQuant {
                 mapped_at_creation: false,
             })
         });
-        // The split kernel declares bindings 0..3 only; the layout's extra entries are bound to
-        // the unused buffers as for the plain kernel, so both take the same bind groups.
+        // The split kernel declares bindings 0..3 and 6, the plain one 0..5; each binding the
+        // other kernel lacks is bound to an unused buffer or texture, so both take the same
+        // bind groups.
         let source = if split {
             MATMUL_QUANT_SPLIT
         } else {
@@ -439,7 +440,8 @@ impl MatmulQuant {
     }
 
     /// [`MatmulQuant::bind`] for [`MatmulQuant::encode_normed`]: x is the un-normed input and
-    /// `norm_weight` the RMSNorm weight (k f32).
+    /// `norm_weight` the RMSNorm weight (k f32). Fails when the RMSNorm-fused pipelines were
+    /// not built (`norm` in [`MatmulQuant::with_variants`]).
     pub fn bind_normed(
         &self,
         ctx: &GpuContext,
@@ -449,6 +451,12 @@ impl MatmulQuant {
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup, GpuError> {
+        if !self.kernels.iter().any(|(v, _)| v.norm) {
+            return Err(GpuError::Shape {
+                op: "matmul_quant",
+                msg: "built without the RMSNorm-fused form (with_variants(.., norm: true))".into(),
+            });
+        }
         self.bind_with_norm(ctx, x, w, norm_weight, bias, y)
     }
 
@@ -682,7 +690,16 @@ impl MatmulQuant {
                 row0 as u32,
                 norm_eps.unwrap_or(0.0).to_bits(),
             ];
-            let groups = [col_groups, (end - row0).div_ceil(rows) as u32, 1];
+            // The k-split kernel continues past the 65,535-workgroup limit along z (4 columns
+            // a group: a 262k-column lm_head would pass it); the plain kernel's 64+ columns
+            // a group stay far below it.
+            let (gx, gz) = if self.tuning.k_split > 1 {
+                let gz = col_groups.div_ceil(65535);
+                (col_groups.div_ceil(gz), gz)
+            } else {
+                (col_groups, 1)
+            };
+            let groups = [gx, (end - row0).div_ceil(rows) as u32, gz];
             if self.tuning.x_window {
                 let offset = (row0 * p.k * 4) as u32;
                 kernel.1.dispatch_at(pass, bg, &[offset], &imm, groups);

@@ -10,7 +10,7 @@ fn gather_const(gather: bool) -> [(&'static str, f64); 1] {
 
 pub struct RmsNorm {
     kernel: Kernel,
-    /// One thread per row (CPU adapters) instead of a workgroup per row.
+    /// One thread per row (the CPU kernel forms) instead of a workgroup per row.
     serial: bool,
 }
 
@@ -18,7 +18,7 @@ pub struct RmsNorm {
 const SERIAL_WG: usize = 8;
 
 impl RmsNorm {
-    /// `gather`: read input row `rows[r]` for output row r. CPU adapters get the serial form.
+    /// `gather`: read input row `rows[r]` for output row r. The CPU kernel forms get the serial form.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
         let cpu = ctx.wants_cpu_kernels();
         Self::with_serial(ctx, gather, cpu)
