@@ -4,6 +4,7 @@
 //! metadata tells the kernels which sequence and which KV slot each belongs to.
 
 use crate::kv::BlockTable;
+use crate::sampling::RowSampling;
 
 /// Which of a sequence's rows in this step need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +37,15 @@ pub struct StepBatch {
     pub max_blocks: usize,
     /// Token rows (indices into 0..T) whose logits are returned, in output order.
     pub logit_rows: Vec<u32>,
-    /// One per entry of `logit_rows`: whether its whole logits row is read back. The argmax
-    /// of every row is computed on the GPU and always returned, so a greedy row needs only
-    /// its id (4 bytes instead of 4 × vocab). `push_sequence` sets true; see
-    /// [`StepBatch::argmax_only`].
+    /// One per entry of `logit_rows`: whether its whole logits row is read back. The GPU
+    /// picks a token for every row (its argmax, or a sample per `row_sampling`) and that id
+    /// is always returned, so a row sampled on the GPU needs only its id (4 bytes instead of
+    /// 4 × vocab). `push_sequence` sets true; see [`StepBatch::sample_on_gpu`].
     pub full_logits: Vec<bool>,
+    /// One per entry of `logit_rows`: how the GPU picks that row's token. Greedy (the
+    /// default) keeps the argmax; a row read back whole is always greedy here, since the
+    /// sampler overwrites its logits with weights.
+    pub row_sampling: Vec<RowSampling>,
 }
 
 impl StepBatch {
@@ -101,13 +106,26 @@ impl StepBatch {
             LogitRows::All => self.logit_rows.extend(first_row..last_row),
         }
         self.full_logits.resize(self.logit_rows.len(), true);
+        self.row_sampling
+            .resize(self.logit_rows.len(), RowSampling::default());
         Some(())
     }
 
     /// Returns only the argmax of logits row `i` (the i-th entry of `logit_rows`), not its
     /// logits: for greedy sampling without logit processors.
     pub fn argmax_only(&mut self, i: usize) {
+        self.sample_on_gpu(i, RowSampling::default());
+    }
+
+    /// Has the GPU pick logits row `i`'s token as `sampling` says and returns only that id.
+    pub fn sample_on_gpu(&mut self, i: usize, sampling: RowSampling) {
         self.full_logits[i] = false;
+        self.row_sampling[i] = sampling;
+    }
+
+    /// Whether any row is sampled (not greedy) on the GPU.
+    pub fn samples_on_gpu(&self) -> bool {
+        self.row_sampling.iter().any(|s| !s.is_greedy())
     }
 }
 
@@ -138,6 +156,16 @@ mod tests {
         assert_eq!(batch.full_logits, vec![true, true]);
         batch.argmax_only(0);
         assert_eq!(batch.full_logits, vec![false, true]);
+        assert_eq!(batch.row_sampling, vec![RowSampling::default(); 2]);
+        assert!(!batch.samples_on_gpu());
+        let hot = RowSampling {
+            temperature: 0.7,
+            ..Default::default()
+        };
+        batch.sample_on_gpu(1, hot);
+        assert_eq!(batch.full_logits, vec![false, false]);
+        assert_eq!(batch.row_sampling, vec![RowSampling::default(), hot]);
+        assert!(batch.samples_on_gpu());
         // position 8 is offset 0 of b's third block
         assert_eq!(batch.slot_mapping[6], b.blocks()[2].0 * 4);
         assert_eq!(batch.block_tables.len(), 8);

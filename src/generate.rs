@@ -345,7 +345,7 @@ impl Generator {
             let out = self.runner.forward(&batch)?;
             add(&mut run.prefill_profile, self.runner.last_profile());
             for (row, &seq) in members.iter().enumerate() {
-                last[seq] = out.argmax(row);
+                last[seq] = out.token(row);
             }
         }
         run.prefill_s = t0.elapsed().as_secs_f64();
@@ -369,7 +369,7 @@ impl Generator {
             run.decode_prerecorded_steps += usize::from(self.runner.last_timing().prerecorded);
             add(&mut run.decode_profile, self.runner.last_profile());
             for (i, l) in last.iter_mut().enumerate() {
-                *l = out.argmax(i);
+                *l = out.token(i);
             }
         }
         run.decode_s = t1.elapsed().as_secs_f64();

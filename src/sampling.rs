@@ -5,10 +5,18 @@
 //! Penalties change the logits themselves, so they also apply before greedy (temperature 0)
 //! picks its argmax; the rest only shape the distribution a random draw comes from.
 //!
-//! Cost per call, for a vocabulary of V and a context of C tokens:
+//! A random draw is an exponential race (as vLLM samples): each kept token i gets
+//! E_i = -ln(u_i), u_i a hash of (the draw's key, i), and the largest w_i / E_i wins, which
+//! picks i with probability w_i / Σw. The CPU ([`Sampler`]) and the GPU (shaders/sample.wgsl,
+//! which takes every row without penalties) run this same algorithm on the same keys, so a
+//! sequence gets the same tokens whichever side samples it, up to exp/ln rounding in a near
+//! tie. The top-p masses are fixed point (2^-24 of the largest weight) and summed exactly, so
+//! the kept set does not depend on a summation order.
+//!
+//! Cost per CPU call, for a vocabulary of V and a context of C tokens:
 //! - no penalty: the logits are read in place, never copied;
 //! - a penalty on: one copy of the row, O(V), plus a small map of the distinct context tokens, O(C);
-//! - greedy: one pass, O(V); random with no top-k/top-p: two passes, O(V), no sort;
+//! - greedy: one pass, O(V); random with no top-k/top-p: a few passes, O(V), no sort;
 //!   top-k: a selection, O(V + k log k); top-p without top-k: a full sort, O(V log V).
 
 use std::borrow::Cow;
@@ -185,6 +193,194 @@ pub fn apply_penalties(
     }
 }
 
+/// What the GPU sampler (shaders/sample.wgsl) needs for one logits row: the distribution's
+/// shape and the key of this draw. The default is greedy: the row keeps the GPU's argmax.
+///
+/// The GPU draws by an exponential race: every kept token i gets E_i = -ln(u_i), with u_i a
+/// hash of (key, i), and the token with the largest w_i / E_i wins, which picks i with
+/// probability w_i / Σw. So one key per token replaces the CPU's one uniform draw, and a row's
+/// pick depends on nothing but its logits and its key.
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct RowSampling {
+    /// ≤ 0 (or NaN): greedy, the row keeps its argmax.
+    pub temperature: f32,
+    /// 0 or ≥ vocab: off.
+    pub top_k: u32,
+    /// ≥ 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+    /// The draw's key (a u64 from the sequence's stream), low word first.
+    pub key: [u32; 2],
+    pub _pad: [u32; 2],
+}
+
+impl Default for RowSampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            key: [0; 2],
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl RowSampling {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature.is_nan() || self.temperature <= 0.0
+    }
+
+    pub fn key_u64(&self) -> u64 {
+        self.key[0] as u64 | (self.key[1] as u64) << 32
+    }
+}
+
+/// 2^24: the fixed-point scale of the top-p masses and of top_p itself.
+pub(crate) const ONE24: f32 = 16_777_216.0;
+
+/// The weights a random row is drawn from, or `None` where the pick is the argmax: greedy
+/// (`!(temperature > 0)`), a row of one token, or an infinite maximum (+inf somewhere, or
+/// nothing finite). NaN counts as -inf. w = exp((l - max) / T) in f32: exactly 1 at the
+/// maximum, 0 at -inf (also when T is +inf, where the formula would give NaN).
+/// shaders/sample.wgsl writes the same weights over the row.
+pub fn weights(row: &[f32], p: &RowSampling) -> Option<Vec<f32>> {
+    if p.is_greedy() || row.len() <= 1 {
+        return None;
+    }
+    let key = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(key(l)));
+    if m.is_infinite() {
+        return None;
+    }
+    let t = p.temperature;
+    Some(
+        row.iter()
+            .map(|&l| match key(l) {
+                k if k == m => 1.0,
+                f32::NEG_INFINITY => 0.0,
+                k => ((k - m) / t).exp(),
+            })
+            .collect(),
+    )
+}
+
+/// The fixed-point mass of a weight: `u32(w * 2^24)`, truncated.
+fn mass(w: f32) -> u64 {
+    (w * ONE24) as u32 as u64
+}
+
+/// The tokens the race runs over (the race does not depend on their order): in rank order
+/// (weight descending, then id ascending; weights compared by their bits) when top-k or top-p
+/// is on, else in id order. The top-k prefix (0 < top_k < vocab), within it the top-p prefix
+/// (top_p < 1: the shortest one, at least one token, whose fixed-point mass reaches
+/// `(M * u32(top_p * 2^24)) >> 24`, M the top-k prefix's mass, exactly), then min-p (drops
+/// `w < min(min_p, 1)`) and weight 0. The GPU finds the same prefix by radix selection.
+/// Cost: O(V) with neither top-k nor top-p, O(V + k log k) with top-k, O(V log V) with top-p
+/// alone.
+pub fn kept(w: &[f32], p: &RowSampling) -> Vec<u32> {
+    let vocab = w.len();
+    let rank = |i: &u32| (std::cmp::Reverse(w[*i as usize].to_bits()), *i);
+    let mut order: Vec<u32> = (0..vocab as u32).collect();
+    let top_k = p.top_k > 0 && (p.top_k as usize) < vocab;
+    let top_p = p.top_p < 1.0;
+    if top_k {
+        let k = p.top_k as usize;
+        order.select_nth_unstable_by_key(k - 1, rank);
+        order.truncate(k);
+    }
+    if top_k || top_p {
+        order.sort_unstable_by_key(rank);
+    }
+    if top_p {
+        let total: u64 = order.iter().map(|&i| mass(w[i as usize])).sum();
+        let p24 = (p.top_p.max(0.0) * ONE24) as u32;
+        let target = ((total as u128 * p24 as u128) >> 24) as u64;
+        let mut acc = 0u64;
+        let mut len = order.len();
+        for (n, &i) in order.iter().enumerate() {
+            acc += mass(w[i as usize]);
+            if acc >= target {
+                len = n + 1;
+                break;
+            }
+        }
+        order.truncate(len);
+    }
+    let floor = if p.min_p > 0.0 { p.min_p.min(1.0) } else { 0.0 };
+    order.retain(|&i| {
+        let x = w[i as usize];
+        x > 0.0 && x >= floor
+    });
+    order
+}
+
+/// The outcome of the exponential race.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Race {
+    pub winner: u32,
+    /// The winner's score w / E.
+    pub best: f32,
+    /// The best score among the others (-inf when there is none): how close the race was.
+    pub runner_up: f32,
+}
+
+/// The race over `kept` (ids into `w`): token i scores w_i / E_i with E_i = -ln(u_i), u_i in
+/// (0, 1] from `key` and i (+inf where E_i = 0); the highest score wins, the lowest id on ties.
+/// Token i wins with probability w_i / Σ w over `kept`.
+pub fn race(w: &[f32], kept: &[u32], key: [u32; 2]) -> Race {
+    let seed = pcg(key[0] ^ pcg(key[1]));
+    let mut r = Race {
+        winner: u32::MAX,
+        best: f32::NEG_INFINITY,
+        runner_up: f32::NEG_INFINITY,
+    };
+    for &i in kept {
+        let w = w[i as usize];
+        if w.is_nan() || w <= 0.0 {
+            continue;
+        }
+        let bits = pcg(seed ^ pcg(i));
+        let u = ((bits >> 8) as f32 + 1.0) / ONE24;
+        let e = -u.ln();
+        let score = if e > 0.0 { w / e } else { f32::INFINITY };
+        if score > r.best || (score == r.best && i < r.winner) {
+            r.runner_up = r.best;
+            r.best = score;
+            r.winner = i;
+        } else {
+            r.runner_up = r.runner_up.max(score);
+        }
+    }
+    r
+}
+
+/// The race's integer hash (PCG's output permutation of one LCG step), as the shader has it.
+fn pcg(v: u32) -> u32 {
+    let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let t = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
+    (t >> 22) ^ t
+}
+
+/// The row of a random draw with `p` (its key the next of `rng`), or `None` for greedy.
+fn random_row(p: &SamplingParams, rng: &mut Rng) -> Option<RowSampling> {
+    if p.temperature.is_nan() || p.temperature <= 0.0 {
+        return None;
+    }
+    let key = rng.next_u64();
+    Some(RowSampling {
+        temperature: p.temperature,
+        top_k: p.top_k.min(u32::MAX as usize) as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        key: [key as u32, (key >> 32) as u32],
+        _pad: [0; 2],
+    })
+}
+
 /// A sampler for one sequence: its parameters and its own random stream.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -204,6 +400,16 @@ impl Sampler {
         &self.params
     }
 
+    /// How the GPU can pick this sequence's next token, when it can: penalties need the
+    /// token history and stay on the CPU ([`Sampler::sample`]). A random row draws its key
+    /// from this sampler's stream (one draw per token, as `sample` does); greedy draws none.
+    pub fn row_sampling(&mut self) -> Option<RowSampling> {
+        if self.params.has_penalties() {
+            return None;
+        }
+        Some(random_row(&self.params, &mut self.rng).unwrap_or_default())
+    }
+
     /// The next token after `prompt` followed by `output` (the tokens generated so far), given
     /// the model's logits for that position. Draws one random number unless greedy.
     pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
@@ -216,78 +422,14 @@ impl Sampler {
             Cow::Borrowed(logits)
         };
         let logits = &logits[..];
-        if p.temperature.is_nan() || p.temperature <= 0.0 || logits.len() <= 1 {
-            return argmax(logits);
+        // The same draw the GPU makes (shaders/sample.wgsl), keyed by this sequence's stream.
+        match random_row(p, &mut self.rng) {
+            None => argmax(logits),
+            Some(rs) => match weights(logits, &rs) {
+                Some(w) => race(&w, &kept(&w, &rs), rs.key).winner,
+                None => argmax(logits),
+            },
         }
-
-        // Candidates and the largest logit. Sorted (most likely first) only when top-k or
-        // top-p needs the order; NaN counts as -inf.
-        let key = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
-        let n = logits.len();
-        let cands: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < n {
-            let clean: Cow<[f32]> = if logits.iter().any(|l| l.is_nan()) {
-                Cow::Owned(logits.iter().map(|&l| key(l)).collect())
-            } else {
-                Cow::Borrowed(logits)
-            };
-            top_k(&clean, p.top_k)
-        } else {
-            let mut all: Vec<(u32, f32)> =
-                (0..n as u32).zip(logits.iter().map(|&l| key(l))).collect();
-            if p.top_p < 1.0 {
-                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            }
-            all
-        };
-        let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        if max.is_infinite() {
-            // Nothing has finite probability mass (or one token has all of it).
-            return argmax(logits);
-        }
-
-        // Temperature: weights exp((l - max) / T), the largest is 1.
-        let t = p.temperature as f64;
-        let mut w: Vec<f64> = cands
-            .iter()
-            .map(|&(_, l)| ((l as f64 - max as f64) / t).exp())
-            .collect();
-
-        // Top-p: keep the most likely tokens while the mass before each is below p.
-        let mut keep = w.len();
-        if p.top_p < 1.0 {
-            let total: f64 = w.iter().sum();
-            let target = p.top_p.max(0.0) as f64 * total;
-            let mut acc = 0.0;
-            for (i, x) in w.iter().enumerate() {
-                acc += x;
-                if acc >= target {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        w.truncate(keep);
-
-        // Min-p: relative to the most likely token, whose weight is 1.
-        if p.min_p > 0.0 {
-            let floor = p.min_p.min(1.0) as f64;
-            w.iter_mut().filter(|x| **x < floor).for_each(|x| *x = 0.0);
-        }
-
-        let mass: f64 = w.iter().sum();
-        let mut u = self.rng.next_f64() * mass;
-        let mut last = 0;
-        for (i, x) in w.iter().enumerate() {
-            if *x > 0.0 {
-                last = i;
-                u -= x;
-                if u < 0.0 {
-                    return cands[i].0;
-                }
-            }
-        }
-        // Rounding left u at or just above 0: the last token with any weight.
-        cands[last].0
     }
 }
 
@@ -593,6 +735,49 @@ mod tests {
             ..params.clone()
         };
         assert_ne!(run(&params), run(&other));
+    }
+
+    #[test]
+    fn row_sampling_draws_one_key_per_token_and_leaves_penalties_to_the_cpu() {
+        let d = SamplingParams::default;
+        // Greedy: the GPU keeps its argmax and nothing is drawn.
+        let mut s = Sampler::new(d());
+        assert_eq!(s.row_sampling(), Some(RowSampling::default()));
+        assert!(RowSampling::default().is_greedy());
+        // Penalties need the history: CPU.
+        for p in [
+            SamplingParams {
+                repetition_penalty: 1.1,
+                ..d()
+            },
+            SamplingParams {
+                temperature: 0.8,
+                presence_penalty: 0.5,
+                ..d()
+            },
+        ] {
+            assert_eq!(Sampler::new(p).row_sampling(), None);
+        }
+        // Random: the shape is copied and the keys are the seed's stream, one per call.
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            seed: 9,
+            ..d()
+        };
+        let mut s = Sampler::new(p);
+        let mut rng = Rng::new(9);
+        for _ in 0..3 {
+            let r = s.row_sampling().unwrap();
+            assert!(!r.is_greedy());
+            assert_eq!(
+                (r.temperature, r.top_k, r.top_p, r.min_p),
+                (0.8, 40, 0.9, 0.05)
+            );
+            assert_eq!(r.key_u64(), rng.next_u64());
+        }
     }
 
     #[test]

@@ -37,9 +37,11 @@ fn override_values(name: &str) -> Vec<f64> {
         "PARTITION" => vec![16.0, 70.0, 256.0, 512.0],
         // serial attention's query heads per thread: one, SmolLM2's 3, the wrapper's maximum.
         "GROUP" => vec![1.0, 3.0, 8.0],
-        // matmul_quant_split's lanes per output column: the GPU default 16 and the tests' others.
+        // matmul_quant_split's lanes per output column and matmul_split's per column quad: the
+        // GPU default 16 and the tests' others.
         "SPLIT" => vec![2.0, 4.0, 16.0],
-        // ... and its workgroup size (at most 128: its partial sums fill workgroup memory).
+        // ... and their workgroup size (at most 128: the partial sums fill workgroup memory;
+        // matmul_split's 64 (the largest multiple of SPLIT up to 64) holds 8 KiB at 8 rows).
         "SPLIT_WG" => vec![16.0, 64.0, 128.0],
         other => panic!("override `{other}` has no runtime values listed in tests/shaders.rs"),
     }

@@ -6,13 +6,13 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::json;
 use wllm::engine::{Event, Prompt, Request};
-use wllm::sampling::Rng;
+use wllm::sampling::{Rng, SamplingParams};
 use wllm::{Engine, GpuContext};
 
 use super::EngineArgs;
@@ -175,8 +175,33 @@ pub struct ThroughputArgs {
     /// Skip the one-at-a-time baseline
     #[arg(long)]
     pub no_baseline: bool,
+    /// Sampling temperature of every request (0 = greedy); request i is seeded with --seed + i
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// top_p of every request (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// top_k of every request (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample on the CPU from read-back logits rows instead of on the GPU (for comparison)
+    #[arg(long)]
+    pub cpu_sampling: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+impl ThroughputArgs {
+    /// The sampling parameters of request `i`.
+    fn sampling(&self, i: usize) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed.wrapping_add(i as u64),
+            ..SamplingParams::default()
+        }
+    }
 }
 
 /// Figures of one run of one configuration. Latencies are measured at the client: TTFT and
@@ -245,9 +270,14 @@ fn run_once(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> Res
     cfg.model.max_seqs = max_num_seqs;
     // Room for every request in the queue: a refusal would measure the queue cap, not serving.
     cfg.max_waiting = cfg.max_waiting.max(args.requests);
+    cfg.gpu_sampling = !args.cpu_sampling;
     let engine = super::start_engine_on(ctx, cfg)?;
     let w = workload_of(args);
-    let reqs = w.requests(engine.model_config().vocab_size);
+    let mut reqs = w.requests(engine.model_config().vocab_size);
+    for (i, r) in reqs.iter_mut().enumerate() {
+        r.sampling = args.sampling(i);
+        r.sampling.validate().map_err(|e| anyhow!("{e}"))?;
+    }
     // One untimed request first (as vLLM's serving benchmark does), so the first timed one
     // does not carry the engine's one-time costs (pipelines, buffers) in its TTFT. Its prompt
     // is token 0 alone (workload tokens start at 100), so it seeds no prefix-cache hit.
@@ -471,6 +501,12 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                 "concurrency": concurrency,
                 "request_rate": args.request_rate.is_finite().then_some(args.request_rate),
                 "seed": args.seed,
+                "sampling": {
+                    "temperature": args.temperature,
+                    "top_p": args.top_p,
+                    "top_k": args.top_k,
+                    "on": if args.cpu_sampling { "cpu" } else { "gpu" },
+                },
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
                 "workload": {
                     "prompt_lens": w.prompt_lens,
@@ -488,6 +524,15 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
         "adapter {adapter}; {} requests, prompt {} tokens, output {} tokens, arrivals {rate} (seed {})",
         args.requests, args.prompt_len, args.output_len, args.seed
     );
+    if args.temperature > 0.0 {
+        println!(
+            "sampling: temperature {} top_p {} top_k {} on the {}",
+            args.temperature,
+            args.top_p,
+            args.top_k,
+            if args.cpu_sampling { "CPU" } else { "GPU" }
+        );
+    }
     println!(
         "workload: {} prompt + {} output tokens; last arrival at {:.2} s",
         w.prompt_lens.iter().sum::<usize>(),

@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Which adapter to open when no device is handed over.
     pub adapter: AdapterSelector,
+    /// Sample on the GPU where it can (no penalties, no logprobs) and read back one id per
+    /// row. Off: read back every sampled row and sample on the CPU (same algorithm, so the
+    /// same tokens up to exp/log rounding); for comparisons.
+    pub gpu_sampling: bool,
 }
 
 impl EngineConfig {
@@ -50,6 +54,7 @@ impl EngineConfig {
             model: ModelOptions::new(model),
             max_waiting: 1024,
             adapter: AdapterSelector::default(),
+            gpu_sampling: true,
         }
     }
 }
@@ -277,7 +282,13 @@ impl Engine {
             stats: Mutex::new(stats),
         });
         let sched = Scheduler::new(sched_cfg, pool)?;
-        let worker = worker::Worker::new(runner, sched, tokenizer.clone(), shared.clone());
+        let worker = worker::Worker::new(
+            runner,
+            sched,
+            tokenizer.clone(),
+            shared.clone(),
+            cfg.gpu_sampling,
+        );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())
             .spawn(move || worker.run(rx))

@@ -80,6 +80,8 @@ pub(crate) struct Worker {
     peak_blocks: usize,
     /// Sum over steps of the KV waste fraction (for the mean).
     waste_sum: f64,
+    /// `EngineConfig::gpu_sampling`.
+    gpu_sampling: bool,
 }
 
 impl Worker {
@@ -88,6 +90,7 @@ impl Worker {
         sched: Scheduler,
         tokenizer: Option<Tokenizer>,
         shared: Arc<Shared>,
+        gpu_sampling: bool,
     ) -> Self {
         let stop_ids = tokenizer
             .as_ref()
@@ -105,6 +108,7 @@ impl Worker {
             steps: 0,
             peak_blocks: 0,
             waste_sum: 0.0,
+            gpu_sampling,
         }
     }
 
@@ -242,13 +246,19 @@ impl Worker {
             .collect();
         let result = match self.sched.step_batch(&out, self.runner.max_blocks()) {
             Ok(mut batch) => {
-                // Greedy rows read back their GPU argmax only.
+                // Rows the GPU can pick (greedy or sampled, no penalties, no logprobs, no
+                // siblings waiting on the row) read back their token only.
                 for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
-                    let plain_greedy = self.active.get(&s.id).is_some_and(|a| {
-                        a.sampler.params().is_plain_greedy() && a.logprobs.is_none()
-                    });
-                    if plain_greedy && !self.forks.contains_key(&s.id) {
-                        batch.argmax_only(row);
+                    if self.forks.contains_key(&s.id) {
+                        continue;
+                    }
+                    let Some(a) = self.active.get_mut(&s.id) else {
+                        continue;
+                    };
+                    let gpu_can = a.logprobs.is_none()
+                        && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
+                    if gpu_can && let Some(rs) = a.sampler.row_sampling() {
+                        batch.sample_on_gpu(row, rs);
                     }
                 }
                 self.runner
@@ -278,9 +288,9 @@ impl Worker {
         let mut forks = Vec::new();
         for (i, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
             let Some(row) = logits.row(i) else {
-                // Plain greedy, marked above: the GPU's argmax is the token.
+                // Picked on the GPU, marked above.
                 if self.active.contains_key(&s.id) {
-                    sampled.push((s.id, logits.argmax(i)));
+                    sampled.push((s.id, logits.token(i)));
                 }
                 continue;
             };

@@ -59,6 +59,7 @@ pub const EMBEDDING: ShaderSource = shader!("embedding");
 pub const RMS_NORM: ShaderSource = shader!("rms_norm");
 pub const LAYER_NORM: ShaderSource = shader!("layer_norm");
 pub const MATMUL: ShaderSource = shader!("matmul");
+pub const MATMUL_SPLIT: ShaderSource = shader!("matmul_split");
 pub const MATMUL_QUANT: ShaderSource = shader!("matmul_quant");
 pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!("matmul_quant_split");
 pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
@@ -72,6 +73,7 @@ pub const SILU_MUL: ShaderSource = shader!("silu_mul");
 pub const GELU: ShaderSource = shader!("gelu");
 pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
 pub const ARGMAX: ShaderSource = shader!("argmax");
+pub const SAMPLE: ShaderSource = shader!("sample");
 pub const ROPE_KV_WRITE: ShaderSource = shader!("rope_kv_write");
 
 /// Every shader, for the validation test.
@@ -80,6 +82,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     RMS_NORM,
     LAYER_NORM,
     MATMUL,
+    MATMUL_SPLIT,
     MATMUL_QUANT,
     MATMUL_QUANT_SPLIT,
     EMBEDDING_QUANT,
@@ -93,6 +96,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     GELU,
     COPY_BLOCKS,
     ARGMAX,
+    SAMPLE,
     ROPE_KV_WRITE,
 ];
 

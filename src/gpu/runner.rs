@@ -10,12 +10,13 @@ use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, RmsNorm, RopeKvWrite, SiluMul, WeightData, rope::cos_sin_table,
+    PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData, rope::cos_sin_table,
 };
 use crate::gpu::profile::{Profiler, StepProfile};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::model::weights::{GpuMatrix, LayerWeights, MatrixFormat, ModelWeights};
 use crate::model::{Architecture, ModelConfig};
+use crate::sampling::RowSampling;
 
 mod check;
 mod logits;
@@ -63,6 +64,7 @@ struct Kernels {
     gelu: Gelu,
     copy_blocks: CopyBlocks,
     argmax: Argmax,
+    sample: Sample,
 }
 
 /// Per-step metadata buffers (see [`StepBatch`] for their meaning).
@@ -73,6 +75,8 @@ struct Metadata {
     token_seq: wgpu::Buffer,
     block_tables: wgpu::Buffer,
     logit_rows: wgpu::Buffer,
+    /// `RowSampling` per logits row (written only when a row is sampled on the GPU).
+    row_sampling: wgpu::Buffer,
 }
 
 /// A matmul over a weight's parts: one bind group and column offset per part.
@@ -117,9 +121,11 @@ pub struct Runner {
     kernels: Kernels,
     meta: Metadata,
     logits: wgpu::Buffer,
-    /// The argmax of each logits row, and its bind group over (logits, ids).
+    /// The GPU's token for each logits row; the argmax's bind group over (logits, ids) and
+    /// the sampler's over (logits, ids, row_sampling).
     ids: wgpu::Buffer,
     argmax_bind: wgpu::BindGroup,
+    sample_bind: wgpu::BindGroup,
     staging: wgpu::Buffer,
     embed_binds: Vec<(usize, usize, wgpu::BindGroup)>,
     /// Whether the model rotates Q and K (then `LayerBinds::kv_write` is the fused kernel's).
@@ -277,6 +283,7 @@ impl Runner {
             gelu: Gelu::new(ctx),
             copy_blocks: CopyBlocks::new(ctx),
             argmax: Argmax::new(ctx),
+            sample: Sample::new(ctx),
         };
         let meta = Metadata {
             token_ids: u32_buffer(ctx, "token_ids", t),
@@ -285,6 +292,11 @@ impl Runner {
             token_seq: u32_buffer(ctx, "token_seq", t),
             block_tables: u32_buffer(ctx, "block_tables", rc.max_seqs * max_blocks),
             logit_rows: u32_buffer(ctx, "logit_rows", max_logit_rows),
+            row_sampling: u32_buffer(
+                ctx,
+                "row_sampling",
+                max_logit_rows * std::mem::size_of::<RowSampling>() / 4,
+            ),
         };
         // Activations, (max_batch_tokens, width) each.
         let x = f32_buffer(ctx, "x (residual)", t * d)?;
@@ -306,8 +318,9 @@ impl Runner {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let ids = u32_buffer(ctx, "argmax ids", max_logit_rows);
+        let ids = u32_buffer(ctx, "token ids", max_logit_rows);
         let argmax_bind = kernels.argmax.bind(ctx, &logits, &ids);
+        let sample_bind = kernels.sample.bind(ctx, &logits, &ids, &meta.row_sampling);
         let dummy = u32_buffer(ctx, "unused binding", 1);
 
         // KV pools: one K and one V buffer per layer, (num_blocks * block_size, kv_dim).
@@ -563,6 +576,7 @@ impl Runner {
             logits,
             ids,
             argmax_bind,
+            sample_bind,
             staging,
             embed_binds,
             has_rope,
@@ -733,6 +747,13 @@ impl Runner {
                 &self.meta.logit_rows,
                 0,
                 bytemuck::cast_slice(&batch.logit_rows),
+            );
+        }
+        if batch.samples_on_gpu() {
+            q.write_buffer(
+                &self.meta.row_sampling,
+                0,
+                bytemuck::cast_slice(&batch.row_sampling),
             );
         }
 

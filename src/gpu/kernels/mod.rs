@@ -18,6 +18,7 @@ pub mod norm;
 pub mod quant_texture;
 pub mod rope;
 pub mod rope_kv_write;
+pub mod sample;
 
 pub use activation::{Gelu, SiluMul};
 pub use argmax::Argmax;
@@ -32,6 +33,7 @@ pub use norm::{LayerNorm, RmsNorm};
 pub use quant_texture::WeightData;
 pub use rope::{Rope, RopeParams};
 pub use rope_kv_write::RopeKvWrite;
+pub use sample::Sample;
 
 /// Workgroups for `n` independent items handled `per_group` at a time (2-D when large).
 pub(crate) fn groups_for(n: usize, per_group: usize) -> [u32; 3] {

@@ -32,6 +32,7 @@ impl Runner {
         if b.logit_rows.len() > self.max_logit_rows
             || b.logit_rows.iter().any(|r| *r as usize >= t)
             || b.full_logits.len() != b.logit_rows.len()
+            || b.row_sampling.len() != b.logit_rows.len()
         {
             return bad(format!(
                 "{} logits rows (at most {})",
@@ -74,6 +75,15 @@ impl Runner {
             || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
         {
             return bad("a slot, block or sequence index is out of range".into());
+        }
+        // The sampler replaces a row's logits by its weights: a row read back whole must
+        // keep its logits.
+        if b.full_logits
+            .iter()
+            .zip(&b.row_sampling)
+            .any(|(full, s)| *full && !s.is_greedy())
+        {
+            return bad("a row read back whole cannot also be sampled on the GPU".into());
         }
         Ok(())
     }

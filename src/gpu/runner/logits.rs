@@ -1,5 +1,6 @@
-//! What a step reads back: the argmax of every logits row (computed on the GPU) and the whole
-//! rows only where the batch asked for them (`StepBatch::full_logits`).
+//! What a step reads back: the token the GPU picked for every logits row (its argmax, or a
+//! sample per `StepBatch::row_sampling`) and the whole rows only where the batch asked for
+//! them (`StepBatch::full_logits`).
 
 use crate::gpu::tensor::map_and_read;
 use crate::gpu::{GpuContext, GpuError};
@@ -9,8 +10,9 @@ use crate::gpu::{GpuContext, GpuError};
 pub struct Logits {
     pub rows: usize,
     pub vocab: usize,
-    /// Greedy token of each row (`sampling::argmax` order: lowest id on ties, NaN last).
-    argmax: Vec<u32>,
+    /// The GPU's token for each row: the argmax (`sampling::argmax` order: lowest id on
+    /// ties, NaN last) or, for a row the batch had sampled on the GPU, the sample.
+    tokens: Vec<u32>,
     /// Per row: its index among the kept rows of `data`, when kept.
     kept: Vec<Option<usize>>,
     /// The kept rows, (kept, vocab) row-major.
@@ -18,9 +20,10 @@ pub struct Logits {
 }
 
 impl Logits {
-    /// The argmax of row `r`.
-    pub fn argmax(&self, r: usize) -> u32 {
-        self.argmax[r]
+    /// The GPU's token for row `r`: its argmax, or its sample when the batch had the row
+    /// sampled on the GPU ([`crate::batch::StepBatch::sample_on_gpu`]).
+    pub fn token(&self, r: usize) -> u32 {
+        self.tokens[r]
     }
 
     /// The logits of row `r`, or `None` when the batch asked for its argmax only.
@@ -120,7 +123,7 @@ impl Readback {
         Ok(Logits {
             rows: self.rows,
             vocab: self.vocab,
-            argmax: ids.to_vec(),
+            tokens: ids.to_vec(),
             kept: self.kept,
             data: bytemuck::cast_slice(rest).to_vec(),
         })

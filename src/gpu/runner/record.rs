@@ -142,6 +142,10 @@ impl Runner {
                 encode_matmul(k, &mut rec, "matmul lm_head", &self.lm_head, r);
                 k.argmax
                     .encode(rec.pass("argmax"), &self.argmax_bind, r, vocab);
+                if shape.samples_on_gpu {
+                    k.sample
+                        .encode(rec.pass("sample"), &self.sample_bind, r, vocab);
+                }
             }
         }
         readback.record(rec.encoder(), &self.ids, &self.logits, &self.staging);
@@ -192,6 +196,8 @@ pub(super) struct StepShape {
     max_context_len: usize,
     /// One per logits row (`StepBatch::full_logits`).
     pub(super) full_logits: Vec<bool>,
+    /// Whether the sampler runs after the argmax (`StepBatch::samples_on_gpu`).
+    samples_on_gpu: bool,
 }
 
 impl StepShape {
@@ -200,6 +206,7 @@ impl StepShape {
             tokens: b.num_tokens(),
             max_context_len: b.context_lens.iter().max().map_or(0, |&c| c as usize),
             full_logits: b.full_logits.clone(),
+            samples_on_gpu: b.samples_on_gpu(),
         }
     }
 
@@ -211,6 +218,7 @@ impl StepShape {
             tokens: self.full_logits.len(),
             max_context_len: self.max_context_len + 1,
             full_logits: self.full_logits.clone(),
+            samples_on_gpu: self.samples_on_gpu,
         })
     }
 }
