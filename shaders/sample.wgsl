@@ -23,9 +23,9 @@
 //    boundary value v* and the count/mass strictly above it; the ties at v* are taken in id
 //    order, the r-th smallest tie id found by 3 more rounds over the id bits (ids < 2^24).
 //    The prefix is {w > v*} ∪ {w == v*, id <= boundary id}.
-// 6. Draw by an exponential race: every kept i with w_i > 0 gets u_i in (0, 1] from a hash of
+// 6. Draw by an exponential race: every kept i with w_i > 0 gets u_i in (0, 1) from a hash of
 //    (key, i), E_i = -ln(u_i), and ids[r] = the i with the largest w_i / E_i (lowest id on
-//    ties; E = 0 scores +inf). That picks i with probability w_i / Σ w.
+//    ties). That picks i with probability w_i / Σ w (up to the 2^-23 grid of u).
 //
 // Why this shape: the race needs no prefix sum over the row, and both it and the selection are
 // decided by comparisons and exact integer sums, which no reduction order can change. So the
@@ -151,7 +151,7 @@ fn pcg(v: u32) -> u32 {
     return (t >> 22u) ^ t;
 }
 
-// -ln(u) for u in (0, 1], to a few ulps relative even near u = 1: u = 2^n m with m in
+// -ln(u) for u in (0, 1), to a few ulps relative even near u = 1: u = 2^n m with m in
 // [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s) = 2 (s + s^3/3 + ...) with s = (m - 1) / (m + 1),
 // |s| < 0.172 (m - 1 is exact), and n ln 2 in two parts (fdlibm's ln2_hi has trailing zeros,
 // so n * ln2_hi is exact).
@@ -488,12 +488,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let kept = in_top_k(b, i) && (b > p_value || (b == p_value && i <= p_id));
         if kept && w > 0.0 && !(w < min_w) {
             let bits = pcg(seed ^ pcg(i));
-            let u = (f32(bits >> 8u) + 1.0) * (1.0 / ONE24);
-            let e = neg_log(u);
-            var score = bitcast<f32>(0x7f800000u);
-            if e > 0.0 {
-                score = w / e;
-            }
+            // Strictly inside (0, 1): E > 0, so no score is infinite (u = 1 would let any kept
+            // token win outright, 2^-24 of the time each).
+            let u = (f32(bits >> 9u) + 0.5) * (1.0 / 8388608.0);
+            let score = w / neg_log(u);
             // Columns ascend, so `>` keeps the lowest id on ties.
             if score > best {
                 best = score;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuError, Logits, Runner, RunnerConfig, StepProfile, WeightDType};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
-use crate::sampling::top_k;
+use crate::sampling::{Sampler, SamplingParams, top_k};
 use crate::tokenizer::Tokenizer;
 
 /// How to load a model. Everything but the path has a default.
@@ -273,6 +273,31 @@ impl Generator {
     /// `max_batch_tokens`), then runs `gen_len` decode steps in which every sequence advances
     /// by one greedy token. All blocks are released at the end, also on error.
     pub fn lockstep(&mut self, prompts: &[Vec<u32>], gen_len: usize) -> Result<LockstepRun> {
+        self.lockstep_sampled(prompts, gen_len, &SamplingParams::default())
+    }
+
+    /// [`Generator::lockstep`] with every token sampled on the GPU per `sampling` (sequence i
+    /// seeded with `sampling.seed + i`). Penalties are refused: they need the CPU sampler.
+    pub fn lockstep_sampled(
+        &mut self,
+        prompts: &[Vec<u32>],
+        gen_len: usize,
+        sampling: &SamplingParams,
+    ) -> Result<LockstepRun> {
+        sampling.validate().map_err(Error::InvalidRequest)?;
+        if sampling.has_penalties() {
+            return Err(Error::InvalidRequest(
+                "lockstep runs sample on the GPU, which takes no penalties".into(),
+            ));
+        }
+        let mut samplers: Vec<Sampler> = (0..prompts.len())
+            .map(|i| {
+                Sampler::new(SamplingParams {
+                    seed: sampling.seed.wrapping_add(i as u64),
+                    ..sampling.clone()
+                })
+            })
+            .collect();
         let rc = *self.runner.runner_config();
         if prompts.is_empty() || prompts.len() > rc.max_seqs || prompts.len() > rc.max_batch_tokens
         {
@@ -291,7 +316,7 @@ impl Generator {
             }
         }
         let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
-        let res = self.lockstep_inner(prompts, gen_len, &mut tables);
+        let res = self.lockstep_inner(prompts, gen_len, &mut tables, &mut samplers);
         for t in &mut tables {
             t.release(&mut self.pool)?;
         }
@@ -303,6 +328,7 @@ impl Generator {
         prompts: &[Vec<u32>],
         gen_len: usize,
         tables: &mut [BlockTable],
+        samplers: &mut [Sampler],
     ) -> Result<LockstepRun> {
         let bs = self.pool.block_size();
         let budget = self.runner.runner_config().max_batch_tokens;
@@ -341,7 +367,9 @@ impl Generator {
                     s += 1;
                 }
             }
-            batch.full_logits.fill(false);
+            for (row, &seq) in members.iter().enumerate() {
+                pick_on_gpu(&mut batch, row, &mut samplers[seq]);
+            }
             let out = self.runner.forward(&batch)?;
             add(&mut run.prefill_profile, self.runner.last_profile());
             for (row, &seq) in members.iter().enumerate() {
@@ -363,7 +391,9 @@ impl Generator {
                         Error::InvalidRequest("sequence longer than the block table".into())
                     })?;
             }
-            batch.full_logits.fill(false);
+            for (row, sampler) in samplers.iter_mut().enumerate() {
+                pick_on_gpu(&mut batch, row, sampler);
+            }
             let out = self.runner.forward(&batch)?;
             encode_us += self.runner.last_timing().encode_us;
             run.decode_prerecorded_steps += usize::from(self.runner.last_timing().prerecorded);
@@ -401,4 +431,11 @@ pub fn load_tokenizer(files: &ModelFiles) -> Result<Option<Tokenizer>> {
             None => Ok(None),
         },
     }
+}
+
+/// Has the GPU pick logits row `row` with `sampler`'s next draw (which takes no penalties:
+/// [`Generator::lockstep_sampled`] checks).
+fn pick_on_gpu(batch: &mut StepBatch, row: usize, sampler: &mut Sampler) {
+    let rs = sampler.row_sampling().unwrap_or_default();
+    batch.sample_on_gpu(row, rs);
 }

@@ -8,13 +8,14 @@
 //! A random draw is an exponential race (as vLLM samples): each kept token i gets
 //! E_i = -ln(u_i), u_i a hash of (the draw's key, i), and the largest w_i / E_i wins, which
 //! picks i with probability w_i / Σw. The CPU ([`Sampler`]) and the GPU (shaders/sample.wgsl,
-//! which takes every row without penalties) run this same algorithm on the same keys, so a
-//! sequence gets the same tokens whichever side samples it, up to exp/ln rounding in a near
-//! tie. The top-p masses are fixed point (2^-24 of the largest weight) and summed exactly, so
+//! which the engine gives rows without penalties or logprobs on GPU adapters) run this same
+//! algorithm on the same keys, so a sequence gets the same tokens whichever side samples it,
+//! up to exp/ln rounding in a near tie. The top-p masses are fixed point (2^-24 of the largest weight) and summed exactly, so
 //! the kept set does not depend on a summation order.
 //!
 //! Cost per CPU call, for a vocabulary of V and a context of C tokens:
-//! - no penalty: the logits are read in place, never copied;
+//! - no penalty: the logits are not copied (a random draw does build a weight and an id
+//!   vector of V entries);
 //! - a penalty on: one copy of the row, O(V), plus a small map of the distinct context tokens, O(C);
 //! - greedy: one pass, O(V); random with no top-k/top-p: a few passes, O(V), no sort;
 //!   top-k: a selection, O(V + k log k); top-p without top-k: a full sort, O(V log V).
@@ -100,7 +101,9 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn has_penalties(&self) -> bool {
+    /// Whether a repetition, presence or frequency penalty is on (they need the token
+    /// history, so only the CPU sampler applies them).
+    pub fn has_penalties(&self) -> bool {
         self.repetition_penalty != 1.0
             || self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0
@@ -329,7 +332,7 @@ pub struct Race {
 }
 
 /// The race over `kept` (ids into `w`): token i scores w_i / E_i with E_i = -ln(u_i), u_i in
-/// (0, 1] from `key` and i (+inf where E_i = 0); the highest score wins, the lowest id on ties.
+/// (0, 1) from `key` and i ([`race_uniform`]); the highest score wins, the lowest id on ties.
 /// Token i wins with probability w_i / Σ w over `kept`.
 pub fn race(w: &[f32], kept: &[u32], key: [u32; 2]) -> Race {
     let seed = pcg(key[0] ^ pcg(key[1]));
@@ -344,9 +347,8 @@ pub fn race(w: &[f32], kept: &[u32], key: [u32; 2]) -> Race {
             continue;
         }
         let bits = pcg(seed ^ pcg(i));
-        let u = ((bits >> 8) as f32 + 1.0) / ONE24;
-        let e = -u.ln();
-        let score = if e > 0.0 { w / e } else { f32::INFINITY };
+        let u = race_uniform(bits);
+        let score = w / -u.ln();
         if score > r.best || (score == r.best && i < r.winner) {
             r.runner_up = r.best;
             r.best = score;
@@ -356,6 +358,13 @@ pub fn race(w: &[f32], kept: &[u32], key: [u32; 2]) -> Race {
         }
     }
     r
+}
+
+/// A race's uniform draw from 23 hash bits: (k + 1/2) 2^-23, strictly inside (0, 1), so
+/// -ln u > 0 and no token's score is infinite (u = 1 would make any kept token, however
+/// unlikely, win outright). Exact in f32.
+pub(crate) fn race_uniform(bits: u32) -> f32 {
+    ((bits >> 9) as f32 + 0.5) * (1.0 / 8_388_608.0)
 }
 
 /// The race's integer hash (PCG's output permutation of one LCG step), as the shader has it.
@@ -778,6 +787,34 @@ mod tests {
             );
             assert_eq!(r.key_u64(), rng.next_u64());
         }
+    }
+
+    #[test]
+    fn the_race_never_draws_a_negligible_token_from_a_large_vocabulary() {
+        // Two tokens hold all but ~1e-13 of the mass. A uniform that could reach 1 would give
+        // every token a 2^-24 chance to win outright: ~9 stray picks in these 3000 draws.
+        let vocab = 49_152;
+        let mut logits = vec![-40.0f32; vocab];
+        logits[7] = 0.0;
+        logits[30_000] = -1.0;
+        let p = RowSampling {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let w = weights(&logits, &p).unwrap();
+        let all = kept(&w, &p);
+        assert_eq!(all.len(), vocab);
+        let mut rng = Rng::new(5);
+        let mut top = 0;
+        for _ in 0..3000 {
+            let k = rng.next_u64();
+            let won = race(&w, &all, [k as u32, (k >> 32) as u32]).winner;
+            assert!(won == 7 || won == 30_000, "drew {won}");
+            top += usize::from(won == 7);
+        }
+        // P(7) = 1 / (1 + e^-1) = 0.731; 4.5 standard errors is ±0.037.
+        let f = top as f64 / 3000.0;
+        assert!((f - 0.731).abs() < 0.037, "{f}");
     }
 
     #[test]

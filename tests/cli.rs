@@ -266,3 +266,84 @@ fn bench_throughput_mixed_lengths_arriving_over_time() {
     }
     assert!(v["throughput_ratio"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn benches_sample_on_the_gpu_when_asked() {
+    let model = tiny_llama();
+    let (ok, out, err) = wllm(&[
+        "bench",
+        "decode",
+        "--model",
+        &model,
+        "--dtype",
+        "f32",
+        "--batch",
+        "1,3",
+        "--prompt-len",
+        "5",
+        "--gen-len",
+        "4",
+        "--repeat",
+        "1",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "20",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["sampling"]["top_k"], 20);
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    for side in ["gpu", "cpu"] {
+        let (ok, out, err) = wllm(&[
+            "bench",
+            "throughput",
+            "--model",
+            &model,
+            "--dtype",
+            "f32",
+            "--requests",
+            "3",
+            "--prompt-len",
+            "4",
+            "--output-len",
+            "3",
+            "--concurrency",
+            "3",
+            "--no-baseline",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "20",
+            "--sample-on",
+            side,
+            "--json",
+        ]);
+        assert!(ok, "{side}: {err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["sampling"]["on"], side);
+        assert_eq!(v["batched"]["completed"], 3, "{side}");
+        assert_eq!(v["batched"]["output_tokens"], 9, "{side}");
+    }
+    // Parameters no sampler can apply are refused with a message, not a panic.
+    let (ok, _, err) = wllm(&[
+        "bench",
+        "decode",
+        "--model",
+        &model,
+        "--batch",
+        "1",
+        "--gen-len",
+        "2",
+        "--repeat",
+        "1",
+        "--top-p",
+        "0",
+        "--temperature",
+        "1",
+    ]);
+    assert!(!ok && err.contains("top_p"), "{err}");
+}

@@ -518,7 +518,7 @@ fn gpu_and_cpu_sampling_pick_the_same_tokens() {
         let mut cfg = EngineConfig::new(smollm2_path());
         cfg.model.dtype = WeightDType::F32;
         cfg.model.max_seqs = 8;
-        cfg.gpu_sampling = gpu_sampling;
+        cfg.gpu_sampling = Some(gpu_sampling);
         let e = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
         let out = run_together(&e, &reqs);
         assert_eq!(idle_stats(&e).blocks_used, 0);

@@ -184,11 +184,22 @@ pub struct ThroughputArgs {
     /// top_k of every request (0 = off)
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Sample on the CPU from read-back logits rows instead of on the GPU (for comparison)
-    #[arg(long)]
-    pub cpu_sampling: bool,
+    /// Where sampled rows are drawn: gpu (one id read back per row) or cpu (the row read back);
+    /// default: gpu on GPUs, cpu on CPU adapters. The tokens are the same
+    #[arg(long, value_parser = ["gpu", "cpu"])]
+    pub sample_on: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the sampled rows are drawn ("gpu" or "cpu"), as the engine resolves it.
+fn sample_on(ctx: &GpuContext, args: &ThroughputArgs) -> &'static str {
+    match args.sample_on.as_deref() {
+        Some("gpu") => "gpu",
+        Some(_) => "cpu",
+        None if ctx.wants_cpu_kernels() => "cpu",
+        None => "gpu",
+    }
 }
 
 impl ThroughputArgs {
@@ -270,7 +281,7 @@ fn run_once(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> Res
     cfg.model.max_seqs = max_num_seqs;
     // Room for every request in the queue: a refusal would measure the queue cap, not serving.
     cfg.max_waiting = cfg.max_waiting.max(args.requests);
-    cfg.gpu_sampling = !args.cpu_sampling;
+    cfg.gpu_sampling = args.sample_on.as_deref().map(|s| s == "gpu");
     let engine = super::start_engine_on(ctx, cfg)?;
     let w = workload_of(args);
     let mut reqs = w.requests(engine.model_config().vocab_size);
@@ -505,7 +516,7 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                     "temperature": args.temperature,
                     "top_p": args.top_p,
                     "top_k": args.top_k,
-                    "on": if args.cpu_sampling { "cpu" } else { "gpu" },
+                    "on": sample_on(&ctx, &args),
                 },
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
                 "workload": {
@@ -530,7 +541,7 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
             args.temperature,
             args.top_p,
             args.top_k,
-            if args.cpu_sampling { "CPU" } else { "GPU" }
+            sample_on(&ctx, &args)
         );
     }
     println!(

@@ -1,12 +1,12 @@
 //! `wllm bench prefill` and `wllm bench decode`: the model's raw speed under llama-bench's and
-//! llama-batched-bench's workloads (no engine, no sampling beyond greedy), with an optional
+//! llama-batched-bench's workloads (no engine; greedy, or sampled on the GPU with `--temperature`), with an optional
 //! per-kernel profile from timestamp queries.
 
 use anyhow::{Context, Result};
 use serde_json::json;
 use wllm::generate::{Generator, LockstepRun, ModelOptions};
 use wllm::gpu::StepProfile;
-use wllm::sampling::Rng;
+use wllm::sampling::{Rng, SamplingParams};
 use wllm::{AdapterSelector, GpuContext};
 
 use super::{parse_dtype, progress_bar};
@@ -52,6 +52,27 @@ pub struct DecodeArgs {
     /// Decode steps (each sequence generates this many tokens)
     #[arg(long, default_value_t = 128)]
     pub gen_len: usize,
+    /// Sample every token on the GPU at this temperature (0 = greedy, llama-batched-bench's)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// top_p of the sampled tokens (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// top_k of the sampled tokens (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+}
+
+impl DecodeArgs {
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: 1,
+            ..SamplingParams::default()
+        }
+    }
 }
 
 fn load(
@@ -99,21 +120,22 @@ fn timed(
     a: &ModelBenchArgs,
     prompts: &[Vec<u32>],
     gen_len: usize,
+    sampling: &SamplingParams,
     what: &str,
 ) -> Result<(Vec<LockstepRun>, Option<LockstepRun>)> {
     let bar = progress_bar((a.repeat + 1) as u64, "runs");
     bar.set_message(what.to_string());
-    g.lockstep(prompts, gen_len)?;
+    g.lockstep_sampled(prompts, gen_len, sampling)?;
     bar.inc(1);
     let mut runs = Vec::new();
     for _ in 0..a.repeat.max(1) {
-        runs.push(g.lockstep(prompts, gen_len)?);
+        runs.push(g.lockstep_sampled(prompts, gen_len, sampling)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
     let profiled = if a.profile {
         g.set_profiling(true)?;
-        let run = g.lockstep(prompts, gen_len);
+        let run = g.lockstep_sampled(prompts, gen_len, sampling);
         g.set_profiling(false)?;
         Some(run?)
     } else {
@@ -165,7 +187,14 @@ pub fn run_prefill(a: PrefillArgs) -> Result<()> {
     let len = a.len.max(1);
     let mut g = load(&a.common, &ctx, 1, len, len)?;
     let p = prompts(1, len, g.config().vocab_size, 7);
-    let (runs, profiled) = timed(&mut g, &a.common, &p, 0, "prefill")?;
+    let (runs, profiled) = timed(
+        &mut g,
+        &a.common,
+        &p,
+        0,
+        &SamplingParams::default(),
+        "prefill",
+    )?;
     let ms = median(runs.iter().map(|r| r.prefill_s * 1e3).collect());
     let tok_per_s = len as f64 / (ms / 1e3);
     let adapter = adapter_name(&ctx);
@@ -207,10 +236,23 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             "adapter {adapter}; prompt {plen}, {gen_len} decode steps, median of {}",
             a.common.repeat.max(1)
         );
+        if a.temperature > 0.0 {
+            println!(
+                "sampled on the GPU: temperature {} top_p {} top_k {}",
+                a.temperature, a.top_p, a.top_k
+            );
+        }
     }
     for &b in &a.batch {
         let p = prompts(b.max(1), plen, g.config().vocab_size, 11);
-        let (runs, profiled) = timed(&mut g, &a.common, &p, gen_len, &format!("batch {b}"))?;
+        let (runs, profiled) = timed(
+            &mut g,
+            &a.common,
+            &p,
+            gen_len,
+            &a.sampling(),
+            &format!("batch {b}"),
+        )?;
         let prefill_s = median(runs.iter().map(|r| r.prefill_s).collect());
         let decode_s = median(runs.iter().map(|r| r.decode_s).collect());
         let encode_us = median(runs.iter().map(|r| r.decode_encode_us).collect());
@@ -247,7 +289,13 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
     if a.common.json {
         println!(
             "{}",
-            json!({ "adapter": adapter, "prompt_len": plen, "gen_len": gen_len, "results": results })
+            json!({
+                "adapter": adapter,
+                "prompt_len": plen,
+                "gen_len": gen_len,
+                "sampling": { "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k },
+                "results": results,
+            })
         );
     }
     Ok(())

@@ -43,9 +43,11 @@ pub struct EngineConfig {
     /// Which adapter to open when no device is handed over.
     pub adapter: AdapterSelector,
     /// Sample on the GPU where it can (no penalties, no logprobs) and read back one id per
-    /// row. Off: read back every sampled row and sample on the CPU (same algorithm, so the
-    /// same tokens up to exp/log rounding); for comparisons.
-    pub gpu_sampling: bool,
+    /// row, or read back every sampled row and sample on the CPU: the same algorithm, so the
+    /// same tokens up to exp/ln rounding in a near tie. `None`: on the GPU kernel forms only
+    /// (on a CPU adapter the CPU sampler is the faster one). Greedy rows always take the
+    /// GPU's argmax.
+    pub gpu_sampling: Option<bool>,
 }
 
 impl EngineConfig {
@@ -54,7 +56,7 @@ impl EngineConfig {
             model: ModelOptions::new(model),
             max_waiting: 1024,
             adapter: AdapterSelector::default(),
-            gpu_sampling: true,
+            gpu_sampling: None,
         }
     }
 }
@@ -287,7 +289,7 @@ impl Engine {
             sched,
             tokenizer.clone(),
             shared.clone(),
-            cfg.gpu_sampling,
+            cfg.gpu_sampling.unwrap_or(!ctx.wants_cpu_kernels()),
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

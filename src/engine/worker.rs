@@ -64,6 +64,10 @@ struct Active {
     stop_string_hit: bool,
     /// Alternatives to report per token (None = no logprobs).
     logprobs: Option<usize>,
+    /// Sample the next token on the CPU whatever the engine's setting: a parallel-sampling
+    /// sibling whose fork was refused redraws the first token its siblings drew on the CPU, so
+    /// it must draw it the same way (the GPU agrees only up to exp/ln rounding).
+    cpu_next: bool,
 }
 
 pub(crate) struct Worker {
@@ -209,6 +213,7 @@ impl Worker {
             submitted,
             first_token: None,
             logprobs: req.logprobs,
+            cpu_next: false,
             prompt: prompt.to_vec(),
             stop_string_hit: false,
         }
@@ -256,6 +261,7 @@ impl Worker {
                         continue;
                     };
                     let gpu_can = a.logprobs.is_none()
+                        && !a.cpu_next
                         && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
                     if gpu_can && let Some(rs) = a.sampler.row_sampling() {
                         batch.sample_on_gpu(row, rs);
@@ -295,6 +301,7 @@ impl Worker {
                 continue;
             };
             if let Some(a) = self.active.get_mut(&s.id) {
+                a.cpu_next = false;
                 let tok = a.sampler.sample(row, &a.prompt, &a.output);
                 sampled.push((s.id, tok));
                 if let Some(k) = a.logprobs {
@@ -337,8 +344,10 @@ impl Worker {
                 Err(e) => {
                     log::debug!("fork of {parent:?} refused ({e}): {id:?} runs on its own");
                     let mut child = child;
-                    // Its first token is not kept: running alone it samples it again, identically.
+                    // Its first token is not kept: running alone it samples it again, identically
+                    // (the same key, and on the CPU as the siblings did).
                     child.active.sampler = Sampler::new(child.active.sampler.params().clone());
+                    child.active.cpu_next = true;
                     self.start_alone(child);
                 }
             }

@@ -32,7 +32,6 @@ impl Runner {
         if b.logit_rows.len() > self.max_logit_rows
             || b.logit_rows.iter().any(|r| *r as usize >= t)
             || b.full_logits.len() != b.logit_rows.len()
-            || b.row_sampling.len() != b.logit_rows.len()
         {
             return bad(format!(
                 "{} logits rows (at most {})",
@@ -75,6 +74,13 @@ impl Runner {
             || b.token_seq.iter().any(|s| *s as usize >= b.num_seqs())
         {
             return bad("a slot, block or sequence index is out of range".into());
+        }
+        if b.row_sampling.len() != b.logit_rows.len() {
+            return bad(format!(
+                "{} sampling rows for {} logits rows",
+                b.row_sampling.len(),
+                b.logit_rows.len()
+            ));
         }
         // The sampler replaces a row's logits by its weights: a row read back whole must
         // keep its logits.

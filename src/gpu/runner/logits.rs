@@ -26,7 +26,7 @@ impl Logits {
         self.tokens[r]
     }
 
-    /// The logits of row `r`, or `None` when the batch asked for its argmax only.
+    /// The logits of row `r`, or `None` when the batch asked for its GPU-picked token only.
     pub fn row(&self, r: usize) -> Option<&[f32]> {
         let k = self.kept.get(r).copied().flatten()?;
         Some(&self.data[k * self.vocab..(k + 1) * self.vocab])
