@@ -12,7 +12,7 @@ use serde_json::json;
 use wllm::generate::load_tokenizer;
 use wllm::model::ModelFiles;
 use wllm::tokenizer::{ChatMessage, Tokenizer};
-use wllm::{AdapterSelector, Event, Generator, GpuContext, Prompt, Request, SamplingParams};
+use wllm::{AdapterSelector, Event, Generator, GpuContext, Prompt, Request};
 
 #[derive(Parser)]
 #[command(
@@ -47,13 +47,8 @@ enum Command {
         chat: bool,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
-        /// 0 = greedy
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
+        #[command(flatten)]
+        sampling: cli::SamplingArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print one JSON object at the end instead of streaming text
@@ -251,9 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt_ids,
             chat,
             max_tokens,
-            temperature,
-            top_k,
-            top_p,
+            sampling,
             seed,
             json,
         } => {
@@ -266,13 +259,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let mut req = Request::new(prompt);
             req.max_tokens = max_tokens;
-            req.sampling = SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                ..Default::default()
-            };
+            req.sampling = sampling.params(seed)?;
             let mut handle = engine.submit(req)?;
             let prompt_ids = handle.prompt_ids().to_vec();
             let (mut text, mut output_ids, mut finish) = (String::new(), Vec::new(), None);

@@ -6,16 +6,16 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::json;
 use wllm::engine::{Event, Prompt, Request};
-use wllm::sampling::{Rng, SamplingParams};
+use wllm::sampling::Rng;
 use wllm::{Engine, GpuContext};
 
-use super::EngineArgs;
+use super::{EngineArgs, SamplingArgs};
 use workload::{LenSpec, Workload, parse_rate};
 
 #[derive(clap::Subcommand)]
@@ -175,15 +175,9 @@ pub struct ThroughputArgs {
     /// Skip the one-at-a-time baseline
     #[arg(long)]
     pub no_baseline: bool,
-    /// Sampling temperature of every request (0 = greedy); request i is seeded with --seed + i
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// top_p of every request (1 = off)
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// top_k of every request (0 = off)
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
+    /// Every request's sampling (request i is seeded with --seed + i)
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Where sampled rows are drawn: gpu (one id read back per row) or cpu (the row read back);
     /// default: gpu on GPUs, cpu on CPU adapters. The tokens are the same
     #[arg(long, value_parser = ["gpu", "cpu"])]
@@ -199,19 +193,6 @@ fn sample_on(ctx: &GpuContext, args: &ThroughputArgs) -> &'static str {
         Some(_) => "cpu",
         None if ctx.wants_cpu_kernels() => "cpu",
         None => "gpu",
-    }
-}
-
-impl ThroughputArgs {
-    /// The sampling parameters of request `i`.
-    fn sampling(&self, i: usize) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed.wrapping_add(i as u64),
-            ..SamplingParams::default()
-        }
     }
 }
 
@@ -286,8 +267,7 @@ fn run_once(ctx: &GpuContext, args: &ThroughputArgs, max_num_seqs: usize) -> Res
     let w = workload_of(args);
     let mut reqs = w.requests(engine.model_config().vocab_size);
     for (i, r) in reqs.iter_mut().enumerate() {
-        r.sampling = args.sampling(i);
-        r.sampling.validate().map_err(|e| anyhow!("{e}"))?;
+        r.sampling = args.sampling.params(args.seed.wrapping_add(i as u64))?;
     }
     // One untimed request first (as vLLM's serving benchmark does), so the first timed one
     // does not carry the engine's one-time costs (pipelines, buffers) in its TTFT. Its prompt
@@ -513,9 +493,9 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                 "request_rate": args.request_rate.is_finite().then_some(args.request_rate),
                 "seed": args.seed,
                 "sampling": {
-                    "temperature": args.temperature,
-                    "top_p": args.top_p,
-                    "top_k": args.top_k,
+                    "temperature": args.sampling.temperature,
+                    "top_p": args.sampling.top_p,
+                    "top_k": args.sampling.top_k,
                     "on": sample_on(&ctx, &args),
                 },
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
@@ -535,12 +515,13 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
         "adapter {adapter}; {} requests, prompt {} tokens, output {} tokens, arrivals {rate} (seed {})",
         args.requests, args.prompt_len, args.output_len, args.seed
     );
-    if args.temperature > 0.0 {
+    if args.sampling.temperature > 0.0 {
+        let s = &args.sampling;
         println!(
             "sampling: temperature {} top_p {} top_k {} on the {}",
-            args.temperature,
-            args.top_p,
-            args.top_k,
+            s.temperature,
+            s.top_p,
+            s.top_k,
             sample_on(&ctx, &args)
         );
     }

@@ -9,7 +9,7 @@ use wllm::gpu::StepProfile;
 use wllm::sampling::{Rng, SamplingParams};
 use wllm::{AdapterSelector, GpuContext};
 
-use super::{parse_dtype, progress_bar};
+use super::{SamplingArgs, parse_dtype, progress_bar};
 
 #[derive(clap::Args, Clone)]
 pub struct ModelBenchArgs {
@@ -52,27 +52,9 @@ pub struct DecodeArgs {
     /// Decode steps (each sequence generates this many tokens)
     #[arg(long, default_value_t = 128)]
     pub gen_len: usize,
-    /// Sample every token on the GPU at this temperature (0 = greedy, llama-batched-bench's)
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// top_p of the sampled tokens (1 = off)
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// top_k of the sampled tokens (0 = off)
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-}
-
-impl DecodeArgs {
-    fn sampling(&self) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: 1,
-            ..SamplingParams::default()
-        }
-    }
+    /// Every token sampled on the GPU with these (default greedy, as llama-batched-bench)
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 fn load(
@@ -218,6 +200,7 @@ pub fn run_prefill(a: PrefillArgs) -> Result<()> {
 }
 
 pub fn run_decode(a: DecodeArgs) -> Result<()> {
+    let sampling = a.sampling.params(1)?;
     let ctx = GpuContext::new(&AdapterSelector::from_env()?)?;
     let max_b = a.batch.iter().copied().max().unwrap_or(1).max(1);
     let (plen, gen_len) = (a.prompt_len.max(1), a.gen_len.max(1));
@@ -236,10 +219,11 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             "adapter {adapter}; prompt {plen}, {gen_len} decode steps, median of {}",
             a.common.repeat.max(1)
         );
-        if a.temperature > 0.0 {
+        if a.sampling.temperature > 0.0 {
+            let s = &a.sampling;
             println!(
                 "sampled on the GPU: temperature {} top_p {} top_k {}",
-                a.temperature, a.top_p, a.top_k
+                s.temperature, s.top_p, s.top_k
             );
         }
     }
@@ -250,7 +234,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             &a.common,
             &p,
             gen_len,
-            &a.sampling(),
+            &sampling,
             &format!("batch {b}"),
         )?;
         let prefill_s = median(runs.iter().map(|r| r.prefill_s).collect());
@@ -293,7 +277,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
                 "adapter": adapter,
                 "prompt_len": plen,
                 "gen_len": gen_len,
-                "sampling": { "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k },
+                "sampling": a.sampling.to_json(),
                 "results": results,
             })
         );

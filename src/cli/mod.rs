@@ -10,7 +10,40 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use wllm::engine::{Engine, EngineConfig};
-use wllm::{AdapterSelector, GpuContext, WeightDType};
+use wllm::{AdapterSelector, GpuContext, SamplingParams, WeightDType};
+
+/// The sampling options shared by `generate` and the benches.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature (0 = greedy)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the smallest set of most likely tokens reaching this probability (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep the k most likely tokens (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+}
+
+impl SamplingArgs {
+    /// The parameters with `seed`; an error names a value no sampler can apply.
+    pub fn params(&self, seed: u64) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed,
+            ..SamplingParams::default()
+        };
+        p.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k })
+    }
+}
 
 /// Model and engine options shared by the engine-driven commands.
 #[derive(clap::Args, Clone)]
