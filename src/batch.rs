@@ -6,6 +6,10 @@
 use crate::kv::BlockTable;
 use crate::sampling::RowSampling;
 
+/// Top bit of a token id in [`StepBatch::token_ids`]: the id is the token the previous step
+/// picked for the logits row in the low bits (see [`StepBatch::feed_from_previous_step`]).
+pub const FED_TOKEN: u32 = 0x8000_0000;
+
 /// Which of a sequence's rows in this step need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitRows {
@@ -123,6 +127,20 @@ impl StepBatch {
         self.row_sampling[i] = sampling;
     }
 
+    /// Token `t` is whatever the step before this one picks for its logits row `prev_row`:
+    /// the GPU copies it from that step's output before this step reads any token, so this
+    /// step can be submitted before the previous one is read back (the engine's overlapped
+    /// scheduling). Valid only when the step submitted just before this one had that row.
+    pub fn feed_from_previous_step(&mut self, t: usize, prev_row: u32) {
+        debug_assert!(prev_row < FED_TOKEN);
+        self.token_ids[t] = FED_TOKEN | prev_row;
+    }
+
+    /// Whether any token comes from the previous step ([`StepBatch::feed_from_previous_step`]).
+    pub fn has_fed_tokens(&self) -> bool {
+        self.token_ids.iter().any(|t| t & FED_TOKEN != 0)
+    }
+
     /// Whether any row is sampled (not greedy) on the GPU.
     pub fn samples_on_gpu(&self) -> bool {
         self.row_sampling.iter().any(|s| !s.is_greedy())
@@ -166,6 +184,10 @@ mod tests {
         assert_eq!(batch.full_logits, vec![false, false]);
         assert_eq!(batch.row_sampling, vec![RowSampling::default(), hot]);
         assert!(batch.samples_on_gpu());
+        assert!(!batch.has_fed_tokens());
+        batch.feed_from_previous_step(6, 3);
+        assert_eq!(batch.token_ids[6], FED_TOKEN | 3);
+        assert!(batch.has_fed_tokens());
         // position 8 is offset 0 of b's third block
         assert_eq!(batch.slot_mapping[6], b.blocks()[2].0 * 4);
         assert_eq!(batch.block_tables.len(), 8);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, GpuError, Logits, Runner, RunnerConfig, StepProfile, WeightDType};
+use crate::gpu::{
+    GpuContext, GpuError, Logits, Runner, RunnerConfig, StepProfile, StepTicket, WeightDType,
+};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles, load_weights};
 use crate::sampling::{Sampler, SamplingParams, top_k};
@@ -68,6 +70,9 @@ pub struct Generator {
     pool: BlockPool,
     tokenizer: Option<Tokenizer>,
     path: PathBuf,
+    /// Lockstep decode submits step k+1 (its tokens fed from step k on the GPU) before
+    /// reading step k back; see [`Generator::set_overlap`].
+    overlap: bool,
 }
 
 /// Blocks in the KV pool: `opts.num_blocks`, or as many as `opts.kv_memory_bytes` hold,
@@ -130,6 +135,7 @@ impl Generator {
             pool,
             tokenizer,
             path: opts.path.clone(),
+            overlap: true,
         })
     }
 
@@ -256,10 +262,14 @@ pub struct LockstepRun {
     pub decode_encode_us: f64,
     /// Decode steps whose commands were recorded while the GPU ran the step before.
     pub decode_prerecorded_steps: usize,
+    /// Decode steps submitted before the step ahead of them was read back.
+    pub decode_overlapped_steps: usize,
     /// Per-kernel GPU time summed over the decode steps (when profiling is on).
     pub decode_profile: Option<StepProfile>,
     /// The same for the prefill steps.
     pub prefill_profile: Option<StepProfile>,
+    /// Per sequence, the tokens picked: the prefill's, then one per decode step.
+    pub outputs: Vec<Vec<u32>>,
 }
 
 impl Generator {
@@ -267,6 +277,14 @@ impl Generator {
     /// or stops doing so.
     pub fn set_profiling(&mut self, on: bool) -> Result<()> {
         Ok(self.runner.set_profiling(on)?)
+    }
+
+    /// Whether lockstep decode overlaps its steps (default on; the engine's
+    /// `EngineConfig::overlap_steps`): step k+1 is built and submitted while the GPU runs
+    /// step k, taking its tokens from step k's picks on the GPU, and step k is read back
+    /// after that. Profiled runs step one at a time. The tokens are the same either way.
+    pub fn set_overlap(&mut self, on: bool) {
+        self.overlap = on;
     }
 
     /// llama-batched-bench's workload: prefills every prompt (packed into steps of at most
@@ -375,11 +393,18 @@ impl Generator {
             for (row, &seq) in members.iter().enumerate() {
                 last[seq] = out.token(row);
             }
+            run.outputs.resize(prompts.len(), Vec::new());
+            for (row, &seq) in members.iter().enumerate() {
+                run.outputs[seq].push(out.token(row));
+            }
         }
         run.prefill_s = t0.elapsed().as_secs_f64();
-        // Decode in lockstep.
+        // Decode in lockstep. Overlapped, step k+1 takes its tokens from step k's picks on
+        // the GPU and is submitted before step k is read back.
+        let overlap = self.overlap && !self.runner.is_profiling();
         let t1 = std::time::Instant::now();
         let mut encode_us = 0.0;
+        let mut in_flight: Option<StepTicket> = None;
         for step in 0..gen_len {
             let mut batch = StepBatch::new(self.runner.max_blocks());
             for (i, p) in prompts.iter().enumerate() {
@@ -390,16 +415,36 @@ impl Generator {
                     .ok_or_else(|| {
                         Error::InvalidRequest("sequence longer than the block table".into())
                     })?;
+                if in_flight.is_some() {
+                    batch.feed_from_previous_step(i, i as u32);
+                }
             }
             for (row, sampler) in samplers.iter_mut().enumerate() {
                 pick_on_gpu(&mut batch, row, sampler);
             }
-            let out = self.runner.forward(&batch)?;
+            let out = if overlap {
+                let ticket = self.runner.submit(&batch)?;
+                run.decode_overlapped_steps += usize::from(in_flight.is_some());
+                let prev = in_flight.replace(ticket);
+                prev.map(|t| self.runner.wait(t)).transpose()?
+            } else {
+                let out = self.runner.forward(&batch)?;
+                add(&mut run.decode_profile, self.runner.last_profile());
+                Some(out)
+            };
             encode_us += self.runner.last_timing().encode_us;
             run.decode_prerecorded_steps += usize::from(self.runner.last_timing().prerecorded);
-            add(&mut run.decode_profile, self.runner.last_profile());
-            for (i, l) in last.iter_mut().enumerate() {
-                *l = out.token(i);
+            if let Some(out) = out {
+                for (i, l) in last.iter_mut().enumerate() {
+                    *l = out.token(i);
+                    run.outputs[i].push(*l);
+                }
+            }
+        }
+        if let Some(t) = in_flight {
+            let out = self.runner.wait(t)?;
+            for (i, o) in run.outputs.iter_mut().enumerate() {
+                o.push(out.token(i));
             }
         }
         run.decode_s = t1.elapsed().as_secs_f64();

@@ -539,3 +539,81 @@ fn gpu_and_cpu_sampling_pick_the_same_tokens() {
         "only {differ} sampled requests left the greedy path"
     );
 }
+
+/// Steps submitted before the step ahead of them is read back (the default) give exactly
+/// the tokens, texts and finish reasons of steps run one at a time: through stop tokens and
+/// stop strings seen a step late, max_tokens, GPU-sampled rows, and preemptions in a pool too
+/// small for the batch. Nothing leaks.
+#[test]
+fn overlapped_steps_give_the_outputs_of_steps_one_at_a_time() {
+    let fx = read_json(&fixtures().join("smollm2-135m-public.json"));
+    let mut reqs = Vec::new();
+    for (i, case) in fx["cases"].as_array().unwrap().iter().take(3).enumerate() {
+        let prompt = ids(&case["prompt_ids"]);
+        reqs.push(req(prompt.clone(), 14, SamplingParams::default()));
+        let sampling = SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            seed: i as u64,
+            ..Default::default()
+        };
+        reqs.push(req(prompt, 11, sampling));
+    }
+    for (text, stop) in [
+        ("Say hi.", None),
+        ("Name a colour.", None),
+        ("The capital of France is", Some(".")),
+    ] {
+        let mut r = match stop {
+            None => Request::new(Prompt::Chat(vec![wllm::tokenizer::ChatMessage::user(text)])),
+            Some(_) => Request::new(Prompt::Text(text.into())),
+        };
+        r.max_tokens = 40;
+        r.stop = stop.into_iter().map(String::from).collect();
+        reqs.push(r);
+    }
+    let run = |overlap: bool| {
+        let mut cfg = EngineConfig::new(smollm2_path());
+        cfg.model.dtype = WeightDType::F32;
+        cfg.model.max_seqs = 9;
+        // 24 blocks of 4 (96 slots) for 9 requests of up to ~70 tokens, prompts prefilled in
+        // chunks of up to 32 tokens.
+        cfg.model.num_blocks = Some(24);
+        cfg.model.block_size = 4;
+        cfg.model.max_batch_tokens = 32;
+        cfg.gpu_sampling = Some(true);
+        cfg.overlap_steps = overlap;
+        let e = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
+        let handles: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+        let outs: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                let c = h.wait().unwrap();
+                (c.output_ids, c.text, c.finish_reason)
+            })
+            .collect();
+        (outs, idle_stats(&e))
+    };
+    let (on, st_on) = run(true);
+    let (off, st_off) = run(false);
+    for (i, (a, b)) in on.iter().zip(&off).enumerate() {
+        assert_eq!(a, b, "request {i}: overlapped vs one at a time");
+    }
+    assert!(st_on.overlapped_steps > 0, "{st_on:?}");
+    assert_eq!(st_off.overlapped_steps, 0);
+    assert!(
+        st_on.preemptions > 0,
+        "the pool should force preemptions: {st_on:?}"
+    );
+    for st in [&st_on, &st_off] {
+        assert_eq!((st.blocks_used, st.requests_running), (0, 0), "{st:?}");
+    }
+    let stopped = on
+        .iter()
+        .filter(|o| o.2 == wllm::FinishReason::Stop)
+        .count();
+    assert!(
+        stopped >= 2,
+        "stop tokens and strings should end some requests: {on:?}"
+    );
+}

@@ -84,8 +84,35 @@ fn decode_steps_run_prerecorded_commands() {
         vec![9, 2, 6],
         vec![5, 3, 5, 8, 9, 7, 9],
     ];
+    g.set_overlap(false);
     let run = g.lockstep(&prompts, 6).unwrap();
     assert_eq!(run.decode_steps, 6);
     assert_eq!(run.decode_prerecorded_steps, 6);
+    assert_eq!(run.decode_overlapped_steps, 0);
+    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+}
+
+/// Lockstep decode with overlapped steps (the default: step k+1 is submitted before step k
+/// is read back, its tokens fed from step k's picks on the GPU) picks transformers' greedy
+/// ids, the same as steps run one at a time.
+#[test]
+fn overlapped_lockstep_decode_matches_the_golden_ids() {
+    let dir = fixtures().join("tiny-llama-gqa-public");
+    let golden = read_json(&dir.join("golden.json"));
+    let cases = golden["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+    let want: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["greedy_ids"])).collect();
+    let gen_len = want.iter().map(Vec::len).min().unwrap() - 1;
+    let mut opts = ModelOptions::new(dir);
+    opts.dtype = WeightDType::F32;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let overlapped = g.lockstep(&prompts, gen_len).unwrap();
+    assert_eq!(overlapped.decode_overlapped_steps, gen_len - 1);
+    g.set_overlap(false);
+    let one_at_a_time = g.lockstep(&prompts, gen_len).unwrap();
+    assert_eq!(overlapped.outputs, one_at_a_time.outputs);
+    for (i, (got, want)) in overlapped.outputs.iter().zip(&want).enumerate() {
+        assert_eq!(got[..], want[..=gen_len], "case {i}");
+    }
     assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
 }

@@ -218,6 +218,12 @@ pub struct RunFigures {
     pub mean_kv_waste_pct: f64,
     pub preemptions: u64,
     pub prefix_hit_rate: f64,
+    /// Engine steps, their mean wall time and its host part (the GPU idle between steps).
+    pub steps: u64,
+    pub step_us_mean: f64,
+    pub host_us_per_step: f64,
+    /// Steps submitted before the one ahead of them was read back.
+    pub overlapped_steps: u64,
     /// Requests that ran to their end.
     pub completed: usize,
     /// Requests the engine refused at submission because its waiting queue was full.
@@ -424,6 +430,10 @@ fn drive(
         mean_kv_waste_pct: st.mean_kv_waste_pct,
         preemptions: st.preemptions,
         prefix_hit_rate: st.prefix_hit_rate,
+        steps: st.steps,
+        step_us_mean: st.mean_step_us,
+        host_us_per_step: st.mean_host_us_per_step,
+        overlapped_steps: st.overlapped_steps,
         completed,
         refused,
         failed,
@@ -498,6 +508,7 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                     "top_k": args.sampling.top_k,
                     "on": sample_on(&ctx, &args),
                 },
+                "overlap": !args.engine.no_overlap,
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
                 "workload": {
                     "prompt_lens": w.prompt_lens,
@@ -557,6 +568,12 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
     });
     row("mean KV waste", &|r| format!("{:.1}%", r.mean_kv_waste_pct));
     row("preemptions", &|r| r.preemptions.to_string());
+    row("steps (overlapped)", &|r| {
+        format!("{} ({})", r.steps, r.overlapped_steps)
+    });
+    row("step / host µs", &|r| {
+        format!("{:.0} / {:.0}", r.step_us_mean, r.host_us_per_step)
+    });
     row("completed", &|r| {
         format!("{}/{}", r.completed, args.requests)
     });

@@ -55,6 +55,10 @@ pub struct DecodeArgs {
     /// Every token sampled on the GPU with these (default greedy, as llama-batched-bench)
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Read each decode step back before submitting the next (default: step k+1 is
+    /// submitted first, its tokens fed from step k on the GPU, as the engine does)
+    #[arg(long)]
+    pub no_overlap: bool,
 }
 
 fn load(
@@ -212,6 +216,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
         step_tokens,
         max_b * (plen + gen_len),
     )?;
+    g.set_overlap(!a.no_overlap);
     let adapter = adapter_name(&ctx);
     let mut results = Vec::new();
     if !a.common.json {
@@ -245,6 +250,11 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             .map(|r| r.decode_prerecorded_steps)
             .min()
             .unwrap_or(0);
+        let overlapped = runs
+            .iter()
+            .map(|r| r.decode_overlapped_steps)
+            .min()
+            .unwrap_or(0);
         let prefill_tps = (b * plen) as f64 / prefill_s;
         let decode_tps = (b * gen_len) as f64 / decode_s;
         let ms_step = decode_s * 1e3 / gen_len as f64;
@@ -255,10 +265,11 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             "decode_ms_per_step": ms_step,
             "cpu_encode_us_per_step": encode_us,
             "prerecorded_steps": prerecorded,
+            "overlapped_steps": overlapped,
         });
         if !a.common.json {
             println!(
-                "batch {b:4}: prefill {prefill_tps:9.1} tok/s  decode {decode_tps:9.1} tok/s ({ms_step:.2} ms/step, CPU before submit {encode_us:.0} µs, {prerecorded}/{gen_len} steps prerecorded)"
+                "batch {b:4}: prefill {prefill_tps:9.1} tok/s  decode {decode_tps:9.1} tok/s ({ms_step:.2} ms/step, CPU before submit {encode_us:.0} µs, {prerecorded}/{gen_len} steps prerecorded, {overlapped} overlapped)"
             );
         }
         if let Some(pr) = profiled.as_ref().and_then(|r| r.decode_profile.as_ref()) {
@@ -277,6 +288,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
                 "adapter": adapter,
                 "prompt_len": plen,
                 "gen_len": gen_len,
+                "overlap": !a.no_overlap,
                 "sampling": a.sampling.to_json(),
                 "results": results,
             })

@@ -69,6 +69,11 @@ pub struct EngineArgs {
     /// Compute every prompt in full instead of reusing cached KV of common prefixes
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Run steps one at a time: read each step back before scheduling the next (default:
+    /// the next step is scheduled and submitted while the GPU runs this one, whenever every
+    /// token of the step is picked on the GPU). The tokens are the same either way
+    #[arg(long)]
+    pub no_overlap: bool,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -89,6 +94,7 @@ impl EngineArgs {
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
+        cfg.overlap_steps = !self.no_overlap;
         cfg.adapter = AdapterSelector::from_env()?;
         Ok(cfg)
     }

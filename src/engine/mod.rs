@@ -48,6 +48,13 @@ pub struct EngineConfig {
     /// (on a CPU adapter the CPU sampler is the faster one). Greedy rows always take the
     /// GPU's argmax.
     pub gpu_sampling: Option<bool>,
+    /// Schedule and submit step k+1 before step k is read back whenever every row of step
+    /// k is picked on the GPU (greedy, or sampled on the GPU): the GPU feeds step k's tokens
+    /// to step k+1, and the CPU's work between steps (reading back, detokenizing, stop
+    /// checks, scheduling, building the batch) runs while the GPU computes. A sequence that
+    /// stops on a token seen late has computed one token more, which is dropped. The tokens
+    /// are the same either way. Default on.
+    pub overlap_steps: bool,
 }
 
 impl EngineConfig {
@@ -57,6 +64,7 @@ impl EngineConfig {
             max_waiting: 1024,
             adapter: AdapterSelector::default(),
             gpu_sampling: None,
+            overlap_steps: true,
         }
     }
 }
@@ -172,6 +180,15 @@ pub struct EngineStats {
     pub requests_finished: u64,
     pub peak_blocks_used: usize,
     pub steps: u64,
+    /// Mean wall time of a step, and of its host part: the wall time less the time spent
+    /// in submit calls and waiting for read backs (scheduling, building the batch, recording and submitting,
+    /// handling the tokens). Steps run one at a time leave the GPU idle for the host part;
+    /// overlapped steps ([`EngineConfig::overlap_steps`]) run it while the GPU computes.
+    pub mean_step_us: f64,
+    pub mean_host_us_per_step: f64,
+    /// Steps submitted before the step ahead of them was read back
+    /// ([`EngineConfig::overlap_steps`]).
+    pub overlapped_steps: u64,
     /// Prompt tokens looked up in the prefix cache, and how many were found (cumulative).
     pub prefix_query_tokens: u64,
     pub prefix_hit_tokens: u64,
@@ -290,6 +307,7 @@ impl Engine {
             tokenizer.clone(),
             shared.clone(),
             cfg.gpu_sampling.unwrap_or(!ctx.wants_cpu_kernels()),
+            cfg.overlap_steps,
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

@@ -11,10 +11,11 @@ use futures::channel::mpsc::UnboundedSender;
 use super::{
     Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, TokenLogprob, Usage,
 };
+use crate::batch::StepBatch;
 use crate::generate::FinishReason;
-use crate::gpu::Runner;
+use crate::gpu::{Runner, StepTicket};
 use crate::sampling::{Sampler, top_k};
-use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
+use crate::scheduler::{PENDING_TOKEN, Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
@@ -84,8 +85,28 @@ pub(crate) struct Worker {
     peak_blocks: usize,
     /// Sum over steps of the KV waste fraction (for the mean).
     waste_sum: f64,
+    /// Sums over steps of each step's wall time and of its host part (everything but the span
+    /// from the submit to the logits being read back: the time a GPU would sit idle).
+    step_us_sum: f64,
+    host_us_sum: f64,
+    /// Time spent in the GPU's hands: inside submit calls and waiting for read backs.
+    wait_us_sum: f64,
+    overlapped_steps: u64,
     /// `EngineConfig::gpu_sampling`.
     gpu_sampling: bool,
+    /// `EngineConfig::overlap_steps`.
+    overlap: bool,
+    /// The step submitted and updated with pending tokens, not read back yet.
+    in_flight: Option<InFlight>,
+}
+
+/// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
+struct InFlight {
+    ticket: StepTicket,
+    /// The sequence of each logits row: the step's sampling sequences in order.
+    rows: Vec<SeqId>,
+    /// What its update reported length-capped: finished once their last token is read back.
+    capped: Vec<SeqId>,
 }
 
 impl Worker {
@@ -95,6 +116,7 @@ impl Worker {
         tokenizer: Option<Tokenizer>,
         shared: Arc<Shared>,
         gpu_sampling: bool,
+        overlap: bool,
     ) -> Self {
         let stop_ids = tokenizer
             .as_ref()
@@ -112,7 +134,13 @@ impl Worker {
             steps: 0,
             peak_blocks: 0,
             waste_sum: 0.0,
+            step_us_sum: 0.0,
+            host_us_sum: 0.0,
+            wait_us_sum: 0.0,
+            overlapped_steps: 0,
             gpu_sampling,
+            overlap,
+            in_flight: None,
         }
     }
 
@@ -120,6 +148,7 @@ impl Worker {
         loop {
             // Idle: sleep until a command arrives (or every handle and the engine are gone).
             if self.active.is_empty() {
+                self.drain();
                 match rx.recv() {
                     Ok(c) => self.command(c),
                     Err(_) => return,
@@ -234,14 +263,88 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        let start = Instant::now();
+        let waited = self.wait_us_sum;
+        if self.step_inner() {
+            let wall = start.elapsed().as_secs_f64() * 1e6;
+            self.step_us_sum += wall;
+            self.host_us_sum += (wall - (self.wait_us_sum - waited)).max(0.0);
+        }
+    }
+
+    /// Whether `id`'s last token is in the step in flight (not read back yet).
+    fn awaiting(&self, id: SeqId) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| f.rows.contains(&id))
+    }
+
+    /// Fails every live sequence of `out` with `msg`.
+    fn fail_step(&mut self, out: &SchedulerOutput, msg: &str) {
+        log::error!("step failed: {msg}");
+        for s in &out.seqs {
+            if let Some(a) = self.active.remove(&s.id) {
+                let _ = a.events.unbounded_send(Event::Failed(msg.to_string()));
+            }
+            let _ = self.sched.abort(s.id);
+        }
+    }
+
+    /// Reads back the step in flight, if any, and hands out its tokens.
+    fn drain(&mut self) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let t = Instant::now();
+        let res = self.runner.wait(f.ticket);
+        self.wait_us_sum += t.elapsed().as_secs_f64() * 1e6;
+        match res {
+            Ok(logits) => {
+                for (i, &id) in f.rows.iter().enumerate() {
+                    let tok = logits.token(i);
+                    // Finished or aborted meanwhile: its token goes nowhere.
+                    if self.sched.resolve_pending(id, tok).is_ok() {
+                        self.on_token(id, tok, None);
+                    }
+                }
+                for id in f.capped {
+                    if self.active.contains_key(&id) {
+                        self.finish(id, FinishReason::Length);
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                log::error!("step failed: {msg}");
+                for id in f.rows {
+                    if let Some(a) = self.active.remove(&id) {
+                        let _ = a.events.unbounded_send(Event::Failed(msg.clone()));
+                    }
+                    let _ = self.sched.abort(id);
+                }
+            }
+        }
+    }
+
+    /// One engine step; false when nothing was scheduled (no forward ran).
+    ///
+    /// Overlapped (the default where possible): when every row of the step is picked on the
+    /// GPU, the step is submitted, the one before it read back while the GPU runs this one,
+    /// and the scheduler updated with pending tokens, so the next step can be scheduled and
+    /// submitted before this one is read back; its decodes take their tokens from this
+    /// step's picks on the GPU. A sequence that stops on a token read back late has run one
+    /// step too many: that token is dropped with it.
+    fn step_inner(&mut self) -> bool {
         let out: SchedulerOutput = self.sched.schedule();
         for id in out.length_capped.clone() {
-            if self.active.contains_key(&id) {
+            // One whose last token is in flight ends when that token is read back.
+            if self.active.contains_key(&id) && !self.awaiting(id) {
                 self.finish(id, FinishReason::Length);
             }
         }
         if out.seqs.is_empty() {
-            return;
+            self.drain();
+            return false;
         }
         self.steps += 1;
         let copies: Vec<[u32; 2]> = out
@@ -249,42 +352,58 @@ impl Worker {
             .iter()
             .map(|c| [c.src.0, c.dst.0])
             .collect();
-        let result = match self.sched.step_batch(&out, self.runner.max_blocks()) {
-            Ok(mut batch) => {
-                // Rows the GPU can pick (greedy or sampled, no penalties, no logprobs, no
-                // siblings waiting on the row) read back their token only.
-                for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
-                    if self.forks.contains_key(&s.id) {
-                        continue;
-                    }
-                    let Some(a) = self.active.get_mut(&s.id) else {
-                        continue;
-                    };
-                    let gpu_can = a.logprobs.is_none()
-                        && !a.cpu_next
-                        && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
-                    if gpu_can && let Some(rs) = a.sampler.row_sampling() {
-                        batch.sample_on_gpu(row, rs);
-                    }
-                }
-                self.runner
-                    .copy_blocks(&copies)
-                    .and_then(|_| self.runner.forward(&batch))
-                    .map_err(|e| e.to_string())
-            }
+        let batch = match self.sched.step_batch(&out, self.runner.max_blocks()) {
+            Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };
-        let logits = match result {
+        let submitted = batch.and_then(|batch| {
+            let overlap = self.overlap && batch.full_logits.iter().all(|full| !full);
+            self.runner
+                .copy_blocks(&copies)
+                .and_then(|_| self.runner.submit(&batch))
+                .inspect(|_| self.wait_us_sum += self.runner.last_timing().submit_us)
+                .map(|ticket| (ticket, overlap))
+                .map_err(|e| e.to_string())
+        });
+        // The step before is read back while the GPU runs this one.
+        self.drain();
+        let (ticket, overlap) = match submitted {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail_step(&out, &e);
+                return false;
+            }
+        };
+        if overlap {
+            let rows: Vec<SeqId> = out.sampling_ids().collect();
+            let pending: Vec<(SeqId, u32)> = rows.iter().map(|id| (*id, PENDING_TOKEN)).collect();
+            match self.sched.update(&out, &pending) {
+                Ok(capped) => {
+                    self.overlapped_steps += 1;
+                    self.in_flight = Some(InFlight {
+                        ticket,
+                        rows,
+                        capped,
+                    });
+                    self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());
+                    self.waste_sum += self.sched.stats().waste;
+                    return true;
+                }
+                Err(e) => {
+                    let _ = self.runner.wait(ticket);
+                    self.fail_step(&out, &format!("scheduler update failed: {e}"));
+                    return false;
+                }
+            }
+        }
+        let t = Instant::now();
+        let res = self.runner.wait(ticket);
+        self.wait_us_sum += t.elapsed().as_secs_f64() * 1e6;
+        let logits = match res {
             Ok(l) => l,
             Err(e) => {
-                log::error!("step failed: {e}");
-                for s in &out.seqs {
-                    if let Some(a) = self.active.remove(&s.id) {
-                        let _ = a.events.unbounded_send(Event::Failed(e.clone()));
-                    }
-                    let _ = self.sched.abort(s.id);
-                }
-                return;
+                self.fail_step(&out, &e.to_string());
+                return false;
             }
         };
         // Logits row i belongs to the i-th sampling sequence of the step.
@@ -328,7 +447,7 @@ impl Worker {
                     }
                     let _ = self.sched.abort(s.id);
                 }
-                return;
+                return false;
             }
         };
         self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());
@@ -362,6 +481,44 @@ impl Worker {
                 self.finish(id, FinishReason::Length);
             }
         }
+        true
+    }
+
+    /// Marks the rows the GPU picks (greedy or sampled, no penalties, no logprobs, no
+    /// siblings waiting on the row: they read back their token only) and points every
+    /// pending token at its row of the step in flight.
+    fn prepare_batch(
+        &mut self,
+        out: &SchedulerOutput,
+        mut batch: StepBatch,
+    ) -> Result<StepBatch, String> {
+        for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+            if self.forks.contains_key(&s.id) {
+                continue;
+            }
+            let Some(a) = self.active.get_mut(&s.id) else {
+                continue;
+            };
+            let gpu_can = a.logprobs.is_none()
+                && !a.cpu_next
+                && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
+            if gpu_can && let Some(rs) = a.sampler.row_sampling() {
+                batch.sample_on_gpu(row, rs);
+            }
+        }
+        for t in 0..batch.num_tokens() {
+            if batch.token_ids[t] != PENDING_TOKEN {
+                continue;
+            }
+            let id = out.seqs[batch.token_seq[t] as usize].id;
+            let row = self
+                .in_flight
+                .as_ref()
+                .and_then(|f| f.rows.iter().position(|r| *r == id))
+                .ok_or_else(|| format!("{id}'s pending token is in no step in flight"))?;
+            batch.feed_from_previous_step(t, row as u32);
+        }
+        Ok(batch)
     }
 
     /// Emits a sampled token and ends the request if it should stop.
@@ -476,6 +633,9 @@ impl Worker {
                 requests_finished: self.finished,
                 peak_blocks_used: self.peak_blocks,
                 steps: self.steps,
+                mean_step_us: self.step_us_sum / self.steps.max(1) as f64,
+                mean_host_us_per_step: self.host_us_sum / self.steps.max(1) as f64,
+                overlapped_steps: self.overlapped_steps,
                 prefix_query_tokens: st.prefix_query_tokens,
                 prefix_hit_tokens: st.prefix_hit_tokens,
                 prefix_hit_rate: st.prefix_hit_rate,

@@ -15,7 +15,7 @@ pub use context::{
 };
 pub use pipeline::{Kernel, ShaderSource};
 pub use profile::StepProfile;
-pub use runner::{Logits, Runner, RunnerConfig, StepTiming};
+pub use runner::{Logits, Runner, RunnerConfig, StepTicket, StepTiming};
 pub use tensor::{GpuTensor, WeightDType};
 
 /// Why something on the GPU side failed.

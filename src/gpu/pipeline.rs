@@ -75,6 +75,7 @@ pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
 pub const ARGMAX: ShaderSource = shader!("argmax");
 pub const SAMPLE: ShaderSource = shader!("sample");
 pub const ROPE_KV_WRITE: ShaderSource = shader!("rope_kv_write");
+pub const FEED_TOKENS: ShaderSource = shader!("feed_tokens");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[ShaderSource] = &[
@@ -98,6 +99,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     ARGMAX,
     SAMPLE,
     ROPE_KV_WRITE,
+    FEED_TOKENS,
 ];
 
 /// A compiled pipeline and the layout of its bind group 0.

@@ -4,12 +4,11 @@
 //! Every buffer and bind group is created once in [`Runner::new`]; a step only writes the
 //! batch metadata, records the dispatches and reads back the logits rows it asked for.
 
-use crate::batch::StepBatch;
 use crate::gpu::kernels::attention::SplitLimits;
 use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
-    Argmax, CopyBlocks, Embedding, EmbeddingQuant, Gelu, KvWrite, LayerNorm, Matmul,
+    Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
     PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData, rope::cos_sin_table,
 };
 use crate::gpu::profile::{Profiler, StepProfile};
@@ -21,10 +20,12 @@ use crate::sampling::RowSampling;
 mod check;
 mod logits;
 mod record;
+mod step;
 
 pub use logits::Logits;
 use logits::Readback;
 use record::StepShape;
+pub use step::StepTicket;
 
 /// Sizes fixed when the runner is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,7 @@ struct Kernels {
     copy_blocks: CopyBlocks,
     argmax: Argmax,
     sample: Sample,
+    feed_tokens: FeedTokens,
 }
 
 /// Per-step metadata buffers (see [`StepBatch`] for their meaning).
@@ -126,7 +128,18 @@ pub struct Runner {
     ids: wgpu::Buffer,
     argmax_bind: wgpu::BindGroup,
     sample_bind: wgpu::BindGroup,
-    staging: wgpu::Buffer,
+    /// The feed kernel's bind group over (token_ids, ids).
+    feed_bind: wgpu::BindGroup,
+    /// Two readback buffers, so a step can be submitted while the one before it is still to
+    /// be read back; `staging_step[i]` numbers the step whose readback buffer `i` holds (a
+    /// third submit takes over the buffer of the oldest, whose ticket then fails to wait).
+    staging: [wgpu::Buffer; 2],
+    staging_step: [u64; 2],
+    submitted_steps: u64,
+    /// Staging buffer of the next submit.
+    next_staging: usize,
+    /// Logits rows of the step submitted last (what a fed token may name).
+    last_rows: usize,
     embed_binds: Vec<(usize, usize, wgpu::BindGroup)>,
     /// Whether the model rotates Q and K (then `LayerBinds::kv_write` is the fused kernel's).
     has_rope: bool,
@@ -141,8 +154,9 @@ pub struct Runner {
     last_profile: Option<StepProfile>,
     last_timing: StepTiming,
     /// The next step's commands, recorded while the GPU ran the last one, for the shape a
-    /// decode step after it would have; used when the next batch has that shape.
-    prerecorded: Option<(StepShape, wgpu::CommandBuffer)>,
+    /// decode step after it would have and the staging buffer it will use; used when the next
+    /// batch has that shape.
+    prerecorded: Option<(StepShape, usize, wgpu::CommandBuffer)>,
     // Kept alive for the bind groups above.
     _weights: ModelWeights,
     _buffers: Vec<wgpu::Buffer>,
@@ -156,6 +170,8 @@ pub struct StepTiming {
     pub encode_us: f64,
     /// Whether the step ran commands recorded while the GPU ran the step before.
     pub prerecorded: bool,
+    /// Inside the submit call (CPU adapters may run the whole step there).
+    pub submit_us: f64,
     /// The whole `forward` call, readback included.
     pub total_us: f64,
 }
@@ -284,6 +300,7 @@ impl Runner {
             copy_blocks: CopyBlocks::new(ctx),
             argmax: Argmax::new(ctx),
             sample: Sample::new(ctx),
+            feed_tokens: FeedTokens::new(ctx),
         };
         let meta = Metadata {
             token_ids: u32_buffer(ctx, "token_ids", t),
@@ -312,15 +329,18 @@ impl Runner {
         let act = matmul_input(ctx, "mlp act", t, inner)?;
         let final_h = matmul_input(ctx, "final normed rows", max_logit_rows, d)?;
         let logits = f32_buffer(ctx, "logits", max_logit_rows * vocab)?;
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("logits staging"),
-            size: Readback::staging_bytes(max_logit_rows, vocab),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let staging = ["logits staging 0", "logits staging 1"].map(|label| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: Readback::staging_bytes(max_logit_rows, vocab),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let ids = u32_buffer(ctx, "token ids", max_logit_rows);
         let argmax_bind = kernels.argmax.bind(ctx, &logits, &ids);
         let sample_bind = kernels.sample.bind(ctx, &logits, &ids, &meta.row_sampling);
+        let feed_bind = kernels.feed_tokens.bind(ctx, &meta.token_ids, &ids);
         let dummy = u32_buffer(ctx, "unused binding", 1);
 
         // KV pools: one K and one V buffer per layer, (num_blocks * block_size, kv_dim).
@@ -577,7 +597,12 @@ impl Runner {
             ids,
             argmax_bind,
             sample_bind,
+            feed_bind,
             staging,
+            staging_step: [0; 2],
+            submitted_steps: 0,
+            next_staging: 0,
+            last_rows: 0,
             embed_binds,
             has_rope,
             layers,
@@ -619,6 +644,10 @@ impl Runner {
     }
 
     /// Per-kernel GPU time of the last step, when profiling.
+    pub fn is_profiling(&self) -> bool {
+        self.profiler.is_some()
+    }
+
     pub fn last_profile(&self) -> Option<&StepProfile> {
         self.last_profile.as_ref()
     }
@@ -673,21 +702,6 @@ impl Runner {
         }
         Ok(())
     }
-
-    /// Runs every layer over the batch and returns the logits of `batch.logit_rows`.
-    pub fn forward(&mut self, batch: &StepBatch) -> Result<Logits, GpuError> {
-        let start = std::time::Instant::now();
-        let mut profiler = self.profiler.take();
-        let res = self.forward_with(batch, profiler.as_mut(), start);
-        let profile = match (&res, profiler.as_mut()) {
-            (Ok(_), Some(p)) => Some(p.finish(&self.ctx)?),
-            _ => None,
-        };
-        self.profiler = profiler;
-        self.last_profile = profile;
-        self.last_timing.total_us = start.elapsed().as_secs_f64() * 1e6;
-        res
-    }
 }
 
 fn quant_kernel(kernels: &Kernels, format: QuantFormat) -> &MatmulQuant {
@@ -705,82 +719,5 @@ fn fused_glu_format(w: &GpuMatrix) -> Option<QuantFormat> {
     match w.format {
         MatrixFormat::Quant(f) if w.parts.len() == 1 => Some(f),
         _ => None,
-    }
-}
-
-impl Runner {
-    fn forward_with(
-        &mut self,
-        batch: &StepBatch,
-        profiler: Option<&mut Profiler>,
-        start: std::time::Instant,
-    ) -> Result<Logits, GpuError> {
-        self.check(batch)?;
-        let q = &self.ctx.queue;
-        q.write_buffer(
-            &self.meta.token_ids,
-            0,
-            bytemuck::cast_slice(&batch.token_ids),
-        );
-        q.write_buffer(
-            &self.meta.positions,
-            0,
-            bytemuck::cast_slice(&batch.positions),
-        );
-        q.write_buffer(
-            &self.meta.slot_mapping,
-            0,
-            bytemuck::cast_slice(&batch.slot_mapping),
-        );
-        q.write_buffer(
-            &self.meta.token_seq,
-            0,
-            bytemuck::cast_slice(&batch.token_seq),
-        );
-        q.write_buffer(
-            &self.meta.block_tables,
-            0,
-            bytemuck::cast_slice(&batch.block_tables),
-        );
-        if !batch.logit_rows.is_empty() {
-            q.write_buffer(
-                &self.meta.logit_rows,
-                0,
-                bytemuck::cast_slice(&batch.logit_rows),
-            );
-        }
-        if batch.samples_on_gpu() {
-            q.write_buffer(
-                &self.meta.row_sampling,
-                0,
-                bytemuck::cast_slice(&batch.row_sampling),
-            );
-        }
-
-        let shape = StepShape::of(batch);
-        let readback = Readback::new(&shape.full_logits, self.cfg.vocab_size);
-        let profiling = profiler.is_some();
-        let commands = match self.prerecorded.take() {
-            Some((s, commands)) if s == shape && !profiling => {
-                self.last_timing.prerecorded = true;
-                commands
-            }
-            _ => {
-                self.last_timing.prerecorded = false;
-                self.record(&shape, &readback, profiler)
-            }
-        };
-        self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
-        self.ctx.queue.submit([commands]);
-        // While the GPU runs this step, record the next one in case it has the shape a decode
-        // step following this one would have (the common case when every sequence decodes).
-        if !profiling {
-            if let Some(next) = shape.next_decode() {
-                let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
-                let commands = self.record(&next, &next_readback, None);
-                self.prerecorded = Some((next, commands));
-            }
-        }
-        readback.finish(&self.ctx, &self.staging)
     }
 }

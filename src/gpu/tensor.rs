@@ -264,13 +264,27 @@ pub fn map_and_read(
     staging: &wgpu::Buffer,
     size: u64,
 ) -> Result<Vec<u32>, GpuError> {
+    map_and_read_after(ctx, staging, size, None)
+}
+
+/// [`map_and_read`] once submission `after` is done (the latest submission when `None`),
+/// without waiting for anything submitted after it.
+pub fn map_and_read_after(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    size: u64,
+    after: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u32>, GpuError> {
     let slice = staging.slice(0..size);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index: after,
+            timeout: None,
+        })
         .map_err(|e| GpuError::Readback(e.to_string()))?;
     rx.recv()
         .map_err(|e| GpuError::Readback(e.to_string()))?

@@ -11,6 +11,13 @@
 //! engine: finish() what stopped (EOS, stop strings, max_tokens) and what `capped` lists
 //! ```
 //!
+//! Overlapped, the engine schedules step k+1 before reading step k back: it calls `update`
+//! for step k with [`PENDING_TOKEN`] in place of each sampled token, so step k+1 decodes those
+//! sequences with a pending token (the GPU feeds it from step k's picks), then
+//! `resolve_pending` replaces each once step k is read back — before the `update` of step
+//! k+1, so a block is hashed for the prefix cache only with known tokens. A sequence whose
+//! last token is pending is not forked nor re-admitted after a preemption until resolved.
+//!
 //! Policy of `schedule`, in order:
 //! 1. running sequences with one token to compute (decodes), in admission order;
 //! 2. running sequences with several (a prefill continued in chunks, or a recompute);
@@ -74,12 +81,14 @@ use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError, b
 mod prefix_tests;
 #[cfg(test)]
 mod proptests;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod types;
 
 pub use types::{
-    SchedError, ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats, SeqId, SeqSummary,
+    PENDING_TOKEN, SchedError, ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats,
+    SeqId, SeqSummary,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +357,9 @@ impl Scheduler {
                 max: self.cfg.max_num_seqs,
             });
         }
+        if last_token.is_none() && p.tokens.last() == Some(&PENDING_TOKEN) {
+            return Err(SchedError::TokenPending(parent));
+        }
         let mut tokens = p.tokens.clone();
         if let Some(tok) = last_token {
             let pending = !p.output().is_empty() && p.num_computed < p.tokens.len();
@@ -476,6 +488,10 @@ impl Scheduler {
             if pending == 0 {
                 w += 1;
                 continue;
+            }
+            // Its KV cannot be recomputed before its last token is known: it keeps its place.
+            if s.tokens.last() == Some(&PENDING_TOKEN) {
+                break;
             }
             // The cached prefix: whole blocks, never the last token (its logits are needed).
             let hits = if self.cfg.enable_prefix_cache {
@@ -645,6 +661,23 @@ impl Scheduler {
         Ok(capped)
     }
 
+    /// Sets the last token of `id`, which `update` recorded as [`PENDING_TOKEN`], to `tok`
+    /// (running or waiting, e.g. preempted meanwhile). O(1).
+    pub fn resolve_pending(&mut self, id: SeqId, tok: u32) -> Result<(), SchedError> {
+        let s = self.seqs.get_mut(&id).ok_or(SchedError::UnknownSeq(id))?;
+        let has_output = s.tokens.len() > s.prompt_len;
+        match s.tokens.last_mut() {
+            Some(last) if *last == PENDING_TOKEN && has_output => {
+                if tok == PENDING_TOKEN {
+                    return Err(SchedError::UnexpectedSample(id));
+                }
+                *last = tok;
+                Ok(())
+            }
+            _ => Err(SchedError::NoPendingToken(id)),
+        }
+    }
+
     /// Ends a sequence: frees its blocks and forgets it. Allowed any time, also while its
     /// step is in flight (then `update` skips it).
     pub fn finish(&mut self, id: SeqId) -> Result<SeqSummary, SchedError> {
@@ -670,48 +703,6 @@ impl Scheduler {
     pub fn abort(&mut self, id: SeqId) -> Option<SeqSummary> {
         self.finish(id).ok()
     }
-
-    pub fn stats(&self) -> SchedulerStats {
-        let bs = self.pool.block_size();
-        // Fill of each held block: the most any table holding it has written.
-        let mut fill: HashMap<BlockId, usize> = HashMap::new();
-        for id in &self.running {
-            let t = &self.seqs[id].table;
-            for (j, b) in t.blocks().iter().enumerate() {
-                let n = (t.num_tokens() - j * bs).min(bs);
-                let f = fill.entry(*b).or_default();
-                *f = (*f).max(n);
-            }
-        }
-        let tokens_held = fill.values().sum();
-        let allocated_slots = self.pool.num_used() * bs;
-        let waste = if allocated_slots == 0 {
-            0.0
-        } else {
-            (allocated_slots - tokens_held) as f64 / allocated_slots as f64
-        };
-        SchedulerStats {
-            block_size: bs,
-            blocks_total: self.pool.num_blocks(),
-            blocks_used: self.pool.num_used(),
-            blocks_free: self.pool.num_free(),
-            tokens_held,
-            allocated_slots,
-            waste,
-            preemptions: self.num_preemptions,
-            waiting: self.waiting.len(),
-            running: self.running.len(),
-            prefix_query_tokens: self.prefix_query_tokens,
-            prefix_hit_tokens: self.prefix_hit_tokens,
-            prefix_hit_rate: if self.prefix_query_tokens == 0 {
-                0.0
-            } else {
-                self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64
-            },
-            cached_blocks: self.pool.num_cached(),
-            evictions: self.pool.num_evictions(),
-        }
-    }
 }
 
 /// Registers in the prefix cache every block of `s` that its computed tokens now fill and
@@ -723,6 +714,10 @@ fn register_full_blocks(pool: &mut BlockPool, s: &mut Seq) {
     let full = s.num_computed / bs;
     while s.keys.len() < full {
         let j = s.keys.len();
+        debug_assert!(
+            !s.tokens[j * bs..(j + 1) * bs].contains(&PENDING_TOKEN),
+            "a computed block with a pending token"
+        );
         let parent = s.keys.last().copied();
         s.keys
             .push(block_hash(parent, &s.tokens[j * bs..(j + 1) * bs], s.salt));

@@ -48,6 +48,10 @@ enum Op {
         pick: usize,
         diverge: bool,
     },
+    /// The engine's overlapped step: schedule (with the last overlapped step's tokens still
+    /// pending), run, resolve the pending tokens (read back late), then update with pending
+    /// tokens. What stops or is capped is finished only once its last token is resolved.
+    OverlappedStep,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -56,7 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(prompt_len, max_tokens, stop_at, prefix, shared, salted)| Op::Add {
                 prompt_len, max_tokens, stop_at, prefix, shared, salted
             }),
-        8 => Just(Op::Step),
+        5 => Just(Op::Step),
+        5 => Just(Op::OverlappedStep),
         1 => (0..8usize).prop_map(|pick| Op::StepAbortingOne { pick }),
         1 => any::<bool>().prop_map(|ran| Op::Abandon { ran }),
         1 => (0..8usize).prop_map(|pick| Op::Finish { pick }),
@@ -115,6 +120,10 @@ struct Harness {
     rng: u64,
     /// Shared prompt beginnings (the second extends the first's first half).
     prefixes: Vec<Vec<u32>>,
+    /// The real tokens of the last overlapped step, pending in the scheduler, and what its
+    /// update reported capped.
+    pending: Vec<(SeqId, u32)>,
+    pending_capped: Vec<SeqId>,
 }
 
 impl Harness {
@@ -170,6 +179,63 @@ impl Harness {
         }
     }
 
+    /// What the scheduler must hold for `id`: the model's tokens, the last one still
+    /// `PENDING_TOKEN` if an overlapped step sampled it and it is not resolved yet.
+    fn expected(&self, id: SeqId) -> Vec<u32> {
+        let mut t = self.model[&id].clone();
+        if self.pending.iter().any(|(p, _)| *p == id) {
+            *t.last_mut().expect("sampled") = PENDING_TOKEN;
+        }
+        t
+    }
+
+    /// The overlapped step's tokens arrive: resolve them, then finish what is capped or stopped.
+    fn resolve(&mut self) {
+        for (id, tok) in std::mem::take(&mut self.pending) {
+            if self.model.contains_key(&id) {
+                self.s.resolve_pending(id, tok).expect("pending");
+            } else {
+                // Finished or aborted meanwhile: nothing to resolve.
+                assert!(self.s.resolve_pending(id, tok).is_err());
+            }
+        }
+        let capped = std::mem::take(&mut self.pending_capped);
+        self.finish_done(capped);
+    }
+
+    /// Finishes `capped` and every sequence whose output reached its stop length.
+    fn finish_done(&mut self, capped: Vec<SeqId>) {
+        let stopped: Vec<SeqId> = (self.model.keys())
+            .filter(|id| self.s.output(**id).unwrap().len() >= self.stop_at[*id])
+            .copied()
+            .collect();
+        for id in capped.into_iter().chain(stopped) {
+            if self.model.contains_key(&id) {
+                let summary = self.s.finish(id).ok();
+                self.remove(id, summary);
+            }
+        }
+    }
+
+    fn overlapped_step(&mut self) -> Result<SchedulerOutput, TestCaseError> {
+        let out = self.s.schedule();
+        self.check_output(&out)?;
+        self.check(true)?;
+        self.run(&out)?;
+        self.resolve();
+        let sampled = self.sample(&out);
+        let placeholders: Vec<(SeqId, u32)> =
+            sampled.iter().map(|(id, _)| (*id, PENDING_TOKEN)).collect();
+        self.pending_capped = self.s.update(&out, &placeholders).expect("update");
+        for (id, tok) in sampled {
+            if let Some(t) = self.model.get_mut(&id) {
+                t.push(tok);
+                self.pending.push((id, tok));
+            }
+        }
+        Ok(out)
+    }
+
     fn live(&self) -> Vec<SeqId> {
         self.s
             .running
@@ -196,11 +262,13 @@ impl Harness {
         let max_blocks = self.s.pool().num_blocks();
         let batch = self.s.step_batch(out, max_blocks).expect("batch builds");
         for (i, e) in out.seqs.iter().enumerate() {
+            let expected = self.expected(e.id);
             let tokens = &self.model[&e.id];
-            // The same tokens at the same positions, however often it was recomputed.
+            // The same tokens at the same positions, however often it was recomputed (a
+            // pending one as the placeholder the GPU fills in; the KV below is the real one's).
             prop_assert_eq!(
                 &e.tokens[..],
-                &tokens[e.start_pos..e.start_pos + e.tokens.len()]
+                &expected[e.start_pos..e.start_pos + e.tokens.len()]
             );
             prop_assert_eq!(e.sample, e.start_pos + e.tokens.len() == tokens.len());
             let row = &batch.block_tables[i * max_blocks..(i + 1) * max_blocks];
@@ -249,16 +317,7 @@ impl Harness {
                 t.push(*tok);
             }
         }
-        let stopped: Vec<SeqId> = (self.model.keys())
-            .filter(|id| self.s.output(**id).unwrap().len() >= self.stop_at[*id])
-            .copied()
-            .collect();
-        for id in capped.into_iter().chain(stopped) {
-            if self.model.contains_key(&id) {
-                let summary = self.s.finish(id).ok();
-                self.remove(id, summary);
-            }
-        }
+        self.finish_done(capped);
         Ok(())
     }
 
@@ -310,7 +369,7 @@ impl Harness {
             let running = s.running.contains(id);
             prop_assert_eq!(running, !s.waiting.contains(id));
             prop_assert_eq!(seq.state == State::Running, running);
-            prop_assert_eq!(&seq.tokens, &self.model[id]);
+            prop_assert_eq!(&seq.tokens, &self.expected(*id));
             prop_assert!(seq.output().len() <= seq.max_tokens);
             let kv_max = max_kv_tokens(seq.prompt_len, seq.max_tokens, s.cfg.max_model_len);
             prop_assert!(seq.table.num_tokens() <= kv_max);
@@ -437,10 +496,17 @@ proptest! {
             next_id: 0,
             rng: seed,
             prefixes: Vec::new(),
+            pending: Vec::new(),
+            pending_capped: Vec::new(),
         };
         h.make_prefixes();
         for op in ops {
+            // Only admissions and overlapped steps come while overlapped tokens are pending.
+            if !matches!(op, Op::Add { .. } | Op::OverlappedStep) {
+                h.resolve();
+            }
             let in_flight = match op {
+                Op::OverlappedStep => { h.overlapped_step()?; false }
                 Op::Add { .. } => {
                     h.add(&op);
                     h.s.in_flight.is_some()
@@ -495,11 +561,17 @@ proptest! {
             if h.model.is_empty() {
                 break;
             }
-            let out = h.step(None)?;
+            let out = if seed % 2 == 1 {
+                h.overlapped_step()?
+            } else {
+                h.resolve();
+                h.step(None)?
+            };
             h.check(false)?;
             idle = if out.is_empty() { idle + 1 } else { 0 };
             prop_assert!(idle < 2, "no progress: {} waiting, {} running", h.s.num_waiting(), h.s.num_running());
         }
+        h.resolve();
         prop_assert!(h.model.is_empty(), "{} sequences never finished", h.model.len());
         prop_assert_eq!(h.s.pool().num_free(), num_blocks);
         prop_assert_eq!(h.s.pool().num_cached_free(), h.s.pool().num_cached());

@@ -593,3 +593,79 @@ fn step_batch_rows_follow_the_output() {
         })
     );
 }
+
+/// Overlapped steps: `update` takes `PENDING_TOKEN` for a sample not read back yet, the next
+/// step decodes it as a pending token, and `resolve_pending` fills it in before the next
+/// `update`. Full blocks are hashed only once their tokens are known.
+#[test]
+fn pending_tokens_are_decoded_then_resolved() {
+    let mut s = sched(8, 4, cfg(4, 64));
+    s.add(SeqId(1), prompt(3, 10), 8).unwrap();
+    let out = s.schedule();
+    assert_eq!(work(&out), vec![(1, 3, 0, true)]);
+    assert!(
+        s.update(&out, &[(SeqId(1), PENDING_TOKEN)])
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.output(SeqId(1)).unwrap(), &[PENDING_TOKEN]);
+    // Not resolvable twice, nor with the placeholder, nor for an unknown sequence.
+    assert_eq!(
+        s.resolve_pending(SeqId(1), PENDING_TOKEN),
+        Err(SchedError::UnexpectedSample(SeqId(1)))
+    );
+    assert_eq!(
+        s.resolve_pending(SeqId(9), 5),
+        Err(SchedError::UnknownSeq(SeqId(9)))
+    );
+    // A sequence whose last token is unknown cannot be copied as it is.
+    assert_eq!(
+        s.fork(SeqId(1), SeqId(2), None),
+        Err(SchedError::TokenPending(SeqId(1)))
+    );
+    // The next step decodes the pending token (position 3 fills the first block).
+    let out2 = s.schedule();
+    assert_eq!(out2.seqs[0].tokens, vec![PENDING_TOKEN]);
+    assert_eq!(work(&out2), vec![(1, 1, 3, true)]);
+    s.resolve_pending(SeqId(1), 77).unwrap();
+    assert_eq!(
+        s.resolve_pending(SeqId(1), 78),
+        Err(SchedError::NoPendingToken(SeqId(1)))
+    );
+    assert_eq!(s.output(SeqId(1)).unwrap(), &[77]);
+    s.update(&out2, &[(SeqId(1), PENDING_TOKEN)]).unwrap();
+    // The first block (10, 11, 12, 77) is cached under its real tokens: a new prompt with
+    // them finds it.
+    s.resolve_pending(SeqId(1), 78).unwrap();
+    let mut p = prompt(3, 10);
+    p.extend([77, 1, 2]);
+    s.add(SeqId(3), p, 4).unwrap();
+    let out3 = s.schedule();
+    assert_eq!(work(&out3), vec![(1, 1, 4, true), (3, 2, 4, true)]);
+    assert_eq!(s.cached_tokens(SeqId(3)), Some(4));
+}
+
+/// A sequence preempted while its last token is pending keeps it, is resolved while it
+/// waits, and is recomputed with the real token.
+#[test]
+fn a_pending_token_survives_preemption() {
+    // 2 blocks of 2: two sequences of 2 prompt tokens fill the pool; the first decode of
+    // each needs a new block, so the later one is preempted.
+    let mut s = sched(2, 2, cfg(2, 8));
+    s.add(SeqId(1), vec![1, 2], 3).unwrap();
+    s.add(SeqId(2), vec![3, 4], 3).unwrap();
+    let out = s.schedule();
+    assert_eq!(work(&out), vec![(1, 2, 0, true), (2, 2, 0, true)]);
+    let pending = [(SeqId(1), PENDING_TOKEN), (SeqId(2), PENDING_TOKEN)];
+    s.update(&out, &pending).unwrap();
+    let out2 = s.schedule();
+    assert_eq!(out2.preempted, vec![SeqId(2)]);
+    assert_eq!(work(&out2), vec![(1, 1, 2, true)]);
+    s.resolve_pending(SeqId(1), 50).unwrap();
+    s.resolve_pending(SeqId(2), 60).unwrap();
+    s.update(&out2, &[(SeqId(1), 51)]).unwrap();
+    s.finish(SeqId(1)).unwrap();
+    let out3 = s.schedule();
+    assert_eq!(out3.seqs[0].tokens, vec![3, 4, 60]);
+    assert_eq!(work(&out3), vec![(2, 3, 0, true)]);
+}

@@ -15,6 +15,11 @@ impl fmt::Display for SeqId {
     }
 }
 
+/// A sampled token whose value is not known yet: `update` takes it in place of a token when
+/// the engine schedules the next step before reading this one back (the GPU feeds the real
+/// token to the next step), and [`super::Scheduler::resolve_pending`] replaces it.
+pub const PENDING_TOKEN: u32 = u32::MAX;
+
 /// Budgets and limits. `Default` gives everything; the engine sets `max_model_len` from the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -80,6 +85,8 @@ pub enum SchedError {
     TooManySeqs { max: usize },
     #[error("{0} has no sampled token waiting to be computed")]
     NoPendingToken(SeqId),
+    #[error("{0}'s last token is not known yet: resolve it first")]
+    TokenPending(SeqId),
     #[error("a step is in flight: call update first")]
     StepInFlight,
     #[error("output of step {got} is not the one in flight ({expected:?})")]

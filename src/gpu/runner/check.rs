@@ -1,7 +1,7 @@
 //! The runner's guard: a step batch that would index outside a buffer is an error, not UB.
 
 use super::Runner;
-use crate::batch::StepBatch;
+use crate::batch::{FED_TOKEN, StepBatch};
 use crate::gpu::GpuError;
 
 impl Runner {
@@ -49,11 +49,23 @@ impl Runner {
         if let Some(id) = b
             .token_ids
             .iter()
-            .find(|id| **id as usize >= self.cfg.vocab_size)
+            .find(|id| **id & FED_TOKEN == 0 && **id as usize >= self.cfg.vocab_size)
         {
             return bad(format!(
                 "token id {id} outside the vocabulary of {}",
                 self.cfg.vocab_size
+            ));
+        }
+        // A fed token names a row of the step submitted last (its pick is always a valid id).
+        if let Some(id) = b
+            .token_ids
+            .iter()
+            .find(|id| **id & FED_TOKEN != 0 && (**id & !FED_TOKEN) as usize >= self.last_rows)
+        {
+            return bad(format!(
+                "a token fed from row {} of the previous step, which had {} logits rows",
+                id & !FED_TOKEN,
+                self.last_rows
             ));
         }
         if let Some(p) = b

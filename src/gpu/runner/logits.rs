@@ -2,7 +2,7 @@
 //! sample per `StepBatch::row_sampling`) and the whole rows only where the batch asked for
 //! them (`StepBatch::full_logits`).
 
-use crate::gpu::tensor::map_and_read;
+use crate::gpu::tensor::map_and_read_after;
 use crate::gpu::{GpuContext, GpuError};
 
 /// The output of one step for `StepBatch::logit_rows`, in that order.
@@ -35,6 +35,7 @@ impl Logits {
 
 /// Where the readback of one step lands in the staging buffer: the ids first, then the kept
 /// rows back to back.
+#[derive(Debug)]
 pub(super) struct Readback {
     rows: usize,
     vocab: usize,
@@ -60,6 +61,11 @@ impl Readback {
             kept,
             num_kept,
         }
+    }
+
+    /// Logits rows of the step.
+    pub(super) fn rows(&self) -> usize {
+        self.rows
     }
 
     /// Bytes the staging buffer must hold for `rows` rows, all kept.
@@ -103,22 +109,27 @@ impl Readback {
         }
     }
 
-    /// Waits for the step and decodes what [`Readback::record`] copied.
+    /// Waits for the step (submission `step`, not anything submitted after it) and decodes
+    /// what [`Readback::record`] copied.
     pub(super) fn finish(
         self,
         ctx: &GpuContext,
         staging: &wgpu::Buffer,
+        step: wgpu::SubmissionIndex,
     ) -> Result<Logits, GpuError> {
         if self.rows == 0 {
             ctx.device
-                .poll(wgpu::PollType::wait_indefinitely())
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(step),
+                    timeout: None,
+                })
                 .map_err(|e| GpuError::Readback(e.to_string()))?;
             return Ok(Logits {
                 vocab: self.vocab,
                 ..Default::default()
             });
         }
-        let words = map_and_read(ctx, staging, self.bytes())?;
+        let words = map_and_read_after(ctx, staging, self.bytes(), Some(step))?;
         let (ids, rest) = words.split_at(self.rows);
         Ok(Logits {
             rows: self.rows,

@@ -18,6 +18,7 @@ impl Runner {
         &self,
         shape: &StepShape,
         readback: &Readback,
+        staging: usize,
         profiler: Option<&mut Profiler>,
     ) -> wgpu::CommandBuffer {
         let cfg = &self.cfg;
@@ -28,6 +29,10 @@ impl Runner {
         let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
         let mut rec = Recorder::new(&self.ctx, profiler);
         {
+            if shape.fed_rows > 0 {
+                k.feed_tokens
+                    .encode(rec.pass("feed tokens"), &self.feed_bind, t, shape.fed_rows);
+            }
             for (start, rows, bg) in &self.embed_binds {
                 let pass = rec.pass("embedding");
                 match &k.embedding {
@@ -148,7 +153,12 @@ impl Runner {
                 }
             }
         }
-        readback.record(rec.encoder(), &self.ids, &self.logits, &self.staging);
+        readback.record(
+            rec.encoder(),
+            &self.ids,
+            &self.logits,
+            &self.staging[staging],
+        );
         rec.finish()
     }
 }
@@ -198,27 +208,37 @@ pub(super) struct StepShape {
     pub(super) full_logits: Vec<bool>,
     /// Whether the sampler runs after the argmax (`StepBatch::samples_on_gpu`).
     samples_on_gpu: bool,
+    /// Logits rows of the step before, when this one takes tokens from it (else 0).
+    fed_rows: usize,
 }
 
 impl StepShape {
-    pub(super) fn of(b: &StepBatch) -> Self {
+    /// The shape of `b`, submitted after a step of `prev_rows` logits rows.
+    pub(super) fn of(b: &StepBatch, prev_rows: usize) -> Self {
         Self {
             tokens: b.num_tokens(),
             max_context_len: b.context_lens.iter().max().map_or(0, |&c| c as usize),
             full_logits: b.full_logits.clone(),
             samples_on_gpu: b.samples_on_gpu(),
+            fed_rows: if b.has_fed_tokens() { prev_rows } else { 0 },
         }
     }
 
     /// The shape of the next step if it decodes one token for each sequence that got logits
     /// here (after a decode step: every sequence goes on; after a prefill: the prompts that
-    /// ended) and the longest sequence is among them.
+    /// ended) and the longest sequence is among them. It takes its tokens from this step
+    /// if this one took its own from the step before (overlapped scheduling goes on).
     pub(super) fn next_decode(&self) -> Option<Self> {
         (!self.full_logits.is_empty()).then(|| Self {
             tokens: self.full_logits.len(),
             max_context_len: self.max_context_len + 1,
             full_logits: self.full_logits.clone(),
             samples_on_gpu: self.samples_on_gpu,
+            fed_rows: if self.fed_rows > 0 {
+                self.full_logits.len()
+            } else {
+                0
+            },
         })
     }
 }

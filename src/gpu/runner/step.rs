@@ -1,0 +1,152 @@
+//! Running a step: write the batch's metadata, submit its commands (prerecorded when the shape
+//! was guessed), and read back what it picked. [`Runner::forward`] does all of it;
+//! [`Runner::submit`] and [`Runner::wait`] split it so the engine can schedule and submit the
+//! next step while the GPU runs this one (at most two steps in flight, one staging buffer each).
+
+use super::logits::Readback;
+use super::record::StepShape;
+use super::{Logits, Runner};
+use crate::batch::StepBatch;
+use crate::gpu::GpuError;
+use crate::gpu::profile::Profiler;
+
+/// A submitted step, to be passed to [`Runner::wait`] for its logits.
+#[must_use = "a submitted step holds a staging buffer until it is waited for"]
+#[derive(Debug)]
+pub struct StepTicket {
+    submission: wgpu::SubmissionIndex,
+    readback: Readback,
+    staging: usize,
+    /// The runner's count of submitted steps at this one (from 1).
+    step: u64,
+}
+
+impl StepTicket {
+    /// Logits rows the step returns.
+    pub fn rows(&self) -> usize {
+        self.readback.rows()
+    }
+}
+
+impl Runner {
+    /// Runs every layer over the batch and returns the logits of `batch.logit_rows`.
+    pub fn forward(&mut self, batch: &StepBatch) -> Result<Logits, GpuError> {
+        let start = std::time::Instant::now();
+        let mut profiler = self.profiler.take();
+        let res = self
+            .submit_with(batch, profiler.as_mut(), start)
+            .and_then(|t| self.wait(t));
+        let profile = match (&res, profiler.as_mut()) {
+            (Ok(_), Some(p)) => Some(p.finish(&self.ctx)?),
+            _ => None,
+        };
+        self.profiler = profiler;
+        self.last_profile = profile;
+        self.last_timing.total_us = start.elapsed().as_secs_f64() * 1e6;
+        res
+    }
+
+    /// Submits the step and returns at once. Tokens the batch marks with
+    /// [`StepBatch::feed_from_previous_step`] come from the step submitted just before this
+    /// one. Two steps may be in flight (submitted, not waited for): a third takes over the
+    /// readback buffer of the oldest, whose ticket then waits with an error (so a ticket
+    /// dropped on an error path blocks nothing). Not while profiling, which times one step
+    /// at a time (use [`Runner::forward`]).
+    pub fn submit(&mut self, batch: &StepBatch) -> Result<StepTicket, GpuError> {
+        if self.profiler.is_some() {
+            return Err(GpuError::Shape {
+                op: "submit",
+                msg: "profiling runs one step at a time: use forward".into(),
+            });
+        }
+        let start = std::time::Instant::now();
+        self.submit_with(batch, None, start)
+    }
+
+    /// Waits for a submitted step and reads back its picks and kept logits rows. Waits for
+    /// that step only, not for one submitted after it.
+    pub fn wait(&mut self, ticket: StepTicket) -> Result<Logits, GpuError> {
+        let StepTicket {
+            submission,
+            readback,
+            staging,
+            step,
+        } = ticket;
+        if self.staging_step[staging] != step {
+            return Err(GpuError::Readback(format!(
+                "step {step}'s readback was overwritten: more than two steps were in flight"
+            )));
+        }
+        readback.finish(&self.ctx, &self.staging[staging], submission)
+    }
+
+    fn submit_with(
+        &mut self,
+        batch: &StepBatch,
+        profiler: Option<&mut Profiler>,
+        start: std::time::Instant,
+    ) -> Result<StepTicket, GpuError> {
+        self.check(batch)?;
+        let staging = self.next_staging;
+        let q = &self.ctx.queue;
+        let m = &self.meta;
+        q.write_buffer(&m.token_ids, 0, bytemuck::cast_slice(&batch.token_ids));
+        q.write_buffer(&m.positions, 0, bytemuck::cast_slice(&batch.positions));
+        q.write_buffer(
+            &m.slot_mapping,
+            0,
+            bytemuck::cast_slice(&batch.slot_mapping),
+        );
+        q.write_buffer(&m.token_seq, 0, bytemuck::cast_slice(&batch.token_seq));
+        q.write_buffer(
+            &m.block_tables,
+            0,
+            bytemuck::cast_slice(&batch.block_tables),
+        );
+        if !batch.logit_rows.is_empty() {
+            q.write_buffer(&m.logit_rows, 0, bytemuck::cast_slice(&batch.logit_rows));
+        }
+        if batch.samples_on_gpu() {
+            q.write_buffer(
+                &m.row_sampling,
+                0,
+                bytemuck::cast_slice(&batch.row_sampling),
+            );
+        }
+
+        let shape = StepShape::of(batch, self.last_rows);
+        let readback = Readback::new(&shape.full_logits, self.cfg.vocab_size);
+        let profiling = profiler.is_some();
+        let commands = match self.prerecorded.take() {
+            Some((s, st, commands)) if s == shape && st == staging && !profiling => {
+                self.last_timing.prerecorded = true;
+                commands
+            }
+            _ => {
+                self.last_timing.prerecorded = false;
+                self.record(&shape, &readback, staging, profiler)
+            }
+        };
+        self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
+        let submit_start = std::time::Instant::now();
+        let submission = self.ctx.queue.submit([commands]);
+        self.last_timing.submit_us = submit_start.elapsed().as_secs_f64() * 1e6;
+        self.submitted_steps += 1;
+        self.staging_step[staging] = self.submitted_steps;
+        self.next_staging = 1 - staging;
+        self.last_rows = shape.full_logits.len();
+        // While the GPU runs this step, record the next one in case it has the shape a decode
+        // step following this one would have (the common case when every sequence decodes).
+        if !profiling && let Some(next) = shape.next_decode() {
+            let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
+            let commands = self.record(&next, &next_readback, self.next_staging, None);
+            self.prerecorded = Some((next, self.next_staging, commands));
+        }
+        Ok(StepTicket {
+            submission,
+            readback,
+            staging,
+            step: self.submitted_steps,
+        })
+    }
+}

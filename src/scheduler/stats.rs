@@ -1,0 +1,50 @@
+//! What the scheduler reports about its pool and queues.
+
+use std::collections::HashMap;
+
+use super::{Scheduler, SchedulerStats};
+use crate::kv::BlockId;
+
+impl Scheduler {
+    pub fn stats(&self) -> SchedulerStats {
+        let bs = self.pool.block_size();
+        // Fill of each held block: the most any table holding it has written.
+        let mut fill: HashMap<BlockId, usize> = HashMap::new();
+        for id in &self.running {
+            let t = &self.seqs[id].table;
+            for (j, b) in t.blocks().iter().enumerate() {
+                let n = (t.num_tokens() - j * bs).min(bs);
+                let f = fill.entry(*b).or_default();
+                *f = (*f).max(n);
+            }
+        }
+        let tokens_held = fill.values().sum();
+        let allocated_slots = self.pool.num_used() * bs;
+        let waste = if allocated_slots == 0 {
+            0.0
+        } else {
+            (allocated_slots - tokens_held) as f64 / allocated_slots as f64
+        };
+        SchedulerStats {
+            block_size: bs,
+            blocks_total: self.pool.num_blocks(),
+            blocks_used: self.pool.num_used(),
+            blocks_free: self.pool.num_free(),
+            tokens_held,
+            allocated_slots,
+            waste,
+            preemptions: self.num_preemptions,
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            prefix_query_tokens: self.prefix_query_tokens,
+            prefix_hit_tokens: self.prefix_hit_tokens,
+            prefix_hit_rate: if self.prefix_query_tokens == 0 {
+                0.0
+            } else {
+                self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64
+            },
+            cached_blocks: self.pool.num_cached(),
+            evictions: self.pool.num_evictions(),
+        }
+    }
+}
