@@ -135,7 +135,7 @@ impl Generator {
             pool,
             tokenizer,
             path: opts.path.clone(),
-            overlap: true,
+            overlap: !ctx.wants_cpu_kernels(),
         })
     }
 
@@ -149,6 +149,12 @@ impl Generator {
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
+    }
+
+    /// The runner, for stepping batches directly (the KV slots they name are the caller's to
+    /// keep apart from this generator's pool).
+    pub fn runner_mut(&mut self) -> &mut Runner {
+        &mut self.runner
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -279,12 +285,17 @@ impl Generator {
         Ok(self.runner.set_profiling(on)?)
     }
 
-    /// Whether lockstep decode overlaps its steps (default on; the engine's
-    /// `EngineConfig::overlap_steps`): step k+1 is built and submitted while the GPU runs
-    /// step k, taking its tokens from step k's picks on the GPU, and step k is read back
-    /// after that. Profiled runs step one at a time. The tokens are the same either way.
+    /// Whether lockstep decode overlaps its steps (the engine's
+    /// `EngineConfig::overlap_steps`; default: on the GPU kernel forms): step k+1 is built
+    /// and submitted while the GPU runs step k, taking its tokens from step k's picks on the
+    /// GPU, and step k is read back after that. Profiled runs step one at a time. The tokens
+    /// are the same either way.
     pub fn set_overlap(&mut self, on: bool) {
         self.overlap = on;
+    }
+
+    pub fn overlap(&self) -> bool {
+        self.overlap
     }
 
     /// llama-batched-bench's workload: prefills every prompt (packed into steps of at most

@@ -38,6 +38,8 @@ fn engine_on(
     cfg.model.block_size = block_size;
     cfg.model.max_seqs = max_seqs;
     cfg.model.max_batch_tokens = max_tokens_per_step;
+    // Overlapped steps (off by default on CPU adapters), so these tests cover them too.
+    cfg.overlap_steps = Some(true);
     Engine::with_context(ctx, cfg, &mut |_, _| {}).unwrap()
 }
 
@@ -582,7 +584,7 @@ fn overlapped_steps_give_the_outputs_of_steps_one_at_a_time() {
         cfg.model.block_size = 4;
         cfg.model.max_batch_tokens = 32;
         cfg.gpu_sampling = Some(true);
-        cfg.overlap_steps = overlap;
+        cfg.overlap_steps = Some(overlap);
         let e = Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap();
         let handles: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
         let outs: Vec<_> = handles

@@ -106,6 +106,7 @@ fn overlapped_lockstep_decode_matches_the_golden_ids() {
     let mut opts = ModelOptions::new(dir);
     opts.dtype = WeightDType::F32;
     let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    g.set_overlap(true);
     let overlapped = g.lockstep(&prompts, gen_len).unwrap();
     assert_eq!(overlapped.decode_overlapped_steps, gen_len - 1);
     g.set_overlap(false);
@@ -115,4 +116,56 @@ fn overlapped_lockstep_decode_matches_the_golden_ids() {
         assert_eq!(got[..], want[..=gen_len], "case {i}");
     }
     assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+}
+
+/// The runner's split step: a second step submitted before the first is read back takes the
+/// first's pick through a feed mark and gives what two forwards give; each wait returns its
+/// own step; a third step in flight takes over the oldest's readback (whose wait then fails);
+/// a feed mark naming a row the previous step did not have is refused.
+#[test]
+fn runner_overlaps_two_steps_and_refuses_bad_feeds() {
+    use wllm::batch::{FED_TOKEN, LogitRows, StepBatch};
+    use wllm::kv::{BlockPool, BlockTable};
+    let mut opts = ModelOptions::new(fixtures().join("tiny-llama-gqa-public"));
+    opts.dtype = WeightDType::F32;
+    opts.block_size = 4;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let runner = g.runner_mut();
+    let rc = *runner.runner_config();
+    let max_blocks = runner.max_blocks();
+    let mut pool = BlockPool::new(rc.num_blocks, rc.block_size).unwrap();
+    let mut table = BlockTable::new();
+    table.grow_to(&mut pool, 8).unwrap();
+    let step = |tokens: &[u32], pos: usize| {
+        let mut b = StepBatch::new(max_blocks);
+        b.push_sequence(tokens, pos, &table, rc.block_size, LogitRows::Last)
+            .unwrap();
+        b.argmax_only(0);
+        b
+    };
+    let prompt = [3u32, 1, 4, 1, 5];
+    let first = runner.forward(&step(&prompt, 0)).unwrap().token(0);
+    let second = runner.forward(&step(&[first], 5)).unwrap().token(0);
+    // Overlapped: the second step's token is fed from the first on the GPU.
+    let t1 = runner.submit(&step(&prompt, 0)).unwrap();
+    let mut fed = step(&[0], 5);
+    fed.feed_from_previous_step(0, 0);
+    let t2 = runner.submit(&fed).unwrap();
+    assert_eq!(runner.wait(t1).unwrap().token(0), first);
+    assert_eq!(runner.wait(t2).unwrap().token(0), second);
+    // Three in flight: the oldest's readback buffer is reused.
+    let a = runner.submit(&step(&prompt, 0)).unwrap();
+    let b = runner.submit(&step(&prompt, 0)).unwrap();
+    let c = runner.submit(&step(&[first], 5)).unwrap();
+    assert!(runner.wait(a).is_err());
+    assert_eq!(runner.wait(b).unwrap().token(0), first);
+    assert_eq!(runner.wait(c).unwrap().token(0), second);
+    // The step before had one row: a mark naming row 1 is refused, as is a bare top-bit id.
+    let mut bad = step(&[0], 5);
+    bad.feed_from_previous_step(0, 1);
+    assert!(runner.submit(&bad).is_err());
+    let mut bad = step(&[0], 5);
+    bad.token_ids[0] = FED_TOKEN | 7;
+    assert!(runner.forward(&bad).is_err());
+    table.release(&mut pool).unwrap();
 }

@@ -508,7 +508,7 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                     "top_k": args.sampling.top_k,
                     "on": sample_on(&ctx, &args),
                 },
-                "overlap": !args.engine.no_overlap,
+                "overlap": args.engine.overlap.as_deref().unwrap_or(if ctx.wants_cpu_kernels() { "off" } else { "on" }),
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
                 "workload": {
                     "prompt_lens": w.prompt_lens,

@@ -55,10 +55,11 @@ pub struct DecodeArgs {
     /// Every token sampled on the GPU with these (default greedy, as llama-batched-bench)
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Read each decode step back before submitting the next (default: step k+1 is
-    /// submitted first, its tokens fed from step k on the GPU, as the engine does)
-    #[arg(long)]
-    pub no_overlap: bool,
+    /// on: submit decode step k+1 (its tokens fed from step k on the GPU) before reading
+    /// step k back, as the engine does; off: one step at a time. Default: on GPUs, off on CPU
+    /// adapters (which run a step inside its submit)
+    #[arg(long, value_parser = ["on", "off"])]
+    pub overlap: Option<String>,
 }
 
 fn load(
@@ -216,7 +217,9 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
         step_tokens,
         max_b * (plen + gen_len),
     )?;
-    g.set_overlap(!a.no_overlap);
+    if let Some(o) = &a.overlap {
+        g.set_overlap(o == "on");
+    }
     let adapter = adapter_name(&ctx);
     let mut results = Vec::new();
     if !a.common.json {
@@ -288,7 +291,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
                 "adapter": adapter,
                 "prompt_len": plen,
                 "gen_len": gen_len,
-                "overlap": !a.no_overlap,
+                "overlap": g.overlap(),
                 "sampling": a.sampling.to_json(),
                 "results": results,
             })

@@ -69,11 +69,11 @@ pub struct EngineArgs {
     /// Compute every prompt in full instead of reusing cached KV of common prefixes
     #[arg(long)]
     pub no_prefix_cache: bool,
-    /// Run steps one at a time: read each step back before scheduling the next (default:
-    /// the next step is scheduled and submitted while the GPU runs this one, whenever every
-    /// token of the step is picked on the GPU). The tokens are the same either way
-    #[arg(long)]
-    pub no_overlap: bool,
+    /// on: schedule and submit the next step while the GPU runs this one (whenever every
+    /// token of the step is picked on the GPU); off: read each step back first. Default: on
+    /// GPUs, off on CPU adapters (which run a step inside its submit). The tokens are the same
+    #[arg(long, value_parser = ["on", "off"])]
+    pub overlap: Option<String>,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -94,7 +94,7 @@ impl EngineArgs {
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
-        cfg.overlap_steps = !self.no_overlap;
+        cfg.overlap_steps = self.overlap.as_deref().map(|o| o == "on");
         cfg.adapter = AdapterSelector::from_env()?;
         Ok(cfg)
     }

@@ -52,9 +52,13 @@ pub struct EngineConfig {
     /// k is picked on the GPU (greedy, or sampled on the GPU): the GPU feeds step k's tokens
     /// to step k+1, and the CPU's work between steps (reading back, detokenizing, stop
     /// checks, scheduling, building the batch) runs while the GPU computes. A sequence that
-    /// stops on a token seen late has computed one token more, which is dropped. The tokens
-    /// are the same either way. Default on.
-    pub overlap_steps: bool,
+    /// stops on a token seen late has computed one token more, which is dropped. Since every
+    /// kernel gives a request the same results whatever its batch, the tokens are the same
+    /// either way (batches may differ: the late stopper takes a slot for one step). `None`:
+    /// on the GPU kernel forms only — a CPU adapter runs the whole step inside the submit
+    /// call, so there is nothing to overlap and each token would reach its request one step
+    /// later.
+    pub overlap_steps: Option<bool>,
 }
 
 impl EngineConfig {
@@ -64,7 +68,7 @@ impl EngineConfig {
             max_waiting: 1024,
             adapter: AdapterSelector::default(),
             gpu_sampling: None,
-            overlap_steps: true,
+            overlap_steps: None,
         }
     }
 }
@@ -186,7 +190,7 @@ pub struct EngineStats {
     /// overlapped steps ([`EngineConfig::overlap_steps`]) run it while the GPU computes.
     pub mean_step_us: f64,
     pub mean_host_us_per_step: f64,
-    /// Steps submitted before the step ahead of them was read back
+    /// Steps read back only after the next step was submitted
     /// ([`EngineConfig::overlap_steps`]).
     pub overlapped_steps: u64,
     /// Prompt tokens looked up in the prefix cache, and how many were found (cumulative).
@@ -307,7 +311,7 @@ impl Engine {
             tokenizer.clone(),
             shared.clone(),
             cfg.gpu_sampling.unwrap_or(!ctx.wants_cpu_kernels()),
-            cfg.overlap_steps,
+            cfg.overlap_steps.unwrap_or(!ctx.wants_cpu_kernels()),
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

@@ -15,7 +15,7 @@ use crate::batch::StepBatch;
 use crate::generate::FinishReason;
 use crate::gpu::{Runner, StepTicket};
 use crate::sampling::{Sampler, top_k};
-use crate::scheduler::{PENDING_TOKEN, Scheduler, SchedulerOutput, SeqId};
+use crate::scheduler::{PENDING_TOKEN, SchedError, Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
@@ -105,6 +105,8 @@ struct InFlight {
     ticket: StepTicket,
     /// The sequence of each logits row: the step's sampling sequences in order.
     rows: Vec<SeqId>,
+    /// Every sequence of the step.
+    seqs: Vec<SeqId>,
     /// What its update reported length-capped: finished once their last token is read back.
     capped: Vec<SeqId>,
 }
@@ -279,15 +281,25 @@ impl Worker {
             .is_some_and(|f| f.rows.contains(&id))
     }
 
-    /// Fails every live sequence of `out` with `msg`.
-    fn fail_step(&mut self, out: &SchedulerOutput, msg: &str) {
+    /// Fails every live sequence of a step (and the completions waiting to fork from them)
+    /// with `msg`.
+    fn fail_seqs(&mut self, ids: impl IntoIterator<Item = SeqId>, msg: &str) {
         log::error!("step failed: {msg}");
-        for s in &out.seqs {
-            if let Some(a) = self.active.remove(&s.id) {
-                let _ = a.events.unbounded_send(Event::Failed(msg.to_string()));
+        for id in ids {
+            let children = self.forks.remove(&id).unwrap_or_default();
+            let failed = self.active.remove(&id).map(|a| a.events);
+            for events in failed
+                .into_iter()
+                .chain(children.into_iter().map(|c| c.active.events))
+            {
+                let _ = events.unbounded_send(Event::Failed(msg.to_string()));
             }
-            let _ = self.sched.abort(s.id);
+            let _ = self.sched.abort(id);
         }
+    }
+
+    fn fail_step(&mut self, out: &SchedulerOutput, msg: &str) {
+        self.fail_seqs(out.seqs.iter().map(|s| s.id), msg);
     }
 
     /// Reads back the step in flight, if any, and hands out its tokens.
@@ -302,9 +314,11 @@ impl Worker {
             Ok(logits) => {
                 for (i, &id) in f.rows.iter().enumerate() {
                     let tok = logits.token(i);
-                    // Finished or aborted meanwhile: its token goes nowhere.
-                    if self.sched.resolve_pending(id, tok).is_ok() {
-                        self.on_token(id, tok, None);
+                    match self.sched.resolve_pending(id, tok) {
+                        Ok(()) => self.on_token(id, tok, None),
+                        // Finished or aborted meanwhile: its token goes nowhere.
+                        Err(SchedError::UnknownSeq(_)) => {}
+                        Err(e) => self.fail_seqs([id], &format!("scheduler bookkeeping: {e}")),
                     }
                 }
                 for id in f.capped {
@@ -313,16 +327,9 @@ impl Worker {
                     }
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                log::error!("step failed: {msg}");
-                for id in f.rows {
-                    if let Some(a) = self.active.remove(&id) {
-                        let _ = a.events.unbounded_send(Event::Failed(msg.clone()));
-                    }
-                    let _ = self.sched.abort(id);
-                }
-            }
+            // Every sequence of the step goes (also those without a row: the scheduler
+            // counted the step's KV as written).
+            Err(e) => self.fail_seqs(f.seqs, &e.to_string()),
         }
     }
 
@@ -383,6 +390,7 @@ impl Worker {
                     self.in_flight = Some(InFlight {
                         ticket,
                         rows,
+                        seqs: out.seqs.iter().map(|s| s.id).collect(),
                         capped,
                     });
                     self.peak_blocks = self.peak_blocks.max(self.sched.pool().num_used());

@@ -285,6 +285,9 @@ impl Scheduler {
         if prompt.is_empty() {
             return Err(SchedError::EmptyPrompt);
         }
+        if prompt.contains(&PENDING_TOKEN) {
+            return Err(SchedError::ReservedToken(id));
+        }
         if max_tokens == 0 {
             return Err(SchedError::MaxTokensZero);
         }
@@ -359,6 +362,9 @@ impl Scheduler {
         }
         if last_token.is_none() && p.tokens.last() == Some(&PENDING_TOKEN) {
             return Err(SchedError::TokenPending(parent));
+        }
+        if last_token == Some(PENDING_TOKEN) {
+            return Err(SchedError::ReservedToken(child));
         }
         let mut tokens = p.tokens.clone();
         if let Some(tok) = last_token {
@@ -669,7 +675,7 @@ impl Scheduler {
         match s.tokens.last_mut() {
             Some(last) if *last == PENDING_TOKEN && has_output => {
                 if tok == PENDING_TOKEN {
-                    return Err(SchedError::UnexpectedSample(id));
+                    return Err(SchedError::ReservedToken(id));
                 }
                 *last = tok;
                 Ok(())

@@ -612,7 +612,12 @@ fn pending_tokens_are_decoded_then_resolved() {
     // Not resolvable twice, nor with the placeholder, nor for an unknown sequence.
     assert_eq!(
         s.resolve_pending(SeqId(1), PENDING_TOKEN),
-        Err(SchedError::UnexpectedSample(SeqId(1)))
+        Err(SchedError::ReservedToken(SeqId(1)))
+    );
+    // Nor may a prompt carry the placeholder.
+    assert_eq!(
+        s.add(SeqId(5), vec![1, PENDING_TOKEN], 4),
+        Err(SchedError::ReservedToken(SeqId(5)))
     );
     assert_eq!(
         s.resolve_pending(SeqId(9), 5),

@@ -85,6 +85,8 @@ pub enum SchedError {
     TooManySeqs { max: usize },
     #[error("{0} has no sampled token waiting to be computed")]
     NoPendingToken(SeqId),
+    #[error("{0}: token id {PENDING_TOKEN} is reserved for tokens not read back yet")]
+    ReservedToken(SeqId),
     #[error("{0}'s last token is not known yet: resolve it first")]
     TokenPending(SeqId),
     #[error("a step is in flight: call update first")]
