@@ -367,13 +367,18 @@ impl Generator {
                 acc.get_or_insert_with(StepProfile::default).add(p);
             }
         };
+        // One block-table width for the whole run (as wide as the longest sequence gets).
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + gen_len;
+        let columns = self
+            .runner
+            .block_columns(BlockTable::blocks_needed(longest, bs));
         // Prefill: (sequence, next position) chunks packed into steps.
         let mut next = vec![0usize; prompts.len()];
         let mut last = vec![0u32; prompts.len()];
         let t0 = std::time::Instant::now();
         let mut s = 0;
         while s < prompts.len() {
-            let mut batch = StepBatch::new(self.runner.max_blocks());
+            let mut batch = StepBatch::new(columns);
             let mut members = Vec::new();
             while s < prompts.len() && batch.num_tokens() < budget {
                 let take = (prompts[s].len() - next[s]).min(budget - batch.num_tokens());
@@ -417,7 +422,7 @@ impl Generator {
         let mut encode_us = 0.0;
         let mut in_flight: Option<StepTicket> = None;
         for step in 0..gen_len {
-            let mut batch = StepBatch::new(self.runner.max_blocks());
+            let mut batch = StepBatch::new(columns);
             for (i, p) in prompts.iter().enumerate() {
                 let pos = p.len() + step;
                 tables[i].grow_to(&mut self.pool, pos + 1)?;

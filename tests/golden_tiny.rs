@@ -167,5 +167,20 @@ fn runner_overlaps_two_steps_and_refuses_bad_feeds() {
     let mut bad = step(&[0], 5);
     bad.token_ids[0] = FED_TOKEN | 7;
     assert!(runner.forward(&bad).is_err());
+    // Block-table rows as narrow as the batch needs (the engine's per-step width) give the
+    // same picks; a position past the rows' width is refused.
+    let narrow = |cols: usize| {
+        let mut b = StepBatch::new(cols);
+        b.push_sequence(&prompt, 0, &table, rc.block_size, LogitRows::Last)
+            .unwrap();
+        b.argmax_only(0);
+        b
+    };
+    assert_eq!(runner.block_columns(2), 2);
+    assert_eq!(runner.forward(&narrow(2)).unwrap().token(0), first);
+    let mut too_narrow = narrow(2);
+    too_narrow.max_blocks = 1;
+    too_narrow.block_tables.truncate(1);
+    assert!(runner.forward(&too_narrow).is_err());
     table.release(&mut pool).unwrap();
 }

@@ -359,7 +359,13 @@ impl Worker {
             .iter()
             .map(|c| [c.src.0, c.dst.0])
             .collect();
-        let batch = match self.sched.step_batch(&out, self.runner.max_blocks()) {
+        let widest = (out.seqs.iter())
+            .filter_map(|e| self.sched.block_table(e.id))
+            .map(|t| t.blocks().len())
+            .max()
+            .unwrap_or(1);
+        let columns = self.runner.block_columns(widest);
+        let batch = match self.sched.step_batch(&out, columns) {
             Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };

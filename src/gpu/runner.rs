@@ -657,9 +657,18 @@ impl Runner {
         self.last_timing
     }
 
-    /// Columns the batch's block-table matrix must have.
+    /// Most columns a batch's block-table matrix may have (the blocks of the longest
+    /// sequence the model allows). A batch may use fewer: [`Runner::block_columns`].
     pub fn max_blocks(&self) -> usize {
         self.max_blocks
+    }
+
+    /// Block-table columns for a batch whose longest table holds `blocks` blocks: the next
+    /// power of two (so a step's recording, which depends on it, is rarely re-made as
+    /// sequences grow), at most [`Runner::max_blocks`]. Narrow rows keep the per-step
+    /// metadata small: (sequences × columns) words instead of (sequences × max_blocks).
+    pub fn block_columns(&self, blocks: usize) -> usize {
+        blocks.max(1).next_power_of_two().min(self.max_blocks)
     }
 
     /// Most logits rows one step may ask for.

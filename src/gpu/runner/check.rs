@@ -20,9 +20,9 @@ impl Runner {
                 self.rc.max_batch_tokens
             ));
         }
-        if b.num_seqs() > self.rc.max_seqs || b.max_blocks != self.max_blocks {
+        if b.num_seqs() > self.rc.max_seqs || b.max_blocks == 0 || b.max_blocks > self.max_blocks {
             return bad(format!(
-                "{} sequences × {} blocks (at most {} × {})",
+                "{} sequences × {} blocks (at most {} × 1..={})",
                 b.num_seqs(),
                 b.max_blocks,
                 self.rc.max_seqs,
@@ -42,9 +42,18 @@ impl Runner {
         if [&b.positions, &b.slot_mapping, &b.token_seq]
             .iter()
             .any(|v| v.len() != t)
-            || b.block_tables.len() != b.num_seqs() * self.max_blocks
+            || b.block_tables.len() != b.num_seqs() * b.max_blocks
         {
             return bad("metadata lengths disagree".into());
+        }
+        // Attention reads a token's context through its row of `block_tables`: every
+        // position must lie in a block of the row's width.
+        let width_tokens = (b.max_blocks * self.rc.block_size) as u32;
+        if let Some(p) = b.positions.iter().find(|p| **p >= width_tokens) {
+            return bad(format!(
+                "position {p} lies past the {} blocks of the batch's block-table rows",
+                b.max_blocks
+            ));
         }
         if let Some(id) = b
             .token_ids

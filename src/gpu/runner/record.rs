@@ -49,7 +49,7 @@ impl Runner {
                 head_dim: cfg.head_dim,
                 row_stride: qkv_dim,
                 block_size: self.rc.block_size,
-                max_blocks: self.max_blocks,
+                max_blocks: shape.block_cols,
                 scale: 1.0 / (cfg.head_dim as f32).sqrt(),
                 max_context_len: shape.max_context_len,
             };
@@ -210,6 +210,8 @@ pub(super) struct StepShape {
     samples_on_gpu: bool,
     /// Logits rows of the step before, when this one takes tokens from it (else 0).
     fed_rows: usize,
+    /// Columns of the block-table rows (`StepBatch::max_blocks`).
+    block_cols: usize,
 }
 
 impl StepShape {
@@ -221,6 +223,7 @@ impl StepShape {
             full_logits: b.full_logits.clone(),
             samples_on_gpu: b.samples_on_gpu(),
             fed_rows: if b.has_fed_tokens() { prev_rows } else { 0 },
+            block_cols: b.max_blocks,
         }
     }
 
@@ -239,6 +242,7 @@ impl StepShape {
             } else {
                 0
             },
+            block_cols: self.block_cols,
         })
     }
 }
