@@ -439,7 +439,7 @@ impl Generator {
                 pick_on_gpu(&mut batch, row, sampler);
             }
             let out = if overlap {
-                let ticket = self.runner.submit(&batch)?;
+                let ticket = self.runner.submit(&batch, true)?;
                 run.decode_overlapped_steps += usize::from(in_flight.is_some());
                 let prev = in_flight.replace(ticket);
                 prev.map(|t| self.runner.wait(t)).transpose()?

@@ -109,6 +109,8 @@ fn overlapped_lockstep_decode_matches_the_golden_ids() {
     g.set_overlap(true);
     let overlapped = g.lockstep(&prompts, gen_len).unwrap();
     assert_eq!(overlapped.decode_overlapped_steps, gen_len - 1);
+    // Every decode step, fed ones included, ran the commands recorded during the step before.
+    assert_eq!(overlapped.decode_prerecorded_steps, gen_len);
     g.set_overlap(false);
     let one_at_a_time = g.lockstep(&prompts, gen_len).unwrap();
     assert_eq!(overlapped.outputs, one_at_a_time.outputs);
@@ -147,23 +149,23 @@ fn runner_overlaps_two_steps_and_refuses_bad_feeds() {
     let first = runner.forward(&step(&prompt, 0)).unwrap().token(0);
     let second = runner.forward(&step(&[first], 5)).unwrap().token(0);
     // Overlapped: the second step's token is fed from the first on the GPU.
-    let t1 = runner.submit(&step(&prompt, 0)).unwrap();
+    let t1 = runner.submit(&step(&prompt, 0), true).unwrap();
     let mut fed = step(&[0], 5);
     fed.feed_from_previous_step(0, 0);
-    let t2 = runner.submit(&fed).unwrap();
+    let t2 = runner.submit(&fed, false).unwrap();
     assert_eq!(runner.wait(t1).unwrap().token(0), first);
     assert_eq!(runner.wait(t2).unwrap().token(0), second);
     // Three in flight: the oldest's readback buffer is reused.
-    let a = runner.submit(&step(&prompt, 0)).unwrap();
-    let b = runner.submit(&step(&prompt, 0)).unwrap();
-    let c = runner.submit(&step(&[first], 5)).unwrap();
+    let a = runner.submit(&step(&prompt, 0), true).unwrap();
+    let b = runner.submit(&step(&prompt, 0), true).unwrap();
+    let c = runner.submit(&step(&[first], 5), false).unwrap();
     assert!(runner.wait(a).is_err());
     assert_eq!(runner.wait(b).unwrap().token(0), first);
     assert_eq!(runner.wait(c).unwrap().token(0), second);
     // The step before had one row: a mark naming row 1 is refused, as is a bare top-bit id.
     let mut bad = step(&[0], 5);
     bad.feed_from_previous_step(0, 1);
-    assert!(runner.submit(&bad).is_err());
+    assert!(runner.submit(&bad, false).is_err());
     let mut bad = step(&[0], 5);
     bad.token_ids[0] = FED_TOKEN | 7;
     assert!(runner.forward(&bad).is_err());

@@ -373,7 +373,7 @@ impl Worker {
             let overlap = self.overlap && batch.full_logits.iter().all(|full| !full);
             self.runner
                 .copy_blocks(&copies)
-                .and_then(|_| self.runner.submit(&batch))
+                .and_then(|_| self.runner.submit(&batch, overlap))
                 .inspect(|_| self.wait_us_sum += self.runner.last_timing().submit_us)
                 .map(|ticket| (ticket, overlap))
                 .map_err(|e| e.to_string())

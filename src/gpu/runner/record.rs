@@ -229,19 +229,15 @@ impl StepShape {
 
     /// The shape of the next step if it decodes one token for each sequence that got logits
     /// here (after a decode step: every sequence goes on; after a prefill: the prompts that
-    /// ended) and the longest sequence is among them. It takes its tokens from this step
-    /// if this one took its own from the step before (overlapped scheduling goes on).
-    pub(super) fn next_decode(&self) -> Option<Self> {
+    /// ended) and the longest sequence is among them; `fed`: its tokens come from this step
+    /// (overlapped steps).
+    pub(super) fn next_decode(&self, fed: bool) -> Option<Self> {
         (!self.full_logits.is_empty()).then(|| Self {
             tokens: self.full_logits.len(),
             max_context_len: self.max_context_len + 1,
             full_logits: self.full_logits.clone(),
             samples_on_gpu: self.samples_on_gpu,
-            fed_rows: if self.fed_rows > 0 {
-                self.full_logits.len()
-            } else {
-                0
-            },
+            fed_rows: if fed { self.full_logits.len() } else { 0 },
             block_cols: self.block_cols,
         })
     }

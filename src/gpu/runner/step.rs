@@ -34,7 +34,7 @@ impl Runner {
         let start = std::time::Instant::now();
         let mut profiler = self.profiler.take();
         let res = self
-            .submit_with(batch, profiler.as_mut(), start)
+            .submit_with(batch, profiler.as_mut(), start, false)
             .and_then(|t| self.wait(t));
         let profile = match (&res, profiler.as_mut()) {
             (Ok(_), Some(p)) => Some(p.finish(&self.ctx)?),
@@ -52,7 +52,11 @@ impl Runner {
     /// readback buffer of the oldest, whose ticket then waits with an error (so a ticket
     /// dropped on an error path blocks nothing). Not while profiling, which times one step
     /// at a time (use [`Runner::forward`]).
-    pub fn submit(&mut self, batch: &StepBatch) -> Result<StepTicket, GpuError> {
+    ///
+    /// `next_fed`: whether the step after this one will take its tokens from it (the
+    /// overlapped engine and lockstep decode know), so the commands recorded for it while the
+    /// GPU runs this one include the feed.
+    pub fn submit(&mut self, batch: &StepBatch, next_fed: bool) -> Result<StepTicket, GpuError> {
         if self.profiler.is_some() {
             return Err(GpuError::Shape {
                 op: "submit",
@@ -60,7 +64,7 @@ impl Runner {
             });
         }
         let start = std::time::Instant::now();
-        self.submit_with(batch, None, start)
+        self.submit_with(batch, None, start, next_fed)
     }
 
     /// Waits for a submitted step and reads back its picks and kept logits rows. Waits for
@@ -85,6 +89,7 @@ impl Runner {
         batch: &StepBatch,
         profiler: Option<&mut Profiler>,
         start: std::time::Instant,
+        next_fed: bool,
     ) -> Result<StepTicket, GpuError> {
         self.check(batch)?;
         let staging = self.next_staging;
@@ -137,7 +142,7 @@ impl Runner {
         self.last_rows = shape.full_logits.len();
         // While the GPU runs this step, record the next one in case it has the shape a decode
         // step following this one would have (the common case when every sequence decodes).
-        if !profiling && let Some(next) = shape.next_decode() {
+        if !profiling && let Some(next) = shape.next_decode(next_fed) {
             let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
             let commands = self.record(&next, &next_readback, self.next_staging, None);
             self.prerecorded = Some((next, self.next_staging, commands));
