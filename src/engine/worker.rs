@@ -520,17 +520,20 @@ impl Worker {
                 batch.sample_on_gpu(row, rs);
             }
         }
+        // Row of each sequence in the step in flight (one map, not a search per token).
+        let rows: HashMap<SeqId, u32> = (self.in_flight.iter())
+            .flat_map(|f| f.rows.iter().enumerate())
+            .map(|(row, id)| (*id, row as u32))
+            .collect();
         for t in 0..batch.num_tokens() {
             if batch.token_ids[t] != PENDING_TOKEN {
                 continue;
             }
             let id = out.seqs[batch.token_seq[t] as usize].id;
-            let row = self
-                .in_flight
-                .as_ref()
-                .and_then(|f| f.rows.iter().position(|r| *r == id))
+            let row = rows
+                .get(&id)
                 .ok_or_else(|| format!("{id}'s pending token is in no step in flight"))?;
-            batch.feed_from_previous_step(t, row as u32);
+            batch.feed_from_previous_step(t, *row);
         }
         Ok(batch)
     }
