@@ -14,8 +14,11 @@
 //! - [`QuantFormat::Q8`], BW = 9: word 0 = d (f16, low half, high half zero), words 1..9 = the
 //!   32 int8 `qs` (element 4w + i in byte i of word 1 + w); w = d·q.
 //!
-//! The GPU's dequantized weights equal [`crate::loader::dequant`]'s bit for bit: d·q has at
-//! most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either way.
+//! The k-split kernel's dequantized weights equal [`crate::loader::dequant`]'s bit for bit: d·q
+//! has at most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either
+//! way. The one-thread-per-column kernel does not dequantize: per block it takes
+//! d·Σ x·q + m·Σ x (one multiply-add per weight instead of two), a different rounding of the
+//! same sum that the tests hold to the f64 reference like the other.
 
 use super::quant_texture::{WeightData, texture_entry, textures_preferred, unused_texture};
 use crate::gpu::pipeline::{Kernel, MATMUL_QUANT, MATMUL_QUANT_SPLIT};
