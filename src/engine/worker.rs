@@ -98,6 +98,9 @@ pub(crate) struct Worker {
     overlap: bool,
     /// The step submitted and updated with pending tokens, not read back yet.
     in_flight: Option<InFlight>,
+    /// Finished events held until the stats that count their blocks as returned are
+    /// published ([`Worker::publish_finished`]): once per step, not once per request.
+    finished_events: Vec<(UnboundedSender<Event>, Event)>,
 }
 
 /// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
@@ -143,6 +146,7 @@ impl Worker {
             gpu_sampling,
             overlap,
             in_flight: None,
+            finished_events: Vec::new(),
         }
     }
 
@@ -151,6 +155,7 @@ impl Worker {
             // Idle: sleep until a command arrives (or every handle and the engine are gone).
             if self.active.is_empty() {
                 self.drain();
+                self.publish_finished();
                 match rx.recv() {
                     Ok(c) => self.command(c),
                     Err(_) => return,
@@ -162,6 +167,7 @@ impl Worker {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         if self.active.is_empty() {
+                            self.publish_finished();
                             return;
                         }
                         break;
@@ -171,7 +177,7 @@ impl Worker {
             if !self.active.is_empty() {
                 self.step();
             }
-            self.publish_stats();
+            self.publish_finished();
         }
     }
 
@@ -624,9 +630,17 @@ impl Worker {
                 total_time: a.submitted.elapsed(),
             };
             self.finished += 1;
-            // Stats first, so a caller that sees Finished also sees the blocks returned.
-            self.publish_stats();
-            let _ = a.events.unbounded_send(Event::Finished { reason, usage });
+            self.finished_events
+                .push((a.events, Event::Finished { reason, usage }));
+        }
+    }
+
+    /// Publishes the stats, then sends the Finished events held since the last call: a
+    /// caller that sees Finished also sees its blocks returned.
+    fn publish_finished(&mut self) {
+        self.publish_stats();
+        for (events, ev) in self.finished_events.drain(..) {
+            let _ = events.unbounded_send(ev);
         }
     }
 

@@ -405,6 +405,16 @@ impl Harness {
         let st = s.stats();
         prop_assert_eq!(st.blocks_used + st.blocks_free, st.blocks_total);
         prop_assert!(st.tokens_held <= st.allocated_slots);
+        // tokens_held counts each running block once, at the most any table wrote into it.
+        let mut fill = vec![0usize; n];
+        for id in &s.running {
+            let t = &s.seqs[id].table;
+            for (j, b) in t.blocks().iter().enumerate() {
+                let f = &mut fill[b.0 as usize];
+                *f = (*f).max((t.num_tokens() - j * bs).min(bs));
+            }
+        }
+        prop_assert_eq!(st.tokens_held, fill.iter().sum::<usize>());
         self.check_cache()
     }
 

@@ -8,17 +8,25 @@ use crate::kv::BlockId;
 impl Scheduler {
     pub fn stats(&self) -> SchedulerStats {
         let bs = self.pool.block_size();
-        // Fill of each held block: the most any table holding it has written.
-        let mut fill: HashMap<BlockId, usize> = HashMap::new();
+        // Fill of each held block: the most any table holding it has written. A block with
+        // one reference belongs to its table alone and counts directly; only shared ones
+        // (forks, prefix-cache hits) go through the map. This runs a few times per engine
+        // step, so at 256 sequences it must not hash every block.
+        let mut tokens_held = 0;
+        let mut shared_fill: HashMap<BlockId, usize> = HashMap::new();
         for id in &self.running {
             let t = &self.seqs[id].table;
             for (j, b) in t.blocks().iter().enumerate() {
                 let n = (t.num_tokens() - j * bs).min(bs);
-                let f = fill.entry(*b).or_default();
-                *f = (*f).max(n);
+                if self.pool.ref_count(*b) == 1 {
+                    tokens_held += n;
+                } else {
+                    let f = shared_fill.entry(*b).or_default();
+                    *f = (*f).max(n);
+                }
             }
         }
-        let tokens_held = fill.values().sum();
+        tokens_held += shared_fill.values().sum::<usize>();
         let allocated_slots = self.pool.num_used() * bs;
         let waste = if allocated_slots == 0 {
             0.0
