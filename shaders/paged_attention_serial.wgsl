@@ -570,9 +570,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     if one_seq {
         let seq0 = token_seq[t0];
+        // Key j sits at offset j % block_size of logical block j / block_size; both are
+        // stepped along instead of divided per key (x86 has no vector integer divide).
+        var logical = 0u;
+        var offset = 0u;
+        var block = block_tables[seq0 * p.max_blocks];
         for (var j = 0u; j < longest; j++) {
-            let block = block_tables[seq0 * p.max_blocks + j / p.block_size];
-            let row = (block * p.block_size + j % p.block_size) * kv_dim + kv_head * HEAD_DIM;
+            if offset == p.block_size {
+                offset = 0u;
+                logical++;
+                block = block_tables[seq0 * p.max_blocks + logical];
+            }
+            let row = (block * p.block_size + offset) * kv_dim + kv_head * HEAD_DIM;
+            offset++;
             let k = share_head(false, row, lane);
             let v = share_head(true, row, lane);
             if j < ctx {
@@ -580,9 +590,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
     } else {
+        var logical = 0u;
+        var offset = 0u;
+        var block = block_tables[seq * p.max_blocks];
         for (var j = 0u; j < ctx; j++) {
-            let block = block_tables[seq * p.max_blocks + j / p.block_size];
-            let row = (block * p.block_size + j % p.block_size) * kv_dim + kv_head * HEAD_DIM;
+            if offset == p.block_size {
+                offset = 0u;
+                logical++;
+                block = block_tables[seq * p.max_blocks + logical];
+            }
+            let row = (block * p.block_size + offset) * kv_dim + kv_head * HEAD_DIM;
+            offset++;
             st = step_all(st, q, load_head(false, row), load_head(true, row));
         }
     }

@@ -11,8 +11,8 @@
 // a' = a*cos - b*sin, b' = b*cos + a*sin with (cos, sin) = cos_sin[pos, i].
 // Pool layout as in kv_write.wgsl: (slots, kv_dim) as u32 words, f16 pairs when KV_F16.
 //
-// Work items per token: num_heads * head_dim/2 Q pairs (a thread rotates both elements of its
-// pair, so the in-place update never races), then num_kv_heads * head_dim/2 K words and as many
+// Work items per token: num_heads * HEAD_DIM/2 Q pairs (a thread rotates both elements of its
+// pair, so the in-place update never races), then num_kv_heads * HEAD_DIM/2 K words and as many
 // V words (a thread writes one cache word = elements 2j, 2j+1, reading whatever partners its
 // rotation needs from qkv, which it does not modify). Every output element is computed by one
 // thread with a fixed expression, so results do not depend on the batch.
@@ -20,15 +20,27 @@
 // Bindings:
 //   0 qkv           f32 (T, row_stride) read_write
 //   1 positions     u32 (T)
-//   2 cos_sin       f32 (max_positions, head_dim/2, 2)
+//   2 cos_sin       f32 (max_positions, HEAD_DIM/2, 2)
 //   3 slot_mapping  u32 (T)
 //   4 k_cache       u32 words (slots, kv_dim) read_write
 //   5 v_cache       same layout as k_cache
-// Immediates: Params below. head_dim must be even.
-// Dispatch: ceil(T * (num_heads + 2 * num_kv_heads) * head_dim/2 / 256) workgroups of 256
-// (x, then y when > 65535).
+// Immediates: Params below (head_dim must equal HEAD_DIM, which must be even).
+// Dispatch: T * chunks workgroups of WG (x, then y when > 65535), chunks = ceil(items per token
+// / WG): workgroup w serves token w / chunks, items (w % chunks) * WG + lane.
+// Why HEAD_DIM is a constant and a workgroup never straddles two tokens: every other index is
+// then a division by a constant (a shift or a multiply) or by a value uniform over the
+// workgroup, not five divisions by runtime values per item (a GPU runs each as a ~20-
+// instruction sequence, and x86 has no vector divide, so llvmpipe runs one per lane). On
+// lavapipe this measured level: its time here goes to the per-lane loops of the storage loads.
 
 override KV_F16: bool = true;
+override HEAD_DIM: u32 = 64u;
+const WG: u32 = 64u;
+
+// Rotation pairs per head (a constant once the pipeline is built).
+fn half_dim() -> u32 {
+    return HEAD_DIM / 2u;
+}
 
 struct Params {
     num_tokens: u32,
@@ -49,22 +61,22 @@ struct Params {
 var<immediate> p: Params;
 
 // Columns (within a head) of rotation pair i.
-fn pair_cols(i: u32, half_dim: u32) -> vec2<u32> {
+fn pair_cols(i: u32) -> vec2<u32> {
     if p.style == 1u {
-        return vec2<u32>(i, i + half_dim);
+        return vec2<u32>(i, i + half_dim());
     }
     return vec2<u32>(2u * i, 2u * i + 1u);
 }
 
-// Element `e` (0 <= e < head_dim) of the rotated head starting at qkv[base].
-fn rotated(base: u32, e: u32, pos: u32, half_dim: u32) -> f32 {
+// Element `e` (0 <= e < HEAD_DIM) of the rotated head starting at qkv[base].
+fn rotated(base: u32, e: u32, pos: u32) -> f32 {
     var i = e / 2u;
     if p.style == 1u {
-        i = e % half_dim;
+        i = e % half_dim();
     }
-    let cols = pair_cols(i, half_dim);
-    let c = cos_sin[(pos * half_dim + i) * 2u];
-    let s = cos_sin[(pos * half_dim + i) * 2u + 1u];
+    let cols = pair_cols(i);
+    let c = cos_sin[(pos * half_dim() + i) * 2u];
+    let s = cos_sin[(pos * half_dim() + i) * 2u + 1u];
     let a = qkv[base + cols.x];
     let b = qkv[base + cols.y];
     if e == cols.x {
@@ -89,45 +101,45 @@ fn store(cache_is_k: bool, dst: u32, v: vec2<f32>) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let half_dim = p.head_dim / 2u;
-    let q_items = p.num_heads * half_dim;
-    let kv_items = p.num_kv_heads * half_dim;
+    let q_items = p.num_heads * half_dim();
+    let kv_items = p.num_kv_heads * half_dim();
     let per_token = q_items + 2u * kv_items;
-    let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
-    if idx >= p.num_tokens * per_token {
+    let chunks = (per_token + WG - 1u) / WG;
+    // Uniform over the workgroup: one scalar divide, not one per lane.
+    let w = wg.y * nwg.x + wg.x;
+    let t = w / chunks;
+    let u = (w % chunks) * WG + lid;
+    if t >= p.num_tokens || u >= per_token {
         return;
     }
-    let t = idx / per_token;
-    let u = idx % per_token;
     let pos = min(positions[t], p.max_positions - 1u);
     let row = t * p.row_stride;
     if u < q_items {
-        let i = u % half_dim;
-        let base = row + (u / half_dim) * p.head_dim;
-        let cols = pair_cols(i, half_dim);
-        let c = cos_sin[(pos * half_dim + i) * 2u];
-        let s = cos_sin[(pos * half_dim + i) * 2u + 1u];
+        let i = u % half_dim();
+        let base = row + (u / half_dim()) * HEAD_DIM;
+        let cols = pair_cols(i);
+        let c = cos_sin[(pos * half_dim() + i) * 2u];
+        let s = cos_sin[(pos * half_dim() + i) * 2u + 1u];
         let a = qkv[base + cols.x];
         let b = qkv[base + cols.y];
         qkv[base + cols.x] = a * c - b * s;
         qkv[base + cols.y] = b * c + a * s;
         return;
     }
-    let kv_dim = p.num_kv_heads * p.head_dim;
-    let k_col = p.num_heads * p.head_dim;
+    let kv_dim = p.num_kv_heads * HEAD_DIM;
+    let k_col = p.num_heads * HEAD_DIM;
     // Word j of this token's K (or V) row: elements 2j and 2j + 1.
     let is_k = u < q_items + kv_items;
     let j = select(u - q_items - kv_items, u - q_items, is_k);
     let col = 2u * j;
     let dst = slot_mapping[t] * kv_dim + col;
     if is_k {
-        let base = row + k_col + (col / p.head_dim) * p.head_dim;
-        let e = col % p.head_dim;
-        store(true, dst, vec2<f32>(rotated(base, e, pos, half_dim),
-                                   rotated(base, e + 1u, pos, half_dim)));
+        let base = row + k_col + (col / HEAD_DIM) * HEAD_DIM;
+        let e = col % HEAD_DIM;
+        store(true, dst, vec2<f32>(rotated(base, e, pos), rotated(base, e + 1u, pos)));
     } else {
         let src = row + k_col + kv_dim + col;
         store(false, dst, vec2<f32>(qkv[src], qkv[src + 1u]));

@@ -394,7 +394,7 @@ fn rope_kv_write_matches_rope_then_kv_write() {
                 let qb = f32s("qkv", &qkv, &[t, row_stride]);
                 let kc = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
                 let vc = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
-                let k = RopeKvWrite::new(ctx(), dtype);
+                let k = RopeKvWrite::new(ctx(), dtype, head_dim);
                 let bg = k.bind(
                     ctx(),
                     &qb.buffer,

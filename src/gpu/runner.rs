@@ -282,7 +282,7 @@ impl Runner {
             layer_norm: LayerNorm::new(ctx, false),
             layer_norm_gather: LayerNorm::new(ctx, true),
             matmul: Matmul::new(ctx, wdt),
-            rope_kv_write: RopeKvWrite::new(ctx, rc.kv_dtype),
+            rope_kv_write: RopeKvWrite::new(ctx, rc.kv_dtype, hd),
             kv_write: KvWrite::new(ctx, rc.kv_dtype),
             attention: PagedAttention::for_model(
                 ctx,

@@ -2,19 +2,30 @@
 //! (rope.wgsl then kv_write.wgsl, fused). Q is rotated in place; K is rotated on its way into
 //! the pool, so qkv's K columns keep their unrotated values.
 
-use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE};
+use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE, grid_2d};
 use crate::gpu::{GpuContext, WeightDType};
 
-use super::{RopeParams, groups_for, kv_write, rope};
+use super::{RopeParams, kv_write, rope};
+
+/// Threads per workgroup (the shader's `WG`).
+const WG: usize = 64;
 
 pub struct RopeKvWrite {
     kernel: Kernel,
+    head_dim: usize,
 }
 
 impl RopeKvWrite {
-    pub fn new(ctx: &GpuContext, kv_dtype: WeightDType) -> Self {
+    /// A pipeline for one head width (even): the shader takes it as a constant, so that its
+    /// index arithmetic has no division by a runtime value.
+    pub fn new(ctx: &GpuContext, kv_dtype: WeightDType, head_dim: usize) -> Self {
         Self {
-            kernel: Kernel::new(ctx, ROPE_KV_WRITE, &[("KV_F16", kv_dtype.is_f16())]),
+            kernel: Kernel::new(
+                ctx,
+                ROPE_KV_WRITE,
+                &[("KV_F16", kv_dtype.is_f16()), ("HEAD_DIM", head_dim as f64)],
+            ),
+            head_dim,
         }
     }
 
@@ -37,10 +48,16 @@ impl RopeKvWrite {
     }
 
     /// K starts right after the Q heads (column num_heads · head_dim), V right after K.
+    /// `p.head_dim` must be the one the pipeline was built for.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
+        assert_eq!(
+            p.head_dim, self.head_dim,
+            "rope_kv_write pipeline built for another head width"
+        );
         let imm = p.immediates();
-        let items = p.num_tokens * (p.num_heads + 2 * p.num_kv_heads) * p.head_dim / 2;
-        self.kernel.dispatch(pass, bg, &imm, groups_for(items, 256));
+        let per_token = (p.num_heads + 2 * p.num_kv_heads) * p.head_dim / 2;
+        let groups = p.num_tokens * per_token.div_ceil(WG);
+        self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
     }
 }
 
