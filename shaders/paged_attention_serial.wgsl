@@ -501,6 +501,35 @@ fn store_head(o: u32, st: State) {
     }
 }
 
+// Where the keys of a sequence are read from, walked in position order: key j sits at offset
+// j % block_size of logical block j / block_size, and the walk steps both along instead of
+// dividing per key (x86 has no vector integer divide).
+struct KeyCursor {
+    logical: u32,
+    offset: u32,
+    // Physical block of `logical`.
+    block: u32,
+}
+
+// Key 0 of the sequence whose block-table row starts at `table`.
+fn first_key(table: u32) -> KeyCursor {
+    return KeyCursor(0u, 0u, block_tables[table]);
+}
+
+// Called before reading each key, after the previous one bumped `offset`: moves on to the next
+// block when the current one is used up (so no block past the context is ever looked up).
+fn enter_key(c: KeyCursor, table: u32) -> KeyCursor {
+    if c.offset < p.block_size {
+        return c;
+    }
+    return KeyCursor(c.logical + 1u, 0u, block_tables[table + c.logical + 1u]);
+}
+
+// First word of the key's K/V row for `kv_head`.
+fn key_row(c: KeyCursor, kv_dim: u32, kv_head: u32) -> u32 {
+    return (c.block * p.block_size + c.offset) * kv_dim + kv_head * HEAD_DIM;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lane: u32) {
@@ -569,20 +598,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
     }
     if one_seq {
-        let seq0 = token_seq[t0];
-        // Key j sits at offset j % block_size of logical block j / block_size; both are
-        // stepped along instead of divided per key (x86 has no vector integer divide).
-        var logical = 0u;
-        var offset = 0u;
-        var block = block_tables[seq0 * p.max_blocks];
+        let table = token_seq[t0] * p.max_blocks;
+        var key = first_key(table);
         for (var j = 0u; j < longest; j++) {
-            if offset == p.block_size {
-                offset = 0u;
-                logical++;
-                block = block_tables[seq0 * p.max_blocks + logical];
-            }
-            let row = (block * p.block_size + offset) * kv_dim + kv_head * HEAD_DIM;
-            offset++;
+            key = enter_key(key, table);
+            let row = key_row(key, kv_dim, kv_head);
+            key.offset++;
             let k = share_head(false, row, lane);
             let v = share_head(true, row, lane);
             if j < ctx {
@@ -590,17 +611,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
     } else {
-        var logical = 0u;
-        var offset = 0u;
-        var block = block_tables[seq * p.max_blocks];
+        let table = seq * p.max_blocks;
+        var key = first_key(table);
         for (var j = 0u; j < ctx; j++) {
-            if offset == p.block_size {
-                offset = 0u;
-                logical++;
-                block = block_tables[seq * p.max_blocks + logical];
-            }
-            let row = (block * p.block_size + offset) * kv_dim + kv_head * HEAD_DIM;
-            offset++;
+            key = enter_key(key, table);
+            let row = key_row(key, kv_dim, kv_head);
+            key.offset++;
             st = step_all(st, q, load_head(false, row), load_head(true, row));
         }
     }
