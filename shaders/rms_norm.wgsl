@@ -7,14 +7,15 @@
 //   2 rows    u32 (R) row indices into x (any buffer when !GATHER)
 //   3 y       f32 (R, D) output
 // Immediates: Params below (eps as f32 bits).
-// Dispatch: one workgroup of WG = 256 per output row: R workgroups (x ≤ 65535, then y).
+// Dispatch: one workgroup of WG per output row: R workgroups (x <= 65535, then y).
 // The sum of squares uses a fixed tree order, so a row's result never depends on the batch.
-// SERIAL (CPU adapters): one thread per output row summing in order d = 0, 1, ..., with
-// ceil(R / WG) workgroups of WG = 8: llvmpipe runs every barrier of the tree as a switch
-// through all 256 invocations, which made a 576-wide norm cost ~100 µs per row.
+// WG is 256 on GPUs and 8 on CPU adapters: llvmpipe runs an 8-lane workgroup as one SIMD
+// program, where a barrier costs little, but runs every barrier of a 256-wide tree as a switch
+// through all 256 invocations (~100 µs per 576-wide row). An earlier CPU form gave each row to
+// one thread, summed in order; this one measured level with it on lavapipe (decode at B = 1
+// and 8, prefill of 128) with one code path fewer.
 
 override GATHER: bool = false;
-override SERIAL: bool = false;
 override WG: u32 = 256u;
 
 struct Params {
@@ -62,17 +63,7 @@ fn write_row(r: u32, base: u32, sum: f32, d0: u32, step: u32) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let group = wg.y * nwg.x + wg.x;
-    if SERIAL {
-        // Row r alone in one thread, summed in order.
-        let r = group * WG + lid;
-        if r < p.num_rows {
-            let base = input_base(r);
-            write_row(r, base, sum_squares(base, 0u, 1u), 0u, 1u);
-        }
-        return;
-    }
-    let r = group;
+    let r = wg.y * nwg.x + wg.x;
     if r >= p.num_rows {
         return;
     }

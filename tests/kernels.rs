@@ -89,10 +89,10 @@ const GATHER_ROWS: [u32; 7] = [12, 0, 5, 5, 7, 12, 1];
 
 #[test]
 fn rms_norm_with_and_without_gather() {
-    for (dim, gather, serial) in [50usize, 200, 700]
+    for (dim, gather, wg) in [50usize, 200, 700]
         .into_iter()
         .flat_map(|d| [(d, false), (d, true)])
-        .flat_map(|(d, g)| [(d, g, false), (d, g, true)])
+        .flat_map(|(d, g)| [(d, g, 8), (d, g, 256)])
     {
         {
             let mut rng = Rng::new(dim as u64);
@@ -107,18 +107,18 @@ fn rms_norm_with_and_without_gather() {
             let wb = f32s("weight", &weight, &[dim]);
             let rb = u32s("rows", &GATHER_ROWS);
             let y = f32s("y", &rng.normals(r * dim, 1.0), &[r, dim]);
-            let k = RmsNorm::with_serial(ctx(), gather, serial);
+            let k = RmsNorm::with_workgroup(ctx(), gather, wg);
             let bg = k.bind(ctx(), &xb.buffer, &wb.buffer, &rb.buffer, &y.buffer);
             run(|pass| k.encode(pass, &bg, r, dim, eps));
             let got = read(&y);
-            let what = format!("rms_norm dim {dim} gather {gather} serial {serial}");
+            let what = format!("rms_norm dim {dim} gather {gather} workgroup {wg}");
             assert_close(&what, &got, &want, TOL);
             // The last row alone gives the same bits as in the batch.
             let last = r - 1;
             let src = rows.map_or(last, |rows| rows[last] as usize);
             let x1 = f32s("x row", &x[src * dim..(src + 1) * dim], &[1, dim]);
             let y1 = f32s("y row", &vec![0.0; dim], &[1, dim]);
-            let k1 = RmsNorm::with_serial(ctx(), false, serial);
+            let k1 = RmsNorm::with_workgroup(ctx(), false, wg);
             let bg1 = k1.bind(ctx(), &x1.buffer, &wb.buffer, &rb.buffer, &y1.buffer);
             run(|pass| k1.encode(pass, &bg1, 1, dim, eps));
             assert_bits_eq(&what, &read(&y1), &got[last * dim..]);

@@ -22,11 +22,11 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 fn override_values(name: &str) -> Vec<f64> {
     match name {
         "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "X_SHARED"
-        | "W_TEXTURE" | "SERIAL" | "SHARED" | "NORM" => {
+        | "W_TEXTURE" | "SHARED" | "NORM" => {
             vec![0.0, 1.0]
         }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);
-        // paged_attention_serial's workgroup size is 8; rms_norm's 8 (serial) or 256.
+        // paged_attention_serial's workgroup size is 8; rms_norm's 8 (CPU adapters) or 256.
         "ROWS" => vec![1.0, 4.0, 8.0],
         // (GLU halves COLS: 8 -> 4 on CPU adapters; the tests also use 16 -> 8.)
         "COLS" => vec![1.0, 4.0, 8.0, 16.0],

@@ -10,33 +10,24 @@ fn gather_const(gather: bool) -> [(&'static str, f64); 1] {
 
 pub struct RmsNorm {
     kernel: Kernel,
-    /// One thread per row (the CPU kernel forms) instead of a workgroup per row.
-    serial: bool,
 }
 
-/// Rows per workgroup of the serial RMSNorm: one 8-lane SIMD group on llvmpipe.
-const SERIAL_WG: usize = 8;
+/// Threads per row of the RMSNorm on CPU adapters: one 8-lane SIMD group on llvmpipe.
+const CPU_WG: usize = 8;
 
 impl RmsNorm {
-    /// `gather`: read input row `rows[r]` for output row r. The CPU kernel forms get the serial form.
+    /// `gather`: read input row `rows[r]` for output row r. A workgroup of 256 reduces a row on
+    /// GPUs, of 8 on CPU adapters.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
-        let cpu = ctx.wants_cpu_kernels();
-        Self::with_serial(ctx, gather, cpu)
+        let wg = if ctx.wants_cpu_kernels() { CPU_WG } else { 256 };
+        Self::with_workgroup(ctx, gather, wg)
     }
 
-    /// [`RmsNorm::new`] with the split chosen: `serial` sums each row in one thread in order,
-    /// otherwise a workgroup of 256 reduces it as a tree.
-    pub fn with_serial(ctx: &GpuContext, gather: bool, serial: bool) -> Self {
+    /// [`RmsNorm::new`] with the threads per row chosen (a power of two, at most 256).
+    pub fn with_workgroup(ctx: &GpuContext, gather: bool, wg: usize) -> Self {
         let [g] = gather_const(gather);
-        let wg = if serial { SERIAL_WG } else { 256 };
-        let consts = [
-            g,
-            ("SERIAL", f64::from(u8::from(serial))),
-            ("WG", wg as f64),
-        ];
         Self {
-            kernel: Kernel::new(ctx, RMS_NORM, &consts),
-            serial,
+            kernel: Kernel::new(ctx, RMS_NORM, &[g, ("WG", wg as f64)]),
         }
     }
 
@@ -61,12 +52,8 @@ impl RmsNorm {
         eps: f32,
     ) {
         let imm = [num_rows as u32, dim as u32, eps.to_bits()];
-        let groups = if self.serial {
-            num_rows.div_ceil(SERIAL_WG)
-        } else {
-            num_rows
-        };
-        self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
+        self.kernel
+            .dispatch(pass, bg, &imm, grid_2d(num_rows as u32));
     }
 }
 
