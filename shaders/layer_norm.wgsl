@@ -9,10 +9,12 @@
 //   3 rows    u32 (R) row indices into x (any buffer when !GATHER)
 //   4 y       f32 (R, D) output
 // Immediates: Params below (eps as f32 bits).
-// Dispatch: one workgroup of 256 per output row: R workgroups (x ≤ 65535, then y).
+// Dispatch: one workgroup of WG per output row: R workgroups (x <= 65535, then y).
+// WG is 256 on GPUs and 8 on CPU adapters, as for rms_norm.wgsl (llvmpipe runs each barrier of
+// a 256-wide workgroup as a switch through all its invocations).
 
 override GATHER: bool = false;
-const WG: u32 = 256u;
+override WG: u32 = 256u;
 
 struct Params {
     num_rows: u32,
@@ -43,7 +45,7 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let r = wg.y * nwg.x + wg.x;

@@ -129,7 +129,7 @@ fn rms_norm_with_and_without_gather() {
 #[test]
 fn layer_norm_with_and_without_gather() {
     for dim in [50usize, 200, 700] {
-        for gather in [false, true] {
+        for (gather, wg) in [(false, 8), (false, 256), (true, 8), (true, 256)] {
             let mut rng = Rng::new(100 + dim as u64);
             // A mean far from zero, so the centering matters.
             let x: Vec<f32> = rng
@@ -149,7 +149,7 @@ fn layer_norm_with_and_without_gather() {
             let bb = f32s("bias", &bias, &[dim]);
             let rb = u32s("rows", &GATHER_ROWS);
             let y = f32s("y", &rng.normals(r * dim, 1.0), &[r, dim]);
-            let k = LayerNorm::new(ctx(), gather);
+            let k = LayerNorm::with_workgroup(ctx(), gather, wg);
             let bg = k.bind(
                 ctx(),
                 &xb.buffer,
@@ -160,7 +160,7 @@ fn layer_norm_with_and_without_gather() {
             );
             run(|pass| k.encode(pass, &bg, r, dim, eps));
             assert_close(
-                &format!("layer_norm dim {dim} gather {gather}"),
+                &format!("layer_norm dim {dim} gather {gather} workgroup {wg}"),
                 &read(&y),
                 &want,
                 TOL,

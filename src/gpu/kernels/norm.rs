@@ -12,15 +12,16 @@ pub struct RmsNorm {
     kernel: Kernel,
 }
 
-/// Threads per row of the RMSNorm on CPU adapters: one 8-lane SIMD group on llvmpipe.
-const CPU_WG: usize = 8;
+/// Threads per row of a norm: 256 on GPUs, one 8-lane SIMD group on CPU adapters (llvmpipe).
+fn workgroup_for(ctx: &GpuContext) -> usize {
+    if ctx.wants_cpu_kernels() { 8 } else { 256 }
+}
 
 impl RmsNorm {
     /// `gather`: read input row `rows[r]` for output row r. A workgroup of 256 reduces a row on
     /// GPUs, of 8 on CPU adapters.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
-        let wg = if ctx.wants_cpu_kernels() { CPU_WG } else { 256 };
-        Self::with_workgroup(ctx, gather, wg)
+        Self::with_workgroup(ctx, gather, workgroup_for(ctx))
     }
 
     /// [`RmsNorm::new`] with the threads per row chosen (a power of two, at most 256).
@@ -62,9 +63,16 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `gather` as for [`RmsNorm::new`]; threads per row as there.
     pub fn new(ctx: &GpuContext, gather: bool) -> Self {
+        Self::with_workgroup(ctx, gather, workgroup_for(ctx))
+    }
+
+    /// [`LayerNorm::new`] with the threads per row chosen (a power of two, at most 256).
+    pub fn with_workgroup(ctx: &GpuContext, gather: bool, wg: usize) -> Self {
+        let [g] = gather_const(gather);
         Self {
-            kernel: Kernel::new(ctx, LAYER_NORM, &gather_const(gather)),
+            kernel: Kernel::new(ctx, LAYER_NORM, &[g, ("WG", wg as f64)]),
         }
     }
 
