@@ -4,8 +4,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# (A loop, not `ls ... | grep`: under pipefail, ls failing on the directory that does not exist
+# failed the test even when the other held a driver, and setup reinstalled lavapipe every run.)
 have_vulkan_icd() {
-  ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null | grep -q .
+  local f
+  for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
 }
 
 if ! have_vulkan_icd; then
