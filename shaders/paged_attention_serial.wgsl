@@ -19,13 +19,18 @@
 // (at most 8) must divide num_heads / num_kv_heads.
 // A thread serves one token and GROUP query heads of one KV head (a head group: heads
 // GROUP * g .. + GROUP, g < G = num_heads / GROUP), so each K/V row it loads serves all of
-// them. Dispatch (x, then y past 65535), WG threads per workgroup:
-//   token_lanes = 1: ceil(T / WG) * G workgroups; workgroup w serves head group w % G for
+// them. Dispatch (x, then y past 65535), WG threads per workgroup, by `lanes`:
+//   TOKEN_LANES: ceil(T / WG) * G workgroups; workgroup w serves head group w % G for
 //     tokens WG * (w / G) + lane (lanes past the batch repeat its last token, unstored);
-//   token_lanes = 0: ceil(T * G / WG) workgroups; lane i of workgroup w serves item
-//     WG * w + i = token * G + head group (items past T * G repeat the last, unstored).
-// (The wrapper sets token_lanes = 1 with SHARED and T >= WG: lanes over tokens let a prompt
-// chunk share rows, lanes over items fill the workgroups of a short decode batch.)
+//   ITEM_LANES: ceil(T * G / WG) workgroups; lane i of workgroup w serves item
+//     WG * w + i = token * G + head group (items past T * G repeat the last, unstored);
+//   HEAD_LANES (GROUP = 1 and SHARED only): T * num_kv_heads * S workgroups, S = ceil(R / WG)
+//     for R = num_heads / num_kv_heads query heads per KV head; workgroup w serves token
+//     w / (num_kv_heads * S) and KV head (w / S) % num_kv_heads, lane i its query head
+//     (w % S) * WG + i (lanes past R repeat the last, unstored).
+// (The wrapper picks TOKEN_LANES with SHARED and T >= WG: a prompt chunk's tokens share rows;
+// HEAD_LANES with SHARED and fewer tokens: a decode token's heads share rows, and the
+// workgroups spread over the CPU's cores; ITEM_LANES without SHARED.)
 //
 // The thread visits keys in position order with an online softmax (running max m, sum l and
 // accumulator rescaled per key): q . k sums the dims in increasing order, one fma each, and
@@ -41,12 +46,13 @@
 //   Head = 4 Parts; Queries and States hold up to 8 heads), every access written out and
 //   switched off by `if` on the override constants (folded when the pipeline is built).
 // - SHARED (set by the wrapper where the subgroup is exactly the 8-lane workgroup), with
-//   token_lanes: when a workgroup's tokens all belong to one sequence (a prompt chunk, a lone
-//   decode token), the lanes load each K/V row together, lane i its i-th vec4s, and
-//   subgroupBroadcast hands every vec4 to all lanes; the loop runs to the workgroup's longest
-//   context and each lane folds in the keys of its own only. Other workgroups read privately.
-//   Both paths feed the same values to the same arithmetic, so a token's result does not
-//   depend on which one ran.
+//   TOKEN_LANES or HEAD_LANES: when a workgroup's tokens all belong to one sequence (a prompt
+//   chunk; with HEAD_LANES always, as it serves one token), the lanes load each K/V row
+//   together, lane i its i-th vec4s, and subgroupBroadcast hands every vec4 to all lanes; the
+//   loop runs to the workgroup's longest context and each lane folds in the keys of its own
+//   only. Other workgroups read privately. Both paths feed the same values to the same
+//   arithmetic, and a query head's arithmetic does not depend on GROUP, so a token's result
+//   does not depend on which one ran.
 
 override HEAD_DIM: u32 = 64u;
 override KV_F16: bool = true;
@@ -65,9 +71,14 @@ struct Params {
     block_size: u32,
     max_blocks: u32,
     scale: f32,
-    // 1: the lanes of a workgroup are consecutive tokens (see the dispatch above).
-    token_lanes: u32,
+    // TOKEN_LANES, ITEM_LANES or HEAD_LANES: what the lanes of a workgroup serve (see the
+    // dispatch above).
+    lanes: u32,
 }
+
+const ITEM_LANES: u32 = 0u;
+const TOKEN_LANES: u32 = 1u;
+const HEAD_LANES: u32 = 2u;
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> k_cache: array<vec4<u32>>;
@@ -538,9 +549,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let last = p.num_tokens - 1u;
     let t0 = (w / groups) * WG;
     var t = min(t0 + lane, last);
+    // HEAD_LANES: query heads per KV head, workgroups per KV head and per token.
+    let per_kv = p.num_heads / p.num_kv_heads;
+    let sets = (per_kv + WG - 1u) / WG;
+    let per_token = p.num_kv_heads * sets;
     var h0 = (w % groups) * GROUP;
     var live = t0 + lane <= last;
-    if p.token_lanes == 0u {
+    if p.lanes == ITEM_LANES {
         let items = p.num_tokens * groups;
         if w * WG >= items {
             return;
@@ -549,10 +564,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         t = item / groups;
         h0 = (item % groups) * GROUP;
         live = w * WG + lane < items;
+    } else if p.lanes == HEAD_LANES {
+        if w >= p.num_tokens * per_token {
+            return;
+        }
+        t = w / per_token;
+        let i = (w % sets) * WG + lane;
+        h0 = ((w % per_token) / sets) * per_kv + min(i, per_kv - 1u);
+        live = i < per_kv;
     } else if t0 > last {
         return;
     }
-    let kv_head = h0 / (p.num_heads / p.num_kv_heads);
+    let kv_head = h0 / per_kv;
     let kv_dim = p.num_kv_heads * HEAD_DIM;
     let seq = token_seq[t];
     let ctx = positions[t] + 1u;
@@ -586,10 +609,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var st = States(init, init, init, init, init, init, init, init);
 
     // Whether the workgroup's tokens all belong to one sequence, and their longest context:
-    // every lane reads the same words, so both are uniform.
-    var one_seq = SHARED && aligned() && p.token_lanes != 0u;
-    var longest = 0u;
-    if one_seq {
+    // every lane reads the same words, so both are uniform (HEAD_LANES: one token).
+    // `lead`: the workgroup's first token, from workgroup-uniform values only.
+    var one_seq = SHARED && aligned() && p.lanes != ITEM_LANES;
+    let lead = min(select(t0, w / per_token, p.lanes == HEAD_LANES), last);
+    var longest = positions[lead] + 1u;
+    if one_seq && p.lanes == TOKEN_LANES {
         let seq0 = token_seq[t0];
         for (var i = 0u; i < WG; i++) {
             let u = min(t0 + i, last);
@@ -598,7 +623,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
     }
     if one_seq {
-        let table = token_seq[t0] * p.max_blocks;
+        let table = token_seq[lead] * p.max_blocks;
         var key = first_key(table);
         for (var j = 0u; j < longest; j++) {
             key = enter_key(key, table);

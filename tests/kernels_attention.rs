@@ -562,3 +562,39 @@ fn serial_shared_rows_match_private_rows_over_prompts() {
         assert_bits_eq(&format!("{c:?}: shared vs private rows"), &b, &a);
     }
 }
+
+/// Short decode batches of lone tokens from different sequences: one token (every alone check
+/// above runs one too), two (the model's items fit in one workgroup, so shared tunings give
+/// each token's query heads a workgroup of their own) and three.
+const DECODE_BATCHES: [&[(usize, usize)]; 3] = [
+    &[(70, 69)],
+    &[(33, 32), (130, 129)],
+    &[(33, 32), (5, 4), (18, 17)],
+];
+
+#[test]
+fn serial_short_decode_batches_match_one_head_per_thread() {
+    // SmolLM2, a head past one 64-dim part in f32, rows read word by word, and 16 query heads
+    // per KV head (two workgroups of heads per token).
+    let cases = [
+        SERIAL_CASES[0],
+        SERIAL_CASES[2],
+        SERIAL_CASES[3],
+        (16, 16, 1, 64, F16),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        for (j, seqs) in DECODE_BATCHES.iter().enumerate() {
+            let seed = 90 + 10 * i as u64 + j as u64;
+            let private = Variant::SerialTuned {
+                group: 1,
+                shared: false,
+            };
+            let (want_bits, want) = paged_attention_case(seqs, c, private, true, seed);
+            assert_close(&format!("serial {c:?} {seqs:?}"), &want_bits, &want, TOL);
+            // Shared where the adapter allows: the model's tuning, as the runner builds it.
+            let kind = Variant::SerialForHeads;
+            let (gpu, _) = paged_attention_case(seqs, c, kind, true, seed);
+            assert_bits_eq(&format!("{c:?} {seqs:?} {kind:?}"), &gpu, &want_bits);
+        }
+    }
+}

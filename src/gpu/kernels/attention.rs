@@ -6,7 +6,9 @@
 //! The serial kind (CPU adapters) gives each thread one token and [`SerialTuning::group`]
 //! query heads of one KV head, so a K/V row is loaded once for all of them; with
 //! [`SerialTuning::shared`], 8 lanes whose tokens belong to one sequence load each row together
-//! and share it through subgroupBroadcast. Either way a token's arithmetic is the same.
+//! and share it through subgroupBroadcast, and a short decode batch (B = 1 or 2) takes a
+//! one-head-per-thread pipeline whose lanes are one token's query heads sharing their KV
+//! head's rows. Either way a query head's arithmetic is the same.
 //!
 //! The split kind (flash-decoding) cuts each (token, head)'s keys into partitions of a fixed
 //! `partition` positions: a workgroup per (token, head, partition) leaves the partition's
@@ -148,13 +150,37 @@ struct SplitState {
     part_stride: usize,
 }
 
+/// The serial kind's tuning and, where rows are shared and a thread serves several heads, the
+/// one-head-per-thread kernel that short batches take (lanes over a token's query heads).
+struct SerialState {
+    /// As built: shared only where the adapter allows it.
+    tuning: SerialTuning,
+    /// GROUP = 1, sharing the bind group layout (None: the main kernel has GROUP = 1, or rows
+    /// are not shared).
+    heads: Option<Kernel>,
+}
+
+/// What the lanes of a serial workgroup serve (`lanes` in paged_attention_serial.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SerialLanes {
+    /// (token, head group) items: ceil(T * G / 8) workgroups.
+    Items = 0,
+    /// 8 consecutive tokens, sharing K/V rows where they belong to one sequence.
+    Tokens = 1,
+    /// The query heads of one (token, KV head), sharing its K/V rows.
+    Heads = 2,
+}
+
+/// Read-only flags of the serial kernel's bindings (qkv, k, v, tables, token_seq, positions,
+/// out), for the layout its two pipelines share.
+const SERIAL_READ_ONLY: [bool; 7] = [true, true, true, true, true, true, false];
+
 pub struct PagedAttention {
     kernel: Kernel,
     kind: AttentionKind,
     head_dim: usize,
     split: Option<SplitState>,
-    /// The serial kind's tuning as built (shared only where the adapter allows it).
-    serial: Option<SerialTuning>,
+    serial: Option<SerialState>,
 }
 
 /// Largest head the shader's per-thread accumulators cover (4 dims × 64 threads).
@@ -249,19 +275,28 @@ impl PagedAttention {
                 && info.subgroup_max_size as usize == SERIAL_WG,
             ..tuning
         };
-        let consts = [
-            ("HEAD_DIM", head_dim as f64),
-            ("KV_F16", kv_dtype.is_f16()),
-            ("WG", SERIAL_WG as f64),
-            ("GROUP", tuning.group as f64),
-            ("SHARED", f64::from(u8::from(tuning.shared))),
-        ];
+        let consts = |group: usize| {
+            [
+                ("HEAD_DIM", head_dim as f64),
+                ("KV_F16", kv_dtype.is_f16()),
+                ("WG", SERIAL_WG as f64),
+                ("GROUP", group as f64),
+                ("SHARED", f64::from(u8::from(tuning.shared))),
+            ]
+        };
+        let (grouped, single) = (consts(tuning.group), consts(1));
+        let mut members = vec![(PAGED_ATTENTION_SERIAL, &grouped[..])];
+        if tuning.shared && tuning.group > 1 {
+            members.push((PAGED_ATTENTION_SERIAL, &single[..]));
+        }
+        let mut kernels = Kernel::sharing_layout(ctx, &SERIAL_READ_ONLY, &members);
+        let heads = (kernels.len() > 1).then(|| kernels.pop().expect("two kernels"));
         Ok(Self {
-            kernel: Kernel::new(ctx, PAGED_ATTENTION_SERIAL, &consts),
+            kernel: kernels.pop().expect("the grouped kernel"),
             kind: AttentionKind::Serial,
             head_dim,
             split: None,
-            serial: Some(tuning),
+            serial: Some(SerialState { tuning, heads }),
         })
     }
 
@@ -345,7 +380,7 @@ impl PagedAttention {
 
     /// The serial kind's tuning as built (None for the others).
     pub fn serial_tuning(&self) -> Option<SerialTuning> {
-        self.serial
+        self.serial.as_ref().map(|s| s.tuning)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -423,7 +458,8 @@ impl PagedAttention {
                 );
             }
             (AttentionKind::Serial, _) => {
-                let tuning = self.serial.expect("the serial kind has its tuning");
+                let serial = self.serial.as_ref().expect("the serial kind has its state");
+                let tuning = serial.tuning;
                 assert!(
                     p.num_kv_heads > 0
                         && p.num_heads % p.num_kv_heads == 0
@@ -434,20 +470,40 @@ impl PagedAttention {
                     tuning.group
                 );
                 let head_groups = p.num_heads / tuning.group;
-                // Lanes over tokens where rows can be shared and a workgroup's worth of tokens
-                // exist; otherwise lanes over (token, head group) items, so that a short batch
-                // (decode) fills workgroups. The choice only moves work between lanes.
-                let token_lanes = tuning.shared && p.num_tokens >= SERIAL_WG;
-                let groups = if token_lanes {
-                    p.num_tokens.div_ceil(SERIAL_WG) * head_groups
+                let per_kv = p.num_heads / p.num_kv_heads;
+                // Where rows can be shared, lanes over tokens when a workgroup's worth of them
+                // exist (a prompt chunk's share rows), and over each token's query heads when
+                // the batch's (token, head group) items fit in one workgroup (decode at B = 1
+                // or 2: a token's heads share rows, and its workgroups spread over the cores
+                // where one workgroup of items would run on one). Otherwise lanes over items,
+                // so that a short batch fills workgroups. The choice only moves work between
+                // lanes: a query head's arithmetic is the same in every one.
+                let lanes = if !tuning.shared {
+                    SerialLanes::Items
+                } else if p.num_tokens >= SERIAL_WG {
+                    SerialLanes::Tokens
+                } else if p.num_tokens * head_groups <= SERIAL_WG {
+                    SerialLanes::Heads
                 } else {
-                    (p.num_tokens * head_groups).div_ceil(SERIAL_WG)
+                    SerialLanes::Items
+                };
+                let (kernel, groups) = match lanes {
+                    SerialLanes::Tokens => {
+                        (&self.kernel, p.num_tokens.div_ceil(SERIAL_WG) * head_groups)
+                    }
+                    SerialLanes::Items => (
+                        &self.kernel,
+                        (p.num_tokens * head_groups).div_ceil(SERIAL_WG),
+                    ),
+                    SerialLanes::Heads => (
+                        serial.heads.as_ref().unwrap_or(&self.kernel),
+                        p.num_tokens * p.num_kv_heads * per_kv.div_ceil(SERIAL_WG),
+                    ),
                 };
                 let mut serial_imm = [0u32; 8];
                 serial_imm[..7].copy_from_slice(&imm);
-                serial_imm[7] = u32::from(token_lanes);
-                self.kernel
-                    .dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
+                serial_imm[7] = lanes as u32;
+                kernel.dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
             }
             _ => self.kernel.dispatch(pass, bg, &imm, grid_2d(items as u32)),
         }
