@@ -472,7 +472,7 @@ impl PagedAttention {
                 let head_groups = p.num_heads / tuning.group;
                 let per_kv = p.num_heads / p.num_kv_heads;
                 // Where rows can be shared, lanes over tokens when a workgroup's worth of them
-                // exist (a prompt chunk's share rows), and over each token's query heads when
+                // exist (the tokens of a prompt chunk share rows), and over each token's query heads when
                 // the batch's (token, head group) items fit in one workgroup (decode at B = 1
                 // or 2: a token's heads share rows, and its workgroups spread over the cores
                 // where one workgroup of items would run on one). Otherwise lanes over items,
