@@ -221,34 +221,41 @@ impl Kernel {
                 modules.push((src.name, module));
             }
         }
-        members
-            .iter()
-            .map(|(src, constants)| {
-                let module = &modules
-                    .iter()
-                    .find(|(name, _)| *name == src.name)
-                    .expect("a module was made for every member")
-                    .1;
-                let pipeline =
-                    ctx.device
-                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                            label: Some(src.name),
-                            layout: Some(&pipeline_layout),
-                            module,
-                            entry_point: Some("main"),
-                            compilation_options: wgpu::PipelineCompilationOptions {
-                                constants,
-                                zero_initialize_workgroup_memory: false,
-                            },
-                            cache: None,
-                        });
-                Kernel {
-                    name: src.name,
-                    pipeline,
-                    layout: layout.clone(),
-                }
-            })
-            .collect()
+        let build = |(src, constants): &(ShaderSource, &[(&str, f64)])| {
+            let module = &modules
+                .iter()
+                .find(|(name, _)| *name == src.name)
+                .expect("a module was made for every member")
+                .1;
+            let pipeline = ctx
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(src.name),
+                    layout: Some(&pipeline_layout),
+                    module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
+            Kernel {
+                name: src.name,
+                pipeline,
+                layout: layout.clone(),
+            }
+        };
+        // Pipelines compile on their own threads: a driver that compiles on the CPU (llvmpipe
+        // JIT-compiles each variant for a fraction of a second) builds a family at the speed
+        // of its slowest member rather than of their sum.
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = members.iter().map(|m| scope.spawn(|| build(m))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a pipeline build panicked"))
+                .collect()
+        })
     }
 
     /// A bind group with `buffers` at bindings 0, 1, 2, ... (whole buffers).
