@@ -29,8 +29,9 @@
 //     w / (num_kv_heads * S) and KV head (w / S) % num_kv_heads, lane i its query head
 //     (w % S) * WG + i (lanes past R repeat the last, unstored).
 // (The wrapper picks TOKEN_LANES with SHARED and T >= WG: a prompt chunk's tokens share rows;
-// HEAD_LANES with SHARED and fewer tokens: a decode token's heads share rows, and the
-// workgroups spread over the CPU's cores; ITEM_LANES without SHARED.)
+// HEAD_LANES with SHARED where the T * G items fit in one workgroup (a decode batch of one or
+// two tokens): a token's heads share rows, and the workgroups spread over the CPU's cores;
+// ITEM_LANES otherwise.)
 //
 // The thread visits keys in position order with an online softmax (running max m, sum l and
 // accumulator rescaled per key): q . k sums the dims in increasing order, one fma each, and

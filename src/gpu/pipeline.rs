@@ -253,7 +253,7 @@ impl Kernel {
             let handles: Vec<_> = members.iter().map(|m| scope.spawn(|| build(m))).collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("a pipeline build panicked"))
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         })
     }
