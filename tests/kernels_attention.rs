@@ -16,7 +16,7 @@ use common::plumbing::*;
 use wllm::WeightDType::{self, F16, F32};
 use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
-use wllm::gpu::kernels::attention::{MAX_SERIAL_GROUP, SerialTuning, SplitLimits};
+use wllm::gpu::kernels::attention::{MAX_SERIAL_GROUP, SerialLanes, SerialTuning, SplitLimits};
 use wllm::gpu::kernels::{AttentionKind, AttentionParams, KvWrite, PagedAttention, attention};
 use wllm::gpu::tensor::round_to;
 use wllm::kv::{BlockId, BlockPool, BlockTable};
@@ -571,6 +571,33 @@ const DECODE_BATCHES: [&[(usize, usize)]; 3] = [
     &[(33, 32), (130, 129)],
     &[(33, 32), (5, 4), (18, 17)],
 ];
+
+#[test]
+fn serial_lane_layout_follows_the_batch_shape() {
+    // SmolLM2's 9 query heads over 3 KV heads, as the runner builds the serial kind: decode
+    // batches of one or two tokens take lanes over a token's heads, longer ones items, and a
+    // prompt chunk of 8 tokens or more lanes over tokens (where rows can be shared at all).
+    let limits = SplitLimits {
+        max_tokens: 64,
+        num_heads: 9,
+        max_context: 256,
+    };
+    let attn = Variant::SerialForHeads.build(64, F16, (9, 3), limits);
+    for t in [1, 2, 3, 5, 7, 8, 9, 64] {
+        let want = if !can_share() {
+            SerialLanes::Items
+        } else if t >= 8 {
+            SerialLanes::Tokens
+        } else if t <= 2 {
+            SerialLanes::Heads
+        } else {
+            SerialLanes::Items
+        };
+        assert_eq!(attn.serial_lanes(t, 9), Some(want), "{t} tokens");
+    }
+    let workgroup = Variant::Workgroup.build(64, F16, (9, 3), limits);
+    assert_eq!(workgroup.serial_lanes(1, 9), None);
+}
 
 #[test]
 fn serial_short_decode_batches_match_one_head_per_thread() {

@@ -251,10 +251,7 @@ impl Kernel {
         // of its slowest member rather than of their sum.
         std::thread::scope(|scope| {
             let handles: Vec<_> = members.iter().map(|m| scope.spawn(|| build(m))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+            handles.into_iter().map(join_scoped).collect()
         })
     }
 
@@ -305,6 +302,14 @@ impl Kernel {
         }
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
+}
+
+/// The result of a scoped thread that builds kernels; its panic, should it panic, is raised
+/// again on the caller's thread with its own message.
+pub fn join_scoped<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Splits `n` workgroups over x and y so neither exceeds the 65535 per-dimension limit.

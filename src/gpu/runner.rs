@@ -11,6 +11,7 @@ use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
     PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData, rope::cos_sin_table,
 };
+use crate::gpu::pipeline::join_scoped;
 use crate::gpu::profile::{Profiler, StepProfile};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 use crate::model::weights::{GpuMatrix, LayerWeights, MatrixFormat, ModelWeights};
@@ -260,48 +261,73 @@ impl Runner {
         // Llama's RMSNorms run inside the quantized qkv and gate|up matmuls where the kernel
         // has that form (GPUs: one dispatch fewer per norm).
         let fuse_norms = cfg.arch == Architecture::Llama && MatmulQuant::fuses_norm(quant_tuning);
-        let kernels = Kernels {
-            embedding: match weights.embed.format {
+        // Each kernel compiles on its own thread: llvmpipe JIT-compiles every pipeline at
+        // creation, for a fraction of a second each, and this is most of a model's load there.
+        let kv_dtype = rc.kv_dtype;
+        let kernels = std::thread::scope(|s| -> Result<Kernels, GpuError> {
+            let embedding = s.spawn(|| match weights.embed.format {
                 MatrixFormat::Quant(f) => {
                     EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f, quant_in_texture))
                 }
                 MatrixFormat::Dense(_) => {
                     EmbeddingKernel::Dense(Embedding::new(ctx, wdt, weights.pos_embed.is_some()))
                 }
-            },
-            matmul_quant: quant_formats
-                .iter()
-                .map(|&f| {
-                    let glu = glu_formats.contains(&f);
-                    let k = MatmulQuant::with_variants(ctx, f, quant_tuning, glu, fuse_norms);
-                    (f, k)
-                })
-                .collect(),
-            rms_norm: RmsNorm::new(ctx, false),
-            rms_norm_gather: RmsNorm::new(ctx, true),
-            layer_norm: LayerNorm::new(ctx, false),
-            layer_norm_gather: LayerNorm::new(ctx, true),
-            matmul: Matmul::new(ctx, wdt),
-            rope_kv_write: RopeKvWrite::new(ctx, rc.kv_dtype, hd),
-            kv_write: KvWrite::new(ctx, rc.kv_dtype),
-            attention: PagedAttention::for_model(
-                ctx,
-                hd,
-                rc.kv_dtype,
-                cfg.num_kv_heads,
-                SplitLimits {
-                    max_tokens: t,
-                    num_heads: cfg.num_heads,
-                    max_context: cfg.max_context,
-                },
-            )?,
-            silu_mul: SiluMul::new(ctx),
-            gelu: Gelu::new(ctx),
-            copy_blocks: CopyBlocks::new(ctx),
-            argmax: Argmax::new(ctx),
-            sample: Sample::new(ctx),
-            feed_tokens: FeedTokens::new(ctx),
-        };
+            });
+            let matmul_quant = s.spawn(|| {
+                quant_formats
+                    .iter()
+                    .map(|&f| {
+                        let glu = glu_formats.contains(&f);
+                        let k = MatmulQuant::with_variants(ctx, f, quant_tuning, glu, fuse_norms);
+                        (f, k)
+                    })
+                    .collect()
+            });
+            let attention = s.spawn(|| {
+                PagedAttention::for_model(
+                    ctx,
+                    hd,
+                    kv_dtype,
+                    cfg.num_kv_heads,
+                    SplitLimits {
+                        max_tokens: t,
+                        num_heads: cfg.num_heads,
+                        max_context: cfg.max_context,
+                    },
+                )
+            });
+            let rms_norm = s.spawn(|| RmsNorm::new(ctx, false));
+            let rms_norm_gather = s.spawn(|| RmsNorm::new(ctx, true));
+            let layer_norm = s.spawn(|| LayerNorm::new(ctx, false));
+            let layer_norm_gather = s.spawn(|| LayerNorm::new(ctx, true));
+            let matmul = s.spawn(|| Matmul::new(ctx, wdt));
+            let rope_kv_write = s.spawn(|| RopeKvWrite::new(ctx, kv_dtype, hd));
+            let kv_write = s.spawn(|| KvWrite::new(ctx, kv_dtype));
+            let silu_mul = s.spawn(|| SiluMul::new(ctx));
+            let gelu = s.spawn(|| Gelu::new(ctx));
+            let copy_blocks = s.spawn(|| CopyBlocks::new(ctx));
+            let argmax = s.spawn(|| Argmax::new(ctx));
+            let sample = s.spawn(|| Sample::new(ctx));
+            let feed_tokens = s.spawn(|| FeedTokens::new(ctx));
+            Ok(Kernels {
+                embedding: join_scoped(embedding),
+                matmul_quant: join_scoped(matmul_quant),
+                rms_norm: join_scoped(rms_norm),
+                rms_norm_gather: join_scoped(rms_norm_gather),
+                layer_norm: join_scoped(layer_norm),
+                layer_norm_gather: join_scoped(layer_norm_gather),
+                matmul: join_scoped(matmul),
+                rope_kv_write: join_scoped(rope_kv_write),
+                kv_write: join_scoped(kv_write),
+                attention: join_scoped(attention)?,
+                silu_mul: join_scoped(silu_mul),
+                gelu: join_scoped(gelu),
+                copy_blocks: join_scoped(copy_blocks),
+                argmax: join_scoped(argmax),
+                sample: join_scoped(sample),
+                feed_tokens: join_scoped(feed_tokens),
+            })
+        })?;
         let meta = Metadata {
             token_ids: u32_buffer(ctx, "token_ids", t),
             positions: u32_buffer(ctx, "positions", t),

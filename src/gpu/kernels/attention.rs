@@ -160,9 +160,10 @@ struct SerialState {
     heads: Option<Kernel>,
 }
 
-/// What the lanes of a serial workgroup serve (`lanes` in paged_attention_serial.wgsl).
+/// What the lanes of a serial workgroup serve (`lanes` in paged_attention_serial.wgsl, whose
+/// `ITEM_LANES`/`TOKEN_LANES`/`HEAD_LANES` constants these discriminants must match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SerialLanes {
+pub enum SerialLanes {
     /// (token, head group) items: ceil(T * G / 8) workgroups.
     Items = 0,
     /// 8 consecutive tokens, sharing K/V rows where they belong to one sequence.
@@ -383,6 +384,30 @@ impl PagedAttention {
         self.serial.as_ref().map(|s| s.tuning)
     }
 
+    /// The lane layout the serial kind runs a step of `num_tokens` tokens in, for a model
+    /// with `num_heads` query heads (None for the other kinds).
+    ///
+    /// Where rows can be shared: lanes over tokens when a workgroup's worth of them exist (the
+    /// tokens of a prompt chunk share rows), and over each token's query heads when the
+    /// batch's (token, head group) items fit in one workgroup (decode at B = 1 or 2: a token's
+    /// heads share rows, and its workgroups spread over the cores where one workgroup of
+    /// items would run on one). Otherwise lanes over items, so that a short batch fills
+    /// workgroups. The choice only moves work between lanes: a query head's arithmetic is the
+    /// same in every one.
+    pub fn serial_lanes(&self, num_tokens: usize, num_heads: usize) -> Option<SerialLanes> {
+        let tuning = self.serial.as_ref()?.tuning;
+        let head_groups = num_heads / tuning.group;
+        Some(if !tuning.shared {
+            SerialLanes::Items
+        } else if num_tokens >= SERIAL_WG {
+            SerialLanes::Tokens
+        } else if num_tokens * head_groups <= SERIAL_WG {
+            SerialLanes::Heads
+        } else {
+            SerialLanes::Items
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -471,22 +496,9 @@ impl PagedAttention {
                 );
                 let head_groups = p.num_heads / tuning.group;
                 let per_kv = p.num_heads / p.num_kv_heads;
-                // Where rows can be shared, lanes over tokens when a workgroup's worth of them
-                // exist (the tokens of a prompt chunk share rows), and over each token's query heads when
-                // the batch's (token, head group) items fit in one workgroup (decode at B = 1
-                // or 2: a token's heads share rows, and its workgroups spread over the cores
-                // where one workgroup of items would run on one). Otherwise lanes over items,
-                // so that a short batch fills workgroups. The choice only moves work between
-                // lanes: a query head's arithmetic is the same in every one.
-                let lanes = if !tuning.shared {
-                    SerialLanes::Items
-                } else if p.num_tokens >= SERIAL_WG {
-                    SerialLanes::Tokens
-                } else if p.num_tokens * head_groups <= SERIAL_WG {
-                    SerialLanes::Heads
-                } else {
-                    SerialLanes::Items
-                };
+                let lanes = self
+                    .serial_lanes(p.num_tokens, p.num_heads)
+                    .expect("the serial kind has a lane layout");
                 let (kernel, groups) = match lanes {
                     SerialLanes::Tokens => {
                         (&self.kernel, p.num_tokens.div_ceil(SERIAL_WG) * head_groups)
