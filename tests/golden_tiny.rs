@@ -186,3 +186,67 @@ fn runner_overlaps_two_steps_and_refuses_bad_feeds() {
     assert!(runner.forward(&too_narrow).is_err());
     table.release(&mut pool).unwrap();
 }
+
+/// The logits readback buffers start with room for the picked ids only and grow at the submit
+/// of the first step that keeps whole rows, also while the other buffer holds a step in
+/// flight: the rows read back equal a fresh run's, and the in-flight step keeps its pick.
+#[test]
+fn readback_buffers_grow_for_steps_that_keep_rows() {
+    use wllm::batch::{LogitRows, StepBatch};
+    use wllm::kv::{BlockPool, BlockTable};
+    let mut opts = ModelOptions::new(fixtures().join("tiny-llama-gqa-public"));
+    opts.dtype = WeightDType::F32;
+    opts.block_size = 4;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let prompt = [3u32, 1, 4, 1, 5, 9, 2];
+    let runner = g.runner_mut();
+    let rc = *runner.runner_config();
+    let vocab = runner.config().vocab_size;
+    let small = runner.readback_capacity();
+    assert_eq!(small[0], small[1]);
+    assert!(
+        small[0] < (vocab * 4) as u64,
+        "{small:?}: no room for a row yet"
+    );
+    let max_blocks = runner.max_blocks();
+    let mut pool = BlockPool::new(rc.num_blocks, rc.block_size).unwrap();
+    let mut table = BlockTable::new();
+    table.grow_to(&mut pool, prompt.len()).unwrap();
+    let step = |rows: LogitRows| {
+        let mut b = StepBatch::new(max_blocks);
+        b.push_sequence(&prompt, 0, &table, rc.block_size, rows)
+            .unwrap();
+        if rows == LogitRows::Last {
+            b.argmax_only(0);
+        }
+        b
+    };
+    let first = runner.forward(&step(LogitRows::Last)).unwrap().token(0);
+    assert_eq!(runner.readback_capacity(), small);
+    // The row-keeping step is submitted while the pick-only one is in flight.
+    let picks = runner.submit(&step(LogitRows::Last), false).unwrap();
+    let rows = runner.submit(&step(LogitRows::All), false).unwrap();
+    assert_eq!(runner.wait(picks).unwrap().token(0), first);
+    let got = runner.wait(rows).unwrap();
+    let got: Vec<Vec<f32>> = (0..prompt.len())
+        .map(|i| got.row(i).expect("kept").to_vec())
+        .collect();
+    let grown = runner.readback_capacity();
+    let need = (prompt.len() * (4 + vocab * 4)) as u64;
+    assert!(
+        grown.iter().any(|&b| b >= need) && grown.iter().any(|&b| b == small[0]),
+        "{grown:?}: one buffer grown to {need} bytes, the other as it was"
+    );
+    // Both buffers serve row-keeping steps from now on, one after the other.
+    for _ in 0..3 {
+        let again = runner.forward(&step(LogitRows::All)).unwrap();
+        assert_eq!(
+            again.row(prompt.len() - 1).unwrap(),
+            &got[prompt.len() - 1][..]
+        );
+    }
+    assert!(runner.readback_capacity().iter().all(|&b| b >= need));
+    table.release(&mut pool).unwrap();
+    // The rows equal those of a fresh scoring run.
+    assert_eq!(got, g.logits(&prompt).unwrap());
+}

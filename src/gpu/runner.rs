@@ -177,6 +177,9 @@ pub struct StepTiming {
     pub total_us: f64,
 }
 
+/// Labels of the two readback buffers.
+const STAGING_LABELS: [&str; 2] = ["logits staging 0", "logits staging 1"];
+
 /// Block copies one submit can carry.
 const MAX_BLOCK_COPIES: usize = 1024;
 
@@ -355,14 +358,12 @@ impl Runner {
         let act = matmul_input(ctx, "mlp act", t, inner)?;
         let final_h = matmul_input(ctx, "final normed rows", max_logit_rows, d)?;
         let logits = f32_buffer(ctx, "logits", max_logit_rows * vocab)?;
-        let staging = ["logits staging 0", "logits staging 1"].map(|label| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: Readback::staging_bytes(max_logit_rows, vocab),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
+        // Sized for the picked ids of a full step; a step that keeps whole logits rows grows
+        // its buffer when submitted (see `Runner::fit_staging`). Sized for every row kept,
+        // the two would take 2 × 50 MB of mappable memory for SmolLM2 at 256 rows, which
+        // a run sampling on the GPU never touches.
+        let staging = STAGING_LABELS
+            .map(|label| logits::staging_buffer(ctx, label, (max_logit_rows * 4) as u64));
         let ids = u32_buffer(ctx, "token ids", max_logit_rows);
         let argmax_bind = kernels.argmax.bind(ctx, &logits, &ids);
         let sample_bind = kernels.sample.bind(ctx, &logits, &ids, &meta.row_sampling);
@@ -651,6 +652,12 @@ impl Runner {
 
     pub fn runner_config(&self) -> &RunnerConfig {
         &self.rc
+    }
+
+    /// Bytes of the two logits readback buffers now: the picked ids of a full step at first,
+    /// grown when a step keeps whole rows.
+    pub fn readback_capacity(&self) -> [u64; 2] {
+        self.staging.each_ref().map(|b| b.size())
     }
 
     pub fn context(&self) -> &GpuContext {

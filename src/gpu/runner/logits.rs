@@ -33,6 +33,16 @@ impl Logits {
     }
 }
 
+/// A readback buffer of `size` bytes.
+pub(super) fn staging_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 /// Where the readback of one step lands in the staging buffer: the ids first, then the kept
 /// rows back to back.
 #[derive(Debug)]
@@ -73,7 +83,8 @@ impl Readback {
         (rows * 4 + rows * vocab * 4) as u64
     }
 
-    fn bytes(&self) -> u64 {
+    /// Bytes of the staging buffer this step's readback takes.
+    pub(super) fn bytes(&self) -> u64 {
         (self.rows * 4 + self.num_kept * self.vocab * 4) as u64
     }
 

@@ -3,9 +3,9 @@
 //! [`Runner::submit`] and [`Runner::wait`] split it so the engine can schedule and submit the
 //! next step while the GPU runs this one (at most two steps in flight, one staging buffer each).
 
-use super::logits::Readback;
+use super::logits::{Readback, staging_buffer};
 use super::record::StepShape;
-use super::{Logits, Runner};
+use super::{Logits, Runner, STAGING_LABELS};
 use crate::batch::StepBatch;
 use crate::gpu::GpuError;
 use crate::gpu::profile::Profiler;
@@ -121,6 +121,7 @@ impl Runner {
 
         let shape = StepShape::of(batch, self.last_rows);
         let readback = Readback::new(&shape.full_logits, self.cfg.vocab_size);
+        self.fit_staging(staging, readback.bytes());
         let profiling = profiler.is_some();
         let commands = match self.prerecorded.take() {
             Some((s, st, commands)) if s == shape && st == staging && !profiling => {
@@ -142,10 +143,15 @@ impl Runner {
         self.last_rows = shape.full_logits.len();
         // While the GPU runs this step, record the next one in case it has the shape a decode
         // step following this one would have (the common case when every sequence decodes).
+        // (Not where the next step's readback outgrows its buffer: that buffer may still
+        // hold the readback of the step before this one, so it is only replaced at the
+        // next submit.)
         if !profiling && let Some(next) = shape.next_decode(next_fed) {
             let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
-            let commands = self.record(&next, &next_readback, self.next_staging, None);
-            self.prerecorded = Some((next, self.next_staging, commands));
+            if next_readback.bytes() <= self.staging[self.next_staging].size() {
+                let commands = self.record(&next, &next_readback, self.next_staging, None);
+                self.prerecorded = Some((next, self.next_staging, commands));
+            }
         }
         Ok(StepTicket {
             submission,
@@ -153,5 +159,23 @@ impl Runner {
             staging,
             step: self.submitted_steps,
         })
+    }
+
+    /// Makes readback buffer `i` hold `bytes`, at the submit that takes it over: a smaller
+    /// one is replaced by one of at least twice its size (at most a step with every row kept),
+    /// so a run that keeps more and more rows reallocates a few times, not every step.
+    /// Commands recorded ahead for the old buffer are dropped.
+    fn fit_staging(&mut self, i: usize, bytes: u64) {
+        let have = self.staging[i].size();
+        if bytes <= have {
+            return;
+        }
+        let most = Readback::staging_bytes(self.max_logit_rows, self.cfg.vocab_size);
+        let size = (2 * have).min(most).max(bytes);
+        log::debug!("logits readback buffer {i}: {have} -> {size} bytes");
+        self.staging[i] = staging_buffer(&self.ctx, STAGING_LABELS[i], size);
+        if matches!(self.prerecorded, Some((_, st, _)) if st == i) {
+            self.prerecorded = None;
+        }
     }
 }
