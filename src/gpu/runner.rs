@@ -264,8 +264,9 @@ impl Runner {
         // Llama's RMSNorms run inside the quantized qkv and gate|up matmuls where the kernel
         // has that form (GPUs: one dispatch fewer per norm).
         let fuse_norms = cfg.arch == Architecture::Llama && MatmulQuant::fuses_norm(quant_tuning);
-        // Each kernel compiles on its own thread: llvmpipe JIT-compiles every pipeline at
-        // creation, for a fraction of a second each, and this is most of a model's load there.
+        // Each kernel compiles on its own thread. Drivers that compile at pipeline creation
+        // (llvmpipe: a fraction of a second each, most of a model's load) can then use more
+        // cores. On 2 cores this measured level: the families' own threads keep both busy.
         let kv_dtype = rc.kv_dtype;
         let kernels = std::thread::scope(|s| -> Result<Kernels, GpuError> {
             let embedding = s.spawn(|| match weights.embed.format {
