@@ -306,7 +306,7 @@ impl Kernel {
 
 /// The result of a scoped thread that builds kernels; its panic, should it panic, is raised
 /// again on the caller's thread with its own message.
-pub fn join_scoped<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(crate) fn join_scoped<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
