@@ -15,6 +15,11 @@
 //   4 token_seq     u32 (T) row of block_tables for each token
 //   5 positions     u32 (T)
 //   6 out           f32 (T, num_heads * HEAD_DIM)
+//   7 k_tex         with KV_TEXTURE, the K pool as texture_2d<u32> (Rgba32Uint) in place of
+//                   k_cache: texel j of slot s at ((s % row_slots) * slot_texels + j,
+//                   s / row_slots), slot_texels = words per slot / 4 (src/gpu/kv_pool.rs)
+//   8 v_tex         same for V
+// (The storage the kernel does not read is still declared, and bound to an unused one.)
 // Immediates: Params below (scale as f32 bits). HEAD_DIM must be even and at most 256; GROUP
 // (at most 8) must divide num_heads / num_kv_heads.
 // A thread serves one token and GROUP query heads of one KV head (a head group: heads
@@ -40,8 +45,10 @@
 //
 // What decides speed on llvmpipe, which runs the 8 lanes of a workgroup as one SIMD program:
 // - A load from a storage buffer is a loop over the lanes (~4 ns per lane), whatever its
-//   width: K/V rows are read as vec4<u32>s (8 f16 or 4 f32 dims each) where rows start on a
-//   16-byte boundary (HEAD_DIM % 8 == 0 with f16, % 4 with f32), else word by word.
+//   width, where a texel fetch is one gather for all lanes: K/V rows come from textures
+//   (KV_TEXTURE) where the runner keeps its pools there, and are read as vec4<u32>s (8 f16 or
+//   4 f32 dims each) where rows start on a 16-byte boundary (HEAD_DIM % 8 == 0 with f16, % 4
+//   with f32), else word by word.
 // - An array indexed by a loop counter NIR does not unroll goes to per-lane scratch memory:
 //   queries, accumulators and K/V rows are named mat4x4 values in structs (Part = 64 dims,
 //   Head = 4 Parts; Queries and States hold up to 8 heads), every access written out and
@@ -62,6 +69,8 @@ override WG: u32 = 8u;
 override GROUP: u32 = 1u;
 // K/V rows shared through subgroupBroadcast (see above).
 override SHARED: bool = false;
+// K/V read from k_tex / v_tex instead of k_cache / v_cache.
+override KV_TEXTURE: bool = false;
 const NEG_BIG: f32 = -3.0e38;
 
 struct Params {
@@ -75,6 +84,8 @@ struct Params {
     // TOKEN_LANES, ITEM_LANES or HEAD_LANES: what the lanes of a workgroup serve (see the
     // dispatch above).
     lanes: u32,
+    // Slots per texture row (KV_TEXTURE), a multiple of block_size.
+    row_slots: u32,
 }
 
 const ITEM_LANES: u32 = 0u;
@@ -88,6 +99,8 @@ const HEAD_LANES: u32 = 2u;
 @group(0) @binding(4) var<storage, read> token_seq: array<u32>;
 @group(0) @binding(5) var<storage, read> positions: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var k_tex: texture_2d<u32>;
+@group(0) @binding(8) var v_tex: texture_2d<u32>;
 var<immediate> p: Params;
 
 // 64 dims of a head: dims 16i .. 16i + 15 in mi, column c holding 16i + 4c .. + 3.
@@ -152,31 +165,37 @@ fn vec_dims() -> u32 {
     return select(4u, 8u, KV_F16);
 }
 
-// The vec4<u32> holding dims d .. d + vec_dims() - 1 of the row starting at element `row`
-// (aligned rows; zero past HEAD_DIM).
-fn row_vec(v: bool, row: u32, d: u32) -> vec4<u32> {
-    if d >= HEAD_DIM {
-        return vec4<u32>();
+// The i-th vec4<u32> of pool row y (the buffer has one row: y is 0 there).
+fn pool_vec(v: bool, i: u32, y: u32) -> vec4<u32> {
+    if KV_TEXTURE {
+        if v {
+            return textureLoad(v_tex, vec2<u32>(i, y), 0);
+        }
+        return textureLoad(k_tex, vec2<u32>(i, y), 0);
     }
-    let i = (row + d) / vec_dims();
     if v {
         return v_cache[i];
     }
     return k_cache[i];
 }
 
-// Element d of the row starting at element `row` (any alignment; zero past HEAD_DIM).
-fn row_elem(v: bool, row: u32, d: u32) -> f32 {
+// Where a K/V row is: it starts at element `row` of pool row `y` (see KeyCursor).
+// The vec4<u32> holding dims d .. d + vec_dims() - 1 of the row (aligned rows; zero past
+// HEAD_DIM).
+fn row_vec(v: bool, row: u32, y: u32, d: u32) -> vec4<u32> {
+    if d >= HEAD_DIM {
+        return vec4<u32>();
+    }
+    return pool_vec(v, (row + d) / vec_dims(), y);
+}
+
+// Element d of the row (any alignment; zero past HEAD_DIM).
+fn row_elem(v: bool, row: u32, y: u32, d: u32) -> f32 {
     if d >= HEAD_DIM {
         return 0.0;
     }
     let e = select(row + d, (row + d) / 2u, KV_F16);
-    var w: u32;
-    if v {
-        w = v_cache[e / 4u][e % 4u];
-    } else {
-        w = k_cache[e / 4u][e % 4u];
-    }
+    let w = pool_vec(v, e / 4u, y)[e % 4u];
     if KV_F16 {
         let h = unpack2x16float(w);
         return select(h.x, h.y, (row + d) % 2u == 1u);
@@ -184,12 +203,12 @@ fn row_elem(v: bool, row: u32, d: u32) -> f32 {
     return bitcast<f32>(w);
 }
 
-fn elem_vec(v: bool, row: u32, d: u32) -> vec4<f32> {
+fn elem_vec(v: bool, row: u32, y: u32, d: u32) -> vec4<f32> {
     return vec4<f32>(
-        row_elem(v, row, d),
-        row_elem(v, row, d + 1u),
-        row_elem(v, row, d + 2u),
-        row_elem(v, row, d + 3u),
+        row_elem(v, row, y, d),
+        row_elem(v, row, y, d + 1u),
+        row_elem(v, row, y, d + 2u),
+        row_elem(v, row, y, d + 3u),
     );
 }
 
@@ -216,59 +235,64 @@ fn to_mat(a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, d: vec4<u32>) -> mat4x4<f32>
 }
 
 // Dims d .. d + 15 of a K (v false) or V row, read by this thread alone.
-fn load_mat(v: bool, row: u32, d: u32) -> mat4x4<f32> {
+fn load_mat(v: bool, row: u32, y: u32, d: u32) -> mat4x4<f32> {
     if d >= HEAD_DIM {
         return mat4x4<f32>();
     }
     if aligned() {
         let s = vec_dims();
         if KV_F16 {
-            return to_mat(row_vec(v, row, d), row_vec(v, row, d + s), vec4<u32>(), vec4<u32>());
+            return to_mat(
+                row_vec(v, row, y, d),
+                row_vec(v, row, y, d + s),
+                vec4<u32>(),
+                vec4<u32>(),
+            );
         }
         return to_mat(
-            row_vec(v, row, d),
-            row_vec(v, row, d + s),
-            row_vec(v, row, d + 2u * s),
-            row_vec(v, row, d + 3u * s),
+            row_vec(v, row, y, d),
+            row_vec(v, row, y, d + s),
+            row_vec(v, row, y, d + 2u * s),
+            row_vec(v, row, y, d + 3u * s),
         );
     }
     return mat4x4<f32>(
-        elem_vec(v, row, d),
-        elem_vec(v, row, d + 4u),
-        elem_vec(v, row, d + 8u),
-        elem_vec(v, row, d + 12u),
+        elem_vec(v, row, y, d),
+        elem_vec(v, row, y, d + 4u),
+        elem_vec(v, row, y, d + 8u),
+        elem_vec(v, row, y, d + 12u),
     );
 }
 
-fn load_part(v: bool, row: u32, d: u32) -> Part {
+fn load_part(v: bool, row: u32, y: u32, d: u32) -> Part {
     return Part(
-        load_mat(v, row, d),
-        load_mat(v, row, d + 16u),
-        load_mat(v, row, d + 32u),
-        load_mat(v, row, d + 48u),
+        load_mat(v, row, y, d),
+        load_mat(v, row, y, d + 16u),
+        load_mat(v, row, y, d + 32u),
+        load_mat(v, row, y, d + 48u),
     );
 }
 
-fn load_head(v: bool, row: u32) -> Head {
+fn load_head(v: bool, row: u32, y: u32) -> Head {
     var h: Head;
-    h.p0 = load_part(v, row, 0u);
+    h.p0 = load_part(v, row, y, 0u);
     if HEAD_DIM > 64u {
-        h.p1 = load_part(v, row, 64u);
+        h.p1 = load_part(v, row, y, 64u);
     }
     if HEAD_DIM > 128u {
-        h.p2 = load_part(v, row, 128u);
+        h.p2 = load_part(v, row, y, 128u);
     }
     if HEAD_DIM > 192u {
-        h.p3 = load_part(v, row, 192u);
+        h.p3 = load_part(v, row, y, 192u);
     }
     return h;
 }
 
 // Dims d .. d + 63 of a K or V row, loaded by the 8 lanes together (SHARED): lane i reads the
 // i-th vec4<u32> of them (f32: also the (8 + i)-th), and each is broadcast to all lanes.
-fn share_part(v: bool, row: u32, d: u32, lane: u32) -> Part {
+fn share_part(v: bool, row: u32, y: u32, d: u32, lane: u32) -> Part {
     let s = vec_dims();
-    let a = row_vec(v, row, d + lane * s);
+    let a = row_vec(v, row, y, d + lane * s);
     let a0 = subgroupBroadcast(a, 0u);
     let a1 = subgroupBroadcast(a, 1u);
     let a2 = subgroupBroadcast(a, 2u);
@@ -286,7 +310,7 @@ fn share_part(v: bool, row: u32, d: u32, lane: u32) -> Part {
             to_mat(a6, a7, z, z),
         );
     }
-    let b = row_vec(v, row, d + (8u + lane) * s);
+    let b = row_vec(v, row, y, d + (8u + lane) * s);
     let b0 = subgroupBroadcast(b, 0u);
     let b1 = subgroupBroadcast(b, 1u);
     let b2 = subgroupBroadcast(b, 2u);
@@ -303,17 +327,17 @@ fn share_part(v: bool, row: u32, d: u32, lane: u32) -> Part {
     );
 }
 
-fn share_head(v: bool, row: u32, lane: u32) -> Head {
+fn share_head(v: bool, row: u32, y: u32, lane: u32) -> Head {
     var h: Head;
-    h.p0 = share_part(v, row, 0u, lane);
+    h.p0 = share_part(v, row, y, 0u, lane);
     if HEAD_DIM > 64u {
-        h.p1 = share_part(v, row, 64u, lane);
+        h.p1 = share_part(v, row, y, 64u, lane);
     }
     if HEAD_DIM > 128u {
-        h.p2 = share_part(v, row, 128u, lane);
+        h.p2 = share_part(v, row, y, 128u, lane);
     }
     if HEAD_DIM > 192u {
-        h.p3 = share_part(v, row, 192u, lane);
+        h.p3 = share_part(v, row, y, 192u, lane);
     }
     return h;
 }
@@ -519,13 +543,26 @@ fn store_head(o: u32, st: State) {
 struct KeyCursor {
     logical: u32,
     offset: u32,
-    // Physical block of `logical`.
-    block: u32,
+    // First slot of the physical block of `logical`, counted from the start of its pool row
+    // `y` (a texture row; the buffer is one row).
+    slot0: u32,
+    y: u32,
+}
+
+// The cursor at offset 0 of physical block `block`, logical block `logical`. With textures,
+// one division per block finds its row.
+fn block_key(logical: u32, block: u32) -> KeyCursor {
+    let s = block * p.block_size;
+    if KV_TEXTURE {
+        let y = s / p.row_slots;
+        return KeyCursor(logical, 0u, s - y * p.row_slots, y);
+    }
+    return KeyCursor(logical, 0u, s, 0u);
 }
 
 // Key 0 of the sequence whose block-table row starts at `table`.
 fn first_key(table: u32) -> KeyCursor {
-    return KeyCursor(0u, 0u, block_tables[table]);
+    return block_key(0u, block_tables[table]);
 }
 
 // Called before reading each key, after the previous one bumped `offset`: moves on to the next
@@ -534,12 +571,12 @@ fn enter_key(c: KeyCursor, table: u32) -> KeyCursor {
     if c.offset < p.block_size {
         return c;
     }
-    return KeyCursor(c.logical + 1u, 0u, block_tables[table + c.logical + 1u]);
+    return block_key(c.logical + 1u, block_tables[table + c.logical + 1u]);
 }
 
-// First word of the key's K/V row for `kv_head`.
+// First element of the key's K/V row for `kv_head`, in pool row c.y.
 fn key_row(c: KeyCursor, kv_dim: u32, kv_head: u32) -> u32 {
-    return (c.block * p.block_size + c.offset) * kv_dim + kv_head * HEAD_DIM;
+    return (c.slot0 + c.offset) * kv_dim + kv_head * HEAD_DIM;
 }
 
 @compute @workgroup_size(WG)
@@ -630,8 +667,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             key = enter_key(key, table);
             let row = key_row(key, kv_dim, kv_head);
             key.offset++;
-            let k = share_head(false, row, lane);
-            let v = share_head(true, row, lane);
+            let k = share_head(false, row, key.y, lane);
+            let v = share_head(true, row, key.y, lane);
             if j < ctx {
                 st = step_all(st, q, k, v);
             }
@@ -643,7 +680,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             key = enter_key(key, table);
             let row = key_row(key, kv_dim, kv_head);
             key.offset++;
-            st = step_all(st, q, load_head(false, row), load_head(true, row));
+            st = step_all(st, q, load_head(false, row, key.y), load_head(true, row, key.y));
         }
     }
 

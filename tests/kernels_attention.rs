@@ -8,7 +8,8 @@
 //! starts as large random garbage, so a wrong slot shows. Batch invariance (a token alone vs in
 //! its batch) and independence of the block placement (shuffled vs consecutive blocks) are
 //! checked bit-exactly. Every serial tuning (heads per thread, rows shared across the subgroup
-//! or not) must give the same bits: they only move work between lanes.
+//! or not) must give the same bits: they only move work between lanes, and so must the
+//! serial kind reading pools kept in textures (CPU adapters' form), several blocks per row.
 
 mod common;
 
@@ -18,7 +19,8 @@ use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::attention::{MAX_SERIAL_GROUP, SerialLanes, SerialTuning, SplitLimits};
 use wllm::gpu::kernels::{AttentionKind, AttentionParams, KvWrite, PagedAttention, attention};
-use wllm::gpu::tensor::round_to;
+use wllm::gpu::kv_pool::{self, KvPool, KvStorage, KvTextureLayout};
+use wllm::gpu::tensor::{encode_words, round_to};
 use wllm::kv::{BlockId, BlockPool, BlockTable};
 
 // ---------------------------------------------------------------------------------------------
@@ -55,15 +57,21 @@ enum Variant {
         group: usize,
         shared: bool,
     },
+    /// Serial with [`SerialTuning::for_heads`] over pools in textures holding
+    /// `blocks_per_row` blocks per row (slots must be whole texels).
+    SerialTexture {
+        blocks_per_row: usize,
+    },
     Split(usize),
     /// Split with the partition [`SplitLimits::partition`] picks, as the runner builds it.
     SplitForModel,
 }
 
-const VARIANTS: [Variant; 5] = [
+const VARIANTS: [Variant; 6] = [
     Variant::Workgroup,
     Variant::Serial,
     Variant::SerialForHeads,
+    Variant::SerialTexture { blocks_per_row: 3 },
     Variant::Split(16),
     Variant::Split(70),
 ];
@@ -77,21 +85,40 @@ fn can_share() -> bool {
 }
 
 impl Variant {
-    /// The wrapper for `nh` query heads over `nkv` KV heads; a split one's scratch is sized for
-    /// `limits`.
+    /// Where this variant's pools live, for `num_blocks` blocks of `bs` slots of `kv_dim`.
+    fn storage(self, num_blocks: usize, bs: usize, kv_dim: usize, kv: WeightDType) -> KvStorage {
+        match self {
+            Variant::SerialTexture { blocks_per_row } => {
+                let words = kv_pool::slot_words(kv_dim, kv);
+                assert_eq!(words % 4, 0, "{self:?}: slots of whole texels");
+                KvStorage::Texture(KvTextureLayout {
+                    slot_texels: (words / 4) as u32,
+                    row_slots: (blocks_per_row * bs) as u32,
+                    rows: num_blocks.div_ceil(blocks_per_row) as u32,
+                })
+            }
+            _ => KvStorage::Buffer,
+        }
+    }
+
+    /// The wrapper for `nh` query heads over `nkv` KV heads reading pools in `storage`; a
+    /// split one's scratch is sized for `limits`.
     fn build(
         self,
         hd: usize,
         kv: WeightDType,
         (nh, nkv): (usize, usize),
         limits: SplitLimits,
+        storage: KvStorage,
     ) -> PagedAttention {
         let tuning = match self {
             Variant::Serial => Some(SerialTuning {
                 group: 1,
                 shared: true,
             }),
-            Variant::SerialForHeads => Some(SerialTuning::for_heads(nh, nkv)),
+            Variant::SerialForHeads | Variant::SerialTexture { .. } => {
+                Some(SerialTuning::for_heads(nh, nkv))
+            }
             Variant::SerialTuned { group, shared } => Some(SerialTuning { group, shared }),
             _ => None,
         };
@@ -103,6 +130,9 @@ impl Variant {
             Variant::SerialForHeads | Variant::SerialTuned { .. } => {
                 PagedAttention::serial(ctx(), hd, kv, tuning.expect("serial"))
             }
+            Variant::SerialTexture { .. } => {
+                PagedAttention::serial_with_storage(ctx(), hd, kv, tuning.expect("serial"), storage)
+            }
             Variant::Split(part) => {
                 PagedAttention::split_with_partition(ctx(), hd, kv, limits, part)
             }
@@ -111,9 +141,10 @@ impl Variant {
         let attn = attn.unwrap_or_else(|e| panic!("{self:?}: {e}"));
         let kind = match self {
             Variant::Workgroup => AttentionKind::Workgroup,
-            Variant::Serial | Variant::SerialForHeads | Variant::SerialTuned { .. } => {
-                AttentionKind::Serial
-            }
+            Variant::Serial
+            | Variant::SerialForHeads
+            | Variant::SerialTuned { .. }
+            | Variant::SerialTexture { .. } => AttentionKind::Serial,
             Variant::Split(_) | Variant::SplitForModel => AttentionKind::Split,
         };
         assert_eq!(attn.kind(), kind);
@@ -129,6 +160,7 @@ impl Variant {
             ..t
         });
         assert_eq!(attn.serial_tuning(), built, "{self:?}");
+        assert_eq!(attn.kv_storage(), storage, "{self:?}");
         attn
     }
 }
@@ -242,41 +274,41 @@ fn paged_attention_case(
     let want = attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
 
     let qkv_b = f32s("qkv", &qkv, &[t, row_stride]);
-    let k_cache = tensor("k_cache", &k_pool, &[num_slots, kv_dim], kv);
-    let v_cache = tensor("v_cache", &v_pool, &[num_slots, kv_dim], kv);
+    let storage = kind.storage(num_blocks, bs, kv_dim, kv);
+    let upload = |name: &str, data: &[f32]| {
+        let pool = KvPool::zeros(ctx(), name, storage, num_slots, kv_dim, kv).expect(name);
+        pool.write_words(ctx(), storage, kv_dim, kv, &encode_words(data, kv))
+            .expect(name);
+        pool
+    };
+    let (k_cache, v_cache) = (upload("k_cache", &k_pool), upload("v_cache", &v_pool));
     let slots_b = u32s("slot_mapping", &batch.slot_mapping);
     let tables_b = u32s("block_tables", &batch.block_tables);
     let seq_b = u32s("token_seq", &batch.token_seq);
     let pos_b = u32s("positions", &batch.positions);
     let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
-    let kvw = KvWrite::new(ctx(), kv);
+    let kvw = KvWrite::new(ctx(), kv, storage);
     // The scratch fits this batch and any position the tables can hold.
     let limits = SplitLimits {
         max_tokens: t,
         num_heads: nh,
         max_context: max_blocks * bs,
     };
-    let attn = kind.build(hd, kv, (nh, nkv), limits);
-    let kvw_bg = kvw.bind(
-        ctx(),
-        &qkv_b.buffer,
-        &slots_b.buffer,
-        &k_cache.buffer,
-        &v_cache.buffer,
-    );
+    let attn = kind.build(hd, kv, (nh, nkv), limits, storage);
+    let kvw_bg = kvw.bind(ctx(), &qkv_b.buffer, &slots_b.buffer, &k_cache, &v_cache);
     let bind =
         |q: &GpuTensor, tables: &GpuTensor, seq: &GpuTensor, pos: &GpuTensor, out: &GpuTensor| {
-            let (k, v) = (&k_cache.buffer, &v_cache.buffer);
             attn.bind(
                 ctx(),
                 &q.buffer,
-                k,
-                v,
+                &k_cache,
+                &v_cache,
                 &tables.buffer,
                 &seq.buffer,
                 &pos.buffer,
                 &out.buffer,
             )
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
         };
     let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
     run(|pass| {
@@ -388,6 +420,7 @@ fn split_attention_over_long_contexts() {
         Variant::Workgroup,
         Variant::Serial,
         Variant::SerialForHeads,
+        Variant::SerialTexture { blocks_per_row: 2 },
     ]
     .into_iter()
     .enumerate()
@@ -444,7 +477,8 @@ fn split_attention_needs_its_sizes() {
     assert_eq!(attn.partition(), Some(256));
     // The runner's constructor: Serial on a CPU adapter such as lavapipe (both query heads of
     // the one KV head in a thread), Split on GPUs.
-    let attn = PagedAttention::for_model(ctx(), 64, F16, 1, limits).expect("for_model");
+    let attn =
+        PagedAttention::for_model(ctx(), 64, F16, 1, limits, KvStorage::Buffer).expect("for_model");
     assert_eq!(attn.kind(), AttentionKind::for_adapter(ctx()));
     let on_cpu = ctx().adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
     let want = if on_cpu {
@@ -527,6 +561,17 @@ fn serial_tunings_agree_bit_for_bit() {
             &gpu,
             &want_bits,
         );
+        // Rows from textures, where slots are whole texels (all but the 6- and 2-dim heads):
+        // one block per row, and two.
+        let (_, _, nkv, hd, kv) = c;
+        if kv_pool::slot_words(nkv * hd, kv) % 4 == 0 {
+            for blocks_per_row in [1, 2] {
+                let kind = Variant::SerialTexture { blocks_per_row };
+                let (gpu, _) = paged_attention_case(&SEQS, c, kind, true, seed);
+                let what = format!("{c:?} {kind:?} vs buffers, one head per thread");
+                assert_bits_eq(&what, &gpu, &want_bits);
+            }
+        }
     }
 }
 
@@ -560,7 +605,47 @@ fn serial_shared_rows_match_private_rows_over_prompts() {
         let (b, _) = paged_attention_case(&PROMPT_SEQS, c, shared, true, seed);
         assert_close(&format!("serial {c:?} {private:?}"), &a, &want, TOL);
         assert_bits_eq(&format!("{c:?}: shared vs private rows"), &b, &a);
+        // The runner's form on CPU adapters: shared rows from textures.
+        let texture = Variant::SerialTexture { blocks_per_row: 2 };
+        let (b, _) = paged_attention_case(&PROMPT_SEQS, c, texture, true, seed);
+        assert_bits_eq(&format!("{c:?}: texture vs buffer rows"), &b, &a);
     }
+}
+
+#[test]
+fn attention_refuses_pools_stored_elsewhere() {
+    let layout = KvTextureLayout {
+        slot_texels: 2,
+        row_slots: 4,
+        rows: 2,
+    };
+    let texture = KvStorage::Texture(layout);
+    let buffers = [KvStorage::Buffer, KvStorage::Buffer];
+    let pools = |storage: [KvStorage; 2]| {
+        storage.map(|s| KvPool::zeros(ctx(), "pool", s, 8, 16, F16).expect("pool"))
+    };
+    let u = u32s("unused", &[0; 64]);
+    let tuning = SerialTuning::for_heads(2, 1);
+    let in_textures =
+        PagedAttention::serial_with_storage(ctx(), 8, F16, tuning, texture).expect("serial");
+    let in_buffers = PagedAttention::serial(ctx(), 8, F16, tuning).expect("serial");
+    let bind = |attn: &PagedAttention, [k, v]: &[KvPool; 2]| {
+        attn.bind(
+            ctx(),
+            &u.buffer,
+            k,
+            v,
+            &u.buffer,
+            &u.buffer,
+            &u.buffer,
+            &u.buffer,
+        )
+    };
+    assert!(bind(&in_textures, &pools([texture, texture])).is_ok());
+    assert!(bind(&in_buffers, &pools(buffers)).is_ok());
+    assert!(bind(&in_textures, &pools(buffers)).is_err());
+    assert!(bind(&in_buffers, &pools([texture, texture])).is_err());
+    assert!(bind(&in_textures, &pools([texture, KvStorage::Buffer])).is_err());
 }
 
 /// Short decode batches of lone tokens from different sequences: one token (every alone check
@@ -582,7 +667,7 @@ fn serial_lane_layout_follows_the_batch_shape() {
         num_heads: 9,
         max_context: 256,
     };
-    let attn = Variant::SerialForHeads.build(64, F16, (9, 3), limits);
+    let attn = Variant::SerialForHeads.build(64, F16, (9, 3), limits, KvStorage::Buffer);
     for t in [1, 2, 3, 5, 7, 8, 9, 64] {
         let want = if !can_share() {
             SerialLanes::Items
@@ -595,7 +680,7 @@ fn serial_lane_layout_follows_the_batch_shape() {
         };
         assert_eq!(attn.serial_lanes(t, 9), Some(want), "{t} tokens");
     }
-    let workgroup = Variant::Workgroup.build(64, F16, (9, 3), limits);
+    let workgroup = Variant::Workgroup.build(64, F16, (9, 3), limits, KvStorage::Buffer);
     assert_eq!(workgroup.serial_lanes(1, 9), None);
 }
 

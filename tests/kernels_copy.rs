@@ -4,13 +4,15 @@
 //! of block size 1 is 15 words, an odd count) and 192, in both word layouts. Pairs copy between
 //! non-adjacent blocks, to and from the first and last block, and one source to two
 //! destinations (two sequences forked from one). Every word is compared exactly, and every
-//! block that is not a destination must come back unchanged.
+//! block that is not a destination must come back unchanged. Pools kept in textures (CPU
+//! adapters) copy blocks with texture copies instead: the same reference, the same words.
 
 mod common;
 
 use wllm::WeightDType::{self, F16, F32};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::{CopyBlocks, copy_blocks};
+use wllm::gpu::kv_pool::{self, KvPool, KvStorage, KvTextureLayout};
 use wllm::gpu::tensor::read_words;
 
 /// The library's SplitMix64 with the helpers the tests need.
@@ -187,4 +189,67 @@ fn words_per_block_counts_f16_pairs() {
     assert_eq!(copy_blocks::words_per_block(16, 192, F16), 1536);
     assert_eq!(copy_blocks::words_per_block(16, 192, F32), 3072);
     assert_eq!(copy_blocks::words_per_block(1, 30, F16), 15);
+}
+
+#[test]
+fn texture_pools_copy_blocks_like_the_kernel() {
+    // 13 blocks, 1 to 3 of them per texture row (the last row part empty); slots of 1 texel
+    // (f16, kv_dim 8), 3 (f32, kv_dim 12) and 24 (f16, kv_dim 192, SmolLM2).
+    let pairs = [[3, 9], [0, 5], [12, 1], [7, 11], [3, 2]];
+    let num_blocks: usize = 13;
+    let mut seed = 20;
+    for (block_size, kv_dim, dtype) in [(1, 8, F16), (4, 12, F32), (16, 192, F16)] {
+        for blocks_per_row in [1, 2, 3] {
+            seed += 1;
+            let what = format!(
+                "texture copy {dtype:?} block_size {block_size} kv_dim {kv_dim}, {blocks_per_row} blocks per row"
+            );
+            let words = kv_pool::slot_words(kv_dim, dtype);
+            let layout = KvTextureLayout {
+                slot_texels: (words / 4) as u32,
+                row_slots: (blocks_per_row * block_size) as u32,
+                rows: num_blocks.div_ceil(blocks_per_row) as u32,
+            };
+            let storage = KvStorage::Texture(layout);
+            let slots = num_blocks * block_size;
+            let mut rng = Rng::new(seed);
+            let mut pools = Vec::new();
+            let mut before = Vec::new();
+            for name in ["k_cache", "v_cache"] {
+                let pool = KvPool::zeros(ctx(), name, storage, slots, kv_dim, dtype)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let w: Vec<u32> = (0..slots * words).map(|_| rng.next_u64() as u32).collect();
+                pool.write_words(ctx(), storage, kv_dim, dtype, &w)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                before.push(w);
+                pools.push(pool);
+            }
+            let mut enc = ctx()
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let textures: Vec<&wgpu::Texture> = pools
+                .iter()
+                .map(|pool| match pool {
+                    KvPool::Texture { texture, .. } => texture,
+                    KvPool::Buffer(_) => panic!("{what}: a texture pool"),
+                })
+                .collect();
+            let bs = block_size as u32;
+            kv_pool::copy_texture_blocks(ctx(), &mut enc, &textures, layout, bs, &pairs);
+            ctx().queue.submit([enc.finish()]);
+            let after: Vec<Vec<u32>> = pools
+                .iter()
+                .map(|p| {
+                    p.read_words(ctx(), storage, slots, kv_dim, dtype)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                })
+                .collect();
+            let wpb = copy_blocks::words_per_block(block_size, kv_dim, dtype);
+            let (mut want_k, mut want_v) = (before[0].clone(), before[1].clone());
+            copy_blocks::reference(&pairs, wpb, &mut want_k, &mut want_v);
+            assert_ne!(want_k, before[0], "{what}: the pairs change the pool");
+            assert_words_eq(&format!("{what} K"), &after[0], &want_k, wpb);
+            assert_words_eq(&format!("{what} V"), &after[1], &want_v, wpb);
+        }
+    }
 }

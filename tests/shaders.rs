@@ -22,7 +22,7 @@ const MAX_WORKGROUP_BYTES: u32 = 16384;
 fn override_values(name: &str) -> Vec<f64> {
     match name {
         "W_F16" | "KV_F16" | "HAS_POS" | "GATHER" | "Q8" | "GLU" | "X_WINDOW" | "X_SHARED"
-        | "W_TEXTURE" | "SHARED" | "NORM" => {
+        | "W_TEXTURE" | "SHARED" | "NORM" | "KV_TEXTURE" => {
             vec![0.0, 1.0]
         }
         // matmul_quant: rows of x and columns per thread, and its workgroup size (QuantTuning);

@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod kv_pool;
 pub mod pipeline;
 pub mod profile;
 pub mod runner;

@@ -257,12 +257,23 @@ impl Kernel {
 
     /// A bind group with `buffers` at bindings 0, 1, 2, ... (whole buffers).
     pub fn bind(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
+        let resources = buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.bind_resources(ctx, resources)
+    }
+
+    /// A bind group with `resources` at bindings 0, 1, 2, ... (a mix of buffers and textures,
+    /// for a layout made by [`Kernel::with_layout`]).
+    pub fn bind_resources(
+        &self,
+        ctx: &GpuContext,
+        resources: Vec<wgpu::BindingResource<'_>>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource,
             })
             .collect();
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -11,6 +11,7 @@ use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
     PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData, rope::cos_sin_table,
 };
+use crate::gpu::kv_pool::{KvPool, KvStorage, copy_texture_blocks};
 use crate::gpu::pipeline::join_scoped;
 use crate::gpu::profile::{Profiler, StepProfile};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
@@ -35,7 +36,7 @@ pub struct RunnerConfig {
     pub kv_dtype: WeightDType,
     /// Tokens per KV block (power of two, 1..=256).
     pub block_size: usize,
-    /// Physical blocks in the pool (each layer has a K and a V buffer of this many blocks).
+    /// Physical blocks in the pool (each layer has a K and a V pool of this many blocks).
     pub num_blocks: usize,
     /// Most tokens in one step (the activation buffers' row count).
     pub max_batch_tokens: usize,
@@ -150,6 +151,9 @@ pub struct Runner {
     /// (src, dst) block pairs for copy-on-write, and one bind group per layer over them.
     copy_pairs: wgpu::Buffer,
     copy_binds: Vec<wgpu::BindGroup>,
+    kv_storage: KvStorage,
+    k_pools: Vec<KvPool>,
+    v_pools: Vec<KvPool>,
     /// Set by [`Runner::enable_profiling`]: per-kernel timestamps of every step.
     profiler: Option<Profiler>,
     last_profile: Option<StepProfile>,
@@ -268,6 +272,8 @@ impl Runner {
         // (llvmpipe: a fraction of a second each, most of a model's load) can then use more
         // cores. On 2 cores this measured level: the families' own threads keep both busy.
         let kv_dtype = rc.kv_dtype;
+        let kv_storage =
+            KvStorage::for_adapter(ctx, rc.num_blocks, rc.block_size, cfg.kv_dim(), kv_dtype);
         let kernels = std::thread::scope(|s| -> Result<Kernels, GpuError> {
             let embedding = s.spawn(|| match weights.embed.format {
                 MatrixFormat::Quant(f) => {
@@ -298,6 +304,7 @@ impl Runner {
                         num_heads: cfg.num_heads,
                         max_context: cfg.max_context,
                     },
+                    kv_storage,
                 )
             });
             let rms_norm = s.spawn(|| RmsNorm::new(ctx, false));
@@ -305,8 +312,8 @@ impl Runner {
             let layer_norm = s.spawn(|| LayerNorm::new(ctx, false));
             let layer_norm_gather = s.spawn(|| LayerNorm::new(ctx, true));
             let matmul = s.spawn(|| Matmul::new(ctx, wdt));
-            let rope_kv_write = s.spawn(|| RopeKvWrite::new(ctx, kv_dtype, hd));
-            let kv_write = s.spawn(|| KvWrite::new(ctx, kv_dtype));
+            let rope_kv_write = s.spawn(|| RopeKvWrite::new(ctx, kv_dtype, hd, kv_storage));
+            let kv_write = s.spawn(|| KvWrite::new(ctx, kv_dtype, kv_storage));
             let silu_mul = s.spawn(|| SiluMul::new(ctx));
             let gelu = s.spawn(|| Gelu::new(ctx));
             let copy_blocks = s.spawn(|| CopyBlocks::new(ctx));
@@ -371,16 +378,16 @@ impl Runner {
         let feed_bind = kernels.feed_tokens.bind(ctx, &meta.token_ids, &ids);
         let dummy = u32_buffer(ctx, "unused binding", 1);
 
-        // KV pools: one K and one V buffer per layer, (num_blocks * block_size, kv_dim).
+        // KV pools: one K and one V pool per layer, (num_blocks * block_size, kv_dim), in
+        // buffers or textures (src/gpu/kv_pool.rs).
         let slots = rc.num_blocks * rc.block_size;
         let mut k_pools = Vec::new();
         let mut v_pools = Vec::new();
         for l in 0..cfg.num_layers {
-            let shape = [slots, cfg.kv_dim()];
-            k_pools
-                .push(GpuTensor::zeros(ctx, &format!("k_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
-            v_pools
-                .push(GpuTensor::zeros(ctx, &format!("v_cache[{l}]"), &shape, rc.kv_dtype)?.buffer);
+            let pool =
+                |name: &str| KvPool::zeros(ctx, name, kv_storage, slots, cfg.kv_dim(), rc.kv_dtype);
+            k_pools.push(pool(&format!("k_cache[{l}]"))?);
+            v_pools.push(pool(&format!("v_cache[{l}]"))?);
         }
 
         let mm = &kernels.matmul;
@@ -495,11 +502,15 @@ impl Runner {
         };
 
         let copy_pairs = u32_buffer(ctx, "block copy pairs", 2 * MAX_BLOCK_COPIES);
-        let copy_binds = (0..cfg.num_layers)
-            .map(|l| {
-                kernels
-                    .copy_blocks
-                    .bind(ctx, &copy_pairs, &k_pools[l], &v_pools[l])
+        // Texture pools copy blocks with copy_texture_to_texture instead.
+        let copy_binds = k_pools
+            .iter()
+            .zip(&v_pools)
+            .filter_map(|pools| match pools {
+                (KvPool::Buffer(k), KvPool::Buffer(v)) => {
+                    Some(kernels.copy_blocks.bind(ctx, &copy_pairs, k, v))
+                }
+                _ => None,
             })
             .collect();
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -529,7 +540,7 @@ impl Runner {
                 &meta.token_seq,
                 &meta.positions,
                 &attn,
-            );
+            )?;
             layers.push(match lw {
                 LayerWeights::Llama(w) => {
                     let qkv_normed = normed_binds(&w.wqkv, &w.attn_norm, &qkv, qkv_dim, false)?;
@@ -610,8 +621,6 @@ impl Runner {
         let has_rope = cos_sin.is_some();
         buffers.extend([x, h, qkv, attn, ffn_in, act, final_h, dummy]);
         buffers.extend(cos_sin);
-        buffers.extend(k_pools);
-        buffers.extend(v_pools);
 
         Ok(Runner {
             ctx: ctx.clone(),
@@ -638,6 +647,9 @@ impl Runner {
             lm_head,
             copy_pairs,
             copy_binds,
+            kv_storage,
+            k_pools,
+            v_pools,
             profiler: None,
             last_profile: None,
             last_timing: StepTiming::default(),
@@ -717,6 +729,24 @@ impl Runner {
             return Ok(());
         }
         check_pairs(copies, self.rc.num_blocks)?;
+        if let KvStorage::Texture(layout) = self.kv_storage {
+            let mut enc = self
+                .ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("copy blocks"),
+                });
+            let textures: Vec<&wgpu::Texture> = (self.k_pools.iter().chain(&self.v_pools))
+                .filter_map(|pool| match pool {
+                    KvPool::Texture { texture, .. } => Some(texture),
+                    KvPool::Buffer(_) => None,
+                })
+                .collect();
+            let bs = self.rc.block_size as u32;
+            copy_texture_blocks(&self.ctx, &mut enc, &textures, layout, bs, copies);
+            self.ctx.queue.submit([enc.finish()]);
+            return Ok(());
+        }
         let wpb = words_per_block(self.rc.block_size, self.cfg.kv_dim(), self.rc.kv_dtype);
         // write_buffer lands before the next submit, so each chunk of pairs gets its own submit.
         for chunk in copies.chunks(MAX_BLOCK_COPIES) {

@@ -21,6 +21,8 @@
 //! part_stride = ceil(max_context / partition) <= [`MAX_PARTITIONS`], shared by every bind group
 //! (the dispatches that use it run one after another).
 
+use crate::gpu::kernels::quant_texture::{texture_entry, unused_texture};
+use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::{
     ATTENTION_COMBINE, Kernel, PAGED_ATTENTION, PAGED_ATTENTION_SERIAL, PAGED_ATTENTION_SPLIT,
     grid_2d,
@@ -158,6 +160,11 @@ struct SerialState {
     /// GROUP = 1, sharing the bind group layout (None: the main kernel has GROUP = 1, or rows
     /// are not shared).
     heads: Option<Kernel>,
+    /// Where the K/V pools it reads live (textures: KV_TEXTURE).
+    storage: KvStorage,
+    /// Bound in place of the storage the pipelines do not read (they still declare it).
+    unused_buffer: wgpu::Buffer,
+    unused_texture: wgpu::TextureView,
 }
 
 /// What the lanes of a serial workgroup serve (`lanes` in paged_attention_serial.wgsl, whose
@@ -172,8 +179,8 @@ pub enum SerialLanes {
     Heads = 2,
 }
 
-/// Read-only flags of the serial kernel's bindings (qkv, k, v, tables, token_seq, positions,
-/// out), for the layout its two pipelines share.
+/// Read-only flags of the serial kernel's buffer bindings (qkv, k, v, tables, token_seq,
+/// positions, out), for the layout its two pipelines share (the K and V textures follow).
 const SERIAL_READ_ONLY: [bool; 7] = [true, true, true, true, true, true, false];
 
 pub struct PagedAttention {
@@ -195,20 +202,31 @@ impl PagedAttention {
     /// The kind [`AttentionKind::for_adapter`] picks, a split one's scratch sized by `limits`,
     /// a serial one grouped by [`SerialTuning::for_heads`] (`limits.num_heads` query heads over
     /// `num_kv_heads`).
+    /// `storage`: where the pools live ([`KvStorage::for_adapter`] gives textures only where
+    /// this picks the serial kind; the others read buffers).
     pub fn for_model(
         ctx: &GpuContext,
         head_dim: usize,
         kv_dtype: WeightDType,
         num_kv_heads: usize,
         limits: SplitLimits,
+        storage: KvStorage,
     ) -> Result<Self, GpuError> {
-        match AttentionKind::for_adapter(ctx) {
+        let kind = AttentionKind::for_adapter(ctx);
+        if storage.is_texture() && kind != AttentionKind::Serial {
+            return Err(GpuError::Shape {
+                op: "paged_attention",
+                msg: format!("the {kind:?} kind reads K/V pools from buffers only"),
+            });
+        }
+        match kind {
             AttentionKind::Split => Self::split(ctx, head_dim, kv_dtype, limits),
-            AttentionKind::Serial => Self::serial(
+            AttentionKind::Serial => Self::serial_with_storage(
                 ctx,
                 head_dim,
                 kv_dtype,
                 SerialTuning::for_heads(limits.num_heads, num_kv_heads),
+                storage,
             ),
             kind => Self::with_kind(ctx, head_dim, kv_dtype, kind),
         }
@@ -251,12 +269,23 @@ impl PagedAttention {
     }
 
     /// The serial kind with `tuning` (its `shared` switched off where the adapter's subgroup
-    /// is not exactly the 8-lane workgroup).
+    /// is not exactly the 8-lane workgroup), reading K/V pools in buffers.
     pub fn serial(
         ctx: &GpuContext,
         head_dim: usize,
         kv_dtype: WeightDType,
         tuning: SerialTuning,
+    ) -> Result<Self, GpuError> {
+        Self::serial_with_storage(ctx, head_dim, kv_dtype, tuning, KvStorage::Buffer)
+    }
+
+    /// [`PagedAttention::serial`] reading pools kept in `storage`.
+    pub fn serial_with_storage(
+        ctx: &GpuContext,
+        head_dim: usize,
+        kv_dtype: WeightDType,
+        tuning: SerialTuning,
+        storage: KvStorage,
     ) -> Result<Self, GpuError> {
         check_head_dim(head_dim)?;
         if !(1..=MAX_SERIAL_GROUP).contains(&tuning.group) {
@@ -283,6 +312,7 @@ impl PagedAttention {
                 ("WG", SERIAL_WG as f64),
                 ("GROUP", group as f64),
                 ("SHARED", f64::from(u8::from(tuning.shared))),
+                ("KV_TEXTURE", f64::from(u8::from(storage.is_texture()))),
             ]
         };
         let (grouped, single) = (consts(tuning.group), consts(1));
@@ -290,14 +320,31 @@ impl PagedAttention {
         if tuning.shared && tuning.group > 1 {
             members.push((PAGED_ATTENTION_SERIAL, &single[..]));
         }
-        let mut kernels = Kernel::sharing_layout(ctx, &SERIAL_READ_ONLY, &members);
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = SERIAL_READ_ONLY
+            .iter()
+            .enumerate()
+            .map(|(i, &ro)| Kernel::storage_entry(i as u32, ro))
+            .collect();
+        entries.extend([texture_entry(7), texture_entry(8)]);
+        let mut kernels = Kernel::with_layout(ctx, &entries, &members);
         let heads = (kernels.len() > 1).then(|| kernels.pop().expect("two kernels"));
         Ok(Self {
             kernel: kernels.pop().expect("the grouped kernel"),
             kind: AttentionKind::Serial,
             head_dim,
             split: None,
-            serial: Some(SerialState { tuning, heads }),
+            serial: Some(SerialState {
+                tuning,
+                heads,
+                storage,
+                unused_buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("paged_attention unused KV buffer"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                }),
+                unused_texture: unused_texture(ctx),
+            }),
         })
     }
 
@@ -384,6 +431,13 @@ impl PagedAttention {
         self.serial.as_ref().map(|s| s.tuning)
     }
 
+    /// Where the pools it reads must live (textures only for the serial kind).
+    pub fn kv_storage(&self) -> KvStorage {
+        self.serial
+            .as_ref()
+            .map_or(KvStorage::Buffer, |s| s.storage)
+    }
+
     /// The lane layout the serial kind runs a step of `num_tokens` tokens in, for a model
     /// with `num_heads` query heads (None for the other kinds).
     ///
@@ -408,24 +462,59 @@ impl PagedAttention {
         })
     }
 
+    /// A bind group over one layer's pools, which must live where [`Self::kv_storage`] says.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         ctx: &GpuContext,
         qkv: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
+        k_cache: &KvPool,
+        v_cache: &KvPool,
         block_tables: &wgpu::Buffer,
         token_seq: &wgpu::Buffer,
         positions: &wgpu::Buffer,
         out: &wgpu::Buffer,
-    ) -> wgpu::BindGroup {
-        let mut buffers = vec![qkv, k_cache, v_cache, block_tables, token_seq, positions];
-        if let Some(split) = &self.split {
-            buffers.push(&split.scratch.buffer);
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        let want_texture = self.kv_storage().is_texture();
+        for pool in [k_cache, v_cache] {
+            if matches!(pool, KvPool::Texture { .. }) != want_texture {
+                return Err(GpuError::Shape {
+                    op: "paged_attention",
+                    msg: format!(
+                        "this kernel reads K/V pools as {:?}; a pool lives elsewhere",
+                        self.kv_storage()
+                    ),
+                });
+            }
         }
-        buffers.push(out);
-        self.kernel.bind(ctx, &buffers)
+        let Some(serial) = &self.serial else {
+            let (KvPool::Buffer(k), KvPool::Buffer(v)) = (k_cache, v_cache) else {
+                unreachable!("checked above: buffers for kinds other than serial");
+            };
+            let mut buffers = vec![qkv, k, v, block_tables, token_seq, positions];
+            if let Some(split) = &self.split {
+                buffers.push(&split.scratch.buffer);
+            }
+            buffers.push(out);
+            return Ok(self.kernel.bind(ctx, &buffers));
+        };
+        let unused = &serial.unused_buffer;
+        let buffers = [
+            qkv,
+            k_cache.buffer_or(unused),
+            v_cache.buffer_or(unused),
+            block_tables,
+            token_seq,
+            positions,
+            out,
+        ];
+        let mut resources: Vec<wgpu::BindingResource> =
+            buffers.iter().map(|b| b.as_entire_binding()).collect();
+        for pool in [k_cache, v_cache] {
+            let view = pool.view_or(&serial.unused_texture);
+            resources.push(wgpu::BindingResource::TextureView(view));
+        }
+        Ok(self.kernel.bind_resources(ctx, resources))
     }
 
     /// Records the attention for `p`'s batch: one dispatch, or for the split kind two (split,
@@ -512,9 +601,10 @@ impl PagedAttention {
                         p.num_tokens * p.num_kv_heads * per_kv.div_ceil(SERIAL_WG),
                     ),
                 };
-                let mut serial_imm = [0u32; 8];
+                let mut serial_imm = [0u32; 9];
                 serial_imm[..7].copy_from_slice(&imm);
                 serial_imm[7] = lanes as u32;
+                serial_imm[8] = serial.storage.row_slots();
                 kernel.dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
             }
             _ => self.kernel.dispatch(pass, bg, &imm, grid_2d(items as u32)),

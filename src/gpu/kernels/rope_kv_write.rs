@@ -1,10 +1,13 @@
 //! `shaders/rope_kv_write.wgsl`: RoPE on the Q and K heads and the KV write in one dispatch
 //! (rope.wgsl then kv_write.wgsl, fused). Q is rotated in place; K is rotated on its way into
-//! the pool, so qkv's K columns keep their unrotated values.
+//! the pool, so qkv's K columns keep their unrotated values. The pools are storage buffers or
+//! (CPU adapters) textures ([`KvStorage`]).
 
+use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE, grid_2d};
 use crate::gpu::{GpuContext, WeightDType};
 
+use super::kv_write::KvTargets;
 use super::{RopeParams, kv_write, rope};
 
 /// Threads per workgroup (the shader's `WG`).
@@ -13,23 +16,36 @@ const WG: usize = 64;
 pub struct RopeKvWrite {
     kernel: Kernel,
     head_dim: usize,
+    targets: KvTargets,
 }
 
 impl RopeKvWrite {
     /// A pipeline for one head width (even): the shader takes it as a constant, so that its
-    /// index arithmetic has no division by a runtime value.
-    pub fn new(ctx: &GpuContext, kv_dtype: WeightDType, head_dim: usize) -> Self {
+    /// index arithmetic has no division by a runtime value. It writes pools of `kv_dtype` held
+    /// in `storage`.
+    pub fn new(
+        ctx: &GpuContext,
+        kv_dtype: WeightDType,
+        head_dim: usize,
+        storage: KvStorage,
+    ) -> Self {
+        let targets = KvTargets::new(ctx, "rope_kv_write", kv_dtype, storage);
+        // qkv is read_write (Q rotates in place); positions, cos_sin, slot_mapping are read.
+        let kernel = targets.kernel(
+            ctx,
+            ROPE_KV_WRITE,
+            &[false, true, true, true],
+            &[("HEAD_DIM", head_dim as f64)],
+        );
         Self {
-            kernel: Kernel::new(
-                ctx,
-                ROPE_KV_WRITE,
-                &[("KV_F16", kv_dtype.is_f16()), ("HEAD_DIM", head_dim as f64)],
-            ),
+            kernel,
             head_dim,
+            targets,
         }
     }
 
-    /// `cos_sin`: [`rope::cos_sin_table`]; the pools are one layer's (slots, kv_dim) words.
+    /// `cos_sin`: [`rope::cos_sin_table`]; the pools are one layer's, in the storage the
+    /// kernel was built for (panics otherwise).
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -38,24 +54,36 @@ impl RopeKvWrite {
         positions: &wgpu::Buffer,
         cos_sin: &wgpu::Buffer,
         slot_mapping: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
+        k_cache: &KvPool,
+        v_cache: &KvPool,
     ) -> wgpu::BindGroup {
-        self.kernel.bind(
-            ctx,
-            &[qkv, positions, cos_sin, slot_mapping, k_cache, v_cache],
-        )
+        let mut resources: Vec<_> = [qkv, positions, cos_sin, slot_mapping]
+            .iter()
+            .map(|b| b.as_entire_binding())
+            .collect();
+        resources.extend(self.targets.resources(k_cache, v_cache));
+        self.kernel.bind_resources(ctx, resources)
     }
 
     /// K starts right after the Q heads (column num_heads · head_dim), V right after K.
-    /// `p.head_dim` must be the one the pipeline was built for.
+    /// `p.head_dim` must be the one the pipeline was built for; with texture pools, a slot's
+    /// kv_dim elements must be the layout's `slot_texels` texels.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
         assert_eq!(
             p.head_dim, self.head_dim,
             "rope_kv_write pipeline built for another head width"
         );
-        let imm = p.immediates();
-        let per_token = (p.num_heads + 2 * p.num_kv_heads) * p.head_dim / 2;
+        let kv_dim = p.num_kv_heads * p.head_dim;
+        self.targets.check(kv_dim);
+        let mut imm = [0; 8];
+        imm[..7].copy_from_slice(&p.immediates());
+        imm[7] = self.targets.storage.row_slots();
+        // Q pairs, then K and V items: element pairs (buffers) or slot texels (textures).
+        let kv_items = match self.targets.storage {
+            KvStorage::Buffer => kv_dim / 2,
+            KvStorage::Texture(l) => l.slot_texels as usize,
+        };
+        let per_token = p.num_heads * p.head_dim / 2 + 2 * kv_items;
         let groups = p.num_tokens * per_token.div_ceil(WG);
         self.kernel.dispatch(pass, bg, &imm, grid_2d(groups as u32));
     }
