@@ -8,9 +8,14 @@ use common::{fixtures, smollm2_path};
 use serde_json::Value;
 
 fn wllm(args: &[&str]) -> (bool, String, String) {
+    wllm_with_env(args, &[])
+}
+
+fn wllm_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wllm"))
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .envs(env.iter().copied())
         .output()
         .expect("run wllm");
     (
@@ -101,6 +106,46 @@ fn bad_input_is_a_clear_error() {
     ]);
     assert!(!ok && err.contains("power of two"), "{err}");
     assert!(!err.contains("panicked"));
+}
+
+/// `WLLM_KV_POOL` / `WLLM_QUANT_WEIGHTS`: a value wllm does not know, or texture pools where
+/// the kernels cannot read them, is an error before anything runs; pools in textures and in
+/// buffers give the same tokens.
+#[test]
+fn storage_overrides_are_checked_and_agree() {
+    let model = tiny_llama();
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--prompt-ids",
+        "1,2,3,4,5,6,7,8,9",
+        "--max-tokens",
+        "6",
+        "--block-size",
+        "4",
+        "--json",
+    ];
+    for (name, value) in [("WLLM_KV_POOL", "textures"), ("WLLM_QUANT_WEIGHTS", "tex")] {
+        let (ok, _, err) = wllm_with_env(&args, &[(name, value)]);
+        assert!(!ok && err.contains(name) && err.contains(value), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let gpu_forms = [("WLLM_KV_POOL", "texture"), ("WLLM_KERNEL_FORMS", "gpu")];
+    let (ok, _, err) = wllm_with_env(&args, &gpu_forms);
+    assert!(!ok && err.contains("CPU kernel forms"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let ids = |pool: &str| {
+        let env = [("WLLM_KV_POOL", pool), ("WLLM_KERNEL_FORMS", "cpu")];
+        let (ok, out, err) = wllm_with_env(&args, &env);
+        assert!(ok, "WLLM_KV_POOL={pool}: {err}");
+        let v: Value = serde_json::from_str(out.trim()).expect("json");
+        v["output_ids"].clone()
+    };
+    let textures = ids("texture");
+    assert_eq!(textures.as_array().map(Vec::len), Some(6));
+    assert_eq!(textures, ids("buffer"));
 }
 
 #[test]

@@ -89,13 +89,15 @@ impl Variant {
     fn storage(self, num_blocks: usize, bs: usize, kv_dim: usize, kv: WeightDType) -> KvStorage {
         match self {
             Variant::SerialTexture { blocks_per_row } => {
-                let words = kv_pool::slot_words(kv_dim, kv);
-                assert_eq!(words % 4, 0, "{self:?}: slots of whole texels");
-                KvStorage::Texture(KvTextureLayout {
-                    slot_texels: (words / 4) as u32,
-                    row_slots: (blocks_per_row * bs) as u32,
-                    rows: num_blocks.div_ceil(blocks_per_row) as u32,
-                })
+                let layout = KvTextureLayout::with_blocks_per_row(
+                    num_blocks,
+                    bs,
+                    kv_dim,
+                    kv,
+                    blocks_per_row,
+                    ctx().limits.max_texture_dimension_2d,
+                );
+                KvStorage::Texture(layout.expect("slots of whole texels"))
             }
             _ => KvStorage::Buffer,
         }
@@ -529,7 +531,7 @@ const SERIAL_CASES: [AttnCase; 7] = [
     (16, 9, 3, 64, F16),  // SmolLM2-135M
     (16, 7, 1, 64, F16),  // group 7
     (4, 8, 2, 80, F32),   // group 4, a head past one 64-dim part
-    (16, 4, 2, 6, F16),   // group 2, rows not 16-byte aligned
+    (16, 8, 4, 6, F16),   // group 2, rows not 16-byte aligned (3 texels a slot)
     (1, 3, 1, 2, F32),    // group 3, one-token blocks, the smallest head
     (16, 2, 2, 256, F16), // no grouping, the largest head
     (8, 4, 1, 256, F32),  // group 4 of the largest head
@@ -561,10 +563,10 @@ fn serial_tunings_agree_bit_for_bit() {
             &gpu,
             &want_bits,
         );
-        // Rows from textures, where slots are whole texels (all but the 6- and 2-dim heads):
-        // one block per row, and two.
+        // Rows from textures, where slots are whole texels (all but the 2-dim head; the 6-dim
+        // heads' rows start inside texels): one block per row, and two.
         let (_, _, nkv, hd, kv) = c;
-        if kv_pool::slot_words(nkv * hd, kv) % 4 == 0 {
+        if (nkv * hd) % kv_pool::texel_elements(kv) == 0 {
             for blocks_per_row in [1, 2] {
                 let kind = Variant::SerialTexture { blocks_per_row };
                 let (gpu, _) = paged_attention_case(&SEQS, c, kind, true, seed);
@@ -614,11 +616,8 @@ fn serial_shared_rows_match_private_rows_over_prompts() {
 
 #[test]
 fn attention_refuses_pools_stored_elsewhere() {
-    let layout = KvTextureLayout {
-        slot_texels: 2,
-        row_slots: 4,
-        rows: 2,
-    };
+    // 8 slots of 16 f16 elements (2 texels), a block of 4 a row.
+    let layout = KvTextureLayout::with_blocks_per_row(2, 4, 16, F16, 1, 64).expect("fits");
     let texture = KvStorage::Texture(layout);
     let buffers = [KvStorage::Buffer, KvStorage::Buffer];
     let pools = |storage: [KvStorage; 2]| {

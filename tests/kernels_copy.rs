@@ -204,12 +204,16 @@ fn texture_pools_copy_blocks_like_the_kernel() {
             let what = format!(
                 "texture copy {dtype:?} block_size {block_size} kv_dim {kv_dim}, {blocks_per_row} blocks per row"
             );
+            let layout = KvTextureLayout::with_blocks_per_row(
+                num_blocks,
+                block_size,
+                kv_dim,
+                dtype,
+                blocks_per_row,
+                ctx().limits.max_texture_dimension_2d,
+            )
+            .expect("slots of whole texels");
             let words = kv_pool::slot_words(kv_dim, dtype);
-            let layout = KvTextureLayout {
-                slot_texels: (words / 4) as u32,
-                row_slots: (blocks_per_row * block_size) as u32,
-                rows: num_blocks.div_ceil(blocks_per_row) as u32,
-            };
             let storage = KvStorage::Texture(layout);
             let slots = num_blocks * block_size;
             let mut rng = Rng::new(seed);

@@ -21,7 +21,8 @@ pub struct AdapterSelector {
 }
 
 impl AdapterSelector {
-    /// Reads `WLLM_BACKEND`, `WLLM_ADAPTER` and `WLLM_KERNEL_FORMS`.
+    /// Reads `WLLM_BACKEND`, `WLLM_ADAPTER` and `WLLM_KERNEL_FORMS`, and checks the values of
+    /// `WLLM_QUANT_WEIGHTS` and `WLLM_KV_POOL`.
     pub fn from_env() -> Result<Self, GpuError> {
         let set = |name| std::env::var(name).ok().filter(|s| !s.trim().is_empty());
         let backends = set("WLLM_BACKEND")
@@ -30,6 +31,10 @@ impl AdapterSelector {
         let kernel_forms = set("WLLM_KERNEL_FORMS")
             .map(|s| KernelForms::parse(&s))
             .transpose()?;
+        // Where weights and KV pools live is read where they are made; a value those places
+        // would not understand fails here, before a model is loaded.
+        super::kernels::quant_texture::quant_weights_from_env()?;
+        super::kv_pool::kv_pool_from_env()?;
         Ok(Self {
             backends,
             name_contains: set("WLLM_ADAPTER"),

@@ -17,22 +17,22 @@
 use crate::gpu::kernels::AttentionKind;
 use crate::gpu::{GpuContext, GpuError, WeightDType};
 
-/// Texel geometry of a pool held in a texture.
+/// Texel geometry of a pool held in a texture. Built only by [`KvTextureLayout::new`] and
+/// [`KvTextureLayout::with_blocks_per_row`], which refuse what the kernels cannot address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvTextureLayout {
     /// Texels per slot: its words, 4 per texel (a slot never shares a texel).
-    pub slot_texels: u32,
+    slot_texels: u32,
     /// Slots per texture row, a multiple of the block size.
-    pub row_slots: u32,
+    row_slots: u32,
     /// Texture rows.
-    pub rows: u32,
+    rows: u32,
 }
 
 impl KvTextureLayout {
-    /// The layout of a pool of `num_blocks` blocks, or `None` where a texture cannot hold it:
-    /// a slot's words are not a whole number of texels, or the pool is wider or taller than
-    /// `max_dim` (the adapter's `max_texture_dimension_2d`) allows. A row takes one block
-    /// unless the pool has more blocks than `max_dim` rows.
+    /// The layout of a pool of `num_blocks` blocks, or `None` where a texture cannot hold it
+    /// (see [`KvTextureLayout::with_blocks_per_row`]). A row takes one block unless the pool
+    /// has more blocks than `max_dim` (the adapter's `max_texture_dimension_2d`) rows.
     pub fn new(
         num_blocks: usize,
         block_size: usize,
@@ -40,27 +40,73 @@ impl KvTextureLayout {
         dtype: WeightDType,
         max_dim: u32,
     ) -> Option<KvTextureLayout> {
-        let words = slot_words(kv_dim, dtype);
-        if words % 4 != 0 || num_blocks == 0 || block_size == 0 {
+        let blocks_per_row = num_blocks.div_ceil((max_dim as usize).max(1));
+        Self::with_blocks_per_row(
+            num_blocks,
+            block_size,
+            kv_dim,
+            dtype,
+            blocks_per_row,
+            max_dim,
+        )
+    }
+
+    /// The layout with `blocks_per_row` blocks in each texture row, or `None` where a texture
+    /// cannot hold it: a slot is not a whole number of texels (`kv_dim` a multiple of 8 in f16,
+    /// 4 in f32: the kernels give a thread `kv_dim / elements per texel` texels), a size is
+    /// zero, or the texture would be wider or taller than `max_dim`.
+    pub fn with_blocks_per_row(
+        num_blocks: usize,
+        block_size: usize,
+        kv_dim: usize,
+        dtype: WeightDType,
+        blocks_per_row: usize,
+        max_dim: u32,
+    ) -> Option<KvTextureLayout> {
+        let per_texel = texel_elements(dtype);
+        if kv_dim == 0 || kv_dim % per_texel != 0 || num_blocks == 0 || block_size == 0 {
             return None;
         }
-        let slot_texels = words / 4;
-        let max_dim = max_dim as usize;
-        let blocks_per_row = num_blocks.div_ceil(max_dim);
+        if blocks_per_row == 0 {
+            return None;
+        }
+        let slot_texels = kv_dim / per_texel;
         let row_slots = blocks_per_row * block_size;
-        if row_slots * slot_texels > max_dim {
+        let rows = num_blocks.div_ceil(blocks_per_row);
+        let max_dim = max_dim as usize;
+        if row_slots * slot_texels > max_dim || rows > max_dim {
             return None;
         }
         Some(KvTextureLayout {
             slot_texels: slot_texels as u32,
             row_slots: row_slots as u32,
-            rows: num_blocks.div_ceil(blocks_per_row) as u32,
+            rows: rows as u32,
         })
+    }
+
+    /// Texels per slot.
+    pub fn slot_texels(&self) -> u32 {
+        self.slot_texels
+    }
+
+    /// Slots per texture row (a whole number of blocks).
+    pub fn row_slots(&self) -> u32 {
+        self.row_slots
+    }
+
+    /// Texture rows.
+    pub fn rows(&self) -> u32 {
+        self.rows
     }
 
     /// Texels per texture row.
     pub fn width(&self) -> u32 {
         self.row_slots * self.slot_texels
+    }
+
+    /// Bytes of the whole texture (16 per texel).
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.width()) * u64::from(self.rows) * 16
     }
 
     /// Where texel `j` of slot `slot` sits: (x, y).
@@ -74,6 +120,14 @@ impl KvTextureLayout {
     /// The pool's slots (the texture may hold a few more in its last row).
     fn slots(&self) -> u32 {
         self.row_slots * self.rows
+    }
+}
+
+/// K/V elements per `Rgba32Uint` texel: 8 f16 or 4 f32.
+pub fn texel_elements(dtype: WeightDType) -> usize {
+    match dtype {
+        WeightDType::F32 => 4,
+        WeightDType::F16 => 8,
     }
 }
 
@@ -93,16 +147,19 @@ pub enum KvStorage {
 }
 
 impl KvStorage {
-    /// Textures where the serial attention kernel runs (CPU adapters) and the pool fits one,
-    /// buffers elsewhere. `WLLM_KV_POOL=buffer` keeps buffers there too (to compare them).
+    /// Textures where the serial attention kernel runs (CPU adapters) and the pool fits one
+    /// (its sides within `max_texture_dimension_2d`, its bytes within what one storage binding
+    /// may hold, so a texture pool never takes more memory than a buffer pool could), buffers
+    /// elsewhere. `WLLM_KV_POOL` (`buffer` or `texture`) overrides; `texture` where textures
+    /// cannot be used is an error, as is any other value.
     pub fn for_adapter(
         ctx: &GpuContext,
         num_blocks: usize,
         block_size: usize,
         kv_dim: usize,
         dtype: WeightDType,
-    ) -> KvStorage {
-        let forced_buffer = std::env::var("WLLM_KV_POOL").is_ok_and(|v| v == "buffer");
+    ) -> Result<KvStorage, GpuError> {
+        let asked = kv_pool_from_env()?;
         // Only the serial attention kind reads textures.
         let serial = AttentionKind::for_adapter(ctx) == AttentionKind::Serial;
         let layout = KvTextureLayout::new(
@@ -111,10 +168,22 @@ impl KvStorage {
             kv_dim,
             dtype,
             ctx.limits.max_texture_dimension_2d,
-        );
-        match layout {
-            Some(l) if serial && !forced_buffer => KvStorage::Texture(l),
-            _ => KvStorage::Buffer,
+        )
+        .filter(|l| l.bytes() <= ctx.max_binding_bytes());
+        match (asked, layout) {
+            (Some(KvPoolPlace::Buffer), _) => Ok(KvStorage::Buffer),
+            (_, Some(l)) if serial => Ok(KvStorage::Texture(l)),
+            (Some(KvPoolPlace::Texture), _) => Err(GpuError::BadEnv {
+                name: "WLLM_KV_POOL",
+                value: "texture".into(),
+                why: format!(
+                    "texture pools need the CPU kernel forms and slots of whole texels that fit \
+                     the adapter's textures ({num_blocks} blocks of {block_size} slots of \
+                     {kv_dim} {} here)",
+                    dtype.name()
+                ),
+            }),
+            _ => Ok(KvStorage::Buffer),
         }
     }
 
@@ -128,6 +197,30 @@ impl KvStorage {
             KvStorage::Buffer => 0,
             KvStorage::Texture(l) => l.row_slots,
         }
+    }
+}
+
+/// Where `WLLM_KV_POOL` asks the pools to live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KvPoolPlace {
+    Buffer,
+    Texture,
+}
+
+/// `WLLM_KV_POOL`: unset or empty for the adapter's default, `buffer` or `texture`.
+pub(crate) fn kv_pool_from_env() -> Result<Option<KvPoolPlace>, GpuError> {
+    let Ok(value) = std::env::var("WLLM_KV_POOL") else {
+        return Ok(None);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "buffer" => Ok(Some(KvPoolPlace::Buffer)),
+        "texture" => Ok(Some(KvPoolPlace::Texture)),
+        _ => Err(GpuError::BadEnv {
+            name: "WLLM_KV_POOL",
+            value,
+            why: "expected buffer or texture".into(),
+        }),
     }
 }
 
@@ -159,17 +252,23 @@ impl KvPool {
                 ))
             }
             KvStorage::Texture(layout) => {
-                if (layout.slots() as usize) < num_slots
-                    || layout.slot_texels as usize * 4 != slot_words(kv_dim, dtype)
-                {
+                let max_dim = ctx.limits.max_texture_dimension_2d;
+                if layout.width() > max_dim || layout.rows > max_dim {
                     return Err(GpuError::Shape {
                         op: "kv pool",
                         msg: format!(
-                            "texture layout {layout:?} does not hold {num_slots} slots of {kv_dim} {}",
-                            dtype.name()
+                            "texture layout {layout:?} is over the adapter's {max_dim} texels a side"
                         ),
                     });
                 }
+                if layout.bytes() > ctx.max_binding_bytes() {
+                    return Err(GpuError::TooLarge {
+                        name: name.to_string(),
+                        bytes: layout.bytes(),
+                        limit: ctx.max_binding_bytes(),
+                    });
+                }
+                check_slots(layout, num_slots, kv_dim, dtype)?;
                 let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
                     label: Some(name),
                     size: extent(layout.width(), layout.rows),
@@ -223,6 +322,7 @@ impl KvPool {
                 Ok(all)
             }
             (KvPool::Texture { texture, .. }, KvStorage::Texture(layout)) => {
+                check_slots(layout, num_slots, kv_dim, dtype)?;
                 let texels = texture_words(ctx, texture, layout.width(), layout.rows)?;
                 let row_words = layout.width() as usize * 4;
                 let mut out = Vec::with_capacity(num_slots * words);
@@ -258,6 +358,13 @@ impl KvPool {
                 Ok(())
             }
             (KvPool::Texture { texture, .. }, KvStorage::Texture(layout)) => {
+                if words.len() % per_slot != 0 {
+                    return Err(GpuError::Shape {
+                        op: "kv pool",
+                        msg: format!("{} words are not whole slots of {per_slot}", words.len()),
+                    });
+                }
+                check_slots(layout, words.len() / per_slot, kv_dim, dtype)?;
                 // Row by row: the slots of one texture row are consecutive texels.
                 let row_words = layout.row_slots as usize * per_slot;
                 for (y, row) in words.chunks(row_words).enumerate() {
@@ -290,6 +397,27 @@ impl KvPool {
             }),
         }
     }
+}
+
+/// Refuses `num_slots` slots of `kv_dim` elements that `layout` does not hold.
+fn check_slots(
+    layout: KvTextureLayout,
+    num_slots: usize,
+    kv_dim: usize,
+    dtype: WeightDType,
+) -> Result<(), GpuError> {
+    if num_slots > layout.slots() as usize
+        || layout.slot_texels as usize * texel_elements(dtype) != kv_dim
+    {
+        return Err(GpuError::Shape {
+            op: "kv pool",
+            msg: format!(
+                "texture layout {layout:?} does not hold {num_slots} slots of {kv_dim} {}",
+                dtype.name()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A one-texel write-only storage texture for the texture bindings of kernels whose pools
@@ -325,8 +453,8 @@ pub fn storage_texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
 
 /// Records copies of whole blocks `src → dst` within each of `textures` (pools of one
 /// layout). A texture cannot be copied onto itself, so the source blocks go through a buffer:
-/// all of them out, then all of them in (no destination is also a source: see
-/// [`crate::gpu::kernels::copy_blocks::check_pairs`]).
+/// all of them out, then all of them in, so a destination that is also a source is read
+/// before it is written.
 pub fn copy_texture_blocks(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -463,5 +591,16 @@ mod tests {
         assert_eq!(KvTextureLayout::new(4, 64, 4, WeightDType::F32, 16), None);
         // 300 one-slot blocks in at most 4 rows: 75 slots of 2 texels per row, over 4.
         assert_eq!(KvTextureLayout::new(300, 1, 8, WeightDType::F32, 4), None);
+        // 7 f16 elements round up to 4 words, but the kernels write 7 / 8 = 0 texels a slot.
+        assert_eq!(KvTextureLayout::new(4, 4, 7, WeightDType::F16, 1024), None);
+        // 10 f32 elements: 2.5 texels.
+        assert_eq!(KvTextureLayout::new(4, 4, 10, WeightDType::F32, 1024), None);
+        // One block per row, 5 blocks: 5 rows, over 4.
+        let per_row =
+            |n, max| KvTextureLayout::with_blocks_per_row(5, 2, 8, WeightDType::F32, n, max);
+        assert_eq!(per_row(1, 4), None);
+        assert_eq!(per_row(0, 64), None);
+        let l = per_row(2, 8).expect("3 rows of 4 slots of 2 texels");
+        assert_eq!((l.width(), l.rows(), l.bytes()), (8, 3, 8 * 3 * 16));
     }
 }

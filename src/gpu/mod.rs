@@ -26,6 +26,12 @@ pub enum GpuError {
     BadBackend(String),
     #[error("unknown kernel forms `{0}` (expected cpu or gpu)")]
     BadKernelForms(String),
+    #[error("{name}={value:?} cannot be used: {why}")]
+    BadEnv {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
     #[error(
         "no usable GPU adapter matching `{wanted}` (wgpu sees: {seen:?}); install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers) or check WLLM_BACKEND / WLLM_ADAPTER"
     )]

@@ -273,7 +273,7 @@ impl Runner {
         // cores. On 2 cores this measured level: the families' own threads keep both busy.
         let kv_dtype = rc.kv_dtype;
         let kv_storage =
-            KvStorage::for_adapter(ctx, rc.num_blocks, rc.block_size, cfg.kv_dim(), kv_dtype);
+            KvStorage::for_adapter(ctx, rc.num_blocks, rc.block_size, cfg.kv_dim(), kv_dtype)?;
         let kernels = std::thread::scope(|s| -> Result<Kernels, GpuError> {
             let embedding = s.spawn(|| match weights.embed.format {
                 MatrixFormat::Quant(f) => {
@@ -502,7 +502,7 @@ impl Runner {
         };
 
         let copy_pairs = u32_buffer(ctx, "block copy pairs", 2 * MAX_BLOCK_COPIES);
-        // Texture pools copy blocks with copy_texture_to_texture instead.
+        // Texture pools copy blocks through a staging buffer instead (copy_texture_blocks).
         let copy_binds = k_pools
             .iter()
             .zip(&v_pools)

@@ -475,9 +475,15 @@ impl PagedAttention {
         positions: &wgpu::Buffer,
         out: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup, GpuError> {
-        let want_texture = self.kv_storage().is_texture();
         for pool in [k_cache, v_cache] {
-            if matches!(pool, KvPool::Texture { .. }) != want_texture {
+            let fits = match (self.kv_storage(), pool) {
+                (KvStorage::Buffer, KvPool::Buffer(_)) => true,
+                (KvStorage::Texture(l), KvPool::Texture { texture, .. }) => {
+                    texture.width() == l.width() && texture.height() >= l.rows()
+                }
+                _ => false,
+            };
+            if !fits {
                 return Err(GpuError::Shape {
                     op: "paged_attention",
                     msg: format!(

@@ -2,7 +2,7 @@
 //! which are storage buffers or (CPU adapters) textures ([`KvStorage`]).
 
 use crate::gpu::kv_pool::{
-    KvPool, KvStorage, slot_words, storage_texture_entry, unused_storage_texture,
+    KvPool, KvStorage, storage_texture_entry, texel_elements, unused_storage_texture,
 };
 use crate::gpu::pipeline::{KV_WRITE, Kernel, ShaderSource};
 use crate::gpu::{GpuContext, WeightDType};
@@ -61,7 +61,7 @@ impl KvWrite {
         // A thread per element pair (buffers) or per texel of a slot (textures).
         let threads = match self.targets.storage {
             KvStorage::Buffer => num_tokens * kv_dim / 2,
-            KvStorage::Texture(l) => num_tokens * l.slot_texels as usize,
+            KvStorage::Texture(l) => num_tokens * l.slot_texels() as usize,
         };
         self.kernel
             .dispatch(pass, bg, &imm, groups_for(threads, 256));
@@ -135,7 +135,7 @@ impl KvTargets {
 
     /// The resources of the four pool bindings: the pools where the storage puts them, the
     /// stand-ins elsewhere. Panics when a pool is not in the kernel's storage (or a texture
-    /// is narrower or shorter than the layout).
+    /// is not as wide as the layout's rows, or has fewer rows).
     pub(crate) fn resources<'a>(
         &'a self,
         k_cache: &'a KvPool,
@@ -145,7 +145,7 @@ impl KvTargets {
             match (self.storage, pool) {
                 (KvStorage::Buffer, KvPool::Buffer(_)) => {}
                 (KvStorage::Texture(l), KvPool::Texture { texture, .. }) => assert!(
-                    texture.width() == l.width() && texture.height() >= l.rows,
+                    texture.width() == l.width() && texture.height() >= l.rows(),
                     "{}: a {}×{} pool texture for the layout {l:?}",
                     self.op,
                     texture.width(),
@@ -166,13 +166,13 @@ impl KvTargets {
     /// as the layout's `slot_texels` (the shader derives them from `kv_dim`).
     pub(crate) fn check(&self, kv_dim: usize) {
         if let KvStorage::Texture(l) = self.storage {
-            assert_eq!(
-                l.slot_texels as usize * 4,
-                slot_words(kv_dim, self.dtype),
+            let per_texel = texel_elements(self.dtype);
+            assert!(
+                kv_dim % per_texel == 0 && l.slot_texels() as usize == kv_dim / per_texel,
                 "{}: {kv_dim} {} elements per slot in a layout of {} texels per slot",
                 self.op,
                 self.dtype.name(),
-                l.slot_texels
+                l.slot_texels()
             );
         }
     }

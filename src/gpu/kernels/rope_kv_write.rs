@@ -81,7 +81,7 @@ impl RopeKvWrite {
         // Q pairs, then K and V items: element pairs (buffers) or slot texels (textures).
         let kv_items = match self.targets.storage {
             KvStorage::Buffer => kv_dim / 2,
-            KvStorage::Texture(l) => l.slot_texels as usize,
+            KvStorage::Texture(l) => l.slot_texels() as usize,
         };
         let per_token = p.num_heads * p.head_dim / 2 + 2 * kv_items;
         let groups = p.num_tokens * per_token.div_ceil(WG);
