@@ -33,8 +33,8 @@ impl AdapterSelector {
             .transpose()?;
         // Where weights and KV pools live is read where they are made; a value those places
         // would not understand fails here, before a model is loaded.
-        super::kernels::quant_texture::quant_weights_from_env()?;
-        super::kv_pool::kv_pool_from_env()?;
+        placement_from_env("WLLM_QUANT_WEIGHTS")?;
+        placement_from_env("WLLM_KV_POOL")?;
         Ok(Self {
             backends,
             name_contains: set("WLLM_ADAPTER"),
@@ -72,6 +72,31 @@ impl KernelForms {
             "gpu" => Ok(KernelForms::Gpu),
             other => Err(GpuError::BadKernelForms(other.to_string())),
         }
+    }
+}
+
+/// Where an override (`WLLM_QUANT_WEIGHTS`, `WLLM_KV_POOL`) asks data to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Buffer,
+    Texture,
+}
+
+/// The environment variable `name` as a [`Placement`]: `None` unset or empty, an error for
+/// anything but `buffer` or `texture`.
+pub fn placement_from_env(name: &'static str) -> Result<Option<Placement>, GpuError> {
+    let Ok(value) = std::env::var(name) else {
+        return Ok(None);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "buffer" => Ok(Some(Placement::Buffer)),
+        "texture" => Ok(Some(Placement::Texture)),
+        _ => Err(GpuError::BadEnv {
+            name,
+            value,
+            why: "expected buffer or texture".into(),
+        }),
     }
 }
 

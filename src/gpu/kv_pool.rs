@@ -14,6 +14,7 @@
 //! token, and measured 2x faster at one decode token and 4.2-4.7x at four with its rows in a
 //! texture (lavapipe, 480-token context; `BENCHMARKS.md`, twelfth session).
 
+use crate::gpu::context::{Placement, placement_from_env};
 use crate::gpu::kernels::AttentionKind;
 use crate::gpu::{GpuContext, GpuError, WeightDType};
 
@@ -64,10 +65,8 @@ impl KvTextureLayout {
         max_dim: u32,
     ) -> Option<KvTextureLayout> {
         let per_texel = texel_elements(dtype);
-        if kv_dim == 0 || kv_dim % per_texel != 0 || num_blocks == 0 || block_size == 0 {
-            return None;
-        }
-        if blocks_per_row == 0 {
+        let zero = [kv_dim, num_blocks, block_size, blocks_per_row].contains(&0);
+        if zero || kv_dim % per_texel != 0 {
             return None;
         }
         let slot_texels = kv_dim / per_texel;
@@ -102,6 +101,12 @@ impl KvTextureLayout {
     /// Texels per texture row.
     pub fn width(&self) -> u32 {
         self.row_slots * self.slot_texels
+    }
+
+    /// Whether a slot holds exactly `kv_dim` elements of `dtype` (the kernels give each slot
+    /// `kv_dim / elements per texel` texels).
+    pub fn holds(&self, kv_dim: usize, dtype: WeightDType) -> bool {
+        self.slot_texels as usize * texel_elements(dtype) == kv_dim
     }
 
     /// Bytes of the whole texture (16 per texel).
@@ -159,7 +164,7 @@ impl KvStorage {
         kv_dim: usize,
         dtype: WeightDType,
     ) -> Result<KvStorage, GpuError> {
-        let asked = kv_pool_from_env()?;
+        let asked = placement_from_env("WLLM_KV_POOL")?;
         // Only the serial attention kind reads textures.
         let serial = AttentionKind::for_adapter(ctx) == AttentionKind::Serial;
         let layout = KvTextureLayout::new(
@@ -171,9 +176,9 @@ impl KvStorage {
         )
         .filter(|l| l.bytes() <= ctx.max_binding_bytes());
         match (asked, layout) {
-            (Some(KvPoolPlace::Buffer), _) => Ok(KvStorage::Buffer),
+            (Some(Placement::Buffer), _) => Ok(KvStorage::Buffer),
             (_, Some(l)) if serial => Ok(KvStorage::Texture(l)),
-            (Some(KvPoolPlace::Texture), _) => Err(GpuError::BadEnv {
+            (Some(Placement::Texture), _) => Err(GpuError::BadEnv {
                 name: "WLLM_KV_POOL",
                 value: "texture".into(),
                 why: format!(
@@ -197,30 +202,6 @@ impl KvStorage {
             KvStorage::Buffer => 0,
             KvStorage::Texture(l) => l.row_slots,
         }
-    }
-}
-
-/// Where `WLLM_KV_POOL` asks the pools to live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KvPoolPlace {
-    Buffer,
-    Texture,
-}
-
-/// `WLLM_KV_POOL`: unset or empty for the adapter's default, `buffer` or `texture`.
-pub(crate) fn kv_pool_from_env() -> Result<Option<KvPoolPlace>, GpuError> {
-    let Ok(value) = std::env::var("WLLM_KV_POOL") else {
-        return Ok(None);
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "" => Ok(None),
-        "buffer" => Ok(Some(KvPoolPlace::Buffer)),
-        "texture" => Ok(Some(KvPoolPlace::Texture)),
-        _ => Err(GpuError::BadEnv {
-            name: "WLLM_KV_POOL",
-            value,
-            why: "expected buffer or texture".into(),
-        }),
     }
 }
 
@@ -285,6 +266,18 @@ impl KvPool {
                 let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
                 Ok(KvPool::Texture { texture, view })
             }
+        }
+    }
+
+    /// Whether this pool lives where `storage` says: a buffer, or a texture as wide as the
+    /// layout's rows with at least its rows.
+    pub fn is_in(&self, storage: KvStorage) -> bool {
+        match (storage, self) {
+            (KvStorage::Buffer, KvPool::Buffer(_)) => true,
+            (KvStorage::Texture(l), KvPool::Texture { texture, .. }) => {
+                texture.width() == l.width() && texture.height() >= l.rows
+            }
+            _ => false,
         }
     }
 
@@ -406,9 +399,7 @@ fn check_slots(
     kv_dim: usize,
     dtype: WeightDType,
 ) -> Result<(), GpuError> {
-    if num_slots > layout.slots() as usize
-        || layout.slot_texels as usize * texel_elements(dtype) != kv_dim
-    {
+    if num_slots > layout.slots() as usize || !layout.holds(kv_dim, dtype) {
         return Err(GpuError::Shape {
             op: "kv pool",
             msg: format!(

@@ -476,14 +476,7 @@ impl PagedAttention {
         out: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup, GpuError> {
         for pool in [k_cache, v_cache] {
-            let fits = match (self.kv_storage(), pool) {
-                (KvStorage::Buffer, KvPool::Buffer(_)) => true,
-                (KvStorage::Texture(l), KvPool::Texture { texture, .. }) => {
-                    texture.width() == l.width() && texture.height() >= l.rows()
-                }
-                _ => false,
-            };
-            if !fits {
+            if !pool.is_in(self.kv_storage()) {
                 return Err(GpuError::Shape {
                     op: "paged_attention",
                     msg: format!(

@@ -1,9 +1,7 @@
 //! `shaders/kv_write.wgsl`: copies each token's K and V into its slot of the paged pools,
 //! which are storage buffers or (CPU adapters) textures ([`KvStorage`]).
 
-use crate::gpu::kv_pool::{
-    KvPool, KvStorage, storage_texture_entry, texel_elements, unused_storage_texture,
-};
+use crate::gpu::kv_pool::{KvPool, KvStorage, storage_texture_entry, unused_storage_texture};
 use crate::gpu::pipeline::{KV_WRITE, Kernel, ShaderSource};
 use crate::gpu::{GpuContext, WeightDType};
 
@@ -142,17 +140,12 @@ impl KvTargets {
         v_cache: &'a KvPool,
     ) -> [wgpu::BindingResource<'a>; 4] {
         for pool in [k_cache, v_cache] {
-            match (self.storage, pool) {
-                (KvStorage::Buffer, KvPool::Buffer(_)) => {}
-                (KvStorage::Texture(l), KvPool::Texture { texture, .. }) => assert!(
-                    texture.width() == l.width() && texture.height() >= l.rows(),
-                    "{}: a {}×{} pool texture for the layout {l:?}",
-                    self.op,
-                    texture.width(),
-                    texture.height()
-                ),
-                (storage, _) => panic!("{}: a pool not in the kernel's {storage:?}", self.op),
-            }
+            assert!(
+                pool.is_in(self.storage),
+                "{}: a pool not in the kernel's {:?}",
+                self.op,
+                self.storage
+            );
         }
         [
             k_cache.buffer_or(&self.unused_buffer).as_entire_binding(),
@@ -166,9 +159,8 @@ impl KvTargets {
     /// as the layout's `slot_texels` (the shader derives them from `kv_dim`).
     pub(crate) fn check(&self, kv_dim: usize) {
         if let KvStorage::Texture(l) = self.storage {
-            let per_texel = texel_elements(self.dtype);
             assert!(
-                kv_dim % per_texel == 0 && l.slot_texels() as usize == kv_dim / per_texel,
+                l.holds(kv_dim, self.dtype),
                 "{}: {kv_dim} {} elements per slot in a layout of {} texels per slot",
                 self.op,
                 self.dtype.name(),

@@ -16,6 +16,7 @@
 //! texture, padded with zeros to whole rows.
 
 use super::matmul_quant::{QUANT_BLOCK, QuantFormat};
+use crate::gpu::context::{Placement, placement_from_env};
 use crate::gpu::{GpuContext, GpuError};
 
 /// Texels per texture row (the shaders' `TEX_WIDTH`).
@@ -151,29 +152,13 @@ pub fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
 
 /// Whether quantized weights go in textures on this adapter: on CPU adapters, unless
 /// `WLLM_QUANT_WEIGHTS` (`buffer` or `texture`) asks otherwise (to compare the two; other
-/// values are refused by [`quant_weights_from_env`] when the context is chosen).
+/// values are refused by [`AdapterSelector::from_env`] when the context is chosen).
+///
+/// [`AdapterSelector::from_env`]: crate::gpu::AdapterSelector::from_env
 pub fn textures_preferred(ctx: &GpuContext) -> bool {
-    quant_weights_from_env()
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| ctx.wants_cpu_kernels())
-}
-
-/// `WLLM_QUANT_WEIGHTS`: `Some(true)` for `texture`, `Some(false)` for `buffer`, `None` unset
-/// or empty; an error for anything else.
-pub fn quant_weights_from_env() -> Result<Option<bool>, GpuError> {
-    let Ok(value) = std::env::var("WLLM_QUANT_WEIGHTS") else {
-        return Ok(None);
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "" => Ok(None),
-        "texture" => Ok(Some(true)),
-        "buffer" => Ok(Some(false)),
-        _ => Err(GpuError::BadEnv {
-            name: "WLLM_QUANT_WEIGHTS",
-            value,
-            why: "expected buffer or texture".into(),
-        }),
+    match placement_from_env("WLLM_QUANT_WEIGHTS") {
+        Ok(Some(p)) => p == Placement::Texture,
+        _ => ctx.wants_cpu_kernels(),
     }
 }
 
