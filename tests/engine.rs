@@ -248,6 +248,128 @@ fn a_full_queue_refuses_instead_of_dropping() {
     }
 }
 
+/// An engine with `max_seqs` running slots and `max_waiting` queue places.
+fn engine_with_queue(max_seqs: usize, max_waiting: usize) -> Engine {
+    let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+    cfg.model.max_seqs = max_seqs;
+    cfg.max_waiting = max_waiting;
+    Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap()
+}
+
+/// A request that runs long enough to still be live when the submissions around it end.
+fn long_request() -> Request {
+    let mut r = req(vec![5; 8], 400, SamplingParams::default());
+    r.ignore_eos = true;
+    r
+}
+
+#[test]
+fn free_running_slots_admit_requests_beyond_the_waiting_limit() {
+    // 16 running slots + 4 waiting places: a burst of 12 is all admitted (it once got 4).
+    let e = engine_with_queue(16, 4);
+    let burst: Vec<_> = (0..12).map(|_| e.submit(long_request())).collect();
+    assert!(
+        burst.iter().all(Result::is_ok),
+        "a burst of 12 into 16 + 4 was refused"
+    );
+    // 4 slots + 4 places: exactly 8 of 30 are held, the rest refused, none dropped.
+    let e = engine_with_queue(4, 4);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        match e.submit(long_request()) {
+            Ok(h) => held.push(h),
+            Err(Error::QueueFull(4)) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (8, 22));
+    assert_eq!(e.capacity(), 8);
+    // Parallel sampling counts each completion: 8 held, so n = 2 is refused until one ends.
+    assert!(matches!(
+        e.submit_n(long_request(), 2),
+        Err(Error::QueueFull(4))
+    ));
+    // Two handles dropped: their places free within a step, and the pair is admitted.
+    held.truncate(6);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pair = loop {
+        match e.submit_n(long_request(), 2) {
+            Err(Error::QueueFull(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(pair.map(|h| h.len()).map_err(|e| e.to_string()), Ok(2));
+}
+
+#[test]
+fn step_limits_are_refused_not_changed() {
+    let start = |seqs: usize, tokens: usize| {
+        let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+        cfg.model.max_seqs = seqs;
+        cfg.model.max_batch_tokens = tokens;
+        match Engine::with_context(gpu(), cfg, &mut |_, _| {}) {
+            Err(Error::InvalidRequest(m)) => m,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("max_num_seqs {seqs}, max_num_batched_tokens {tokens} accepted"),
+        }
+    };
+    assert!(start(0, 256).contains("max_num_seqs (0)"));
+    assert!(start(4, 0).contains("max_num_batched_tokens (0)"));
+    assert!(start(64, 32).contains("exceeds max_num_batched_tokens (32)"));
+}
+
+#[test]
+fn more_completions_than_the_engine_holds_are_a_bad_request() {
+    let e = engine_with_queue(2, 3);
+    match e.submit_n(long_request(), 6) {
+        Err(Error::InvalidRequest(m)) => {
+            assert!(
+                m.contains("max_num_seqs 2") && m.contains("max_waiting 3"),
+                "{m}"
+            )
+        }
+        other => panic!("expected a bad request, got {:?}", other.map(|h| h.len())),
+    }
+    // n = 5 fits on an idle engine.
+    assert_eq!(e.submit_n(long_request(), 5).map(|h| h.len()).ok(), Some(5));
+}
+
+#[test]
+fn dropping_the_engine_fails_live_requests_promptly() {
+    let e = engine_with_queue(4, 4);
+    let mut running = e.submit(long_request()).unwrap();
+    let waiting: Vec<_> = (0..6).map(|_| e.submit(long_request()).unwrap()).collect();
+    // Wait for the first token, so a step is under way.
+    futures::executor::block_on(async {
+        while let Some(ev) = running.next().await {
+            if matches!(ev, Event::Delta { .. }) {
+                break;
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    drop(e);
+    // 400 tokens each would take seconds; the engine stops within a step or two.
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        start.elapsed()
+    );
+    for h in std::iter::once(running).chain(waiting) {
+        match h.wait() {
+            Err(Error::InvalidRequest(m)) => assert!(m.contains("shut down"), "{m}"),
+            Ok(c) => panic!(
+                "a request ran on after the drop: {} tokens",
+                c.output_ids.len()
+            ),
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
 #[test]
 fn abort_and_drop_free_blocks() {
     let e = engine("tiny-llama-gqa-public", WeightDType::F32, None, 4, 8, 64);

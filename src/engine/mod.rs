@@ -38,7 +38,9 @@ pub use stop::{StopMatcher, StopResult};
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub model: ModelOptions,
-    /// Requests that may wait for admission; more are refused with [`Error::QueueFull`].
+    /// Sequences that may wait for admission while `model.max_seqs` run; a request that
+    /// finds both full is refused with [`Error::QueueFull`] (a request of `n` completions
+    /// counts `n`).
     pub max_waiting: usize,
     /// Which adapter to open when no device is handed over.
     pub adapter: AdapterSelector,
@@ -205,15 +207,21 @@ pub struct EngineStats {
 pub(crate) enum Command {
     Submit(Box<worker::Pending>),
     Abort(SeqId),
+    /// Fail every live request and end the engine thread (the engine is being dropped).
+    Shutdown,
 }
 
+/// Admission counts sequences (a request with `n` completions is `n`): the engine holds at
+/// most `max_num_seqs` running plus `max_waiting` waiting, so a request is refused only when
+/// the running slots and the waiting queue are both full. `queued + held` never undercounts:
+/// the engine thread adds to `held` before it subtracts from `queued`, and only it writes `held`.
 pub(crate) struct Shared {
     commands: Mutex<std::sync::mpsc::Sender<Command>>,
-    /// Requests submitted but not yet seen by the engine thread.
+    /// Sequences submitted but not yet taken in by the engine thread.
     queued: AtomicUsize,
-    /// Requests the scheduler holds waiting for admission (updated by the engine thread).
-    /// `queued + waiting` is what the queue cap limits.
-    waiting: AtomicUsize,
+    /// Sequences the engine thread holds (waiting, running, or waiting to fork from their
+    /// parent), as of its last update.
+    held: AtomicUsize,
     stats: Mutex<EngineStats>,
 }
 
@@ -232,6 +240,8 @@ pub struct Engine {
     tokenizer: Option<Tokenizer>,
     model: ModelConfig,
     max_waiting: usize,
+    /// Sequences that may run in one step (`max_num_seqs`).
+    max_running: usize,
     max_seq_tokens: usize,
     next_id: AtomicU64,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -253,6 +263,7 @@ impl Engine {
     ) -> Result<Engine> {
         let opts = &cfg.model;
         check_block_size(opts.block_size)?;
+        check_step_limits(opts.max_seqs, opts.max_batch_tokens)?;
         let files = ModelFiles::open(&opts.path)?;
         let model = files.config()?;
         let tokenizer = load_tokenizer(&files)?;
@@ -260,20 +271,13 @@ impl Engine {
         let bs = opts.block_size;
         let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
         let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
-        let max_batch_tokens = opts.max_batch_tokens.max(1);
-        // A step must fit one decode token of every running sequence.
-        if opts.max_seqs > max_batch_tokens {
-            log::warn!(
-                "max_num_seqs {} exceeds max_num_batched_tokens {max_batch_tokens}: using {max_batch_tokens}",
-                opts.max_seqs
-            );
-        }
+        let max_batch_tokens = opts.max_batch_tokens;
         let rc = RunnerConfig {
             kv_dtype: opts.dtype,
             block_size: bs,
             num_blocks,
             max_batch_tokens,
-            max_seqs: opts.max_seqs.clamp(1, max_batch_tokens),
+            max_seqs: opts.max_seqs,
         };
         let runner = Runner::new(ctx, &model, weights, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
@@ -301,7 +305,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             commands: Mutex::new(tx),
             queued: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             stats: Mutex::new(stats),
         });
         let sched = Scheduler::new(sched_cfg, pool)?;
@@ -328,6 +332,7 @@ impl Engine {
             tokenizer,
             model,
             max_waiting: cfg.max_waiting,
+            max_running: rc.max_seqs,
             max_seq_tokens,
             next_id: AtomicU64::new(1),
             thread: Some(thread),
@@ -382,11 +387,19 @@ impl Engine {
         if n == 0 {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
         }
+        let capacity = self.capacity();
+        if n > capacity {
+            return Err(Error::InvalidRequest(format!(
+                "n = {n} completions is more than the engine can ever hold: {capacity} \
+                 sequences (max_num_seqs {} running + max_waiting {} waiting)",
+                self.max_running, self.max_waiting
+            )));
+        }
         let ids = self.prompt_ids(&req.prompt)?;
         self.check(&ids, &req)?;
-        let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        if queued + self.shared.waiting.load(Ordering::SeqCst) >= self.max_waiting {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        let queued = self.shared.queued.fetch_add(n, Ordering::SeqCst);
+        if queued + n + self.shared.held.load(Ordering::SeqCst) > capacity {
+            self.shared.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(Error::QueueFull(self.max_waiting));
         }
         let mut handles = Vec::with_capacity(n);
@@ -405,10 +418,15 @@ impl Engine {
         }
         let pending = worker::Pending::new(ids, req, senders);
         if !self.shared.send(Command::Submit(Box::new(pending))) {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(Error::EngineStopped);
         }
         Ok(handles)
+    }
+
+    /// Sequences the engine holds at most: every running slot and the waiting queue.
+    pub fn capacity(&self) -> usize {
+        self.max_running.saturating_add(self.max_waiting)
     }
 
     fn check(&self, ids: &[u32], req: &Request) -> Result<()> {
@@ -449,9 +467,12 @@ impl Engine {
 }
 
 impl Drop for Engine {
+    /// Fails the live requests (their handles see [`Event::Failed`]) and joins the engine
+    /// thread, which waits at most for the step on the GPU.
     fn drop(&mut self) {
-        // Closing the command channel ends the engine thread once its work is done.
         if let Ok(mut tx) = self.shared.commands.lock() {
+            let _ = tx.send(Command::Shutdown);
+            // Handles that abort later find the channel closed.
             let (dead, _) = std::sync::mpsc::channel();
             *tx = dead;
         }
@@ -537,6 +558,25 @@ impl Drop for RequestHandle {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// Refuses step limits the engine cannot run with instead of changing them behind the
+/// caller's back: a step must fit one decode token of every running sequence (vLLM refuses
+/// the same).
+fn check_step_limits(max_seqs: usize, max_batch_tokens: usize) -> Result<()> {
+    if max_seqs == 0 || max_batch_tokens == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "max_num_seqs ({max_seqs}) and max_num_batched_tokens ({max_batch_tokens}) must be at least 1"
+        )));
+    }
+    if max_seqs > max_batch_tokens {
+        return Err(Error::InvalidRequest(format!(
+            "max_num_seqs ({max_seqs}) exceeds max_num_batched_tokens ({max_batch_tokens}): a \
+             step must fit one token of every running sequence; lower max_num_seqs or raise \
+             max_num_batched_tokens"
+        )));
+    }
+    Ok(())
 }
 
 /// Blocks a table would need for `tokens` (re-exported arithmetic for planning).

@@ -157,12 +157,13 @@ impl Worker {
                 self.drain();
                 self.publish_finished();
                 match rx.recv() {
+                    Ok(Command::Shutdown) | Err(_) => return self.shut_down(),
                     Ok(c) => self.command(c),
-                    Err(_) => return,
                 }
             }
             loop {
                 match rx.try_recv() {
+                    Ok(Command::Shutdown) => return self.shut_down(),
                     Ok(c) => self.command(c),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -181,14 +182,31 @@ impl Worker {
         }
     }
 
+    /// The engine is dropped: the step on the GPU is waited for (a device must not be
+    /// dropped under it), and every live request ends with a failure instead of running on.
+    fn shut_down(&mut self) {
+        self.drain();
+        self.publish_finished();
+        let msg = "the engine was shut down";
+        for id in self.active.keys() {
+            let _ = self.sched.abort(*id);
+        }
+        let children = self.forks.drain().flat_map(|(_, c)| c).map(|c| c.active);
+        for a in self.active.drain().map(|(_, a)| a).chain(children) {
+            let _ = a.events.unbounded_send(Event::Failed(msg.into()));
+        }
+        self.publish_stats();
+    }
+
     fn command(&mut self, c: Command) {
         match c {
             Command::Submit(p) => {
                 let p = *p;
-                // Count it as waiting before it stops counting as queued, so a concurrent
-                // submit never sees the queue emptier than it is.
-                self.shared.waiting.fetch_add(1, Ordering::SeqCst);
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                // Count it as held before it stops counting as queued, so a concurrent
+                // submit never sees the engine emptier than it is.
+                let n = p.completions.len();
+                self.shared.held.fetch_add(n, Ordering::SeqCst);
+                self.shared.queued.fetch_sub(n, Ordering::SeqCst);
                 let mut completions = p.completions.into_iter().enumerate();
                 let Some((_, (parent, events))) = completions.next() else {
                     return;
@@ -213,6 +231,7 @@ impl Worker {
                 let active = self.new_active(&p.prompt, &p.req, 0, events, p.submitted);
                 self.active.insert(parent, active);
             }
+            Command::Shutdown => self.shut_down(),
             Command::Abort(id) => {
                 if self.active.remove(&id).is_some() {
                     let _ = self.sched.abort(id);
@@ -646,7 +665,10 @@ impl Worker {
 
     fn publish_stats(&self) {
         let st = self.sched.stats();
-        self.shared.waiting.store(st.waiting, Ordering::SeqCst);
+        let forking: usize = self.forks.values().map(Vec::len).sum();
+        self.shared
+            .held
+            .store(self.active.len() + forking, Ordering::SeqCst);
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = EngineStats {
                 blocks_used: st.blocks_used,
