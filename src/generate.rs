@@ -78,13 +78,39 @@ pub struct Generator {
 /// Blocks in the KV pool: `opts.num_blocks`, or as many as `opts.kv_memory_bytes` hold,
 /// capped so one layer's K (or V) pool fits one storage binding.
 pub fn kv_pool_blocks(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<usize> {
-    let per_block = kv_bytes_per_token(cfg, opts.dtype) * opts.block_size as u64;
-    let per_layer_block = (opts.block_size * cfg.kv_dim() * opts.dtype.bytes_per_elem()) as u64;
-    let binding_cap = (ctx.max_binding_bytes() / per_layer_block.max(1)) as usize;
-    let num_blocks = opts
-        .num_blocks
-        .unwrap_or((opts.kv_memory_bytes / per_block.max(1)) as usize)
-        .min(binding_cap);
+    let per_block = kv_bytes_per_token(cfg, opts.dtype).saturating_mul(opts.block_size as u64);
+    let per_layer_block = saturating_product(&[
+        opts.block_size,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        opts.dtype.bytes_per_elem(),
+    ]);
+    let binding_cap = ctx.max_binding_bytes() / per_layer_block.max(1);
+    // An explicit count is never lowered behind the caller's back; the byte budget's is
+    // capped at one binding's worth of blocks (so it fits a usize on any target).
+    let num_blocks = match opts.num_blocks {
+        Some(n) if n as u64 > binding_cap => {
+            return Err(Error::InvalidRequest(format!(
+                "a KV pool of {n} blocks does not fit this adapter: one layer's K (or V) \
+                 pool must fit one storage binding of {} bytes, which holds at most \
+                 {binding_cap} blocks of {} tokens",
+                ctx.max_binding_bytes(),
+                opts.block_size
+            )));
+        }
+        Some(n) => n,
+        None => {
+            let budget = opts.kv_memory_bytes / per_block.max(1);
+            if budget > binding_cap {
+                log::info!(
+                    "KV pool: {binding_cap} blocks (one storage binding's worth), not the \
+                     {budget} that {} bytes would hold",
+                    opts.kv_memory_bytes
+                );
+            }
+            usize::try_from(budget.min(binding_cap)).unwrap_or(usize::MAX)
+        }
+    };
     if num_blocks == 0 {
         return Err(Error::InvalidRequest(format!(
             "the KV pool holds no block ({per_block} bytes per block)"
@@ -93,9 +119,23 @@ pub fn kv_pool_blocks(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) 
     Ok(num_blocks)
 }
 
-/// KV bytes one token takes across all layers (K and V).
+/// KV bytes one token takes across all layers (K and V). Saturates instead of wrapping for a
+/// config no memory could hold (a file's sizes are capped far below that: see
+/// [`crate::model::config::caps`]).
 pub fn kv_bytes_per_token(cfg: &ModelConfig, dtype: WeightDType) -> u64 {
-    (2 * cfg.num_layers * cfg.kv_dim() * dtype.bytes_per_elem()) as u64
+    saturating_product(&[
+        2,
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        dtype.bytes_per_elem(),
+    ])
+}
+
+fn saturating_product(factors: &[usize]) -> u64 {
+    factors
+        .iter()
+        .fold(1u64, |acc, &f| acc.saturating_mul(f as u64))
 }
 
 impl Generator {
@@ -110,9 +150,10 @@ impl Generator {
         let files = ModelFiles::open(&opts.path)?;
         let cfg = files.config()?;
         let tokenizer = load_tokenizer(&files)?;
+        // Sized before the upload, so a pool that cannot be fails at once.
+        let num_blocks = kv_pool_blocks(ctx, &cfg, opts)?;
         let weights = load_weights(ctx, &files, &cfg, opts.dtype, progress)?;
         let bs = opts.block_size;
-        let num_blocks = kv_pool_blocks(ctx, &cfg, opts)?;
         let rc = RunnerConfig {
             kv_dtype: opts.dtype,
             block_size: bs,
@@ -480,18 +521,19 @@ fn full_row(l: &Logits, r: usize) -> Result<&[f32]> {
 }
 
 /// The tokenizer the model files carry: GGUF metadata, or tokenizer.json in an HF directory.
-/// `None` when there is none (random-weight test checkpoints).
+/// `None` when there is none (random-weight test checkpoints). Every id it can produce must
+/// have an embedding row; a chat template that cannot render is replaced by ChatML
+/// ([`Tokenizer::with_renderable_chat_template`]).
 pub fn load_tokenizer(files: &ModelFiles) -> Result<Option<Tokenizer>> {
-    match files {
-        ModelFiles::Gguf(g) => Ok(Some(Tokenizer::from_gguf_metadata(&g.metadata)?)),
+    let tokenizer = match files {
+        ModelFiles::Gguf(g) => Tokenizer::from_gguf_metadata(&g.metadata)?,
         ModelFiles::Hf(h) => match h.tokenizer_json() {
-            Some(tj) => {
-                let tc = h.tokenizer_config();
-                Ok(Some(Tokenizer::from_hf_files(&tj, tc.as_deref())?))
-            }
-            None => Ok(None),
+            Some(tj) => Tokenizer::from_hf_files(&tj, h.tokenizer_config().as_deref())?,
+            None => return Ok(None),
         },
-    }
+    };
+    tokenizer.check_fits(files.config()?.vocab_size)?;
+    Ok(Some(tokenizer.with_renderable_chat_template()))
 }
 
 /// Has the GPU pick logits row `row` with `sampler`'s next draw (which takes no penalties:

@@ -305,7 +305,7 @@ fn free_running_slots_admit_requests_beyond_the_waiting_limit() {
 }
 
 #[test]
-fn step_limits_are_refused_not_changed() {
+fn step_limits_and_pool_sizes_are_refused_not_changed() {
     let start = |seqs: usize, tokens: usize| {
         let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
         cfg.model.max_seqs = seqs;
@@ -319,6 +319,14 @@ fn step_limits_are_refused_not_changed() {
     assert!(start(0, 256).contains("max_num_seqs (0)"));
     assert!(start(4, 0).contains("max_num_batched_tokens (0)"));
     assert!(start(64, 32).contains("exceeds max_num_batched_tokens (32)"));
+    // An explicit KV pool that no binding holds is refused, not shrunk.
+    let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+    cfg.model.num_blocks = Some(100_000_000);
+    match Engine::with_context(gpu(), cfg, &mut |_, _| {}) {
+        Err(Error::InvalidRequest(m)) => assert!(m.contains("100000000 blocks"), "{m}"),
+        Err(other) => panic!("{other}"),
+        Ok(e) => panic!("a pool of {} blocks was used instead", e.stats().blocks_total),
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ fn check_model(dir: &str, block_size: usize) {
     opts.block_size = block_size;
     // Small chunks so the 100-token prompt is prefilled across several steps.
     opts.max_batch_tokens = 48;
+    opts.max_seqs = 16;
     let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
     let mut cfg = EngineConfig::new(&path);
     cfg.model = opts.clone();

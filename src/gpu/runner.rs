@@ -9,7 +9,7 @@ use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData, rope::cos_sin_table,
+    PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData,
 };
 use crate::gpu::kv_pool::{KvPool, KvStorage, copy_texture_blocks};
 use crate::gpu::pipeline::join_scoped;
@@ -21,6 +21,7 @@ use crate::sampling::RowSampling;
 
 mod check;
 mod logits;
+mod positions;
 mod record;
 mod step;
 
@@ -118,7 +119,9 @@ pub struct Runner {
     ctx: GpuContext,
     cfg: ModelConfig,
     rc: RunnerConfig,
-    /// Columns of the block-table matrix: blocks of the longest sequence the model allows.
+    /// Positions a sequence can reach (rows of the RoPE table): see [`positions`].
+    max_positions: usize,
+    /// Columns of the block-table matrix: blocks of the longest sequence that fits.
     max_blocks: usize,
     /// Most logits rows one step can return.
     max_logit_rows: usize,
@@ -224,7 +227,8 @@ impl Runner {
         let t = rc.max_batch_tokens.max(1);
         let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
         let inner = cfg.intermediate_size;
-        let max_blocks = cfg.max_context.div_ceil(rc.block_size);
+        let max_positions = positions::max_positions(cfg, &rc);
+        let max_blocks = max_positions.div_ceil(rc.block_size);
         let vocab = cfg.vocab_size;
         let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
         let wdt = weights.dtype;
@@ -487,19 +491,7 @@ impl Runner {
             .collect::<Result<_, GpuError>>()?;
 
         let mut buffers = vec![];
-        let cos_sin = if cfg.arch == Architecture::Llama {
-            let table = cos_sin_table(cfg.max_context, hd, cfg.rope_theta);
-            let cs = GpuTensor::from_f32(
-                ctx,
-                "rope cos/sin",
-                &table,
-                &[table.len()],
-                WeightDType::F32,
-            )?;
-            Some(cs.buffer)
-        } else {
-            None
-        };
+        let cos_sin = positions::rope_table(ctx, cfg, max_positions)?;
 
         let copy_pairs = u32_buffer(ctx, "block copy pairs", 2 * MAX_BLOCK_COPIES);
         // Texture pools copy blocks through a staging buffer instead (copy_texture_blocks).
@@ -626,6 +618,7 @@ impl Runner {
             ctx: ctx.clone(),
             cfg: cfg.clone(),
             rc,
+            max_positions,
             max_blocks,
             max_logit_rows,
             kernels,

@@ -73,6 +73,39 @@ pub fn to_f32(dtype: TensorDType, data: &[u8], numel: usize) -> Result<Vec<f32>,
     Ok(out)
 }
 
+/// Where `data` (elements of `dtype`) holds a NaN or an infinity, described for an error
+/// message; `None` when every value is finite. Quantized blocks are checked through their f16
+/// scales (`d`, and Q4_1's min `m`): a block's weights are finite exactly when those are, since
+/// its quants are small integers. Cost: one pass over float data; 2–4 bytes of each block.
+pub fn first_non_finite(dtype: TensorDType, data: &[u8]) -> Option<String> {
+    // Exponent bits all ones: an infinity or a NaN.
+    let f16_bad = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00;
+    let element = |i: usize| format!("element {i}");
+    let scale = |b: usize| {
+        let n = dtype.block_len();
+        format!("scale of the block of elements {}..{}", b * n, (b + 1) * n)
+    };
+    match dtype {
+        TensorDType::F32 => data
+            .chunks_exact(4)
+            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .map(element),
+        TensorDType::F16 => data.chunks_exact(2).position(f16_bad).map(element),
+        TensorDType::BF16 => data
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
+            .map(element),
+        TensorDType::Q8_0 | TensorDType::Q4_0 => data
+            .chunks_exact(dtype.block_bytes())
+            .position(|b| f16_bad(&b[..2]))
+            .map(scale),
+        TensorDType::Q4_1 => data
+            .chunks_exact(dtype.block_bytes())
+            .position(|b| f16_bad(&b[..2]) || f16_bad(&b[2..4]))
+            .map(scale),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +194,38 @@ mod tests {
         for (i, v) in w.iter().enumerate().skip(16) {
             assert_eq!(*v, -0.75, "element {i}");
         }
+    }
+
+    #[test]
+    fn non_finite_values_and_scales_are_found() {
+        let f32s: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            first_non_finite(TensorDType::F32, &f32s).unwrap(),
+            "element 1"
+        );
+        let f16_inf = [0x00, 0x7c]; // 0x7c00 = +inf
+        let f16s = [F16_0_5, F16_2, f16_inf].concat();
+        assert_eq!(
+            first_non_finite(TensorDType::F16, &f16s).unwrap(),
+            "element 2"
+        );
+        assert!(first_non_finite(TensorDType::F16, &f16s[..4]).is_none());
+        // bf16 0xff80 = -inf.
+        assert!(first_non_finite(TensorDType::BF16, &[0x80, 0x3f, 0x80, 0xff]).is_some());
+        // Q8_0: the second block's d is NaN (0x7e00); q bytes of 0x7c/0xff are never read.
+        let mut q8 = [F16_0_5.as_slice(), &[0xff; 32]].concat();
+        q8.extend_from_slice(&[0x00, 0x7e]);
+        q8.extend_from_slice(&[0x7c; 32]);
+        let at = first_non_finite(TensorDType::Q8_0, &q8).unwrap();
+        assert_eq!(at, "scale of the block of elements 32..64");
+        assert!(first_non_finite(TensorDType::Q8_0, &q8[..34]).is_none());
+        // Q4_1: a finite d with an infinite min.
+        let q41 = [F16_0_25.as_slice(), &f16_inf, &[0; 16]].concat();
+        assert!(first_non_finite(TensorDType::Q4_1, &q41).is_some());
+        assert!(first_non_finite(TensorDType::Q4_0, &q41[..18]).is_none());
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! allocated for it, so a corrupt or hostile count fails with [`LoadError::Truncated`] instead of
 //! exhausting memory.
 //!
+//! Tensors whose data ranges overlap make [`GgufFile::open`] fail with [`LoadError::Malformed`]
+//! naming both.
+//!
 //! Tensors of a ggml type wllm cannot dequantize (K-quants, IQ-quants, …) make [`GgufFile::open`]
 //! fail with [`LoadError::UnsupportedTensorType`]: such a file cannot be run, and failing at open
 //! time names the first offending tensor instead of failing mid-load.
@@ -160,6 +163,10 @@ impl TensorSource for GgufFile {
         self.index.contains_key(name)
     }
 
+    fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensor_info(name).map(|t| t.shape.as_slice())
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
         names.sort();
@@ -172,6 +179,18 @@ fn data_range(data_start: u64, info: &GgufTensorInfo) -> Option<(usize, usize)> 
     let start = data_start.checked_add(info.offset)?;
     let end = start.checked_add(u64::try_from(info.size).ok()?)?;
     Some((usize::try_from(start).ok()?, usize::try_from(end).ok()?))
+}
+
+/// Two tensors whose data ranges intersect, if any (empty tensors take no bytes): a file
+/// whose tensors share bytes is corrupt, whatever each one's values. O(n log n): sorted by
+/// offset, each range must end where or before the next begins.
+fn overlapping(tensors: &[GgufTensorInfo]) -> Option<(&GgufTensorInfo, &GgufTensorInfo)> {
+    let mut by_offset: Vec<&GgufTensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    by_offset.sort_by_key(|t| t.offset);
+    by_offset
+        .windows(2)
+        .find(|w| w[0].offset.saturating_add(w[0].size as u64) > w[1].offset)
+        .map(|w| (w[0], w[1]))
 }
 
 /// The wllm element type of a ggml type id; for other ids, the ggml name (or `type id N`).
@@ -413,6 +432,17 @@ impl<'a> Parser<'a> {
                     self.buf.len()
                 )));
             }
+        }
+        if let Some((a, b)) = overlapping(&tensors) {
+            return Err(self.malformed(format!(
+                "the data of tensors `{}` (bytes {}..{} of the data section) and `{}` (from \
+                 byte {}) overlap",
+                a.name,
+                a.offset,
+                a.offset.saturating_add(a.size as u64),
+                b.name,
+                b.offset
+            )));
         }
         Ok(Parsed {
             version,

@@ -2,8 +2,9 @@
 //! `model.safetensors.index.json` (`weight_map`: tensor name → shard file name).
 //!
 //! Each shard is opened and memory-mapped once; its header is parsed and validated by the
-//! `safetensors` crate (offsets contiguous, sizes matching dtype × shape, the last tensor ending
-//! at the end of the file), so [`HfModelDir::tensor_bytes`] is a bounds-checked slice of a map.
+//! `safetensors` crate (offsets contiguous, so no two tensors share bytes; sizes matching
+//! dtype × shape; the last tensor ending at the end of the file), so
+//! [`HfModelDir::tensor_bytes`] is a bounds-checked slice of a map.
 //! Tensors of a dtype wllm does not use (integers, fp8, …) may sit in the files (older
 //! checkpoints store buffers); only reading one fails, with [`LoadError::UnsupportedTensorType`].
 
@@ -232,6 +233,10 @@ impl TensorSource for HfModelDir {
         self.tensors.contains_key(name)
     }
 
+    fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         // BTreeMap keys are already sorted.
         self.tensors.keys().cloned().collect()
@@ -275,6 +280,15 @@ fn shard_tensors(shard: &Shard, idx: usize) -> Result<Vec<HfTensorInfo>, LoadErr
         | SafeTensorError::MetadataIncompleteBuffer => LoadError::Truncated {
             path: shard.path.clone(),
             what: format!("safetensors file: {e}"),
+        },
+        // The crate sorts tensors by offset and wants each to start where the one before it
+        // ends, so two tensors can never share bytes; say so rather than "invalid offset".
+        SafeTensorError::InvalidOffset(name) => LoadError::Malformed {
+            path: shard.path.clone(),
+            msg: format!(
+                "tensor `{name}`: its data offsets overlap another tensor's data or leave a gap \
+                 (safetensors data must be contiguous)"
+            ),
         },
         e => LoadError::Malformed {
             path: shard.path.clone(),

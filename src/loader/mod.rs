@@ -89,6 +89,8 @@ pub trait TensorSource {
     /// The tensor stored under `name` (the file's own naming), read and copied out of the file.
     fn tensor(&self, name: &str) -> Result<RawTensor, LoadError>;
     fn has_tensor(&self, name: &str) -> bool;
+    /// The shape of tensor `name` (row-major, outermost first), without reading its data.
+    fn tensor_shape(&self, name: &str) -> Option<&[usize]>;
     /// Every tensor name the source holds, sorted.
     fn tensor_names(&self) -> Vec<String>;
 }
@@ -117,6 +119,22 @@ pub enum LoadError {
         path: PathBuf,
         tensor: String,
         type_name: String,
+    },
+    /// A tensor stored in a type its role cannot take (e.g. a quantized norm weight).
+    #[error("{path}: tensor `{tensor}` is stored as {found:?}; {expected}")]
+    UnexpectedTensorType {
+        path: PathBuf,
+        tensor: String,
+        found: TensorDType,
+        expected: &'static str,
+    },
+    /// A weight (or a quantized block's scale) that is NaN or infinite.
+    #[error("{path}: tensor `{tensor}` holds a NaN or infinity ({at})")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        /// Where: the element, or the block whose scale it is.
+        at: String,
     },
     #[error("{path}: tensor `{name}` not found")]
     MissingTensor { path: PathBuf, name: String },

@@ -9,6 +9,16 @@ pub enum Architecture {
     Gpt2,
 }
 
+impl Architecture {
+    /// The `general.architecture` of its GGUF files (the prefix of their hyper-parameter keys).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Gpt2 => "gpt2",
+        }
+    }
+}
+
 /// Which dimensions RoPE rotates together within one head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -54,12 +64,38 @@ impl ModelConfig {
     }
 }
 
+/// The largest sizes wllm accepts from a model file. Every size in a file decides allocations
+/// (the layer list, KV pool, activations, RoPE table), so each is bounded before anything is
+/// allocated: a hostile file fails with an error naming its key, never an abort on a huge
+/// allocation or size arithmetic that wraps. Each cap is several times the largest released
+/// model's value (in brackets), so no real model meets one; with all of them, every product
+/// of sizes the runtime forms (e.g. KV bytes per token: 2 · layers · kv_dim · 4 ≤ 2^33) fits
+/// in a u64.
+pub mod caps {
+    /// Tokens of context (Llama 3.1: 2^17; Qwen2.5-1M: ~2^20).
+    pub const MAX_CONTEXT: usize = 1 << 22;
+    /// Transformer layers (Llama 3.1 405B: 126).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Hidden width (Llama 3.1 405B: 16384).
+    pub const MAX_HIDDEN: usize = 1 << 16;
+    /// Query or KV heads (Llama 3.1 405B: 128).
+    pub const MAX_HEADS: usize = 1024;
+    /// Width of one head (Gemma 2: 256).
+    pub const MAX_HEAD_DIM: usize = 1024;
+    /// Vocabulary (Gemma 3: 262144); also keeps ids clear of the fed-token flag bit 2^31.
+    pub const MAX_VOCAB: usize = 1 << 21;
+    /// MLP inner width (Llama 3.1 405B: 53248).
+    pub const MAX_INTERMEDIATE: usize = 1 << 18;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parsing from GGUF metadata and Hugging Face config.json.
 
-use crate::loader::LoadError;
+use caps::*;
+
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
+use crate::loader::{LoadError, MetaError};
 use std::path::Path;
 
 impl ModelConfig {
@@ -86,17 +122,15 @@ impl ModelConfig {
         };
         let m = &file.metadata;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let size = |k: &str| -> Result<usize, LoadError> {
-            let k = key(k);
-            let v = m.get_u64(&k).map_err(meta_err)?;
-            to_usize(v, &k, &file.path)
-        };
-        let opt_size = |k: &str| -> Result<Option<usize>, LoadError> {
+        let opt_size = |k: &str, cap: usize| -> Result<Option<usize>, LoadError> {
             let k = key(k);
             match m.opt(m.get_u64(&k)).map_err(meta_err)? {
-                Some(v) => to_usize(v, &k, &file.path).map(Some),
+                Some(v) => capped(v, &k, cap, &file.path).map(Some),
                 None => Ok(None),
             }
+        };
+        let size = |k: &str, cap: usize| -> Result<usize, LoadError> {
+            opt_size(k, cap)?.ok_or_else(|| meta_err(MetaError::Missing(key(k))))
         };
 
         if let Some(kind) = m
@@ -109,11 +143,24 @@ impl ModelConfig {
                 msg: format!("RoPE scaling `{kind}` is not supported"),
             });
         }
+        // Mixtral-style files say `llama` with experts; their FFN tensors are not the ones
+        // this loader reads, so refuse them by name rather than as a missing tensor.
+        if let Some(n) = m.opt(m.get_u64(&key("expert_count"))).map_err(meta_err)? {
+            if n > 0 {
+                return Err(LoadError::Config {
+                    path: file.path.clone(),
+                    msg: format!(
+                        "`{}` = {n}: mixture-of-experts models are not supported",
+                        key("expert_count")
+                    ),
+                });
+            }
+        }
 
-        let hidden_size = size("embedding_length")?;
-        let num_heads = size("attention.head_count")?;
-        let num_kv_heads = opt_size("attention.head_count_kv")?.unwrap_or(num_heads);
-        let head_dim = opt_size("attention.key_length")?;
+        let hidden_size = size("embedding_length", MAX_HIDDEN)?;
+        let num_heads = size("attention.head_count", MAX_HEADS)?;
+        let num_kv_heads = opt_size("attention.head_count_kv", MAX_HEADS)?.unwrap_or(num_heads);
+        let head_dim = opt_size("attention.key_length", MAX_HEAD_DIM)?;
         let eps_key = match arch {
             Architecture::Llama => key("attention.layer_norm_rms_epsilon"),
             Architecture::Gpt2 => key("attention.layer_norm_epsilon"),
@@ -124,7 +171,7 @@ impl ModelConfig {
             .map_err(meta_err)?
             .unwrap_or(10000.0);
 
-        let vocab_size = match opt_size("vocab_size")? {
+        let vocab_size = match opt_size("vocab_size", MAX_VOCAB)? {
             Some(v) => v,
             None => match m.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()) {
                 Some(tokens) => tokens.len(),
@@ -146,12 +193,12 @@ impl ModelConfig {
             arch,
             vocab_size,
             hidden_size,
-            num_layers: size("block_count")?,
+            num_layers: size("block_count", MAX_LAYERS)?,
             num_heads,
             num_kv_heads,
             head_dim: resolve_head_dim(head_dim, hidden_size, num_heads, &file.path)?,
-            intermediate_size: size("feed_forward_length")?,
-            max_context: size("context_length")?,
+            intermediate_size: size("feed_forward_length", MAX_INTERMEDIATE)?,
+            max_context: size("context_length", MAX_CONTEXT)?,
             norm_eps: norm_eps as f32,
             rope_theta: rope_theta as f32,
             rope_style: RopeStyle::Interleaved,
@@ -174,12 +221,15 @@ impl ModelConfig {
         };
         let cfg = match dir.architecture()? {
             Architecture::Llama => {
-                let hidden_size = c.size("hidden_size")?;
-                let num_heads = c.size("num_attention_heads")?;
-                let mut max_context = c.opt_size("max_position_embeddings")?.unwrap_or(2048);
+                let hidden_size = c.size("hidden_size", MAX_HIDDEN)?;
+                let num_heads = c.size("num_attention_heads", MAX_HEADS)?;
+                let mut max_context = c
+                    .opt_size("max_position_embeddings", MAX_CONTEXT)?
+                    .unwrap_or(2048);
                 // Mistral's sliding window: within the window it equals full attention, so
-                // capping the context at the window keeps the math exact.
-                if let Some(w) = c.opt_size("sliding_window")? {
+                // capping the context at the window keeps the math exact (a window past the
+                // cap is harmless: the context is the smaller of the two).
+                if let Some(w) = c.opt_size("sliding_window", usize::MAX)? {
                     max_context = max_context.min(w);
                 }
                 c.expect_str("hidden_act", &["silu"])?;
@@ -207,18 +257,20 @@ impl ModelConfig {
                 };
                 ModelConfig {
                     arch: Architecture::Llama,
-                    vocab_size: c.size("vocab_size")?,
+                    vocab_size: c.size("vocab_size", MAX_VOCAB)?,
                     hidden_size,
-                    num_layers: c.size("num_hidden_layers")?,
+                    num_layers: c.size("num_hidden_layers", MAX_LAYERS)?,
                     num_heads,
-                    num_kv_heads: c.opt_size("num_key_value_heads")?.unwrap_or(num_heads),
+                    num_kv_heads: c
+                        .opt_size("num_key_value_heads", MAX_HEADS)?
+                        .unwrap_or(num_heads),
                     head_dim: resolve_head_dim(
-                        c.opt_size("head_dim")?,
+                        c.opt_size("head_dim", MAX_HEAD_DIM)?,
                         hidden_size,
                         num_heads,
                         &path,
                     )?,
-                    intermediate_size: c.size("intermediate_size")?,
+                    intermediate_size: c.size("intermediate_size", MAX_INTERMEDIATE)?,
                     max_context,
                     norm_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
                     rope_theta: rope_theta as f32,
@@ -227,25 +279,25 @@ impl ModelConfig {
                 }
             }
             Architecture::Gpt2 => {
-                let hidden_size = c.size("n_embd")?;
-                let num_heads = c.size("n_head")?;
+                let hidden_size = c.size("n_embd", MAX_HIDDEN)?;
+                let num_heads = c.size("n_head", MAX_HEADS)?;
                 c.expect_str("activation_function", &["gelu_new", "gelu_pytorch_tanh"])?;
                 c.expect_false("scale_attn_by_inverse_layer_idx")?;
                 ModelConfig {
                     arch: Architecture::Gpt2,
-                    vocab_size: c.size("vocab_size")?,
+                    vocab_size: c.size("vocab_size", MAX_VOCAB)?,
                     hidden_size,
-                    num_layers: c.size("n_layer")?,
+                    num_layers: c.size("n_layer", MAX_LAYERS)?,
                     num_heads,
                     num_kv_heads: num_heads,
                     head_dim: resolve_head_dim(None, hidden_size, num_heads, &path)?,
-                    intermediate_size: match c.opt_size("n_inner")? {
+                    intermediate_size: match c.opt_size("n_inner", MAX_INTERMEDIATE)? {
                         Some(n) => n,
                         None => hidden_size
                             .checked_mul(4)
                             .ok_or_else(|| c.err("n_embd is too large".into()))?,
                     },
-                    max_context: c.size("n_positions")?,
+                    max_context: c.size("n_positions", MAX_CONTEXT)?,
                     norm_eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
                     rope_theta: 10000.0,
                     rope_style: RopeStyle::Half,
@@ -258,24 +310,35 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Refuses sizes no forward pass can run with.
+    /// Refuses sizes no forward pass can run with, and any past wllm's [`caps`] (the keys
+    /// were checked as they were read; this also covers derived sizes such as a head width
+    /// of hidden / heads).
     fn validate(&self, path: &Path) -> Result<(), LoadError> {
         let err = |msg: String| LoadError::Config {
             path: path.to_path_buf(),
             msg,
         };
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_layers", self.num_layers),
-            ("num_heads", self.num_heads),
-            ("num_kv_heads", self.num_kv_heads),
-            ("head_dim", self.head_dim),
-            ("intermediate_size", self.intermediate_size),
-            ("max_context", self.max_context),
+        for (name, v, cap) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_heads", self.num_heads, MAX_HEADS),
+            ("num_kv_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                MAX_INTERMEDIATE,
+            ),
+            ("max_context", self.max_context, MAX_CONTEXT),
         ] {
             if v == 0 {
                 return Err(err(format!("{name} is 0")));
+            }
+            if v > cap {
+                return Err(err(format!(
+                    "{name} is {v}, more than wllm accepts ({cap})"
+                )));
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -284,8 +347,12 @@ impl ModelConfig {
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.num_heads.checked_mul(self.head_dim).is_none() {
-            return Err(err("num_heads × head_dim overflows".into()));
+        // RoPE rotates pairs of a head's dimensions: an odd width would leave one unrotated.
+        if self.arch == Architecture::Llama && self.head_dim % 2 != 0 {
+            return Err(err(format!(
+                "head_dim {} is odd; RoPE needs pairs",
+                self.head_dim
+            )));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(err(format!(
@@ -305,11 +372,19 @@ impl ModelConfig {
     }
 }
 
-fn to_usize(v: u64, key: &str, path: &Path) -> Result<usize, LoadError> {
-    usize::try_from(v).map_err(|_| LoadError::Config {
+/// A size read from `key`: 1..=`cap`, else an error naming the key.
+fn capped(v: u64, key: &str, cap: usize, path: &Path) -> Result<usize, LoadError> {
+    let err = |msg: String| LoadError::Config {
         path: path.to_path_buf(),
-        msg: format!("`{key}` = {v} does not fit in usize"),
-    })
+        msg,
+    };
+    match usize::try_from(v) {
+        Ok(0) => Err(err(format!("`{key}` is 0"))),
+        Ok(n) if n <= cap => Ok(n),
+        _ => Err(err(format!(
+            "`{key}` = {v} is more than wllm accepts (at most {cap})"
+        ))),
+    }
 }
 
 /// `head_dim` when given, else `hidden / heads`, which must then divide evenly.
@@ -349,19 +424,19 @@ impl Json<'_> {
         self.v.get(k).filter(|v| !v.is_null())
     }
 
-    fn opt_size(&self, k: &str) -> Result<Option<usize>, LoadError> {
+    /// A size in 1..=`cap`, or `None` when absent.
+    fn opt_size(&self, k: &str, cap: usize) -> Result<Option<usize>, LoadError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.err(format!("`{k}` is {v}, expected a non-negative integer"))),
+            Some(v) => match v.as_u64() {
+                Some(n) => capped(n, k, cap, self.path).map(Some),
+                None => Err(self.err(format!("`{k}` is {v}, expected a non-negative integer"))),
+            },
         }
     }
 
-    fn size(&self, k: &str) -> Result<usize, LoadError> {
-        self.opt_size(k)?
+    fn size(&self, k: &str, cap: usize) -> Result<usize, LoadError> {
+        self.opt_size(k, cap)?
             .ok_or_else(|| self.err(format!("`{k}` is missing")))
     }
 

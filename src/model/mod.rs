@@ -1,6 +1,7 @@
 //! Architectures: configuration, weight names, and loading weights onto the GPU.
 //! The forward graph itself (kernel calls, top to bottom) is in [`crate::gpu::runner`].
 pub mod config;
+mod tensors;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeStyle};

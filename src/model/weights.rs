@@ -16,12 +16,14 @@ use crate::gpu::kernels::quant_texture::{
     WeightData, max_rows_per_texture, textures_preferred, upload_texture,
 };
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
+use crate::loader::dequant::first_non_finite;
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
 use crate::loader::{LoadError, RawTensor, TensorDType, TensorSource};
 use crate::model::{Architecture, ModelConfig};
 
 use super::ModelError;
+use super::tensors::{Naming, check_config};
 
 /// An opened model: a GGUF file or a Hugging Face directory.
 pub enum ModelFiles {
@@ -46,21 +48,25 @@ impl ModelFiles {
         }
     }
 
+    /// The model's hyper-parameters, checked against the tensors the files hold (see
+    /// `model/tensors.rs`), so nothing sized from them can exceed what the files back.
     pub fn config(&self) -> Result<ModelConfig, LoadError> {
-        match self {
+        let cfg = match self {
             ModelFiles::Gguf(g) => ModelConfig::from_gguf(g),
             ModelFiles::Hf(h) => ModelConfig::from_hf(h),
-        }
+        }?;
+        check_config(self, &cfg)?;
+        Ok(cfg)
     }
 
-    fn source(&self) -> &dyn TensorSource {
+    pub(crate) fn source(&self) -> &dyn TensorSource {
         match self {
             ModelFiles::Gguf(g) => g,
             ModelFiles::Hf(h) => h,
         }
     }
 
-    fn is_gguf(&self) -> bool {
+    pub(crate) fn is_gguf(&self) -> bool {
         matches!(self, ModelFiles::Gguf(_))
     }
 }
@@ -275,20 +281,25 @@ impl Uploader<'_> {
 
     /// The tensor as f32 with exactly `shape`.
     fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let v = self.checked(name, shape)?.to_f32()?;
+        let t = self.checked(name, shape)?;
+        self.widened(t)
+    }
+
+    /// `t` dequantized to f32, counted as loaded.
+    fn widened(&mut self, t: RawTensor) -> Result<Vec<f32>, ModelError> {
+        let v = t.to_f32()?;
         self.done += 1;
         (self.progress)(self.done, self.total);
         Ok(v)
     }
 
-    /// The tensor as stored, after checking it has exactly `shape`.
+    /// The tensor as stored, after checking it has exactly `shape` and only finite values.
     fn checked(&self, name: &str, shape: &[usize]) -> Result<RawTensor, ModelError> {
         let t = self.raw(name)?;
-        let numel: usize = shape.iter().product();
         // GGUF stores 1-D tensors and HF may store [1, n]-style shapes: compare element counts
-        // for vectors, exact shapes for matrices.
+        // for vectors, exact shapes for matrices. (A product that overflows matches nothing.)
         let ok = if shape.len() == 1 {
-            t.numel() == numel
+            Some(t.numel()) == shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
         } else {
             t.shape == shape
         };
@@ -302,11 +313,32 @@ impl Uploader<'_> {
             }
             .into());
         }
+        // A NaN or infinity in a weight poisons every logit downstream; refuse it by name.
+        if let Some(at) = first_non_finite(t.dtype, &t.data) {
+            return Err(LoadError::NonFinite {
+                path: self.path(),
+                tensor: name.to_string(),
+                at,
+            }
+            .into());
+        }
         Ok(t)
     }
 
+    /// A norm weight or bias: stored as floats (llama.cpp writes them as F32; a quantized one
+    /// is a broken file, not a format to support).
     fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
-        let v = self.f32(name, &[len])?;
+        let t = self.checked(name, &[len])?;
+        if t.dtype.block_len() != 1 {
+            return Err(LoadError::UnexpectedTensorType {
+                path: self.path(),
+                tensor: name.to_string(),
+                found: t.dtype,
+                expected: "a norm weight or bias must be F32, F16 or BF16",
+            }
+            .into());
+        }
+        let v = self.widened(t)?;
         Ok(GpuTensor::from_f32(
             self.ctx,
             name,
@@ -379,6 +411,9 @@ impl Uploader<'_> {
 }
 
 /// Loads every weight of `files` onto the GPU. `progress(done, total)` is called per tensor.
+/// `cfg` must agree with the files' tensors (it does when it came from
+/// [`ModelFiles::config`]; it is checked again, cheaply, so no caller's config can size the
+/// layer list or any upload beyond what the files hold).
 pub fn load_weights(
     ctx: &GpuContext,
     files: &ModelFiles,
@@ -386,6 +421,7 @@ pub fn load_weights(
     dtype: WeightDType,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ModelWeights, ModelError> {
+    check_config(files, cfg)?;
     let total = files.source().tensor_names().len();
     let mut up = Uploader {
         ctx,
@@ -409,21 +445,12 @@ fn load_llama(
     v: usize,
 ) -> Result<ModelWeights, ModelError> {
     let (q, kv, f) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-    let gguf = up.files.is_gguf();
-    let embed_name = if gguf {
-        "token_embd.weight"
-    } else {
-        "model.embed_tokens.weight"
-    };
-    let embed = up.matrix(embed_name, v, d)?;
+    let names = Naming::new(up.files, cfg.arch);
+    let embed = up.matrix(&names.embed(), v, d)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
-        let n = |gguf_name: &str, hf_name: &str| {
-            if gguf {
-                format!("blk.{i}.{gguf_name}.weight")
-            } else {
-                format!("model.layers.{i}.{hf_name}.weight")
-            }
+        let n = |gguf: &str, hf: &str| {
+            names.layer(i, &format!("{gguf}.weight"), &format!("{hf}.weight"))
         };
         let attn_norm = up.vector(&n("attn_norm", "input_layernorm"), d)?;
         let wqkv = up.stacked(
@@ -455,23 +482,12 @@ fn load_llama(
             w_down,
         }));
     }
-    let final_norm_w = up.vector(
-        if gguf {
-            "output_norm.weight"
-        } else {
-            "model.norm.weight"
-        },
-        d,
-    )?;
-    let head_name = if gguf {
-        "output.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let lm_head = if cfg.tie_word_embeddings || !up.files.source().has_tensor(head_name) {
+    let final_norm_w = up.vector(&names.global("output_norm.weight", "model.norm.weight"), d)?;
+    let head_name = names.global("output.weight", "lm_head.weight");
+    let lm_head = if cfg.tie_word_embeddings || !up.files.source().has_tensor(&head_name) {
         None
     } else {
-        Some(up.matrix(head_name, v, d)?)
+        Some(up.matrix(&head_name, v, d)?)
     };
     Ok(ModelWeights {
         embed,
@@ -491,27 +507,12 @@ fn load_gpt2(
     v: usize,
 ) -> Result<ModelWeights, ModelError> {
     let f = cfg.intermediate_size;
-    let gguf = up.files.is_gguf();
-    // HF GPT-2 checkpoints name tensors with or without the `transformer.` prefix.
-    let prefix = if !gguf && up.files.source().has_tensor("transformer.wte.weight") {
-        "transformer."
-    } else {
-        ""
-    };
-    let g = |gguf_name: &str, hf_name: &str| {
-        if gguf {
-            gguf_name.to_string()
-        } else {
-            format!("{prefix}{hf_name}")
-        }
-    };
+    let names = Naming::new(up.files, cfg.arch);
+    let gguf = names.is_gguf();
     // The quantized embedding gather has no position table: GPT-2 keeps its table dense.
-    let embed_name = g("token_embd.weight", "wte.weight");
+    let embed_name = names.embed();
     let embed = up.stacked_dense(&embed_name, &[(&embed_name, v)], d)?;
-    let pos = up.f32(
-        &g("position_embd.weight", "wpe.weight"),
-        &[cfg.max_context, d],
-    )?;
+    let pos = up.f32(&names.pos_embed(), &[cfg.max_context, d])?;
     let pos_embed = Some(GpuTensor::from_f32(
         up.ctx,
         "wpe",
@@ -521,13 +522,7 @@ fn load_gpt2(
     )?);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
-        let n = |gguf_name: &str, hf_name: &str| {
-            if gguf {
-                format!("blk.{i}.{gguf_name}")
-            } else {
-                format!("{prefix}h.{i}.{hf_name}")
-            }
-        };
+        let n = |gguf: &str, hf: &str| names.layer(i, gguf, hf);
         let ln1_w = up.vector(&n("attn_norm.weight", "ln_1.weight"), d)?;
         let ln1_b = up.vector(&n("attn_norm.bias", "ln_1.bias"), d)?;
         let (w_qkv, w_o, w_fc, w_proj);
@@ -563,8 +558,8 @@ fn load_gpt2(
             b_proj,
         }));
     }
-    let final_norm_w = up.vector(&g("output_norm.weight", "ln_f.weight"), d)?;
-    let final_norm_b = Some(up.vector(&g("output_norm.bias", "ln_f.bias"), d)?);
+    let final_norm_w = up.vector(&names.global("output_norm.weight", "ln_f.weight"), d)?;
+    let final_norm_b = Some(up.vector(&names.global("output_norm.bias", "ln_f.bias"), d)?);
     let lm_head = if gguf && up.files.source().has_tensor("output.weight") {
         Some(up.matrix("output.weight", v, d)?)
     } else {

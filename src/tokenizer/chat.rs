@@ -44,7 +44,28 @@ impl ChatMessage {
     }
 }
 
+/// ChatML, the template a model gets when its own cannot be rendered (llama.cpp's default).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
 impl Tokenizer {
+    /// This tokenizer with a chat template that renders: its own when that renders a sample
+    /// conversation (one user message, as llama.cpp tries), else [`CHATML_TEMPLATE`] with a
+    /// warning, which is what llama.cpp falls back to. A model file opened from anywhere then
+    /// still chats instead of failing every request; a template that fails only on some
+    /// conversations (roles out of order, …) is kept and fails those requests.
+    pub fn with_renderable_chat_template(mut self) -> Tokenizer {
+        let Some(template) = &self.chat_template else {
+            return self;
+        };
+        let sample = [ChatMessage::user("Hello")];
+        let rendered = render_template(template, &sample, true, self.bos_token(), self.eos_token());
+        if let Err(e) = rendered {
+            log::warn!("the model's chat template does not render ({e}); using ChatML instead");
+            self.chat_template = Some(CHATML_TEMPLATE.to_string());
+        }
+        self
+    }
+
     /// Render `messages` with the model's chat template. With `add_generation_prompt`, the text
     /// ends with the header of an assistant turn (`<|im_start|>assistant\n` for ChatML), ready
     /// for generation. Encode the result with [`Tokenizer::encode`].
@@ -88,8 +109,14 @@ pub fn render_template(
     Ok(out)
 }
 
+/// Template instructions one render may run: a template comes from a downloaded file, and
+/// nested loops over `range(...)` would otherwise run for hours. Real templates take about a
+/// hundred per message, so this allows conversations of thousands of messages.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -265,7 +292,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 mod tests {
     use super::*;
 
-    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    const CHATML: &str = CHATML_TEMPLATE;
 
     fn render(t: &str, msgs: &[ChatMessage]) -> Result<String, TokenizerError> {
         render_template(t, msgs, true, Some("<s>"), Some("</s>"))
@@ -313,6 +340,16 @@ mod tests {
             render("{{ 1 // 0 }}", &[]),
             Err(TokenizerError::Template(_))
         ));
+    }
+
+    #[test]
+    fn a_template_that_would_run_for_hours_runs_out_of_fuel() {
+        let t = "{% for a in range(99999) %}{% for b in range(99999) %}x{% endfor %}{% endfor %}";
+        let err = render(t, &[ChatMessage::user("a")]).unwrap_err();
+        assert!(matches!(err, TokenizerError::Template(_)), "{err}");
+        // A long conversation in a real-looking template stays well inside the budget.
+        let msgs: Vec<_> = (0..2000).map(|i| ChatMessage::user(format!("m{i}"))).collect();
+        assert!(render(CHATML, &msgs).is_ok());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   pairs in rank order), `token_type` (3 = control, 4 = user-defined: registered as added
 //!   tokens so their text in a prompt encodes to the single id), `pre` (the pre-tokenizer: which
 //!   regex splits text into words before BPE — see [`PreTokenizerScheme`]),
-//! - `bos_token_id`, `eos_token_id`, `eot_token_id`, `eom_token_id`, `add_bos_token`,
+//! - `bos_token_id`, `eos_token_id`, `eot_token_id`, `eom_token_id` (each -1 for none, else
+//!   inside the vocabulary: [`TokenizerError::SpecialTokenOutOfRange`]), `add_bos_token`,
 //! - `tokenizer.chat_template`.
 //!
 //! Anything else (`llama` = SentencePiece, `bert` = WordPiece, `t5`, `rwkv`) is
@@ -217,16 +218,7 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<Tokenizer, TokenizerError> {
         .iter()
         .map(|t| (!t.is_empty()).then(|| byte_level_token_bytes(t).into_boxed_slice()))
         .collect();
-    let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
-        Ok(match meta.opt(meta.get_u64(key))? {
-            Some(id) if (id as usize) < n_tokens => Some(id as u32),
-            Some(id) => {
-                log::warn!("GGUF {key} = {id} is outside the vocabulary ({n_tokens}); ignored");
-                None
-            }
-            None => None,
-        })
-    };
+    let id = |key: &str| special_id(meta, key, n_tokens);
     let extra_stop_ids = [
         id("tokenizer.ggml.eot_token_id")?,
         id("tokenizer.ggml.eom_token_id")?,
@@ -256,6 +248,32 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<Tokenizer, TokenizerError> {
             .opt(meta.get_str("tokenizer.chat_template"))?
             .map(str::to_string),
     })
+}
+
+/// The special token id under `key`, if any. Converters write -1 (an i32, or u32 0xFFFFFFFF)
+/// for "no such token"; any other id past the vocabulary is an error. (llama.cpp warns and
+/// keeps its default id there; a BOS or EOS that silently goes missing changes every prompt or
+/// never stops a generation, so wllm refuses the file instead.)
+fn special_id(
+    meta: &GgufMetadata,
+    key: &str,
+    n_tokens: usize,
+) -> Result<Option<u32>, TokenizerError> {
+    let Some(v) = meta.get(key) else {
+        return Ok(None);
+    };
+    if v.as_i64() == Some(-1) || v.as_u64() == Some(u64::from(u32::MAX)) {
+        return Ok(None);
+    }
+    let id = meta.get_u64(key)?;
+    match u32::try_from(id) {
+        Ok(small) if (small as usize) < n_tokens => Ok(Some(small)),
+        _ => Err(TokenizerError::SpecialTokenOutOfRange {
+            key: key.to_string(),
+            id,
+            vocab_size: n_tokens,
+        }),
+    }
 }
 
 /// `"Ġ t"` → `("Ġ", "t")`. The separator is the first space after the first character, so a
@@ -385,6 +403,33 @@ mod tests {
         ));
         assert!(t.token_text(99).is_err());
         assert_eq!(t.token_text(5).unwrap(), "Ġab");
+    }
+
+    #[test]
+    fn special_ids_past_the_vocabulary_are_errors_and_minus_one_is_none() {
+        let mut m = tiny_meta("gpt2");
+        let key = "tokenizer.ggml.bos_token_id";
+        m.entries.insert(key.into(), MetaValue::U32(8));
+        let err = Tokenizer::from_gguf_metadata(&m).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TokenizerError::SpecialTokenOutOfRange {
+                    id: 8,
+                    vocab_size: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(key), "{err}");
+        for none in [MetaValue::I32(-1), MetaValue::U32(u32::MAX)] {
+            m.entries.insert(key.into(), none);
+            assert_eq!(
+                Tokenizer::from_gguf_metadata(&m).unwrap().bos_token_id(),
+                None
+            );
+        }
     }
 
     #[test]

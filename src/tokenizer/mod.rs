@@ -64,6 +64,18 @@ pub enum TokenizerError {
     InvalidVocab(String),
     #[error("token id {id} is not in the vocabulary (size {vocab_size})")]
     UnknownTokenId { id: u32, vocab_size: usize },
+    /// A special token id in the metadata (BOS, EOS, EOT, …) past the end of the vocabulary.
+    #[error("`{key}` = {id} is outside the vocabulary ({vocab_size} tokens)")]
+    SpecialTokenOutOfRange {
+        key: String,
+        id: u64,
+        vocab_size: usize,
+    },
+    /// The tokenizer can produce ids the model has no embedding row for.
+    #[error(
+        "the tokenizer defines {tokenizer} token ids, more than the model's vocabulary of {model}"
+    )]
+    LargerThanModel { tokenizer: usize, model: usize },
     #[error("the model has no chat template")]
     NoChatTemplate,
     /// The chat template failed to compile or render (including `raise_exception` calls).
@@ -157,9 +169,21 @@ impl Tokenizer {
             Some(p) => hf_config::HfTokenizerConfig::read(p)?,
             None => hf_config::HfTokenizerConfig::default(),
         };
-        let id_of = |text: &Option<String>| text.as_deref().and_then(|t| inner.token_to_id(t));
-        let bos_id = id_of(&config.bos_token);
-        let eos_id = id_of(&config.eos_token);
+        // A named BOS/EOS that the vocabulary lacks would silently never be added or stop
+        // anything: refuse the file instead.
+        let config_path = tokenizer_config_json.unwrap_or(tokenizer_json);
+        let id_of = |key: &str, text: &Option<String>| -> Result<Option<u32>, TokenizerError> {
+            let Some(text) = text else { return Ok(None) };
+            match inner.token_to_id(text) {
+                Some(id) => Ok(Some(id)),
+                None => Err(TokenizerError::Config {
+                    path: config_path.to_path_buf(),
+                    message: format!("`{key}` {text:?} is not a token of tokenizer.json"),
+                }),
+            }
+        };
+        let bos_id = id_of("bos_token", &config.bos_token)?;
+        let eos_id = id_of("eos_token", &config.eos_token)?;
         let add_bos = match config.add_bos_token {
             Some(v) => v,
             // What the post-processor adds around an empty input is exactly its special tokens.
@@ -333,6 +357,18 @@ impl Tokenizer {
     /// Whether [`Tokenizer::encode`] prepends BOS.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// Checks that every id this tokenizer can produce (special ids included: they lie below
+    /// [`Tokenizer::vocab_size`]) has a row in a model's embedding of `model_vocab` rows.
+    pub fn check_fits(&self, model_vocab: usize) -> Result<(), TokenizerError> {
+        if self.vocab_size > model_vocab {
+            return Err(TokenizerError::LargerThanModel {
+                tokenizer: self.vocab_size,
+                model: model_vocab,
+            });
+        }
+        Ok(())
     }
 
     /// Ids that end generation: EOS, GGUF EOT/EOM, and special tokens whose text is an

@@ -80,11 +80,12 @@ impl Runner {
         if let Some(p) = b
             .positions
             .iter()
-            .find(|p| **p as usize >= self.cfg.max_context)
+            .find(|p| **p as usize >= self.max_positions)
         {
             return bad(format!(
-                "position {p} beyond the model's context of {}",
-                self.cfg.max_context
+                "position {p} beyond the {} positions a sequence can reach (the model's context, \
+                 or the KV pool's tokens if fewer)",
+                self.max_positions
             ));
         }
         let slots = (self.rc.num_blocks * self.rc.block_size) as u32;

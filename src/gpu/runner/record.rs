@@ -76,7 +76,7 @@ impl Runner {
                         num_heads: cfg.num_heads,
                         num_kv_heads: cfg.num_kv_heads,
                         head_dim: cfg.head_dim,
-                        max_positions: cfg.max_context,
+                        max_positions: self.max_positions,
                         style: cfg.rope_style,
                     };
                     k.rope_kv_write

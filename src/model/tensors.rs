@@ -1,0 +1,245 @@
+//! Where each weight lives in a model's files, and the check that a config read from the
+//! files' metadata agrees with the tensors actually there.
+//!
+//! The check runs in [`ModelFiles::config`], before anything is sized from the config: the
+//! layer count must be the number of layers with tensors (indices 0..N-1, each present), and
+//! every width must be a dimension of the tensor that has it (hidden and vocabulary from the
+//! token embedding, the Q/K/MLP widths from layer 0's projections, GPT-2's context from its
+//! position table). A file's sizes are then bounded by its own bytes as well as by
+//! [`super::config::caps`]. Cost: one pass over the tensor names, a few shape lookups.
+
+use std::collections::BTreeSet;
+
+use crate::loader::LoadError;
+use crate::model::{Architecture, ModelConfig, ModelFiles};
+
+/// How one model's tensors are named: llama.cpp's GGUF names, or the Hugging Face
+/// checkpoint's. The loader and the check share it, so they read the same tensors.
+pub(crate) struct Naming {
+    gguf: bool,
+    arch: Architecture,
+    /// HF GPT-2 checkpoints name tensors with or without `transformer.`.
+    hf_prefix: &'static str,
+}
+
+impl Naming {
+    pub(crate) fn new(files: &ModelFiles, arch: Architecture) -> Naming {
+        let gguf = files.is_gguf();
+        let prefixed = arch == Architecture::Gpt2
+            && !gguf
+            && files.source().has_tensor("transformer.wte.weight");
+        Naming {
+            gguf,
+            arch,
+            hf_prefix: if prefixed { "transformer." } else { "" },
+        }
+    }
+
+    pub(crate) fn is_gguf(&self) -> bool {
+        self.gguf
+    }
+
+    /// A tensor outside the layers: `gguf` in a GGUF file, else `hf`.
+    pub(crate) fn global(&self, gguf: &str, hf: &str) -> String {
+        if self.gguf {
+            gguf.to_string()
+        } else {
+            format!("{}{hf}", self.hf_prefix)
+        }
+    }
+
+    /// Tensor `gguf` / `hf` of layer `i` (e.g. `blk.3.attn_q.weight`).
+    pub(crate) fn layer(&self, i: usize, gguf: &str, hf: &str) -> String {
+        let role = if self.gguf { gguf } else { hf };
+        format!("{}{i}.{role}", self.layer_prefix())
+    }
+
+    /// The token embedding table, (vocab, hidden).
+    pub(crate) fn embed(&self) -> String {
+        match self.arch {
+            Architecture::Llama => self.global("token_embd.weight", "model.embed_tokens.weight"),
+            Architecture::Gpt2 => self.global("token_embd.weight", "wte.weight"),
+        }
+    }
+
+    /// GPT-2's learned position table, (max_context, hidden).
+    pub(crate) fn pos_embed(&self) -> String {
+        self.global("position_embd.weight", "wpe.weight")
+    }
+
+    fn layer_prefix(&self) -> String {
+        match (self.gguf, self.arch) {
+            (true, _) => "blk.".into(),
+            (false, Architecture::Llama) => "model.layers.".into(),
+            (false, Architecture::Gpt2) => format!("{}h.", self.hf_prefix),
+        }
+    }
+
+    /// The key a size was read from, for error messages.
+    fn key(&self, size: Size) -> String {
+        let a = self.arch.gguf_name();
+        let hf_llama = self.arch == Architecture::Llama;
+        match (self.gguf, size) {
+            (true, Size::Layers) => format!("`{a}.block_count`"),
+            (true, Size::Hidden) => format!("`{a}.embedding_length`"),
+            (true, Size::Vocab) => {
+                format!(
+                    "the vocabulary size (`{a}.vocab_size`, else the tokenizer.ggml.tokens count)"
+                )
+            }
+            (true, Size::QDim) => format!("`{a}.attention.head_count` × the head width"),
+            (true, Size::KvDim) => format!("`{a}.attention.head_count_kv` × the head width"),
+            (true, Size::Inner) => format!("`{a}.feed_forward_length`"),
+            (true, Size::Context) => format!("`{a}.context_length`"),
+            (false, Size::Vocab) => "`vocab_size`".into(),
+            (false, Size::QDim) => "`num_attention_heads` × `head_dim`".into(),
+            (false, Size::KvDim) => "`num_key_value_heads` × `head_dim`".into(),
+            (false, Size::Layers) if hf_llama => "`num_hidden_layers`".into(),
+            (false, Size::Hidden) if hf_llama => "`hidden_size`".into(),
+            (false, Size::Inner) if hf_llama => "`intermediate_size`".into(),
+            (false, Size::Context) if hf_llama => "`max_position_embeddings`".into(),
+            (false, Size::Layers) => "`n_layer`".into(),
+            (false, Size::Hidden) => "`n_embd`".into(),
+            (false, Size::Inner) => "`n_inner`".into(),
+            (false, Size::Context) => "`n_positions`".into(),
+        }
+    }
+}
+
+/// A size of the config that some tensor's shape must show.
+#[derive(Debug, Clone, Copy)]
+enum Size {
+    Layers,
+    Hidden,
+    Vocab,
+    QDim,
+    KvDim,
+    Inner,
+    Context,
+}
+
+/// Dimension `dim` of `tensor` must be `value` (the config's `size`).
+struct DimCheck {
+    tensor: String,
+    dim: usize,
+    size: Size,
+    value: usize,
+}
+
+/// See the module docs.
+pub(crate) fn check_config(files: &ModelFiles, cfg: &ModelConfig) -> Result<(), LoadError> {
+    let names = Naming::new(files, cfg.arch);
+    check_layers(files, cfg, &names)?;
+    for c in dim_checks(cfg, &names) {
+        let shape =
+            files
+                .source()
+                .tensor_shape(&c.tensor)
+                .ok_or_else(|| LoadError::MissingTensor {
+                    path: files.path().to_path_buf(),
+                    name: c.tensor.clone(),
+                })?;
+        if shape.get(c.dim) != Some(&c.value) {
+            return Err(LoadError::Config {
+                path: files.path().to_path_buf(),
+                msg: format!(
+                    "{} = {} disagrees with tensor `{}` of shape {shape:?}",
+                    names.key(c.size),
+                    c.value,
+                    c.tensor
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The layer count must be the number of distinct layer indices among the tensor names, and
+/// those must be 0..N-1.
+fn check_layers(files: &ModelFiles, cfg: &ModelConfig, names: &Naming) -> Result<(), LoadError> {
+    let prefix = names.layer_prefix();
+    let found: BTreeSet<usize> = files
+        .source()
+        .tensor_names()
+        .iter()
+        .filter_map(|n| layer_index(n, &prefix))
+        .collect();
+    let n = cfg.num_layers;
+    if found.len() == n && found.last() == n.checked_sub(1).as_ref() {
+        return Ok(());
+    }
+    let listed: Vec<String> = found.iter().take(8).map(usize::to_string).collect();
+    let more = if found.len() > 8 { ", …" } else { "" };
+    Err(LoadError::Config {
+        path: files.path().to_path_buf(),
+        msg: format!(
+            "{} = {n}, but the file has `{prefix}N.*` tensors for {} layers (N in {{{}{more}}})",
+            names.key(Size::Layers),
+            found.len(),
+            listed.join(", ")
+        ),
+    })
+}
+
+/// `N` of `{prefix}N.rest`; an index too large for usize counts as usize::MAX (never a layer).
+fn layer_index(name: &str, prefix: &str) -> Option<usize> {
+    let (n, _) = name.strip_prefix(prefix)?.split_once('.')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(n.parse().unwrap_or(usize::MAX))
+}
+
+/// Which tensor dimensions show which config sizes, per architecture and format.
+fn dim_checks(cfg: &ModelConfig, names: &Naming) -> Vec<DimCheck> {
+    let check = |tensor: String, dim, size, value| DimCheck {
+        tensor,
+        dim,
+        size,
+        value,
+    };
+    let d = cfg.hidden_size;
+    let embed = names.embed();
+    let mut checks = vec![
+        check(embed.clone(), 0, Size::Vocab, cfg.vocab_size),
+        check(embed, 1, Size::Hidden, d),
+    ];
+    match cfg.arch {
+        Architecture::Llama => {
+            let q = names.layer(0, "attn_q.weight", "self_attn.q_proj.weight");
+            let k = names.layer(0, "attn_k.weight", "self_attn.k_proj.weight");
+            let gate = names.layer(0, "ffn_gate.weight", "mlp.gate_proj.weight");
+            checks.extend([
+                check(q, 0, Size::QDim, cfg.q_dim()),
+                check(k, 0, Size::KvDim, cfg.kv_dim()),
+                check(gate, 0, Size::Inner, cfg.intermediate_size),
+            ]);
+        }
+        Architecture::Gpt2 => {
+            checks.push(check(names.pos_embed(), 0, Size::Context, cfg.max_context));
+            // GGUF stores the MLP input projection (inner, hidden); HF's Conv1D (hidden, inner).
+            let (fc, dim) = if names.is_gguf() {
+                (names.layer(0, "ffn_up.weight", ""), 0)
+            } else {
+                (names.layer(0, "", "mlp.c_fc.weight"), 1)
+            };
+            checks.push(check(fc, dim, Size::Inner, cfg.intermediate_size));
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_indices_parse_only_whole_numbers_after_the_prefix() {
+        assert_eq!(layer_index("blk.12.attn_q.weight", "blk."), Some(12));
+        assert_eq!(layer_index("blk.x.attn_q.weight", "blk."), None);
+        assert_eq!(layer_index("blk.3", "blk."), None);
+        assert_eq!(layer_index("output.weight", "blk."), None);
+        let huge = "blk.99999999999999999999999.w";
+        assert_eq!(layer_index(huge, "blk."), Some(usize::MAX));
+    }
+}
