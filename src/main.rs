@@ -99,15 +99,39 @@ struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Requests that may wait for admission; more get 429
+    /// Sequences that may wait for a running slot; a request that finds every slot and the
+    /// queue full gets 429
     #[arg(long)]
     max_waiting: Option<usize>,
-    /// Require `Authorization: Bearer KEY` on /v1 routes (default: env WLLM_API_KEY)
+    /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (default: env WLLM_API_KEY)
     #[arg(long)]
     api_key: Option<String>,
+    /// Serve /metrics without the API key
+    #[arg(long)]
+    metrics_without_key: bool,
     /// The model name clients send (default: the model file or directory name)
     #[arg(long)]
     served_model_name: Option<String>,
+    /// Seconds a request head may take to arrive; also how long an idle kept-alive connection
+    /// stays open
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a request body may take to arrive (408 beyond)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Connections served at once; more wait to be accepted. Keep it under the open-file
+    /// limit (ulimit -n), and raise both with --max-num-seqs + --max-waiting
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Largest request body in bytes (413 beyond)
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Largest prompt in bytes, refused (400) before tokenizing; chat counts roles and contents
+    #[arg(long, default_value_t = 1 << 20)]
+    max_prompt_bytes: usize,
+    /// Largest request head (request line and headers) in bytes (431 beyond)
+    #[arg(long, default_value_t = 16 << 10)]
+    max_header_bytes: usize,
 }
 
 #[cfg(feature = "server")]
@@ -123,12 +147,18 @@ fn serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| p.display().to_string())
     });
     let mut opts = wllm::server::ServerOptions::new(name);
-    opts.max_waiting = Some(cfg.max_waiting);
     opts.api_key = args
         .api_key
         .clone()
         .or_else(|| std::env::var("WLLM_API_KEY").ok())
         .filter(|k| !k.is_empty());
+    opts.metrics_without_key = args.metrics_without_key;
+    opts.header_timeout = std::time::Duration::from_secs(args.header_timeout);
+    opts.body_timeout = std::time::Duration::from_secs(args.body_timeout);
+    opts.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    opts.max_body_bytes = args.max_body_bytes;
+    opts.max_prompt_bytes = args.max_prompt_bytes;
+    opts.max_header_bytes = args.max_header_bytes;
     let engine = std::sync::Arc::new(cli::start_engine(cfg)?);
     let addr = format!("{}:{}", args.host, args.port);
     wllm::server::run(engine, opts, &addr).with_context(|| format!("serving on {addr}"))

@@ -7,7 +7,13 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 //! `GET /health`, `GET /metrics` (Prometheus text).
+//!
+//! Slow or idle clients cannot hold the server: request heads and bodies must arrive within
+//! their timeouts, and connections beyond `max_connections` wait to be accepted. Every error,
+//! including a wrong method, an oversized head or body and a timeout, is OpenAI-shaped JSON.
 
+mod conn;
+mod guard;
 mod metrics;
 mod openai;
 mod respond;
@@ -17,18 +23,18 @@ use respond::respond;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, Event, Prompt, Request, RequestHandle, TokenLogprob};
@@ -38,18 +44,30 @@ pub use metrics::Metrics;
 pub use openai::ApiError;
 use openai::{ChatBody, CompletionBody, Params, PromptIn};
 
-/// How the server presents itself.
+/// How the server presents itself and what it lets clients hold.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The model name clients send (and `/v1/models` lists); others get 404.
     pub served_model_name: String,
-    /// When set, every `/v1` route needs `Authorization: Bearer <key>`.
+    /// When set, every `/v1` route and `/metrics` need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
-    /// Largest request body accepted, in bytes.
-    pub body_limit: usize,
-    /// The engine's `max_waiting`: a request that would find more waiting is refused (429)
-    /// before it is submitted.
-    pub max_waiting: Option<usize>,
+    /// Serve `/metrics` without the key (for a scraper on a trusted network).
+    pub metrics_without_key: bool,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest prompt text (a completion's prompt, or a chat's roles and contents together), in
+    /// bytes, refused (400) before it is rendered and tokenized.
+    pub max_prompt_bytes: usize,
+    /// Largest request head (request line and headers), in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// How long a request head may take to arrive in full, from when the server starts waiting
+    /// for it: on a new connection, and between requests on a kept-alive one, so this is the
+    /// idle keep-alive timeout too. The connection is closed when it runs out.
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive in full, from the end of its head (408).
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait to be accepted until one closes (at least 1).
+    pub max_connections: usize,
 }
 
 impl ServerOptions {
@@ -57,8 +75,13 @@ impl ServerOptions {
         Self {
             served_model_name: served_model_name.into(),
             api_key: None,
-            body_limit: 4 << 20,
-            max_waiting: None,
+            metrics_without_key: false,
+            max_body_bytes: 4 << 20,
+            max_prompt_bytes: 1 << 20,
+            max_header_bytes: 16 << 10,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
         }
     }
 }
@@ -74,7 +97,6 @@ type St = State<Arc<AppState>>;
 
 /// The router with every route, for serving on any listener.
 pub fn router(engine: Arc<Engine>, opts: ServerOptions) -> Router {
-    let limit = opts.body_limit;
     let state = Arc::new(AppState {
         engine,
         opts,
@@ -87,9 +109,10 @@ pub fn router(engine: Arc<Engine>, opts: ServerOptions) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .method_not_allowed_fallback(guard::method_not_allowed)
+        .fallback(guard::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::gate))
+        .layer(middleware::map_response(guard::json_errors))
         .with_state(state)
 }
 
@@ -99,7 +122,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     opts: ServerOptions,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, opts)).await
+    conn::accept_loop(listener, router(engine, opts.clone()), &opts).await
 }
 
 /// Binds `addr` and serves until Ctrl-C (blocking; builds its own tokio runtime).
@@ -204,44 +227,6 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}{:016x}", random_u64(), random_u64())
 }
 
-/// Auth on `/v1` routes and the by-status counter on every response.
-async fn gate(State(st): St, req: HttpRequest, next: Next) -> Response {
-    let resp = match &st.opts.api_key {
-        Some(key) if req.uri().path().starts_with("/v1") => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-                next.run(req).await
-            } else {
-                let mut r = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong API key: send Authorization: Bearer <key>",
-                )
-                .code("invalid_api_key")
-                .into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                r
-            }
-        }
-        _ => next.run(req).await,
-    };
-    st.metrics.count_status(resp.status().as_u16());
-    resp
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such route").code("not_found")
-}
-
 async fn health() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
@@ -291,8 +276,76 @@ fn check_model(st: &AppState, model: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| ApiError::new(e.status(), e.body_text()))
+/// The whole request body, within the byte limit (413) and the body timeout (408). A body
+/// whose declared length is over the limit is refused before any of it is read.
+async fn read_body(opts: &ServerOptions, body: Body) -> Result<Bytes, ApiError> {
+    let limit = opts.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over this server's limit of {limit} bytes"),
+        )
+        .code("body_too_large")
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let read = Limited::new(body, limit).collect();
+    match tokio::time::timeout(opts.body_timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad(format!(
+            "reading the request body failed: {e}"
+        ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {:?}",
+                opts.body_timeout
+            ),
+        )
+        .code("body_timeout")),
+    }
+}
+
+/// Refuses a prompt of `bytes` over the limit, before rendering or tokenizing it costs
+/// anything.
+fn check_prompt_bytes(
+    opts: &ServerOptions,
+    bytes: usize,
+    param: &'static str,
+) -> Result<(), ApiError> {
+    let limit = opts.max_prompt_bytes;
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(ApiError::param(
+        format!(
+            "the prompt is {bytes} bytes, more than this server's limit of {limit} bytes \
+             (--max-prompt-bytes)"
+        ),
+        param,
+    )
+    .code("prompt_too_large"))
+}
+
+/// Runs `f` on tokio's blocking pool: chat rendering, tokenizing and detokenizing a large
+/// prompt take long enough to stall every other connection on an async worker.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the tokenizer task failed: {e}"),
+        )),
+    }
+}
+
+async fn tokenize(st: &AppState, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    let engine = st.engine.clone();
+    off_runtime(move || engine.prompt_ids(&prompt)).await
 }
 
 /// Which endpoint a response is for.
@@ -319,18 +372,11 @@ fn reason_str(r: FinishReason) -> &'static str {
     }
 }
 
-fn queue_full(waiting: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!("the engine's queue is full ({waiting} requests waiting); try again later"),
-    )
-}
-
-/// The engine refuses an over-full queue either at submit or, when the engine thread finds it
-/// full, as the request's only event; both are a 429.
+/// A request the engine failed after accepting it (admission is refused at submit, as a 429,
+/// never here): the engine shutting down is a 503, anything else a 500.
 fn failed(e: String) -> ApiError {
-    if e.contains("queue is full") {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, e)
+    if e.contains("shut down") {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
     } else {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -354,16 +400,10 @@ struct Job {
     include_usage: bool,
 }
 
-/// Checks the lengths, then submits `n` requests (all or none).
-fn submit(
-    st: &AppState,
-    kind: Kind,
-    ids: Vec<u32>,
-    p: &Params,
-    echo: Option<String>,
-) -> Result<Job, ApiError> {
+/// The completion budget of a prompt of `prompt_tokens`: the request's `max_tokens`, or up to
+/// the end of the context; refused when the two do not fit together.
+fn completion_budget(st: &AppState, prompt_tokens: usize, p: &Params) -> Result<usize, ApiError> {
     let limit = max_seq_tokens(&st.engine);
-    let prompt_tokens = ids.len();
     if prompt_tokens + 1 > limit {
         return Err(ApiError::bad(format!(
             "This model's maximum context length is {limit} tokens. However, your prompt has \
@@ -371,31 +411,36 @@ fn submit(
         ))
         .code("context_length_exceeded"));
     }
-    let max_tokens = match p.max_tokens {
-        Some(m) if prompt_tokens + m > limit => {
-            return Err(ApiError::param(
-                format!(
-                    "This model's maximum context length is {limit} tokens. However, you \
-                     requested {} tokens ({prompt_tokens} in the prompt, {m} for the \
-                     completion). Please reduce the prompt or the completion length.",
-                    prompt_tokens + m
-                ),
-                "max_tokens",
-            )
-            .code("context_length_exceeded"));
-        }
-        Some(m) => m,
-        None => limit - prompt_tokens,
-    };
-    if let Some(cap) = st.opts.max_waiting {
-        let waiting = st.engine.stats().requests_waiting;
-        if waiting + p.n > cap {
-            return Err(queue_full(waiting));
-        }
+    match p.max_tokens {
+        Some(m) if prompt_tokens + m > limit => Err(ApiError::param(
+            format!(
+                "This model's maximum context length is {limit} tokens. However, you \
+                 requested {} tokens ({prompt_tokens} in the prompt, {m} for the \
+                 completion). Please reduce the prompt or the completion length.",
+                prompt_tokens + m
+            ),
+            "max_tokens",
+        )
+        .code("context_length_exceeded")),
+        Some(m) => Ok(m),
+        None => Ok(limit - prompt_tokens),
     }
+}
+
+/// Submits `n` requests (all or none); the engine refuses them when its running slots and
+/// waiting queue are both full (429).
+fn submit(
+    st: &AppState,
+    kind: Kind,
+    ids: Vec<u32>,
+    max_tokens: usize,
+    p: &Params,
+    echo: Option<String>,
+) -> Result<Job, ApiError> {
+    let prompt_tokens = ids.len();
     // One prompt, n completions: the engine prefills once and forks (choice i samples with
     // seed + i).
-    let mut req = Request::new(Prompt::Ids(ids.clone()));
+    let mut req = Request::new(Prompt::Ids(ids));
     req.max_tokens = max_tokens;
     req.sampling = p.sampling.clone();
     req.sampling.seed = p.seed.unwrap_or_else(random_u64);
@@ -423,55 +468,63 @@ fn submit(
     })
 }
 
-async fn chat_completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat_completions(State(st): St, body: Body) -> Response {
     match chat_inner(st, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat_inner(
-    st: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let b: ChatBody = openai::parse(&body_bytes(body)?)?;
+async fn chat_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
+    let b: ChatBody = openai::parse(&read_body(&st.opts, body).await?)?;
     check_model(&st, &b.common.model)?;
     let p = b.common.params(true)?;
     let messages = openai::chat_messages(&b.messages)?;
-    let ids = st.engine.prompt_ids(&Prompt::Chat(messages))?;
-    let job = submit(&st, Kind::Chat, ids, &p, None)?;
+    let bytes = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    check_prompt_bytes(&st.opts, bytes, "messages")?;
+    let ids = tokenize(&st, Prompt::Chat(messages)).await?;
+    let max_tokens = completion_budget(&st, ids.len(), &p)?;
+    let job = submit(&st, Kind::Chat, ids, max_tokens, &p, None)?;
     Ok(respond(st, job, p.stream).await)
 }
 
-async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(State(st): St, body: Body) -> Response {
     match completions_inner(st, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_inner(
-    st: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let b: CompletionBody = openai::parse(&body_bytes(body)?)?;
+async fn completions_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
+    let b: CompletionBody = openai::parse(&read_body(&st.opts, body).await?)?;
     check_model(&st, &b.common.model)?;
     let p = b.common.params(false)?;
     let (ids, text) = match openai::completion_prompt(&b.prompt)? {
-        PromptIn::Text(t) => (st.engine.prompt_ids(&Prompt::Text(t.clone()))?, Some(t)),
+        PromptIn::Text(t) => {
+            check_prompt_bytes(&st.opts, t.len(), "prompt")?;
+            (tokenize(&st, Prompt::Text(t.clone())).await?, Some(t))
+        }
         PromptIn::Ids(ids) => (ids, None),
     };
-    let echo = if b.echo.unwrap_or(false) {
-        Some(match text {
-            Some(t) => t,
-            None => match st.engine.tokenizer() {
-                Some(tok) => tok.decode(&ids).map_err(crate::Error::from)?,
-                None => String::new(),
-            },
-        })
-    } else {
-        None
+    let max_tokens = completion_budget(&st, ids.len(), &p)?;
+    let echo = match (b.echo.unwrap_or(false), text) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => Some(detokenize(&st, ids.clone()).await?),
     };
-    let job = submit(&st, Kind::Text, ids, &p, echo)?;
+    let job = submit(&st, Kind::Text, ids, max_tokens, &p, echo)?;
     Ok(respond(st, job, p.stream).await)
+}
+
+/// The text of token ids (a completions `echo` of an id prompt; empty without a tokenizer).
+async fn detokenize(st: &AppState, ids: Vec<u32>) -> Result<String, ApiError> {
+    let engine = st.engine.clone();
+    off_runtime(move || match engine.tokenizer() {
+        Some(tok) => tok.decode(&ids).map_err(crate::Error::from),
+        None => Ok(String::new()),
+    })
+    .await
 }

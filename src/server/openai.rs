@@ -1,5 +1,8 @@
-//! OpenAI request bodies, parsed leniently (unknown fields ignored) and validated into engine
-//! requests; errors in OpenAI's JSON shape.
+//! OpenAI request bodies, validated into engine requests; errors in OpenAI's JSON shape.
+//!
+//! A field that would change what is generated is honoured or refused (400 naming it), never
+//! ignored; informational fields clients send are accepted, and any other unknown field is
+//! ignored with a debug log line (as vLLM does).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -46,9 +49,9 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 404 | 413 | 422 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
             503 => "service_unavailable",
             _ => "server_error",
         }
@@ -112,11 +115,95 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
-    pub logit_bias: Option<Value>,
     pub best_of: Option<i64>,
-    pub suffix: Option<Value>,
-    pub tools: Option<Value>,
-    pub response_format: Option<Value>,
+    /// Every other field: checked against [`UNSUPPORTED`] and [`INFORMATIONAL`].
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// Whether a field's value asks for nothing (so the field can be let through).
+type AsksNothing = fn(&Value) -> bool;
+
+/// Fields that constrain or change what is generated (or, for `prompt_logprobs`, what is
+/// answered) which this engine does not implement yet, each with a test for the values that
+/// ask for nothing (absent, null, empty, "none"...). Any other value is refused.
+const UNSUPPORTED: &[(&str, AsksNothing)] = &[
+    ("tools", empty),
+    ("tool_choice", no_tool_call),
+    ("functions", empty),
+    ("function_call", no_tool_call),
+    ("response_format", plain_text),
+    ("logit_bias", empty),
+    ("suffix", empty),
+    // Structured output as vLLM spells it, then llama.cpp.
+    ("guided_choice", Value::is_null),
+    ("guided_json", Value::is_null),
+    ("guided_regex", Value::is_null),
+    ("guided_grammar", Value::is_null),
+    ("structured_outputs", Value::is_null),
+    ("grammar", empty),
+    ("json_schema", empty),
+    // vLLM's sampling extensions.
+    ("min_tokens", off),
+    ("stop_token_ids", empty),
+    ("allowed_token_ids", Value::is_null),
+    ("bad_words", empty),
+    ("use_beam_search", off),
+    ("prompt_logprobs", Value::is_null),
+];
+
+/// Fields clients send that change nothing about the answer; accepted silently.
+const INFORMATIONAL: &[&str] = &[
+    "user",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "service_tier",
+];
+
+fn empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn off(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Bool(false)) || v.as_f64() == Some(0.0)
+}
+
+/// `tool_choice` / `function_call` values that call nothing (`auto` with no tools given).
+fn no_tool_call(v: &Value) -> bool {
+    v.is_null() || v == "none" || v == "auto"
+}
+
+fn plain_text(v: &Value) -> bool {
+    v.is_null() || *v == json!({ "type": "text" })
+}
+
+/// Refuses the first field that asks for something unsupported; logs unknown ones.
+fn check_other_fields(other: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let mut unknown = Vec::new();
+    for (name, value) in other {
+        match UNSUPPORTED.iter().find(|(n, _)| n == name) {
+            Some((n, asks_nothing)) if !asks_nothing(value) => {
+                return Err(
+                    ApiError::param(format!("`{n}` is not supported by this server"), n)
+                        .code("unsupported_parameter"),
+                );
+            }
+            Some(_) => {}
+            None if INFORMATIONAL.contains(&name.as_str()) => {}
+            None => unknown.push(name.as_str()),
+        }
+    }
+    if !unknown.is_empty() {
+        log::debug!("ignoring unknown request fields: {}", unknown.join(", "));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,9 +328,8 @@ pub const MAX_N: i64 = 64;
 impl Common {
     /// Validates every value; `chat` picks which logprobs form is meant.
     pub fn params(&self, chat: bool) -> Result<Params, ApiError> {
-        let unsupported =
-            |what: &str, param| ApiError::param(format!("{what} are not supported yet"), param);
         // Never silently ignore what would change the answer.
+        check_other_fields(&self.other)?;
         let count = |v: &Value, name: &'static str| {
             v.as_u64()
                 .filter(|k| *k <= MAX_TOP_LOGPROBS as u64)
@@ -281,28 +367,6 @@ impl Common {
                 Some(v) => Some(count(v, "logprobs")?),
             }
         };
-        if matches!(&self.logit_bias, Some(Value::Object(m)) if !m.is_empty()) {
-            return Err(unsupported("logit_bias values", "logit_bias"));
-        }
-        if matches!(self.best_of, Some(b) if b > 1) {
-            return Err(unsupported("best_of values above 1", "best_of"));
-        }
-        if matches!(&self.suffix, Some(Value::String(s)) if !s.is_empty()) {
-            return Err(unsupported("suffixes", "suffix"));
-        }
-        if matches!(&self.tools, Some(Value::Array(a)) if !a.is_empty()) {
-            return Err(unsupported("tools", "tools"));
-        }
-        if let Some(rf) = &self.response_format {
-            let t = rf.get("type").and_then(Value::as_str);
-            if !matches!(t, None | Some("text")) {
-                return Err(unsupported(
-                    "response formats other than text",
-                    "response_format",
-                ));
-            }
-        }
-
         let (mt, name) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
@@ -352,6 +416,14 @@ impl Common {
                 format!("n must be in 1..={MAX_N}, got {n}"),
                 "n",
             ));
+        }
+        // best_of > n would generate more and answer the likeliest n.
+        if self.best_of.is_some_and(|b| b != n) {
+            return Err(ApiError::param(
+                format!("best_of must equal n ({n}): picking the best of more is not supported"),
+                "best_of",
+            )
+            .code("unsupported_parameter"));
         }
         let stop = match &self.stop {
             None | Some(Value::Null) => Vec::new(),
