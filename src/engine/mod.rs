@@ -267,9 +267,10 @@ impl Engine {
         let files = ModelFiles::open(&opts.path)?;
         let model = files.config()?;
         let tokenizer = load_tokenizer(&files)?;
+        // Sized before the upload, so a pool that cannot be fails at once.
+        let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
         let weights = load_weights(ctx, &files, &model, opts.dtype, progress)?;
         let bs = opts.block_size;
-        let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
         let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
         let max_batch_tokens = opts.max_batch_tokens;
         let rc = RunnerConfig {
