@@ -132,11 +132,21 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 
 /// `value | tojson` or `value | tojson(indent=2)`; other keyword arguments HF accepts
 /// (`ensure_ascii`, `sort_keys`, `separators`) are accepted and ignored.
+/// Widest `tojson(indent=...)` a template may ask for.
+const MAX_TOJSON_INDENT: usize = 16;
+
 fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
     let indent = match kwargs.get::<Option<usize>>("indent")? {
         Some(i) => Some(i),
         None => indent,
     };
+    // A file's template may ask for any width; no real one indents deeper than a few spaces.
+    if let Some(n) = indent.filter(|n| *n > MAX_TOJSON_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent {n} is more than {MAX_TOJSON_INDENT}"),
+        ));
+    }
     for key in ["ensure_ascii", "sort_keys", "separators"] {
         let _: Option<Value> = kwargs.get(key)?;
     }
