@@ -358,7 +358,9 @@ mod tests {
         let err = render(t, &[ChatMessage::user("a")]).unwrap_err();
         assert!(matches!(err, TokenizerError::Template(_)), "{err}");
         // A long conversation in a real-looking template stays well inside the budget.
-        let msgs: Vec<_> = (0..2000).map(|i| ChatMessage::user(format!("m{i}"))).collect();
+        let msgs: Vec<_> = (0..2000)
+            .map(|i| ChatMessage::user(format!("m{i}")))
+            .collect();
         assert!(render(CHATML, &msgs).is_ok());
     }
 
