@@ -9,6 +9,9 @@
 //! `-malloc_limit_mb=1024 -rss_limit_mb=2048` did; a child running past 10 s (override with
 //! `WLLM_FUZZ_REPLAY_TIMEOUT_S`) is killed, as `-timeout=10` did.
 //!
+//! `WLLM_FUZZ_CORPUS=tests/fixtures/fuzz-open cargo test --release --test fuzz_regressions`
+//! replays the open findings (expected to fail until they are fixed) instead.
+//!
 //! `cargo test --release --test fuzz_regressions -- --ignored write_fuzz_seeds` writes the seed
 //! corpora `fuzz/corpus/<target>/` from the real model files (see fuzz/README.md).
 
@@ -30,7 +33,9 @@ fn root() -> PathBuf {
 }
 
 fn corpus_files() -> Vec<(String, PathBuf)> {
-    let base = root().join("tests/fixtures/fuzz-regressions");
+    // WLLM_FUZZ_CORPUS=tests/fixtures/fuzz-open replays the open findings instead.
+    let dir = std::env::var("WLLM_FUZZ_CORPUS");
+    let base = root().join(dir.as_deref().unwrap_or("tests/fixtures/fuzz-regressions"));
     let mut out = Vec::new();
     for (target, _) in TARGETS {
         let Ok(dir) = std::fs::read_dir(base.join(target)) else {
@@ -38,7 +43,7 @@ fn corpus_files() -> Vec<(String, PathBuf)> {
         };
         let mut files: Vec<PathBuf> = dir
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n == "README.md"))
+            .filter(|p| p.is_file() && p.file_name().is_none_or(|n| n != "README.md"))
             .collect();
         files.sort();
         out.extend(files.into_iter().map(|p| (target.to_string(), p)));

@@ -197,10 +197,18 @@ fn with_byte_array(n: usize) -> Vec<u8> {
 fn a_large_byte_array_in_the_metadata_stays_within_budget() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let small = with_byte_array(1000);
-    assert!(fuzz_entry::gguf(&small).is_ok(), "{:?}", fuzz_entry::gguf(&small));
+    assert!(
+        fuzz_entry::gguf(&small).is_ok(),
+        "{:?}",
+        fuzz_entry::gguf(&small)
+    );
     let big = with_byte_array(4 << 20);
     let r = check(&big);
-    assert!(r.is_ok(), "4 MiB u8 array in the metadata: {}", r.unwrap_err());
+    assert!(
+        r.is_ok(),
+        "4 MiB u8 array in the metadata: {}",
+        r.unwrap_err()
+    );
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {

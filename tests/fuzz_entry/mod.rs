@@ -26,9 +26,12 @@ use wllm::loader::{GgufMetadata, MetaValue, TensorSource};
 use wllm::model::ModelConfig;
 use wllm::tokenizer::{ChatMessage, Tokenizer};
 
+/// One fuzz target's entry: the raw input in, `Ok` or a clean error out.
+pub type Entry = fn(&[u8]) -> Result<(), String>;
+
 /// Every fuzz target, by the name of its `fuzz/fuzz_targets/<name>.rs` and of its regression
 /// folder `tests/fixtures/fuzz-regressions/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Result<(), String>)] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("gguf", gguf),
     ("gguf_vocab", gguf_vocab),
     ("hf", hf),
@@ -41,7 +44,7 @@ pub fn verbose() -> bool {
     *V.get_or_init(|| std::env::var_os("WLLM_FUZZ_VERBOSE").is_some())
 }
 
-pub fn entry(target: &str) -> Option<fn(&[u8]) -> Result<(), String>> {
+pub fn entry(target: &str) -> Option<Entry> {
     TARGETS.iter().find(|(n, _)| *n == target).map(|(_, f)| *f)
 }
 
@@ -1099,11 +1102,11 @@ unsafe impl GlobalAlloc for CountingAlloc {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = layout.size();
-        if new_size > old {
-            if new_size > LIMIT_ONE.load(Ordering::Relaxed) || !admit(new_size - old) {
-                REFUSED.store(true, Ordering::Relaxed);
-                return std::ptr::null_mut();
-            }
+        if new_size > old
+            && (new_size > LIMIT_ONE.load(Ordering::Relaxed) || !admit(new_size - old))
+        {
+            REFUSED.store(true, Ordering::Relaxed);
+            return std::ptr::null_mut();
         }
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if p.is_null() {
