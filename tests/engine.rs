@@ -325,7 +325,10 @@ fn step_limits_and_pool_sizes_are_refused_not_changed() {
     match Engine::with_context(gpu(), cfg, &mut |_, _| {}) {
         Err(Error::InvalidRequest(m)) => assert!(m.contains("100000000 blocks"), "{m}"),
         Err(other) => panic!("{other}"),
-        Ok(e) => panic!("a pool of {} blocks was used instead", e.stats().blocks_total),
+        Ok(e) => panic!(
+            "a pool of {} blocks was used instead",
+            e.stats().blocks_total
+        ),
     }
 }
 

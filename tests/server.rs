@@ -1002,7 +1002,12 @@ fn api_key_is_exact_with_any_case_of_scheme_and_guards_metrics() {
         |auth: &str| request(a, "GET", "/v1/models", &[("Authorization", auth)], "").status;
     // The scheme in any case, one space, the token exactly. Whitespace after the token is
     // not part of the header value (HTTP strips it), so it cannot count.
-    for ok in ["Bearer sekrit", "bearer sekrit", "BEARER sekrit", "Bearer sekrit "] {
+    for ok in [
+        "Bearer sekrit",
+        "bearer sekrit",
+        "BEARER sekrit",
+        "Bearer sekrit ",
+    ] {
         assert_eq!(models(ok), 200, "{ok:?}");
     }
     for bad in [

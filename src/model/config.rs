@@ -54,6 +54,11 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Width of the K (or V) projection: num_kv_heads × head_dim.
+    /// Whether positions enter through rotary embeddings (else through a learned table).
+    pub fn uses_rope(&self) -> bool {
+        self.arch == Architecture::Llama
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }

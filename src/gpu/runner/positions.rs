@@ -10,7 +10,7 @@
 use super::RunnerConfig;
 use crate::gpu::kernels::rope::cos_sin_table;
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
-use crate::model::{Architecture, ModelConfig};
+use crate::model::ModelConfig;
 
 /// Positions a sequence can reach: the model's context, or the pool's tokens if fewer.
 pub(super) fn max_positions(cfg: &ModelConfig, rc: &RunnerConfig) -> usize {
@@ -24,7 +24,7 @@ pub(super) fn rope_table(
     cfg: &ModelConfig,
     positions: usize,
 ) -> Result<Option<wgpu::Buffer>, GpuError> {
-    if cfg.arch != Architecture::Llama {
+    if !cfg.uses_rope() {
         return Ok(None);
     }
     let table = cos_sin_table(positions, cfg.head_dim, cfg.rope_theta);
