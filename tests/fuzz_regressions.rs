@@ -200,7 +200,6 @@ mod seeds {
     use wllm::loader::gguf::GgufFile;
 
     const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    const SHARED: &str = "/work/shared/fixtures";
 
     fn put(root: &Path, target: &str, name: &str, bytes: &[u8]) {
         let dir = root.join("fuzz/corpus").join(target);
@@ -209,11 +208,8 @@ mod seeds {
         eprintln!("seed {target}/{name}: {} bytes", bytes.len());
     }
 
-    fn shared(rel: &str) -> Option<std::path::PathBuf> {
-        let p = std::env::var("WLLM_SHARED_FIXTURES")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| SHARED.into())
-            .join(rel);
+    fn fixture(rel: &str) -> Option<std::path::PathBuf> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
         p.exists().then_some(p)
     }
 
@@ -302,7 +298,7 @@ mod seeds {
             "tiny-qwen3.f16",
             "tiny-phi3.f16",
         ] {
-            let Some(p) = shared(&format!("arch/gguf/{name}.gguf")) else {
+            let Some(p) = fixture(&format!("arch/gguf/{name}.gguf")) else {
                 continue;
             };
             let bytes = std::fs::read(p).unwrap();
@@ -333,7 +329,7 @@ mod seeds {
             "arch/tiny-mistral",
             "arch/tiny-qwen2",
         ] {
-            let Some(dir) = shared(name) else { continue };
+            let Some(dir) = fixture(name) else { continue };
             let config = std::fs::read(dir.join("config.json")).unwrap();
             let st = std::fs::read(dir.join("model.safetensors")).unwrap();
             let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;

@@ -1,5 +1,5 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF) against transformers' float32 reference
-//! (../shared/fixtures/smollm2-135m-public.json): tokenizer ids identical, teacher-forced
+//! (tests/fixtures/smollm2-135m-public.json): tokenizer ids identical, teacher-forced
 //! logits within the tolerances in f32 and f16, greedy text identical in f32 up to
 //! the first position where the reference itself is nearly tied.
 

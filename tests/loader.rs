@@ -13,7 +13,7 @@ use wllm::model::{Architecture, ModelConfig, RopeStyle};
 mod support;
 use support::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const SMOLLM2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -15,7 +15,7 @@ const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
 
 #[derive(Deserialize)]
 struct Fixture {

@@ -38,11 +38,11 @@ pub fn gpu_other_forms() -> &'static GpuContext {
     })
 }
 
-/// `../shared/fixtures`, or `WLLM_FIXTURES_DIR` (for running test binaries on another machine).
+/// `tests/fixtures` in the repository, or `WLLM_FIXTURES_DIR` (for running test binaries on another machine).
 pub fn fixtures() -> PathBuf {
     match std::env::var_os("WLLM_FIXTURES_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")),
     }
 }
 
