@@ -17,6 +17,7 @@ use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
+use super::chat_limits::{self, BoundedOutput};
 use super::{Tokenizer, TokenizerError};
 
 /// One turn of a conversation (`role` is `system`, `user`, `assistant`, or what the template knows).
@@ -98,15 +99,30 @@ pub fn render_template(
     // whose template minijinja cannot parse still loads (only chat rendering fails).
     let tmpl = env.template_from_str(template)?;
     let opt = |s: Option<&str>| s.map_or(Value::UNDEFINED, Value::from);
-    let out = tmpl.render(context! {
-        messages => messages,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => opt(bos_token),
-        eos_token => opt(eos_token),
-        tools => Value::from(()),
-        documents => Value::from(()),
-    })?;
-    Ok(out)
+    let mut out = BoundedOutput::default();
+    let rendered = tmpl.render_captured_to(
+        context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => opt(bos_token),
+            eos_token => opt(eos_token),
+            tools => Value::from(()),
+            documents => Value::from(()),
+        },
+        &mut out,
+    );
+    match rendered {
+        Ok(_) => {}
+        Err(_) if out.overflowed => return Err(chat_limits::output_over_limit().into()),
+        Err(e) => return Err(e.into()),
+    }
+    String::from_utf8(out.bytes).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "the chat template wrote invalid UTF-8",
+        )
+        .into()
+    })
 }
 
 /// Template instructions one render may run: a template comes from a downloaded file, and
@@ -119,10 +135,11 @@ fn environment() -> Environment<'static> {
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
+    // Bounded forms of the sized built-ins, and pycompat's Python methods behind checks.
+    chat_limits::install(&mut env);
     env
 }
 
@@ -136,6 +153,7 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 const MAX_TOJSON_INDENT: usize = 16;
 
 fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+    chat_limits::check_nested("tojson", value)?;
     let indent = match kwargs.get::<Option<usize>>("indent")? {
         Some(i) => Some(i),
         None => indent,

@@ -17,6 +17,7 @@
 //!   the [`Detokenizer`] stream text whose concatenation equals `decode(ids)`.
 
 pub mod chat;
+mod chat_limits;
 pub mod detok;
 pub mod gguf_vocab;
 
