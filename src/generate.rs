@@ -66,6 +66,7 @@ pub enum FinishReason {
 
 /// A loaded model ready to score.
 pub struct Generator {
+    cfg: ModelConfig,
     runner: Runner,
     pool: BlockPool,
     tokenizer: Option<Tokenizer>,
@@ -161,7 +162,7 @@ impl Generator {
             max_batch_tokens: opts.max_batch_tokens.max(1),
             max_seqs: opts.max_seqs.max(1),
         };
-        let runner = Runner::new(ctx, &cfg, weights, rc)?;
+        let runner = Runner::new(ctx, crate::model::forward(&cfg, weights), rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
         log::info!(
             "loaded {} ({:?}, {} layers, {} KV blocks of {} tokens)",
@@ -172,6 +173,7 @@ impl Generator {
             bs
         );
         Ok(Generator {
+            cfg,
             runner,
             pool,
             tokenizer,
@@ -181,7 +183,7 @@ impl Generator {
     }
 
     pub fn config(&self) -> &ModelConfig {
-        self.runner.config()
+        &self.cfg
     }
 
     pub fn path(&self) -> &Path {

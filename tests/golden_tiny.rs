@@ -202,7 +202,7 @@ fn readback_buffers_grow_for_steps_that_keep_rows() {
     let prompt = [3u32, 1, 4, 1, 5, 9, 2];
     let runner = g.runner_mut();
     let rc = *runner.runner_config();
-    let vocab = runner.config().vocab_size;
+    let vocab = runner.vocab_size();
     let small = runner.readback_capacity();
     assert_eq!(small[0], small[1]);
     assert!(

@@ -4,12 +4,14 @@
 //! [`crate::batch::StepBatch`] and returns logits.
 
 pub mod context;
+pub mod graph;
 pub mod kernels;
 pub mod kv_pool;
 pub mod pipeline;
 pub mod profile;
 pub mod runner;
 pub mod tensor;
+pub mod weights;
 
 pub use context::{
     AdapterReport, AdapterSelector, GpuContext, KernelForms, list_adapters, parse_backends,

@@ -202,3 +202,21 @@ impl<'a> Recorder<'a> {
         self.enc.finish()
     }
 }
+
+/// `label` as a `&'static str` for the profile's keys: each distinct label is leaked once
+/// (a model's op labels are a handful of short strings).
+pub(crate) fn intern_label(label: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static LABELS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut set = LABELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = set.get(label.as_str()) {
+        return l;
+    }
+    let l: &'static str = Box::leak(label.into_boxed_str());
+    set.insert(l);
+    l
+}

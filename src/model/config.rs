@@ -19,14 +19,7 @@ impl Architecture {
     }
 }
 
-/// Which dimensions RoPE rotates together within one head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Pairs (2i, 2i+1): GGUF llama checkpoints, whose Q/K rows were permuted by the converter.
-    Interleaved,
-    /// Pairs (i, i + head_dim/2): Hugging Face llama checkpoints ("rotate_half").
-    Half,
-}
+pub use crate::gpu::kernels::rope::RopeStyle;
 
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,14 +46,23 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Width of the K (or V) projection: num_kv_heads × head_dim.
     /// Whether positions enter through rotary embeddings (else through a learned table).
     pub fn uses_rope(&self) -> bool {
         self.arch == Architecture::Llama
     }
 
+    /// Width of the K (or V) projection: num_kv_heads × head_dim.
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// The attention geometry, as the forward graph takes it.
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Width of the Q projection: num_heads × head_dim.
@@ -98,6 +100,7 @@ pub mod caps {
 
 use caps::*;
 
+use crate::gpu::graph::AttentionShape;
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
 use crate::loader::{LoadError, MetaError};

@@ -1,7 +1,7 @@
 //! Model files → weights on the GPU, in the layout the forward graph expects.
 //!
 //! Every linear weight is uploaded as (out_features, in_features): GGUF Q4_0/Q4_1/Q8_0 matrices
-//! stay in their quantized blocks ([`pack_quantized`]'s layout, dequantized in registers by the
+//! stay in their quantized blocks ([`GpuMatrix::upload_quantized`], dequantized in registers by the
 //! matmul kernel); float matrices take the chosen storage type. Q/K/V are concatenated into one
 //! (q_dim + 2·kv_dim, hidden) matrix and gate/up into one (2·inner, hidden) matrix so each is a
 //! single matmul (stacked from quantized blocks when all parts share one quantized type).
@@ -10,16 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gpu::kernels::matmul::pack_weight;
-use crate::gpu::kernels::matmul_quant::{QuantFormat, pack_quantized, row_bytes};
-use crate::gpu::kernels::quant_texture::{
-    WeightData, max_rows_per_texture, textures_preferred, upload_texture,
-};
-use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
+use crate::gpu::kernels::matmul_quant::QuantFormat;
+use crate::gpu::weights::GpuMatrix;
+use crate::gpu::{GpuContext, GpuTensor, WeightDType};
 use crate::loader::dequant::first_non_finite;
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
-use crate::loader::{LoadError, RawTensor, TensorDType, TensorSource};
+use crate::loader::{LoadError, RawTensor, TensorSource};
 use crate::model::{Architecture, ModelConfig};
 
 use super::ModelError;
@@ -71,193 +68,43 @@ impl ModelFiles {
     }
 }
 
-/// How a matrix's elements are stored on the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MatrixFormat {
-    /// f32 or f16 in the dense matmul's transposed layout ([`pack_weight`]).
-    Dense(WeightDType),
-    /// GGUF blocks in [`pack_quantized`]'s layout.
-    Quant(QuantFormat),
+/// A norm's weight, and its bias for LayerNorm.
+pub struct Norm {
+    pub w: GpuTensor,
+    pub b: Option<GpuTensor>,
 }
 
-/// Rows `first_row..first_row + rows` of a matrix, in one buffer or texture.
-#[derive(Debug)]
-pub struct MatrixPart {
-    pub first_row: usize,
-    pub rows: usize,
-    pub data: WeightData,
+/// A projection's weight (out_features, in_features) and optional bias.
+pub struct Linear {
+    pub w: GpuMatrix,
+    pub b: Option<GpuTensor>,
 }
 
-/// A weight matrix (rows = out_features), possibly split by rows across buffers.
-#[derive(Debug)]
-pub struct GpuMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub format: MatrixFormat,
-    /// In row order.
-    pub parts: Vec<MatrixPart>,
-}
-
-impl GpuMatrix {
-    /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
-    /// dequantizing them: into textures where [`textures_preferred`] (the CPU kernel forms), else into
-    /// storage buffers.
-    pub fn upload_quantized(
-        ctx: &GpuContext,
-        name: &str,
-        raw: &[u8],
-        dtype: TensorDType,
-        rows: usize,
-        cols: usize,
-    ) -> Result<GpuMatrix, ModelError> {
-        let format = QuantFormat::of(dtype).ok_or_else(|| GpuError::Shape {
-            op: "upload_quantized",
-            msg: format!("`{name}`: {dtype:?} is not a quantized type"),
-        })?;
-        let rb = row_bytes(dtype, cols);
-        let in_texture = textures_preferred(ctx);
-        let max_rows = if in_texture {
-            max_rows_per_texture(ctx, format, cols)
-        } else {
-            let packed_row_bytes = (format.words_for(1, cols) * 4).max(1) as u64;
-            ((ctx.max_binding_bytes() / packed_row_bytes) as usize).max(1)
-        };
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            let n = max_rows.min(rows - start);
-            let (words, _) = pack_quantized(&raw[start * rb..(start + n) * rb], dtype, n, cols)?;
-            let label = format!("{name}[{start}..]");
-            let data = if in_texture {
-                WeightData::Texture(upload_texture(ctx, &label, &words, format, n, cols)?)
-            } else {
-                let t =
-                    GpuTensor::from_words(ctx, &label, &words, &[words.len()], WeightDType::F32)?;
-                WeightData::Buffer(t.buffer)
-            };
-            parts.push(MatrixPart {
-                first_row: start,
-                rows: n,
-                data,
-            });
-            start += n;
-        }
-        Ok(GpuMatrix {
-            rows,
-            cols,
-            format: MatrixFormat::Quant(format),
-            parts,
-        })
-    }
-
-    pub fn upload(
-        ctx: &GpuContext,
-        name: &str,
-        data: &[f32],
-        rows: usize,
-        cols: usize,
-        dtype: WeightDType,
-    ) -> Result<GpuMatrix, ModelError> {
-        let row_bytes = (cols * dtype.bytes_per_elem()).max(1) as u64;
-        // Rows per part: within the binding limit, and even so parts need no padding but the last.
-        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(2);
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            let n = max_rows.min(rows - start);
-            let part = &data[start * cols..(start + n) * cols];
-            let words = pack_weight(part, n, cols, dtype);
-            let t = GpuTensor::from_words(
-                ctx,
-                &format!("{name}[{start}..]"),
-                &words,
-                &[n, cols],
-                dtype,
-            )?;
-            parts.push(MatrixPart {
-                first_row: start,
-                rows: n,
-                data: WeightData::Buffer(t.buffer),
-            });
-            start += n;
-        }
-        Ok(GpuMatrix {
-            rows,
-            cols,
-            format: MatrixFormat::Dense(dtype),
-            parts,
-        })
-    }
-}
-
-pub struct LlamaLayer {
-    pub attn_norm: GpuTensor,
-    /// (q_dim + 2·kv_dim, hidden)
-    pub wqkv: GpuMatrix,
+/// One transformer block's weights. Which are present, and what the MLP's `up` holds, is
+/// the family's (see its forward function).
+pub struct LayerWeights {
+    pub attn_norm: Norm,
+    /// (q_dim + 2·kv_dim, hidden): Q rows, then K rows, then V rows.
+    pub qkv: Linear,
     /// (hidden, q_dim)
-    pub wo: GpuMatrix,
-    pub ffn_norm: GpuTensor,
-    /// (2·inner, hidden): gate rows, then up rows
-    pub w_gate_up: GpuMatrix,
+    pub o: Linear,
+    pub mlp_norm: Norm,
+    /// Gated MLPs: (2·inner, hidden), gate rows then up rows; else (inner, hidden).
+    pub up: Linear,
     /// (hidden, inner)
-    pub w_down: GpuMatrix,
-}
-
-pub struct Gpt2Layer {
-    pub ln1_w: GpuTensor,
-    pub ln1_b: GpuTensor,
-    /// (3·hidden, hidden) and its bias
-    pub w_qkv: GpuMatrix,
-    pub b_qkv: GpuTensor,
-    pub w_o: GpuMatrix,
-    pub b_o: GpuTensor,
-    pub ln2_w: GpuTensor,
-    pub ln2_b: GpuTensor,
-    /// (inner, hidden)
-    pub w_fc: GpuMatrix,
-    pub b_fc: GpuTensor,
-    /// (hidden, inner)
-    pub w_proj: GpuMatrix,
-    pub b_proj: GpuTensor,
-}
-
-#[allow(clippy::large_enum_variant)] // one per layer, never moved
-pub enum LayerWeights {
-    Llama(LlamaLayer),
-    Gpt2(Gpt2Layer),
+    pub down: Linear,
 }
 
 pub struct ModelWeights {
     /// (vocab, hidden)
     pub embed: GpuMatrix,
-    /// (max_context, hidden), GPT-2 only
+    /// (max_context, hidden): learned positions (GPT-2)
     pub pos_embed: Option<GpuTensor>,
     pub layers: Vec<LayerWeights>,
-    pub final_norm_w: GpuTensor,
-    /// LayerNorm bias (GPT-2 only)
-    pub final_norm_b: Option<GpuTensor>,
+    pub final_norm: Norm,
     /// (vocab, hidden); `None` when tied to `embed`
     pub lm_head: Option<GpuMatrix>,
     pub dtype: WeightDType,
-}
-
-impl ModelWeights {
-    pub fn lm_head(&self) -> &GpuMatrix {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
-
-    /// Every weight matrix, the embedding table included.
-    pub fn matrices(&self) -> Vec<&GpuMatrix> {
-        let mut out = vec![&self.embed];
-        out.extend(&self.lm_head);
-        for l in &self.layers {
-            match l {
-                LayerWeights::Llama(w) => out.extend([&w.wqkv, &w.wo, &w.w_gate_up, &w.w_down]),
-                LayerWeights::Gpt2(w) => out.extend([&w.w_qkv, &w.w_o, &w.w_fc, &w.w_proj]),
-            }
-        }
-        out
-    }
 }
 
 /// Reads tensors by role, checking shapes, and uploads them.
@@ -390,7 +237,9 @@ impl Uploader<'_> {
             data.extend(self.f32(name, &[*r, cols])?);
             rows += r;
         }
-        GpuMatrix::upload(self.ctx, label, &data, rows, cols, self.dtype)
+        Ok(GpuMatrix::upload(
+            self.ctx, label, &data, rows, cols, self.dtype,
+        )?)
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuMatrix, ModelError> {
@@ -406,7 +255,7 @@ impl Uploader<'_> {
                 t[o * inp + i] = v[i * out + o];
             }
         }
-        GpuMatrix::upload(self.ctx, name, &t, out, inp, self.dtype)
+        Ok(GpuMatrix::upload(self.ctx, name, &t, out, inp, self.dtype)?)
     }
 }
 
@@ -473,14 +322,23 @@ fn load_llama(
             d,
         )?;
         let w_down = up.matrix(&n("ffn_down", "mlp.down_proj"), d, f)?;
-        layers.push(LayerWeights::Llama(LlamaLayer {
-            attn_norm,
-            wqkv,
-            wo,
-            ffn_norm,
-            w_gate_up,
-            w_down,
-        }));
+        layers.push(LayerWeights {
+            attn_norm: Norm {
+                w: attn_norm,
+                b: None,
+            },
+            qkv: Linear { w: wqkv, b: None },
+            o: Linear { w: wo, b: None },
+            mlp_norm: Norm {
+                w: ffn_norm,
+                b: None,
+            },
+            up: Linear {
+                w: w_gate_up,
+                b: None,
+            },
+            down: Linear { w: w_down, b: None },
+        });
     }
     let final_norm_w = up.vector(&names.global("output_norm.weight", "model.norm.weight"), d)?;
     let head_name = names.global("output.weight", "lm_head.weight");
@@ -493,8 +351,10 @@ fn load_llama(
         embed,
         pos_embed: None,
         layers,
-        final_norm_w,
-        final_norm_b: None,
+        final_norm: Norm {
+            w: final_norm_w,
+            b: None,
+        },
         lm_head,
         dtype: up.dtype,
     })
@@ -543,20 +403,32 @@ fn load_gpt2(
         let ln2_b = up.vector(&n("ffn_norm.bias", "ln_2.bias"), d)?;
         let b_fc = up.vector(&n("ffn_up.bias", "mlp.c_fc.bias"), f)?;
         let b_proj = up.vector(&n("ffn_down.bias", "mlp.c_proj.bias"), d)?;
-        layers.push(LayerWeights::Gpt2(Gpt2Layer {
-            ln1_w,
-            ln1_b,
-            w_qkv,
-            b_qkv,
-            w_o,
-            b_o,
-            ln2_w,
-            ln2_b,
-            w_fc,
-            b_fc,
-            w_proj,
-            b_proj,
-        }));
+        layers.push(LayerWeights {
+            attn_norm: Norm {
+                w: ln1_w,
+                b: Some(ln1_b),
+            },
+            qkv: Linear {
+                w: w_qkv,
+                b: Some(b_qkv),
+            },
+            o: Linear {
+                w: w_o,
+                b: Some(b_o),
+            },
+            mlp_norm: Norm {
+                w: ln2_w,
+                b: Some(ln2_b),
+            },
+            up: Linear {
+                w: w_fc,
+                b: Some(b_fc),
+            },
+            down: Linear {
+                w: w_proj,
+                b: Some(b_proj),
+            },
+        });
     }
     let final_norm_w = up.vector(&names.global("output_norm.weight", "ln_f.weight"), d)?;
     let final_norm_b = Some(up.vector(&names.global("output_norm.bias", "ln_f.bias"), d)?);
@@ -569,8 +441,10 @@ fn load_gpt2(
         embed,
         pos_embed,
         layers,
-        final_norm_w,
-        final_norm_b,
+        final_norm: Norm {
+            w: final_norm_w,
+            b: final_norm_b,
+        },
         lm_head,
         dtype: up.dtype,
     })

@@ -2,7 +2,15 @@
 
 use crate::gpu::GpuContext;
 use crate::gpu::pipeline::{Kernel, ROPE};
-use crate::model::RopeStyle;
+
+/// Which dimensions RoPE rotates together within one head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): GGUF llama checkpoints, whose Q/K rows were permuted by the converter.
+    Interleaved,
+    /// Pairs (i, i + head_dim/2): Hugging Face llama checkpoints ("rotate_half").
+    Half,
+}
 
 use super::groups_for;
 

@@ -58,11 +58,11 @@ impl Runner {
         if let Some(id) = b
             .token_ids
             .iter()
-            .find(|id| **id & FED_TOKEN == 0 && **id as usize >= self.cfg.vocab_size)
+            .find(|id| **id & FED_TOKEN == 0 && **id as usize >= self.vocab)
         {
             return bad(format!(
                 "token id {id} outside the vocabulary of {}",
-                self.cfg.vocab_size
+                self.vocab
             ));
         }
         // A fed token names a row of the step submitted last (its pick is always a valid id).

@@ -3,12 +3,12 @@
 //! reach the GPU through the runner's metadata buffers, so the runner can record the next
 //! decode step while the GPU runs the current one.
 
-use super::{EmbeddingKernel, Kernels, MatmulBinds, Readback, Runner, quant_kernel};
+use super::{Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Readback, Runner, quant_kernel};
 use crate::batch::StepBatch;
+use crate::gpu::graph::Rows;
 use crate::gpu::kernels::{AttentionParams, MatmulParams, RopeParams};
 use crate::gpu::profile::{Profiler, Recorder};
-use crate::model::Architecture;
-use crate::model::weights::MatrixFormat;
+use crate::gpu::weights::MatrixFormat;
 
 impl Runner {
     /// Records a step of `shape` (every dispatch and the readback copies) into one command
@@ -21,130 +21,112 @@ impl Runner {
         staging: usize,
         profiler: Option<&mut Profiler>,
     ) -> wgpu::CommandBuffer {
-        let cfg = &self.cfg;
         let k = &self.kernels;
+        let heads = self.attention_shape;
         let t = shape.tokens;
         let r = shape.full_logits.len();
-        let (d, vocab) = (cfg.hidden_size, cfg.vocab_size);
-        let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
+        let vocab = self.vocab;
         let mut rec = Recorder::new(&self.ctx, profiler);
         {
             if shape.fed_rows > 0 {
                 k.feed_tokens
                     .encode(rec.pass("feed tokens"), &self.feed_bind, t, shape.fed_rows);
             }
-            for (start, rows, bg) in &self.embed_binds {
-                let pass = rec.pass("embedding");
-                match &k.embedding {
-                    EmbeddingKernel::Dense(e) => {
-                        e.encode(pass, bg, t, d, *start, *rows, cfg.max_context)
-                    }
-                    EmbeddingKernel::Quant(e) => e.encode(pass, bg, t, d, *start, *rows),
-                }
-            }
-            let attn = AttentionParams {
-                num_tokens: t,
-                num_heads: cfg.num_heads,
-                num_kv_heads: cfg.num_kv_heads,
-                head_dim: cfg.head_dim,
-                row_stride: qkv_dim,
-                block_size: self.rc.block_size,
-                max_blocks: shape.block_cols,
-                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                max_context_len: shape.max_context_len,
-            };
-            for lb in &self.layers {
-                match (cfg.arch, &lb.norm1) {
-                    (_, None) => {} // fused into the qkv matmul
-                    (Architecture::Llama, Some(bg)) => {
-                        k.rms_norm.encode(rec.pass("norm"), bg, t, d, cfg.norm_eps)
-                    }
-                    (Architecture::Gpt2, Some(bg)) => {
-                        k.layer_norm
-                            .encode(rec.pass("norm"), bg, t, d, cfg.norm_eps)
-                    }
-                }
-                let qkv_label = match lb.qkv.norm_eps {
-                    Some(_) => "norm+matmul qkv",
-                    None => "matmul qkv",
-                };
-                encode_matmul(k, &mut rec, qkv_label, &lb.qkv, t);
-                if self.has_rope {
-                    let p = RopeParams {
-                        num_tokens: t,
-                        row_stride: qkv_dim,
-                        num_heads: cfg.num_heads,
-                        num_kv_heads: cfg.num_kv_heads,
-                        head_dim: cfg.head_dim,
-                        max_positions: self.max_positions,
-                        style: cfg.rope_style,
-                    };
-                    k.rope_kv_write
-                        .encode(rec.pass("rope+kv_write"), &lb.kv_write, &p);
-                } else {
-                    k.kv_write.encode(
-                        rec.pass("kv_write"),
-                        &lb.kv_write,
-                        t,
-                        qkv_dim,
-                        cfg.q_dim(),
-                        cfg.kv_dim(),
-                    );
-                }
-                k.attention
-                    .encode(rec.pass("attention"), &lb.attention, &attn);
-                encode_matmul(k, &mut rec, "matmul out", &lb.out_proj, t);
-                match cfg.arch {
-                    Architecture::Llama => {
-                        if let Some(bg) = &lb.norm2 {
-                            k.rms_norm.encode(rec.pass("norm"), bg, t, d, cfg.norm_eps);
+            for d in &self.dispatches {
+                match d {
+                    Dispatch::Embed { parts, width } => {
+                        for (start, rows, bg) in parts {
+                            let pass = rec.pass("embedding");
+                            match &k.embedding {
+                                EmbeddingKernel::Dense(e) => {
+                                    e.encode(pass, bg, t, *width, *start, *rows, self.max_context)
+                                }
+                                EmbeddingKernel::Quant(e) => {
+                                    e.encode(pass, bg, t, *width, *start, *rows)
+                                }
+                            }
                         }
-                        let up_label = match lb.up.norm_eps {
-                            Some(_) => "norm+matmul up",
-                            None => "matmul up",
+                    }
+                    // Gathered norms run over the logits rows only, and not at all without.
+                    Dispatch::RmsNorm { gather: true, .. }
+                    | Dispatch::LayerNorm { gather: true, .. }
+                        if r == 0 => {}
+                    Dispatch::RmsNorm {
+                        bg,
+                        gather,
+                        width,
+                        eps,
+                    } => {
+                        let (kernel, label, rows) = match gather {
+                            true => (&k.rms_norm_gather, "final norm", r),
+                            false => (&k.rms_norm, "norm", t),
                         };
-                        encode_matmul(k, &mut rec, up_label, &lb.up, t);
-                        if let Some(act) = &lb.act {
-                            k.silu_mul.encode(
-                                rec.pass("activation"),
-                                act,
-                                t,
-                                cfg.intermediate_size,
-                            );
+                        kernel.encode(rec.pass(label), bg, rows, *width, *eps)
+                    }
+                    Dispatch::LayerNorm {
+                        bg,
+                        gather,
+                        width,
+                        eps,
+                    } => {
+                        let (kernel, label, rows) = match gather {
+                            true => (&k.layer_norm_gather, "final norm", r),
+                            false => (&k.layer_norm, "norm", t),
+                        };
+                        kernel.encode(rec.pass(label), bg, rows, *width, *eps)
+                    }
+                    Dispatch::Matmul { label, rows, binds } => {
+                        let m = match rows {
+                            Rows::Tokens => t,
+                            Rows::Logits => r,
+                        };
+                        if m > 0 {
+                            encode_matmul(k, &mut rec, label, binds, m);
                         }
                     }
-                    Architecture::Gpt2 => {
-                        if let Some(bg) = &lb.norm2 {
-                            k.layer_norm
-                                .encode(rec.pass("norm"), bg, t, d, cfg.norm_eps);
-                        }
-                        encode_matmul(k, &mut rec, "matmul up", &lb.up, t);
-                        if let Some(act) = &lb.act {
-                            k.gelu
-                                .encode(rec.pass("activation"), act, t * cfg.intermediate_size);
-                        }
+                    Dispatch::SiluMul { bg, width } => {
+                        k.silu_mul.encode(rec.pass("activation"), bg, t, *width)
+                    }
+                    Dispatch::Gelu { bg, width } => {
+                        k.gelu.encode(rec.pass("activation"), bg, t * width)
+                    }
+                    Dispatch::RopeKvWrite { bg, style } => {
+                        let p = RopeParams {
+                            num_tokens: t,
+                            row_stride: heads.qkv_dim(),
+                            num_heads: heads.num_heads,
+                            num_kv_heads: heads.num_kv_heads,
+                            head_dim: heads.head_dim,
+                            max_positions: self.max_positions,
+                            style: *style,
+                        };
+                        k.rope_kv_write.encode(rec.pass("rope+kv_write"), bg, &p)
+                    }
+                    Dispatch::KvWrite(bg) => k.kv_write.encode(
+                        rec.pass("kv_write"),
+                        bg,
+                        t,
+                        heads.qkv_dim(),
+                        heads.q_dim(),
+                        heads.kv_dim(),
+                    ),
+                    Dispatch::Attention { bg, scale } => {
+                        let p = AttentionParams {
+                            num_tokens: t,
+                            num_heads: heads.num_heads,
+                            num_kv_heads: heads.num_kv_heads,
+                            head_dim: heads.head_dim,
+                            row_stride: heads.qkv_dim(),
+                            block_size: self.rc.block_size,
+                            max_blocks: shape.block_cols,
+                            scale: *scale,
+                            max_context_len: shape.max_context_len,
+                        };
+                        k.attention.encode(rec.pass("attention"), bg, &p)
                     }
                 }
-                encode_matmul(k, &mut rec, "matmul down", &lb.down, t);
             }
             if r > 0 {
-                match cfg.arch {
-                    Architecture::Llama => k.rms_norm_gather.encode(
-                        rec.pass("final norm"),
-                        &self.final_norm,
-                        r,
-                        d,
-                        cfg.norm_eps,
-                    ),
-                    Architecture::Gpt2 => k.layer_norm_gather.encode(
-                        rec.pass("final norm"),
-                        &self.final_norm,
-                        r,
-                        d,
-                        cfg.norm_eps,
-                    ),
-                }
-                encode_matmul(k, &mut rec, "matmul lm_head", &self.lm_head, r);
                 k.argmax
                     .encode(rec.pass("argmax"), &self.argmax_bind, r, vocab);
                 if shape.samples_on_gpu {

@@ -120,7 +120,7 @@ impl Runner {
         }
 
         let shape = StepShape::of(batch, self.last_rows);
-        let readback = Readback::new(&shape.full_logits, self.cfg.vocab_size);
+        let readback = Readback::new(&shape.full_logits, self.vocab);
         self.fit_staging(staging, readback.bytes());
         let profiling = profiler.is_some();
         let commands = match self.prerecorded.take() {
@@ -147,7 +147,7 @@ impl Runner {
         // hold the readback of the step before this one, so it is only replaced at the
         // next submit.)
         if !profiling && let Some(next) = shape.next_decode(next_fed) {
-            let next_readback = Readback::new(&next.full_logits, self.cfg.vocab_size);
+            let next_readback = Readback::new(&next.full_logits, self.vocab);
             if next_readback.bytes() <= self.staging[self.next_staging].size() {
                 let commands = self.record(&next, &next_readback, self.next_staging, None);
                 self.prerecorded = Some((next, self.next_staging, commands));
@@ -170,7 +170,7 @@ impl Runner {
         if bytes <= have {
             return;
         }
-        let most = Readback::staging_bytes(self.max_logit_rows, self.cfg.vocab_size);
+        let most = Readback::staging_bytes(self.max_logit_rows, self.vocab);
         let size = (2 * have).min(most).max(bytes);
         log::debug!("logits readback buffer {i}: {have} -> {size} bytes");
         self.staging[i] = staging_buffer(&self.ctx, STAGING_LABELS[i], size);

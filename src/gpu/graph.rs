@@ -1,0 +1,261 @@
+//! A forward pass as data: the model layer (src/model/) writes one with [`Graph`]'s methods,
+//! top to bottom like the math, and the [`crate::gpu::Runner`] turns it into buffers, bind
+//! groups and dispatches, deciding which neighbouring ops run as one kernel. Nothing here
+//! knows an architecture; a graph names weights, activations and the ops between them.
+//!
+//! Shapes: an activation is a matrix of `rows × width` f32, where the rows are either the
+//! step's tokens (`T`, at most `max_batch_tokens`) or its logits rows (`R`, the tokens whose
+//! next-token distribution is read).
+
+use crate::gpu::kernels::rope::RopeStyle;
+use crate::gpu::weights::GpuMatrix;
+use crate::gpu::{GpuTensor, WeightDType};
+
+/// An activation matrix of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Act(pub(crate) usize);
+
+/// A weight matrix the graph owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mat(pub(crate) usize);
+
+/// A weight vector (norm weight or bias) the graph owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vector(pub(crate) usize);
+
+/// Which rows an activation has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// One per token of the step (`T`).
+    Tokens,
+    /// One per logits row of the step (`R`).
+    Logits,
+}
+
+#[derive(Debug)]
+pub(crate) struct ActInfo {
+    pub(crate) name: &'static str,
+    pub(crate) width: usize,
+    pub(crate) rows: Rows,
+}
+
+/// The attention geometry shared by every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+    /// Columns of a fused qkv row: Q heads, then K heads, then V heads.
+    pub fn qkv_dim(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+}
+
+/// Rotary position embedding: the inverse frequency of each rotated pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotary {
+    pub style: RopeStyle,
+    /// `head_dim / 2` angles per position step.
+    pub inv_freq: Vec<f32>,
+}
+
+/// One operation. Widths come from the activations' declarations.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// `out[t] = table[token_ids[t]] (+ positions[pos[t]])`.
+    Embed {
+        table: Mat,
+        positions: Option<Vector>,
+        out: Act,
+    },
+    /// `out = x / rms(x) · w`.
+    RmsNorm {
+        x: Act,
+        w: Vector,
+        eps: f32,
+        out: Act,
+    },
+    /// `out = (x − mean) / std · w + b`.
+    LayerNorm {
+        x: Act,
+        w: Vector,
+        b: Vector,
+        eps: f32,
+        out: Act,
+    },
+    /// `out (+)= x · Wᵀ (+ b)`.
+    Linear {
+        label: &'static str,
+        x: Act,
+        w: Mat,
+        bias: Option<Vector>,
+        out: Act,
+        accumulate: bool,
+    },
+    /// `out = silu(gate) · up` where `x = [gate | up]`.
+    SiluMul { x: Act, out: Act },
+    /// GPT-2's tanh-approximated GELU, in place.
+    Gelu { x: Act },
+    /// Rotates the Q and K heads of `qkv` at the tokens' positions and writes K and V to
+    /// `layer`'s KV blocks at the tokens' slots.
+    RopeKvWrite { qkv: Act, layer: usize },
+    /// Writes the K and V heads of `qkv` to `layer`'s KV blocks (no rotation).
+    KvWrite { qkv: Act, layer: usize },
+    /// Causal attention of the Q heads of `qkv` over each token's context in `layer`'s
+    /// KV blocks.
+    Attention {
+        qkv: Act,
+        layer: usize,
+        scale: f32,
+        out: Act,
+    },
+}
+
+/// A forward pass: weights, activations and ops, and the sizes the runner needs.
+pub struct Graph {
+    pub(crate) matrices: Vec<GpuMatrix>,
+    pub(crate) vectors: Vec<GpuTensor>,
+    pub(crate) acts: Vec<ActInfo>,
+    pub(crate) ops: Vec<Op>,
+    /// The activation the step's logits are (rows `R`, width `vocab`).
+    pub(crate) logits: Option<Act>,
+    pub(crate) vocab: usize,
+    /// Positions a sequence may reach.
+    pub(crate) max_context: usize,
+    pub(crate) attention: AttentionShape,
+    pub(crate) num_layers: usize,
+    pub(crate) rotary: Option<Rotary>,
+    /// Storage type of the dense weights.
+    pub(crate) weight_dtype: WeightDType,
+}
+
+impl Graph {
+    pub fn new(
+        vocab: usize,
+        max_context: usize,
+        num_layers: usize,
+        attention: AttentionShape,
+        weight_dtype: WeightDType,
+    ) -> Graph {
+        Graph {
+            matrices: Vec::new(),
+            vectors: Vec::new(),
+            acts: Vec::new(),
+            ops: Vec::new(),
+            logits: None,
+            vocab,
+            max_context,
+            attention,
+            num_layers,
+            rotary: None,
+            weight_dtype,
+        }
+    }
+
+    /// Positions enter through rotary embeddings with these frequencies.
+    pub fn set_rotary(&mut self, rotary: Rotary) {
+        self.rotary = Some(rotary);
+    }
+
+    pub fn matrix(&mut self, m: GpuMatrix) -> Mat {
+        self.matrices.push(m);
+        Mat(self.matrices.len() - 1)
+    }
+
+    pub fn vector(&mut self, v: GpuTensor) -> Vector {
+        self.vectors.push(v);
+        Vector(self.vectors.len() - 1)
+    }
+
+    /// Declares an activation of `width` columns (its buffer is the runner's).
+    pub fn act(&mut self, name: &'static str, width: usize, rows: Rows) -> Act {
+        self.acts.push(ActInfo { name, width, rows });
+        Act(self.acts.len() - 1)
+    }
+
+    pub fn embed(&mut self, table: Mat, positions: Option<Vector>, out: Act) {
+        self.ops.push(Op::Embed {
+            table,
+            positions,
+            out,
+        });
+    }
+
+    pub fn rms_norm(&mut self, x: Act, w: Vector, eps: f32, out: Act) {
+        self.ops.push(Op::RmsNorm { x, w, eps, out });
+    }
+
+    pub fn layer_norm(&mut self, x: Act, w: Vector, b: Vector, eps: f32, out: Act) {
+        self.ops.push(Op::LayerNorm { x, w, b, eps, out });
+    }
+
+    /// `out = x · Wᵀ (+ b)`; `label` names it in profiles ("qkv", "down", …).
+    pub fn linear(&mut self, label: &'static str, x: Act, w: Mat, bias: Option<Vector>, out: Act) {
+        self.ops.push(Op::Linear {
+            label,
+            x,
+            w,
+            bias,
+            out,
+            accumulate: false,
+        });
+    }
+
+    /// `out += x · Wᵀ (+ b)`: a projection added to the residual stream.
+    pub fn linear_add(
+        &mut self,
+        label: &'static str,
+        x: Act,
+        w: Mat,
+        bias: Option<Vector>,
+        out: Act,
+    ) {
+        self.ops.push(Op::Linear {
+            label,
+            x,
+            w,
+            bias,
+            out,
+            accumulate: true,
+        });
+    }
+
+    pub fn silu_mul(&mut self, x: Act, out: Act) {
+        self.ops.push(Op::SiluMul { x, out });
+    }
+
+    pub fn gelu(&mut self, x: Act) {
+        self.ops.push(Op::Gelu { x });
+    }
+
+    pub fn rope_kv_write(&mut self, qkv: Act, layer: usize) {
+        self.ops.push(Op::RopeKvWrite { qkv, layer });
+    }
+
+    pub fn kv_write(&mut self, qkv: Act, layer: usize) {
+        self.ops.push(Op::KvWrite { qkv, layer });
+    }
+
+    pub fn attention(&mut self, qkv: Act, layer: usize, scale: f32, out: Act) {
+        self.ops.push(Op::Attention {
+            qkv,
+            layer,
+            scale,
+            out,
+        });
+    }
+
+    /// Marks `logits` (rows `R`, width `vocab`) as the step's output.
+    pub fn output(&mut self, logits: Act) {
+        self.logits = Some(logits);
+    }
+}

@@ -1,0 +1,130 @@
+//! Weight matrices on the GPU: dense (f32/f16 in the matmul's layout) or GGUF quantized
+//! blocks (dequantized in registers by the matmul), split by rows where one binding cannot
+//! hold them.
+
+use crate::gpu::kernels::matmul::pack_weight;
+use crate::gpu::kernels::matmul_quant::{QuantFormat, pack_quantized, row_bytes};
+use crate::gpu::kernels::quant_texture::{
+    WeightData, max_rows_per_texture, textures_preferred, upload_texture,
+};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
+use crate::loader::TensorDType;
+
+/// How a matrix's elements are stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixFormat {
+    /// f32 or f16 in the dense matmul's transposed layout ([`pack_weight`]).
+    Dense(WeightDType),
+    /// GGUF blocks in [`pack_quantized`]'s layout.
+    Quant(QuantFormat),
+}
+
+/// Rows `first_row..first_row + rows` of a matrix, in one buffer or texture.
+#[derive(Debug)]
+pub struct MatrixPart {
+    pub first_row: usize,
+    pub rows: usize,
+    pub data: WeightData,
+}
+
+/// A weight matrix (rows = out_features), possibly split by rows across buffers.
+#[derive(Debug)]
+pub struct GpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub format: MatrixFormat,
+    /// In row order.
+    pub parts: Vec<MatrixPart>,
+}
+
+impl GpuMatrix {
+    /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
+    /// dequantizing them: into textures where [`textures_preferred`] (the CPU kernel forms), else into
+    /// storage buffers.
+    pub fn upload_quantized(
+        ctx: &GpuContext,
+        name: &str,
+        raw: &[u8],
+        dtype: TensorDType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuMatrix, GpuError> {
+        let format = QuantFormat::of(dtype).ok_or_else(|| GpuError::Shape {
+            op: "upload_quantized",
+            msg: format!("`{name}`: {dtype:?} is not a quantized type"),
+        })?;
+        let rb = row_bytes(dtype, cols);
+        let in_texture = textures_preferred(ctx);
+        let max_rows = if in_texture {
+            max_rows_per_texture(ctx, format, cols)
+        } else {
+            let packed_row_bytes = (format.words_for(1, cols) * 4).max(1) as u64;
+            ((ctx.max_binding_bytes() / packed_row_bytes) as usize).max(1)
+        };
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = max_rows.min(rows - start);
+            let (words, _) = pack_quantized(&raw[start * rb..(start + n) * rb], dtype, n, cols)?;
+            let label = format!("{name}[{start}..]");
+            let data = if in_texture {
+                WeightData::Texture(upload_texture(ctx, &label, &words, format, n, cols)?)
+            } else {
+                let t =
+                    GpuTensor::from_words(ctx, &label, &words, &[words.len()], WeightDType::F32)?;
+                WeightData::Buffer(t.buffer)
+            };
+            parts.push(MatrixPart {
+                first_row: start,
+                rows: n,
+                data,
+            });
+            start += n;
+        }
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            format: MatrixFormat::Quant(format),
+            parts,
+        })
+    }
+
+    pub fn upload(
+        ctx: &GpuContext,
+        name: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        dtype: WeightDType,
+    ) -> Result<GpuMatrix, GpuError> {
+        let row_bytes = (cols * dtype.bytes_per_elem()).max(1) as u64;
+        // Rows per part: within the binding limit, and even so parts need no padding but the last.
+        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(2);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = max_rows.min(rows - start);
+            let part = &data[start * cols..(start + n) * cols];
+            let words = pack_weight(part, n, cols, dtype);
+            let t = GpuTensor::from_words(
+                ctx,
+                &format!("{name}[{start}..]"),
+                &words,
+                &[n, cols],
+                dtype,
+            )?;
+            parts.push(MatrixPart {
+                first_row: start,
+                rows: n,
+                data: WeightData::Buffer(t.buffer),
+            });
+            start += n;
+        }
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            format: MatrixFormat::Dense(dtype),
+            parts,
+        })
+    }
+}
