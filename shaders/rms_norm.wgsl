@@ -1,11 +1,15 @@
 // RMSNorm: y[r, :] = x[row(r), :] * inverseSqrt(mean(x[row(r), :]^2) + eps) * weight
 // where row(r) = rows[r] when GATHER (e.g. only the rows that need logits), else r.
+// With accumulate != 0 the normalized row is added to y instead: y[r, :] += that (Gemma 2's
+// post-norms, x = x + post_norm(attn_out), in one pass), each element y + ((x * inv) * w);
+// the reduction, inv and the product are the same expressions either way, so accumulate = 0
+// stores exactly the bits it always did.
 //
 // Bindings:
 //   0 x       f32 (rows_in, D)
 //   1 weight  f32 (D)
 //   2 rows    u32 (R) row indices into x (any buffer when !GATHER)
-//   3 y       f32 (R, D) output
+//   3 y       f32 (R, D) output (read too when accumulating)
 // Immediates: Params below (eps as f32 bits).
 // Dispatch: one workgroup of WG per output row: R workgroups (x <= 65535, then y).
 // The sum of squares uses a fixed tree order, so a row's result never depends on the batch.
@@ -22,6 +26,7 @@ struct Params {
     num_rows: u32,
     dim: u32,
     eps: f32,
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -56,7 +61,12 @@ fn write_row(r: u32, base: u32, sum: f32, d0: u32, step: u32) {
     let inv = inverseSqrt(sum / f32(p.dim) + p.eps);
     let out = r * p.dim;
     for (var d = d0; d < p.dim; d += step) {
-        y[out + d] = (x[base + d] * inv) * weight[d];
+        let v = (x[base + d] * inv) * weight[d];
+        if p.accumulate != 0u {
+            y[out + d] = y[out + d] + v;
+        } else {
+            y[out + d] = v;
+        }
     }
 }
 

@@ -6,9 +6,13 @@
 //   Q heads are rotated in place (attention reads them from qkv);
 //   K heads are rotated into slot slot_mapping[t] of k_cache (qkv's K columns stay as they were);
 //   V heads are copied into the same slot of v_cache.
-// The rotation is rope.wgsl's: pair i < head_dim/2 is (2i, 2i+1) when style = 0 (interleaved,
-// GGUF llama) or (i, i + head_dim/2) when style = 1 (rotate_half, Hugging Face llama);
-// a' = a*cos - b*sin, b' = b*cos + a*sin with (cos, sin) = cos_sin[pos, i].
+// The rotation is rope.wgsl's, over the first rotary_dim dimensions of each head (rotary_dim
+// even, <= HEAD_DIM; less than HEAD_DIM for partial rotary, e.g. Phi-3's partial_rotary_factor;
+// the other dimensions pass through unchanged): pair i < rotary_dim/2 is (2i, 2i+1) when
+// style = 0 (interleaved, GGUF llama) or (i, i + rotary_dim/2) when style = 1 (rotate_half
+// within the rotated part, Hugging Face llama and Phi-3); a' = a*cos - b*sin, b' = b*cos + a*sin
+// with (cos, sin) = cos_sin[pos, i]. With rotary_dim = HEAD_DIM the arithmetic is full
+// rotary's, bit for bit.
 // Pools as in kv_write.wgsl: a slot's kv_dim elements as u32 words, f16 pairs when KV_F16,
 // in storage buffers (slots, words), or with KV_TEXTURE in Rgba32Uint textures, texel j of slot
 // s at ((s % row_slots) * slot_texels + j, s / row_slots), slot_texels = words/4 (on CPU
@@ -16,9 +20,9 @@
 // once but loads storage-buffer words lane by lane).
 //
 // Work items per token: num_heads * HEAD_DIM/2 Q pairs (a thread rotates both elements of its
-// pair, so the in-place update never races), then kv_items K items and as many V items, each
-// writing whole cache words and reading whatever partners its rotation needs from qkv, which it
-// does not modify:
+// pair, so the in-place update never races; pairs past rotary_dim/2 have nothing to do), then
+// kv_items K items and as many V items, each writing whole cache words and reading whatever
+// partners its rotation needs from qkv, which it does not modify:
 //   buffer mode:  kv_items = num_kv_heads * HEAD_DIM/2; an item writes one pair of elements
 //                 2j, 2j+1 (one word in f16, two in f32);
 //   texture mode: kv_items = slot_texels; an item writes one whole texel, 4 words (8 elements
@@ -30,7 +34,7 @@
 // KV_TEXTURE switches off; the wrapper binds an unused buffer or texture to the other mode's):
 //   0 qkv           f32 (T, row_stride) read_write
 //   1 positions     u32 (T)
-//   2 cos_sin       f32 (max_positions, HEAD_DIM/2, 2)
+//   2 cos_sin       f32 (max_positions, rotary_dim/2, 2)
 //   3 slot_mapping  u32 (T)
 //   4 k_cache       u32 words (slots, words) read_write        (buffer mode)
 //   5 v_cache       same layout as k_cache                     (buffer mode)
@@ -53,9 +57,14 @@ override KV_TEXTURE: bool = false;
 override HEAD_DIM: u32 = 64u;
 const WG: u32 = 64u;
 
-// Rotation pairs per head (a constant once the pipeline is built).
+// Rotation pairs per head at full rotary (a constant once the pipeline is built).
 fn half_dim() -> u32 {
     return HEAD_DIM / 2u;
+}
+
+// Rotation pairs per head: rotary_dim / 2.
+fn rot_half() -> u32 {
+    return p.rotary_dim / 2u;
 }
 
 struct Params {
@@ -67,6 +76,7 @@ struct Params {
     max_positions: u32,
     style: u32,
     row_slots: u32,
+    rotary_dim: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
@@ -82,20 +92,24 @@ var<immediate> p: Params;
 // Columns (within a head) of rotation pair i.
 fn pair_cols(i: u32) -> vec2<u32> {
     if p.style == 1u {
-        return vec2<u32>(i, i + half_dim());
+        return vec2<u32>(i, i + rot_half());
     }
     return vec2<u32>(2u * i, 2u * i + 1u);
 }
 
 // Element `e` (0 <= e < HEAD_DIM) of the rotated head starting at qkv[base].
 fn rotated(base: u32, e: u32, pos: u32) -> f32 {
+    if e >= p.rotary_dim {
+        return qkv[base + e];
+    }
     var i = e / 2u;
     if p.style == 1u {
-        i = e % half_dim();
+        // e % rot_half() for e < rotary_dim, without a division by a runtime value.
+        i = select(e, e - rot_half(), e >= rot_half());
     }
     let cols = pair_cols(i);
-    let c = cos_sin[(pos * half_dim() + i) * 2u];
-    let s = cos_sin[(pos * half_dim() + i) * 2u + 1u];
+    let c = cos_sin[(pos * rot_half() + i) * 2u];
+    let s = cos_sin[(pos * rot_half() + i) * 2u + 1u];
     let a = qkv[base + cols.x];
     let b = qkv[base + cols.y];
     if e == cols.x {
@@ -191,10 +205,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let row = t * p.row_stride;
     if u < q_items {
         let i = u % half_dim();
+        if i >= rot_half() {
+            return;
+        }
         let base = row + (u / half_dim()) * HEAD_DIM;
         let cols = pair_cols(i);
-        let c = cos_sin[(pos * half_dim() + i) * 2u];
-        let s = cos_sin[(pos * half_dim() + i) * 2u + 1u];
+        let c = cos_sin[(pos * rot_half() + i) * 2u];
+        let s = cos_sin[(pos * rot_half() + i) * 2u + 1u];
         let a = qkv[base + cols.x];
         let b = qkv[base + cols.y];
         qkv[base + cols.x] = a * c - b * s;

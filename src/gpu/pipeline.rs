@@ -76,6 +76,9 @@ pub const ARGMAX: ShaderSource = shader!("argmax");
 pub const SAMPLE: ShaderSource = shader!("sample");
 pub const ROPE_KV_WRITE: ShaderSource = shader!("rope_kv_write");
 pub const FEED_TOKENS: ShaderSource = shader!("feed_tokens");
+pub const QK_NORM: ShaderSource = shader!("qk_norm");
+pub const SOFTCAP: ShaderSource = shader!("softcap");
+pub const SCALE: ShaderSource = shader!("scale");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[ShaderSource] = &[
@@ -100,6 +103,9 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     SAMPLE,
     ROPE_KV_WRITE,
     FEED_TOKENS,
+    QK_NORM,
+    SOFTCAP,
+    SCALE,
 ];
 
 /// A compiled pipeline and the layout of its bind group 0.

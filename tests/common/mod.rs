@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use wllm::{AdapterSelector, GpuContext, KernelForms};
 
 pub mod plumbing;
+#[cfg(feature = "server")]
+pub mod server;
 
 /// The device every test in this binary shares. A missing adapter fails the test loudly:
 /// CI has lavapipe (mesa-vulkan-drivers), so "no GPU" is a broken setup, not a skip.

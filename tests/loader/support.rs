@@ -1,5 +1,6 @@
-//! Helpers for tests/loader.rs: temp dirs, a minimal GGUF writer, hand-built tensor payloads
-//! with independently known values, and raw byte builders for hostile headers.
+//! Helpers for tests/loader.rs and tests/hostile_files.rs: temp dirs, a minimal GGUF writer,
+//! hand-built tensor payloads with independently known values, and raw byte builders for
+//! hostile headers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,77 +40,14 @@ impl Drop for TempDir {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal GGUF writer
+// A minimal GGUF writer (the one tests/fuzz_entry uses, in tests/common/gguf_writer.rs)
 
-pub fn put_u32(b: &mut Vec<u8>, v: u32) {
-    b.extend_from_slice(&v.to_le_bytes());
-}
-pub fn put_u64(b: &mut Vec<u8>, v: u64) {
-    b.extend_from_slice(&v.to_le_bytes());
-}
-pub fn put_str(b: &mut Vec<u8>, s: &str) {
-    put_u64(b, s.len() as u64);
-    b.extend_from_slice(s.as_bytes());
-}
+#[path = "../common/gguf_writer.rs"]
+mod gguf_writer;
+pub use gguf_writer::{GgufBuilder, put_str, put_u32, put_u64};
 
-pub fn type_id(v: &MetaValue) -> u32 {
-    match v {
-        MetaValue::U8(_) => 0,
-        MetaValue::I8(_) => 1,
-        MetaValue::U16(_) => 2,
-        MetaValue::I16(_) => 3,
-        MetaValue::U32(_) => 4,
-        MetaValue::I32(_) => 5,
-        MetaValue::F32(_) => 6,
-        MetaValue::Bool(_) => 7,
-        MetaValue::String(_) => 8,
-        MetaValue::Array(_) => 9,
-        MetaValue::U64(_) => 10,
-        MetaValue::I64(_) => 11,
-        MetaValue::F64(_) => 12,
-    }
-}
-
-/// The value's payload, without its type id. Arrays take their element type from the first
-/// element (u8 when empty).
-pub fn put_payload(b: &mut Vec<u8>, v: &MetaValue) {
-    match v {
-        MetaValue::U8(x) => b.push(*x),
-        MetaValue::I8(x) => b.push(*x as u8),
-        MetaValue::U16(x) => b.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::U32(x) => put_u32(b, *x),
-        MetaValue::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::Bool(x) => b.push(*x as u8),
-        MetaValue::String(s) => put_str(b, s),
-        MetaValue::Array(items) => {
-            put_u32(b, items.first().map_or(0, type_id));
-            put_u64(b, items.len() as u64);
-            for it in items {
-                put_payload(b, it);
-            }
-        }
-        MetaValue::U64(x) => put_u64(b, *x),
-        MetaValue::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
-    }
-}
-
-pub struct WTensor {
-    name: String,
-    /// Row-major, outermost first (written reversed, as GGUF wants).
-    shape: Vec<u64>,
-    ggml_type: u32,
-    data: Vec<u8>,
-}
-
-pub struct GgufWriter {
-    version: u32,
-    alignment: u64,
-    kvs: Vec<(String, MetaValue)>,
-    tensors: Vec<WTensor>,
-}
+/// [`GgufBuilder`] by value, empty arrays written as u8 arrays.
+pub struct GgufWriter(GgufBuilder);
 
 /// Byte offsets of the sections of a written file, for cutting it at interesting places.
 #[derive(Debug)]
@@ -121,69 +59,31 @@ pub struct Sections {
 
 impl GgufWriter {
     pub fn new(version: u32) -> Self {
-        GgufWriter {
+        GgufWriter(GgufBuilder {
             version,
-            alignment: 32,
-            kvs: Vec::new(),
-            tensors: Vec::new(),
-        }
+            empty_array_type: 0,
+            ..GgufBuilder::new()
+        })
     }
 
     pub fn kv(mut self, k: &str, v: MetaValue) -> Self {
-        if k == "general.alignment" {
-            self.alignment = v.as_u64().unwrap();
-        }
-        self.kvs.push((k.to_string(), v));
+        self.0.kv(k, v);
         self
     }
 
     pub fn tensor(mut self, name: &str, shape: &[u64], ggml_type: u32, data: Vec<u8>) -> Self {
-        self.tensors.push(WTensor {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            ggml_type,
-            data,
-        });
+        self.0.tensor(name, shape, ggml_type, data);
         self
     }
 
     pub fn build(&self) -> (Vec<u8>, Sections) {
-        let mut b = b"GGUF".to_vec();
-        put_u32(&mut b, self.version);
-        put_u64(&mut b, self.tensors.len() as u64);
-        put_u64(&mut b, self.kvs.len() as u64);
-        let metadata_start = b.len();
-        for (k, v) in &self.kvs {
-            put_str(&mut b, k);
-            put_u32(&mut b, type_id(v));
-            put_payload(&mut b, v);
-        }
-        let tensor_infos_start = b.len();
-        let mut offset = 0u64;
-        let mut offsets = Vec::new();
-        for t in &self.tensors {
-            put_str(&mut b, &t.name);
-            put_u32(&mut b, t.shape.len() as u32);
-            for d in t.shape.iter().rev() {
-                put_u64(&mut b, *d);
-            }
-            put_u32(&mut b, t.ggml_type);
-            put_u64(&mut b, offset);
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).next_multiple_of(self.alignment);
-        }
-        b.resize(b.len().next_multiple_of(self.alignment as usize), 0);
-        let data_start = b.len();
-        for (t, off) in self.tensors.iter().zip(offsets) {
-            b.resize(data_start + off as usize, 0);
-            b.extend_from_slice(&t.data);
-        }
+        let b = self.0.build();
         let s = Sections {
-            metadata_start,
-            tensor_infos_start,
-            data_start,
+            metadata_start: b.metadata_start,
+            tensor_infos_start: b.tensor_infos_start,
+            data_start: b.data_start,
         };
-        (b, s)
+        (b.bytes, s)
     }
 }
 

@@ -1,4 +1,6 @@
-//! `shaders/rope.wgsl`: rotary position embedding in place on the packed Q and K heads.
+//! `shaders/rope.wgsl`: rotary position embedding in place on the packed Q and K heads, over
+//! all of each head (full rotary) or its first `rotary_dim` dimensions (partial rotary, Phi-3's
+//! `partial_rotary_factor`: the rest of the head passes through).
 
 use crate::gpu::GpuContext;
 use crate::gpu::pipeline::{Kernel, ROPE};
@@ -26,7 +28,8 @@ pub struct RopeParams {
 }
 
 impl RopeParams {
-    /// The `Params` struct of rope.wgsl and rope_kv_write.wgsl.
+    /// The first 7 words of the `Params` struct of rope.wgsl and rope_kv_write.wgsl (each
+    /// appends its own: `rotary_dim`, and `row_slots` before it in rope_kv_write).
     pub(crate) fn immediates(&self) -> [u32; 7] {
         let style = match self.style {
             RopeStyle::Interleaved => 0,
@@ -65,19 +68,47 @@ impl Rope {
         self.kernel.bind(ctx, &[qkv, positions, cos_sin])
     }
 
+    /// Full rotary: every dimension of each head rotates (`cos_sin` has head_dim/2 columns).
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
-        let imm = p.immediates();
-        let n = p.num_tokens * (p.num_heads + p.num_kv_heads) * p.head_dim / 2;
+        self.encode_partial(pass, bg, p, p.head_dim);
+    }
+
+    /// Partial rotary: the first `rotary_dim` dimensions of each head rotate (pairs in
+    /// `p.style`, taken within those dimensions), the others pass through; `cos_sin` is
+    /// [`cos_sin_table`] of `rotary_dim` (rotary_dim/2 columns). `rotary_dim = p.head_dim` is
+    /// [`Rope::encode`], bit for bit. Panics unless rotary_dim is even and at most head_dim.
+    pub fn encode_partial(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &RopeParams,
+        rotary_dim: usize,
+    ) {
+        check_rotary_dim(p, rotary_dim);
+        let mut imm = [0; 8];
+        imm[..7].copy_from_slice(&p.immediates());
+        imm[7] = rotary_dim as u32;
+        let n = p.num_tokens * (p.num_heads + p.num_kv_heads) * rotary_dim / 2;
         self.kernel.dispatch(pass, bg, &imm, groups_for(n, 256));
     }
 }
 
-/// The (cos, sin) table, (max_positions, head_dim/2, 2), in f32 the way transformers computes
-/// it: inv_freq = 1 / theta^(2i/head_dim), angle = (pos as f32) * inv_freq.
-pub fn cos_sin_table(max_positions: usize, head_dim: usize, theta: f32) -> Vec<f32> {
-    let half = head_dim / 2;
+/// Panics unless `rotary_dim` is even and at most `p.head_dim` (0 rotates nothing).
+pub(crate) fn check_rotary_dim(p: &RopeParams, rotary_dim: usize) {
+    assert!(
+        rotary_dim % 2 == 0 && rotary_dim <= p.head_dim,
+        "rotary_dim {rotary_dim} must be even and at most head_dim {}",
+        p.head_dim
+    );
+}
+
+/// The (cos, sin) table, (max_positions, rotary_dim/2, 2), in f32 the way transformers computes
+/// it: inv_freq = 1 / theta^(2i/rotary_dim), angle = (pos as f32) * inv_freq. `rotary_dim` is
+/// head_dim for full rotary, int(head_dim · partial_rotary_factor) for partial (Phi-3).
+pub fn cos_sin_table(max_positions: usize, rotary_dim: usize, theta: f32) -> Vec<f32> {
+    let half = rotary_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
         .collect();
     let mut t = Vec::with_capacity(max_positions * half * 2);
     for pos in 0..max_positions {
@@ -92,7 +123,21 @@ pub fn cos_sin_table(max_positions: usize, head_dim: usize, theta: f32) -> Vec<f
 
 /// Applies RoPE to the Q and K heads of `qkv` in place (f64 rotation of the table's values).
 pub fn reference(qkv: &mut [f32], positions: &[u32], cos_sin: &[f32], p: &RopeParams) {
-    let half = p.head_dim / 2;
+    reference_partial(qkv, positions, cos_sin, p, p.head_dim);
+}
+
+/// [`reference`] over the first `rotary_dim` dimensions of each head, as Hugging Face's Phi-3
+/// does it (`q_rot = q[..., :rotary_dim]`, rotate_half within q_rot, `q_pass` unchanged); the
+/// interleaved style pairs (2i, 2i+1) for i < rotary_dim/2. `cos_sin` has rotary_dim/2 columns.
+pub fn reference_partial(
+    qkv: &mut [f32],
+    positions: &[u32],
+    cos_sin: &[f32],
+    p: &RopeParams,
+    rotary_dim: usize,
+) {
+    check_rotary_dim(p, rotary_dim);
+    let half = rotary_dim / 2;
     for (t, &pos) in positions.iter().enumerate().take(p.num_tokens) {
         let pos = pos as usize;
         for h in 0..p.num_heads + p.num_kv_heads {

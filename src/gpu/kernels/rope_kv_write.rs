@@ -1,7 +1,8 @@
 //! `shaders/rope_kv_write.wgsl`: RoPE on the Q and K heads and the KV write in one dispatch
 //! (rope.wgsl then kv_write.wgsl, fused). Q is rotated in place; K is rotated on its way into
 //! the pool, so qkv's K columns keep their unrotated values. The pools are storage buffers or
-//! (CPU adapters) textures ([`KvStorage`]).
+//! (CPU adapters) textures ([`KvStorage`]). Full rotary, or partial: only the first
+//! `rotary_dim` dimensions of each head rotate ([`RopeKvWrite::encode_partial`]).
 
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE, grid_2d};
@@ -67,17 +68,35 @@ impl RopeKvWrite {
 
     /// K starts right after the Q heads (column num_heads · head_dim), V right after K.
     /// `p.head_dim` must be the one the pipeline was built for; with texture pools, a slot's
-    /// kv_dim elements must be the layout's `slot_texels` texels.
+    /// kv_dim elements must be the layout's `slot_texels` texels. Full rotary: every dimension
+    /// of each head rotates.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
+        self.encode_partial(pass, bg, p, p.head_dim);
+    }
+
+    /// [`RopeKvWrite::encode`] with partial rotary: the first `rotary_dim` dimensions of each Q
+    /// and K head rotate (pairs in `p.style` within them), the others go through as they are;
+    /// `cos_sin` is [`rope::cos_sin_table`] of `rotary_dim`. `rotary_dim = p.head_dim` is
+    /// [`RopeKvWrite::encode`], bit for bit. Panics unless rotary_dim is even and at most
+    /// head_dim.
+    pub fn encode_partial(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bg: &wgpu::BindGroup,
+        p: &RopeParams,
+        rotary_dim: usize,
+    ) {
+        rope::check_rotary_dim(p, rotary_dim);
         assert_eq!(
             p.head_dim, self.head_dim,
             "rope_kv_write pipeline built for another head width"
         );
         let kv_dim = p.num_kv_heads * p.head_dim;
         self.targets.check(kv_dim);
-        let mut imm = [0; 8];
+        let mut imm = [0; 9];
         imm[..7].copy_from_slice(&p.immediates());
         imm[7] = self.targets.storage.row_slots();
+        imm[8] = rotary_dim as u32;
         // Q pairs, then K and V items: element pairs (buffers) or slot texels (textures).
         let kv_items = match self.targets.storage {
             KvStorage::Buffer => kv_dim / 2,
@@ -100,8 +119,33 @@ pub fn reference(
     k_cache: &mut [f32],
     v_cache: &mut [f32],
 ) {
+    let rd = p.head_dim;
+    reference_partial(
+        qkv,
+        positions,
+        cos_sin,
+        slot_mapping,
+        p,
+        rd,
+        k_cache,
+        v_cache,
+    );
+}
+
+/// [`reference`] with partial rotary ([`rope::reference_partial`]).
+#[allow(clippy::too_many_arguments)]
+pub fn reference_partial(
+    qkv: &mut [f32],
+    positions: &[u32],
+    cos_sin: &[f32],
+    slot_mapping: &[u32],
+    p: &RopeParams,
+    rotary_dim: usize,
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+) {
     let mut rotated = qkv.to_vec();
-    rope::reference(&mut rotated, positions, cos_sin, p);
+    rope::reference_partial(&mut rotated, positions, cos_sin, p, rotary_dim);
     let q_dim = p.num_heads * p.head_dim;
     let kv_dim = p.num_kv_heads * p.head_dim;
     // RoPE leaves V alone, so the rotated rows carry both the rotated K and the plain V.
