@@ -162,7 +162,7 @@ impl Generator {
             max_batch_tokens: opts.max_batch_tokens.max(1),
             max_seqs: opts.max_seqs.max(1),
         };
-        let runner = Runner::new(ctx, crate::model::forward(&cfg, weights), rc)?;
+        let runner = Runner::new(ctx, crate::model::forward(&cfg, weights)?, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
         log::info!(
             "loaded {} ({:?}, {} layers, {} KV blocks of {} tokens)",

@@ -325,8 +325,8 @@ fn gguf_synthetic_config_defaults_and_rejections() {
         .build();
     let cfg = ModelConfig::from_gguf(&open_bytes("cfg", &b).unwrap()).unwrap();
     assert_eq!((cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads), (3, 2, 2));
-    assert_eq!((cfg.head_dim, cfg.rope_theta), (4, 10000.0));
-    assert_eq!(cfg.rope_style, RopeStyle::Interleaved);
+    assert_eq!((cfg.head_dim, cfg.rope.as_ref().unwrap().theta), (4, 10000.0));
+    assert_eq!(cfg.rope.as_ref().unwrap().style, RopeStyle::Interleaved);
     assert!(!cfg.tie_word_embeddings);
 
     for (what, heads, kv) in [
@@ -370,8 +370,8 @@ fn smollm2_gguf_parses() {
     assert_eq!(cfg.num_kv_heads, 3);
     assert_eq!(cfg.head_dim, 64);
     assert_eq!(cfg.vocab_size, 49152);
-    assert_eq!(cfg.rope_theta, 100000.0);
-    assert_eq!(cfg.rope_style, RopeStyle::Interleaved);
+    assert_eq!(cfg.rope.as_ref().unwrap().theta, 100000.0);
+    assert_eq!(cfg.rope.as_ref().unwrap().style, RopeStyle::Interleaved);
     assert!(cfg.tie_word_embeddings);
     assert!(cfg.norm_eps > 0.0 && cfg.norm_eps < 1e-3);
 
@@ -408,7 +408,7 @@ fn hf_tiny_llama_config_and_tensors() {
     let dir = HfModelDir::open(fixture("tiny-llama-gqa-public")).unwrap();
     assert_eq!(dir.architecture().unwrap(), Architecture::Llama);
     let cfg = ModelConfig::from_hf(&dir).unwrap();
-    assert_eq!(cfg.rope_theta, 10000.0);
+    assert_eq!(cfg.rope.as_ref().unwrap().theta, 10000.0);
     assert_eq!((cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), (4, 2, 16));
     assert_eq!(
         (cfg.hidden_size, cfg.num_layers, cfg.vocab_size),
@@ -416,7 +416,7 @@ fn hf_tiny_llama_config_and_tensors() {
     );
     assert_eq!((cfg.intermediate_size, cfg.max_context), (160, 512));
     assert_eq!(cfg.norm_eps, 1e-6);
-    assert_eq!(cfg.rope_style, RopeStyle::Half);
+    assert_eq!(cfg.rope.as_ref().unwrap().style, RopeStyle::Half);
     assert!(!cfg.tie_word_embeddings);
     assert!(dir.tokenizer_json().is_none());
 
@@ -575,7 +575,7 @@ fn hf_config_rope_theta_top_level_and_rejections() {
         llama(r#", "rope_theta": 500000.0"#).as_bytes(),
     );
     let cfg = ModelConfig::from_hf(&HfModelDir::open(&tmp.0).unwrap()).unwrap();
-    assert_eq!(cfg.rope_theta, 500000.0);
+    assert_eq!(cfg.rope.as_ref().unwrap().theta, 500000.0);
     assert_eq!((cfg.num_kv_heads, cfg.head_dim), (4, 16));
     assert!(!cfg.tie_word_embeddings);
 

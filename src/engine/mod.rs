@@ -280,7 +280,7 @@ impl Engine {
             max_batch_tokens,
             max_seqs: opts.max_seqs,
         };
-        let runner = Runner::new(ctx, crate::model::forward(&model, weights), rc)?;
+        let runner = Runner::new(ctx, crate::model::forward(&model, weights)?, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
         let sched_cfg = SchedulerConfig {
             max_num_seqs: rc.max_seqs,

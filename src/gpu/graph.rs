@@ -60,13 +60,21 @@ impl AttentionShape {
     }
 }
 
-/// Rotary position embedding: the inverse frequency of each rotated pair.
+/// Rotary position embedding: the inverse frequency of each rotated pair. The first
+/// `2 · inv_freq.len()` dimensions of each head rotate; the rest pass through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rotary {
     pub style: RopeStyle,
-    /// `head_dim / 2` angles per position step.
+    /// Angle per position step of each rotated pair.
     pub inv_freq: Vec<f32>,
 }
+
+/// A rotary table of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotaryId(pub(crate) usize);
+
+/// The gated MLP's activation on `gate` in `act(gate) · up`.
+pub use crate::gpu::kernels::GateActivation;
 
 /// One operation. Widths come from the activations' declarations.
 #[derive(Debug)]
@@ -77,12 +85,20 @@ pub(crate) enum Op {
         positions: Option<Vector>,
         out: Act,
     },
-    /// `out = x / rms(x) · w`.
+    /// `out = x / rms(x) · w`, or `out += …` with `accumulate`.
     RmsNorm {
         x: Act,
         w: Vector,
         eps: f32,
         out: Act,
+        accumulate: bool,
+    },
+    /// Each Q head and each K head of `qkv` RMS-normalized over the head, in place.
+    QkNorm {
+        qkv: Act,
+        q_w: Vector,
+        k_w: Vector,
+        eps: f32,
     },
     /// `out = (x − mean) / std · w + b`.
     LayerNorm {
@@ -101,23 +117,46 @@ pub(crate) enum Op {
         out: Act,
         accumulate: bool,
     },
-    /// `out = silu(gate) · up` where `x = [gate | up]`.
-    SiluMul { x: Act, out: Act },
+    /// `out = act(gate) · up` where `x = [gate | up]`.
+    GatedAct {
+        x: Act,
+        out: Act,
+        act: GateActivation,
+    },
+    /// `x *= c`, in place.
+    Scale { x: Act, c: f32 },
+    /// `x = cap · tanh(x / cap)`, in place.
+    SoftCap { x: Act, cap: f32 },
     /// GPT-2's tanh-approximated GELU, in place.
     Gelu { x: Act },
     /// Rotates the Q and K heads of `qkv` at the tokens' positions and writes K and V to
     /// `layer`'s KV blocks at the tokens' slots.
-    RopeKvWrite { qkv: Act, layer: usize },
+    RopeKvWrite {
+        qkv: Act,
+        layer: usize,
+        rotary: RotaryId,
+    },
     /// Writes the K and V heads of `qkv` to `layer`'s KV blocks (no rotation).
     KvWrite { qkv: Act, layer: usize },
     /// Causal attention of the Q heads of `qkv` over each token's context in `layer`'s
-    /// KV blocks.
+    /// KV blocks: scores `q · k · scale` (soft-capped when set), over the last `window`
+    /// positions when set.
     Attention {
         qkv: Act,
         layer: usize,
-        scale: f32,
         out: Act,
+        params: AttentionOptions,
     },
+}
+
+/// What may differ between attention layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionOptions {
+    pub scale: f32,
+    /// Scores become `cap · tanh(s / cap)`.
+    pub softcap: Option<f32>,
+    /// A query attends to the keys of the last `window` positions (itself included).
+    pub window: Option<usize>,
 }
 
 /// A forward pass: weights, activations and ops, and the sizes the runner needs.
@@ -133,7 +172,7 @@ pub struct Graph {
     pub(crate) max_context: usize,
     pub(crate) attention: AttentionShape,
     pub(crate) num_layers: usize,
-    pub(crate) rotary: Option<Rotary>,
+    pub(crate) rotaries: Vec<Rotary>,
     /// Storage type of the dense weights.
     pub(crate) weight_dtype: WeightDType,
 }
@@ -156,14 +195,15 @@ impl Graph {
             max_context,
             attention,
             num_layers,
-            rotary: None,
+            rotaries: Vec::new(),
             weight_dtype,
         }
     }
 
-    /// Positions enter through rotary embeddings with these frequencies.
-    pub fn set_rotary(&mut self, rotary: Rotary) {
-        self.rotary = Some(rotary);
+    /// A rotary table (positions × frequencies) for [`Graph::rope_kv_write`].
+    pub fn rotary(&mut self, rotary: Rotary) -> RotaryId {
+        self.rotaries.push(rotary);
+        RotaryId(self.rotaries.len() - 1)
     }
 
     pub fn matrix(&mut self, m: GpuMatrix) -> Mat {
@@ -191,7 +231,28 @@ impl Graph {
     }
 
     pub fn rms_norm(&mut self, x: Act, w: Vector, eps: f32, out: Act) {
-        self.ops.push(Op::RmsNorm { x, w, eps, out });
+        self.ops.push(Op::RmsNorm {
+            x,
+            w,
+            eps,
+            out,
+            accumulate: false,
+        });
+    }
+
+    /// `out += x / rms(x) · w`: a normed branch added to the residual stream.
+    pub fn rms_norm_add(&mut self, x: Act, w: Vector, eps: f32, out: Act) {
+        self.ops.push(Op::RmsNorm {
+            x,
+            w,
+            eps,
+            out,
+            accumulate: true,
+        });
+    }
+
+    pub fn qk_norm(&mut self, qkv: Act, q_w: Vector, k_w: Vector, eps: f32) {
+        self.ops.push(Op::QkNorm { qkv, q_w, k_w, eps });
     }
 
     pub fn layer_norm(&mut self, x: Act, w: Vector, b: Vector, eps: f32, out: Act) {
@@ -229,28 +290,36 @@ impl Graph {
         });
     }
 
-    pub fn silu_mul(&mut self, x: Act, out: Act) {
-        self.ops.push(Op::SiluMul { x, out });
+    pub fn gated_act(&mut self, x: Act, act: GateActivation, out: Act) {
+        self.ops.push(Op::GatedAct { x, out, act });
+    }
+
+    pub fn scale(&mut self, x: Act, c: f32) {
+        self.ops.push(Op::Scale { x, c });
+    }
+
+    pub fn softcap(&mut self, x: Act, cap: f32) {
+        self.ops.push(Op::SoftCap { x, cap });
     }
 
     pub fn gelu(&mut self, x: Act) {
         self.ops.push(Op::Gelu { x });
     }
 
-    pub fn rope_kv_write(&mut self, qkv: Act, layer: usize) {
-        self.ops.push(Op::RopeKvWrite { qkv, layer });
+    pub fn rope_kv_write(&mut self, qkv: Act, layer: usize, rotary: RotaryId) {
+        self.ops.push(Op::RopeKvWrite { qkv, layer, rotary });
     }
 
     pub fn kv_write(&mut self, qkv: Act, layer: usize) {
         self.ops.push(Op::KvWrite { qkv, layer });
     }
 
-    pub fn attention(&mut self, qkv: Act, layer: usize, scale: f32, out: Act) {
+    pub fn attention(&mut self, qkv: Act, layer: usize, params: AttentionOptions, out: Act) {
         self.ops.push(Op::Attention {
             qkv,
             layer,
-            scale,
             out,
+            params,
         });
     }
 

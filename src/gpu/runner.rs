@@ -4,13 +4,13 @@
 //! Every buffer and bind group is created once in [`Runner::new`]; a step only writes the
 //! batch metadata, records the dispatches and reads back the logits rows it asked for.
 
-use crate::gpu::graph::{AttentionShape, Rows};
+use crate::gpu::graph::{AttentionOptions, AttentionShape, GateActivation, Rows};
 use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat};
 use crate::gpu::kernels::rope::RopeStyle;
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul,
+    PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul, SoftCap,
 };
 use crate::gpu::kv_pool::{KvPool, KvStorage, copy_texture_blocks};
 use crate::gpu::profile::{Profiler, StepProfile};
@@ -65,6 +65,9 @@ struct Kernels {
     kv_write: KvWrite,
     attention: PagedAttention,
     silu_mul: SiluMul,
+    qk_norm: QkNorm,
+    scale: Scale,
+    softcap: SoftCap,
     gelu: Gelu,
     copy_blocks: CopyBlocks,
     argmax: Argmax,
@@ -112,7 +115,13 @@ enum Dispatch {
     RmsNorm {
         bg: wgpu::BindGroup,
         gather: bool,
+        /// Adds to the output instead of writing it.
+        accumulate: bool,
         width: usize,
+        eps: f32,
+    },
+    QkNorm {
+        bg: wgpu::BindGroup,
         eps: f32,
     },
     LayerNorm {
@@ -127,9 +136,22 @@ enum Dispatch {
         rows: Rows,
         binds: MatmulBinds,
     },
-    SiluMul {
+    GatedAct {
         bg: wgpu::BindGroup,
         width: usize,
+        act: GateActivation,
+    },
+    Scale {
+        bg: wgpu::BindGroup,
+        rows: Rows,
+        width: usize,
+        c: f32,
+    },
+    SoftCap {
+        bg: wgpu::BindGroup,
+        rows: Rows,
+        width: usize,
+        cap: f32,
     },
     Gelu {
         bg: wgpu::BindGroup,
@@ -138,11 +160,13 @@ enum Dispatch {
     RopeKvWrite {
         bg: wgpu::BindGroup,
         style: RopeStyle,
+        /// Leading dimensions of each head that rotate.
+        rotary_dim: usize,
     },
     KvWrite(wgpu::BindGroup),
     Attention {
         bg: wgpu::BindGroup,
-        scale: f32,
+        params: AttentionOptions,
     },
 }
 

@@ -149,19 +149,13 @@ impl HfModelDir {
             .and_then(|a| a.first())
             .and_then(|a| a.as_str());
         let model_type = self.config.get("model_type").and_then(|m| m.as_str());
-        match (arch_name, model_type) {
-            (Some("LlamaForCausalLM" | "MistralForCausalLM"), _) => Ok(Architecture::Llama),
-            (Some("GPT2LMHeadModel"), _) => Ok(Architecture::Gpt2),
-            (None, Some("llama" | "mistral")) => Ok(Architecture::Llama),
-            (None, Some("gpt2")) => Ok(Architecture::Gpt2),
-            (a, m) => Err(LoadError::UnknownArchitecture {
-                path: self.path.join("config.json"),
-                arch: a
-                    .or(m)
-                    .unwrap_or("(no architectures or model_type)")
-                    .to_string(),
-            }),
-        }
+        Architecture::from_hf(arch_name, model_type).ok_or_else(|| LoadError::UnknownArchitecture {
+            path: self.path.join("config.json"),
+            arch: arch_name
+                .or(model_type)
+                .unwrap_or("(no architectures or model_type)")
+                .to_string(),
+        })
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&HfTensorInfo> {

@@ -6,7 +6,7 @@
 
 use super::ModelConfig;
 use super::weights::{ModelWeights, Norm};
-use crate::gpu::graph::{Graph, Rows, Vector};
+use crate::gpu::graph::{AttentionOptions, Graph, Rows, Vector};
 
 pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Graph {
     let (d, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.norm_eps);
@@ -33,7 +33,11 @@ pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Graph {
         None => embed,
     };
     let positions = w.pos_embed.map(|p| g.vector(p));
-    let scale = 1.0 / (heads.head_dim as f32).sqrt();
+    let opts = AttentionOptions {
+        scale: cfg.attn_scale,
+        softcap: None,
+        window: None,
+    };
     let norm = |g: &mut Graph, n: Norm| -> (Vector, Vector) {
         let b = n.b.expect("GPT-2's loader reads every LayerNorm bias");
         (g.vector(n.w), g.vector(b))
@@ -53,7 +57,7 @@ pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Graph {
         g.layer_norm(x, ln1_w, ln1_b, eps, h); // h = LN(x)
         g.linear("qkv", h, w_qkv, b_qkv, qkv); // [q | k | v] = h · Wqkvᵀ + b
         g.kv_write(qkv, l); // cache k, v
-        g.attention(qkv, l, scale, att); // a = softmax(q · kᵀ · scale) · v
+        g.attention(qkv, l, opts, att); // a = softmax(q · kᵀ · scale) · v
         g.linear_add("out", att, w_o, b_o, x); // x += a · Woᵀ + b
 
         g.layer_norm(x, ln2_w, ln2_b, eps, h); // h = LN(x)

@@ -57,9 +57,15 @@ impl Naming {
     /// The token embedding table, (vocab, hidden).
     pub(crate) fn embed(&self) -> String {
         match self.arch {
-            Architecture::Llama => self.global("token_embd.weight", "model.embed_tokens.weight"),
             Architecture::Gpt2 => self.global("token_embd.weight", "wte.weight"),
+            _ => self.global("token_embd.weight", "model.embed_tokens.weight"),
         }
+    }
+
+    /// Tensor `role` of layer `i` in this model's files.
+    pub(crate) fn role(&self, i: usize, role: Role) -> String {
+        let (gguf, hf) = role.names(self.arch);
+        self.layer(i, gguf, hf)
     }
 
     /// GPT-2's learned position table, (max_context, hidden).
@@ -70,15 +76,15 @@ impl Naming {
     fn layer_prefix(&self) -> String {
         match (self.gguf, self.arch) {
             (true, _) => "blk.".into(),
-            (false, Architecture::Llama) => "model.layers.".into(),
             (false, Architecture::Gpt2) => format!("{}h.", self.hf_prefix),
+            (false, _) => "model.layers.".into(),
         }
     }
 
     /// The key a size was read from, for error messages.
     fn key(&self, size: Size) -> String {
         let a = self.arch.gguf_name();
-        let hf_llama = self.arch == Architecture::Llama;
+        let hf_llama = self.arch != Architecture::Gpt2;
         match (self.gguf, size) {
             (true, Size::Layers) => format!("`{a}.block_count`"),
             (true, Size::Hidden) => format!("`{a}.embedding_length`"),
@@ -205,14 +211,14 @@ fn dim_checks(cfg: &ModelConfig, names: &Naming) -> Vec<DimCheck> {
         check(embed, 1, Size::Hidden, d),
     ];
     match cfg.arch {
-        Architecture::Llama => {
-            let q = names.layer(0, "attn_q.weight", "self_attn.q_proj.weight");
-            let k = names.layer(0, "attn_k.weight", "self_attn.k_proj.weight");
-            let gate = names.layer(0, "ffn_gate.weight", "mlp.gate_proj.weight");
+        // Fused projections: q|k|v rows, then gate|up rows.
+        Architecture::Phi3 => {
+            let qkv = names.role(0, Role::Qkv);
+            let gate_up = names.role(0, Role::GateUp);
             checks.extend([
-                check(q, 0, Size::QDim, cfg.q_dim()),
-                check(k, 0, Size::KvDim, cfg.kv_dim()),
-                check(gate, 0, Size::Inner, cfg.intermediate_size),
+                check(qkv.clone(), 0, Size::QDim, cfg.q_dim() + 2 * cfg.kv_dim()),
+                check(qkv, 1, Size::Hidden, d),
+                check(gate_up, 0, Size::Inner, 2 * cfg.intermediate_size),
             ]);
         }
         Architecture::Gpt2 => {
@@ -225,8 +231,72 @@ fn dim_checks(cfg: &ModelConfig, names: &Naming) -> Vec<DimCheck> {
             };
             checks.push(check(fc, dim, Size::Inner, cfg.intermediate_size));
         }
+        _ => {
+            checks.extend([
+                check(names.role(0, Role::Q), 0, Size::QDim, cfg.q_dim()),
+                check(names.role(0, Role::K), 0, Size::KvDim, cfg.kv_dim()),
+                check(names.role(0, Role::Gate), 0, Size::Inner, cfg.intermediate_size),
+            ]);
+        }
     }
     checks
+}
+
+/// A tensor of a RoPE decoder's layer, by what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    /// q|k|v rows in one tensor (Phi-3).
+    Qkv,
+    QBias,
+    KBias,
+    VBias,
+    /// Per-head RMSNorm weights of q and k (Qwen3, Gemma 3).
+    QNorm,
+    KNorm,
+    O,
+    /// The norm on attention's output before the residual add (Gemma 2/3).
+    PostAttnNorm,
+    MlpNorm,
+    Gate,
+    Up,
+    /// gate|up rows in one tensor (Phi-3).
+    GateUp,
+    Down,
+    /// The norm on the MLP's output before the residual add (Gemma 2/3).
+    PostMlpNorm,
+}
+
+impl Role {
+    /// (GGUF name, Hugging Face name) within a layer.
+    fn names(self, arch: Architecture) -> (&'static str, &'static str) {
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+        match self {
+            Role::AttnNorm => ("attn_norm.weight", "input_layernorm.weight"),
+            Role::Q => ("attn_q.weight", "self_attn.q_proj.weight"),
+            Role::K => ("attn_k.weight", "self_attn.k_proj.weight"),
+            Role::V => ("attn_v.weight", "self_attn.v_proj.weight"),
+            Role::Qkv => ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
+            Role::QBias => ("attn_q.bias", "self_attn.q_proj.bias"),
+            Role::KBias => ("attn_k.bias", "self_attn.k_proj.bias"),
+            Role::VBias => ("attn_v.bias", "self_attn.v_proj.bias"),
+            Role::QNorm => ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+            Role::KNorm => ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+            Role::O => ("attn_output.weight", "self_attn.o_proj.weight"),
+            Role::PostAttnNorm => ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+            // Gemma's `post_attention_layernorm` is the sandwich norm; its MLP's is `pre_feedforward`.
+            Role::MlpNorm if gemma => ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+            Role::MlpNorm => ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            Role::Gate => ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            Role::Up => ("ffn_up.weight", "mlp.up_proj.weight"),
+            Role::GateUp => ("ffn_up.weight", "mlp.gate_up_proj.weight"),
+            Role::Down => ("ffn_down.weight", "mlp.down_proj.weight"),
+            Role::PostMlpNorm => ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+        }
+    }
 }
 
 #[cfg(test)]

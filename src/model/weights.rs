@@ -20,7 +20,8 @@ use crate::loader::{LoadError, RawTensor, TensorSource};
 use crate::model::{Architecture, ModelConfig};
 
 use super::ModelError;
-use super::tensors::{Naming, check_config};
+use super::config::RopeScaling;
+use super::tensors::{Naming, Role, check_config};
 
 /// An opened model: a GGUF file or a Hugging Face directory.
 pub enum ModelFiles {
@@ -86,13 +87,20 @@ pub struct LayerWeights {
     pub attn_norm: Norm,
     /// (q_dim + 2·kv_dim, hidden): Q rows, then K rows, then V rows.
     pub qkv: Linear,
+    /// Per-head RMSNorm weights of q and k, (head_dim) each.
+    pub q_norm: Option<GpuTensor>,
+    pub k_norm: Option<GpuTensor>,
     /// (hidden, q_dim)
     pub o: Linear,
+    /// The norm on attention's output, before the residual add (sandwich norms).
+    pub post_attn_norm: Option<Norm>,
     pub mlp_norm: Norm,
     /// Gated MLPs: (2·inner, hidden), gate rows then up rows; else (inner, hidden).
     pub up: Linear,
     /// (hidden, inner)
     pub down: Linear,
+    /// The norm on the MLP's output, before the residual add (sandwich norms).
+    pub post_mlp_norm: Option<Norm>,
 }
 
 pub struct ModelWeights {
@@ -104,6 +112,8 @@ pub struct ModelWeights {
     pub final_norm: Norm,
     /// (vocab, hidden); `None` when tied to `embed`
     pub lm_head: Option<GpuMatrix>,
+    /// RoPE frequency divisors, one per rotated pair (GGUF `rope_freqs.weight`).
+    pub rope_freq_factors: Option<Vec<f32>>,
     pub dtype: WeightDType,
 }
 
@@ -112,17 +122,55 @@ struct Uploader<'a> {
     ctx: &'a GpuContext,
     files: &'a ModelFiles,
     dtype: WeightDType,
+    arch_name: String,
     done: usize,
     total: usize,
     progress: &'a mut dyn FnMut(usize, usize),
+    /// Every tensor read, so that one left unread is an error (see [`Uploader::check_all_read`]).
+    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+/// Tensors a checkpoint may carry that change nothing: buffers transformers derives again
+/// (RoPE's inverse frequencies, GPT-2's causal-mask buffers).
+fn derived_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
 }
 
 impl Uploader<'_> {
+    /// A tensor the loader did not read would change the model's math if it were used (a
+    /// RoPE scaling table, a bias, a norm): refuse the file naming it, never run without it.
+    fn check_all_read(&self) -> Result<(), LoadError> {
+        let read = self.read.borrow();
+        let names = self.files.source().tensor_names();
+        let unread: Vec<&String> = names
+            .iter()
+            .filter(|n| !read.contains(*n) && !derived_buffer(n))
+            .collect();
+        match unread.first() {
+            None => Ok(()),
+            Some(first) => Err(LoadError::Config {
+                path: self.path(),
+                msg: format!(
+                    "tensor `{first}` is not used by wllm's {} model{} (refusing rather than \
+                     running without it)",
+                    self.arch_name,
+                    match unread.len() {
+                        1 => String::new(),
+                        n => format!("; {} more unused tensors", n - 1),
+                    }
+                ),
+            }),
+        }
+    }
+
     fn path(&self) -> PathBuf {
         self.files.path().to_path_buf()
     }
 
     fn raw(&self, name: &str) -> Result<RawTensor, LoadError> {
+        self.read.borrow_mut().insert(name.to_string());
         self.files.source().tensor(name)
     }
 
@@ -172,9 +220,33 @@ impl Uploader<'_> {
         Ok(t)
     }
 
-    /// A norm weight or bias: stored as floats (llama.cpp writes them as F32; a quantized one
-    /// is a broken file, not a format to support).
+    /// A norm weight or bias, uploaded as f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
+        let v = self.floats(name, len)?;
+        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+    }
+
+    /// A norm weight with `offset` added to each element (Hugging Face Gemma's `1 + w`).
+    fn norm(&mut self, name: &str, len: usize, offset: f32) -> Result<GpuTensor, ModelError> {
+        let mut v = self.floats(name, len)?;
+        if offset != 0.0 {
+            v.iter_mut().for_each(|w| *w += offset);
+        }
+        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+    }
+
+    /// Several vectors end to end in one (the q, k and v biases of a fused projection).
+    fn vectors(&mut self, label: &str, parts: &[(&str, usize)]) -> Result<GpuTensor, ModelError> {
+        let mut v = Vec::new();
+        for (name, len) in parts {
+            v.extend(self.floats(name, *len)?);
+        }
+        Ok(GpuTensor::from_f32(self.ctx, label, &v, &[v.len()], WeightDType::F32)?)
+    }
+
+    /// A norm weight or bias as f32: stored as floats (llama.cpp writes them as F32; a
+    /// quantized one is a broken file, not a format to support).
+    fn floats(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.checked(name, &[len])?;
         if t.dtype.block_len() != 1 {
             return Err(LoadError::UnexpectedTensorType {
@@ -185,14 +257,7 @@ impl Uploader<'_> {
             }
             .into());
         }
-        let v = self.widened(t)?;
-        Ok(GpuTensor::from_f32(
-            self.ctx,
-            name,
-            &v,
-            &[len],
-            WeightDType::F32,
-        )?)
+        self.widened(t)
     }
 
     /// Rows of several (rows_i, cols) tensors stacked into one matrix; kept quantized when
@@ -276,18 +341,24 @@ pub fn load_weights(
         ctx,
         files,
         dtype,
+        arch_name: format!("{:?}", cfg.arch),
         done: 0,
         total,
         progress,
+        read: Default::default(),
     };
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
-    match cfg.arch {
-        Architecture::Llama => load_llama(&mut up, cfg, d, v),
+    let weights = match cfg.arch {
         Architecture::Gpt2 => load_gpt2(&mut up, cfg, d, v),
-    }
+        _ => load_decoder(&mut up, cfg, d, v),
+    }?;
+    up.check_all_read()?;
+    Ok(weights)
 }
 
-fn load_llama(
+/// The RoPE decoders (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3): which tensors a layer
+/// has follows from the config.
+fn load_decoder(
     up: &mut Uploader,
     cfg: &ModelConfig,
     d: usize,
@@ -295,67 +366,112 @@ fn load_llama(
 ) -> Result<ModelWeights, ModelError> {
     let (q, kv, f) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     let names = Naming::new(up.files, cfg.arch);
+    let fused = cfg.arch == Architecture::Phi3;
     let embed = up.matrix(&names.embed(), v, d)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
-        let n = |gguf: &str, hf: &str| {
-            names.layer(i, &format!("{gguf}.weight"), &format!("{hf}.weight"))
+        let n = |role| names.role(i, role);
+        let norm = |up: &mut Uploader, role| -> Result<Norm, ModelError> {
+            Ok(Norm {
+                w: up.norm(&n(role), d, cfg.norm_weight_offset)?,
+                b: None,
+            })
         };
-        let attn_norm = up.vector(&n("attn_norm", "input_layernorm"), d)?;
-        let wqkv = up.stacked(
-            &format!("layer{i}.wqkv"),
-            &[
-                (&n("attn_q", "self_attn.q_proj"), q),
-                (&n("attn_k", "self_attn.k_proj"), kv),
-                (&n("attn_v", "self_attn.v_proj"), kv),
-            ],
-            d,
-        )?;
-        let wo = up.matrix(&n("attn_output", "self_attn.o_proj"), d, q)?;
-        let ffn_norm = up.vector(&n("ffn_norm", "post_attention_layernorm"), d)?;
-        let w_gate_up = up.stacked(
-            &format!("layer{i}.w_gate_up"),
-            &[
-                (&n("ffn_gate", "mlp.gate_proj"), f),
-                (&n("ffn_up", "mlp.up_proj"), f),
-            ],
-            d,
-        )?;
-        let w_down = up.matrix(&n("ffn_down", "mlp.down_proj"), d, f)?;
+        let attn_norm = norm(up, Role::AttnNorm)?;
+        let qkv = if fused {
+            up.matrix(&n(Role::Qkv), q + 2 * kv, d)?
+        } else {
+            up.stacked(
+                &format!("layer{i}.wqkv"),
+                &[(&n(Role::Q), q), (&n(Role::K), kv), (&n(Role::V), kv)],
+                d,
+            )?
+        };
+        let qkv_bias = if cfg.qkv_bias {
+            Some(up.vectors(
+                &format!("layer{i}.qkv bias"),
+                &[(&n(Role::QBias), q), (&n(Role::KBias), kv), (&n(Role::VBias), kv)],
+            )?)
+        } else {
+            None
+        };
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            let hd = cfg.head_dim;
+            (
+                Some(up.norm(&n(Role::QNorm), hd, cfg.norm_weight_offset)?),
+                Some(up.norm(&n(Role::KNorm), hd, cfg.norm_weight_offset)?),
+            )
+        } else {
+            (None, None)
+        };
+        let o = up.matrix(&n(Role::O), d, q)?;
+        let post_attn_norm = cfg
+            .sandwich_norms
+            .then(|| norm(up, Role::PostAttnNorm))
+            .transpose()?;
+        let mlp_norm = norm(up, Role::MlpNorm)?;
+        let gate_up = if fused {
+            up.matrix(&n(Role::GateUp), 2 * f, d)?
+        } else {
+            up.stacked(
+                &format!("layer{i}.w_gate_up"),
+                &[(&n(Role::Gate), f), (&n(Role::Up), f)],
+                d,
+            )?
+        };
+        let down = up.matrix(&n(Role::Down), d, f)?;
+        let post_mlp_norm = cfg
+            .sandwich_norms
+            .then(|| norm(up, Role::PostMlpNorm))
+            .transpose()?;
         layers.push(LayerWeights {
-            attn_norm: Norm {
-                w: attn_norm,
-                b: None,
+            attn_norm,
+            qkv: Linear {
+                w: qkv,
+                b: qkv_bias,
             },
-            qkv: Linear { w: wqkv, b: None },
-            o: Linear { w: wo, b: None },
-            mlp_norm: Norm {
-                w: ffn_norm,
-                b: None,
-            },
+            q_norm,
+            k_norm,
+            o: Linear { w: o, b: None },
+            post_attn_norm,
+            mlp_norm,
             up: Linear {
-                w: w_gate_up,
+                w: gate_up,
                 b: None,
             },
-            down: Linear { w: w_down, b: None },
+            down: Linear { w: down, b: None },
+            post_mlp_norm,
         });
     }
-    let final_norm_w = up.vector(&names.global("output_norm.weight", "model.norm.weight"), d)?;
+    let final_norm = Norm {
+        w: up.norm(
+            &names.global("output_norm.weight", "model.norm.weight"),
+            d,
+            cfg.norm_weight_offset,
+        )?,
+        b: None,
+    };
     let head_name = names.global("output.weight", "lm_head.weight");
     let lm_head = if cfg.tie_word_embeddings || !up.files.source().has_tensor(&head_name) {
         None
     } else {
         Some(up.matrix(&head_name, v, d)?)
     };
+    // Llama 3's RoPE scaling in GGUF: one factor per rotated pair.
+    let rope_freq_factors = match cfg.rope.as_ref().map(|r| &r.scaling) {
+        Some(RopeScaling::FreqFactors) => {
+            let pairs = cfg.rope.as_ref().map_or(0, |r| r.rotary_dim / 2);
+            Some(up.f32("rope_freqs.weight", &[pairs])?)
+        }
+        _ => None,
+    };
     Ok(ModelWeights {
         embed,
         pos_embed: None,
         layers,
-        final_norm: Norm {
-            w: final_norm_w,
-            b: None,
-        },
+        final_norm,
         lm_head,
+        rope_freq_factors,
         dtype: up.dtype,
     })
 }
@@ -428,6 +544,10 @@ fn load_gpt2(
                 w: w_proj,
                 b: Some(b_proj),
             },
+            q_norm: None,
+            k_norm: None,
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm_w = up.vector(&names.global("output_norm.weight", "ln_f.weight"), d)?;
@@ -446,6 +566,7 @@ fn load_gpt2(
             b: final_norm_b,
         },
         lm_head,
+        rope_freq_factors: None,
         dtype: up.dtype,
     })
 }

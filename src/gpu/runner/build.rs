@@ -7,12 +7,12 @@ use super::{
     STAGING_LABELS, StepTiming, f32_buffer, logits, matmul_input, positions, quant_kernel,
     u32_buffer,
 };
-use crate::gpu::graph::{Act, Graph, Op, Rows};
+use crate::gpu::graph::{Act, AttentionOptions, Graph, Op, Rows};
 use crate::gpu::kernels::attention::SplitLimits;
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, RmsNorm, RopeKvWrite, Sample, SiluMul, WeightData,
+    PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul, SoftCap, WeightData,
 };
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::join_scoped;
@@ -136,6 +136,9 @@ impl Runner {
                 s.spawn(|| RopeKvWrite::new(ctx, kv_dtype, heads.head_dim, kv_storage));
             let kv_write = s.spawn(|| KvWrite::new(ctx, kv_dtype, kv_storage));
             let silu_mul = s.spawn(|| SiluMul::new(ctx));
+            let qk_norm = s.spawn(|| QkNorm::new(ctx));
+            let scale = s.spawn(|| Scale::new(ctx));
+            let softcap = s.spawn(|| SoftCap::new(ctx));
             let gelu = s.spawn(|| Gelu::new(ctx));
             let copy_blocks = s.spawn(|| CopyBlocks::new(ctx));
             let argmax = s.spawn(|| Argmax::new(ctx));
@@ -153,6 +156,9 @@ impl Runner {
                 kv_write: join_scoped(kv_write),
                 attention: join_scoped(attention)?,
                 silu_mul: join_scoped(silu_mul),
+                qk_norm: join_scoped(qk_norm),
+                scale: join_scoped(scale),
+                softcap: join_scoped(softcap),
                 gelu: join_scoped(gelu),
                 copy_blocks: join_scoped(copy_blocks),
                 argmax: join_scoped(argmax),
@@ -230,10 +236,11 @@ impl Runner {
             k_pools.push(pool(&format!("k_cache[{l}]"))?);
             v_pools.push(pool(&format!("v_cache[{l}]"))?);
         }
-        let cos_sin = match &g.rotary {
-            Some(r) => Some(positions::rope_table(ctx, r, max_positions)?),
-            None => None,
-        };
+        let cos_sin = g
+            .rotaries
+            .iter()
+            .map(|r| positions::rope_table(ctx, r, max_positions))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mm = &kernels.matmul;
         let matmul_binds = |w: &GpuMatrix,
@@ -289,7 +296,7 @@ impl Runner {
                         unreachable!("the plan fuses an RMSNorm into a Linear")
                     };
                     let y = match glu.map(|i| &g.ops[i]) {
-                        Some(Op::SiluMul { out, .. }) => *out,
+                        Some(Op::GatedAct { out, .. }) => *out,
                         _ => *out,
                     };
                     let m = &g.matrices[w.0];
@@ -322,7 +329,7 @@ impl Runner {
                     }
                 }
                 Planned::GluLinear { linear, glu } => {
-                    let (Op::Linear { label, x, w, .. }, Op::SiluMul { out, .. }) =
+                    let (Op::Linear { label, x, w, .. }, Op::GatedAct { out, .. }) =
                         (&g.ops[linear], &g.ops[glu])
                     else {
                         unreachable!("the plan fuses a SiLU·mul into a Linear")
@@ -375,7 +382,13 @@ impl Runner {
                             width: g.acts[out.0].width,
                         }
                     }
-                    Op::RmsNorm { x, w, eps, out } => {
+                    Op::RmsNorm {
+                        x,
+                        w,
+                        eps,
+                        out,
+                        accumulate,
+                    } => {
                         let gather = g.acts[out.0].rows == Rows::Logits;
                         let bg = if gather {
                             kernels.rms_norm_gather.bind(
@@ -393,6 +406,7 @@ impl Runner {
                         Dispatch::RmsNorm {
                             bg,
                             gather,
+                            accumulate: *accumulate,
                             width: g.acts[x.0].width,
                             eps: *eps,
                         }
@@ -434,20 +448,38 @@ impl Runner {
                             binds,
                         }
                     }
-                    Op::SiluMul { x, out } => Dispatch::SiluMul {
+                    Op::GatedAct { x, out, act } => Dispatch::GatedAct {
                         bg: kernels.silu_mul.bind(ctx, buf(*x), buf(*out)),
                         width: g.acts[out.0].width,
+                        act: *act,
+                    },
+                    Op::QkNorm { qkv, q_w, k_w, eps } => Dispatch::QkNorm {
+                        bg: kernels.qk_norm.bind(ctx, buf(*qkv), vector(*q_w), vector(*k_w)),
+                        eps: *eps,
+                    },
+                    Op::Scale { x, c } => Dispatch::Scale {
+                        bg: kernels.scale.bind(ctx, buf(*x)),
+                        rows: g.acts[x.0].rows,
+                        width: g.acts[x.0].width,
+                        c: *c,
+                    },
+                    Op::SoftCap { x, cap } => Dispatch::SoftCap {
+                        bg: kernels.softcap.bind(ctx, buf(*x)),
+                        rows: g.acts[x.0].rows,
+                        width: g.acts[x.0].width,
+                        cap: *cap,
                     },
                     Op::Gelu { x } => Dispatch::Gelu {
                         bg: kernels.gelu.bind(ctx, buf(*x)),
                         width: g.acts[x.0].width,
                     },
-                    Op::RopeKvWrite { qkv, layer } => {
-                        let (Some(cs), Some(rotary)) = (&cos_sin, &g.rotary) else {
+                    Op::RopeKvWrite { qkv, layer, rotary } => {
+                        let (Some(cs), Some(rotary)) =
+                            (cos_sin.get(rotary.0), g.rotaries.get(rotary.0))
+                        else {
                             return Err(GpuError::Shape {
                                 op: "rope",
-                                msg: "the graph rotates positions but sets no rotary frequencies"
-                                    .into(),
+                                msg: "a RoPE op names a rotary table the graph lacks".into(),
                             });
                         };
                         Dispatch::RopeKvWrite {
@@ -461,6 +493,7 @@ impl Runner {
                                 &v_pools[*layer],
                             ),
                             style: rotary.style,
+                            rotary_dim: 2 * rotary.inv_freq.len(),
                         }
                     }
                     Op::KvWrite { qkv, layer } => Dispatch::KvWrite(kernels.kv_write.bind(
@@ -471,10 +504,26 @@ impl Runner {
                         &v_pools[*layer],
                     )),
                     Op::Attention {
+                        params:
+                            AttentionOptions {
+                                window: Some(_), ..
+                            }
+                            | AttentionOptions {
+                                softcap: Some(_), ..
+                            },
+                        ..
+                    } => {
+                        return Err(GpuError::Shape {
+                            op: "attention",
+                            msg: "sliding windows and soft-capped scores are not in the attention kernels yet"
+                                .into(),
+                        });
+                    }
+                    Op::Attention {
                         qkv,
                         layer,
-                        scale,
                         out,
+                        params,
                     } => Dispatch::Attention {
                         bg: kernels.attention.bind(
                             ctx,
@@ -486,7 +535,7 @@ impl Runner {
                             &meta.positions,
                             buf(*out),
                         )?,
-                        scale: *scale,
+                        params: *params,
                     },
                 },
             };

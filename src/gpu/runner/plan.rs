@@ -9,7 +9,7 @@
 //! Both only change which kernel computes a value, never the arithmetic order of any output
 //! element, so fusing is invisible in the results.
 
-use crate::gpu::graph::{Act, Graph, Op};
+use crate::gpu::graph::{Act, GateActivation, Graph, Op};
 use crate::gpu::kernels::matmul_quant::QuantFormat;
 use crate::gpu::weights::{GpuMatrix, MatrixFormat};
 
@@ -55,6 +55,12 @@ fn reads_after(ops: &[Op], i: usize, act: Act) -> usize {
 pub(super) fn op_io(op: &Op) -> (Vec<Act>, Option<Act>) {
     match *op {
         Op::Embed { out, .. } => (vec![], Some(out)),
+        Op::RmsNorm {
+            x,
+            out,
+            accumulate: true,
+            ..
+        } => (vec![x, out], Some(out)),
         Op::RmsNorm { x, out, .. } | Op::LayerNorm { x, out, .. } => (vec![x], Some(out)),
         Op::Linear {
             x, out, accumulate, ..
@@ -65,8 +71,9 @@ pub(super) fn op_io(op: &Op) -> (Vec<Act>, Option<Act>) {
                 (vec![x], Some(out))
             }
         }
-        Op::SiluMul { x, out } => (vec![x], Some(out)),
-        Op::Gelu { x } => (vec![x], Some(x)),
+        Op::GatedAct { x, out, .. } => (vec![x], Some(out)),
+        Op::Gelu { x } | Op::Scale { x, .. } | Op::SoftCap { x, .. } => (vec![x], Some(x)),
+        Op::QkNorm { qkv, .. } => (vec![qkv], Some(qkv)),
         Op::RopeKvWrite { qkv, .. } => (vec![qkv], Some(qkv)),
         Op::KvWrite { qkv, .. } => (vec![qkv], None),
         Op::Attention { qkv, out, .. } => (vec![qkv], Some(out)),
@@ -89,8 +96,11 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
             return None;
         };
         match ops.get(i + 1) {
-            Some(Op::SiluMul { x, .. })
-                if *x == out
+            Some(Op::GatedAct {
+                x,
+                act: GateActivation::Silu,
+                ..
+            }) if *x == out
                     && reads_after(ops, i, out) == 1
                     && fused_glu_format(&g.matrices[w.0]).is_some() =>
             {
@@ -103,7 +113,11 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
     let mut i = 0;
     while i < ops.len() {
         if let (
-            Op::RmsNorm { out: h, .. },
+            Op::RmsNorm {
+                out: h,
+                accumulate: false,
+                ..
+            },
             Some(Op::Linear {
                 x, w, bias: None, ..
             }),
@@ -113,7 +127,7 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
             if fuse_norms && quant && x == h && reads_after(ops, i, *h) == 1 {
                 let glu = glu_after(i + 1);
                 // The fused-norm matmul takes the SiLU·mul only with it (one binding).
-                let gated = matches!(ops.get(i + 2), Some(Op::SiluMul { .. }));
+                let gated = matches!(ops.get(i + 2), Some(Op::GatedAct { .. }));
                 if glu.is_some() || !gated {
                     out.push(Planned::NormedLinear {
                         norm: i,

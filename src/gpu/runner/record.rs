@@ -6,7 +6,7 @@
 use super::{Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Readback, Runner, quant_kernel};
 use crate::batch::StepBatch;
 use crate::gpu::graph::Rows;
-use crate::gpu::kernels::{AttentionParams, MatmulParams, RopeParams};
+use crate::gpu::kernels::{AttentionParams, MatmulParams, QkNormParams, RopeParams};
 use crate::gpu::profile::{Profiler, Recorder};
 use crate::gpu::weights::MatrixFormat;
 
@@ -26,6 +26,10 @@ impl Runner {
         let t = shape.tokens;
         let r = shape.full_logits.len();
         let vocab = self.vocab;
+        let rows_of = |rows: Rows| match rows {
+            Rows::Tokens => t,
+            Rows::Logits => r,
+        };
         let mut rec = Recorder::new(&self.ctx, profiler);
         {
             if shape.fed_rows > 0 {
@@ -54,6 +58,7 @@ impl Runner {
                     Dispatch::RmsNorm {
                         bg,
                         gather,
+                        accumulate,
                         width,
                         eps,
                     } => {
@@ -61,7 +66,44 @@ impl Runner {
                             true => (&k.rms_norm_gather, "final norm", r),
                             false => (&k.rms_norm, "norm", t),
                         };
-                        kernel.encode(rec.pass(label), bg, rows, *width, *eps)
+                        if *accumulate {
+                            kernel.encode_accumulate(rec.pass(label), bg, rows, *width, *eps)
+                        } else {
+                            kernel.encode(rec.pass(label), bg, rows, *width, *eps)
+                        }
+                    }
+                    Dispatch::QkNorm { bg, eps } => {
+                        let p = QkNormParams {
+                            num_tokens: t,
+                            row_stride: heads.qkv_dim(),
+                            num_heads: heads.num_heads,
+                            num_kv_heads: heads.num_kv_heads,
+                            head_dim: heads.head_dim,
+                            eps: *eps,
+                        };
+                        k.qk_norm.encode(rec.pass("q/k norm"), bg, &p)
+                    }
+                    Dispatch::Scale {
+                        bg,
+                        rows,
+                        width,
+                        c,
+                    } => {
+                        let rows = rows_of(*rows);
+                        if rows > 0 {
+                            k.scale.encode(rec.pass("scale"), bg, rows, *width, *c)
+                        }
+                    }
+                    Dispatch::SoftCap {
+                        bg,
+                        rows,
+                        width,
+                        cap,
+                    } => {
+                        let rows = rows_of(*rows);
+                        if rows > 0 {
+                            k.softcap.encode(rec.pass("soft-cap"), bg, rows, *width, *cap)
+                        }
                     }
                     Dispatch::LayerNorm {
                         bg,
@@ -76,21 +118,23 @@ impl Runner {
                         kernel.encode(rec.pass(label), bg, rows, *width, *eps)
                     }
                     Dispatch::Matmul { label, rows, binds } => {
-                        let m = match rows {
-                            Rows::Tokens => t,
-                            Rows::Logits => r,
-                        };
+                        let m = rows_of(*rows);
                         if m > 0 {
                             encode_matmul(k, &mut rec, label, binds, m);
                         }
                     }
-                    Dispatch::SiluMul { bg, width } => {
-                        k.silu_mul.encode(rec.pass("activation"), bg, t, *width)
+                    Dispatch::GatedAct { bg, width, act } => {
+                        k.silu_mul
+                            .encode_act(rec.pass("activation"), bg, t, *width, *act)
                     }
                     Dispatch::Gelu { bg, width } => {
                         k.gelu.encode(rec.pass("activation"), bg, t * width)
                     }
-                    Dispatch::RopeKvWrite { bg, style } => {
+                    Dispatch::RopeKvWrite {
+                        bg,
+                        style,
+                        rotary_dim,
+                    } => {
                         let p = RopeParams {
                             num_tokens: t,
                             row_stride: heads.qkv_dim(),
@@ -100,7 +144,8 @@ impl Runner {
                             max_positions: self.max_positions,
                             style: *style,
                         };
-                        k.rope_kv_write.encode(rec.pass("rope+kv_write"), bg, &p)
+                        k.rope_kv_write
+                            .encode_partial(rec.pass("rope+kv_write"), bg, &p, *rotary_dim)
                     }
                     Dispatch::KvWrite(bg) => k.kv_write.encode(
                         rec.pass("kv_write"),
@@ -110,7 +155,7 @@ impl Runner {
                         heads.q_dim(),
                         heads.kv_dim(),
                     ),
-                    Dispatch::Attention { bg, scale } => {
+                    Dispatch::Attention { bg, params } => {
                         let p = AttentionParams {
                             num_tokens: t,
                             num_heads: heads.num_heads,
@@ -119,7 +164,7 @@ impl Runner {
                             row_stride: heads.qkv_dim(),
                             block_size: self.rc.block_size,
                             max_blocks: shape.block_cols,
-                            scale: *scale,
+                            scale: params.scale,
                             max_context_len: shape.max_context_len,
                         };
                         k.attention.encode(rec.pass("attention"), bg, &p)
