@@ -52,6 +52,8 @@ impl Runner {
                 max_blocks: shape.block_cols,
                 scale: 1.0 / (cfg.head_dim as f32).sqrt(),
                 max_context_len: shape.max_context_len,
+                window: None,
+                softcap: None,
             };
             for lb in &self.layers {
                 match (cfg.arch, &lb.norm1) {
