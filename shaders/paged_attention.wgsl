@@ -1,7 +1,11 @@
 // Paged causal attention over packed, variable-length queries (prefill chunks and decode
 // tokens alike): for token t of sequence s = token_seq[t] at position pos = positions[t],
 // and query head h (KV head h / (num_heads / num_kv_heads)):
-//   out[t, h, :] = sum_{j <= pos} softmax_j(scale * q[t, h, :] . K[s, j, :]) * V[s, j, :]
+//   out[t, h, :] = sum_{lo <= j <= pos} softmax_j(score_j) * V[s, j, :]
+//   score_j = scale * q[t, h, :] . K[s, j, :], or softcap * tanh(that / softcap) when softcap > 0
+//   lo = 0, or with a sliding window (window > 0) max(0, pos + 1 - window): the key at j is
+//   used iff pos - j < window, so the window holds `window` keys counting the query's own
+//   (transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window)
 // where K/V of position j live in slot block_tables[s, j / block_size] * block_size
 // + j % block_size of this layer's pools. The KV of the batch's own tokens must already be
 // written (kv_write runs first), so a prompt chunk attends to itself and to earlier chunks.
@@ -14,11 +18,13 @@
 //   4 token_seq     u32 (T) row of block_tables for each token
 //   5 positions     u32 (T)
 //   6 out           f32 (T, num_heads * HEAD_DIM)
-// Immediates: Params below (scale as f32 bits). HEAD_DIM must be even and at most 256.
+// Immediates: Params below (scale and softcap as f32 bits; window 0 and softcap 0 switch
+// those off). HEAD_DIM must be even and at most 256.
 // Dispatch: one workgroup of 64 threads per (token, head): T * num_heads workgroups (x, then y).
-// Keys are visited in tiles of 64 in position order with an online softmax: thread j scores
-// key j of the tile, then thread d accumulates V's dimension d over the tile in key order.
-// The order depends only on pos, never on the batch, chunking or block placement.
+// Keys are visited in tiles of 64 in position order from lo, with an online softmax: thread j
+// scores key j of the tile, then thread d accumulates V's dimension d over the tile in key
+// order. Keys before lo are never read: the cost is O(min(pos + 1, window)). The order
+// depends only on pos and window, never on the batch, chunking or block placement.
 
 override HEAD_DIM: u32 = 64u;
 override KV_F16: bool = true;
@@ -34,6 +40,10 @@ struct Params {
     block_size: u32,
     max_blocks: u32,
     scale: f32,
+    // Keys per sliding window (0: the whole context).
+    window: u32,
+    // Logit soft-cap (0: none).
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
@@ -49,6 +59,23 @@ var<workgroup> q_tile: array<f32, HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> slots: array<u32, WG>;
 var<workgroup> context_len: u32;
+
+// Soft-caps a score (softcap > 0): softcap * tanh(score / softcap). The argument is clamped
+// where tanh is already 1 in f32, so that no driver's tanh overflows.
+fn cap(score: f32) -> f32 {
+    if p.softcap > 0.0 {
+        return p.softcap * tanh(clamp(score / p.softcap, -15.0, 15.0));
+    }
+    return score;
+}
+
+// The first key of a context of ctx keys: 0, or the sliding window's first.
+fn window_start(ctx: u32) -> u32 {
+    if p.window > 0u && ctx > p.window {
+        return ctx - p.window;
+    }
+    return 0u;
+}
 
 fn load_k2(i: u32) -> vec2<f32> {
     if KV_F16 {
@@ -88,7 +115,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<f32, MAX_DIMS_PER_THREAD>;
-    for (var s0 = 0u; s0 < ctx; s0 += WG) {
+    for (var s0 = window_start(ctx); s0 < ctx; s0 += WG) {
         let n = min(WG, ctx - s0);
         var score = NEG_BIG;
         if lid < n {
@@ -103,7 +130,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 dot = fma(q_tile[d], k.x, dot);
                 dot = fma(q_tile[d + 1u], k.y, dot);
             }
-            score = dot * p.scale;
+            score = cap(dot * p.scale);
         }
         probs[lid] = score;
         workgroupBarrier();

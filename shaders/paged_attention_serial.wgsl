@@ -4,7 +4,11 @@
 //
 // For token t of sequence s = token_seq[t] at position pos = positions[t], and query head h
 // (KV head h / (num_heads / num_kv_heads)):
-//   out[t, h, :] = sum_{j <= pos} softmax_j(scale * q[t, h, :] . K[s, j, :]) * V[s, j, :]
+//   out[t, h, :] = sum_{lo <= j <= pos} softmax_j(score_j) * V[s, j, :]
+//   score_j = scale * q[t, h, :] . K[s, j, :], or softcap * tanh(that / softcap) when softcap > 0
+//   lo = 0, or with a sliding window (window > 0) max(0, pos + 1 - window): the key at j is
+//   used iff pos - j < window, so the window holds `window` keys counting the query's own
+//   (transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window)
 // with K/V of position j in slot block_tables[s, j / block_size] * block_size + j % block_size.
 //
 // Bindings:
@@ -21,7 +25,8 @@
 //                   s / row_slots), slot_texels = words per slot / 4 (src/gpu/kv_pool.rs)
 //   8 v_tex         same for V
 // (The storage the kernel does not read is still declared, and bound to an unused one.)
-// Immediates: Params below (scale as f32 bits). HEAD_DIM must be even and at most 256; GROUP
+// Immediates: Params below (scale and softcap as f32 bits; window 0 and softcap 0 switch
+// those off). HEAD_DIM must be even and at most 256; GROUP
 // (at most 8) must divide num_heads / num_kv_heads.
 // A thread serves one token and GROUP query heads of one KV head (a head group: heads
 // GROUP * g .. + GROUP, g < G = num_heads / GROUP), so each K/V row it loads serves all of
@@ -39,10 +44,11 @@
 // two tokens): a token's heads share rows, and the workgroups spread over the CPU's cores;
 // ITEM_LANES otherwise.)
 //
-// The thread visits keys in position order with an online softmax (running max m, sum l and
-// accumulator rescaled per key): q . k sums the dims in increasing order, one fma each, and
-// acc = fma(w, v, acc * correction): the order depends only on pos, never on the batch, the
-// chunking of a prompt or where its blocks live.
+// The thread visits keys in position order from lo with an online softmax (running max m, sum
+// l and accumulator rescaled per key): q . k sums the dims in increasing order, one fma each,
+// and acc = fma(w, v, acc * correction): the order depends only on pos and window, never on
+// the batch, the chunking of a prompt or where its blocks live. Keys before lo are never read
+// (the walk starts at lo's block): the cost is O(min(pos + 1, window)) per token.
 //
 // What decides speed on llvmpipe, which runs the 8 lanes of a workgroup as one SIMD program:
 // - A load from a storage buffer is a loop over the lanes (~4 ns per lane), whatever its
@@ -58,8 +64,8 @@
 //   TOKEN_LANES or HEAD_LANES: when a workgroup's tokens all belong to one sequence (a prompt
 //   chunk; with HEAD_LANES always, as it serves one token), the lanes load each K/V row
 //   together, lane i its i-th vec4s, and subgroupBroadcast hands every vec4 to all lanes; the
-//   loop runs to the workgroup's longest context and each lane folds in the keys of its own
-//   only. Other workgroups read privately. Both paths feed the same values to the same
+//   loop runs from the workgroup's earliest lo to its longest context and each lane folds in
+//   the keys of its own [lo, pos] only. Other workgroups read privately. Both paths feed the same values to the same
 //   arithmetic, and a query head's arithmetic does not depend on GROUP, so a token's result
 //   does not depend on which one ran.
 
@@ -87,6 +93,10 @@ struct Params {
     lanes: u32,
     // Slots per texture row (KV_TEXTURE), a multiple of block_size.
     row_slots: u32,
+    // Keys per sliding window (0: the whole context).
+    window: u32,
+    // Logit soft-cap (0: none).
+    softcap: f32,
 }
 
 const ITEM_LANES: u32 = 0u;
@@ -449,9 +459,26 @@ fn part_axpy(a: Part, c: f32, w: f32, v: Part) -> Part {
     );
 }
 
+// Soft-caps a score (softcap > 0): softcap * tanh(score / softcap). The argument is clamped
+// where tanh is already 1 in f32, so that no driver's tanh overflows.
+fn cap(score: f32) -> f32 {
+    if p.softcap > 0.0 {
+        return p.softcap * tanh(clamp(score / p.softcap, -15.0, 15.0));
+    }
+    return score;
+}
+
+// The first key of a context of ctx keys: 0, or the sliding window's first.
+fn window_start(ctx: u32) -> u32 {
+    if p.window > 0u && ctx > p.window {
+        return ctx - p.window;
+    }
+    return 0u;
+}
+
 // One key for one query head.
 fn step(st: State, q: Head, k: Head, v: Head) -> State {
-    let score = head_dot(q, k) * p.scale;
+    let score = cap(head_dot(q, k) * p.scale);
     let m_new = max(st.m, score);
     let c = exp(st.m - m_new);
     let w = exp(score - m_new);
@@ -561,9 +588,12 @@ fn block_key(logical: u32, block: u32) -> KeyCursor {
     return KeyCursor(logical, 0u, s, 0u);
 }
 
-// Key 0 of the sequence whose block-table row starts at `table`.
-fn first_key(table: u32) -> KeyCursor {
-    return block_key(0u, block_tables[table]);
+// Key j of the sequence whose block-table row starts at `table` (one division, per walk).
+fn key_at(table: u32, j: u32) -> KeyCursor {
+    let logical = j / p.block_size;
+    var c = block_key(logical, block_tables[table + logical]);
+    c.offset = j - logical * p.block_size;
+    return c;
 }
 
 // Called before reading each key, after the previous one bumped `offset`: moves on to the next
@@ -618,6 +648,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let kv_dim = p.num_kv_heads * HEAD_DIM;
     let seq = token_seq[t];
     let ctx = positions[t] + 1u;
+    let lo = window_start(ctx);
 
     let qb = t * p.row_stride + h0 * HEAD_DIM;
     var q: Queries;
@@ -647,37 +678,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     init.m = NEG_BIG;
     var st = States(init, init, init, init, init, init, init, init);
 
-    // Whether the workgroup's tokens all belong to one sequence, and their longest context:
-    // every lane reads the same words, so both are uniform (HEAD_LANES: one token).
-    // `lead`: the workgroup's first token, from workgroup-uniform values only.
+    // Whether the workgroup's tokens all belong to one sequence, their longest context and
+    // earliest first key: every lane reads the same words, so all are uniform (HEAD_LANES: one
+    // token). `lead`: the workgroup's first token, from workgroup-uniform values only.
     var one_seq = SHARED && aligned() && p.lanes != ITEM_LANES;
     let lead = min(select(t0, w / per_token, p.lanes == HEAD_LANES), last);
     var longest = positions[lead] + 1u;
+    var earliest = window_start(longest);
     if one_seq && p.lanes == TOKEN_LANES {
         let seq0 = token_seq[t0];
         for (var i = 0u; i < WG; i++) {
             let u = min(t0 + i, last);
             one_seq = one_seq && token_seq[u] == seq0;
             longest = max(longest, positions[u] + 1u);
+            earliest = min(earliest, window_start(positions[u] + 1u));
         }
     }
     if one_seq {
         let table = token_seq[lead] * p.max_blocks;
-        var key = first_key(table);
-        for (var j = 0u; j < longest; j++) {
+        var key = key_at(table, earliest);
+        for (var j = earliest; j < longest; j++) {
             key = enter_key(key, table);
             let row = key_row(key, kv_dim, kv_head);
             key.offset++;
             let k = share_head(false, row, key.y, lane);
             let v = share_head(true, row, key.y, lane);
-            if j < ctx {
+            if j >= lo && j < ctx {
                 st = step_all(st, q, k, v);
             }
         }
     } else {
         let table = seq * p.max_blocks;
-        var key = first_key(table);
-        for (var j = 0u; j < ctx; j++) {
+        var key = key_at(table, lo);
+        for (var j = lo; j < ctx; j++) {
             key = enter_key(key, table);
             let row = key_row(key, kv_dim, kv_head);
             key.offset++;

@@ -1,15 +1,22 @@
 // Paged causal attention split over key partitions (flash-decoding), first of two passes:
-// for token t of sequence s = token_seq[t] at position pos = positions[t], query head h
-// (KV head h / (num_heads / num_kv_heads)) and partition c, the keys j in
-// [c * PARTITION, min(pos + 1, (c + 1) * PARTITION)) give
-//   m   = max_j score_j                  with score_j = scale * q[t, h, :] . K[s, j, :]
+// for token t of sequence s = token_seq[t] at position pos = positions[t] and query head h
+// (KV head h / (num_heads / num_kv_heads)), the keys j in [lo, pos] are used, with
+//   lo = 0, or with a sliding window (window > 0) max(0, pos + 1 - window): the key at j is
+//   used iff pos - j < window, so the window holds `window` keys counting the query's own
+//   (transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window).
+// Partition c holds positions [c * PARTITION, (c + 1) * PARTITION); the token's keys lie in
+// partitions first = lo / PARTITION .. last = pos / PARTITION, and the workgroup of its r-th
+// one (c = first + r) gives, over the keys j in [max(lo, c * PARTITION), min(pos + 1,
+// (c + 1) * PARTITION)) (never empty),
+//   m   = max_j score_j
 //   l   = sum_j exp(score_j - m)
 //   acc = sum_j exp(score_j - m) * V[s, j, :]     (not normalised)
-// where K/V of position j live in slot block_tables[s, j / block_size] * block_size
+// with score_j = scale * q[t, h, :] . K[s, j, :], or softcap * tanh(that / softcap) when
+// softcap > 0, and K/V of position j in slot block_tables[s, j / block_size] * block_size
 // + j % block_size of this layer's pools. attention_combine.wgsl then merges the partitions
-// of each (t, h) into out[t, h, :] = the softmax-weighted sum over all j <= pos. A token
-// whose keys fit in one partition (pos < PARTITION) gets out[t, h, :] = acc / l here
-// instead (what the combine would compute from one partition), and the combine skips it.
+// of each (t, h) into out[t, h, :] = the softmax-weighted sum over all j in [lo, pos]. A token
+// whose keys fit in one partition (first == last) gets out[t, h, :] = acc / l here instead
+// (what the combine would compute from one partition), and the combine skips it.
 //
 // Bindings (one layout shared with attention_combine.wgsl, which declares 5, 6 and 7):
 //   0 qkv           f32 (T, row_stride): Q heads at columns [0, num_heads * HEAD_DIM)
@@ -18,17 +25,23 @@
 //   3 block_tables  u32 (S, max_blocks) physical block ids
 //   4 token_seq     u32 (T) row of block_tables for each token
 //   5 positions     u32 (T)
-//   6 scratch       f32 (T, num_heads, part_stride, 2 + HEAD_DIM): m, l, acc[0..HEAD_DIM]
+//   6 scratch       f32 (T, num_heads, part_stride, 2 + HEAD_DIM): m, l, acc[0..HEAD_DIM] of
+//                   the token's r-th partition at r
 //   7 out           f32 (T, num_heads * HEAD_DIM)
-// Immediates: Params below (scale as f32 bits). HEAD_DIM must be even and at most 256.
-// Dispatch: one workgroup of 64 threads per (token, head, partition), partition fastest:
-// T * num_heads * num_parts workgroups (x, then y), num_parts = ceil(largest pos + 1 in the
-// batch / PARTITION) <= part_stride. Workgroups past their token's last partition exit at once.
+// Immediates: Params below (scale and softcap as f32 bits; window 0 and softcap 0 switch
+// those off). HEAD_DIM must be even and at most 256.
+// Dispatch: one workgroup of 64 threads per (token, head, r), r fastest: T * num_heads *
+// num_parts workgroups (x, then y), num_parts <= part_stride at least the most partitions any
+// token of the batch has: ceil(largest pos + 1 / PARTITION), and with a window at most the
+// partitions `window` consecutive keys can touch. Workgroups past their token's last partition
+// exit at once, so partitions wholly before the window cost nothing and keys before lo are
+// never read: the work is O(min(pos + 1, window)).
 //
 // Batch invariance: PARTITION is fixed for a model, so the partitions of a token depend only
-// on its own pos; inside a partition keys are visited in tiles of 64 in position order with an
-// online softmax (thread j scores key j of the tile, then thread d accumulates V's dimension d
-// over the tile in key order). Nothing depends on the batch, the chunking or block placement.
+// on its own pos and the window; inside a partition keys are visited in tiles of 64 in position
+// order with an online softmax (thread j scores key j of the tile, then thread d accumulates
+// V's dimension d over the tile in key order). Nothing depends on the batch, the chunking or
+// block placement.
 
 override HEAD_DIM: u32 = 64u;
 override KV_F16: bool = true;
@@ -49,6 +62,10 @@ struct Params {
     num_parts: u32,
     // Partitions per (token, head) in the scratch layout.
     part_stride: u32,
+    // Keys per sliding window (0: the whole context).
+    window: u32,
+    // Logit soft-cap (0: none).
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
@@ -65,6 +82,23 @@ var<workgroup> q_tile: array<f32, HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> slots: array<u32, WG>;
 var<workgroup> context_len: u32;
+
+// Soft-caps a score (softcap > 0): softcap * tanh(score / softcap). The argument is clamped
+// where tanh is already 1 in f32, so that no driver's tanh overflows.
+fn cap(score: f32) -> f32 {
+    if p.softcap > 0.0 {
+        return p.softcap * tanh(clamp(score / p.softcap, -15.0, 15.0));
+    }
+    return score;
+}
+
+// The first key of a context of ctx keys: 0, or the sliding window's first.
+fn window_start(ctx: u32) -> u32 {
+    if p.window > 0u && ctx > p.window {
+        return ctx - p.window;
+    }
+    return 0u;
+}
 
 fn load_k2(i: u32) -> vec2<f32> {
     if KV_F16 {
@@ -88,7 +122,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if item >= p.num_tokens * p.num_heads * p.num_parts {
         return;
     }
-    let part = item % p.num_parts;
+    let r = item % p.num_parts;
     let th = item / p.num_parts;
     let t = th / p.num_heads;
     let h = th % p.num_heads;
@@ -102,11 +136,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         q_tile[d] = qkv[t * p.row_stride + h * HEAD_DIM + d];
     }
     let ctx = workgroupUniformLoad(&context_len);
-    let start = part * PARTITION;
-    if start >= ctx || part >= p.part_stride {
+    let lo = window_start(ctx);
+    let first = lo / PARTITION;
+    let part = first + r;
+    if part * PARTITION >= ctx || r >= p.part_stride {
         return;
     }
-    let end = min(ctx, start + PARTITION);
+    let start = max(lo, part * PARTITION);
+    let end = min(ctx, (part + 1u) * PARTITION);
 
     var m = NEG_BIG;
     var l = 0.0;
@@ -126,7 +163,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 dot = fma(q_tile[d], k.x, dot);
                 dot = fma(q_tile[d + 1u], k.y, dot);
             }
-            score = dot * p.scale;
+            score = cap(dot * p.scale);
         }
         probs[lid] = score;
         workgroupBarrier();
@@ -157,7 +194,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         m = tile_max;
         workgroupBarrier();
     }
-    if ctx <= PARTITION {
+    if (ctx - 1u) / PARTITION == first {
         for (var i = 0u; i < MAX_DIMS_PER_THREAD; i++) {
             let d = lid + i * WG;
             if d < HEAD_DIM {
@@ -166,7 +203,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         return;
     }
-    let base = (th * p.part_stride + part) * (HEAD_DIM + 2u);
+    let base = (th * p.part_stride + r) * (HEAD_DIM + 2u);
     if lid == 0u {
         scratch[base] = m;
         scratch[base + 1u] = l;

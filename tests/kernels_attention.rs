@@ -10,10 +10,18 @@
 //! checked bit-exactly. Every serial tuning (heads per thread, rows shared across the subgroup
 //! or not) must give the same bits: they only move work between lanes, and so must the
 //! serial kind reading pools kept in textures (CPU adapters' form), several blocks per row.
+//!
+//! Sliding windows and logit soft-caps run through the same step in every form, including
+//! the ones `PagedAttention::for_model` builds on both test devices (`common::gpu()` and
+//! `common::gpu_other_forms()`): windows smaller than a block, of one block, of several, past
+//! the context, on prompts (each token of a chunk its own window), decode and shuffled tables.
+//! K/V before every window of a sequence are NaN in the pool, so a kernel that used them shows;
+//! a window of at least the context must give the bits of no window.
 
 mod common;
 
 use common::plumbing::*;
+use wllm::GpuContext;
 use wllm::WeightDType::{self, F16, F32};
 use wllm::batch::{LogitRows, StepBatch};
 use wllm::gpu::GpuTensor;
@@ -65,6 +73,12 @@ enum Variant {
     Split(usize),
     /// Split with the partition [`SplitLimits::partition`] picks, as the runner builds it.
     SplitForModel,
+    /// What [`PagedAttention::for_model`] builds over the pools [`KvStorage::for_adapter`]
+    /// picks, on `common::gpu()` or (`other_forms`) `common::gpu_other_forms()`: on lavapipe
+    /// the serial kind over textures, and the split kind over buffers.
+    ForModel {
+        other_forms: bool,
+    },
 }
 
 const VARIANTS: [Variant; 6] = [
@@ -78,16 +92,32 @@ const VARIANTS: [Variant; 6] = [
 
 /// Whether the serial kind can share rows here (the subgroup is exactly its 8-lane workgroup).
 fn can_share() -> bool {
-    let info = &ctx().adapter_info;
-    ctx().features.contains(wgpu::Features::SUBGROUP)
+    can_share_on(ctx())
+}
+
+fn can_share_on(on: &GpuContext) -> bool {
+    let info = &on.adapter_info;
+    on.features.contains(wgpu::Features::SUBGROUP)
         && info.subgroup_min_size == 8
         && info.subgroup_max_size == 8
 }
 
 impl Variant {
+    /// The device this variant runs on.
+    fn device(self) -> &'static GpuContext {
+        match self {
+            Variant::ForModel { other_forms: true } => common::gpu_other_forms(),
+            _ => ctx(),
+        }
+    }
+
     /// Where this variant's pools live, for `num_blocks` blocks of `bs` slots of `kv_dim`.
     fn storage(self, num_blocks: usize, bs: usize, kv_dim: usize, kv: WeightDType) -> KvStorage {
         match self {
+            Variant::ForModel { .. } => {
+                KvStorage::for_adapter(self.device(), num_blocks, bs, kv_dim, kv)
+                    .unwrap_or_else(|e| panic!("{self:?}: {e}"))
+            }
             Variant::SerialTexture { blocks_per_row } => {
                 let layout = KvTextureLayout::with_blocks_per_row(
                     num_blocks,
@@ -124,7 +154,9 @@ impl Variant {
             Variant::SerialTuned { group, shared } => Some(SerialTuning { group, shared }),
             _ => None,
         };
+        let on = self.device();
         let attn = match self {
+            Variant::ForModel { .. } => PagedAttention::for_model(on, hd, kv, nkv, limits, storage),
             Variant::Workgroup => {
                 PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Workgroup)
             }
@@ -141,6 +173,20 @@ impl Variant {
             Variant::SplitForModel => PagedAttention::split(ctx(), hd, kv, limits),
         };
         let attn = attn.unwrap_or_else(|e| panic!("{self:?}: {e}"));
+        if let Variant::ForModel { .. } = self {
+            // The runner's choice for the adapter, tuned as the runner tunes it.
+            let kind = AttentionKind::for_adapter(on);
+            assert_eq!(attn.kind(), kind, "{self:?}");
+            let partition = (kind == AttentionKind::Split).then(|| limits.partition());
+            assert_eq!(attn.partition(), partition, "{self:?}");
+            let tuning = (kind == AttentionKind::Serial).then(|| SerialTuning {
+                shared: can_share_on(on),
+                ..SerialTuning::for_heads(nh, nkv)
+            });
+            assert_eq!(attn.serial_tuning(), tuning, "{self:?}");
+            assert_eq!(attn.kv_storage(), storage, "{self:?}");
+            return attn;
+        }
         let kind = match self {
             Variant::Workgroup => AttentionKind::Workgroup,
             Variant::Serial
@@ -148,6 +194,7 @@ impl Variant {
             | Variant::SerialTuned { .. }
             | Variant::SerialTexture { .. } => AttentionKind::Serial,
             Variant::Split(_) | Variant::SplitForModel => AttentionKind::Split,
+            Variant::ForModel { .. } => unreachable!("checked above"),
         };
         assert_eq!(attn.kind(), kind);
         let partition = match self {
@@ -200,9 +247,62 @@ fn block_tables(
     (pool.num_blocks(), tables)
 }
 
-/// Builds the step (K/V of earlier positions written straight into the pool, the step's own
-/// K/V through kv_write), runs kv_write + paged attention in one pass, checks every listed
-/// token alone (T = 1) against its row in the batch bit for bit; returns (gpu, reference).
+/// What a step's attention computes beyond softmax(q . k / sqrt(head_dim)) over every key up
+/// to the query's own: a sliding window, a logit soft-cap, another scale (none by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Mask {
+    window: Option<u32>,
+    softcap: Option<f32>,
+    scale: Option<f32>,
+}
+
+impl Mask {
+    fn window(window: u32) -> Mask {
+        Mask {
+            window: Some(window),
+            ..Mask::default()
+        }
+    }
+}
+
+/// Buffers and submission on one device (the plumbing's helpers use `common::gpu()` only).
+#[derive(Clone, Copy)]
+struct On(&'static GpuContext);
+
+impl On {
+    fn f32s(self, name: &str, data: &[f32], shape: &[usize]) -> GpuTensor {
+        GpuTensor::from_f32(self.0, name, data, shape, F32)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn u32s(self, name: &str, data: &[u32]) -> GpuTensor {
+        GpuTensor::from_words(self.0, name, data, &[data.len()], F32)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn run(self, f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+        let mut enc = self
+            .0
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("test"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("test"),
+                timestamp_writes: None,
+            });
+            f(&mut pass);
+        }
+        self.0.queue.submit([enc.finish()]);
+    }
+
+    fn read(self, t: &GpuTensor) -> Vec<f32> {
+        t.read_f32(self.0).expect("read back")
+    }
+}
+
+/// [`paged_attention_masked`] with no window, no soft-cap and the scale 1 / sqrt(head_dim).
 fn paged_attention_case(
     seqs: &[(usize, usize)],
     c: AttnCase,
@@ -210,7 +310,26 @@ fn paged_attention_case(
     shuffled: bool,
     seed: u64,
 ) -> (Vec<f32>, Vec<f32>) {
+    let mut results = paged_attention_masked(seqs, c, kind, shuffled, seed, &[Mask::default()]);
+    results.pop().expect("one mask, one result")
+}
+
+/// Builds the step (K/V of earlier positions written straight into the pool, the step's own
+/// K/V through kv_write) and, with one kernel built once, for each of `masks`: runs kv_write +
+/// paged attention in one pass, checks every listed token alone (T = 1) against its row in the
+/// batch bit for bit; returns (gpu, reference) per mask. With a window, the pool's K/V of each
+/// sequence's positions before the earliest window of its tokens are NaN (a kernel reading them
+/// into its result shows).
+fn paged_attention_masked(
+    seqs: &[(usize, usize)],
+    c: AttnCase,
+    kind: Variant,
+    shuffled: bool,
+    seed: u64,
+    masks: &[Mask],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let (bs, nh, nkv, hd, kv) = c;
+    let on = On(kind.device());
     let kv_dim = nkv * hd;
     let q_dim = nh * hd;
     let row_stride = q_dim + 2 * kv_dim + 2;
@@ -260,36 +379,13 @@ fn paged_attention_case(
         }
     }
 
-    let p = AttentionParams {
-        num_tokens: t,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        row_stride,
-        block_size: bs,
-        max_blocks,
-        scale: 1.0 / (hd as f32).sqrt(),
-        max_context_len: batch.context_lens.iter().max().map_or(0, |&c| c as usize),
-    };
-    let longest = seqs.iter().map(|&(len, _)| len).max();
-    assert_eq!(Some(p.max_context_len), longest, "the longest sequence");
-    let want = attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
-
-    let qkv_b = f32s("qkv", &qkv, &[t, row_stride]);
+    let qkv_b = on.f32s("qkv", &qkv, &[t, row_stride]);
     let storage = kind.storage(num_blocks, bs, kv_dim, kv);
-    let upload = |name: &str, data: &[f32]| {
-        let pool = KvPool::zeros(ctx(), name, storage, num_slots, kv_dim, kv).expect(name);
-        pool.write_words(ctx(), storage, kv_dim, kv, &encode_words(data, kv))
-            .expect(name);
-        pool
-    };
-    let (k_cache, v_cache) = (upload("k_cache", &k_pool), upload("v_cache", &v_pool));
-    let slots_b = u32s("slot_mapping", &batch.slot_mapping);
-    let tables_b = u32s("block_tables", &batch.block_tables);
-    let seq_b = u32s("token_seq", &batch.token_seq);
-    let pos_b = u32s("positions", &batch.positions);
-    let out = f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
-    let kvw = KvWrite::new(ctx(), kv, storage);
+    let slots_b = on.u32s("slot_mapping", &batch.slot_mapping);
+    let tables_b = on.u32s("block_tables", &batch.block_tables);
+    let seq_b = on.u32s("token_seq", &batch.token_seq);
+    let pos_b = on.u32s("positions", &batch.positions);
+    let kvw = KvWrite::new(on.0, kv, storage);
     // The scratch fits this batch and any position the tables can hold.
     let limits = SplitLimits {
         max_tokens: t,
@@ -297,11 +393,56 @@ fn paged_attention_case(
         max_context: max_blocks * bs,
     };
     let attn = kind.build(hd, kv, (nh, nkv), limits, storage);
-    let kvw_bg = kvw.bind(ctx(), &qkv_b.buffer, &slots_b.buffer, &k_cache, &v_cache);
-    let bind =
-        |q: &GpuTensor, tables: &GpuTensor, seq: &GpuTensor, pos: &GpuTensor, out: &GpuTensor| {
+    let longest = seqs.iter().map(|&(len, _)| len).max();
+
+    let mut results = Vec::new();
+    for mask in masks {
+        let p = AttentionParams {
+            num_tokens: t,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            row_stride,
+            block_size: bs,
+            max_blocks,
+            scale: mask.scale.unwrap_or(1.0 / (hd as f32).sqrt()),
+            max_context_len: batch.context_lens.iter().max().map_or(0, |&c| c as usize),
+            window: mask.window,
+            softcap: mask.softcap,
+        };
+        p.check().expect("a valid mask");
+        assert_eq!(Some(p.max_context_len), longest, "the longest sequence");
+        let want =
+            attention::reference(&qkv, &keys, &values, &batch.token_seq, &batch.positions, &p);
+
+        // NaN in every slot before the earliest window of the sequence's tokens (the first
+        // one's: the step's positions are from..len).
+        let (mut k_pool, mut v_pool) = (k_pool.clone(), v_pool.clone());
+        if let Some(w) = mask.window {
+            for (&(_, from), table) in seqs.iter().zip(&tables) {
+                for pos in 0..(from + 1).saturating_sub(w as usize) {
+                    let slot = table.slot(pos, bs).expect("slot") as usize;
+                    k_pool[slot * kv_dim..(slot + 1) * kv_dim].fill(f32::NAN);
+                    v_pool[slot * kv_dim..(slot + 1) * kv_dim].fill(f32::NAN);
+                }
+            }
+        }
+        let upload = |name: &str, data: &[f32]| {
+            let pool = KvPool::zeros(on.0, name, storage, num_slots, kv_dim, kv).expect(name);
+            pool.write_words(on.0, storage, kv_dim, kv, &encode_words(data, kv))
+                .expect(name);
+            pool
+        };
+        let (k_cache, v_cache) = (upload("k_cache", &k_pool), upload("v_cache", &v_pool));
+        let out = on.f32s("out", &rng.normals(t * q_dim, 1.0), &[t, q_dim]);
+        let kvw_bg = kvw.bind(on.0, &qkv_b.buffer, &slots_b.buffer, &k_cache, &v_cache);
+        let bind = |q: &GpuTensor,
+                    tables: &GpuTensor,
+                    seq: &GpuTensor,
+                    pos: &GpuTensor,
+                    out: &GpuTensor| {
             attn.bind(
-                ctx(),
+                on.0,
                 &q.buffer,
                 &k_cache,
                 &v_cache,
@@ -312,48 +453,51 @@ fn paged_attention_case(
             )
             .unwrap_or_else(|e| panic!("{kind:?}: {e}"))
         };
-    let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
-    run(|pass| {
-        kvw.encode(pass, &kvw_bg, t, row_stride, q_dim, kv_dim);
-        attn.encode(pass, &attn_bg, &p);
-    });
-    let gpu = read(&out);
+        let attn_bg = bind(&qkv_b, &tables_b, &seq_b, &pos_b, &out);
+        on.run(|pass| {
+            kvw.encode(pass, &kvw_bg, t, row_stride, q_dim, kv_dim);
+            attn.encode(pass, &attn_bg, &p);
+        });
+        let gpu = on.read(&out);
 
-    // Batch invariance: each decode token, and the first and last token of every chunk,
-    // alone in a T = 1 step over the same (now fully written) pool.
-    let mut alone = Vec::new();
-    for s in 0..seqs.len() {
-        let (a, b) = (batch.query_start[s], batch.query_start[s + 1]);
-        alone.extend([a as usize, b as usize - 1]);
+        // Batch invariance: each decode token, and the first and last token of every chunk,
+        // alone in a T = 1 step over the same (now fully written) pool.
+        let mut alone = Vec::new();
+        for s in 0..seqs.len() {
+            let (a, b) = (batch.query_start[s], batch.query_start[s + 1]);
+            alone.extend([a as usize, b as usize - 1]);
+        }
+        alone.dedup();
+        for tok in alone {
+            let s = batch.token_seq[tok] as usize;
+            let row = tok * row_stride..(tok + 1) * row_stride;
+            let q1 = on.f32s("qkv row", &qkv[row], &[1, row_stride]);
+            let table1 = &batch.block_tables[s * max_blocks..(s + 1) * max_blocks];
+            let table1 = on.u32s("table row", table1);
+            let seq1 = on.u32s("token_seq", &[0]);
+            let pos1 = on.u32s("positions", &[batch.positions[tok]]);
+            let out1 = on.f32s("out row", &rng.normals(q_dim, 1.0), &[1, q_dim]);
+            let bg1 = bind(&q1, &table1, &seq1, &pos1, &out1);
+            // Its own context sizes the grid: fewer partitions than the batch's.
+            let p1 = AttentionParams {
+                num_tokens: 1,
+                max_context_len: batch.positions[tok] as usize + 1,
+                ..p
+            };
+            on.run(|pass| attn.encode(pass, &bg1, &p1));
+            assert_bits_eq(
+                &format!(
+                    "{c:?} {kind:?} {mask:?}: token {tok} (seq {s}, position {}) alone vs in a \
+                     batch of {t}",
+                    batch.positions[tok]
+                ),
+                &on.read(&out1),
+                &gpu[tok * q_dim..(tok + 1) * q_dim],
+            );
+        }
+        results.push((gpu, want));
     }
-    alone.dedup();
-    for tok in alone {
-        let s = batch.token_seq[tok] as usize;
-        let row = tok * row_stride..(tok + 1) * row_stride;
-        let q1 = f32s("qkv row", &qkv[row], &[1, row_stride]);
-        let table1 = &batch.block_tables[s * max_blocks..(s + 1) * max_blocks];
-        let table1 = u32s("table row", table1);
-        let seq1 = u32s("token_seq", &[0]);
-        let pos1 = u32s("positions", &[batch.positions[tok]]);
-        let out1 = f32s("out row", &rng.normals(q_dim, 1.0), &[1, q_dim]);
-        let bg1 = bind(&q1, &table1, &seq1, &pos1, &out1);
-        // Its own context sizes the grid: fewer partitions than the batch's.
-        let p1 = AttentionParams {
-            num_tokens: 1,
-            max_context_len: batch.positions[tok] as usize + 1,
-            ..p
-        };
-        run(|pass| attn.encode(pass, &bg1, &p1));
-        assert_bits_eq(
-            &format!(
-                "{c:?} {kind:?}: token {tok} (seq {s}, position {}) alone vs in a batch of {t}",
-                batch.positions[tok]
-            ),
-            &read(&out1),
-            &gpu[tok * q_dim..(tok + 1) * q_dim],
-        );
-    }
-    (gpu, want)
+    results
 }
 
 fn check_paged_attention(cases: &[AttnCase]) {
@@ -706,6 +850,207 @@ fn serial_short_decode_batches_match_one_head_per_thread() {
             let kind = Variant::SerialForHeads;
             let (gpu, _) = paged_attention_case(seqs, c, kind, true, seed);
             assert_bits_eq(&format!("{c:?} {seqs:?} {kind:?}"), &gpu, &want_bits);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sliding windows and logit soft-caps
+
+/// Every form: the fixed kinds of [`VARIANTS`], the split kind with the model's partition, and
+/// what the runner builds on each test device (lavapipe: serial over textures, split over
+/// buffers).
+fn every_form() -> Vec<Variant> {
+    let mut forms = VARIANTS.to_vec();
+    forms.extend([
+        Variant::SplitForModel,
+        Variant::ForModel { other_forms: false },
+        Variant::ForModel { other_forms: true },
+    ]);
+    forms
+}
+
+/// Runs `masks` on `seqs` in `kind`, each against the reference; the results of masks whose
+/// window holds every context of the step (`at_least`) must be the no-window mask's bits.
+fn check_masks(
+    seqs: &[(usize, usize)],
+    c: AttnCase,
+    kind: Variant,
+    seed: u64,
+    masks: &[Mask],
+) -> Vec<Vec<f32>> {
+    let results = paged_attention_masked(seqs, c, kind, true, seed, masks);
+    let longest = seqs.iter().map(|&(len, _)| len).max().unwrap_or(0);
+    for (mask, (gpu, want)) in masks.iter().zip(&results) {
+        assert_close(&format!("{c:?} {kind:?} {mask:?}"), gpu, want, TOL);
+        let unwindowed = Mask {
+            window: None,
+            ..*mask
+        };
+        let whole = masks.iter().position(|m| *m == unwindowed);
+        if let (Some(w), Some(i)) = (mask.window, whole)
+            && w as usize >= longest
+        {
+            let what = format!("{c:?} {kind:?}: {mask:?} vs no window");
+            assert_bits_eq(&what, gpu, &results[i].0);
+        }
+    }
+    results.into_iter().map(|(gpu, _)| gpu).collect()
+}
+
+/// Windows against blocks of 4 and the split kinds' partitions of 16 and 70, on [`SEQS`]
+/// (contexts up to 130): one key, less than a block, one block, several (across partitions),
+/// a partition, past a 64-key tile, and every context or more (the bits of no window).
+const WINDOWS: [u32; 9] = [1, 3, 4, 11, 16, 37, 70, 130, 1000];
+
+#[test]
+fn sliding_windows_in_every_form() {
+    let mut masks = vec![Mask::default()];
+    masks.extend(WINDOWS.map(Mask::window));
+    for (i, kind) in every_form().into_iter().enumerate() {
+        // GQA (3 query heads a KV head) in blocks of 4.
+        check_masks(&SEQS, (4, 6, 2, 16, F16), kind, 200 + i as u64, &masks);
+    }
+    // SmolLM2's heads in blocks of 16, f32: windows inside a block, of one, and of several.
+    let masks = [
+        Mask::default(),
+        Mask::window(5),
+        Mask::window(16),
+        Mask::window(37),
+    ];
+    for (i, kind) in every_form().into_iter().enumerate() {
+        check_masks(&SEQS, (16, 9, 3, 64, F32), kind, 220 + i as u64, &masks);
+    }
+}
+
+#[test]
+fn softcaps_alone_and_with_windows_in_every_form() {
+    let softcap = |cap: f32, scale: f32, window: Option<u32>| Mask {
+        window,
+        softcap: Some(cap),
+        scale: Some(scale),
+    };
+    let masks = [
+        // Scores of about N(0, 4^2) capped at 1.5: most are deep in tanh's saturation.
+        softcap(1.5, 1.0, None),
+        // Gemma 2's cap of 50 with query_pre_attn_scalar 256's scale, 1 / 16.
+        softcap(50.0, 1.0 / 16.0, None),
+        softcap(3.0, 0.5, Some(5)),
+        softcap(3.0, 0.5, Some(37)),
+        // The same cap without and with a window past every context: the same bits.
+        softcap(2.0, 0.7, None),
+        softcap(2.0, 0.7, Some(200)),
+        // A scale alone (no cap, no window).
+        Mask {
+            scale: Some(0.9),
+            ..Mask::default()
+        },
+    ];
+    for (i, kind) in every_form().into_iter().enumerate() {
+        check_masks(&SEQS, (4, 6, 2, 16, F16), kind, 240 + i as u64, &masks);
+    }
+}
+
+#[test]
+fn attention_masks_are_checked() {
+    let p = AttentionParams {
+        num_tokens: 1,
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_dim: 2,
+        row_stride: 6,
+        block_size: 1,
+        max_blocks: 1,
+        scale: 1.0,
+        max_context_len: 1,
+        window: None,
+        softcap: None,
+    };
+    assert!(p.check().is_ok());
+    let with = |window, softcap| AttentionParams {
+        window,
+        softcap,
+        ..p
+    };
+    assert!(with(Some(1), Some(50.0)).check().is_ok());
+    assert!(with(Some(0), None).check().is_err(), "a window of 0 keys");
+    for cap in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(with(None, Some(cap)).check().is_err(), "soft-cap {cap}");
+    }
+}
+
+/// Windows over [`LONG_SEQS`] (contexts up to 700, partitions of 256 for the model's split
+/// kind, of 16 for the small one): one key; windows ending inside one partition (100), one
+/// partition exactly (256) and one past it (257), several (300, 600); every context (700).
+/// Partitions wholly before a token's window are not dispatched, and those that are hold keys.
+#[test]
+fn split_windows_skip_whole_partitions() {
+    let c = (16, 4, 2, 64, F16);
+    let mut masks = vec![Mask::default()];
+    masks.extend([1, 100, 256, 257, 300, 600, 700].map(Mask::window));
+    masks.push(Mask {
+        window: Some(300),
+        softcap: Some(5.0),
+        scale: None,
+    });
+    for (i, kind) in [
+        Variant::SplitForModel,
+        Variant::Split(16),
+        Variant::ForModel { other_forms: false },
+        Variant::ForModel { other_forms: true },
+        Variant::Workgroup,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_masks(&LONG_SEQS, c, kind, 260 + i as u64, &masks);
+    }
+}
+
+/// The serial kind's lane layouts with windows: prompts (workgroups of 8 tokens of one
+/// sequence share rows from the earliest of their windows, each token folding its own) and
+/// short decode batches (a token's heads share rows). Every tuning and the texture pools must
+/// give the bits of one head per thread reading privately.
+#[test]
+fn serial_windows_agree_bit_for_bit_across_lane_layouts() {
+    let masks = [
+        Mask::window(1),
+        Mask::window(3),
+        Mask::window(16),
+        Mask::window(19),
+        Mask {
+            window: Some(7),
+            softcap: Some(2.0),
+            scale: Some(0.8),
+        },
+    ];
+    let seq_sets: [&[(usize, usize)]; 3] = [&PROMPT_SEQS, DECODE_BATCHES[0], DECODE_BATCHES[1]];
+    for (i, c) in [(16, 9, 3, 64, F16), (4, 8, 2, 80, F32)]
+        .into_iter()
+        .enumerate()
+    {
+        let (_, nh, nkv, _, _) = c;
+        let group = SerialTuning::for_heads(nh, nkv).group;
+        for (j, seqs) in seq_sets.into_iter().enumerate() {
+            let seed = 280 + 10 * i as u64 + j as u64;
+            let private = Variant::SerialTuned {
+                group: 1,
+                shared: false,
+            };
+            let want = check_masks(seqs, c, private, seed, &masks);
+            for kind in [
+                Variant::SerialTuned {
+                    group,
+                    shared: true,
+                },
+                Variant::SerialTexture { blocks_per_row: 2 },
+            ] {
+                let got = paged_attention_masked(seqs, c, kind, true, seed, &masks);
+                for ((mask, (gpu, _)), want) in masks.iter().zip(&got).zip(&want) {
+                    let what = format!("{c:?} {seqs:?} {kind:?} {mask:?} vs private rows");
+                    assert_bits_eq(&what, gpu, want);
+                }
+            }
         }
     }
 }

@@ -20,6 +20,20 @@
 //! on its own position. Scratch: (max_tokens, num_heads, part_stride, 2 + head_dim) f32 with
 //! part_stride = ceil(max_context / partition) <= [`MAX_PARTITIONS`], shared by every bind group
 //! (the dispatches that use it run one after another).
+//!
+//! Every kind also takes, per dispatch ([`AttentionParams`]), a sliding window and a logit
+//! soft-cap. The window follows transformers (`sliding_window_overlay`: `kv_idx > q_idx -
+//! sliding_window`) and llama.cpp: a query at position p uses the keys j with p - j < window,
+//! i.e. j in [max(0, p + 1 - window), p], `window` keys counting its own (Mistral's 4096,
+//! Gemma 2/3's sliding layers). Every kind starts its walk at the window's first key, so keys
+//! before it are never read and a token costs O(min(p + 1, window)): the workgroup and serial
+//! kinds begin their key loop there (the serial kind's shared-row workgroups at their tokens'
+//! earliest window start), and the split kind numbers a token's partitions from the one holding
+//! the window's first key, dispatching at most as many per token as `window` keys can touch,
+//! so partitions wholly before the window are neither dispatched nor merged (the combine never
+//! sees an empty partition). The soft-cap (Gemma 2) turns each score s = scale * q . k into
+//! cap * tanh(s / cap) before the softmax. With neither, every kind computes exactly what it did
+//! without them, bit for bit.
 
 use crate::gpu::kernels::quant_texture::{texture_entry, unused_texture};
 use crate::gpu::kv_pool::{KvPool, KvStorage};
@@ -44,6 +58,60 @@ pub struct AttentionParams {
     /// Largest context (positions[t] + 1) of any token in the batch. Only sizes the split
     /// kind's grid (partitions per token); it must not be smaller than any token's context.
     pub max_context_len: usize,
+    /// Sliding-window attention: a query at position p uses only the keys at positions j with
+    /// p - j < window, i.e. j in [max(0, p + 1 - window), p] (`window` keys counting its own;
+    /// transformers' `kv_idx > q_idx - sliding_window`). None: every key j <= p. Must not be
+    /// Some(0). A window of at least the context changes nothing, bit for bit.
+    pub window: Option<u32>,
+    /// Attention logit soft-capping (Gemma 2's attn_logit_softcapping): each score
+    /// s = scale * q . k becomes softcap * tanh(s / softcap) before the softmax. None: scores
+    /// as they are. Must be finite and positive.
+    pub softcap: Option<f32>,
+}
+
+impl AttentionParams {
+    /// Refuses a window of 0 keys and a soft-cap that is not finite and positive (`encode`
+    /// panics on them: check first where they come from a file).
+    pub fn check(&self) -> Result<(), GpuError> {
+        let bad = |msg: String| {
+            Err(GpuError::Shape {
+                op: "paged_attention",
+                msg,
+            })
+        };
+        if self.window == Some(0) {
+            return bad("a sliding window of 0 keys".into());
+        }
+        if let Some(cap) = self.softcap
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return bad(format!("soft-cap {cap} must be finite and positive"));
+        }
+        Ok(())
+    }
+
+    /// The window and soft-cap as the kernels take them: 0 for none.
+    fn mask_words(&self) -> [u32; 2] {
+        if let Err(e) = self.check() {
+            panic!("{e}");
+        }
+        [
+            self.window.unwrap_or(0),
+            self.softcap.unwrap_or(0.0).to_bits(),
+        ]
+    }
+}
+
+/// Partitions of `partition` keys the split kind dispatches per (token, head) for a batch whose
+/// longest context is `max_context_len`: enough for that context and, with a window, no more
+/// than `window` consecutive keys can touch (ceil((window - 1) / partition) + 1), since a
+/// token's partitions are numbered from the one holding its window's first key.
+fn split_parts(max_context_len: usize, partition: usize, window: Option<u32>) -> usize {
+    let all = max_context_len.div_ceil(partition);
+    match window {
+        Some(w) if w > 0 => all.min((w as usize - 1).div_ceil(partition) + 1),
+        _ => all,
+    }
 }
 
 /// How the attention work is spread over threads.
@@ -526,6 +594,7 @@ impl PagedAttention {
         p: &AttentionParams,
     ) {
         assert_eq!(p.head_dim, self.head_dim, "paged_attention: head_dim");
+        let mask = p.mask_words();
         let imm = [
             p.num_tokens as u32,
             p.num_heads as u32,
@@ -548,19 +617,22 @@ impl PagedAttention {
                     p.num_heads,
                     p.max_context_len
                 );
-                let parts = p.max_context_len.div_ceil(s.partition);
+                let parts = split_parts(p.max_context_len, s.partition, p.window);
                 let mut split_imm = imm.to_vec();
                 split_imm.extend([parts as u32, s.part_stride as u32]);
+                split_imm.extend(mask);
                 self.kernel
                     .dispatch(pass, bg, &split_imm, grid_2d((items * parts) as u32));
                 if parts <= 1 {
-                    // Every token fits in one partition: the split kernel wrote `out` itself.
+                    // Every token's keys fit in one partition: the split kernel wrote `out`
+                    // itself.
                     return;
                 }
                 let combine_imm = [
                     p.num_tokens as u32,
                     p.num_heads as u32,
                     s.part_stride as u32,
+                    mask[0],
                 ];
                 let threads = items * p.head_dim;
                 s.combine.dispatch(
@@ -600,13 +672,20 @@ impl PagedAttention {
                         p.num_tokens * p.num_kv_heads * per_kv.div_ceil(SERIAL_WG),
                     ),
                 };
-                let mut serial_imm = [0u32; 9];
+                let mut serial_imm = [0u32; 11];
                 serial_imm[..7].copy_from_slice(&imm);
                 serial_imm[7] = lanes as u32;
                 serial_imm[8] = serial.storage.row_slots();
+                serial_imm[9..].copy_from_slice(&mask);
                 kernel.dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
             }
-            _ => self.kernel.dispatch(pass, bg, &imm, grid_2d(items as u32)),
+            _ => {
+                let mut wg_imm = [0u32; 9];
+                wg_imm[..7].copy_from_slice(&imm);
+                wg_imm[7..].copy_from_slice(&mask);
+                self.kernel
+                    .dispatch(pass, bg, &wg_imm, grid_2d(items as u32))
+            }
         }
     }
 }
@@ -622,7 +701,9 @@ fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
 }
 
 /// Causal attention computed from contiguous per-sequence K/V (`keys[s]`, `values[s]`, each
-/// (len, kv_dim)), independent of any block layout: the paged kernel must equal this.
+/// (len, kv_dim)), independent of any block layout: the paged kernel must equal this. In f64,
+/// with `p.window` (only the keys j with position - j < window) and `p.softcap`
+/// (cap * tanh(score / cap)).
 pub fn reference(
     q_rows: &[f32],
     keys: &[Vec<f32>],
@@ -638,17 +719,24 @@ pub fn reference(
     for t in 0..p.num_tokens {
         let s = token_seq[t] as usize;
         let ctx = positions[t] as usize + 1;
+        // The keys the token uses: lo..ctx.
+        let lo = p.window.map_or(0, |w| ctx.saturating_sub(w as usize));
         for h in 0..p.num_heads {
             let kvh = h / group;
             let q = &q_rows[t * p.row_stride + h * hd..t * p.row_stride + (h + 1) * hd];
-            let scores: Vec<f64> = (0..ctx)
+            let scores: Vec<f64> = (lo..ctx)
                 .map(|j| {
                     let k = &keys[s][j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    q.iter()
+                    let score = q
+                        .iter()
                         .zip(k)
                         .map(|(a, b)| *a as f64 * *b as f64)
                         .sum::<f64>()
-                        * p.scale as f64
+                        * p.scale as f64;
+                    match p.softcap {
+                        Some(cap) => cap as f64 * (score / cap as f64).tanh(),
+                        None => score,
+                    }
                 })
                 .collect();
             let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
@@ -656,7 +744,7 @@ pub fn reference(
             let sum: f64 = e.iter().sum();
             for d in 0..hd {
                 let mut a = 0f64;
-                for (j, w) in e.iter().enumerate() {
+                for (j, w) in (lo..ctx).zip(&e) {
                     a += w * values[s][j * kv_dim + kvh * hd + d] as f64;
                 }
                 out[t * p.num_heads * hd + h * hd + d] = (a / sum) as f32;

@@ -7,7 +7,7 @@ use super::{
     STAGING_LABELS, StepTiming, f32_buffer, logits, matmul_input, positions, quant_kernel,
     u32_buffer,
 };
-use crate::gpu::graph::{Act, AttentionOptions, Graph, Op, Rows};
+use crate::gpu::graph::{Act, Graph, Op, Rows};
 use crate::gpu::kernels::attention::SplitLimits;
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
 use crate::gpu::kernels::{
@@ -503,22 +503,6 @@ impl Runner {
                         &k_pools[*layer],
                         &v_pools[*layer],
                     )),
-                    Op::Attention {
-                        params:
-                            AttentionOptions {
-                                window: Some(_), ..
-                            }
-                            | AttentionOptions {
-                                softcap: Some(_), ..
-                            },
-                        ..
-                    } => {
-                        return Err(GpuError::Shape {
-                            op: "attention",
-                            msg: "sliding windows and soft-capped scores are not in the attention kernels yet"
-                                .into(),
-                        });
-                    }
                     Op::Attention {
                         qkv,
                         layer,

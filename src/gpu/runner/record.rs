@@ -165,6 +165,8 @@ impl Runner {
                             block_size: self.rc.block_size,
                             max_blocks: shape.block_cols,
                             scale: params.scale,
+                            window: params.window.map(|w| w.min(u32::MAX as usize) as u32),
+                            softcap: params.softcap,
                             max_context_len: shape.max_context_len,
                         };
                         k.attention.encode(rec.pass("attention"), bg, &p)
