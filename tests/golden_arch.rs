@@ -154,3 +154,18 @@ fn phi3_gguf_matches_transformers() {
     check(&model, &golden, WeightDType::F32);
     check(&model, &golden, WeightDType::F16);
 }
+
+#[test]
+fn mistral_hf_matches_transformers() {
+    hf_family("tiny-mistral");
+}
+
+#[test]
+fn gemma2_hf_matches_transformers() {
+    hf_family("tiny-gemma2");
+}
+
+#[test]
+fn gemma3_hf_matches_transformers() {
+    hf_family("tiny-gemma3");
+}
