@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{GgufMetadata, LoadError, MetaValue, RawTensor, TensorDType, TensorSource};
+use super::{
+    GgufMetadata, LoadError, MetaValue, PackedArray, RawTensor, TensorDType, TensorSource,
+};
 
 const MAGIC: [u8; 4] = *b"GGUF";
 /// `GGML_MAX_DIMS`: llama.cpp refuses more.
@@ -543,6 +545,19 @@ impl<'a> Parser<'a> {
                     }
                 };
                 let n = self.count(min_bytes, &format!("element count of `{key}`"))?;
+                // Small numbers stay packed: one byte of file must not become 32 of memory.
+                if let Some(w) = PackedArray::width(elem_ty).filter(|_| n > 0) {
+                    let what = format!("elements of `{key}`");
+                    let bytes = self.bytes(n * w, &what)?.to_vec();
+                    if elem_ty == 7 {
+                        if let Some(b) = bytes.iter().find(|b| **b > 1) {
+                            return Err(self.malformed(format!("`{key}`: bool byte is {b}")));
+                        }
+                    }
+                    return PackedArray::new(elem_ty, bytes)
+                        .map(MetaValue::Packed)
+                        .ok_or_else(|| self.malformed(format!("`{key}`: a partial element")));
+                }
                 let mut items = Vec::with_capacity(n.min(MAX_PREALLOC));
                 for _ in 0..n {
                     items.push(self.value(elem_ty, key, depth + 1)?);

@@ -19,9 +19,72 @@ pub enum MetaValue {
     Bool(bool),
     String(String),
     Array(Vec<MetaValue>),
+    /// An array of 1- or 2-byte numbers or bools, packed (see [`PackedArray`]).
+    Packed(PackedArray),
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+/// An array of u8, i8, u16, i16 or bool values kept as the file's little-endian bytes: an
+/// element costs its own width rather than a whole [`MetaValue`] (32 bytes), so a hostile
+/// file's megabytes of one-byte elements take megabytes, not gigabytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedArray {
+    /// The GGUF element type: 0 u8, 1 i8, 2 u16, 3 i16, 7 bool.
+    elem_type: u32,
+    bytes: Vec<u8>,
+}
+
+impl PackedArray {
+    /// Bytes per element of a packable GGUF type, or `None` for the others.
+    pub fn width(elem_type: u32) -> Option<usize> {
+        match elem_type {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// `bytes` hold whole little-endian elements of `elem_type` (a packable type).
+    pub fn new(elem_type: u32, bytes: Vec<u8>) -> Option<PackedArray> {
+        let w = Self::width(elem_type)?;
+        (bytes.len() % w == 0).then_some(PackedArray { elem_type, bytes })
+    }
+
+    pub fn elem_type(&self) -> u32 {
+        self.elem_type
+    }
+
+    /// The elements' little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / Self::width(self.elem_type).unwrap_or(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Element `i` as a value.
+    pub fn get(&self, i: usize) -> Option<MetaValue> {
+        let w = Self::width(self.elem_type)?;
+        let b = self.bytes.get(i * w..(i + 1) * w)?;
+        Some(match self.elem_type {
+            0 => MetaValue::U8(b[0]),
+            1 => MetaValue::I8(b[0] as i8),
+            2 => MetaValue::U16(u16::from_le_bytes([b[0], b[1]])),
+            3 => MetaValue::I16(i16::from_le_bytes([b[0], b[1]])),
+            _ => MetaValue::Bool(b[0] != 0),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = MetaValue> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
 }
 
 impl MetaValue {
@@ -74,9 +137,27 @@ impl MetaValue {
         }
     }
 
+    /// The elements of an array of strings, wider numbers or arrays (a [`PackedArray`] of
+    /// small numbers is read with [`MetaValue::as_packed`]).
     pub fn as_array(&self) -> Option<&[MetaValue]> {
         match self {
             MetaValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_packed(&self) -> Option<&PackedArray> {
+        match self {
+            MetaValue::Packed(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Elements of an array of any kind.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            MetaValue::Array(a) => Some(a.len()),
+            MetaValue::Packed(a) => Some(a.len()),
             _ => None,
         }
     }
@@ -93,7 +174,7 @@ impl MetaValue {
             MetaValue::F32(_) => "f32",
             MetaValue::Bool(_) => "bool",
             MetaValue::String(_) => "string",
-            MetaValue::Array(_) => "array",
+            MetaValue::Array(_) | MetaValue::Packed(_) => "array",
             MetaValue::U64(_) => "u64",
             MetaValue::I64(_) => "i64",
             MetaValue::F64(_) => "f64",
@@ -167,8 +248,9 @@ impl GgufMetadata {
 
     /// An array of integers (e.g. `tokenizer.ggml.token_type`).
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>, MetaError> {
-        self.typed(key, "an array of integers", |v| {
-            v.as_array()?.iter().map(MetaValue::as_i64).collect()
+        self.typed(key, "an array of integers", |v| match v {
+            MetaValue::Packed(p) => p.iter().map(|x| x.as_i64()).collect(),
+            _ => v.as_array()?.iter().map(MetaValue::as_i64).collect(),
         })
     }
 

@@ -15,7 +15,7 @@ pub mod hf;
 
 use std::path::PathBuf;
 
-pub use gguf_meta::{GgufMetadata, MetaError, MetaValue};
+pub use gguf_meta::{GgufMetadata, MetaError, MetaValue, PackedArray};
 
 /// Element type of a stored tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -181,6 +181,17 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<Tokenizer, TokenizerError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // A merge must join two tokens into a third; one naming a string outside the vocabulary
+    // could never apply (and makes the BPE builder panic), so it is dropped with a warning.
+    let (merges, unknown): (Vec<_>, Vec<_>) = merges.into_iter().partition(|(a, b)| {
+        vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}"))
+    });
+    if let Some((a, b)) = unknown.first() {
+        log::warn!(
+            "GGUF vocabulary: {} merges name strings outside the vocabulary (first: {a:?} {b:?}); dropped",
+            unknown.len()
+        );
+    }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(scheme.ignore_merges())

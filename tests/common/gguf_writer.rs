@@ -34,7 +34,7 @@ pub fn value_type_id(v: &MetaValue) -> u32 {
         MetaValue::F32(_) => 6,
         MetaValue::Bool(_) => 7,
         MetaValue::String(_) => 8,
-        MetaValue::Array(_) => 9,
+        MetaValue::Array(_) | MetaValue::Packed(_) => 9,
         MetaValue::U64(_) => 10,
         MetaValue::I64(_) => 11,
         MetaValue::F64(_) => 12,
@@ -244,6 +244,11 @@ impl W {
                 for it in items {
                     self.payload(owner, it);
                 }
+            }
+            MetaValue::Packed(p) => {
+                self.field(FieldKind::TypeTag, owner, &p.elem_type().to_le_bytes());
+                self.field(FieldKind::ArrayCount, owner, &(p.len() as u64).to_le_bytes());
+                self.b.extend_from_slice(p.bytes());
             }
             MetaValue::U64(x) => self.field(I, owner, &x.to_le_bytes()),
             MetaValue::I64(x) => self.field(I, owner, &x.to_le_bytes()),

@@ -215,10 +215,19 @@ pub fn all_value_types() -> Vec<(&'static str, MetaValue)> {
         (
             "t.nested",
             Array(vec![
-                Array(vec![U16(1), U16(2)]),
-                Array(vec![U16(3)]),
+                Array(vec![U32(1), U32(2)]),
+                Array(vec![U32(3)]),
                 Array(vec![]),
             ]),
+        ),
+        // 1- and 2-byte elements stay packed in memory.
+        (
+            "t.u8_array",
+            Packed(wllm::loader::PackedArray::new(0, vec![1, 2, 255]).unwrap()),
+        ),
+        (
+            "t.i16_array",
+            Packed(wllm::loader::PackedArray::new(3, vec![0xff, 0xff, 7, 0]).unwrap()),
         ),
     ]
 }
