@@ -1,8 +1,10 @@
 //! The architectures people run, against transformers (tests/fixtures/arch/, see its README):
 //! random-weight checkpoints of each family in Hugging Face layout and, where llama.cpp's
-//! converter can write them, as GGUF. Teacher-forced logits over the reference's greedy
+//! converter can write them, as GGUF. The checkpoints are compared with `golden.stored.json`
+//! (transformers on exactly their stored f16 weights; the shipped `golden.json` ran on other
+//! weights and is off by up to 2.5e-2, see scripts/make_arch_goldens.py). Teacher-forced logits over the reference's greedy
 //! continuation: every difference `logit[top1] − logit[id]` over the reference top-8 within
-//! the tolerance (f32: 2e-3; f16 weights and activations: 0.05), and the same top-1 wherever
+//! the tolerance (f32: 5e-4, measured ≤ 1.3e-5 on lavapipe; f16 weights and activations: 0.05), and the same top-1 wherever
 //! the reference's top-1/top-2 margin exceeds 0.3 (random models have small margins, so
 //! greedy ids are not required to match). Then the batch-invariance check: the greedy
 //! continuations of all six prompts decoded together, in small chunks and with preemption,
@@ -19,7 +21,7 @@ use wllm::{Engine, EngineConfig, Generator, ModelOptions, Prompt, Request, Weigh
 fn check(model: &Path, golden: &Path, dtype: WeightDType) {
     let golden = read_json(golden);
     let tol = match dtype {
-        WeightDType::F32 => 2e-3,
+        WeightDType::F32 => 5e-4,
         _ => 0.05,
     };
     let mut opts = ModelOptions::new(model);
@@ -94,24 +96,29 @@ fn batch_invariant(model: &Path, golden: &Path) {
     // six sequences cannot all stay resident.
     let tight = engine(16, Some(12));
     let got: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|p| s.spawn(|| run(&tight, p)))
-            .collect();
+        let handles: Vec<_> = prompts.iter().map(|p| s.spawn(|| run(&tight, p))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(got, want, "{}: batched output differs from alone", model.display());
+    assert_eq!(
+        got,
+        want,
+        "{}: batched output differs from alone",
+        model.display()
+    );
 }
 
 fn hf(dir: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let d = fixtures().join("arch").join(dir);
-    let golden = d.join("golden.json");
+    let golden = d.join("golden.stored.json");
     (d, golden)
 }
 
 fn gguf(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let d = fixtures().join("arch/gguf");
-    (d.join(format!("{name}.gguf")), d.join(format!("{name}.golden.json")))
+    (
+        d.join(format!("{name}.gguf")),
+        d.join(format!("{name}.golden.json")),
+    )
 }
 
 fn hf_family(dir: &str) {

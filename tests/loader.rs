@@ -325,7 +325,10 @@ fn gguf_synthetic_config_defaults_and_rejections() {
         .build();
     let cfg = ModelConfig::from_gguf(&open_bytes("cfg", &b).unwrap()).unwrap();
     assert_eq!((cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads), (3, 2, 2));
-    assert_eq!((cfg.head_dim, cfg.rope.as_ref().unwrap().theta), (4, 10000.0));
+    assert_eq!(
+        (cfg.head_dim, cfg.rope.as_ref().unwrap().theta),
+        (4, 10000.0)
+    );
     assert_eq!(cfg.rope.as_ref().unwrap().style, RopeStyle::Interleaved);
     assert!(!cfg.tie_word_embeddings);
 

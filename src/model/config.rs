@@ -66,7 +66,9 @@ pub struct RopeConfig {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (HF `linear`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth ramp
     /// between (HF `llama3`).
     Llama3 {
@@ -263,4 +265,3 @@ pub(super) fn resolve_head_dim(
     }
     Ok(hidden / heads)
 }
-

@@ -27,12 +27,11 @@ impl ModelConfig {
             msg,
         };
         let arch_name = file.architecture()?;
-        let arch = Architecture::from_gguf(arch_name).ok_or_else(|| {
-            LoadError::UnknownArchitecture {
+        let arch =
+            Architecture::from_gguf(arch_name).ok_or_else(|| LoadError::UnknownArchitecture {
                 path: file.path.clone(),
                 arch: arch_name.to_string(),
-            }
-        })?;
+            })?;
         let m = &file.metadata;
         let key = |k: &str| format!("{arch_name}.{k}");
         let opt_size = |k: &str, cap: usize| -> Result<Option<usize>, LoadError> {

@@ -114,7 +114,11 @@ fn decoder(c: &Json, arch: Architecture) -> Result<ModelConfig, LoadError> {
             let types = types
                 .as_array()
                 .filter(|t| t.len() == num_layers)
-                .ok_or_else(|| c.err(format!("`layer_types` is not a list of {num_layers} layer types")))?;
+                .ok_or_else(|| {
+                    c.err(format!(
+                        "`layer_types` is not a list of {num_layers} layer types"
+                    ))
+                })?;
             types
                 .iter()
                 .map(|t| match (t.as_str(), window) {
@@ -155,7 +159,9 @@ fn decoder(c: &Json, arch: Architecture) -> Result<ModelConfig, LoadError> {
     let attn_scale = match (gemma, c.opt_f64("query_pre_attn_scalar")?) {
         (true, Some(s)) => (1.0 / s.sqrt()) as f32,
         (false, Some(_)) => {
-            return Err(c.err(format!("`query_pre_attn_scalar` is not used by {arch:?} models")));
+            return Err(c.err(format!(
+                "`query_pre_attn_scalar` is not used by {arch:?} models"
+            )));
         }
         _ => 1.0 / (head_dim as f32).sqrt(),
     };
@@ -208,17 +214,22 @@ fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, Loa
     } else {
         (params, None)
     };
-    let theta_of = |p: Option<&serde_json::Value>, top: &str, default: f64| -> Result<f64, LoadError> {
-        match (p.and_then(|p| p.get("rope_theta")), c.opt_f64(top)?) {
-            (Some(v), _) => v.as_f64().ok_or_else(|| c.err(format!("`rope_theta` is {v}, expected a number"))),
-            (None, Some(t)) => Ok(t),
-            (None, None) => Ok(default),
-        }
-    };
+    let theta_of =
+        |p: Option<&serde_json::Value>, top: &str, default: f64| -> Result<f64, LoadError> {
+            match (p.and_then(|p| p.get("rope_theta")), c.opt_f64(top)?) {
+                (Some(v), _) => v
+                    .as_f64()
+                    .ok_or_else(|| c.err(format!("`rope_theta` is {v}, expected a number"))),
+                (None, Some(t)) => Ok(t),
+                (None, None) => Ok(default),
+            }
+        };
     let theta = theta_of(global, "rope_theta", 10000.0)?;
     let local_theta = match (per_type, arch) {
         (true, _) => Some(theta_of(local, "rope_local_base_freq", 10000.0)?),
-        (false, Architecture::Gemma3) => Some(c.opt_f64("rope_local_base_freq")?.unwrap_or(10000.0)),
+        (false, Architecture::Gemma3) => {
+            Some(c.opt_f64("rope_local_base_freq")?.unwrap_or(10000.0))
+        }
         _ => None,
     };
     if local.is_some_and(|l| scaling_of(c, l).is_ok_and(|s| s != RopeScaling::None)) {
@@ -233,14 +244,23 @@ fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, Loa
         },
     };
     let factor = match global.and_then(|p| p.get("partial_rotary_factor")) {
-        Some(v) => Some(v.as_f64().ok_or_else(|| c.err("`partial_rotary_factor` is not a number".into()))?),
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| c.err("`partial_rotary_factor` is not a number".into()))?,
+        ),
         None => c.opt_f64("partial_rotary_factor")?,
     };
     let rotary_dim = match factor {
         None => head_dim,
-        Some(f) if f > 0.0 && f <= 1.0 && arch == Architecture::Phi3 => (head_dim as f64 * f) as usize,
+        Some(f) if f > 0.0 && f <= 1.0 && arch == Architecture::Phi3 => {
+            (head_dim as f64 * f) as usize
+        }
         Some(f) if f == 1.0 => head_dim,
-        Some(f) => return Err(c.err(format!("`partial_rotary_factor` {f} is not supported for {arch:?} models"))),
+        Some(f) => {
+            return Err(c.err(format!(
+                "`partial_rotary_factor` {f} is not supported for {arch:?} models"
+            )));
+        }
     };
     Ok(RopeConfig {
         theta: theta as f32,
@@ -266,26 +286,45 @@ fn scaling_of(c: &Json, s: &serde_json::Value) -> Result<RopeScaling, LoadError>
         if v.is_finite() && v > 0.0 {
             Ok(v as f32)
         } else {
-            Err(c.err(format!("RoPE scaling `{kind}`: `{k}` = {v} is not a positive number")))
+            Err(c.err(format!(
+                "RoPE scaling `{kind}`: `{k}` = {v} is not a positive number"
+            )))
         }
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
         "llama3" => {
             let original = s
                 .get("original_max_position_embeddings")
                 .and_then(|v| v.as_u64())
-                .ok_or_else(|| c.err("RoPE scaling `llama3` needs `original_max_position_embeddings`".into()))?;
+                .ok_or_else(|| {
+                    c.err("RoPE scaling `llama3` needs `original_max_position_embeddings`".into())
+                })?;
             let scaling = RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
                 high_freq_factor: num("high_freq_factor")?,
-                original_context: capped(original, "original_max_position_embeddings", MAX_CONTEXT, c.path)?,
+                original_context: capped(
+                    original,
+                    "original_max_position_embeddings",
+                    MAX_CONTEXT,
+                    c.path,
+                )?,
             };
-            if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling {
+            if let RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = scaling
+            {
                 if high_freq_factor <= low_freq_factor {
-                    return Err(c.err("RoPE scaling `llama3`: high_freq_factor must exceed low_freq_factor".into()));
+                    return Err(c.err(
+                        "RoPE scaling `llama3`: high_freq_factor must exceed low_freq_factor"
+                            .into(),
+                    ));
                 }
             }
             Ok(scaling)

@@ -18,8 +18,18 @@ pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Result<Graph, Model
         path: Default::default(),
         msg: format!("{:?} needs rotary positions", cfg.arch),
     })?;
-    let mut g = Graph::new(cfg.vocab_size, cfg.max_context, cfg.num_layers, heads, w.dtype);
-    let global_rope = g.rotary(rope::rotary(rope_cfg, false, w.rope_freq_factors.as_deref()));
+    let mut g = Graph::new(
+        cfg.vocab_size,
+        cfg.max_context,
+        cfg.num_layers,
+        heads,
+        w.dtype,
+    );
+    let global_rope = g.rotary(rope::rotary(
+        rope_cfg,
+        false,
+        w.rope_freq_factors.as_deref(),
+    ));
     let local_rope = match rope_cfg.local_theta {
         Some(_) => g.rotary(rope::rotary(rope_cfg, true, None)),
         None => global_rope,
@@ -58,7 +68,10 @@ pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Result<Graph, Model
         let wo = g.matrix(lw.o.w);
         let w_gate_up = g.matrix(lw.up.w);
         let w_down = g.matrix(lw.down.w);
-        let qk_norm = lw.q_norm.zip(lw.k_norm).map(|(q, k)| (g.vector(q), g.vector(k)));
+        let qk_norm = lw
+            .q_norm
+            .zip(lw.k_norm)
+            .map(|(q, k)| (g.vector(q), g.vector(k)));
         let post_attn = lw.post_attn_norm.map(|n| g.vector(n.w));
         let post_mlp = lw.post_mlp_norm.map(|n| g.vector(n.w));
 
@@ -67,7 +80,11 @@ pub(crate) fn forward(cfg: &ModelConfig, w: ModelWeights) -> Result<Graph, Model
         if let Some((qn, kn)) = qk_norm {
             g.qk_norm(qkv, qn, kn, eps); // q, k = per-head rmsnorm (Qwen3, Gemma 3)
         }
-        let rotary = if window.is_some() { local_rope } else { global_rope };
+        let rotary = if window.is_some() {
+            local_rope
+        } else {
+            global_rope
+        };
         g.rope_kv_write(qkv, l, rotary); // rotate q, k; cache k, v
         let opts = AttentionOptions {
             scale: cfg.attn_scale,

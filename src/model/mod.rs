@@ -11,9 +11,7 @@ mod rope;
 mod tensors;
 pub mod weights;
 
-pub use config::{
-    Architecture, MlpActivation, ModelConfig, RopeConfig, RopeScaling, RopeStyle,
-};
+pub use config::{Architecture, MlpActivation, ModelConfig, RopeConfig, RopeScaling, RopeStyle};
 pub use weights::{ModelFiles, ModelWeights, load_weights};
 
 use crate::gpu::graph::Graph;

@@ -235,7 +235,12 @@ fn dim_checks(cfg: &ModelConfig, names: &Naming) -> Vec<DimCheck> {
             checks.extend([
                 check(names.role(0, Role::Q), 0, Size::QDim, cfg.q_dim()),
                 check(names.role(0, Role::K), 0, Size::KvDim, cfg.kv_dim()),
-                check(names.role(0, Role::Gate), 0, Size::Inner, cfg.intermediate_size),
+                check(
+                    names.role(0, Role::Gate),
+                    0,
+                    Size::Inner,
+                    cfg.intermediate_size,
+                ),
             ]);
         }
     }
@@ -286,7 +291,10 @@ impl Role {
             Role::QNorm => ("attn_q_norm.weight", "self_attn.q_norm.weight"),
             Role::KNorm => ("attn_k_norm.weight", "self_attn.k_norm.weight"),
             Role::O => ("attn_output.weight", "self_attn.o_proj.weight"),
-            Role::PostAttnNorm => ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+            Role::PostAttnNorm => (
+                "post_attention_norm.weight",
+                "post_attention_layernorm.weight",
+            ),
             // Gemma's `post_attention_layernorm` is the sandwich norm; its MLP's is `pre_feedforward`.
             Role::MlpNorm if gemma => ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
             Role::MlpNorm => ("ffn_norm.weight", "post_attention_layernorm.weight"),

@@ -223,7 +223,13 @@ impl Uploader<'_> {
     /// A norm weight or bias, uploaded as f32.
     fn vector(&mut self, name: &str, len: usize) -> Result<GpuTensor, ModelError> {
         let v = self.floats(name, len)?;
-        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+        Ok(GpuTensor::from_f32(
+            self.ctx,
+            name,
+            &v,
+            &[len],
+            WeightDType::F32,
+        )?)
     }
 
     /// A norm weight with `offset` added to each element (Hugging Face Gemma's `1 + w`).
@@ -232,7 +238,13 @@ impl Uploader<'_> {
         if offset != 0.0 {
             v.iter_mut().for_each(|w| *w += offset);
         }
-        Ok(GpuTensor::from_f32(self.ctx, name, &v, &[len], WeightDType::F32)?)
+        Ok(GpuTensor::from_f32(
+            self.ctx,
+            name,
+            &v,
+            &[len],
+            WeightDType::F32,
+        )?)
     }
 
     /// Several vectors end to end in one (the q, k and v biases of a fused projection).
@@ -241,7 +253,13 @@ impl Uploader<'_> {
         for (name, len) in parts {
             v.extend(self.floats(name, *len)?);
         }
-        Ok(GpuTensor::from_f32(self.ctx, label, &v, &[v.len()], WeightDType::F32)?)
+        Ok(GpuTensor::from_f32(
+            self.ctx,
+            label,
+            &v,
+            &[v.len()],
+            WeightDType::F32,
+        )?)
     }
 
     /// A norm weight or bias as f32: stored as floats (llama.cpp writes them as F32; a
@@ -390,7 +408,11 @@ fn load_decoder(
         let qkv_bias = if cfg.qkv_bias {
             Some(up.vectors(
                 &format!("layer{i}.qkv bias"),
-                &[(&n(Role::QBias), q), (&n(Role::KBias), kv), (&n(Role::VBias), kv)],
+                &[
+                    (&n(Role::QBias), q),
+                    (&n(Role::KBias), kv),
+                    (&n(Role::VBias), kv),
+                ],
             )?)
         } else {
             None

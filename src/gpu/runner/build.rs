@@ -454,7 +454,9 @@ impl Runner {
                         act: *act,
                     },
                     Op::QkNorm { qkv, q_w, k_w, eps } => Dispatch::QkNorm {
-                        bg: kernels.qk_norm.bind(ctx, buf(*qkv), vector(*q_w), vector(*k_w)),
+                        bg: kernels
+                            .qk_norm
+                            .bind(ctx, buf(*qkv), vector(*q_w), vector(*k_w)),
                         eps: *eps,
                     },
                     Op::Scale { x, c } => Dispatch::Scale {

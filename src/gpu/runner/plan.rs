@@ -101,8 +101,8 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
                 act: GateActivation::Silu,
                 ..
             }) if *x == out
-                    && reads_after(ops, i, out) == 1
-                    && fused_glu_format(&g.matrices[w.0]).is_some() =>
+                && reads_after(ops, i, out) == 1
+                && fused_glu_format(&g.matrices[w.0]).is_some() =>
             {
                 Some(i + 1)
             }

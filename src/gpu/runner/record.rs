@@ -83,12 +83,7 @@ impl Runner {
                         };
                         k.qk_norm.encode(rec.pass("q/k norm"), bg, &p)
                     }
-                    Dispatch::Scale {
-                        bg,
-                        rows,
-                        width,
-                        c,
-                    } => {
+                    Dispatch::Scale { bg, rows, width, c } => {
                         let rows = rows_of(*rows);
                         if rows > 0 {
                             k.scale.encode(rec.pass("scale"), bg, rows, *width, *c)
@@ -102,7 +97,8 @@ impl Runner {
                     } => {
                         let rows = rows_of(*rows);
                         if rows > 0 {
-                            k.softcap.encode(rec.pass("soft-cap"), bg, rows, *width, *cap)
+                            k.softcap
+                                .encode(rec.pass("soft-cap"), bg, rows, *width, *cap)
                         }
                     }
                     Dispatch::LayerNorm {
@@ -144,8 +140,12 @@ impl Runner {
                             max_positions: self.max_positions,
                             style: *style,
                         };
-                        k.rope_kv_write
-                            .encode_partial(rec.pass("rope+kv_write"), bg, &p, *rotary_dim)
+                        k.rope_kv_write.encode_partial(
+                            rec.pass("rope+kv_write"),
+                            bg,
+                            &p,
+                            *rotary_dim,
+                        )
                     }
                     Dispatch::KvWrite(bg) => k.kv_write.encode(
                         rec.pass("kv_write"),
