@@ -247,7 +247,11 @@ impl W {
             }
             MetaValue::Packed(p) => {
                 self.field(FieldKind::TypeTag, owner, &p.elem_type().to_le_bytes());
-                self.field(FieldKind::ArrayCount, owner, &(p.len() as u64).to_le_bytes());
+                self.field(
+                    FieldKind::ArrayCount,
+                    owner,
+                    &(p.len() as u64).to_le_bytes(),
+                );
                 self.b.extend_from_slice(p.bytes());
             }
             MetaValue::U64(x) => self.field(I, owner, &x.to_le_bytes()),
