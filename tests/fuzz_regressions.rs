@@ -209,7 +209,9 @@ mod seeds {
     }
 
     fn fixture(rel: &str) -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(rel);
         p.exists().then_some(p)
     }
 
