@@ -7,21 +7,35 @@ use crate::gpu::pipeline::{Kernel, SCALE, SOFTCAP};
 
 use super::groups_for;
 
-/// x *= c in place. Bit-exact: one correctly rounded f32 multiply per element.
-pub struct Scale {
+/// One in-place kernel over the first `rows · cols` floats of x with one f32 parameter.
+struct InPlace {
     kernel: Kernel,
 }
 
+impl InPlace {
+    fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer) -> wgpu::BindGroup {
+        self.kernel.bind(ctx, &[x])
+    }
+
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, len: usize, p: f32) {
+        self.kernel
+            .dispatch(pass, bg, &[len as u32, p.to_bits()], groups_for(len, 256));
+    }
+}
+
+/// x *= c in place. Bit-exact: one correctly rounded f32 multiply per element.
+pub struct Scale(InPlace);
+
 impl Scale {
     pub fn new(ctx: &GpuContext) -> Self {
-        Self {
+        Self(InPlace {
             kernel: Kernel::new(ctx, SCALE, &[]),
-        }
+        })
     }
 
     /// `x` holds at least rows · cols floats (rows of cols, contiguous).
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer) -> wgpu::BindGroup {
-        self.kernel.bind(ctx, &[x])
+        self.0.bind(ctx, x)
     }
 
     /// The first rows · cols floats of x times `c`.
@@ -33,28 +47,24 @@ impl Scale {
         cols: usize,
         c: f32,
     ) {
-        let len = rows * cols;
-        let imm = [len as u32, c.to_bits()];
-        self.kernel.dispatch(pass, bg, &imm, groups_for(len, 256));
+        self.0.encode(pass, bg, rows * cols, c);
     }
 }
 
 /// x = cap · tanh(x / cap) in place, with a tanh that stays within a few ulps over all of f32
 /// and never gives NaN for finite x (see softcap.wgsl).
-pub struct SoftCap {
-    kernel: Kernel,
-}
+pub struct SoftCap(InPlace);
 
 impl SoftCap {
     pub fn new(ctx: &GpuContext) -> Self {
-        Self {
+        Self(InPlace {
             kernel: Kernel::new(ctx, SOFTCAP, &[]),
-        }
+        })
     }
 
     /// `x` holds at least rows · cols floats (rows of cols, contiguous).
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer) -> wgpu::BindGroup {
-        self.kernel.bind(ctx, &[x])
+        self.0.bind(ctx, x)
     }
 
     /// Soft-caps the first rows · cols floats of x. Panics unless cap is finite and positive.
@@ -70,9 +80,7 @@ impl SoftCap {
             cap.is_finite() && cap > 0.0,
             "soft-cap {cap} must be finite and positive"
         );
-        let len = rows * cols;
-        let imm = [len as u32, cap.to_bits()];
-        self.kernel.dispatch(pass, bg, &imm, groups_for(len, 256));
+        self.0.encode(pass, bg, rows * cols, cap);
     }
 }
 
