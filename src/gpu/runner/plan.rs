@@ -1,8 +1,9 @@
 //! Which ops of a graph run as one kernel: the one place fusions are decided.
 //!
-//! - An RMSNorm whose output only the next projection reads runs inside that projection's
-//!   quantized matmul, where the kernel form has the fused norm (GPUs: one dispatch and one
-//!   round trip of the activations fewer per norm).
+//! - An RMSNorm whose output only the next projection reads, over the same rows (not the
+//!   final norm that gathers the logit rows), runs inside that projection's quantized
+//!   matmul where the kernel form has the fused norm (GPUs: one dispatch and one round trip
+//!   of the activations fewer per norm).
 //! - A gated projection (`[gate | up]`, one quantized binding) whose output only the next
 //!   SiLU·mul reads runs with the activation in the same pass, writing the product directly.
 //!
@@ -114,6 +115,7 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
     while i < ops.len() {
         if let (
             Op::RmsNorm {
+                x: normed,
                 out: h,
                 accumulate: false,
                 ..
@@ -124,7 +126,10 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
         ) = (&ops[i], ops.get(i + 1))
         {
             let quant = matches!(g.matrices[w.0].format, MatrixFormat::Quant(_));
-            if fuse_norms && quant && x == h && reads_after(ops, i, *h) == 1 {
+            // A norm that gathers the logit rows (final norm before the head) stays apart: the
+            // fused kernel reads and writes the same rows.
+            let same_rows = g.acts[normed.0].rows == g.acts[h.0].rows;
+            if fuse_norms && quant && same_rows && x == h && reads_after(ops, i, *h) == 1 {
                 let glu = glu_after(i + 1);
                 // The fused-norm matmul takes the SiLU·mul only with it (one binding).
                 let gated = matches!(ops.get(i + 2), Some(Op::GatedAct { .. }));
