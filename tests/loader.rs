@@ -549,7 +549,7 @@ fn hf_unknown_architecture_and_bad_files() {
     // model_type alone is enough.
     tmp.write("config.json", br#"{"model_type": "mistral"}"#);
     let dir = HfModelDir::open(&tmp.0).unwrap();
-    assert_eq!(dir.architecture().unwrap(), Architecture::Llama);
+    assert_eq!(dir.architecture().unwrap(), Architecture::Mistral);
 
     // A truncated safetensors file, and a missing one.
     let st = tiny_safetensors();
