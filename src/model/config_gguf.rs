@@ -169,7 +169,7 @@ impl ModelConfig {
         let softcap = |k: &str| -> Result<Option<f32>, LoadError> {
             match opt_f64(k)? {
                 None => Ok(None),
-                Some(v) if v == 0.0 => Ok(None),
+                Some(0.0) => Ok(None),
                 Some(v) if gemma => Ok(Some(v as f32)),
                 Some(v) => Err(err(format!("`{}` = {v} is not supported", key(k)))),
             }
@@ -187,10 +187,7 @@ impl ModelConfig {
             max_context: size("context_length", MAX_CONTEXT)?,
             norm_eps: norm_eps as f32,
             rope,
-            qkv_bias: match arch {
-                A::Gpt2 | A::Qwen2 => true,
-                _ => false,
-            },
+            qkv_bias: matches!(arch, A::Gpt2 | A::Qwen2),
             qk_norm: matches!(arch, A::Qwen3 | A::Gemma3),
             mlp_activation: if gemma || arch == A::Gpt2 {
                 MlpActivation::GeluTanh

@@ -255,7 +255,7 @@ fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, Loa
         Some(f) if f > 0.0 && f <= 1.0 && arch == Architecture::Phi3 => {
             (head_dim as f64 * f) as usize
         }
-        Some(f) if f == 1.0 => head_dim,
+        Some(1.0) => head_dim,
         Some(f) => {
             return Err(c.err(format!(
                 "`partial_rotary_factor` {f} is not supported for {arch:?} models"
