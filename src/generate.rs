@@ -178,7 +178,7 @@ impl Generator {
             pool,
             tokenizer,
             path: opts.path.clone(),
-            overlap: !ctx.wants_cpu_kernels(),
+            overlap: ctx.profile.overlap_steps,
         })
     }
 

@@ -115,7 +115,7 @@ fn check_f32(ctx: &GpuContext) {
     let s = compare(ctx, WeightDType::F32);
     eprintln!(
         "f32 ({:?} forms): mean error {:.4}, top-1 agrees at {}/{} clear positions",
-        ctx.kernel_forms, s.mean_err, s.clear_agree, s.clear
+        ctx.profile.kernel_forms, s.mean_err, s.clear_agree, s.clear
     );
     assert!(
         s.mean_err <= 0.02,

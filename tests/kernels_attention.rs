@@ -131,7 +131,7 @@ fn split_attention_needs_its_sizes() {
     // the one KV head in a thread), Split on GPUs.
     let attn =
         PagedAttention::for_model(ctx(), 64, F16, 1, limits, KvStorage::Buffer).expect("for_model");
-    assert_eq!(attn.kind(), AttentionKind::for_adapter(ctx()));
+    assert_eq!(attn.kind(), ctx().profile.attention);
     let on_cpu = ctx().adapter_info.device_type == format!("{:?}", wgpu::DeviceType::Cpu);
     let want = if on_cpu {
         AttentionKind::Serial

@@ -164,7 +164,7 @@ fn logits_case(key: String, rows: Rows) -> Case {
 }
 
 fn forms_name(ctx: &GpuContext) -> &'static str {
-    match ctx.kernel_forms {
+    match ctx.profile.kernel_forms {
         KernelForms::Cpu => "cpu-forms",
         KernelForms::Gpu => "gpu-forms",
     }

@@ -191,8 +191,8 @@ fn sample_on(ctx: &GpuContext, args: &ThroughputArgs) -> &'static str {
     match args.sample_on.as_deref() {
         Some("gpu") => "gpu",
         Some(_) => "cpu",
-        None if ctx.wants_cpu_kernels() => "cpu",
-        None => "gpu",
+        None if ctx.profile.gpu_sampling => "gpu",
+        None => "cpu",
     }
 }
 
@@ -508,7 +508,7 @@ fn run_throughput(args: ThroughputArgs) -> Result<()> {
                     "top_k": args.sampling.top_k,
                     "on": sample_on(&ctx, &args),
                 },
-                "overlap": args.engine.overlap.as_deref().unwrap_or(if ctx.wants_cpu_kernels() { "off" } else { "on" }),
+                "overlap": args.engine.overlap.as_deref().unwrap_or(if ctx.profile.overlap_steps { "on" } else { "off" }),
                 "expected_output_tokens": w.output_lens.iter().sum::<usize>(),
                 "workload": {
                     "prompt_lens": w.prompt_lens,

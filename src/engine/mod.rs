@@ -315,8 +315,8 @@ impl Engine {
             sched,
             tokenizer.clone(),
             shared.clone(),
-            cfg.gpu_sampling.unwrap_or(!ctx.wants_cpu_kernels()),
-            cfg.overlap_steps.unwrap_or(!ctx.wants_cpu_kernels()),
+            cfg.gpu_sampling.unwrap_or(ctx.profile.gpu_sampling),
+            cfg.overlap_steps.unwrap_or(ctx.profile.overlap_steps),
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

@@ -7,116 +7,7 @@
 use std::sync::Arc;
 
 use super::GpuError;
-
-/// Which adapter to use. Defaults come from `WLLM_BACKEND`, `WLLM_ADAPTER` and
-/// `WLLM_KERNEL_FORMS`.
-#[derive(Debug, Clone, Default)]
-pub struct AdapterSelector {
-    /// Backends to search (`vulkan`, `gl`, `metal`, `dx12`, `all`); `None` = wgpu's default set.
-    pub backends: Option<wgpu::Backends>,
-    /// Case-insensitive substring of the adapter name.
-    pub name_contains: Option<String>,
-    /// The kernel forms to build; `None` = the adapter's own ([`KernelForms::for_device_type`]).
-    pub kernel_forms: Option<KernelForms>,
-}
-
-impl AdapterSelector {
-    /// Reads `WLLM_BACKEND`, `WLLM_ADAPTER` and `WLLM_KERNEL_FORMS`, and checks the values of
-    /// `WLLM_QUANT_WEIGHTS` and `WLLM_KV_POOL`.
-    pub fn from_env() -> Result<Self, GpuError> {
-        let set = |name| std::env::var(name).ok().filter(|s| !s.trim().is_empty());
-        let backends = set("WLLM_BACKEND")
-            .map(|s| parse_backends(&s))
-            .transpose()?;
-        let kernel_forms = set("WLLM_KERNEL_FORMS")
-            .map(|s| KernelForms::parse(&s))
-            .transpose()?;
-        // Where weights and KV pools live is read where they are made; a value those places
-        // would not understand fails here, before a model is loaded.
-        placement_from_env("WLLM_QUANT_WEIGHTS")?;
-        placement_from_env("WLLM_KV_POOL")?;
-        Ok(Self {
-            backends,
-            name_contains: set("WLLM_ADAPTER"),
-            kernel_forms,
-        })
-    }
-}
-
-/// Which forms of the kernels a context builds. Each kernel's forms compute the same function;
-/// they differ in how work is spread over threads, and where a form changes a sum's order it
-/// keeps that order fixed for every batch (so outputs stay batch-invariant within one form).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelForms {
-    /// For CPU adapters (llvmpipe, WARP): few threads with long serial sums, quantized weights
-    /// in textures, activations through uniform windows.
-    Cpu,
-    /// For GPUs: many threads, reductions split over lanes and workgroups.
-    Gpu,
-}
-
-impl KernelForms {
-    /// CPU adapters get the CPU forms, every other device type the GPU forms.
-    pub fn for_device_type(t: wgpu::DeviceType) -> KernelForms {
-        if t == wgpu::DeviceType::Cpu {
-            KernelForms::Cpu
-        } else {
-            KernelForms::Gpu
-        }
-    }
-
-    /// `cpu` or `gpu` (`WLLM_KERNEL_FORMS`).
-    pub fn parse(s: &str) -> Result<KernelForms, GpuError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "cpu" => Ok(KernelForms::Cpu),
-            "gpu" => Ok(KernelForms::Gpu),
-            other => Err(GpuError::BadKernelForms(other.to_string())),
-        }
-    }
-}
-
-/// Where an override (`WLLM_QUANT_WEIGHTS`, `WLLM_KV_POOL`) asks data to live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    Buffer,
-    Texture,
-}
-
-/// The environment variable `name` as a [`Placement`]: `None` unset or empty, an error for
-/// anything but `buffer` or `texture`.
-pub fn placement_from_env(name: &'static str) -> Result<Option<Placement>, GpuError> {
-    let Ok(value) = std::env::var(name) else {
-        return Ok(None);
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "" => Ok(None),
-        "buffer" => Ok(Some(Placement::Buffer)),
-        "texture" => Ok(Some(Placement::Texture)),
-        _ => Err(GpuError::BadEnv {
-            name,
-            value,
-            why: "expected buffer or texture".into(),
-        }),
-    }
-}
-
-/// Parses `vulkan|gl|metal|dx12|all` (comma-separated lists allowed).
-pub fn parse_backends(s: &str) -> Result<wgpu::Backends, GpuError> {
-    let mut out = wgpu::Backends::empty();
-    for part in s.split(',').map(|p| p.trim().to_ascii_lowercase()) {
-        out |= match part.as_str() {
-            "vulkan" | "vk" => wgpu::Backends::VULKAN,
-            "gl" | "opengl" | "gles" => wgpu::Backends::GL,
-            "metal" | "mtl" => wgpu::Backends::METAL,
-            "dx12" | "d3d12" => wgpu::Backends::DX12,
-            "all" => wgpu::Backends::all(),
-            other => {
-                return Err(GpuError::BadBackend(other.to_string()));
-            }
-        };
-    }
-    Ok(out)
-}
+use super::device_profile::{AdapterSelector, DeviceProfile, KernelForms};
 
 /// What `wllm info` shows about one adapter.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -149,10 +40,7 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
     let info = adapter.get_info();
     let f = adapter.features();
     let l = adapter.limits();
-    let kernel_forms = match KernelForms::for_device_type(info.device_type) {
-        KernelForms::Cpu => "cpu",
-        KernelForms::Gpu => "gpu",
-    };
+    let kernel_forms = KernelForms::for_device_type(info.device_type).name();
     AdapterReport {
         name: info.name,
         backend: format!("{:?}", info.backend),
@@ -172,6 +60,14 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
         usable: usable(adapter),
         kernel_forms: kernel_forms.into(),
     }
+}
+
+/// The subgroup size where the adapter has subgroups and all of them are that size.
+fn uniform_subgroup(adapter: &wgpu::Adapter) -> Option<u32> {
+    let info = adapter.get_info();
+    (adapter.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == info.subgroup_max_size)
+        .then_some(info.subgroup_min_size)
 }
 
 const MIN_IMMEDIATE_BYTES: u32 = 64;
@@ -206,8 +102,9 @@ pub struct GpuContext {
     pub adapter_info: Arc<AdapterReport>,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
-    /// The kernel forms built on this device (set with [`GpuContext::with_kernel_forms`]).
-    pub kernel_forms: KernelForms,
+    /// Kernel forms, placements and defaults on this device (the kernel forms can be changed
+    /// with [`GpuContext::with_kernel_forms`] before a model is built).
+    pub profile: DeviceProfile,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -215,7 +112,7 @@ impl std::fmt::Debug for GpuContext {
         f.debug_struct("GpuContext")
             .field("adapter", &self.adapter_info.name)
             .field("backend", &self.adapter_info.backend)
-            .field("kernel_forms", &self.kernel_forms)
+            .field("profile", &self.profile)
             .finish()
     }
 }
@@ -261,17 +158,20 @@ impl GpuContext {
                 .unwrap_or_else(|| "any".to_string()),
             seen: seen.clone(),
         })?;
-        let ctx = Self::open(adapter)?;
-        Ok(match selector.kernel_forms {
+        let forms = match selector.kernel_forms {
             Some(forms) => {
                 log::info!("building the {forms:?} kernel forms (asked for)");
-                ctx.with_kernel_forms(forms)
+                forms
             }
-            None => ctx,
-        })
+            None => KernelForms::for_device_type(adapter.get_info().device_type),
+        };
+        Self::open(
+            adapter,
+            DeviceProfile::new(forms, selector, uniform_subgroup(adapter)),
+        )
     }
 
-    fn open(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
+    fn open(adapter: &wgpu::Adapter, profile: DeviceProfile) -> Result<Self, GpuError> {
         let wanted = wgpu::Features::IMMEDIATES
             | wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
@@ -303,12 +203,13 @@ impl GpuContext {
             adapter_info: Arc::new(info),
             limits,
             features,
-            kernel_forms: KernelForms::for_device_type(adapter.get_info().device_type),
+            profile,
         })
     }
 
     /// Wraps a device the application already has. It must have been created with
-    /// `Features::IMMEDIATES` and a `max_immediate_size` of at least 64 bytes.
+    /// `Features::IMMEDIATES` and a `max_immediate_size` of at least 64 bytes. The profile is
+    /// the adapter's default (no `WLLM_*` variable is read).
     pub fn from_device(
         adapter: &wgpu::Adapter,
         device: wgpu::Device,
@@ -329,7 +230,11 @@ impl GpuContext {
             adapter_info: Arc::new(report(adapter)),
             limits,
             features,
-            kernel_forms: KernelForms::for_device_type(adapter.get_info().device_type),
+            profile: DeviceProfile::new(
+                KernelForms::for_device_type(adapter.get_info().device_type),
+                &AdapterSelector::default(),
+                uniform_subgroup(adapter),
+            ),
         })
     }
 
@@ -344,12 +249,7 @@ impl GpuContext {
     /// (slowly) on lavapipe, which is how the tests check them on a machine without a GPU.
     /// Set it before building a model on the context.
     pub fn with_kernel_forms(mut self, forms: KernelForms) -> Self {
-        self.kernel_forms = forms;
+        self.profile = self.profile.with_kernel_forms(forms);
         self
-    }
-
-    /// Whether kernels build their CPU-adapter forms ([`KernelForms::Cpu`]).
-    pub fn wants_cpu_kernels(&self) -> bool {
-        self.kernel_forms == KernelForms::Cpu
     }
 }

@@ -14,7 +14,7 @@
 //! token, and measured 2x faster at one decode token and 4.2-4.7x at four with its rows in a
 //! texture (lavapipe, 480-token context; `BENCHMARKS.md`, twelfth session).
 
-use crate::gpu::context::{Placement, placement_from_env};
+use crate::gpu::Placement;
 use crate::gpu::kernels::AttentionKind;
 use crate::gpu::{GpuContext, GpuError, WeightDType};
 
@@ -164,9 +164,9 @@ impl KvStorage {
         kv_dim: usize,
         dtype: WeightDType,
     ) -> Result<KvStorage, GpuError> {
-        let asked = placement_from_env("WLLM_KV_POOL")?;
+        let asked = ctx.profile.kv_pool;
         // Only the serial attention kind reads textures.
-        let serial = AttentionKind::for_adapter(ctx) == AttentionKind::Serial;
+        let serial = ctx.profile.attention == AttentionKind::Serial;
         let layout = KvTextureLayout::new(
             num_blocks,
             block_size,

@@ -4,6 +4,7 @@
 //! [`crate::batch::StepBatch`] and returns logits.
 
 pub mod context;
+pub mod device_profile;
 pub mod graph;
 pub mod kernels;
 pub mod kv_pool;
@@ -13,9 +14,8 @@ pub mod runner;
 pub mod tensor;
 pub mod weights;
 
-pub use context::{
-    AdapterReport, AdapterSelector, GpuContext, KernelForms, list_adapters, parse_backends,
-};
+pub use context::{AdapterReport, GpuContext, list_adapters};
+pub use device_profile::{AdapterSelector, DeviceProfile, KernelForms, Placement, parse_backends};
 pub use pipeline::{Kernel, ShaderSource};
 pub use profile::StepProfile;
 pub use runner::{Logits, Runner, RunnerConfig, StepTicket, StepTiming};

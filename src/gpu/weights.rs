@@ -4,10 +4,8 @@
 
 use crate::gpu::kernels::matmul::pack_weight;
 use crate::gpu::kernels::matmul_quant::{QuantFormat, pack_quantized, row_bytes};
-use crate::gpu::kernels::quant_texture::{
-    WeightData, max_rows_per_texture, textures_preferred, upload_texture,
-};
-use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
+use crate::gpu::kernels::quant_texture::{WeightData, max_rows_per_texture, upload_texture};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, Placement, WeightDType};
 use crate::loader::TensorDType;
 
 /// How a matrix's elements are stored on the GPU.
@@ -39,8 +37,8 @@ pub struct GpuMatrix {
 
 impl GpuMatrix {
     /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
-    /// dequantizing them: into textures where [`textures_preferred`] (the CPU kernel forms), else into
-    /// storage buffers.
+    /// dequantizing them: into textures where the device profile says (the CPU kernel forms),
+    /// else into storage buffers.
     pub fn upload_quantized(
         ctx: &GpuContext,
         name: &str,
@@ -54,7 +52,7 @@ impl GpuMatrix {
             msg: format!("`{name}`: {dtype:?} is not a quantized type"),
         })?;
         let rb = row_bytes(dtype, cols);
-        let in_texture = textures_preferred(ctx);
+        let in_texture = ctx.profile.quant_weights == Placement::Texture;
         let max_rows = if in_texture {
             max_rows_per_texture(ctx, format, cols)
         } else {

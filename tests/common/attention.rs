@@ -174,9 +174,7 @@ impl Variant {
     fn is_split(self) -> bool {
         match self {
             Variant::Split(_) | Variant::SplitForModel => true,
-            Variant::ForModel { .. } => {
-                AttentionKind::for_adapter(self.device()) == AttentionKind::Split
-            }
+            Variant::ForModel { .. } => self.device().profile.attention == AttentionKind::Split,
             _ => false,
         }
     }
@@ -271,7 +269,7 @@ impl Variant {
         let on = self.device();
         if let Variant::ForModel { .. } = self {
             // The runner's choice for the adapter, tuned as the runner tunes it.
-            let kind = AttentionKind::for_adapter(on);
+            let kind = on.profile.attention;
             assert_eq!(attn.kind(), kind, "{self:?}");
             let partition = (kind == AttentionKind::Split).then(|| limits.partition());
             assert_eq!(attn.partition(), partition, "{self:?}");

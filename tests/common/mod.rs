@@ -28,7 +28,7 @@ pub fn gpu() -> &'static GpuContext {
 pub fn gpu_other_forms() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        let other = match gpu().kernel_forms {
+        let other = match gpu().profile.kernel_forms {
             KernelForms::Cpu => KernelForms::Gpu,
             KernelForms::Gpu => KernelForms::Cpu,
         };

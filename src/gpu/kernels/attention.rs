@@ -130,17 +130,6 @@ pub enum AttentionKind {
     Split,
 }
 
-impl AttentionKind {
-    /// Serial for the CPU kernel forms, Split for GPUs (built by [`PagedAttention::for_model`]).
-    pub fn for_adapter(ctx: &GpuContext) -> AttentionKind {
-        if ctx.wants_cpu_kernels() {
-            AttentionKind::Serial
-        } else {
-            AttentionKind::Split
-        }
-    }
-}
-
 /// Threads per workgroup of the serial kernel (llvmpipe's 8 SIMD lanes on 256-bit CPUs).
 const SERIAL_WG: usize = 8;
 /// Most query heads one thread of the serial kernel serves.
@@ -267,7 +256,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 const SPLIT_READ_ONLY: [bool; 8] = [true, true, true, true, true, true, false, false];
 
 impl PagedAttention {
-    /// The kind [`AttentionKind::for_adapter`] picks, a split one's scratch sized by `limits`,
+    /// The kind the device profile picks, a split one's scratch sized by `limits`,
     /// a serial one grouped by [`SerialTuning::for_heads`] (`limits.num_heads` query heads over
     /// `num_kv_heads`).
     /// `storage`: where the pools live ([`KvStorage::for_adapter`] gives textures only where
@@ -280,7 +269,7 @@ impl PagedAttention {
         limits: SplitLimits,
         storage: KvStorage,
     ) -> Result<Self, GpuError> {
-        let kind = AttentionKind::for_adapter(ctx);
+        let kind = ctx.profile.attention;
         if storage.is_texture() && kind != AttentionKind::Serial {
             return Err(GpuError::Shape {
                 op: "paged_attention",
@@ -365,12 +354,8 @@ impl PagedAttention {
                 ),
             });
         }
-        let info = &ctx.adapter_info;
         let tuning = SerialTuning {
-            shared: tuning.shared
-                && ctx.features.contains(wgpu::Features::SUBGROUP)
-                && info.subgroup_min_size as usize == SERIAL_WG
-                && info.subgroup_max_size as usize == SERIAL_WG,
+            shared: tuning.shared && ctx.profile.uniform_subgroup == Some(SERIAL_WG as u32),
             ..tuning
         };
         let consts = |group: usize| {

@@ -83,15 +83,11 @@ impl Matmul {
     /// The largest k_split [`Matmul::with_k_split`] takes (one quad per 64-lane workgroup).
     pub const MAX_K_SPLIT: usize = SPLIT_WG;
 
-    /// The form [`GpuContext::kernel_forms`] asks for: matmul.wgsl for CPU adapters, the
-    /// k-split kernel with [`Matmul::GPU_K_SPLIT`] lanes for GPUs.
+    /// The form the device profile picks ([`crate::gpu::DeviceProfile::dense_k_split`]):
+    /// matmul.wgsl for CPU adapters, the k-split kernel with [`Matmul::GPU_K_SPLIT`] lanes
+    /// for GPUs.
     pub fn new(ctx: &GpuContext, dtype: WeightDType) -> Self {
-        let k_split = if ctx.wants_cpu_kernels() {
-            1
-        } else {
-            Self::GPU_K_SPLIT
-        };
-        Self::with_k_split(ctx, dtype, k_split)
+        Self::with_k_split(ctx, dtype, ctx.profile.dense_k_split)
     }
 
     /// matmul.wgsl when `k_split` is 1, else matmul_split.wgsl with `k_split` lanes (1..=

@@ -20,7 +20,7 @@
 //! d·Σ x·q + m·Σ x (one multiply-add per weight instead of two), a different rounding of the
 //! same sum that the tests hold to the f64 reference like the other.
 
-use super::quant_texture::{WeightData, texture_entry, textures_preferred, unused_texture};
+use super::quant_texture::{WeightData, texture_entry, unused_texture};
 use crate::gpu::pipeline::{Kernel, MATMUL_QUANT, MATMUL_QUANT_SPLIT};
 use crate::gpu::{GpuContext, GpuError};
 use crate::loader::{TensorDType, dequant};
@@ -205,38 +205,6 @@ pub struct QuantTuning {
 }
 
 impl QuantTuning {
-    /// CPU adapters (llvmpipe) pay per loaded word and lane, so a thread takes many columns to
-    /// reuse x, and x comes through uniform windows when every call's k fits one (`max_k`);
-    /// a workgroup is one 8-lane SIMD group, so that a 576-column matmul still makes 9
-    /// workgroups to spread over the cores (16 × 16 made 3, and decode ran ~1.4× slower).
-    /// GPUs want many threads: 16 lanes per column, each taking every 16th k-block, so that
-    /// a decode step's matvec has N · 16 threads instead of N walking all of K alone.
-    /// Weights come from textures where [`textures_preferred`] says (CPU adapters); the
-    /// weights must be uploaded to match.
-    pub fn for_adapter(ctx: &GpuContext, max_k: usize) -> QuantTuning {
-        if ctx.wants_cpu_kernels() {
-            QuantTuning {
-                workgroup: 8,
-                k_split: 1,
-                cols: 8,
-                fixed_rows: None,
-                x_window: max_k <= MatmulQuant::MAX_WINDOW_K,
-                x_shared: true,
-                w_texture: textures_preferred(ctx),
-            }
-        } else {
-            QuantTuning {
-                workgroup: 64,
-                k_split: 16,
-                cols: 1,
-                fixed_rows: None,
-                x_window: false,
-                x_shared: false,
-                w_texture: false,
-            }
-        }
-    }
-
     /// Rows of x per thread for a call over `m` rows.
     fn rows_for(self, m: usize) -> usize {
         if let Some(r) = self.fixed_rows {
@@ -300,7 +268,6 @@ impl MatmulQuant {
         glu: bool,
         norm: bool,
     ) -> Self {
-        let info = &ctx.adapter_info;
         let split = tuning.k_split > 1;
         assert!(
             !norm || split,
@@ -310,9 +277,7 @@ impl MatmulQuant {
             x_shared: tuning.x_shared
                 && !split
                 && tuning.x_window
-                && ctx.features.contains(wgpu::Features::SUBGROUP)
-                && info.subgroup_min_size as usize == tuning.workgroup
-                && info.subgroup_max_size as usize == tuning.workgroup
+                && ctx.profile.uniform_subgroup == Some(tuning.workgroup as u32)
                 && tuning.workgroup == 8,
             ..tuning
         };

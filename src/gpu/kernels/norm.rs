@@ -14,9 +14,9 @@ pub struct RmsNorm {
     kernel: Kernel,
 }
 
-/// Threads per row of a norm: 256 on GPUs, one 8-lane SIMD group on CPU adapters (llvmpipe).
+/// Threads per row of a norm ([`crate::gpu::DeviceProfile::norm_workgroup`]).
 fn workgroup_for(ctx: &GpuContext) -> usize {
-    if ctx.wants_cpu_kernels() { 8 } else { 256 }
+    ctx.profile.norm_workgroup
 }
 
 impl RmsNorm {

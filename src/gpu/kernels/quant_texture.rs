@@ -16,7 +16,6 @@
 //! texture, padded with zeros to whole rows.
 
 use super::matmul_quant::{QUANT_BLOCK, QuantFormat};
-use crate::gpu::context::{Placement, placement_from_env};
 use crate::gpu::{GpuContext, GpuError};
 
 /// Texels per texture row (the shaders' `TEX_WIDTH`).
@@ -147,18 +146,6 @@ pub fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
             multisampled: false,
         },
         count: None,
-    }
-}
-
-/// Whether quantized weights go in textures on this adapter: on CPU adapters, unless
-/// `WLLM_QUANT_WEIGHTS` (`buffer` or `texture`) asks otherwise (to compare the two; other
-/// values are refused by [`AdapterSelector::from_env`] when the context is chosen).
-///
-/// [`AdapterSelector::from_env`]: crate::gpu::AdapterSelector::from_env
-pub fn textures_preferred(ctx: &GpuContext) -> bool {
-    match placement_from_env("WLLM_QUANT_WEIGHTS") {
-        Ok(Some(p)) => p == Placement::Texture,
-        _ => ctx.wants_cpu_kernels(),
     }
 }
 

@@ -21,7 +21,7 @@ pub use crate::sampling::{Race, kept, race, weights};
 
 /// Threads per row. A power of two (the shader reduces in a tree); the 256-bin histograms are
 /// cleared and filled by all of them.
-const WG: usize = 256;
+pub(crate) const WG: usize = 256;
 
 /// The largest workgroup [`Sample::with_workgroup`] takes (WebGPU's default invocation limit).
 pub const MAX_WORKGROUP: usize = 256;
@@ -37,8 +37,7 @@ impl Sample {
     /// WG threads per row on the GPU kernel forms; 64 on the CPU forms, where every thread of a
     /// workgroup costs CPU time (the pick is the same).
     pub fn new(ctx: &GpuContext) -> Self {
-        let wg = if ctx.wants_cpu_kernels() { 64 } else { WG };
-        Self::with_workgroup(ctx, wg)
+        Self::with_workgroup(ctx, ctx.profile.sample_workgroup)
     }
 
     /// The kernel with `wg` threads per row (a power of two, at most [`MAX_WORKGROUP`]). The

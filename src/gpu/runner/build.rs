@@ -9,7 +9,7 @@ use super::{
 };
 use crate::gpu::graph::{Act, Graph, Op, Rows};
 use crate::gpu::kernels::attention::SplitLimits;
-use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat, QuantTuning};
+use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat};
 use crate::gpu::kernels::{
     Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
     PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul, SoftCap, WeightData,
@@ -49,16 +49,13 @@ impl Runner {
         }
         // The widest input any matmul reads.
         let max_k = g.matrices.iter().map(|m| m.cols).max().unwrap_or(1);
-        // Weights forced into textures (WLLM_QUANT_WEIGHTS) take the one-thread-per-column
-        // kernel, the only one that reads textures.
-        let quant_tuning = {
-            let base = QuantTuning::for_adapter(ctx, max_k);
-            QuantTuning {
-                w_texture: quant_in_texture,
-                k_split: if quant_in_texture { 1 } else { base.k_split },
-                ..base
-            }
-        };
+        let quant_tuning = ctx.profile.quant_tuning(max_k);
+        if !quant_formats.is_empty() && quant_in_texture != quant_tuning.w_texture {
+            return Err(GpuError::Shape {
+                op: "runner",
+                msg: "the quantized weights were uploaded for another device profile".into(),
+            });
+        }
         let plan = plan(g, MatmulQuant::fuses_norm(quant_tuning));
         // The quantized formats whose matmul needs the fused SwiGLU or fused-norm variants.
         let mut glu_formats = Vec::new();
