@@ -409,7 +409,7 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn hf_tiny_llama_config_and_tensors() {
     let dir = HfModelDir::open(fixture("tiny-llama-gqa-public")).unwrap();
-    assert_eq!(dir.architecture().unwrap(), Architecture::Llama);
+    assert_eq!(Architecture::of_hf(&dir).unwrap(), Architecture::Llama);
     let cfg = ModelConfig::from_hf(&dir).unwrap();
     assert_eq!(cfg.rope.as_ref().unwrap().theta, 10000.0);
     assert_eq!((cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), (4, 2, 16));
@@ -440,7 +440,7 @@ fn hf_tiny_llama_config_and_tensors() {
 #[test]
 fn hf_tiny_gpt2_config_and_tensors() {
     let dir = HfModelDir::open(fixture("tiny-gpt2-public")).unwrap();
-    assert_eq!(dir.architecture().unwrap(), Architecture::Gpt2);
+    assert_eq!(Architecture::of_hf(&dir).unwrap(), Architecture::Gpt2);
     let cfg = ModelConfig::from_hf(&dir).unwrap();
     assert_eq!((cfg.hidden_size, cfg.num_layers, cfg.num_heads), (64, 3, 4));
     assert_eq!((cfg.num_kv_heads, cfg.head_dim), (4, 16));
@@ -538,7 +538,7 @@ fn hf_unknown_architecture_and_bad_files() {
     tmp.write("model.safetensors", &tiny_safetensors());
     let dir = HfModelDir::open(&tmp.0).unwrap();
     assert!(matches!(
-        dir.architecture(),
+        Architecture::of_hf(&dir),
         Err(LoadError::UnknownArchitecture { ref arch, .. }) if arch == "BertForMaskedLM"
     ));
     assert!(matches!(
@@ -549,7 +549,7 @@ fn hf_unknown_architecture_and_bad_files() {
     // model_type alone is enough.
     tmp.write("config.json", br#"{"model_type": "mistral"}"#);
     let dir = HfModelDir::open(&tmp.0).unwrap();
-    assert_eq!(dir.architecture().unwrap(), Architecture::Mistral);
+    assert_eq!(Architecture::of_hf(&dir).unwrap(), Architecture::Mistral);
 
     // A truncated safetensors file, and a missing one.
     let st = tiny_safetensors();

@@ -16,7 +16,6 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use super::{LoadError, RawTensor, TensorDType, TensorSource};
-use crate::model::Architecture;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -140,22 +139,16 @@ impl HfModelDir {
         existing(self.path.join("tokenizer_config.json"))
     }
 
-    /// The model family, from `architectures[0]`, else `model_type`.
-    pub fn architecture(&self) -> Result<Architecture, LoadError> {
-        let arch_name = self
+    /// What config.json names the model: `architectures[0]` (the class) and `model_type`.
+    pub fn architecture_names(&self) -> (Option<&str>, Option<&str>) {
+        let class = self
             .config
             .get("architectures")
             .and_then(|a| a.as_array())
             .and_then(|a| a.first())
             .and_then(|a| a.as_str());
         let model_type = self.config.get("model_type").and_then(|m| m.as_str());
-        Architecture::from_hf(arch_name, model_type).ok_or_else(|| LoadError::UnknownArchitecture {
-            path: self.path.join("config.json"),
-            arch: arch_name
-                .or(model_type)
-                .unwrap_or("(no architectures or model_type)")
-                .to_string(),
-        })
+        (class, model_type)
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&HfTensorInfo> {

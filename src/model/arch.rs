@@ -1,5 +1,8 @@
 //! The architectures wllm runs, and how each is named in Hugging Face configs and GGUF files.
 
+use crate::loader::LoadError;
+use crate::loader::hf::HfModelDir;
+
 /// A transformer family. What the families compute differently is data on
 /// [`super::ModelConfig`]; this names the family and where its files say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +106,19 @@ impl Architecture {
             .iter()
             .find(|n| n.gguf == name && n.arch != Architecture::Mistral)
             .map(|n| n.arch)
+    }
+
+    /// The family of a Hugging Face directory: its config.json's `architectures[0]`, else
+    /// its `model_type`; an error naming them where wllm knows neither.
+    pub fn of_hf(dir: &HfModelDir) -> Result<Architecture, LoadError> {
+        let (class, model_type) = dir.architecture_names();
+        Architecture::from_hf(class, model_type).ok_or_else(|| LoadError::UnknownArchitecture {
+            path: dir.path.join("config.json"),
+            arch: class
+                .or(model_type)
+                .unwrap_or("(no architectures or model_type)")
+                .to_string(),
+        })
     }
 
     /// The family of a config.json's `architectures[0]`, else its `model_type`.

@@ -23,7 +23,7 @@ impl ModelConfig {
             v: &dir.config,
             path: &path,
         };
-        let cfg = match dir.architecture()? {
+        let cfg = match Architecture::of_hf(dir)? {
             Architecture::Gpt2 => gpt2(&c)?,
             arch => decoder(&c, arch)?,
         };
