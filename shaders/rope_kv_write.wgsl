@@ -1,18 +1,19 @@
-// Rotary position embedding and the KV write in one pass (rope.wgsl followed by kv_write.wgsl,
-// fused to save a dispatch per layer and a round trip of K through memory).
+// Rotary position embedding and the KV write in one pass (RoPE followed by kv_write.wgsl, fused
+// to save a dispatch per layer and a round trip of K through memory).
 //
 // For token t at position pos = positions[t] (qkv row t: num_heads Q heads, then num_kv_heads
 // K heads, then as many V heads, head_dim columns each):
 //   Q heads are rotated in place (attention reads them from qkv);
 //   K heads are rotated into slot slot_mapping[t] of k_cache (qkv's K columns stay as they were);
 //   V heads are copied into the same slot of v_cache.
-// The rotation is rope.wgsl's, over the first rotary_dim dimensions of each head (rotary_dim
+// The rotation is over the first rotary_dim dimensions of each head (rotary_dim
 // even, <= HEAD_DIM; less than HEAD_DIM for partial rotary, e.g. Phi-3's partial_rotary_factor;
 // the other dimensions pass through unchanged): pair i < rotary_dim/2 is (2i, 2i+1) when
 // style = 0 (interleaved, GGUF llama) or (i, i + rotary_dim/2) when style = 1 (rotate_half
 // within the rotated part, Hugging Face llama and Phi-3); a' = a*cos - b*sin, b' = b*cos + a*sin
-// with (cos, sin) = cos_sin[pos, i]. With rotary_dim = HEAD_DIM the arithmetic is full
-// rotary's, bit for bit.
+// with (cos, sin) = cos_sin[pos, i]. The table is computed on the CPU in f32 the way
+// transformers does (inv_freq = 1 / theta^(2i/rotary_dim), angle = pos * inv_freq), so large
+// positions stay exact. With rotary_dim = HEAD_DIM the arithmetic is full rotary's, bit for bit.
 // Pools as in kv_write.wgsl: a slot's kv_dim elements as u32 words, f16 pairs when KV_F16,
 // in storage buffers (slots, words), or with KV_TEXTURE in Rgba32Uint textures, texel j of slot
 // s at ((s % row_slots) * slot_texels + j, s / row_slots), slot_texels = words/4 (on CPU

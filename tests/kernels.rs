@@ -13,7 +13,7 @@ use common::plumbing::*;
 use wllm::WeightDType::{self, F16, F32};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::{
-    Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, RmsNorm, Rope, RopeParams, SiluMul,
+    Embedding, Gelu, KvWrite, LayerNorm, Matmul, MatmulParams, RmsNorm, RopeParams, SiluMul,
     activation, embedding, kv_write, matmul, norm, rope,
 };
 use wllm::gpu::kv_pool::{KvPool, KvStorage};
@@ -272,19 +272,36 @@ fn matmul_rows_are_batch_invariant() {
 // ---------------------------------------------------------------------------------------------
 // RoPE
 
+/// RoPE as the runner applies it, fused with the KV write, against the plain rotation's
+/// reference ([`rope::reference`]): the Q heads rotated in qkv, the K heads rotated into each
+/// token's slot and V copied, qkv's K, V and pad columns untouched; positions 0 and the table's
+/// last. Each K head holds a copy of the first Q head it serves, so the K the kernel rotates
+/// on its way into the pool must have the bits of that Q rotated in place.
 #[test]
 fn rope_interleaved_and_half() {
+    use wllm::gpu::kernels::RopeKvWrite;
     let t = 37;
     for style in [RopeStyle::Interleaved, RopeStyle::Half] {
         for (heads, kv_heads, head_dim) in [(6usize, 2usize, 16usize), (9, 3, 64)] {
+            let what = format!("rope {style:?} heads {heads}/{kv_heads} dim {head_dim}");
             let mut rng = Rng::new(head_dim as u64);
             let max_positions = 300;
-            // V columns and a pad follow Q and K; RoPE must leave them alone.
-            let row_stride = (heads + 2 * kv_heads) * head_dim + 3;
+            // V columns and a pad follow Q and K.
+            let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
+            let row_stride = q_dim + 2 * kv_dim + 3;
             let mut positions: Vec<u32> = (0..t).map(|_| rng.below(max_positions)).collect();
             (positions[0], positions[1]) = (0, max_positions as u32 - 1);
             let cos_sin = rope::cos_sin_table(max_positions, head_dim, 10000.0);
-            let qkv = rng.normals(t * row_stride, 1.0);
+            let mut qkv = rng.normals(t * row_stride, 1.0);
+            let group = heads / kv_heads;
+            let q_head = |row: usize, h: usize| row + h * group * head_dim;
+            for r in 0..t {
+                let row = r * row_stride;
+                for h in 0..kv_heads {
+                    let q = q_head(row, h);
+                    qkv.copy_within(q..q + head_dim, row + q_dim + h * head_dim);
+                }
+            }
             let p = RopeParams {
                 num_tokens: t,
                 row_stride,
@@ -297,14 +314,46 @@ fn rope_interleaved_and_half() {
             let mut want = qkv.clone();
             rope::reference(&mut want, &positions, &cos_sin, &p);
 
+            // Token r writes slot r.
+            let slot_mapping: Vec<u32> = (0..t as u32).collect();
             let qb = f32s("qkv", &qkv, &[t, row_stride]);
             let pb = u32s("positions", &positions);
             let cb = f32s("cos_sin", &cos_sin, &[max_positions, head_dim / 2, 2]);
-            let k = Rope::new(ctx());
-            let bg = k.bind(ctx(), &qb.buffer, &pb.buffer, &cb.buffer);
+            let sb = u32s("slots", &slot_mapping);
+            let kc = tensor("k_cache", &rng.normals(t * kv_dim, 1.0), &[t, kv_dim], F32);
+            let vc = tensor("v_cache", &rng.normals(t * kv_dim, 1.0), &[t, kv_dim], F32);
+            let k = RopeKvWrite::new(ctx(), F32, head_dim, KvStorage::Buffer);
+            let (kp, vp) = (pool(&kc), pool(&vc));
+            let bg = k.bind(
+                ctx(),
+                &qb.buffer,
+                &pb.buffer,
+                &cb.buffer,
+                &sb.buffer,
+                &kp,
+                &vp,
+            );
             run(|pass| k.encode(pass, &bg, &p));
-            let what = format!("rope {style:?} heads {heads}/{kv_heads} dim {head_dim}");
-            assert_close(&what, &read(&qb), &want, TOL);
+            let (got, got_k, got_v) = (read(&qb), read(&kc), read(&vc));
+            for r in 0..t {
+                let row = r * row_stride;
+                let (q, kv) = (row..row + q_dim, row + q_dim..row + q_dim + kv_dim);
+                let (v, tail) = (kv.end..kv.end + kv_dim, row + q_dim..row + row_stride);
+                let slot = r * kv_dim..(r + 1) * kv_dim;
+                let at = |part: &str| format!("{what} token {r} {part}");
+                assert_close(&at("Q"), &got[q.clone()], &want[q], TOL);
+                assert_close(&at("K"), &got_k[slot.clone()], &want[kv], TOL);
+                assert_bits_eq(&at("V"), &got_v[slot.clone()], &qkv[v]);
+                assert_bits_eq(&at("qkv after Q"), &got[tail.clone()], &qkv[tail]);
+                for h in 0..kv_heads {
+                    let (kh, qh) = (slot.start + h * head_dim, q_head(row, h));
+                    assert_bits_eq(
+                        &at(&format!("K head {h} vs the Q head it copies")),
+                        &got_k[kh..kh + head_dim],
+                        &got[qh..qh + head_dim],
+                    );
+                }
+            }
         }
     }
 }
@@ -352,11 +401,11 @@ fn kv_write_f32_and_f16() {
     }
 }
 
-/// RoPE + KV write fused: against the reference, and bit-exact against the two separate
-/// kernels it replaces. head_dim 6 with rotate_half has an odd half (a K cache word holds
+/// RoPE + KV write fused, against the reference (RoPE, then kv_write's copy), in f32 and f16
+/// pools over shuffled slots. head_dim 6 with rotate_half has an odd half (a K cache word holds
 /// elements of two different rotation pairs).
 #[test]
-fn rope_kv_write_matches_rope_then_kv_write() {
+fn rope_kv_write_matches_reference() {
     use wllm::gpu::kernels::{RopeKvWrite, rope_kv_write};
     let (t, block_size, num_blocks, max_positions) = (23usize, 4usize, 9usize, 200usize);
     let slots = block_size * num_blocks;
@@ -392,7 +441,7 @@ fn rope_kv_write_matches_rope_then_kv_write() {
                 let sb = u32s("slots", slot_mapping);
                 let cb = f32s("cos_sin", &cos_sin, &[max_positions, head_dim / 2, 2]);
 
-                // Fused.
+                // The kernel.
                 let qb = f32s("qkv", &qkv, &[t, row_stride]);
                 let kc = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
                 let vc = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
@@ -432,31 +481,6 @@ fn rope_kv_write_matches_rope_then_kv_write() {
                 }
                 assert_close(&format!("{what} K"), &fk, &want_k, cache_tol);
                 assert_close(&format!("{what} V"), &fv, &want_v, 0.0);
-
-                // The separate kernels, in one pass.
-                let qb2 = f32s("qkv", &qkv, &[t, row_stride]);
-                let kc2 = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
-                let vc2 = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
-                let rk = Rope::new(ctx());
-                let rbg = rk.bind(ctx(), &qb2.buffer, &pb.buffer, &cb.buffer);
-                let kw = KvWrite::new(ctx(), dtype, KvStorage::Buffer);
-                let kbg = kw.bind(ctx(), &qb2.buffer, &sb.buffer, &pool(&kc2), &pool(&vc2));
-                run(|pass| {
-                    rk.encode(pass, &rbg, &p);
-                    kw.encode(pass, &kbg, t, row_stride, q_dim, kv_dim);
-                });
-                assert_bits_eq(
-                    &format!("{what} Q vs separate"),
-                    &fq.chunks(row_stride)
-                        .flat_map(|r| r[..q_dim].to_vec())
-                        .collect::<Vec<_>>(),
-                    &read(&qb2)
-                        .chunks(row_stride)
-                        .flat_map(|r| r[..q_dim].to_vec())
-                        .collect::<Vec<_>>(),
-                );
-                assert_bits_eq(&format!("{what} K vs separate"), &fk, &read(&kc2));
-                assert_bits_eq(&format!("{what} V vs separate"), &fv, &read(&vc2));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Paged attention against its CPU reference, over KV in shuffled, non-contiguous blocks.
 //!
-//! Every attention kind (Workgroup, Serial with one head per thread and with the model's head
-//! groups, and Split with small partitions as well as the one the model's context picks) runs
+//! Every attention kind (Serial with one head per thread and with the model's head groups, and
+//! Split with small partitions as well as the one the model's context picks) runs
 //! kv_write + attention on one step of mixed sequences (whole prompts, chunks starting
 //! mid-sequence, decode tokens) whose lengths straddle block, 64-key tile and partition
 //! boundaries, and is compared with the reference reading contiguous per-sequence K/V. The pool
@@ -69,7 +69,6 @@ fn split_attention_over_long_contexts() {
     for (i, kind) in [
         Variant::SplitForModel,
         Variant::Split(16),
-        Variant::Workgroup,
         Variant::Serial,
         Variant::SerialForHeads,
         Variant::SerialTexture { blocks_per_row: 2 },
@@ -112,12 +111,6 @@ fn split_partition_is_fixed_by_the_model_context() {
 
 #[test]
 fn split_attention_needs_its_sizes() {
-    // with_kind has no sizes for the scratch: the split kind is refused, not half built.
-    let r = PagedAttention::with_kind(ctx(), 64, F16, AttentionKind::Split);
-    assert!(
-        r.is_err(),
-        "with_kind built a split attention without its limits"
-    );
     let limits = SplitLimits {
         max_tokens: 3,
         num_heads: 2,
@@ -320,8 +313,9 @@ fn serial_lane_layout_follows_the_batch_shape() {
         };
         assert_eq!(attn.serial_lanes(t, 9), Some(want), "{t} tokens");
     }
-    let workgroup = Variant::Workgroup.build(64, F16, (9, 3), limits, KvStorage::Buffer);
-    assert_eq!(workgroup.serial_lanes(1, 9), None);
+    // The split kind has no lanes to lay out.
+    let split = Variant::Split(16).build(64, F16, (9, 3), limits, KvStorage::Buffer);
+    assert_eq!(split.serial_lanes(1, 9), None);
 }
 
 #[test]

@@ -165,7 +165,6 @@ fn split_windows_skip_whole_partitions() {
         Variant::Split(16),
         Variant::ForModel { other_forms: false },
         Variant::ForModel { other_forms: true },
-        Variant::Workgroup,
     ]
     .into_iter()
     .enumerate()

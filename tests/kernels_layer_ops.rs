@@ -1,5 +1,5 @@
 //! The per-layer ops the Qwen3, Gemma 2/3 and Phi-3 families add, against their CPU references
-//! on random inputs of awkward sizes: per-head Q/K RMSNorm (qk_norm), partial rotary in rope and
+//! on random inputs of awkward sizes: per-head Q/K RMSNorm (qk_norm), partial rotary in
 //! rope_kv_write, GeGLU (silu_mul with GateActivation::GeluTanh), soft-capping, scaling, and
 //! RMSNorm accumulating into its output.
 //!
@@ -14,8 +14,8 @@ use common::plumbing::*;
 use wllm::WeightDType::{F16, F32};
 use wllm::gpu::GpuTensor;
 use wllm::gpu::kernels::{
-    GateActivation, KvWrite, QkNorm, QkNormParams, RmsNorm, Rope, RopeKvWrite, RopeParams, Scale,
-    SiluMul, SoftCap, activation, norm, pointwise, rope, rope_kv_write,
+    GateActivation, QkNorm, QkNormParams, RmsNorm, RopeKvWrite, RopeParams, Scale, SiluMul,
+    SoftCap, activation, norm, pointwise, rope, rope_kv_write,
 };
 use wllm::gpu::kv_pool::{KvPool, KvStorage, KvTextureLayout};
 use wllm::gpu::tensor::round_to;
@@ -222,46 +222,6 @@ fn rope_params(
     }
 }
 
-/// Dimensions past rotary_dim of every Q and K head, and V and the pad, keep their bits; the
-/// rotated ones match the reference (HF Phi-3's: rotate_half within q[..., :rotary_dim]); and
-/// rotary_dim = head_dim gives the bits of the full-rotary entry point.
-#[test]
-fn rope_partial_rotary() {
-    let max_positions = 300;
-    for style in [RopeStyle::Interleaved, RopeStyle::Half] {
-        for (t, heads, kv_heads, hd, rd) in PARTIAL_SHAPES {
-            let what = format!("rope {style:?} T={t} {heads}/{kv_heads}×{hd} rotary {rd}");
-            let mut rng = Rng::new((t + heads * 7 + hd * 31 + rd) as u64);
-            let qk_dim = (heads + kv_heads) * hd;
-            let row_stride = qk_dim + kv_heads * hd + 5;
-            let mut positions: Vec<u32> = (0..t).map(|_| rng.below(max_positions)).collect();
-            positions[0] = max_positions as u32 - 1;
-            let cos_sin = rope::cos_sin_table(max_positions, rd, 10000.0);
-            let qkv = rng.normals(t * row_stride, 1.0);
-            let p = rope_params(t, heads, kv_heads, hd, row_stride, max_positions, style);
-            let mut want = qkv.clone();
-            rope::reference_partial(&mut want, &positions, &cos_sin, &p, rd);
-
-            let qb = f32s("qkv", &qkv, &[t, row_stride]);
-            let pb = u32s("positions", &positions);
-            // A table of one pair when nothing rotates: a binding cannot be empty.
-            let cb = f32s("cos_sin", &pad_nonempty(&cos_sin), &[cos_sin.len().max(2)]);
-            let k = Rope::new(ctx());
-            let bg = k.bind(ctx(), &qb.buffer, &pb.buffer, &cb.buffer);
-            run(|pass| k.encode_partial(pass, &bg, &p, rd));
-            let got = read(&qb);
-            assert_close(&what, &got, &want, TOL);
-            assert_pass_through(&what, &got, &qkv, &p, rd);
-            if rd == hd {
-                let qb2 = f32s("qkv", &qkv, &[t, row_stride]);
-                let bg2 = k.bind(ctx(), &qb2.buffer, &pb.buffer, &cb.buffer);
-                run(|pass| k.encode(pass, &bg2, &p));
-                assert_bits_eq(&format!("{what} vs encode"), &got, &read(&qb2));
-            }
-        }
-    }
-}
-
 /// `v`, or one (cos, sin) pair when `v` is empty.
 fn pad_nonempty(v: &[f32]) -> Vec<f32> {
     if v.is_empty() {
@@ -291,9 +251,11 @@ fn assert_pass_through(what: &str, got: &[f32], before: &[f32], p: &RopeParams, 
     }
 }
 
-/// The fused kernel with partial rotary: against the reference, bit-exact against partial
-/// rope followed by kv_write (the kernels it replaces), in buffer and texture pools (the
-/// same words), f32 and f16; qkv's K and V columns stay as they were.
+/// The fused kernel with partial rotary (the runner's only RoPE), both styles: against the
+/// reference (HF Phi-3's: rotate_half within q[..., :rotary_dim]), in buffer and texture pools
+/// (the same words), f32 and f16; dimensions past rotary_dim of every Q head and of every K
+/// head in the pool keep their bits, and so do qkv's K and V columns; rotary_dim = head_dim
+/// gives the bits of the full-rotary entry point.
 #[test]
 fn rope_kv_write_partial_rotary() {
     let (block_size, max_positions) = (4usize, 200usize);
@@ -374,31 +336,6 @@ fn rope_kv_write_partial_rotary() {
                         );
                     }
                 }
-
-                // The separate kernels, in one pass.
-                let qb2 = f32s("qkv", &qkv, &[t, row_stride]);
-                let kc2 = tensor("k_cache", &k0, &[slots, kv_dim], dtype);
-                let vc2 = tensor("v_cache", &v0, &[slots, kv_dim], dtype);
-                let rk = Rope::new(ctx());
-                let rbg = rk.bind(ctx(), &qb2.buffer, &pb.buffer, &cb.buffer);
-                let kw = KvWrite::new(ctx(), dtype, KvStorage::Buffer);
-                let kbg = kw.bind(ctx(), &qb2.buffer, &sb.buffer, &pool(&kc2), &pool(&vc2));
-                run(|pass| {
-                    rk.encode_partial(pass, &rbg, &p, rd);
-                    kw.encode(pass, &kbg, t, row_stride, q_dim, kv_dim);
-                });
-                let q_cols = |v: &[f32]| -> Vec<f32> {
-                    v.chunks(row_stride)
-                        .flat_map(|r| r[..q_dim].to_vec())
-                        .collect()
-                };
-                assert_bits_eq(
-                    &format!("{what} Q vs separate"),
-                    &q_cols(&fq),
-                    &q_cols(&read(&qb2)),
-                );
-                assert_bits_eq(&format!("{what} K vs separate"), &fk, &read(&kc2));
-                assert_bits_eq(&format!("{what} V vs separate"), &fv, &read(&vc2));
 
                 // Full rotary through the partial entry point: encode's bits.
                 if rd == hd {

@@ -1,5 +1,9 @@
 //! Every WGSL kernel parses, validates and translates, with no adapter needed.
 //!
+//! `ALL_SHADERS` is every `.wgsl` file under `shaders/`, each in its family's directory (the
+//! kernels both families run in `shaders/`, the CPU and GPU forms in `shaders/cpu/` and
+//! `shaders/gpu/`), compiled in as it is on disk.
+//!
 //! For each shader in `ALL_SHADERS`: naga's WGSL frontend, the validator (all checks, only the
 //! capabilities the shader can count on), every combination of the `override` constants the
 //! runtime sets, and the SPIR-V, MSL and HLSL backends. A shader that Metal or DX12 would reject
@@ -11,6 +15,7 @@ use std::path::Path;
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use wllm::gpu::KernelForms;
 use wllm::gpu::pipeline::{ALL_SHADERS, SUBGROUP_STAND_IN, ShaderSource, without_subgroups};
 
 /// WebGPU's default limits: the smallest any adapter offers.
@@ -64,10 +69,10 @@ fn capabilities(src: &str) -> Capabilities {
 
 fn parse_and_validate(s: &ShaderSource) -> (naga::Module, ModuleInfo) {
     let module = naga::front::wgsl::parse_str(s.wgsl)
-        .unwrap_or_else(|e| panic!("{}.wgsl: {}", s.name, e.emit_to_string(s.wgsl)));
+        .unwrap_or_else(|e| panic!("{}: {}", s.path(), e.emit_to_string(s.wgsl)));
     let info = Validator::new(ValidationFlags::all(), capabilities(s.wgsl))
         .validate(&module)
-        .unwrap_or_else(|e| panic!("{}.wgsl: {}", s.name, e.emit_to_string(s.wgsl)));
+        .unwrap_or_else(|e| panic!("{}: {}", s.path(), e.emit_to_string(s.wgsl)));
     (module, info)
 }
 
@@ -233,38 +238,101 @@ fn write_hlsl(module: &naga::Module, info: &ModuleInfo) -> Result<String, String
     Ok(text)
 }
 
+/// Every `.wgsl` file under `dir`, at any depth, as its path relative to `dir` with `/`
+/// separators (`matmul.wgsl`, `cpu/matmul.wgsl`).
+fn wgsl_files(dir: &Path) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|x| x == "wgsl") {
+                let rel = path.strip_prefix(dir).expect("under the shader directory");
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                files.insert(parts.join("/"));
+            }
+        }
+    }
+    files
+}
+
 #[test]
 fn one_shader_per_wgsl_file() {
     assert!(!ALL_SHADERS.is_empty(), "ALL_SHADERS is empty");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .map(|p| {
-            p.file_stem()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    assert!(!on_disk.is_empty(), "no .wgsl files in {}", dir.display());
-    let listed: Vec<&str> = ALL_SHADERS.iter().map(|s| s.name).collect();
-    let listed_set: BTreeSet<String> = listed.iter().map(|s| s.to_string()).collect();
-    assert_eq!(
-        listed.len(),
-        listed_set.len(),
-        "ALL_SHADERS lists a shader twice: {listed:?}"
+    let on_disk = wgsl_files(&dir);
+    assert!(
+        !on_disk.is_empty(),
+        "no .wgsl files under {}",
+        dir.display()
     );
-    assert_eq!(listed_set, on_disk, "ALL_SHADERS vs shaders/*.wgsl");
+    // Bare names are pipeline and profile labels, and Kernel::with_layout makes one module per
+    // name: unique over every family.
+    let names: Vec<&str> = ALL_SHADERS.iter().map(|s| s.name).collect();
+    let name_set: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(
+        names.len(),
+        name_set.len(),
+        "ALL_SHADERS lists a name twice: {names:?}"
+    );
+    for s in ALL_SHADERS {
+        assert!(
+            !s.name.contains('/') && !s.name.contains('.'),
+            "{}: a bare kernel name, without directory or extension",
+            s.name
+        );
+    }
+    let listed: BTreeSet<String> = ALL_SHADERS.iter().map(|s| s.path()).collect();
+    assert_eq!(listed, on_disk, "ALL_SHADERS vs shaders/**/*.wgsl");
     // The compiled-in text is the file on disk.
     for s in ALL_SHADERS {
-        let text = std::fs::read_to_string(dir.join(format!("{}.wgsl", s.name)))
-            .unwrap_or_else(|e| panic!("{}.wgsl: {e}", s.name));
+        let path = dir.join(s.path());
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
-            text, s.wgsl,
-            "{}.wgsl differs from the compiled-in source",
-            s.name
+            text,
+            s.wgsl,
+            "shaders/{} differs from the compiled-in source",
+            s.path()
+        );
+    }
+}
+
+/// The forms one kernel family runs sit in that family's directory (`shaders/cpu/`,
+/// `shaders/gpu/`: [`KernelForms::name`]), the kernels both run in `shaders/` itself, and
+/// there is no other directory of shaders.
+#[test]
+fn every_shader_sits_in_the_directory_of_its_family() {
+    let dir_of = |family: Option<KernelForms>| family.map_or("", KernelForms::name);
+    let families = [None, Some(KernelForms::Cpu), Some(KernelForms::Gpu)];
+    for family in families {
+        let n = ALL_SHADERS.iter().filter(|s| s.family == family).count();
+        assert!(n > 0, "no shader in shaders/{}", dir_of(family));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let allowed: BTreeSet<&str> = families.iter().map(|&f| dir_of(f)).collect();
+    for file in wgsl_files(&dir) {
+        let (sub, name) = file.rsplit_once('/').unwrap_or(("", &file));
+        assert!(
+            allowed.contains(sub),
+            "shaders/{file}: shaders go in shaders/, shaders/cpu/ or shaders/gpu/"
+        );
+        let name = name.strip_suffix(".wgsl").expect("a .wgsl file");
+        let s = ALL_SHADERS
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("shaders/{file} is not in ALL_SHADERS"));
+        assert_eq!(
+            sub,
+            dir_of(s.family),
+            "shaders/{file}: {} belongs in shaders/{}",
+            s.name,
+            dir_of(s.family)
         );
     }
 }
@@ -274,14 +342,14 @@ fn every_shader_starts_with_a_header_comment() {
     for s in ALL_SHADERS {
         assert!(
             s.wgsl.starts_with("//"),
-            "{}.wgsl must start with a `//` header: what it computes, bindings, dispatch",
-            s.name
+            "{} must start with a `//` header: what it computes, bindings, dispatch",
+            s.path()
         );
         for word in ["Bindings", "Dispatch"] {
             assert!(
                 s.wgsl.contains(word),
-                "{}.wgsl header has no `{word}:` section",
-                s.name
+                "{} header has no `{word}:` section",
+                s.path()
             );
         }
     }

@@ -3,17 +3,38 @@
 //! Every kernel is a single WGSL file with one entry point `main`, its tuning and element-type
 //! choices given as `override` constants. Pipelines use the layout naga derives from the shader,
 //! so a wrapper only names its buffers in binding order.
+//!
+//! Kernels that both kernel families run sit in `shaders/`; the forms only one family's
+//! [`DeviceProfile`] picks sit in `shaders/cpu/` ([`KernelForms::Cpu`]: lavapipe, llvmpipe) and
+//! `shaders/gpu/` ([`KernelForms::Gpu`]), each named by [`ShaderSource::family`].
+//!
+//! [`DeviceProfile`]: super::DeviceProfile
 
 use super::GpuContext;
+use super::device_profile::KernelForms;
 
-/// A WGSL file compiled into the crate.
+/// A WGSL file compiled into the crate: `shaders/<name>.wgsl`, or for a family's own form
+/// `shaders/<family>/<name>.wgsl`.
 #[derive(Debug, Clone, Copy)]
 pub struct ShaderSource {
+    /// The bare kernel name (no directory): the label of its pipelines and of its rows in
+    /// `wllm bench --profile`, unique over every family.
     pub name: &'static str,
+    /// The kernel family whose form this is (its subdirectory, [`KernelForms::name`]); `None`
+    /// for a kernel both families run.
+    pub family: Option<KernelForms>,
     pub wgsl: &'static str,
 }
 
 impl ShaderSource {
+    /// The file's path under `shaders/`: `<name>.wgsl` or `<family>/<name>.wgsl`.
+    pub fn path(&self) -> String {
+        match self.family {
+            Some(f) => format!("{}/{}.wgsl", f.name(), self.name),
+            None => format!("{}.wgsl", self.name),
+        }
+    }
+
     /// The text to compile on `ctx`: as it is, or on adapters without subgroups with its
     /// `subgroupBroadcast` calls renamed to the stand-in [`SUBGROUP_STAND_IN`] the shader
     /// defines (naga rejects a module that names a subgroup builtin on such a device even
@@ -41,13 +62,26 @@ pub fn without_subgroups(wgsl: &'static str) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// `shader!("name")`: `shaders/name.wgsl`, run by both families; `shader!(cpu "name")` and
+/// `shader!(gpu "name")`: `shaders/cpu/name.wgsl` and `shaders/gpu/name.wgsl`, one family's form.
 macro_rules! shader {
     ($name:literal) => {
+        shader!(@ None, "", $name)
+    };
+    (cpu $name:literal) => {
+        shader!(@ Some(KernelForms::Cpu), "cpu/", $name)
+    };
+    (gpu $name:literal) => {
+        shader!(@ Some(KernelForms::Gpu), "gpu/", $name)
+    };
+    (@ $family:expr, $dir:literal, $name:literal) => {
         ShaderSource {
             name: $name,
+            family: $family,
             wgsl: include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/shaders/",
+                $dir,
                 $name,
                 ".wgsl"
             )),
@@ -58,17 +92,17 @@ macro_rules! shader {
 pub const EMBEDDING: ShaderSource = shader!("embedding");
 pub const RMS_NORM: ShaderSource = shader!("rms_norm");
 pub const LAYER_NORM: ShaderSource = shader!("layer_norm");
-pub const MATMUL: ShaderSource = shader!("matmul");
-pub const MATMUL_SPLIT: ShaderSource = shader!("matmul_split");
-pub const MATMUL_QUANT: ShaderSource = shader!("matmul_quant");
-pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!("matmul_quant_split");
+pub const MATMUL: ShaderSource = shader!(cpu "matmul");
+pub const MATMUL_SPLIT: ShaderSource = shader!(gpu "matmul_split");
+/// The CPU forms' quantized matmul, and the GPU forms' too where quantized weights live in
+/// textures (the only quantized matmul that reads them).
+pub const MATMUL_QUANT: ShaderSource = shader!(cpu "matmul_quant");
+pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!(gpu "matmul_quant_split");
 pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
-pub const ROPE: ShaderSource = shader!("rope");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
-pub const PAGED_ATTENTION: ShaderSource = shader!("paged_attention");
-pub const PAGED_ATTENTION_SERIAL: ShaderSource = shader!("paged_attention_serial");
-pub const PAGED_ATTENTION_SPLIT: ShaderSource = shader!("paged_attention_split");
-pub const ATTENTION_COMBINE: ShaderSource = shader!("attention_combine");
+pub const PAGED_ATTENTION_SERIAL: ShaderSource = shader!(cpu "paged_attention_serial");
+pub const PAGED_ATTENTION_SPLIT: ShaderSource = shader!(gpu "paged_attention_split");
+pub const ATTENTION_COMBINE: ShaderSource = shader!(gpu "attention_combine");
 pub const SILU_MUL: ShaderSource = shader!("silu_mul");
 pub const GELU: ShaderSource = shader!("gelu");
 pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
@@ -90,9 +124,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     MATMUL_QUANT,
     MATMUL_QUANT_SPLIT,
     EMBEDDING_QUANT,
-    ROPE,
     KV_WRITE,
-    PAGED_ATTENTION,
     PAGED_ATTENTION_SERIAL,
     PAGED_ATTENTION_SPLIT,
     ATTENTION_COMBINE,

@@ -6,7 +6,7 @@
 //! large random garbage (a wrong slot shows), and is compared with the reference reading
 //! contiguous per-sequence K/V; every token alone (T = 1) must give its row's bits.
 //!
-//! Building the serial kind costs lavapipe 1-2 s (its NIR passes), the other kinds and kv_write
+//! Building the serial kind costs lavapipe 1-2 s (its NIR passes), the split kind and kv_write
 //! milliseconds, and a whole step with its alone checks 10-25 ms: a serial kernel is built
 //! once per process ([`Variant::build`] keeps it) and every case, mask, block layout and step
 //! of a test that it can run goes through the same one.
@@ -71,8 +71,7 @@ pub type AttnCase = (usize, usize, usize, usize, WeightDType);
 /// 2 of 70 (starting mid-block, each a full 64-key tile and a partial one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Variant {
-    Workgroup,
-    /// Serial as `with_kind` builds it: one query head per thread.
+    /// Serial with one query head per thread (rows shared where the adapter allows it).
     Serial,
     /// Serial with [`SerialTuning::for_heads`], as the runner builds it.
     SerialForHeads,
@@ -97,8 +96,7 @@ pub enum Variant {
     },
 }
 
-pub const VARIANTS: [Variant; 6] = [
-    Variant::Workgroup,
+pub const VARIANTS: [Variant; 5] = [
     Variant::Serial,
     Variant::SerialForHeads,
     Variant::SerialTexture { blocks_per_row: 3 },
@@ -238,14 +236,13 @@ impl Variant {
             Variant::ForModel { .. } => {
                 PagedAttention::for_model(self.device(), hd, kv, nkv, limits, storage)
             }
-            Variant::Workgroup => {
-                PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Workgroup)
-            }
-            Variant::Serial => PagedAttention::with_kind(ctx(), hd, kv, AttentionKind::Serial),
-            Variant::SerialForHeads | Variant::SerialTuned { .. } if !storage.is_texture() => {
+            Variant::Serial | Variant::SerialForHeads | Variant::SerialTuned { .. }
+                if !storage.is_texture() =>
+            {
                 PagedAttention::serial(ctx(), hd, kv, tuning.expect("serial"))
             }
-            Variant::SerialForHeads
+            Variant::Serial
+            | Variant::SerialForHeads
             | Variant::SerialTuned { .. }
             | Variant::SerialTexture { .. } => {
                 PagedAttention::serial_with_storage(ctx(), hd, kv, tuning.expect("serial"), storage)
@@ -282,7 +279,6 @@ impl Variant {
             return;
         }
         let kind = match self {
-            Variant::Workgroup => AttentionKind::Workgroup,
             Variant::Serial
             | Variant::SerialForHeads
             | Variant::SerialTuned { .. }

@@ -1,7 +1,7 @@
-//! `shaders/paged_attention.wgsl`, `shaders/paged_attention_serial.wgsl` and the split pair
-//! `shaders/paged_attention_split.wgsl` + `shaders/attention_combine.wgsl`: causal attention
-//! for packed queries over the paged KV pool. One kind serves every step on an adapter
-//! (prefill and decode alike), so results never depend on the batch.
+//! `shaders/cpu/paged_attention_serial.wgsl` (the CPU forms) and the split pair
+//! `shaders/gpu/paged_attention_split.wgsl` + `shaders/gpu/attention_combine.wgsl` (the GPU
+//! forms): causal attention for packed queries over the paged KV pool. One kind serves every
+//! step on an adapter (prefill and decode alike), so results never depend on the batch.
 //!
 //! The serial kind (CPU adapters) gives each thread one token and [`SerialTuning::group`]
 //! query heads of one KV head, so a K/V row is loaded once for all of them; with
@@ -15,7 +15,7 @@
 //! running max, sum of exponentials and unnormalised V accumulator in a scratch buffer, and a
 //! second dispatch merges the partitions in order 0, 1, 2, ... (a token with a single
 //! partition is finished by the first kernel, and a batch of such tokens needs no second
-//! dispatch, so short contexts cost what the workgroup kind costs). The partition size is fixed
+//! dispatch, so short contexts cost one workgroup per (token, head)). The partition size is fixed
 //! per model ([`SplitLimits::partition`]), so a token's partitions, and its result, depend only
 //! on its own position. Scratch: (max_tokens, num_heads, part_stride, 2 + head_dim) f32 with
 //! part_stride = ceil(max_context / partition) <= [`MAX_PARTITIONS`], shared by every bind group
@@ -26,9 +26,9 @@
 //! sliding_window`) and llama.cpp: a query at position p uses the keys j with p - j < window,
 //! i.e. j in [max(0, p + 1 - window), p], `window` keys counting its own (Mistral's 4096,
 //! Gemma 2/3's sliding layers). Every kind starts its walk at the window's first key, so keys
-//! before it are never read and a token costs O(min(p + 1, window)): the workgroup and serial
-//! kinds begin their key loop there (the serial kind's shared-row workgroups at their tokens'
-//! earliest window start), and the split kind numbers a token's partitions from the one holding
+//! before it are never read and a token costs O(min(p + 1, window)): the serial kind begins its
+//! key loop there (its shared-row workgroups at their tokens' earliest window start), and the
+//! split kind numbers a token's partitions from the one holding
 //! the window's first key, dispatching at most as many per token as `window` keys can touch,
 //! so partitions wholly before the window are neither dispatched nor merged (the combine never
 //! sees an empty partition). The soft-cap (Gemma 2) turns each score s = scale * q . k into
@@ -38,8 +38,7 @@
 use crate::gpu::kernels::quant_texture::{texture_entry, unused_texture};
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::{
-    ATTENTION_COMBINE, Kernel, PAGED_ATTENTION, PAGED_ATTENTION_SERIAL, PAGED_ATTENTION_SPLIT,
-    grid_2d,
+    ATTENTION_COMBINE, Kernel, PAGED_ATTENTION_SERIAL, PAGED_ATTENTION_SPLIT, grid_2d,
 };
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 
@@ -114,15 +113,15 @@ fn split_parts(max_context_len: usize, partition: usize, window: Option<u32>) ->
     }
 }
 
-/// How the attention work is spread over threads.
+/// How the attention work is spread over threads: the kind [`DeviceProfile`] picks for the
+/// kernel forms.
+///
+/// [`DeviceProfile`]: crate::gpu::DeviceProfile
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
-    /// A workgroup of 64 threads per (token, head), keys in tiles of 64 (GPUs).
-    Workgroup,
     /// One thread per (token, group of query heads sharing a KV head) walking the keys alone
     /// (CPU adapters: no barriers, and each K/V row loaded once for the group). Tuned by
-    /// [`SerialTuning`]: build it with [`PagedAttention::serial`] (or with_kind, one head per
-    /// thread).
+    /// [`SerialTuning`]: build it with [`PagedAttention::serial`].
     Serial,
     /// A workgroup of 64 threads per (token, head, partition of the keys), then a combine
     /// pass (GPUs: long contexts spread over many workgroups even for a single token).
@@ -248,7 +247,7 @@ pub struct PagedAttention {
     serial: Option<SerialState>,
 }
 
-/// Largest head the shader's per-thread accumulators cover (4 dims × 64 threads).
+/// Largest head either kind's shaders take (their `HEAD_DIM` limit).
 pub const MAX_HEAD_DIM: usize = 256;
 
 /// Binding order of the split kernels' shared layout (bind's arguments plus the scratch),
@@ -285,44 +284,7 @@ impl PagedAttention {
                 SerialTuning::for_heads(limits.num_heads, num_kv_heads),
                 storage,
             ),
-            kind => Self::with_kind(ctx, head_dim, kv_dtype, kind),
         }
-    }
-
-    /// A kind that needs no sizes: [`AttentionKind::Workgroup`] or [`AttentionKind::Serial`]
-    /// (one query head per thread, rows shared where the adapter allows it;
-    /// [`AttentionKind::Split`] is an error here: it needs [`PagedAttention::split`]).
-    pub fn with_kind(
-        ctx: &GpuContext,
-        head_dim: usize,
-        kv_dtype: WeightDType,
-        kind: AttentionKind,
-    ) -> Result<Self, GpuError> {
-        check_head_dim(head_dim)?;
-        let consts = [("HEAD_DIM", head_dim as f64), ("KV_F16", kv_dtype.is_f16())];
-        let kernel = match kind {
-            AttentionKind::Workgroup => Kernel::new(ctx, PAGED_ATTENTION, &consts),
-            AttentionKind::Serial => {
-                let tuning = SerialTuning {
-                    group: 1,
-                    shared: true,
-                };
-                return Self::serial(ctx, head_dim, kv_dtype, tuning);
-            }
-            AttentionKind::Split => {
-                return Err(GpuError::Shape {
-                    op: "paged_attention",
-                    msg: "the split kind needs its scratch sizes: use PagedAttention::split".into(),
-                });
-            }
-        };
-        Ok(Self {
-            kernel,
-            kind,
-            head_dim,
-            split: None,
-            serial: None,
-        })
     }
 
     /// The serial kind with `tuning` (its `shared` switched off where the adapter's subgroup
@@ -590,8 +552,9 @@ impl PagedAttention {
             p.scale.to_bits(),
         ];
         let items = p.num_tokens * p.num_heads;
-        match (self.kind, &self.split) {
-            (AttentionKind::Split, Some(s)) => {
+        match self.kind {
+            AttentionKind::Split => {
+                let s = self.split.as_ref().expect("the split kind has its state");
                 let l = &s.limits;
                 assert!(
                     p.num_tokens <= l.max_tokens
@@ -627,7 +590,7 @@ impl PagedAttention {
                     grid_2d(threads.div_ceil(COMBINE_WG) as u32),
                 );
             }
-            (AttentionKind::Serial, _) => {
+            AttentionKind::Serial => {
                 let serial = self.serial.as_ref().expect("the serial kind has its state");
                 let tuning = serial.tuning;
                 assert!(
@@ -663,13 +626,6 @@ impl PagedAttention {
                 serial_imm[8] = serial.storage.row_slots();
                 serial_imm[9..].copy_from_slice(&mask);
                 kernel.dispatch(pass, bg, &serial_imm, grid_2d(groups as u32));
-            }
-            _ => {
-                let mut wg_imm = [0u32; 9];
-                wg_imm[..7].copy_from_slice(&imm);
-                wg_imm[7..].copy_from_slice(&mask);
-                self.kernel
-                    .dispatch(pass, bg, &wg_imm, grid_2d(items as u32))
             }
         }
     }

@@ -1,5 +1,5 @@
-//! `shaders/matmul.wgsl` and `shaders/matmul_split.wgsl`: activations × a dense (f16/f32)
-//! linear layer's weight, with optional bias and a fused residual add. The first kernel gives
+//! `shaders/cpu/matmul.wgsl` and `shaders/gpu/matmul_split.wgsl`: activations × a dense
+//! (f16/f32) linear layer's weight, with optional bias and a fused residual add. The first kernel gives
 //! each thread 8 output columns walking all of k alone (CPU adapters); the second splits each
 //! 4-column quad's k over [`Matmul::k_split`] lanes (GPUs), so a decode step's matvec has
 //! enough threads. Both read [`pack_weight`]'s layout and take the same bind groups and

@@ -1,4 +1,4 @@
-//! `shaders/matmul_quant.wgsl` and `shaders/matmul_quant_split.wgsl`: activations × a
+//! `shaders/cpu/matmul_quant.wgsl` and `shaders/gpu/matmul_quant_split.wgsl`: activations × a
 //! GGUF-quantized linear weight (Q4_0, Q4_1, Q8_0) that stays quantized in GPU memory and is
 //! dequantized in registers, with optional bias and a fused residual add; and
 //! [`pack_quantized`], GGUF's blocks → the kernels' layout. The first kernel gives each output

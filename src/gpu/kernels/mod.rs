@@ -1,4 +1,5 @@
-//! One typed wrapper per kernel in `shaders/`, each with its CPU reference.
+//! One typed wrapper per kernel in `shaders/` (and its `cpu/` and `gpu/` forms), each with its
+//! CPU reference.
 //!
 //! A wrapper compiles its pipeline once ([`Kernel`]), builds bind groups once per set of
 //! buffers, and records a dispatch per call with the per-call sizes as immediates.
@@ -35,7 +36,7 @@ pub use matmul_quant::{MatmulQuant, QuantFormat, QuantTuning, pack_quantized};
 pub use norm::{LayerNorm, QkNorm, QkNormParams, RmsNorm};
 pub use pointwise::{Scale, SoftCap};
 pub use quant_texture::WeightData;
-pub use rope::{Rope, RopeParams};
+pub use rope::RopeParams;
 pub use rope_kv_write::RopeKvWrite;
 pub use sample::Sample;
 

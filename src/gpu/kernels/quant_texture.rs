@@ -1,4 +1,4 @@
-//! Quantized weights in a texture: the form `shaders/matmul_quant.wgsl` and
+//! Quantized weights in a texture: the form `shaders/cpu/matmul_quant.wgsl` and
 //! `shaders/embedding_quant.wgsl` read on CPU adapters (`W_TEXTURE`).
 //!
 //! llvmpipe fetches a texel for all SIMD lanes in one gather, but loads a storage-buffer word

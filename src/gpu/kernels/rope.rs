@@ -1,9 +1,9 @@
-//! `shaders/rope.wgsl`: rotary position embedding in place on the packed Q and K heads, over
-//! all of each head (full rotary) or its first `rotary_dim` dimensions (partial rotary, Phi-3's
+//! Rotary position embedding's parameters and CPU reference. The GPU applies RoPE only fused
+//! with the KV write ([`RopeKvWrite`], `shaders/rope_kv_write.wgsl`): over all of each Q and K
+//! head (full rotary) or its first `rotary_dim` dimensions (partial rotary, Phi-3's
 //! `partial_rotary_factor`: the rest of the head passes through).
-
-use crate::gpu::GpuContext;
-use crate::gpu::pipeline::{Kernel, ROPE};
+//!
+//! [`RopeKvWrite`]: super::RopeKvWrite
 
 /// Which dimensions RoPE rotates together within one head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,8 +14,7 @@ pub enum RopeStyle {
     Half,
 }
 
-use super::groups_for;
-
+/// The sizes of one RoPE call ([`RopeKvWrite::encode`](super::RopeKvWrite::encode)).
 #[derive(Debug, Clone, Copy)]
 pub struct RopeParams {
     pub num_tokens: usize,
@@ -28,8 +27,8 @@ pub struct RopeParams {
 }
 
 impl RopeParams {
-    /// The first 7 words of the `Params` struct of rope.wgsl and rope_kv_write.wgsl (each
-    /// appends its own: `rotary_dim`, and `row_slots` before it in rope_kv_write).
+    /// The first 7 words of rope_kv_write.wgsl's `Params` struct (`row_slots` and
+    /// `rotary_dim` follow).
     pub(crate) fn immediates(&self) -> [u32; 7] {
         let style = match self.style {
             RopeStyle::Interleaved => 0,
@@ -44,52 +43,6 @@ impl RopeParams {
             self.max_positions as u32,
             style,
         ]
-    }
-}
-
-pub struct Rope {
-    kernel: Kernel,
-}
-
-impl Rope {
-    pub fn new(ctx: &GpuContext) -> Self {
-        Self {
-            kernel: Kernel::new(ctx, ROPE, &[]),
-        }
-    }
-
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        qkv: &wgpu::Buffer,
-        positions: &wgpu::Buffer,
-        cos_sin: &wgpu::Buffer,
-    ) -> wgpu::BindGroup {
-        self.kernel.bind(ctx, &[qkv, positions, cos_sin])
-    }
-
-    /// Full rotary: every dimension of each head rotates (`cos_sin` has head_dim/2 columns).
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, bg: &wgpu::BindGroup, p: &RopeParams) {
-        self.encode_partial(pass, bg, p, p.head_dim);
-    }
-
-    /// Partial rotary: the first `rotary_dim` dimensions of each head rotate (pairs in
-    /// `p.style`, taken within those dimensions), the others pass through; `cos_sin` is
-    /// [`cos_sin_table`] of `rotary_dim` (rotary_dim/2 columns). `rotary_dim = p.head_dim` is
-    /// [`Rope::encode`], bit for bit. Panics unless rotary_dim is even and at most head_dim.
-    pub fn encode_partial(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        bg: &wgpu::BindGroup,
-        p: &RopeParams,
-        rotary_dim: usize,
-    ) {
-        check_rotary_dim(p, rotary_dim);
-        let mut imm = [0; 8];
-        imm[..7].copy_from_slice(&p.immediates());
-        imm[7] = rotary_dim as u32;
-        let n = p.num_tokens * (p.num_heads + p.num_kv_heads) * rotary_dim / 2;
-        self.kernel.dispatch(pass, bg, &imm, groups_for(n, 256));
     }
 }
 
@@ -126,7 +79,7 @@ pub fn reference(qkv: &mut [f32], positions: &[u32], cos_sin: &[f32], p: &RopePa
     reference_partial(qkv, positions, cos_sin, p, p.head_dim);
 }
 
-/// [`reference`] over the first `rotary_dim` dimensions of each head, as Hugging Face's Phi-3
+/// [`reference()`] over the first `rotary_dim` dimensions of each head, as Hugging Face's Phi-3
 /// does it (`q_rot = q[..., :rotary_dim]`, rotate_half within q_rot, `q_pass` unchanged); the
 /// interleaved style pairs (2i, 2i+1) for i < rotary_dim/2. `cos_sin` has rotary_dim/2 columns.
 pub fn reference_partial(

@@ -1,8 +1,8 @@
 //! `shaders/rope_kv_write.wgsl`: RoPE on the Q and K heads and the KV write in one dispatch
-//! (rope.wgsl then kv_write.wgsl, fused). Q is rotated in place; K is rotated on its way into
-//! the pool, so qkv's K columns keep their unrotated values. The pools are storage buffers or
-//! (CPU adapters) textures ([`KvStorage`]). Full rotary, or partial: only the first
-//! `rotary_dim` dimensions of each head rotate ([`RopeKvWrite::encode_partial`]).
+//! (RoPE then kv_write.wgsl, fused; the runner's only RoPE). Q is rotated in place; K is
+//! rotated on its way into the pool, so qkv's K columns keep their unrotated values. The pools
+//! are storage buffers or (CPU adapters) textures ([`KvStorage`]). Full rotary, or partial:
+//! only the first `rotary_dim` dimensions of each head rotate ([`RopeKvWrite::encode_partial`]).
 
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::{Kernel, ROPE_KV_WRITE, grid_2d};
@@ -132,7 +132,7 @@ pub fn reference(
     );
 }
 
-/// [`reference`] with partial rotary ([`rope::reference_partial`]).
+/// [`reference()`] with partial rotary ([`rope::reference_partial`]).
 #[allow(clippy::too_many_arguments)]
 pub fn reference_partial(
     qkv: &mut [f32],

@@ -52,7 +52,9 @@
 // Per block it loads its rows of x once and reuses them for all its columns: on llvmpipe every
 // load from a storage buffer costs a loop over the SIMD lanes, so loads per multiply-add are
 // what decide speed there (COLS = 8). GPUs take matmul_quant_split.wgsl instead (many threads,
-// each column's k-blocks split over 16 lanes).
+// each column's k-blocks split over 16 lanes), except where quantized weights are put in
+// textures (WLLM_QUANT_WEIGHTS=texture): only this kernel reads W_TEXTURE, so the GPU forms
+// run it too then (one thread per column, k_split 1; see DeviceProfile::quant_tuning).
 // The thread's sums live in 16 named `Tile`s of 8 rows, every row and weight-row step written
 // out and switched off by `if` on the override constants (folded away when the pipeline is
 // built): llvmpipe keeps such values in registers, but an array indexed by a loop counter it

@@ -1,6 +1,7 @@
 // Paged causal attention for CPU adapters (llvmpipe/lavapipe), each thread walking the keys
-// alone: the same math as paged_attention.wgsl and its bindings 0-6 (K/V read as vec4<u32>),
-// plus the K/V pools as textures at 7 and 8 where they live there (KV_TEXTURE).
+// alone: the same math as gpu/paged_attention_split.wgsl + gpu/attention_combine.wgsl (the GPU
+// form), K/V read as vec4<u32> from buffers or, where the pools live there, from textures at
+// 7 and 8 (KV_TEXTURE).
 //
 // For token t of sequence s = token_seq[t] at position pos = positions[t], and query head h
 // (KV head h / (num_heads / num_kv_heads)):
