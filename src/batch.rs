@@ -10,6 +10,13 @@ use crate::sampling::RowSampling;
 /// picked for the logits row in the low bits (see [`StepBatch::feed_from_previous_step`]).
 pub const FED_TOKEN: u32 = 0x8000_0000;
 
+/// What `block_tables` holds where a table has no block: past its end, and in its holes
+/// (`kv::BlockId::HOLE`: blocks released because every layer's sliding window has moved past
+/// them). The kernels never read those entries — a query's walk starts at its window's first
+/// block and stops at its context's last — so any in-range block id will do; 0 keeps every
+/// entry a valid block, which the runner checks.
+pub const HOLE_ENTRY: u32 = 0;
+
 /// Which of a sequence's rows in this step need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitRows {
@@ -35,7 +42,9 @@ pub struct StepBatch {
     pub query_start: Vec<u32>,
     /// Tokens of sequence s in the KV cache once this step has run (S).
     pub context_lens: Vec<u32>,
-    /// (S, max_blocks) physical block ids, row-major; entries past a table's end are 0.
+    /// (S, max_blocks) physical block ids, row-major; entries past a table's end, and the
+    /// holes of a table (blocks given back once out of every sliding window), are
+    /// [`HOLE_ENTRY`].
     pub block_tables: Vec<u32>,
     /// Columns of `block_tables`: the most blocks any sequence may hold.
     pub max_blocks: usize,
@@ -98,9 +107,11 @@ impl StepBatch {
             .extend(std::iter::repeat_n(seq, tokens.len()));
         self.query_start.push(self.token_ids.len() as u32);
         self.context_lens.push((start_pos + tokens.len()) as u32);
-        let mut row = vec![0u32; self.max_blocks];
+        let mut row = vec![HOLE_ENTRY; self.max_blocks];
         for (dst, b) in row.iter_mut().zip(table.blocks()) {
-            *dst = b.0;
+            if !b.is_hole() {
+                *dst = b.0;
+            }
         }
         self.block_tables.extend(row);
         let last_row = self.token_ids.len() as u32;
@@ -151,6 +162,35 @@ impl StepBatch {
 mod tests {
     use super::*;
     use crate::kv::BlockPool;
+
+    #[test]
+    fn holes_become_the_sentinel_and_are_never_a_slot() {
+        // Blocks of 4, 13 tokens: 4 blocks; the first two given back (window 4 after 13
+        // tokens computed: floor((13 + 1 - 4) / 4) = 2).
+        let mut pool = BlockPool::new(8, 4).unwrap();
+        let mut t = BlockTable::new();
+        t.grow_to(&mut pool, 13).unwrap();
+        let kept = t.blocks()[2..].to_vec();
+        assert_eq!(t.release_front(&mut pool, 2).unwrap(), 2);
+        t.grow_to(&mut pool, 14).unwrap();
+        let mut batch = StepBatch::new(6);
+        batch
+            .push_sequence(&[9], 13, &t, 4, LogitRows::Last)
+            .unwrap();
+        assert_eq!(
+            batch.block_tables,
+            vec![HOLE_ENTRY, HOLE_ENTRY, kept[0].0, kept[1].0, 0, 0]
+        );
+        assert_eq!(batch.slot_mapping, vec![kept[1].0 * 4 + 1]);
+        // a position inside a hole has no slot: the batch refuses it, no panic
+        assert!(
+            batch
+                .push_sequence(&[9], 3, &t, 4, LogitRows::Last)
+                .is_none()
+        );
+        t.release(&mut pool).unwrap();
+        assert_eq!(pool.num_free(), 8);
+    }
 
     #[test]
     fn two_sequences_pack_without_padding() {

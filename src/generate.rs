@@ -37,6 +37,15 @@ pub struct ModelOptions {
     /// Reuse the KV of full blocks whose tokens (and every token before them) match an earlier
     /// request's (the engine only; `Generator` never shares).
     pub enable_prefix_cache: bool,
+    /// The longest sequence (prompt + output) the engine runs with, like vLLM's
+    /// `--max-model-len` and llama.cpp's `-c`: `None` is the model's own context; more than
+    /// that is an error. It lowers [`ModelConfig::max_context`] everywhere. It also picks
+    /// LongRoPE's factors (Phi-3 128k, Phi-3.5, Phi-4-mini), once, at load: the long factors
+    /// when this context exceeds the model's `original_max_position_embeddings`, else the
+    /// short ones (as llama.cpp does; transformers switches per forward pass on the sequence
+    /// length, which would make a sequence's logits depend on how long it has grown). The
+    /// attention factor applies either way.
+    pub max_model_len: Option<usize>,
 }
 
 impl ModelOptions {
@@ -50,8 +59,28 @@ impl ModelOptions {
             max_batch_tokens: 256,
             max_seqs: 64,
             enable_prefix_cache: true,
+            max_model_len: None,
         }
     }
+}
+
+/// The model's config with `opts.max_model_len` applied (see [`ModelOptions::max_model_len`]).
+pub fn model_config(files: &ModelFiles, opts: &ModelOptions) -> Result<ModelConfig> {
+    let mut cfg = files.config()?;
+    match opts.max_model_len {
+        None => {}
+        Some(0) => {
+            return Err(Error::InvalidRequest("max_model_len is 0".into()));
+        }
+        Some(n) if n > cfg.max_context => {
+            return Err(Error::InvalidRequest(format!(
+                "max_model_len {n} is more than the model's context of {} tokens",
+                cfg.max_context
+            )));
+        }
+        Some(n) => cfg.max_context = n,
+    }
+    Ok(cfg)
 }
 
 /// Why a generation ended.
@@ -149,7 +178,7 @@ impl Generator {
     ) -> Result<Generator> {
         check_block_size(opts.block_size)?;
         let files = ModelFiles::open(&opts.path)?;
-        let cfg = files.config()?;
+        let cfg = model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
         // Sized before the upload, so a pool that cannot be fails at once.
         let num_blocks = kv_pool_blocks(ctx, &cfg, opts)?;

@@ -14,60 +14,30 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixtures, floats, gpu, ids, read_json};
-use wllm::{Engine, EngineConfig, Generator, ModelOptions, Prompt, Request, WeightDType};
+use common::golden::{assert_batch_invariant, teacher_forced, tolerance};
+use common::{fixtures, gpu, ids, read_json};
+use wllm::{Generator, ModelOptions, WeightDType};
 
 /// Compares `model` (a checkpoint directory or a .gguf) with `golden`.
 fn check(model: &Path, golden: &Path, dtype: WeightDType) {
     let golden = read_json(golden);
-    let tol = match dtype {
-        WeightDType::F32 => 5e-4,
-        _ => 0.05,
-    };
     let mut opts = ModelOptions::new(model);
     opts.dtype = dtype;
     opts.max_batch_tokens = 48;
     opts.max_seqs = 16;
     let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
     let name = model.file_name().unwrap().to_string_lossy().into_owned();
-    let mut worst = 0f32;
-    for case in golden["cases"].as_array().unwrap() {
-        let case_name = case["name"].as_str().unwrap();
-        let prompt = ids(&case["prompt_ids"]);
-        let greedy = ids(&case["greedy_ids"]);
-        let mut all = prompt.clone();
-        all.extend(&greedy);
-        let logits = g.logits(&all[..all.len() - 1]).unwrap();
-        for (i, tk) in case["topk"].as_array().unwrap().iter().enumerate() {
-            let row = &logits[prompt.len() - 1 + i];
-            let ref_ids = ids(&tk["ids"]);
-            let ref_logits = floats(&tk["logits"]);
-            let top = row[ref_ids[0] as usize];
-            for (id, l) in ref_ids.iter().zip(&ref_logits) {
-                let err = ((top - row[*id as usize]) - (ref_logits[0] - l)).abs();
-                worst = worst.max(err);
-                assert!(
-                    err <= tol,
-                    "{name} {dtype:?} {case_name} step {i} id {id}: error {err}"
-                );
-            }
-            if ref_logits[0] - ref_logits[1] > 0.3 {
-                let ours = (0..row.len())
-                    .max_by(|a, b| row[*a].total_cmp(&row[*b]))
-                    .unwrap();
-                assert_eq!(
-                    ours as u32, ref_ids[0],
-                    "{name} {dtype:?} {case_name} step {i}: top-1 differs where the margin is clear"
-                );
-            }
-        }
-    }
+    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
+    let d = teacher_forced(&mut g, &cases);
+    d.assert_within(&format!("{name} {dtype:?}"), tolerance(dtype));
     assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
-    eprintln!("{name} {dtype:?}: worst logit-difference error {worst:.2e}");
+    eprintln!(
+        "{name} {dtype:?}: worst logit-difference error {:.2e}",
+        d.worst
+    );
 }
 
-/// Greedy continuations of the golden prompts, each alone and all at once in an engine whose
-/// small step budget and pool force chunked prefills and preemptions: identical.
+/// The golden prompts' greedy continuations alone and batched: identical.
 fn batch_invariant(model: &Path, golden: &Path) {
     let golden = read_json(golden);
     let prompts: Vec<Vec<u32>> = golden["cases"]
@@ -76,35 +46,7 @@ fn batch_invariant(model: &Path, golden: &Path) {
         .iter()
         .map(|c| ids(&c["prompt_ids"]))
         .collect();
-    let engine = |max_batch_tokens: usize, kv_blocks: Option<usize>| {
-        let mut cfg = EngineConfig::new(model);
-        cfg.model.dtype = WeightDType::F32;
-        cfg.model.max_batch_tokens = max_batch_tokens;
-        cfg.model.max_seqs = 8;
-        cfg.model.num_blocks = kv_blocks;
-        Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap()
-    };
-    let run = |e: &Engine, p: &[u32]| {
-        let mut req = Request::new(Prompt::Ids(p.to_vec()));
-        req.max_tokens = 12;
-        e.generate(req).unwrap().output_ids
-    };
-    let alone = engine(256, None);
-    let want: Vec<Vec<u32>> = prompts.iter().map(|p| run(&alone, p)).collect();
-    drop(alone);
-    // 16 tokens a step, 12 blocks of 16: the 100-token prompt alone needs 8 blocks, so the
-    // six sequences cannot all stay resident.
-    let tight = engine(16, Some(12));
-    let got: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = prompts.iter().map(|p| s.spawn(|| run(&tight, p))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert_eq!(
-        got,
-        want,
-        "{}: batched output differs from alone",
-        model.display()
-    );
+    assert_batch_invariant(model, &prompts, |_| {});
 }
 
 fn hf(dir: &str) -> (std::path::PathBuf, std::path::PathBuf) {

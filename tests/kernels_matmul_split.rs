@@ -1,4 +1,4 @@
-//! The dense matmul's k-split form (shaders/matmul_split.wgsl, the GPU kernel form) against
+//! The dense matmul's k-split form (shaders/gpu/matmul_split.wgsl, the GPU kernel form) against
 //! the f64 reference, and its batch invariance, on lavapipe like every kernel test.
 //!
 //! Sizes are awkward: N not a multiple of the 4-column quad or of 8, K not a multiple of the

@@ -21,6 +21,10 @@ pub struct ModelBenchArgs {
     pub dtype: Option<String>,
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
+    /// Longest sequence to run, at most the model's context (default: the model's); picks
+    /// LongRoPE's factors
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
     /// Timed runs; the median is reported (one untimed warm-up run comes first)
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -72,6 +76,7 @@ fn load(
     let mut opts = ModelOptions::new(&a.model);
     opts.dtype = parse_dtype(&a.dtype)?;
     opts.block_size = a.block_size;
+    opts.max_model_len = a.max_model_len;
     opts.max_seqs = seqs;
     opts.max_batch_tokens = step_tokens;
     opts.num_blocks = Some(kv_tokens.div_ceil(a.block_size) + seqs);

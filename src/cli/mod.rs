@@ -69,6 +69,11 @@ pub struct EngineArgs {
     /// Compute every prompt in full instead of reusing cached KV of common prefixes
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Longest sequence (prompt + output) to run, at most the model's context (default: the
+    /// model's). LongRoPE models (Phi-3.5, Phi-4-mini) use their long factors iff this
+    /// exceeds their original context
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
     /// on: schedule and submit the next step while the GPU runs this one (whenever every
     /// token of the step is picked on the GPU); off: read each step back first. Default: on
     /// GPUs, off on CPU adapters (which run a step inside its submit). The tokens are the same
@@ -94,6 +99,7 @@ impl EngineArgs {
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
+        cfg.model.max_model_len = self.max_model_len;
         cfg.overlap_steps = self.overlap.as_deref().map(|o| o == "on");
         cfg.adapter = AdapterSelector::from_env()?;
         Ok(cfg)

@@ -265,7 +265,7 @@ impl Engine {
         check_block_size(opts.block_size)?;
         check_step_limits(opts.max_seqs, opts.max_batch_tokens)?;
         let files = ModelFiles::open(&opts.path)?;
-        let model = files.config()?;
+        let model = crate::generate::model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
         // Sized before the upload, so a pool that cannot be fails at once.
         let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
@@ -282,18 +282,31 @@ impl Engine {
         };
         let runner = Runner::new(ctx, crate::model::forward(&model, weights)?, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
+        let window = kv_window(&model);
+        // Positions the runner's tables reach (its RoPE table and block-table width).
+        let runner_positions = (runner.max_blocks() * bs).min(model.max_context);
         let sched_cfg = SchedulerConfig {
             max_num_seqs: rc.max_seqs,
             max_num_batched_tokens: rc.max_batch_tokens,
-            max_model_len: model.max_context,
+            // With a window the pool no longer bounds a sequence (it gives back the blocks
+            // the window has passed), so the runner's positions are the limit: a sequence is
+            // length-capped there rather than refused.
+            max_model_len: match window {
+                Some(_) => runner_positions,
+                None => model.max_context,
+            },
             // The engine enforces the cap at submit (see `Engine::submit_n`), so the scheduler
             // never refuses a request that was already accepted.
             max_waiting: usize::MAX,
             enable_prefix_cache: opts.enable_prefix_cache,
+            sliding_window: window,
             ..SchedulerConfig::default()
         };
-        // The longest sequence the pool can ever hold.
-        let max_seq_tokens = (num_blocks * bs).min(model.max_context);
+        // The longest sequence the pool (or with a window, the runner) can ever hold.
+        let max_seq_tokens = match window {
+            Some(_) => runner_positions,
+            None => (num_blocks * bs).min(model.max_context),
+        };
         let stats = EngineStats {
             blocks_total: num_blocks,
             blocks_free: num_blocks,
@@ -578,6 +591,15 @@ fn check_step_limits(max_seqs: usize, max_batch_tokens: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The keys every layer of `model` attends to at most: the largest sliding window when every
+/// layer has one (Mistral-7B-v0.1: 4096 on all layers), else `None` (a layer that sees the
+/// whole context — Llama, or Gemma 2/3's global layers — reads every block to the end).
+/// The scheduler gives back the blocks a sequence's window has passed.
+pub fn kv_window(model: &ModelConfig) -> Option<usize> {
+    let windows: Option<Vec<usize>> = model.layer_windows.iter().copied().collect();
+    windows?.into_iter().max()
 }
 
 /// Blocks a table would need for `tokens` (re-exported arithmetic for planning).

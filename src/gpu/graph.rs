@@ -67,6 +67,9 @@ pub struct Rotary {
     pub style: RopeStyle,
     /// Angle per position step of each rotated pair.
     pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (so the rotated dimensions of q and k, not the pass-through
+    /// ones): YaRN's and LongRoPE's attention factor, 1 for everyone else.
+    pub attention_factor: f32,
 }
 
 /// A rotary table of the graph.

@@ -6,8 +6,13 @@
 //! - free (uncached + cached-free) + held = total (`BlockPool::validate` checks all of this);
 //! - a block's ref count is its number of holders: the tables that list it, plus any caller that
 //!   retained it directly (the scheduler keeps a copy's source alive until the copy has run);
-//! - a block table holds exactly ceil(num_tokens / block_size) blocks, so only its last block
-//!   may be partly empty, and every token's slot lies in one of its own blocks;
+//! - a block table holds exactly ceil(num_tokens / block_size) entries, so only its last block
+//!   may be partly empty; the leading entries may be *holes* ([`BlockId::HOLE`]: blocks given
+//!   back by [`BlockTable::release_front`] because no later query reads them — every layer's
+//!   sliding window has moved past them, see [`blocks_out_of_window`]). Holes are never read
+//!   and never written, and hold nothing in the pool: a hole is only ever a full block's place,
+//!   every held entry follows every hole, and every slot a table hands out lies in one of its
+//!   own held blocks;
 //! - a table never writes into a block another table also holds: full blocks are never written
 //!   again, and appending into a shared, partly filled last block first copies it (copy-on-write).
 //!
@@ -21,8 +26,16 @@
 //!
 //! Costs: allocate is O(1) (pop the free list; O(log n) when it evicts), release is O(1)
 //! (push it back; O(log n) for a cached block), retain is O(1);
-//! `BlockTable::fork` and `release` are O(blocks of the table); `grow_to`, `prepare_append` and
-//! `truncate` are O(blocks allocated or released), plus O(1) for a copy-on-write.
+//! `BlockTable::fork` and `release` are O(blocks of the table); `grow_to`, `prepare_append`,
+//! `truncate` and `release_front` are O(blocks allocated or released), plus O(1) for a
+//! copy-on-write.
+//!
+//! Sliding windows. When every layer of a model attends only to the last `window` positions,
+//! a block all of whose positions lie before the window of the next query is never read
+//! again: the scheduler gives it back with [`BlockTable::release_front`] (one reference
+//! dropped, so a block another table shares, or a cached one, lives on as usual) and the table
+//! keeps a hole at its logical index, so positions still map to `position / block_size`.
+//! A windowed sequence then holds at most [`window_peak_blocks`] blocks at once.
 
 use std::fmt;
 
@@ -35,9 +48,24 @@ pub use prefix_cache::{BlockHash, block_hash};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockId(pub u32);
 
+impl BlockId {
+    /// A table entry whose block was given back (see the module docs): it names no block of
+    /// any pool (no pool has 2^32 - 1 blocks), so a pool operation on it fails with
+    /// `NotHeld` instead of touching another table's block.
+    pub const HOLE: BlockId = BlockId(u32::MAX);
+
+    pub fn is_hole(self) -> bool {
+        self == Self::HOLE
+    }
+}
+
 impl fmt::Display for BlockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "block {}", self.0)
+        if self.is_hole() {
+            write!(f, "a released block (hole)")
+        } else {
+            write!(f, "block {}", self.0)
+        }
     }
 }
 
@@ -62,6 +90,10 @@ pub enum KvError {
     /// use `prepare_append`, which copies it first.
     #[error("{0} is shared: appending to it needs a copy-on-write (use prepare_append)")]
     SharedLastBlock(BlockId),
+    /// Truncating to `tokens` would leave the table ending inside a released block, so the
+    /// next append would write into a hole.
+    #[error("truncating to {tokens} tokens would end the table inside a released block")]
+    EndsInHole { tokens: usize },
 }
 
 /// A copy the GPU runner performs before the step's forward pass: every slot of `src` (K and V,
@@ -80,6 +112,45 @@ pub fn check_block_size(block_size: usize) -> Result<(), KvError> {
     } else {
         Err(KvError::BadBlockSize(block_size))
     }
+}
+
+/// Leading blocks of a sequence that no query after its first `num_computed` tokens reads,
+/// when every layer's window is at most `window` keys (window ≥ 1).
+///
+/// The attention kernels give a query at position p the keys j with p - j < window, i.e.
+/// j ≥ p + 1 - window (`window_start` in shaders/cpu/paged_attention_serial.wgsl and
+/// shaders/gpu/paged_attention_split.wgsl: keys before it are
+/// never read, and the block walk starts at its block). Every later query — the next decode
+/// token, or the first token of the next prefill chunk — sits at p ≥ num_computed, so it
+/// reads no key before lo = num_computed + 1 - window (paged_attention_serial's shared walk
+/// starts at the earliest window start among one sequence's tokens of a step, all of them at
+/// positions ≥ num_computed; the split form's partitions start at lo too). Block b holds
+/// positions b·bs ..= (b+1)·bs - 1; it is never read again iff its last position is below lo:
+/// (b+1)·bs - 1 < lo ⟺ (b+1)·bs ≤ num_computed + 1 - window. So blocks
+/// 0 .. floor((num_computed + 1 - window) / bs) go, none while num_computed + 1 ≤ window.
+/// Example: window 24, blocks of 8, 40 tokens computed: the next query (position 40) reads
+/// keys 17..=40, so blocks 0 (0..=7) and 1 (8..=15) go and block 2 (16..=23) stays:
+/// floor((40 + 1 - 24) / 8) = floor(17 / 8) = 2. Every released block is full (its last
+/// position is below num_computed), so it is never a shared, partly filled last block.
+pub fn blocks_out_of_window(num_computed: usize, window: usize, block_size: usize) -> usize {
+    (num_computed + 1).saturating_sub(window) / block_size
+}
+
+/// Most blocks a sequence holds at once when it gives back what [`blocks_out_of_window`]
+/// allows after every step, during a step that computes `chunk` tokens (0: between steps):
+/// ceil((window + chunk + block_size - 2) / block_size).
+///
+/// Before a step from position c the table holds the blocks from the one holding
+/// lo = c + 1 - window (or from block 0) on; the step grows it to c + chunk tokens. The first
+/// held block starts at most bs - 1 positions before lo, so the held blocks span at most
+/// (bs - 1) + (window - 1) + chunk positions. Window 24, blocks of 8: 4 between steps
+/// (ceil(30 / 8); reached after 30 tokens: blocks 0..=3, as the query at 30 still reads key 7)
+/// and 4 during a decode step (ceil(31 / 8)); that is at most ceil(window / bs) + 1 plus
+/// the blocks the step's chunk grows into.
+pub fn window_peak_blocks(window: usize, block_size: usize, chunk: usize) -> usize {
+    (window + chunk + block_size)
+        .saturating_sub(2)
+        .div_ceil(block_size)
 }
 
 /// A fixed pool of physical blocks with reference counts.
@@ -284,7 +355,10 @@ impl BlockPool {
 /// One sequence's logical → physical block mapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockTable {
+    /// Logical block i → its physical block; the first `holes` are [`BlockId::HOLE`].
     blocks: Vec<BlockId>,
+    /// Leading entries given back by `release_front` (never read again).
+    holes: usize,
     /// Tokens whose KV the table has room for and that the sequence has claimed.
     num_tokens: usize,
 }
@@ -294,8 +368,20 @@ impl BlockTable {
         Self::default()
     }
 
+    /// Every logical block in order, [`BlockId::HOLE`] where one was given back (only
+    /// leading entries): ceil(num_tokens / block_size) entries.
     pub fn blocks(&self) -> &[BlockId] {
         &self.blocks
+    }
+
+    /// The blocks the table holds (a reference each): `blocks()` without its leading holes.
+    pub fn held_blocks(&self) -> &[BlockId] {
+        &self.blocks[self.holes..]
+    }
+
+    /// Leading logical blocks given back by [`BlockTable::release_front`].
+    pub fn num_holes(&self) -> usize {
+        self.holes
     }
 
     pub fn num_tokens(&self) -> usize {
@@ -324,7 +410,10 @@ impl BlockTable {
     pub fn copy_needed(&self, pool: &BlockPool, new_len: usize) -> Option<BlockId> {
         let last = *self.blocks.last()?;
         let partial = self.num_tokens % pool.block_size() != 0;
-        (new_len > self.num_tokens && partial && pool.ref_count(last) > 1).then_some(last)
+        // A hole is never the partly filled last block (release_front and truncate see to
+        // it), and holds nothing to copy.
+        let shared = !last.is_hole() && pool.ref_count(last) > 1;
+        (new_len > self.num_tokens && partial && shared).then_some(last)
     }
 
     /// Makes room for `new_len` tokens (a no-op if the table already holds that many).
@@ -340,6 +429,12 @@ impl BlockTable {
         new_len: usize,
     ) -> Result<Option<BlockCopy>, KvError> {
         let copy_src = self.copy_needed(pool, new_len);
+        debug_assert!(
+            new_len <= self.num_tokens
+                || self.num_tokens % pool.block_size() == 0
+                || self.blocks.len() > self.holes,
+            "appending into a released block"
+        );
         let need = Self::blocks_needed(new_len, pool.block_size());
         let extra = need.saturating_sub(self.blocks.len());
         let wanted = extra + usize::from(copy_src.is_some());
@@ -373,10 +468,12 @@ impl BlockTable {
     /// the first of the two to append into the partly filled last block copies it.
     /// O(blocks). On error (a block this table lists is not held: a table out of sync with its
     /// pool) nothing was retained.
+    /// Holes are copied as holes: neither table will read those positions again.
     pub fn fork(&self, pool: &mut BlockPool) -> Result<BlockTable, KvError> {
-        for (i, id) in self.blocks.iter().enumerate() {
+        let held = self.held_blocks();
+        for (i, id) in held.iter().enumerate() {
             if let Err(e) = pool.retain(*id) {
-                for done in &self.blocks[..i] {
+                for done in &held[..i] {
                     pool.release(*done)?;
                 }
                 return Err(e);
@@ -408,33 +505,69 @@ impl BlockTable {
     }
 
     /// Shrinks the table to `num_tokens` tokens, releasing the blocks past
-    /// ceil(num_tokens / block_size) (a no-op if it holds no more). O(blocks released).
+    /// ceil(num_tokens / block_size) (a no-op if it holds no more). Refused with `EndsInHole`
+    /// (nothing changes) where the new last block would be a partly filled hole; truncating
+    /// to 0 always works. O(blocks released).
     pub fn truncate(&mut self, pool: &mut BlockPool, num_tokens: usize) -> Result<(), KvError> {
         if num_tokens >= self.num_tokens {
             return Ok(());
         }
-        let keep = Self::blocks_needed(num_tokens, pool.block_size());
-        for id in self.blocks.drain(keep..) {
-            pool.release(id)?;
+        let bs = pool.block_size();
+        let keep = Self::blocks_needed(num_tokens, bs);
+        if num_tokens % bs != 0 && keep <= self.holes {
+            return Err(KvError::EndsInHole { tokens: num_tokens });
         }
+        for id in self.blocks.drain(keep..) {
+            if !id.is_hole() {
+                pool.release(id)?;
+            }
+        }
+        self.holes = self.holes.min(keep);
         self.num_tokens = num_tokens;
         Ok(())
     }
 
+    /// Gives back the blocks before logical block `upto` that it still holds (one reference
+    /// each, so a shared or cached block lives on) and leaves holes in their place: positions
+    /// keep their logical blocks, and no slot in a hole is ever handed out again. Only full
+    /// blocks: `upto` is capped at num_tokens / block_size. Returns how many it released.
+    /// O(blocks released).
+    pub fn release_front(&mut self, pool: &mut BlockPool, upto: usize) -> Result<usize, KvError> {
+        let upto = upto.min(self.num_tokens / pool.block_size());
+        let mut released = 0;
+        while self.holes < upto {
+            let id = std::mem::replace(&mut self.blocks[self.holes], BlockId::HOLE);
+            if let Err(e) = pool.release(id) {
+                self.blocks[self.holes] = id;
+                return Err(e);
+            }
+            self.holes += 1;
+            released += 1;
+        }
+        Ok(released)
+    }
+
     /// KV slot of the token at `position`: block_id * block_size + position % block_size.
+    /// `None` past the table's tokens or in a hole.
     pub fn slot(&self, position: usize, block_size: usize) -> Option<u32> {
         if position >= self.num_tokens {
             return None;
         }
         let block = self.blocks.get(position / block_size)?;
+        if block.is_hole() {
+            return None;
+        }
         Some(block.0 * block_size as u32 + (position % block_size) as u32)
     }
 
-    /// Returns every block to the pool; the table becomes empty.
+    /// Returns every held block to the pool (holes hold nothing); the table becomes empty.
     pub fn release(&mut self, pool: &mut BlockPool) -> Result<(), KvError> {
         for id in self.blocks.drain(..) {
-            pool.release(id)?;
+            if !id.is_hole() {
+                pool.release(id)?;
+            }
         }
+        self.holes = 0;
         self.num_tokens = 0;
         Ok(())
     }
@@ -442,3 +575,5 @@ impl BlockTable {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;

@@ -17,7 +17,9 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// MLP inner width (GPT-2: `n_inner`, default 4 × hidden).
     pub intermediate_size: usize,
-    /// Longest sequence the model was trained for (positions beyond it are refused).
+    /// Longest sequence the engine runs with (positions beyond it are refused): the files'
+    /// context (`max_position_embeddings`, `context_length`), or less under
+    /// [`crate::ModelOptions::max_model_len`] (which also picks LongRoPE's factors).
     pub max_context: usize,
     /// RMSNorm / LayerNorm epsilon.
     pub norm_eps: f32,
@@ -80,6 +82,64 @@ pub enum RopeScaling {
     /// Each frequency divided by its factor from the GGUF's `rope_freqs.weight` (how
     /// llama.cpp's converter stores Llama 3's scaling); the factors come with the weights.
     FreqFactors,
+    /// YaRN (HF `yarn`, GGUF `rope.scaling.type = yarn`): the frequencies that turn more than
+    /// `beta_fast` times over the original context are kept, those that turn fewer than
+    /// `beta_slow` times are divided by `factor`, with a linear ramp over the pairs between
+    /// (transformers' `find_correction_range`); cos and sin are multiplied by
+    /// `attention_factor`.
+    Yarn {
+        factor: f32,
+        /// Original (pre-YaRN) context: sets where the ramp lies.
+        original_context: usize,
+        /// Rotations at which the ramp starts (fast) and ends (slow): 32 and 1 by default.
+        beta_fast: f64,
+        beta_slow: f64,
+        /// Ramp bounds rounded outwards to whole pairs (transformers' `truncate`, default
+        /// true; llama.cpp always does).
+        truncate: bool,
+        /// Multiplies cos and sin (transformers' `attention_factor`, by default
+        /// 0.1 · ln(factor) + 1).
+        attention_factor: f32,
+    },
+    /// LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini): pair i's frequency divided by a per-pair
+    /// factor, the `long` set when the context the engine runs with exceeds
+    /// `original_context`, else the `short` set — chosen once at load (as llama.cpp does),
+    /// never per request, so a sequence's logits do not depend on its length. Cos and sin are
+    /// multiplied by `attention_factor` in both cases (as transformers does).
+    LongRope {
+        /// The factors from config.json; `None` in a GGUF, where they come with the weights
+        /// (`rope_factors_short.weight`, `rope_factors_long.weight`).
+        factors: Option<LongRopeFactors>,
+        original_context: usize,
+        attention_factor: f32,
+    },
+}
+
+/// LongRoPE's per-pair frequency divisors, `rotary_dim / 2` each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRopeFactors {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+}
+
+impl RopeScaling {
+    /// Multiplies RoPE's cos and sin (YaRN's and LongRoPE's attention factor; 1 otherwise).
+    pub fn attention_factor(&self) -> f32 {
+        match self {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            }
+            | RopeScaling::LongRope {
+                attention_factor, ..
+            } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether LongRoPE uses its long factors when the engine runs with `context` tokens.
+    pub fn longrope_uses_long(&self, context: usize) -> bool {
+        matches!(self, RopeScaling::LongRope { original_context, .. } if context > *original_context)
+    }
 }
 
 /// The gated MLP's activation.
@@ -207,6 +267,7 @@ impl ModelConfig {
                     return Err(err(format!("RoPE theta {theta} is not a positive number")));
                 }
             }
+            r.scaling.validate(r, &err)?;
         }
         let positive = |name: &str, v: Option<f32>| match v {
             Some(x) if !(x.is_finite() && x > 0.0) => {
@@ -264,4 +325,73 @@ pub(super) fn resolve_head_dim(
         });
     }
     Ok(hidden / heads)
+}
+
+impl RopeScaling {
+    /// YaRN's and LongRoPE's numbers must be usable: positive finite factors, one LongRoPE
+    /// factor per rotated pair, a base above 1 for YaRN's ramp (it divides by ln θ).
+    fn validate(
+        &self,
+        rope: &RopeConfig,
+        err: &dyn Fn(String) -> LoadError,
+    ) -> Result<(), LoadError> {
+        let positive = |name: &str, x: f64| {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "RoPE scaling: {name} {x} is not a positive number"
+                )))
+            }
+        };
+        match self {
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            } => {
+                positive("YaRN factor", f64::from(*factor))?;
+                positive("YaRN beta_fast", *beta_fast)?;
+                positive("YaRN beta_slow", *beta_slow)?;
+                positive("YaRN attention factor", f64::from(*attention_factor))?;
+                if rope.theta <= 1.0 {
+                    return Err(err(format!(
+                        "RoPE scaling: YaRN needs a RoPE theta above 1, not {}",
+                        rope.theta
+                    )));
+                }
+            }
+            RopeScaling::LongRope {
+                factors,
+                attention_factor,
+                ..
+            } => {
+                positive("LongRoPE attention factor", f64::from(*attention_factor))?;
+                let pairs = rope.rotary_dim / 2;
+                for (name, set) in factors
+                    .iter()
+                    .flat_map(|f| [("short", &f.short), ("long", &f.long)])
+                {
+                    if set.len() != pairs {
+                        return Err(err(format!(
+                            "RoPE scaling: {} LongRoPE {name} factors for {pairs} rotated pairs \
+                             (rotary dimension {})",
+                            set.len(),
+                            rope.rotary_dim
+                        )));
+                    }
+                    for x in set {
+                        positive(&format!("LongRoPE {name} factor"), f64::from(*x))?;
+                    }
+                }
+            }
+            RopeScaling::None
+            | RopeScaling::Linear { .. }
+            | RopeScaling::Llama3 { .. }
+            | RopeScaling::FreqFactors => {}
+        }
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ use super::config::{
     Architecture, MlpActivation, ModelConfig, RopeConfig, RopeScaling, RopeStyle, capped,
     resolve_head_dim,
 };
+use super::rope::{longrope_attention_factor, yarn_mscale};
 use crate::loader::gguf::GgufFile;
 use crate::loader::{LoadError, MetaError};
 
@@ -97,39 +98,11 @@ impl ModelConfig {
             },
         };
 
+        let max_context = size("context_length", MAX_CONTEXT)?;
         let rope = if arch == A::Gpt2 {
             None
         } else {
-            let scaling = match m
-                .opt(m.get_str(&key("rope.scaling.type")))
-                .map_err(meta_err)?
-                .filter(|t| *t != "none")
-            {
-                None => RopeScaling::None,
-                Some("linear") => {
-                    let factor = opt_f64("rope.scaling.factor")?.unwrap_or(1.0) as f32;
-                    if !(factor.is_finite() && factor > 0.0) {
-                        return Err(err(format!("RoPE scaling factor {factor} is not positive")));
-                    }
-                    RopeScaling::Linear { factor }
-                }
-                Some(kind) => return Err(err(format!("RoPE scaling `{kind}` is not supported"))),
-            };
-            // Llama 3's scaling, stored as per-frequency factors.
-            let scaling = match (scaling, file.tensor_info("rope_freqs.weight").is_some()) {
-                (RopeScaling::None, true) => RopeScaling::FreqFactors,
-                (s, false) => s,
-                (_, true) => {
-                    return Err(err(
-                        "both `rope_freqs.weight` and a RoPE scaling type are given".into(),
-                    ));
-                }
-            };
-            for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
-                if file.tensor_info(t).is_some() {
-                    return Err(err(format!("`{t}`: LongRoPE scaling is not supported yet")));
-                }
-            }
+            let rotary_dim = opt_size("rope.dimension_count", MAX_HEAD_DIM)?.unwrap_or(head_dim);
             let theta = opt_f64("rope.freq_base")?.unwrap_or(10000.0) as f32;
             Some(RopeConfig {
                 theta,
@@ -139,8 +112,8 @@ impl ModelConfig {
                     A::Llama | A::Mistral => RopeStyle::Interleaved,
                     _ => RopeStyle::Half,
                 },
-                rotary_dim: opt_size("rope.dimension_count", MAX_HEAD_DIM)?.unwrap_or(head_dim),
-                scaling,
+                rotary_dim,
+                scaling: rope_scaling(file, arch_name, max_context)?,
             })
         };
 
@@ -184,7 +157,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             intermediate_size: size("feed_forward_length", MAX_INTERMEDIATE)?,
-            max_context: size("context_length", MAX_CONTEXT)?,
+            max_context,
             norm_eps: norm_eps as f32,
             rope,
             qkv_bias: matches!(arch, A::Gpt2 | A::Qwen2),
@@ -205,5 +178,150 @@ impl ModelConfig {
         };
         cfg.validate(&file.path)?;
         Ok(cfg)
+    }
+}
+
+/// The RoPE scaling of a GGUF file, with llama.cpp's semantics (`llama-model.cpp`'s hparams,
+/// `llama-context.cpp`'s YaRN attention factor, ggml's `rope_yarn`):
+/// - `rope_freqs.weight`: Llama 3's per-pair divisors.
+/// - `rope_factors_long.weight` + `rope_factors_short.weight` (Phi-3's LongRoPE, type absent
+///   or `longrope`): cos and sin times `rope.scaling.attn_factor` (llama.cpp's converter
+///   always writes it; when absent, the converter's sqrt(1 + ln(s) / ln(original)) with
+///   s = context_length / original_context_length — where llama.cpp itself would use 1).
+/// - `yarn`: `rope.scaling.factor`, `original_context_length` (default context_length),
+///   ramp betas 32 / 1, cos and sin times 0.1 · ln(factor) + 1 times
+///   `rope.scaling.attn_factor` (default 1): what llama.cpp computes, and transformers too
+///   for the same config.json. Refused where the two disagree: `yarn_attn_factor` (llama.cpp
+///   replaces it with the formula, transformers uses it) and `yarn_beta_fast` / `_slow` other
+///   than 32 / 1 (llama.cpp reads them for a few other architectures only, transformers
+///   uses them); `yarn_ext_factor` ≠ 1 and `yarn_log_multiplier` ≠ 0 (DeepSeek's knobs).
+fn rope_scaling(
+    file: &GgufFile,
+    arch_name: &str,
+    context_length: usize,
+) -> Result<RopeScaling, LoadError> {
+    let m = &file.metadata;
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let meta_err = |source| LoadError::Meta {
+        path: file.path.clone(),
+        source,
+    };
+    let err = |msg: String| LoadError::Config {
+        path: file.path.clone(),
+        msg,
+    };
+    let opt_f64 = |k: &str| m.opt(m.get_f64(&key(k))).map_err(meta_err);
+    let positive = |k: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(err(format!("`{}` = {v} is not a positive number", key(k))))
+        }
+    };
+    let original = || -> Result<usize, LoadError> {
+        let k = key("rope.scaling.original_context_length");
+        match m.opt(m.get_u64(&k)).map_err(meta_err)? {
+            Some(v) => capped(v, &k, MAX_CONTEXT, &file.path),
+            None => Ok(context_length),
+        }
+    };
+    let kind = m
+        .opt(m.get_str(&key("rope.scaling.type")))
+        .map_err(meta_err)?
+        .filter(|t| *t != "none");
+    let freqs = file.tensor_info("rope_freqs.weight").is_some();
+    let long = file.tensor_info("rope_factors_long.weight").is_some();
+    let short = file.tensor_info("rope_factors_short.weight").is_some();
+    if freqs && (long || short || kind.is_some()) {
+        return Err(err(
+            "both `rope_freqs.weight` and another RoPE scaling are given".into(),
+        ));
+    }
+    if long || short || kind == Some("longrope") {
+        if kind.is_some_and(|k| k != "longrope") {
+            return Err(err(format!(
+                "LongRoPE factor tensors with `{}` = {kind:?}",
+                key("rope.scaling.type")
+            )));
+        }
+        for (present, t) in [
+            (long, "rope_factors_long.weight"),
+            (short, "rope_factors_short.weight"),
+        ] {
+            if !present {
+                return Err(err(format!("LongRoPE scaling without the `{t}` tensor")));
+            }
+        }
+        // llama.cpp would stretch positions by 1 / factor on top of the LongRoPE factors.
+        if let Some(f) = opt_f64("rope.scaling.factor")?.filter(|f| *f != 1.0) {
+            return Err(err(format!(
+                "`{}` = {f} with LongRoPE is not supported",
+                key("rope.scaling.factor")
+            )));
+        }
+        let original_context = original()?;
+        let attention_factor = match opt_f64("rope.scaling.attn_factor")? {
+            Some(a) => positive("rope.scaling.attn_factor", a)?,
+            None => longrope_attention_factor(
+                context_length as f64 / original_context as f64,
+                original_context,
+            ),
+        };
+        return Ok(RopeScaling::LongRope {
+            factors: None,
+            original_context,
+            attention_factor: attention_factor as f32,
+        });
+    }
+    match kind {
+        None if freqs => Ok(RopeScaling::FreqFactors),
+        None => Ok(RopeScaling::None),
+        Some("linear") => {
+            let factor = opt_f64("rope.scaling.factor")?.unwrap_or(1.0);
+            Ok(RopeScaling::Linear {
+                factor: positive("rope.scaling.factor", factor)? as f32,
+            })
+        }
+        Some("yarn") => {
+            let factor_key = "rope.scaling.factor";
+            let factor = opt_f64(factor_key)?
+                .ok_or_else(|| meta_err(MetaError::Missing(key(factor_key))))?;
+            let factor = positive(factor_key, factor)?;
+            let mscale = yarn_mscale(factor, 1.0);
+            if let Some(a) = opt_f64("rope.scaling.yarn_attn_factor")? {
+                if (a - mscale).abs() > 1e-6 * mscale {
+                    return Err(err(format!(
+                        "`{}` = {a} is not supported (llama.cpp replaces it with                          0.1·ln(factor) + 1 = {mscale}; transformers would use it)",
+                        key("rope.scaling.yarn_attn_factor")
+                    )));
+                }
+            }
+            for (k, neutral) in [
+                ("rope.scaling.yarn_ext_factor", 1.0),
+                ("rope.scaling.yarn_log_multiplier", 0.0),
+                ("rope.scaling.yarn_beta_fast", 32.0),
+                ("rope.scaling.yarn_beta_slow", 1.0),
+            ] {
+                if let Some(v) = opt_f64(k)?.filter(|v| *v != neutral) {
+                    return Err(err(format!("`{}` = {v} is not supported", key(k))));
+                }
+            }
+            let attn = match opt_f64("rope.scaling.attn_factor")? {
+                Some(a) => positive("rope.scaling.attn_factor", a)?,
+                None => 1.0,
+            };
+            Ok(RopeScaling::Yarn {
+                factor: factor as f32,
+                original_context: original()?,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                truncate: true,
+                attention_factor: (mscale * attn) as f32,
+            })
+        }
+        Some(kind) => Err(err(format!(
+            "`{}` = `{kind}` is not supported",
+            key("rope.scaling.type")
+        ))),
     }
 }

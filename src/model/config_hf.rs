@@ -8,9 +8,10 @@ use std::path::Path;
 
 use super::config::caps::*;
 use super::config::{
-    Architecture, MlpActivation, ModelConfig, RopeConfig, RopeScaling, RopeStyle, capped,
-    resolve_head_dim,
+    Architecture, LongRopeFactors, MlpActivation, ModelConfig, RopeConfig, RopeScaling, RopeStyle,
+    capped, resolve_head_dim,
 };
+use super::rope::{longrope_attention_factor, yarn_mscale};
 use crate::loader::LoadError;
 use crate::loader::hf::HfModelDir;
 
@@ -105,7 +106,7 @@ fn decoder(c: &Json, arch: Architecture) -> Result<ModelConfig, LoadError> {
     }
     c.expect_false("mlp_bias")?;
 
-    let rope = rope(c, arch, head_dim)?;
+    let rope = rope(c, arch, head_dim, max_context)?;
 
     // Sliding windows: per layer from `layer_types`, else each family's own rule.
     let window = c.opt_size("sliding_window", usize::MAX)?;
@@ -203,10 +204,55 @@ fn decoder(c: &Json, arch: Architecture) -> Result<ModelConfig, LoadError> {
     })
 }
 
+/// The RoPE parameters as transformers sees them: the legacy `rope_scaling` object, when
+/// present, replaces `rope_parameters` (its `rope_scaling or rope_parameters`), except that
+/// Gemma 3 merges it into its full-attention parameters (`first` wins over `second`).
+#[derive(Clone, Copy)]
+struct Params<'a> {
+    first: Option<&'a serde_json::Value>,
+    second: Option<&'a serde_json::Value>,
+}
+
+impl<'a> Params<'a> {
+    fn get(&self, k: &str) -> Option<&'a serde_json::Value> {
+        let of =
+            |p: Option<&'a serde_json::Value>| p.and_then(|p| p.get(k)).filter(|v| !v.is_null());
+        of(self.first).or_else(|| of(self.second))
+    }
+
+    /// `rope_type`, or `type` in older configs; "default" when neither is given.
+    fn kind(&self) -> &'a str {
+        self.get("rope_type")
+            .or_else(|| self.get("type"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("default")
+    }
+}
+
+/// What a RoPE scaling's defaults depend on, besides its own keys.
+struct RopeContext {
+    arch: Architecture,
+    rotary_dim: usize,
+    /// `max_position_embeddings`.
+    max_position: usize,
+}
+
 /// RoPE from `rope_parameters` (transformers 5) or `rope_theta` / `rope_scaling` (older
 /// configs); Gemma 3 keys its parameters by layer type.
-fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, LoadError> {
-    let params = c.get("rope_parameters");
+fn rope(
+    c: &Json,
+    arch: Architecture,
+    head_dim: usize,
+    max_position: usize,
+) -> Result<RopeConfig, LoadError> {
+    let gemma3 = arch == Architecture::Gemma3;
+    let legacy = c
+        .get("rope_scaling")
+        .filter(|s| s.as_object().is_some_and(|o| !o.is_empty()));
+    let params = match (gemma3, legacy) {
+        (false, Some(s)) => Some(s),
+        _ => c.get("rope_parameters"),
+    };
     let per_type = params.and_then(|p| p.get("full_attention")).is_some();
     let (global, local) = if per_type {
         let p = params.unwrap_or(&serde_json::Value::Null);
@@ -214,36 +260,42 @@ fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, Loa
     } else {
         (params, None)
     };
-    let theta_of =
-        |p: Option<&serde_json::Value>, top: &str, default: f64| -> Result<f64, LoadError> {
-            match (p.and_then(|p| p.get("rope_theta")), c.opt_f64(top)?) {
-                (Some(v), _) => v
-                    .as_f64()
-                    .ok_or_else(|| c.err(format!("`rope_theta` is {v}, expected a number"))),
-                (None, Some(t)) => Ok(t),
-                (None, None) => Ok(default),
-            }
-        };
+    let global = if gemma3 {
+        Params {
+            first: legacy,
+            second: global,
+        }
+    } else {
+        Params {
+            first: global,
+            second: None,
+        }
+    };
+    let theta_of = |p: Params, top: &str, default: f64| -> Result<f64, LoadError> {
+        match (p.get("rope_theta"), c.opt_f64(top)?) {
+            (Some(v), _) => v
+                .as_f64()
+                .ok_or_else(|| c.err(format!("`rope_theta` is {v}, expected a number"))),
+            (None, Some(t)) => Ok(t),
+            (None, None) => Ok(default),
+        }
+    };
     let theta = theta_of(global, "rope_theta", 10000.0)?;
+    let local_params = Params {
+        first: local,
+        second: None,
+    };
     let local_theta = match (per_type, arch) {
-        (true, _) => Some(theta_of(local, "rope_local_base_freq", 10000.0)?),
+        (true, _) => Some(theta_of(local_params, "rope_local_base_freq", 10000.0)?),
         (false, Architecture::Gemma3) => {
             Some(c.opt_f64("rope_local_base_freq")?.unwrap_or(10000.0))
         }
         _ => None,
     };
-    if local.is_some_and(|l| scaling_of(c, l).is_ok_and(|s| s != RopeScaling::None)) {
+    if local.is_some() && local_params.kind() != "default" {
         return Err(c.err("RoPE scaling on the sliding-window layers is not supported".into()));
     }
-    // Older configs put the scaling under `rope_scaling`; newer ones in `rope_parameters`.
-    let scaling = match c.get("rope_scaling") {
-        Some(s) => scaling_of(c, s)?,
-        None => match global {
-            Some(p) => scaling_of(c, p)?,
-            None => RopeScaling::None,
-        },
-    };
-    let factor = match global.and_then(|p| p.get("partial_rotary_factor")) {
+    let factor = match global.get("partial_rotary_factor") {
         Some(v) => Some(
             v.as_f64()
                 .ok_or_else(|| c.err("`partial_rotary_factor` is not a number".into()))?,
@@ -262,33 +314,72 @@ fn rope(c: &Json, arch: Architecture, head_dim: usize) -> Result<RopeConfig, Loa
             )));
         }
     };
+    let context = RopeContext {
+        arch,
+        rotary_dim,
+        max_position,
+    };
     Ok(RopeConfig {
         theta: theta as f32,
         local_theta: local_theta.map(|t| t as f32),
         style: RopeStyle::Half,
         rotary_dim,
-        scaling,
+        scaling: scaling_of(c, global, &context)?,
     })
 }
 
-/// A RoPE scaling object (`rope_type`, or `type` in older configs).
-fn scaling_of(c: &Json, s: &serde_json::Value) -> Result<RopeScaling, LoadError> {
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
-    let num = |k: &str| -> Result<f32, LoadError> {
-        let v = s
-            .get(k)
-            .and_then(|v| v.as_f64())
-            .ok_or_else(|| c.err(format!("RoPE scaling `{kind}` needs a number `{k}`")))?;
+/// A RoPE scaling, with transformers' defaults (`_compute_*_parameters`).
+fn scaling_of(c: &Json, p: Params, x: &RopeContext) -> Result<RopeScaling, LoadError> {
+    let mut kind = p.kind();
+    // Phi3Config reads the old names `su` and `yarn` as LongRoPE.
+    if x.arch == Architecture::Phi3 && matches!(kind, "su" | "yarn") {
+        kind = "longrope";
+    }
+    let opt_num = |k: &str| -> Result<Option<f64>, LoadError> {
+        match p.get(k) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(n) if n.is_finite() => Ok(Some(n)),
+                _ => Err(c.err(format!(
+                    "RoPE scaling `{kind}`: `{k}` is {v}, expected a number"
+                ))),
+            },
+        }
+    };
+    let positive = |k: &str, v: f64| -> Result<f64, LoadError> {
         if v.is_finite() && v > 0.0 {
-            Ok(v as f32)
+            Ok(v)
         } else {
             Err(c.err(format!(
                 "RoPE scaling `{kind}`: `{k}` = {v} is not a positive number"
             )))
+        }
+    };
+    let num = |k: &str| -> Result<f32, LoadError> {
+        let v = opt_num(k)?
+            .ok_or_else(|| c.err(format!("RoPE scaling `{kind}` needs a number `{k}`")))?;
+        Ok(positive(k, v)? as f32)
+    };
+    // transformers' standardize_rope_params: the top-level `original_max_position_embeddings`
+    // when the config has one (Phi3Config always does: 4096 by default), else the
+    // parameters', else `max_position_embeddings`.
+    let original = || -> Result<usize, LoadError> {
+        let key = "original_max_position_embeddings";
+        match (c.opt_size(key, MAX_CONTEXT)?, x.arch, p.get(key)) {
+            (Some(n), _, _) => Ok(n),
+            (None, Architecture::Phi3, _) => Ok(4096),
+            (None, _, Some(v)) => match v.as_u64() {
+                Some(n) => capped(n, key, MAX_CONTEXT, c.path),
+                None => Err(c.err(format!("`{key}` is {v}, expected a positive integer"))),
+            },
+            (None, _, None) => Ok(x.max_position),
+        }
+    };
+    // `factor`, or (absent) the ratio of the model's context to the original one.
+    let factor_or_ratio = |original: usize| -> Result<f64, LoadError> {
+        match opt_num("factor")? {
+            Some(f) => positive("factor", f),
+            None => Ok(x.max_position as f64 / original as f64),
         }
     };
     match kind {
@@ -297,37 +388,104 @@ fn scaling_of(c: &Json, s: &serde_json::Value) -> Result<RopeScaling, LoadError>
             factor: num("factor")?,
         }),
         "llama3" => {
-            let original = s
-                .get("original_max_position_embeddings")
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| {
-                    c.err("RoPE scaling `llama3` needs `original_max_position_embeddings`".into())
-                })?;
-            let scaling = RopeScaling::Llama3 {
+            let (low_freq_factor, high_freq_factor) =
+                (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high_freq_factor <= low_freq_factor {
+                return Err(c.err(
+                    "RoPE scaling `llama3`: high_freq_factor must exceed low_freq_factor".into(),
+                ));
+            }
+            Ok(RopeScaling::Llama3 {
                 factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_context: capped(
-                    original,
-                    "original_max_position_embeddings",
-                    MAX_CONTEXT,
-                    c.path,
-                )?,
-            };
-            if let RopeScaling::Llama3 {
                 low_freq_factor,
                 high_freq_factor,
-                ..
-            } = scaling
-            {
-                if high_freq_factor <= low_freq_factor {
-                    return Err(c.err(
-                        "RoPE scaling `llama3`: high_freq_factor must exceed low_freq_factor"
-                            .into(),
-                    ));
+                original_context: original()?,
+            })
+        }
+        "yarn" => {
+            let original_context = original()?;
+            let factor = factor_or_ratio(original_context)?;
+            let attention_factor = match opt_num("attention_factor")? {
+                Some(a) => positive("attention_factor", a)?,
+                None => match (opt_num("mscale")?, opt_num("mscale_all_dim")?) {
+                    (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                        yarn_mscale(factor, m) / yarn_mscale(factor, all)
+                    }
+                    _ => yarn_mscale(factor, 1.0),
+                },
+            };
+            // `beta_fast or 32`, `beta_slow or 1`: 0 means the default too.
+            let beta = |k: &str, default: f64| -> Result<f64, LoadError> {
+                match opt_num(k)? {
+                    None => Ok(default),
+                    Some(0.0) => Ok(default),
+                    Some(b) => positive(k, b),
                 }
-            }
-            Ok(scaling)
+            };
+            let truncate = match p.get("truncate") {
+                None => true,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    c.err(format!(
+                        "RoPE scaling `yarn`: `truncate` is {v}, expected true or false"
+                    ))
+                })?,
+            };
+            Ok(RopeScaling::Yarn {
+                factor: factor as f32,
+                original_context,
+                beta_fast: beta("beta_fast", 32.0)?,
+                beta_slow: beta("beta_slow", 1.0)?,
+                truncate,
+                attention_factor: attention_factor as f32,
+            })
+        }
+        "longrope" => {
+            let pairs = x.rotary_dim / 2;
+            let list = |k: &str| -> Result<Vec<f32>, LoadError> {
+                let v = p.get(k).ok_or_else(|| {
+                    c.err(format!(
+                        "RoPE scaling `longrope` needs `{k}` (a list of {pairs} numbers)"
+                    ))
+                })?;
+                let items = v.as_array().ok_or_else(|| {
+                    c.err(format!(
+                        "RoPE scaling `longrope`: `{k}` is not a list of numbers"
+                    ))
+                })?;
+                if items.len() != pairs {
+                    return Err(c.err(format!(
+                        "RoPE scaling `longrope`: `{k}` has {} entries; {} rotated dimensions \
+                         need {pairs}",
+                        items.len(),
+                        x.rotary_dim
+                    )));
+                }
+                items
+                    .iter()
+                    .map(|f| match f.as_f64() {
+                        Some(f) => Ok(positive(k, f)? as f32),
+                        None => Err(c.err(format!(
+                            "RoPE scaling `longrope`: `{k}` holds {f}, not a number"
+                        ))),
+                    })
+                    .collect()
+            };
+            let factors = LongRopeFactors {
+                short: list("short_factor")?,
+                long: list("long_factor")?,
+            };
+            let original_context = original()?;
+            let attention_factor = match opt_num("attention_factor")? {
+                Some(a) => positive("attention_factor", a)?,
+                None => {
+                    longrope_attention_factor(factor_or_ratio(original_context)?, original_context)
+                }
+            };
+            Ok(RopeScaling::LongRope {
+                factors: Some(factors),
+                original_context,
+                attention_factor: attention_factor as f32,
+            })
         }
         other => Err(c.err(format!("RoPE scaling `{other}` is not supported"))),
     }

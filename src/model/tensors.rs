@@ -4,9 +4,10 @@
 //! The check runs in [`ModelFiles::config`], before anything is sized from the config: the
 //! layer count must be the number of layers with tensors (indices 0..N-1, each present), and
 //! every width must be a dimension of the tensor that has it (hidden and vocabulary from the
-//! token embedding, the Q/K/MLP widths from layer 0's projections, GPT-2's context from its
-//! position table). A file's sizes are then bounded by its own bytes as well as by
-//! [`super::config::caps`]. Cost: one pass over the tensor names, a few shape lookups.
+//! token embedding, the Q/K/MLP widths from layer 0's projections, GPT-2's context at most its
+//! position table's rows: a context lowered by `--max-model-len` uses the first rows). A
+//! file's sizes are then bounded by its own bytes as well as by [`super::config::caps`].
+//! Cost: one pass over the tensor names, a few shape lookups.
 
 use std::collections::BTreeSet;
 
@@ -68,7 +69,7 @@ impl Naming {
         self.layer(i, gguf, hf)
     }
 
-    /// GPT-2's learned position table, (max_context, hidden).
+    /// GPT-2's learned position table, (context, hidden).
     pub(crate) fn pos_embed(&self) -> String {
         self.global("position_embd.weight", "wpe.weight")
     }
@@ -145,7 +146,12 @@ pub(crate) fn check_config(files: &ModelFiles, cfg: &ModelConfig) -> Result<(), 
                     path: files.path().to_path_buf(),
                     name: c.tensor.clone(),
                 })?;
-        if shape.get(c.dim) != Some(&c.value) {
+        // GPT-2's position table may hold more positions than the engine runs with.
+        let agrees = match c.size {
+            Size::Context => shape.get(c.dim).is_some_and(|&n| n >= c.value),
+            _ => shape.get(c.dim) == Some(&c.value),
+        };
+        if !agrees {
             return Err(LoadError::Config {
                 path: files.path().to_path_buf(),
                 msg: format!(

@@ -112,7 +112,8 @@ pub struct ModelWeights {
     pub final_norm: Norm,
     /// (vocab, hidden); `None` when tied to `embed`
     pub lm_head: Option<GpuMatrix>,
-    /// RoPE frequency divisors, one per rotated pair (GGUF `rope_freqs.weight`).
+    /// RoPE frequency divisors, one per rotated pair: GGUF `rope_freqs.weight`, or
+    /// LongRoPE's short or long factors (chosen at load from the engine's context).
     pub rope_freq_factors: Option<Vec<f32>>,
     pub dtype: WeightDType,
 }
@@ -479,14 +480,7 @@ fn load_decoder(
     } else {
         Some(up.matrix(&head_name, v, d)?)
     };
-    // Llama 3's RoPE scaling in GGUF: one factor per rotated pair.
-    let rope_freq_factors = match cfg.rope.as_ref().map(|r| &r.scaling) {
-        Some(RopeScaling::FreqFactors) => {
-            let pairs = cfg.rope.as_ref().map_or(0, |r| r.rotary_dim / 2);
-            Some(up.f32("rope_freqs.weight", &[pairs])?)
-        }
-        _ => None,
-    };
+    let rope_freq_factors = rope_factors(up, cfg)?;
     Ok(ModelWeights {
         embed,
         pos_embed: None,
@@ -496,6 +490,47 @@ fn load_decoder(
         rope_freq_factors,
         dtype: up.dtype,
     })
+}
+
+/// The per-pair RoPE divisors that come with the weights: Llama 3's scaling in GGUF
+/// (`rope_freqs.weight`), or LongRoPE's short or long set (config.json's, or the GGUF's
+/// `rope_factors_short.weight` / `rope_factors_long.weight`, both read and checked), long
+/// iff the engine's context `cfg.max_context` exceeds the original one.
+fn rope_factors(up: &mut Uploader, cfg: &ModelConfig) -> Result<Option<Vec<f32>>, ModelError> {
+    let Some(rope) = cfg.rope.as_ref() else {
+        return Ok(None);
+    };
+    let pairs = rope.rotary_dim / 2;
+    let long = rope.scaling.longrope_uses_long(cfg.max_context);
+    match &rope.scaling {
+        RopeScaling::FreqFactors => Ok(Some(up.f32("rope_freqs.weight", &[pairs])?)),
+        RopeScaling::LongRope {
+            factors: Some(f), ..
+        } => Ok(Some(if long {
+            f.long.clone()
+        } else {
+            f.short.clone()
+        })),
+        RopeScaling::LongRope { factors: None, .. } => {
+            let mut sets = Vec::with_capacity(2);
+            for name in ["rope_factors_short.weight", "rope_factors_long.weight"] {
+                let set = up.f32(name, &[pairs])?;
+                // A zero divisor is an infinite frequency (`up.f32` refused NaN and inf).
+                if let Some(x) = set.iter().find(|x| **x <= 0.0) {
+                    return Err(LoadError::Config {
+                        path: up.path(),
+                        msg: format!(
+                            "tensor `{name}` holds {x}; LongRoPE factors must be positive"
+                        ),
+                    }
+                    .into());
+                }
+                sets.push(set);
+            }
+            Ok(sets.into_iter().nth(usize::from(long)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn load_gpt2(
@@ -510,11 +545,20 @@ fn load_gpt2(
     // The quantized embedding gather has no position table: GPT-2 keeps its table dense.
     let embed_name = names.embed();
     let embed = up.stacked_dense(&embed_name, &[(&embed_name, v)], d)?;
-    let pos = up.f32(&names.pos_embed(), &[cfg.max_context, d])?;
+    // The table may have more rows than the engine's context (`--max-model-len`): the first
+    // `max_context` are the ones its positions reach.
+    let pos_name = names.pos_embed();
+    let rows = up
+        .files
+        .source()
+        .tensor_shape(&pos_name)
+        .and_then(|s| s.first().copied())
+        .unwrap_or(0);
+    let pos = up.f32(&pos_name, &[rows.max(cfg.max_context), d])?;
     let pos_embed = Some(GpuTensor::from_f32(
         up.ctx,
         "wpe",
-        &pos,
+        &pos[..cfg.max_context * d],
         &[cfg.max_context, d],
         up.dtype,
     )?);

@@ -45,20 +45,31 @@
 //! so it is never written again: scheduled tokens land only in a sequence's own partly filled
 //! last block or in fresh blocks.
 //!
+//! Sliding windows (`sliding_window`: every layer of the model sees at most W keys). `update`
+//! then gives back each sequence's blocks that no later query reads — floor((computed + 1 −
+//! W) / block_size) leading blocks — leaving holes in its table (see blocks.rs). Admission
+//! and preemption need no other change: a table's growth is counted in logical blocks and
+//! what it takes from the pool is only the blocks it allocates, and `add` measures a request
+//! by the most blocks it holds at once (`kv::window_peak_blocks`), not by its whole KV.
+//!
 //! Lengths. A sequence's KV never holds more than `max_model_len` tokens and no more than its
 //! prompt plus `max_tokens - 1` (the last sampled token is never fed back). A sequence that
 //! reached `max_tokens` output tokens, or whose length reached `max_model_len` (a prompt of
 //! exactly `max_model_len` still gets one token), is *length-capped*: never scheduled again;
 //! `update` reports it so the engine finishes it with `Length`. Rejected at `add` is only what
 //! can never run: an empty prompt, `max_tokens == 0`, a prompt longer than `max_model_len`,
-//! or a sequence whose largest KV needs more blocks than the whole pool — so a sequence alone
-//! always fits, which with FCFS and front-of-queue requeueing rules out deadlock and starvation.
+//! or a sequence that at its largest holds more blocks than the whole pool (its whole KV, or
+//! with a sliding window its peak) — so a sequence alone always fits, which with FCFS and
+//! front-of-queue requeueing rules out deadlock and starvation.
 //!
 //! Invariants (checked by the tests after every operation):
 //! - every sequence is in exactly one of `waiting` and `running`; `running.len() ≤ max_num_seqs`;
 //! - a waiting sequence holds no block and has nothing computed;
 //! - between steps (no output in flight) a running sequence's table holds exactly its computed
-//!   tokens; block ref counts equal the number of tables holding each block;
+//!   tokens; block ref counts equal the number of tables holding each block (holes hold none);
+//! - with a sliding window, a running table's holes are exactly its first
+//!   `blocks_out_of_window(computed, W, bs)` blocks, so it holds at most
+//!   `window_peak_blocks(W, bs, 0)` blocks plus what the step in flight grows it by;
 //! - until `update` confirms a block copy, its source cannot return to the pool: when the last
 //!   table holding it lets go (preemption, finish, abort), the scheduler holds it instead.
 //!   (So a copy re-issued after an abandoned step still reads the right data.)
@@ -69,14 +80,16 @@
 //! Costs: `add` O(1); `schedule` O(running + scheduled tokens + blocks allocated), plus
 //! O(running) per preemption and O(tokens) per admission with the prefix cache on (hashing its
 //! full blocks; O(log n) per hit taken or block evicted); `update` O(scheduled + sampled), plus
-//! O(block_size) per block it registers; `finish`/`abort` O(its blocks + running + waiting);
-//! `stats` O(blocks held).
+//! O(block_size) per block it registers and O(1) per block it gives back; `finish`/`abort`
+//! O(its blocks + running + waiting); `stats` O(blocks held).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::batch::{LogitRows, StepBatch};
-use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError, block_hash};
+use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError};
+use blocks::{peak_blocks, register_full_blocks, release_out_of_window};
 
+mod blocks;
 #[cfg(test)]
 mod prefix_tests;
 #[cfg(test)]
@@ -85,6 +98,8 @@ mod stats;
 #[cfg(test)]
 mod tests;
 mod types;
+#[cfg(test)]
+mod window_tests;
 
 pub use types::{
     PENDING_TOKEN, SchedError, ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats,
@@ -180,8 +195,14 @@ impl Scheduler {
         if n == 0 {
             return bad("the pool has no block".into());
         }
-        if cfg.max_num_seqs == 0 || cfg.max_waiting == 0 || cfg.max_model_len == 0 {
-            return bad("max_num_seqs, max_waiting and max_model_len must be ≥ 1".into());
+        if cfg.max_num_seqs == 0
+            || cfg.max_waiting == 0
+            || cfg.max_model_len == 0
+            || cfg.sliding_window == Some(0)
+        {
+            return bad(
+                "max_num_seqs, max_waiting, max_model_len and sliding_window must be ≥ 1".into(),
+            );
         }
         if cfg.max_num_batched_tokens < cfg.max_num_seqs {
             return bad(format!(
@@ -299,7 +320,7 @@ impl Scheduler {
             });
         }
         let kv = max_kv_tokens(prompt.len(), max_tokens, max_model_len);
-        let blocks_needed = BlockTable::blocks_needed(kv, self.pool.block_size());
+        let blocks_needed = peak_blocks(&self.cfg, self.pool.block_size(), kv);
         if blocks_needed > self.pool.num_blocks() {
             return Err(SchedError::NeverFits {
                 blocks_needed,
@@ -513,9 +534,12 @@ impl Scheduler {
             } else {
                 self.watermark
             };
-            // Taking a cached-free block uses up a free block just as allocating does.
+            // Taking a cached-free block uses up a free block just as allocating does; hits
+            // the sliding window has passed are given back at once (blocks.rs) and cost none.
+            let passed = (self.cfg.sliding_window)
+                .map_or(0, |w| crate::kv::blocks_out_of_window(hit_tokens, w, bs));
             let fresh = BlockTable::blocks_needed(hit_tokens + n, bs) - hits.len();
-            let revived = hits
+            let revived = hits[passed.min(hits.len())..]
                 .iter()
                 .filter(|b| self.pool.ref_count(**b) == 0)
                 .count();
@@ -523,6 +547,7 @@ impl Scheduler {
                 break;
             }
             s.table.adopt_cached(&mut self.pool, &hits).expect(SYNC);
+            s.table.release_front(&mut self.pool, passed).expect(SYNC);
             s.num_computed = hit_tokens;
             s.num_registered = hits.len();
             if self.cfg.enable_prefix_cache {
@@ -564,7 +589,7 @@ impl Scheduler {
             }
             p.owner != id
         });
-        let blocks = self.seqs[&id].table.blocks().to_vec();
+        let blocks = self.seqs[&id].table.held_blocks().to_vec();
         self.guard_sources(&blocks);
         let s = self.seqs.get_mut(&id).expect("caller checked");
         s.table.release(&mut self.pool).expect(SYNC);
@@ -657,6 +682,7 @@ impl Scheduler {
             if self.cfg.enable_prefix_cache {
                 register_full_blocks(&mut self.pool, s);
             }
+            release_out_of_window(&mut self.pool, self.cfg.sliding_window, s);
             if let Some(tok) = got.get(&e.id) {
                 s.tokens.push(*tok);
             }
@@ -709,32 +735,6 @@ impl Scheduler {
     pub fn abort(&mut self, id: SeqId) -> Option<SeqSummary> {
         self.finish(id).ok()
     }
-}
-
-/// Registers in the prefix cache every block of `s` that its computed tokens now fill and
-/// that is not registered yet (its KV was written by the step `update` confirms). A block
-/// whose prefix another block already holds stays unregistered. O(blocks registered ×
-/// block_size).
-fn register_full_blocks(pool: &mut BlockPool, s: &mut Seq) {
-    let bs = pool.block_size();
-    let full = s.num_computed / bs;
-    while s.keys.len() < full {
-        let j = s.keys.len();
-        debug_assert!(
-            !s.tokens[j * bs..(j + 1) * bs].contains(&PENDING_TOKEN),
-            "a computed block with a pending token"
-        );
-        let parent = s.keys.last().copied();
-        s.keys
-            .push(block_hash(parent, &s.tokens[j * bs..(j + 1) * bs], s.salt));
-    }
-    for j in s.num_registered..full {
-        let parent = j.checked_sub(1).map(|p| s.keys[p]);
-        let block = s.table.blocks()[j];
-        pool.register(block, parent, &s.tokens[j * bs..(j + 1) * bs], s.salt)
-            .expect(SYNC);
-    }
-    s.num_registered = s.num_registered.max(full);
 }
 
 /// A broken link between tables and pool is a bug in this module, not a runtime condition.

@@ -9,6 +9,12 @@
 //! without the cache would have written (the KV value of a position depends only on the tokens
 //! up to it), no step ever writes a slot of a cached block, and every cached block — held or
 //! free — still holds the KV of the tokens its key names.
+//!
+//! A third of the configs set a sliding window: each step then reads back only the keys the
+//! kernels read (from the window start of the step's first query), every free uncached block
+//! is overwritten with garbage after each step (so reading a block given back fails), the
+//! holes of each table are exactly the blocks its window has passed, and a sequence holds at
+//! most `window_peak_blocks` blocks — requests longer than the pool included.
 
 use std::collections::HashMap;
 
@@ -72,17 +78,22 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn config() -> impl Strategy<Value = (SchedulerConfig, usize, usize)> {
     (
-        2..=12usize,
-        0..=4u32,
-        1..=6usize,
-        0..40usize,
+        (2..=12usize, 0..=4u32, 1..=6usize, 0..40usize),
         prop_oneof![Just(usize::MAX), 3..80usize],
         1..=8usize,
         0..4usize,
         prop::bool::weighted(0.8),
+        prop_oneof![2 => Just(None), 1 => (1..40usize).prop_map(Some)],
     )
         .prop_map(
-            |(num_blocks, bs_log, max_num_seqs, extra, max_model_len, max_waiting, wm, cache)| {
+            |(
+                (num_blocks, bs_log, max_num_seqs, extra),
+                max_model_len,
+                max_waiting,
+                wm,
+                cache,
+                window,
+            )| {
                 let cfg = SchedulerConfig {
                     max_num_seqs,
                     max_num_batched_tokens: max_num_seqs + extra,
@@ -91,6 +102,7 @@ fn config() -> impl Strategy<Value = (SchedulerConfig, usize, usize)> {
                     // 0..=2 blocks, or the default
                     watermark_blocks: (wm < 3).then(|| wm.min(num_blocks - 1)),
                     enable_prefix_cache: cache,
+                    sliding_window: window,
                 };
                 (cfg, num_blocks, 1 << bs_log)
             },
@@ -157,11 +169,18 @@ impl Harness {
             unreachable!()
         };
         let slots = self.s.pool().num_blocks() * self.s.pool().block_size();
-        let (prompt_len, max_tokens) = (1 + prompt_len % slots, 1 + max_tokens % slots);
+        // With a window, requests up to three times the pool: they fit when their peak does.
+        let cap = slots
+            * if self.s.cfg.sliding_window.is_some() {
+                3
+            } else {
+                1
+            };
+        let (prompt_len, max_tokens) = (1 + prompt_len % cap, 1 + max_tokens % cap);
         let id = SeqId(self.next_id);
         self.next_id += 1;
         let mut prompt: Vec<u32> = match self.prefixes.get(prefix) {
-            Some(p) => p[..shared.min(prompt_len)].to_vec(),
+            Some(p) => p[..shared.min(prompt_len).min(p.len())].to_vec(),
             None => Vec::new(),
         };
         while prompt.len() < prompt_len {
@@ -227,6 +246,7 @@ impl Harness {
         let placeholders: Vec<(SeqId, u32)> =
             sampled.iter().map(|(id, _)| (*id, PENDING_TOKEN)).collect();
         self.pending_capped = self.s.update(&out, &placeholders).expect("update");
+        self.poison_free_blocks();
         for (id, tok) in sampled {
             if let Some(t) = self.model.get_mut(&id) {
                 t.push(tok);
@@ -252,14 +272,19 @@ impl Harness {
         self.stop_at.remove(&id);
     }
 
-    /// The runner: copies, KV writes, then every context read back through the block tables.
+    /// The runner: copies, KV writes, then every context read back through the block tables
+    /// (with a window, from the window start of the step's first query on, as the kernels do).
     fn run(&mut self, out: &SchedulerOutput) -> Result<(), TestCaseError> {
         let bs = self.s.pool().block_size();
         for c in &out.block_copies {
             let (src, dst) = (c.src.0 as usize * bs, c.dst.0 as usize * bs);
             self.memory.copy_within(src..src + bs, dst);
         }
-        let max_blocks = self.s.pool().num_blocks();
+        // With a window a table may have more logical blocks (holes included) than the pool.
+        let widest = (out.seqs.iter())
+            .map(|e| self.s.block_table(e.id).unwrap().blocks().len())
+            .max();
+        let max_blocks = widest.unwrap_or(0).max(self.s.pool().num_blocks());
         let batch = self.s.step_batch(out, max_blocks).expect("batch builds");
         for (i, e) in out.seqs.iter().enumerate() {
             let expected = self.expected(e.id);
@@ -286,7 +311,14 @@ impl Harness {
                 );
                 self.memory[slot as usize] = kv_value(tokens, batch.positions[r] as usize);
             }
-            for pos in 0..batch.context_lens[i] as usize {
+            let lo = (self.s.cfg.sliding_window).map_or(0, |w| (e.start_pos + 1).saturating_sub(w));
+            for pos in lo..batch.context_lens[i] as usize {
+                prop_assert!(
+                    !table.blocks()[pos / bs].is_hole(),
+                    "{} reads a hole at {}",
+                    e.id,
+                    pos
+                );
                 let slot = row[pos / bs] as usize * bs + pos % bs;
                 prop_assert_eq!(
                     self.memory[slot],
@@ -305,6 +337,18 @@ impl Harness {
         ids.into_iter().map(|id| (id, self.rand())).collect()
     }
 
+    /// Overwrites every free block nobody caches with garbage: KV read from a block given
+    /// back (out of the window) or freed no longer matches.
+    fn poison_free_blocks(&mut self) {
+        let (n, bs) = (self.s.pool().num_blocks(), self.s.pool().block_size());
+        for b in (0..n as u32).map(BlockId) {
+            if self.s.pool().ref_count(b) == 0 && !self.s.pool().is_cached(b) {
+                let at = b.0 as usize * bs;
+                self.memory[at..at + bs].fill(u64::MAX - 1);
+            }
+        }
+    }
+
     /// Applies samples to the model and finishes what the engine would: capped or stopped.
     fn update(
         &mut self,
@@ -318,6 +362,7 @@ impl Harness {
             }
         }
         self.finish_done(capped);
+        self.poison_free_blocks();
         Ok(())
     }
 
@@ -384,9 +429,16 @@ impl Harness {
             } else if !in_flight {
                 prop_assert_eq!(seq.table.num_tokens(), seq.num_computed);
             }
-            for b in seq.table.blocks() {
+            prop_assert!(
+                seq.table.blocks()[..seq.table.num_holes()]
+                    .iter()
+                    .all(|b| b.is_hole())
+            );
+            for b in seq.table.held_blocks() {
+                prop_assert!(!b.is_hole());
                 holders[b.0 as usize] += 1;
             }
+            self.check_window(seq)?;
         }
         if !in_flight {
             prop_assert!(s.copies.is_empty());
@@ -409,13 +461,34 @@ impl Harness {
         let mut fill = vec![0usize; n];
         for id in &s.running {
             let t = &s.seqs[id].table;
-            for (j, b) in t.blocks().iter().enumerate() {
+            for (j, b) in t.blocks().iter().enumerate().skip(t.num_holes()) {
                 let f = &mut fill[b.0 as usize];
                 *f = (*f).max((t.num_tokens() - j * bs).min(bs));
             }
         }
         prop_assert_eq!(st.tokens_held, fill.iter().sum::<usize>());
         self.check_cache()
+    }
+
+    /// Holes are exactly the blocks the window has passed, and the blocks held stay within
+    /// the window's peak: ceil(W / bs) + 1 beyond what the step in flight grows.
+    fn check_window(&self, seq: &Seq) -> Result<(), TestCaseError> {
+        let bs = self.s.pool.block_size();
+        let t = &seq.table;
+        let Some(w) = self.s.cfg.sliding_window else {
+            prop_assert_eq!(t.num_holes(), 0);
+            return Ok(());
+        };
+        if seq.state == State::Waiting {
+            return Ok(());
+        }
+        let (c, n) = (seq.num_computed, t.num_tokens());
+        prop_assert_eq!(t.num_holes(), crate::kv::blocks_out_of_window(c, w, bs));
+        let held = t.held_blocks().len();
+        prop_assert!(held <= crate::kv::window_peak_blocks(w, bs, n - c));
+        let growth = BlockTable::blocks_needed(n, bs) - BlockTable::blocks_needed(c, bs);
+        prop_assert!(held - growth <= w.div_ceil(bs) + 1);
+        Ok(())
     }
 
     /// The prefix cache against the pool, the tables and the simulated memory.
@@ -437,7 +510,8 @@ impl Harness {
         }
         // A cached block in a table holds that table's tokens at its positions.
         for seq in s.seqs.values() {
-            for (j, b) in seq.table.blocks().iter().enumerate() {
+            let t = &seq.table;
+            for (j, b) in t.blocks().iter().enumerate().skip(t.num_holes()) {
                 if let Some(toks) = s.pool.cached_tokens(*b) {
                     prop_assert!(
                         seq.num_computed >= (j + 1) * bs,

@@ -16,7 +16,8 @@ impl Scheduler {
         let mut shared_fill: HashMap<BlockId, usize> = HashMap::new();
         for id in &self.running {
             let t = &self.seqs[id].table;
-            for (j, b) in t.blocks().iter().enumerate() {
+            // Holes (blocks given back out of the sliding window) hold nothing.
+            for (j, b) in t.blocks().iter().enumerate().skip(t.num_holes()) {
                 let n = (t.num_tokens() - j * bs).min(bs);
                 if self.pool.ref_count(*b) == 1 {
                     tokens_held += n;

@@ -41,6 +41,13 @@ pub struct SchedulerConfig {
     /// block it completes; freed blocks stay cached until evicted. Off: no lookups, nothing
     /// registered, so no hits.
     pub enable_prefix_cache: bool,
+    /// Keys every layer of the model attends to at most (the largest sliding window; `None`,
+    /// the default, when any layer sees the whole context). Set, every step gives back the
+    /// blocks of each running sequence that no later query reads
+    /// ([`crate::kv::blocks_out_of_window`]), leaving holes in its table, and a sequence
+    /// needs at most [`crate::kv::window_peak_blocks`] blocks at once: `add` refuses only
+    /// what even that cannot fit, so a sequence longer than the pool can run. Must be ≥ 1.
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -52,6 +59,7 @@ impl Default for SchedulerConfig {
             max_waiting: 1024,
             watermark_blocks: None,
             enable_prefix_cache: true,
+            sliding_window: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use wllm::{AdapterSelector, GpuContext, KernelForms};
 
+pub mod golden;
 pub mod plumbing;
 #[cfg(feature = "server")]
 pub mod server;

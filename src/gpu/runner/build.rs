@@ -28,7 +28,7 @@ impl Runner {
         let heads = g.attention;
         let t = rc.max_batch_tokens.max(1);
         let vocab = g.vocab;
-        let max_positions = positions::max_positions(g.max_context, &rc);
+        let max_positions = positions::max_positions(g, &rc);
         let max_blocks = max_positions.div_ceil(rc.block_size);
         let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
         let wdt = g.weight_dtype;

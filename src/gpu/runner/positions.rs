@@ -5,29 +5,45 @@
 //! block-table width are therefore sized to min(context, pool tokens), so a file's context
 //! length (up to the loader's cap) costs no more than the KV memory budget allows. Each table
 //! row depends only on its position, so the rows kept are the ones a full-context table would
-//! have: results do not change.
+//! have: results do not change. The exception: where every attention layer has a sliding
+//! window, the scheduler gives back the blocks a sequence's window has passed, so a sequence
+//! can outgrow the pool; there the tables span the whole context.
 
 use super::RunnerConfig;
-use crate::gpu::graph::Rotary;
+use crate::gpu::graph::{Graph, Op, Rotary};
 use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 
-/// Positions a sequence can reach: the model's context, or the pool's tokens if fewer.
-pub(super) fn max_positions(max_context: usize, rc: &RunnerConfig) -> usize {
-    max_context.min(rc.num_blocks.saturating_mul(rc.block_size))
+/// Positions a sequence can reach: the model's context, or the pool's tokens if fewer
+/// (unless every attention layer has a window, see the module docs).
+pub(super) fn max_positions(g: &Graph, rc: &RunnerConfig) -> usize {
+    let mut attention = g.ops.iter().filter_map(|op| match op {
+        Op::Attention { params, .. } => Some(params.window.is_some()),
+        _ => None,
+    });
+    let all_windowed = attention.clone().next().is_some() && attention.all(|w| w);
+    if all_windowed {
+        g.max_context
+    } else {
+        g.max_context
+            .min(rc.num_blocks.saturating_mul(rc.block_size))
+    }
 }
 
-/// RoPE's (cos, sin) table, (positions, rotated pairs, 2) f32.
+/// RoPE's (cos, sin) table, (positions, rotated pairs, 2) f32: cos and sin of
+/// `pos · inv_freq`, each times the attention factor in f32 (transformers'
+/// `emb.cos() * attention_scaling`; a factor of 1 leaves every bit as it was).
 pub(super) fn rope_table(
     ctx: &GpuContext,
     rotary: &Rotary,
     positions: usize,
 ) -> Result<wgpu::Buffer, GpuError> {
     let mut table = Vec::with_capacity(positions * rotary.inv_freq.len() * 2);
+    let scale = rotary.attention_factor;
     for pos in 0..positions {
         for f in &rotary.inv_freq {
             let a = pos as f32 * f;
-            table.push(a.cos());
-            table.push(a.sin());
+            table.push(a.cos() * scale);
+            table.push(a.sin() * scale);
         }
     }
     let cs = GpuTensor::from_f32(
