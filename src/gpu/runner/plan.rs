@@ -7,8 +7,10 @@
 //! - A gated projection (`[gate | up]`, one quantized binding) whose output only the next
 //!   SiLU·mul reads runs with the activation in the same pass, writing the product directly.
 //!
-//! Both only change which kernel computes a value, never the arithmetic order of any output
-//! element, so fusing is invisible in the results.
+//! The plan depends on the graph and the kernel form only, never on a step's batch, so
+//! results stay batch-invariant. Fusing is not bit-neutral: the fused-norm matmul sums the
+//! row's squares in its own order (about 1e-5 on SmolLM2's logits), so a change to the plan
+//! shows in tests/logits_snapshot.rs.
 
 use crate::gpu::graph::{Act, GateActivation, Graph, Op};
 use crate::gpu::kernels::matmul_quant::QuantFormat;
