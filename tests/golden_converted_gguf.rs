@@ -1,6 +1,8 @@
 //! GGUF metadata as llama.cpp's converter writes it, against transformers, for families
-//! whose only converted fixtures hold K-quants (which wllm cannot load yet): tiny-llama3 and
-//! tiny-qwen2. tests/fixtures/arch/gguf/<name>.meta.gguf is the metadata of <name>.Q4_K_M.gguf
+//! whose only converted fixtures are quantized (tiny-llama3, tiny-qwen2): with the
+//! checkpoints' exact f16 weights the comparison is tight (f32 5e-4) and isolates the
+//! metadata from the quantization error (tests/golden_quant_formats.rs runs the quantized
+//! files themselves). tests/fixtures/arch/gguf/<name>.meta.gguf is the metadata of <name>.Q4_K_M.gguf
 //! and the tensors llama.cpp computed itself (Llama 3's `rope_freqs.weight`: its RoPE
 //! scaling), copied verbatim by gguf-py (scripts/extract_gguf_metadata.py). This test adds
 //! the checkpoint's exact weights laid out as the converter lays them out (llama.cpp's tensor

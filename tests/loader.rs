@@ -142,17 +142,17 @@ fn gguf_unsupported_tensor_type_names_the_tensor() {
     let (b, _) = GgufWriter::new(3)
         .kv("general.architecture", MetaValue::String("llama".into()))
         .tensor("ok.weight", &[32], 0, vec![0; 128])
-        .tensor("blk.3.ffn_down.weight", &[256], 12, vec![0; 144])
+        .tensor("blk.3.ffn_down.weight", &[256], 16, vec![0; 66])
         .build();
     let err = open_bytes("q4k", &b).unwrap_err();
     assert!(
         matches!(&err, LoadError::UnsupportedTensorType { tensor, type_name, .. }
-            if tensor == "blk.3.ffn_down.weight" && type_name.contains("Q4_K")),
+            if tensor == "blk.3.ffn_down.weight" && type_name.contains("IQ2_XXS")),
         "{err:?}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("blk.3.ffn_down.weight") && msg.contains("Q4_K"),
+        msg.contains("blk.3.ffn_down.weight") && msg.contains("IQ2_XXS"),
         "{msg}"
     );
 

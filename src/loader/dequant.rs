@@ -1,10 +1,16 @@
 //! CPU dequantization: the reference every GPU dequantizing kernel is tested against.
 //!
-//! Block layouts are ggml's, little endian, 32 weights per quantized block:
+//! Which decoder, block size and scale fields a type has is its row of
+//! [`super::quant_formats::FORMATS`]; this module walks a tensor block by block through that
+//! row. The 32-weight formats decode here (ggml's layouts, little endian); the 256-weight
+//! K-quants and the IQ4 codebook formats in [`super::kquants`].
 //! - Q8_0 (34 bytes): f16 scale `d`, 32 × i8 `q`; `w[i] = d · q[i]`.
 //! - Q4_0 (18 bytes): f16 `d`, 16 bytes; byte `j` holds element `j` in its low nibble and
 //!   element `j + 16` in its high nibble; `w = d · (q − 8)`.
 //! - Q4_1 (20 bytes): f16 `d`, f16 min `m`, 16 bytes with the same nibble order; `w = d · q + m`.
+//! - Q5_0 (22 bytes): f16 `d`, u32 `qh` (bit `i` is element `i`'s fifth bit), 16 bytes of low
+//!   nibbles in Q4_0's order; `w = d · (q − 16)`.
+//! - Q5_1 (24 bytes): f16 `d`, f16 `m`, `qh`, 16 bytes as Q5_0; `w = d · q + m`.
 //!
 //! Cost: O(numel), one pass, one allocation of `numel` floats (after the byte length is checked).
 
@@ -17,10 +23,11 @@ use super::TensorDType;
 /// Fails when `data.len()` is not exactly the size of `numel` elements of `dtype`
 /// (including when `numel` is not a whole number of blocks).
 pub fn to_f32(dtype: TensorDType, data: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+    let f = dtype.format();
     let expected = dtype.bytes_for(numel).ok_or_else(|| {
         format!(
             "{numel} elements is not a whole number of {dtype:?} blocks ({} elements each)",
-            dtype.block_len()
+            f.block_weights
         )
     })?;
     if data.len() != expected {
@@ -29,62 +36,26 @@ pub fn to_f32(dtype: TensorDType, data: &[u8], numel: usize) -> Result<Vec<f32>,
             data.len()
         ));
     }
-    let mut out = Vec::with_capacity(numel);
-    match dtype {
-        TensorDType::F32 => out.extend(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        TensorDType::F16 => out.extend(
-            data.chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        TensorDType::BF16 => out.extend(
-            data.chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        TensorDType::Q8_0 => {
-            for block in data.chunks_exact(34) {
-                let (d, qs) = block.split_at(2);
-                let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
-                out.extend(qs.iter().map(|&q| d * f32::from(q as i8)));
-            }
-        }
-        TensorDType::Q4_0 => {
-            for block in data.chunks_exact(18) {
-                let (d, qs) = block.split_at(2);
-                let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
-                let w = |q: u8| d * (f32::from(q) - 8.0);
-                out.extend(qs.iter().map(|&b| w(b & 0x0f)));
-                out.extend(qs.iter().map(|&b| w(b >> 4)));
-            }
-        }
-        TensorDType::Q4_1 => {
-            for block in data.chunks_exact(20) {
-                let (dm, qs) = block.split_at(4);
-                let d = f16::from_le_bytes([dm[0], dm[1]]).to_f32();
-                let m = f16::from_le_bytes([dm[2], dm[3]]).to_f32();
-                let w = |q: u8| d * f32::from(q) + m;
-                out.extend(qs.iter().map(|&b| w(b & 0x0f)));
-                out.extend(qs.iter().map(|&b| w(b >> 4)));
-            }
-        }
+    let mut out = vec![0f32; numel];
+    for (block, w) in data
+        .chunks_exact(f.block_bytes)
+        .zip(out.chunks_exact_mut(f.block_weights))
+    {
+        (f.dequant)(block, w);
     }
     Ok(out)
 }
 
 /// Where `data` (elements of `dtype`) holds a NaN or an infinity, described for an error
 /// message; `None` when every value is finite. Quantized blocks are checked through their f16
-/// scales (`d`, and Q4_1's min `m`): a block's weights are finite exactly when those are, since
-/// its quants are small integers. Cost: one pass over float data; 2–4 bytes of each block.
+/// scales (the table's `f16_scales`: `d`, and the min `m` / `dmin` where the format has one):
+/// a block's weights are finite exactly when those are, since its quants and sub-block scales
+/// are small integers. Cost: one pass over float data; 2–4 bytes of each block.
 pub fn first_non_finite(dtype: TensorDType, data: &[u8]) -> Option<String> {
     // Exponent bits all ones: an infinity or a NaN.
     let f16_bad = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00;
     let element = |i: usize| format!("element {i}");
-    let scale = |b: usize| {
-        let n = dtype.block_len();
-        format!("scale of the block of elements {}..{}", b * n, (b + 1) * n)
-    };
+    let f = dtype.format();
     match dtype {
         TensorDType::F32 => data
             .chunks_exact(4)
@@ -95,14 +66,74 @@ pub fn first_non_finite(dtype: TensorDType, data: &[u8]) -> Option<String> {
             .chunks_exact(2)
             .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
             .map(element),
-        TensorDType::Q8_0 | TensorDType::Q4_0 => data
-            .chunks_exact(dtype.block_bytes())
-            .position(|b| f16_bad(&b[..2]))
-            .map(scale),
-        TensorDType::Q4_1 => data
-            .chunks_exact(dtype.block_bytes())
-            .position(|b| f16_bad(&b[..2]) || f16_bad(&b[2..4]))
-            .map(scale),
+        _ => data
+            .chunks_exact(f.block_bytes)
+            .position(|b| f.f16_scales.iter().any(|&o| f16_bad(&b[o..o + 2])))
+            .map(|b| {
+                let n = f.block_weights;
+                format!("scale of the block of elements {}..{}", b * n, (b + 1) * n)
+            }),
+    }
+}
+
+/// The f16 at `block[at..at + 2]`, widened.
+pub(super) fn f16_at(block: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
+
+pub(super) fn dequant_f32(b: &[u8], w: &mut [f32]) {
+    w[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+}
+
+pub(super) fn dequant_f16(b: &[u8], w: &mut [f32]) {
+    w[0] = f16_at(b, 0);
+}
+
+pub(super) fn dequant_bf16(b: &[u8], w: &mut [f32]) {
+    w[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+}
+
+pub(super) fn dequant_q8_0(b: &[u8], w: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (w, &q) in w.iter_mut().zip(&b[2..34]) {
+        *w = d * f32::from(q as i8);
+    }
+}
+
+/// Quant `i` (0..32) of a block whose 16 bytes at `qs` hold elements `j` (low nibbles) and
+/// `j + 16` (high nibbles), with bit `i` of `qh` as its fifth bit.
+fn nibble5(b: &[u8], qs: usize, qh: u32, i: usize) -> f32 {
+    let lo = (b[qs + i % 16] >> (4 * (i / 16))) & 0x0f;
+    f32::from(lo | ((((qh >> i) & 1) as u8) << 4))
+}
+
+pub(super) fn dequant_q4_0(b: &[u8], w: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (i, w) in w.iter_mut().enumerate() {
+        *w = d * (nibble5(b, 2, 0, i) - 8.0);
+    }
+}
+
+pub(super) fn dequant_q4_1(b: &[u8], w: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (i, w) in w.iter_mut().enumerate() {
+        *w = d * nibble5(b, 4, 0, i) + m;
+    }
+}
+
+pub(super) fn dequant_q5_0(b: &[u8], w: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for (i, w) in w.iter_mut().enumerate() {
+        *w = d * (nibble5(b, 6, qh, i) - 16.0);
+    }
+}
+
+pub(super) fn dequant_q5_1(b: &[u8], w: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for (i, w) in w.iter_mut().enumerate() {
+        *w = d * nibble5(b, 8, qh, i) + m;
     }
 }
 

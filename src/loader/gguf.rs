@@ -195,48 +195,10 @@ fn overlapping(tensors: &[GgufTensorInfo]) -> Option<(&GgufTensorInfo, &GgufTens
         .map(|w| (w[0], w[1]))
 }
 
-/// The wllm element type of a ggml type id; for other ids, the ggml name (or `type id N`).
+/// The wllm element type of a ggml type id (a row of [`super::quant_formats::FORMATS`]); for
+/// other ids, the ggml name (or `type id N`).
 pub fn ggml_type_to_dtype(id: u32) -> Result<TensorDType, String> {
-    Ok(match id {
-        0 => TensorDType::F32,
-        1 => TensorDType::F16,
-        2 => TensorDType::Q4_0,
-        3 => TensorDType::Q4_1,
-        8 => TensorDType::Q8_0,
-        30 => TensorDType::BF16,
-        _ => {
-            let name = match id {
-                6 => "Q5_0",
-                7 => "Q5_1",
-                9 => "Q8_1",
-                10 => "Q2_K",
-                11 => "Q3_K",
-                12 => "Q4_K",
-                13 => "Q5_K",
-                14 => "Q6_K",
-                15 => "Q8_K",
-                16 => "IQ2_XXS",
-                17 => "IQ2_XS",
-                18 => "IQ3_XXS",
-                19 => "IQ1_S",
-                20 => "IQ4_NL",
-                21 => "IQ3_S",
-                22 => "IQ2_S",
-                23 => "IQ4_XS",
-                24 => "I8",
-                25 => "I16",
-                26 => "I32",
-                27 => "I64",
-                28 => "F64",
-                29 => "IQ1_M",
-                34 => "TQ1_0",
-                35 => "TQ2_0",
-                39 => "MXFP4",
-                _ => return Err(format!("type id {id}")),
-            };
-            return Err(format!("{name} (type id {id})"));
-        }
-    })
+    TensorDType::from_ggml_type(id)
 }
 
 struct Parsed {
@@ -486,10 +448,12 @@ impl<'a> Parser<'a> {
                 type_name,
             }
         })?;
-        if numel % dtype.block_len() != 0 {
+        // ggml quantizes row by row: each row (the innermost dimension) is whole blocks.
+        let row = shape.last().copied().unwrap_or(1);
+        if numel % dtype.block_len() != 0 || row % dtype.block_len() != 0 {
             return Err(self.malformed(format!(
-                "tensor `{name}`: {numel} elements is not a whole number of {dtype:?} blocks \
-                 ({} elements each)",
+                "tensor `{name}`: rows of {row} elements ({numel} in all) are not a whole \
+                 number of {dtype:?} blocks ({} elements each)",
                 dtype.block_len()
             )));
         }

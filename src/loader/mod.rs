@@ -12,13 +12,17 @@ pub mod dequant;
 pub mod gguf;
 pub mod gguf_meta;
 pub mod hf;
+pub mod kquants;
+pub mod quant_formats;
 
 use std::path::PathBuf;
 
 pub use gguf_meta::{GgufMetadata, MetaError, MetaValue, PackedArray};
 
-/// Element type of a stored tensor.
+/// Element type of a stored tensor. Block sizes, ggml ids and CPU dequantization of each are
+/// one row of [`quant_formats::FORMATS`] (declared in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum TensorDType {
     F32,
     F16,
@@ -29,26 +33,35 @@ pub enum TensorDType {
     Q4_0,
     /// 32 weights per block: f16 scale d, f16 min m, 16 bytes of nibbles; w = d·q + m.
     Q4_1,
+    /// 32 weights per block: Q4_0 with a fifth bit per weight; w = d·(q − 16).
+    Q5_0,
+    /// 32 weights per block: Q4_1 with a fifth bit per weight; w = d·q + m.
+    Q5_1,
+    /// 32 weights per block: f16 d, 16 bytes of nibbles indexing a 16-entry codebook.
+    IQ4_NL,
+    /// 256 weights: 16 sub-blocks of 2-bit quants, 4-bit scales and mins.
+    Q2_K,
+    /// 256 weights: 16 sub-blocks of 3-bit quants, 6-bit signed scales.
+    Q3_K,
+    /// 256 weights: 8 sub-blocks of 4-bit quants, 6-bit scales and mins.
+    Q4_K,
+    /// 256 weights: 8 sub-blocks of 5-bit quants, 6-bit scales and mins.
+    Q5_K,
+    /// 256 weights: 16 sub-blocks of 6-bit quants, 8-bit signed scales.
+    Q6_K,
+    /// 256 weights: 8 sub-blocks of IQ4_NL codebook nibbles, 6-bit signed scales.
+    IQ4_XS,
 }
 
 impl TensorDType {
     /// Weights per quantization block (1 for plain float types).
     pub fn block_len(self) -> usize {
-        match self {
-            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => 1,
-            TensorDType::Q8_0 | TensorDType::Q4_0 | TensorDType::Q4_1 => 32,
-        }
+        self.format().block_weights
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            TensorDType::F32 => 4,
-            TensorDType::F16 | TensorDType::BF16 => 2,
-            TensorDType::Q8_0 => 34,
-            TensorDType::Q4_0 => 18,
-            TensorDType::Q4_1 => 20,
-        }
+        self.format().block_bytes
     }
 
     /// Bytes needed for `numel` elements; `None` when `numel` is not a whole number of blocks.

@@ -2,7 +2,9 @@
 //!
 //! Every linear weight is uploaded as (out_features, in_features): GGUF Q4_0/Q4_1/Q8_0 matrices
 //! stay in their quantized blocks ([`GpuMatrix::upload_quantized`], dequantized in registers by the
-//! matmul kernel); float matrices take the chosen storage type. Q/K/V are concatenated into one
+//! matmul kernel); float matrices, and quantized formats no GPU kernel reads yet (the K-quants,
+//! Q5_0/Q5_1, IQ4_NL/IQ4_XS: dequantized on the CPU at load, with a warning), take the chosen
+//! storage type. Q/K/V are concatenated into one
 //! (q_dim + 2·kv_dim, hidden) matrix and gate/up into one (2·inner, hidden) matrix so each is a
 //! single matmul (stacked from quantized blocks when all parts share one quantized type).
 //! Norm weights and biases stay f32. A matrix larger than one storage binding allows is split
@@ -129,6 +131,9 @@ struct Uploader<'a> {
     progress: &'a mut dyn FnMut(usize, usize),
     /// Every tensor read, so that one left unread is an error (see [`Uploader::check_all_read`]).
     read: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    /// Quantized tensors dequantized at load (no kernel keeps their format quantized):
+    /// ggml type name → (elements, bytes in the file), for one warning per model.
+    dequantized: std::collections::BTreeMap<&'static str, (usize, usize)>,
 }
 
 /// Tensors a checkpoint may carry that change nothing: buffers transformers derives again
@@ -166,6 +171,35 @@ impl Uploader<'_> {
         }
     }
 
+    /// One warning naming the quantized formats that were dequantized at load and the weight
+    /// memory that costs over keeping them quantized.
+    fn warn_dequantized(&self) {
+        if self.dequantized.is_empty() {
+            return;
+        }
+        let (numel, file): (usize, usize) = self
+            .dequantized
+            .values()
+            .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
+        let dense = numel * self.dtype.bytes_per_elem();
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        log::warn!(
+            "{}: no GPU kernel keeps {} weights quantized yet: {} weights dequantized to {:?} at \
+             load, {:.1} MiB instead of {:.1} MiB (+{:.1} MiB)",
+            self.files.path().display(),
+            self.dequantized
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            numel,
+            self.dtype,
+            mib(dense),
+            mib(file),
+            mib(dense.saturating_sub(file)),
+        );
+    }
+
     fn path(&self) -> PathBuf {
         self.files.path().to_path_buf()
     }
@@ -184,6 +218,11 @@ impl Uploader<'_> {
     /// `t` dequantized to f32, counted as loaded.
     fn widened(&mut self, t: RawTensor) -> Result<Vec<f32>, ModelError> {
         let v = t.to_f32()?;
+        if t.dtype.block_len() != 1 && QuantFormat::of(t.dtype).is_none() {
+            let e = self.dequantized.entry(t.dtype.format().name).or_default();
+            e.0 += v.len();
+            e.1 += t.data.len();
+        }
         self.done += 1;
         (self.progress)(self.done, self.total);
         Ok(v)
@@ -365,6 +404,7 @@ pub fn load_weights(
         total,
         progress,
         read: Default::default(),
+        dequantized: Default::default(),
     };
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
     let weights = match cfg.arch {
@@ -372,6 +412,7 @@ pub fn load_weights(
         _ => load_decoder(&mut up, cfg, d, v),
     }?;
     up.check_all_read()?;
+    up.warn_dequantized();
     Ok(weights)
 }
 

@@ -46,7 +46,19 @@ impl QuantFormat {
         match dtype {
             TensorDType::Q4_0 | TensorDType::Q4_1 => Some(QuantFormat::Q4),
             TensorDType::Q8_0 => Some(QuantFormat::Q8),
-            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => None,
+            // Dequantized to dense weights at load (no kernel keeps them quantized yet).
+            TensorDType::F32
+            | TensorDType::F16
+            | TensorDType::BF16
+            | TensorDType::Q5_0
+            | TensorDType::Q5_1
+            | TensorDType::IQ4_NL
+            | TensorDType::Q2_K
+            | TensorDType::Q3_K
+            | TensorDType::Q4_K
+            | TensorDType::Q5_K
+            | TensorDType::Q6_K
+            | TensorDType::IQ4_XS => None,
         }
     }
 
@@ -136,7 +148,7 @@ pub fn pack_quantized(
                 }
                 (u32::from(d.to_bits()) | (u32::from(m.to_bits()) << 16), 2)
             }
-            TensorDType::F32 | TensorDType::F16 | TensorDType::BF16 => unreachable!(),
+            _ => unreachable!("QuantFormat::of accepted {dtype:?}"),
         };
         dst[0] = head;
         for (j, w) in dst[1..].iter_mut().enumerate() {

@@ -1,0 +1,74 @@
+//! GGUF files in K-quant and IQ4 formats (llama.cpp's `llama-quantize` output, the files
+//! people download) against transformers run on gguf-py's dequantization of the same file:
+//! tests/fixtures/arch/gguf/NAME.golden.json (see tests/fixtures/arch/README.md). wllm has no
+//! GPU kernel that keeps these formats quantized yet: the loader dequantizes them on the CPU
+//! (bit for bit as gguf-py does, tests/dequant_formats.rs), so in f32 the only differences
+//! are summation orders — within 5e-3 of the reference's logit differences.
+
+mod common;
+
+use common::golden::{Deviation, teacher_forced, tolerance};
+use common::{fixtures, gpu, read_json};
+use wllm::{Generator, ModelOptions, WeightDType};
+
+/// f32 tolerance for quantized files (README: "within about 5e-3 (quantized files, summed in
+/// another order)").
+const F32_TOL: f32 = 5e-3;
+
+fn compare(name: &str, dtype: WeightDType) -> Deviation {
+    let dir = fixtures().join("arch/gguf");
+    let golden = read_json(&dir.join(format!("{name}.golden.json")));
+    let mut opts = ModelOptions::new(dir.join(format!("{name}.gguf")));
+    opts.dtype = dtype;
+    opts.max_batch_tokens = 48;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
+    let d = teacher_forced(&mut g, &cases);
+    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+    d
+}
+
+/// Every file of `family` in f32, each reported, then all asserted.
+fn family(family: &str, quants: &[&str]) {
+    let results: Vec<_> = quants
+        .iter()
+        .map(|q| {
+            let name = format!("{family}.{q}");
+            let d = compare(&name, WeightDType::F32);
+            eprintln!(
+                "{name:>20}: worst f32 logit-difference error {:.2e} at {}",
+                d.worst, d.worst_at
+            );
+            (name, d)
+        })
+        .collect();
+    for (name, d) in &results {
+        d.assert_within(name, F32_TOL);
+    }
+}
+
+#[test]
+fn llama3_quant_formats_match_reference() {
+    family(
+        "tiny-llama3",
+        &[
+            "Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
+        ],
+    );
+}
+
+#[test]
+fn qwen2_quant_formats_match_reference() {
+    family("tiny-qwen2", &["Q4_K_M", "Q5_K_S", "Q6_K"]);
+}
+
+/// The default download, with the dequantized weights stored as f16 (one more rounding).
+#[test]
+fn llama3_q4_k_m_in_f16_matches_reference() {
+    let d = compare("tiny-llama3.Q4_K_M", WeightDType::F16);
+    eprintln!(
+        "tiny-llama3.Q4_K_M f16: worst logit-difference error {:.2e} at {}",
+        d.worst, d.worst_at
+    );
+    d.assert_within("tiny-llama3.Q4_K_M f16", tolerance(WeightDType::F16));
+}
