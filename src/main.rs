@@ -60,8 +60,12 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Render TEXT as a user message with the chat template (generation prompt added)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_special")]
         chat: bool,
+        /// No BOS, and special-token text (`<|im_start|>`) encoded as ordinary text, as
+        /// llama.cpp's tokenizer tests expect
+        #[arg(long)]
+        no_special: bool,
         text: String,
     },
     /// Interactive chat in the terminal (history kept, replies streamed)
@@ -247,9 +251,18 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Tokenize { model, chat, text } => {
+        Command::Tokenize {
+            model,
+            chat,
+            no_special,
+            text,
+        } => {
             let tok = tokenizer_for(&model)?;
-            let ids = tok.encode(&render(&tok, &text, chat)?)?;
+            let ids = if no_special {
+                tok.encode_plain(&text)?
+            } else {
+                tok.encode(&render(&tok, &text, chat)?)?
+            };
             println!("{}", serde_json::to_string(&ids)?);
         }
         Command::Score {

@@ -80,6 +80,19 @@ fn generate_json_score_and_tokenize_contracts() {
     let (ok, out, err) = wllm(&["tokenize", "--model", &gguf, "The capital of France is"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "[504,3575,282,4649,314]");
+    // `--no-special`: `<|im_start|>` is text, not SmolLM2's special token 1.
+    let (ok, out, err) = wllm(&["tokenize", "--model", &gguf, "<|im_start|>user"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[1,4093]");
+    let (ok, out, err) = wllm(&[
+        "tokenize",
+        "--model",
+        &gguf,
+        "--no-special",
+        "<|im_start|>user",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[44,108,306,79,3738,108,46,4093]");
 }
 
 #[test]

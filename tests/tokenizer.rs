@@ -311,6 +311,17 @@ fn tokenizer_json_round_trip_gives_the_same_ids() {
         vec![1, 19556]
     );
     assert_eq!(with_bos.encode_raw("Hello").unwrap(), vec![19556]);
+    // encode_plain (`wllm tokenize --no-special`): no BOS, and special-token text is text.
+    assert_eq!(with_bos.encode_plain("Hello").unwrap(), vec![19556]);
+    let plain = with_bos.encode_plain("<|im_start|>Hello").unwrap();
+    assert!(!plain.contains(&1) && plain.len() > 2, "{plain:?}");
+    assert_eq!(
+        with_bos.decode(&plain).unwrap(),
+        "<|im_start|>Hello",
+        "split into ordinary tokens that spell the same text"
+    );
+    // The special tokens stay special for the ordinary encoder.
+    assert_eq!(with_bos.encode_raw("<|im_start|>").unwrap(), vec![1]);
 
     // Malformed config values are errors naming the file.
     std::fs::write(&config_path, r#"{"chat_template": 7}"#).unwrap();

@@ -113,6 +113,9 @@ pub(crate) type TokenBytes = Vec<Option<Box<[u8]>>>;
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// `inner` with special-token text encoded as ordinary text ([`Tokenizer::encode_plain`]),
+    /// built on first use.
+    plain: Arc<std::sync::OnceLock<tokenizers::Tokenizer>>,
     /// Exact bytes of every token, indexed by id, when the decoder is byte-level; `None` entries
     /// are ids the vocabulary does not define. `None` as a whole: not a byte-level decoder.
     token_bytes: Option<Arc<TokenBytes>>,
@@ -254,6 +257,7 @@ impl Tokenizer {
         stop_ids.dedup();
         Ok(Tokenizer {
             inner: Arc::new(inner),
+            plain: Arc::default(),
             token_bytes: token_bytes.map(Arc::new),
             vocab_size,
             bos,
@@ -281,6 +285,21 @@ impl Tokenizer {
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self
             .inner
+            .encode(text, false)
+            .map_err(TokenizerError::hf("encoding"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encode text as llama.cpp's tokenizer tests do (`llama-tokenize --no-bos
+    /// --no-parse-special`): no BOS or other added token, and the text of special tokens
+    /// (`<|im_start|>`) split like any other text rather than matched as one token.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let plain = self.plain.get_or_init(|| {
+            let mut t = (*self.inner).clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = plain
             .encode(text, false)
             .map_err(TokenizerError::hf("encoding"))?;
         Ok(enc.get_ids().to_vec())
