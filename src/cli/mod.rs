@@ -57,9 +57,12 @@ pub struct EngineArgs {
     /// Tokens per KV-cache block: a power of two from 1 to 256
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
-    /// KV pool size in blocks (default: as many as 256 MiB hold)
-    #[arg(long)]
+    /// KV pool size in blocks (default: as many as --kv-memory holds)
+    #[arg(long, conflicts_with = "kv_memory")]
     pub kv_blocks: Option<usize>,
+    /// KV pool size in bytes, e.g. 4GiB, 512MiB, 1.5GB (default 256MiB)
+    #[arg(long)]
+    pub kv_memory: Option<String>,
     /// Most sequences per step
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
@@ -72,7 +75,7 @@ pub struct EngineArgs {
     /// Longest sequence (prompt + output) to run, at most the model's context (default: the
     /// model's). LongRoPE models (Phi-3.5, Phi-4-mini) use their long factors iff this
     /// exceeds their original context
-    #[arg(long)]
+    #[arg(long, visible_alias = "ctx-size")]
     pub max_model_len: Option<usize>,
     /// on: schedule and submit the next step while the GPU runs this one (whenever every
     /// token of the step is picked on the GPU); off: read each step back first. Default: on
@@ -96,6 +99,13 @@ impl EngineArgs {
         cfg.model.dtype = parse_dtype(&self.dtype)?;
         cfg.model.block_size = self.block_size;
         cfg.model.num_blocks = self.kv_blocks;
+        if let Some(s) = &self.kv_memory {
+            let bytes = plan::parse_bytes(s).with_context(|| format!("--kv-memory {s}"))?;
+            if bytes == 0 {
+                anyhow::bail!("--kv-memory {s}: the KV pool needs at least one block");
+            }
+            cfg.model.kv_memory_bytes = bytes;
+        }
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
@@ -130,5 +140,15 @@ pub fn start_engine_on(ctx: &GpuContext, cfg: EngineConfig) -> Result<Engine> {
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
-    e.with_context(|| format!("loading {}", path.display()))
+    let e = e.with_context(|| format!("loading {}", path.display()))?;
+    let st = e.stats();
+    eprintln!(
+        "KV pool: {} blocks of {} tokens ({} tokens, {:.1} MiB); longest sequence {} tokens",
+        st.blocks_total,
+        st.block_size,
+        st.blocks_total * st.block_size,
+        (st.blocks_total as u64 * st.kv_bytes_per_block) as f64 / (1u64 << 20) as f64,
+        e.max_seq_tokens()
+    );
+    Ok(e)
 }

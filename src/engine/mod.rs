@@ -439,6 +439,11 @@ impl Engine {
     }
 
     /// Sequences the engine holds at most: every running slot and the waiting queue.
+    /// The longest sequence (prompt + output) a request may reach.
+    pub fn max_seq_tokens(&self) -> usize {
+        self.max_seq_tokens
+    }
+
     pub fn capacity(&self) -> usize {
         self.max_running.saturating_add(self.max_waiting)
     }
