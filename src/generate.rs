@@ -170,7 +170,7 @@ fn saturating_product(factors: &[usize]) -> u64 {
 
 impl Generator {
     /// Opens the model files, builds the tokenizer (when the files have one) and uploads the
-    /// weights. `progress(done, total)` is called as tensors load.
+    /// weights. `progress(done, total)` is called as tensors load, in bytes of the file.
     pub fn load(
         ctx: &GpuContext,
         opts: &ModelOptions,

@@ -172,8 +172,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn load(args: &cli::EngineArgs) -> Result<Generator> {
     let cfg = args.config()?;
     let ctx = GpuContext::new(&cfg.adapter)?;
-    let bar = cli::progress_bar(0, "tensors");
-    bar.set_message(format!("loading {}", args.model.display()));
+    let bar = cli::load_bar(&args.model);
     let g = Generator::load(&ctx, &cfg.model, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

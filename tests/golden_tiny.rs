@@ -251,3 +251,36 @@ fn readback_buffers_grow_for_steps_that_keep_rows() {
     // The rows equal those of a fresh scoring run.
     assert_eq!(got, g.logits(&prompt).unwrap());
 }
+
+/// Loading reports progress in bytes of the file's tensors: increasing, ending at the total
+/// (every tensor of these files is used), which is the sum of the tensors' sizes.
+#[test]
+fn load_progress_counts_the_bytes_of_the_tensors() {
+    use wllm::loader::TensorSource;
+    for dir in ["tiny-llama-gqa-public", "tiny-gpt2-public"] {
+        let path = fixtures().join(dir);
+        let hf = wllm::loader::hf::HfModelDir::open(&path).unwrap();
+        let want: usize = hf
+            .tensor_names()
+            .iter()
+            .map(|n| hf.tensor_byte_len(n).unwrap())
+            .sum();
+        let mut seen: Vec<(usize, usize)> = Vec::new();
+        let opts = ModelOptions::new(&path);
+        Generator::load(gpu(), &opts, &mut |done, total| seen.push((done, total))).unwrap();
+        assert!(seen.len() > 2, "{dir}: {} progress calls", seen.len());
+        assert!(
+            seen.iter().all(|&(_, t)| t == want),
+            "{dir}: total is not {want}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "{dir}: not increasing"
+        );
+        assert_eq!(
+            seen.last().unwrap().0,
+            want,
+            "{dir}: does not end at the total"
+        );
+    }
+}

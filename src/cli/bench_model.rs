@@ -80,8 +80,7 @@ fn load(
     opts.max_seqs = seqs;
     opts.max_batch_tokens = step_tokens;
     opts.num_blocks = Some(kv_tokens.div_ceil(a.block_size) + seqs);
-    let bar = progress_bar(0, "tensors");
-    bar.set_message(format!("loading {}", a.model.display()));
+    let bar = super::load_bar(&a.model);
     let g = Generator::load(ctx, &opts, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

@@ -125,6 +125,18 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     )
 }
 
+/// A bar for loading a model: the bytes of its tensors.
+pub fn load_bar(path: &std::path::Path) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("loading {}", path.display()));
+    bar
+}
+
 /// Opens the adapter and loads the model with a progress bar.
 pub fn start_engine(cfg: EngineConfig) -> Result<Engine> {
     let ctx = GpuContext::new(&cfg.adapter)?;
@@ -132,8 +144,7 @@ pub fn start_engine(cfg: EngineConfig) -> Result<Engine> {
 }
 
 pub fn start_engine_on(ctx: &GpuContext, cfg: EngineConfig) -> Result<Engine> {
-    let bar = progress_bar(0, "tensors");
-    bar.set_message(format!("loading {}", cfg.model.path.display()));
+    let bar = load_bar(&cfg.model.path);
     let path = cfg.model.path.clone();
     let e = Engine::with_context(ctx, cfg, &mut |done, total| {
         bar.set_length(total as u64);

@@ -255,7 +255,7 @@ impl Engine {
     }
 
     /// Loads the model on a device the caller already has; `progress(done, total)` reports
-    /// tensors loaded.
+    /// the bytes of the file's tensors loaded so far and in all.
     pub fn with_context(
         ctx: &GpuContext,
         cfg: EngineConfig,

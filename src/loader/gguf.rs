@@ -169,6 +169,10 @@ impl TensorSource for GgufFile {
         self.tensor_info(name).map(|t| t.shape.as_slice())
     }
 
+    fn tensor_byte_len(&self, name: &str) -> Option<usize> {
+        self.tensor_info(name).map(|t| t.size)
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
         names.sort();

@@ -224,6 +224,10 @@ impl TensorSource for HfModelDir {
         self.tensors.get(name).map(|t| t.shape.as_slice())
     }
 
+    fn tensor_byte_len(&self, name: &str) -> Option<usize> {
+        self.tensors.get(name).map(|t| t.range.1 - t.range.0)
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         // BTreeMap keys are already sorted.
         self.tensors.keys().cloned().collect()

@@ -106,6 +106,8 @@ pub trait TensorSource {
     fn tensor_shape(&self, name: &str) -> Option<&[usize]>;
     /// Every tensor name the source holds, sorted.
     fn tensor_names(&self) -> Vec<String>;
+    /// Bytes tensor `name` takes in the file, without reading it.
+    fn tensor_byte_len(&self, name: &str) -> Option<usize>;
 }
 
 /// Why a model file could not be read. Every variant names the file it is about.

@@ -126,6 +126,7 @@ struct Uploader<'a> {
     files: &'a ModelFiles,
     dtype: WeightDType,
     arch_name: String,
+    /// Bytes of the file's tensors loaded so far, and in all (for `progress`).
     done: usize,
     total: usize,
     progress: &'a mut dyn FnMut(usize, usize),
@@ -215,6 +216,12 @@ impl Uploader<'_> {
         self.widened(t)
     }
 
+    /// Counts `bytes` of the file as loaded and reports progress.
+    fn loaded(&mut self, bytes: usize) {
+        self.done += bytes;
+        (self.progress)(self.done, self.total);
+    }
+
     /// `t` dequantized to f32, counted as loaded.
     fn widened(&mut self, t: RawTensor) -> Result<Vec<f32>, ModelError> {
         let v = t.to_f32()?;
@@ -223,8 +230,7 @@ impl Uploader<'_> {
             e.0 += v.len();
             e.1 += t.data.len();
         }
-        self.done += 1;
-        (self.progress)(self.done, self.total);
+        self.loaded(t.data.len());
         Ok(v)
     }
 
@@ -339,8 +345,7 @@ impl Uploader<'_> {
             }
             drop(raws);
             let m = GpuMatrix::upload_quantized(self.ctx, label, &bytes, dtype, rows, cols)?;
-            self.done += names.len();
-            (self.progress)(self.done, self.total);
+            self.loaded(bytes.len());
             return Ok(m);
         }
         drop(raws);
@@ -382,7 +387,8 @@ impl Uploader<'_> {
     }
 }
 
-/// Loads every weight of `files` onto the GPU. `progress(done, total)` is called per tensor.
+/// Loads every weight of `files` onto the GPU. `progress(done, total)` is called after each
+/// tensor with the bytes of the file's tensors loaded so far and in all.
 /// `cfg` must agree with the files' tensors (it does when it came from
 /// [`ModelFiles::config`]; it is checked again, cheaply, so no caller's config can size the
 /// layer list or any upload beyond what the files hold).
@@ -394,7 +400,12 @@ pub fn load_weights(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ModelWeights, ModelError> {
     check_config(files, cfg)?;
-    let total = files.source().tensor_names().len();
+    let source = files.source();
+    let total = source
+        .tensor_names()
+        .iter()
+        .filter_map(|n| source.tensor_byte_len(n))
+        .sum();
     let mut up = Uploader {
         ctx,
         files,
