@@ -249,7 +249,7 @@ fn columns_past_65535_workgroups_continue_along_z() {
 /// Decode-step (M = 1) and small-batch timings of both forms on SmolLM2's shapes, for a GPU
 /// (`cargo test --release --test kernels_matmul_split -- --ignored --nocapture`).
 #[test]
-#[ignore]
+#[ignore = "a timing printout for kernel work, asserts nothing; BENCHMARKS.md figures come from `wllm bench`"]
 fn timing_split_vs_plain() {
     let k = 576usize;
     for (n, ms) in [(576usize, [1usize, 8]), (49152, [1, 8])] {

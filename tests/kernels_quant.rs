@@ -469,7 +469,7 @@ fn embedding_quant_over_a_table_split_in_two() {
 // MatmulQuant format and rows per thread, best of 5 submits of 4 dispatches each.
 
 #[test]
-#[ignore]
+#[ignore = "a timing printout for kernel work, asserts nothing; BENCHMARKS.md figures come from `wllm bench`"]
 fn timing_matmul_quant_vs_f16() {
     use wllm::WeightDType::F16;
     use wllm::gpu::kernels::{Matmul, matmul};
