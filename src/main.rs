@@ -173,10 +173,7 @@ fn load(args: &cli::EngineArgs) -> Result<Generator> {
     let cfg = args.config()?;
     let ctx = GpuContext::new(&cfg.adapter)?;
     let bar = cli::load_bar(&args.model);
-    let g = Generator::load(&ctx, &cfg.model, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
+    let g = Generator::load(&ctx, &cfg.model, &mut cli::load_progress(&bar));
     bar.finish_and_clear();
     g.with_context(|| format!("loading {}", args.model.display()))
 }

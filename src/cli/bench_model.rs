@@ -81,10 +81,7 @@ fn load(
     opts.max_batch_tokens = step_tokens;
     opts.num_blocks = Some(kv_tokens.div_ceil(a.block_size) + seqs);
     let bar = super::load_bar(&a.model);
-    let g = Generator::load(ctx, &opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
+    let g = Generator::load(ctx, &opts, &mut super::load_progress(&bar));
     bar.finish_and_clear();
     g.with_context(|| format!("loading {}", a.model.display()))
 }

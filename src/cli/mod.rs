@@ -125,7 +125,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     )
 }
 
-/// A bar for loading a model: the bytes of its tensors.
+/// A bar for loading a model: the bytes of its tensors, then the kernels compiling.
 pub fn load_bar(path: &std::path::Path) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
@@ -137,6 +137,20 @@ pub fn load_bar(path: &std::path::Path) -> indicatif::ProgressBar {
     bar
 }
 
+/// The load callback driving a [`load_bar`]: bytes, then "compiling kernels" once every
+/// weight is on the GPU (the loader reports done = total then).
+pub fn load_progress(bar: &indicatif::ProgressBar) -> impl FnMut(usize, usize) + '_ {
+    move |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.set_message("compiling kernels");
+            // Nothing moves the bar while the kernels compile: redraw it on a timer.
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
 /// Opens the adapter and loads the model with a progress bar.
 pub fn start_engine(cfg: EngineConfig) -> Result<Engine> {
     let ctx = GpuContext::new(&cfg.adapter)?;
@@ -146,10 +160,7 @@ pub fn start_engine(cfg: EngineConfig) -> Result<Engine> {
 pub fn start_engine_on(ctx: &GpuContext, cfg: EngineConfig) -> Result<Engine> {
     let bar = load_bar(&cfg.model.path);
     let path = cfg.model.path.clone();
-    let e = Engine::with_context(ctx, cfg, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
+    let e = Engine::with_context(ctx, cfg, &mut load_progress(&bar));
     bar.finish_and_clear();
     let e = e.with_context(|| format!("loading {}", path.display()))?;
     let st = e.stats();
