@@ -16,36 +16,15 @@ mod common;
 mod gguf_writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::golden::{Deviation, assert_batch_invariant, teacher_forced, tolerance};
+use common::temp_dir::TempDir;
 use common::{fixtures, floats, gpu, ids, read_json};
 use gguf_writer::GgufBuilder;
 use wllm::loader::MetaValue;
 use wllm::loader::gguf::GgufFile;
 use wllm::model::{ModelConfig, ModelFiles, RopeScaling};
 use wllm::{Engine, EngineConfig, Error, Generator, ModelOptions, Prompt, Request, WeightDType};
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("wllm-rope-test-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn arch_dir(name: &str) -> PathBuf {
     fixtures().join("arch").join(name)

@@ -9,6 +9,7 @@ use wllm::loader::hf::HfModelDir;
 use wllm::loader::{LoadError, MetaValue, TensorDType, TensorSource};
 use wllm::model::{Architecture, ModelConfig, RopeStyle};
 
+mod common;
 #[path = "loader/support.rs"]
 mod support;
 use support::*;

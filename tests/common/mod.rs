@@ -10,6 +10,7 @@ pub mod golden;
 pub mod plumbing;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod temp_dir;
 
 /// The device every test in this binary shares. A missing adapter fails the test loudly:
 /// CI has lavapipe (mesa-vulkan-drivers), so "no GPU" is a broken setup, not a skip.

@@ -2,9 +2,6 @@
 //! hand-built tensor payloads with independently known values, and raw byte builders for
 //! hostile headers.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use half::{bf16, f16};
 use wllm::loader::gguf::GgufFile;
 use wllm::loader::{LoadError, MetaValue, TensorDType};
@@ -12,32 +9,7 @@ use wllm::loader::{LoadError, MetaValue, TensorDType};
 // ---------------------------------------------------------------------------------------------
 // Temp files
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("wllm-loader-test-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::common::temp_dir::TempDir;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal GGUF writer (the one tests/fuzz_entry uses, in tests/common/gguf_writer.rs)
