@@ -148,7 +148,7 @@ pub fn pack_quantized(
                 }
                 (u32::from(d.to_bits()) | (u32::from(m.to_bits()) << 16), 2)
             }
-            _ => unreachable!("QuantFormat::of accepted {dtype:?}"),
+            _ => return Err(pack_error(format!("{dtype:?} has no packed GPU layout"))),
         };
         dst[0] = head;
         for (j, w) in dst[1..].iter_mut().enumerate() {
