@@ -107,13 +107,15 @@ impl StepBatch {
             .extend(std::iter::repeat_n(seq, tokens.len()));
         self.query_start.push(self.token_ids.len() as u32);
         self.context_lens.push((start_pos + tokens.len()) as u32);
-        let mut row = vec![HOLE_ENTRY; self.max_blocks];
-        for (dst, b) in row.iter_mut().zip(table.blocks()) {
+        // The row is written in place: no allocation per sequence per step.
+        let start = self.block_tables.len();
+        self.block_tables
+            .resize(start + self.max_blocks, HOLE_ENTRY);
+        for (dst, b) in self.block_tables[start..].iter_mut().zip(table.blocks()) {
             if !b.is_hole() {
                 *dst = b.0;
             }
         }
-        self.block_tables.extend(row);
         let last_row = self.token_ids.len() as u32;
         match logits {
             LogitRows::None => {}
