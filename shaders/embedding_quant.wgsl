@@ -7,6 +7,8 @@
 //   4-bit (Q8 = false, BW = 5): word 0 = d f16 | m f16 << 16, words 1..5 = 16 nibble bytes
 //     (byte j: low nibble = element j, high nibble = element j + 16); value = d * q + m.
 //   8-bit (Q8 = true, BW = 9): word 0 = d f16, words 1..9 = 32 int8; value = d * q.
+// FORMAT != 0: the other GGUF formats in their own blocks (shaders/lib/quant_blocks.wgsl,
+// appended; storage buffer only), a row dequantized exactly as the loader does.
 // Quantized models here are Llama-style, so there is no position table.
 // W_TEXTURE: the table is in w_texture as the two planes matmul_quant.wgsl's W_TEXTURE reads
 // (qs plane: block i = b * vocab + n in texels i * QT .. + QT; scale plane after it: block
@@ -23,6 +25,8 @@
 // Ids are checked against the whole vocabulary on the CPU before dispatch.
 
 override Q8: bool = false;
+// ggml type id of blocks read through shaders/lib/quant_blocks.wgsl; 0: the Q4/Q8 layout.
+override FORMAT: u32 = 0u;
 override W_TEXTURE: bool = false;
 const TEX_WIDTH: u32 = 4096u;
 
@@ -38,6 +42,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;
 @group(0) @binding(3) var w_texture: texture_2d<u32>;
 var<immediate> p: Params;
+
+// Word i of the table, for quant_blocks.wgsl.
+fn quant_word(i: u32) -> u32 {
+    return table[i];
+}
 
 fn texel(i: u32) -> vec4<u32> {
     return textureLoad(w_texture, vec2<u32>(i % TEX_WIDTH, i / TEX_WIDTH), 0);
@@ -61,6 +70,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let b = j / 8u;
     let block = b * p.vocab + row;
     let c = j % 8u;
+    if FORMAT != 0u {
+        x[i] = quant_vec4(unit_base(row, b, p.vocab), b % unit_subs(), c);
+        return;
+    }
     if W_TEXTURE {
         let qt = select(1u, 2u, Q8);
         let plane = qt * (p.dim / 32u) * p.vocab;

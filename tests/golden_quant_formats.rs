@@ -1,9 +1,9 @@
 //! GGUF files in K-quant and IQ4 formats (llama.cpp's `llama-quantize` output, the files
 //! people download) against transformers run on gguf-py's dequantization of the same file:
-//! tests/fixtures/arch/gguf/NAME.golden.json (see tests/fixtures/arch/README.md). wllm has no
-//! GPU kernel that keeps these formats quantized yet: the loader dequantizes them on the CPU
-//! (bit for bit as gguf-py does, tests/dequant_formats.rs), so in f32 the only differences
-//! are summation orders — within 5e-3 of the reference's logit differences.
+//! tests/fixtures/arch/gguf/NAME.golden.json (see tests/fixtures/arch/README.md). The weights
+//! stay in their GGUF blocks on the GPU and the kernels dequantize each one as gguf-py does
+//! (bit for bit: tests/kernels_quant_blocks.rs, tests/dequant_formats.rs), so in f32 the only
+//! differences are summation orders — within 5e-3 of the reference's logit differences.
 
 mod common;
 

@@ -48,6 +48,11 @@ fn override_values(name: &str) -> Vec<f64> {
         // ... and their workgroup size (at most 128: the partial sums fill workgroup memory;
         // matmul_split's 64 (the largest multiple of SPLIT up to 64) holds 8 KiB at 8 rows).
         "SPLIT_WG" => vec![16.0, 64.0, 128.0],
+        // quant_blocks.wgsl's ggml type id (0: the kernel's own Q4/Q8 layout). Its `switch`
+        // keeps every format's branch in the module whatever the value, so one K-quant id
+        // translates them all (a value per format would multiply matmul_quant's combinations
+        // tenfold).
+        "FORMAT" => vec![0.0, 14.0],
         other => panic!("override `{other}` has no runtime values listed in tests/shaders.rs"),
     }
 }
@@ -247,7 +252,10 @@ fn wgsl_files(dir: &Path) -> BTreeSet<String> {
         for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
-                pending.push(path);
+                // shaders/lib/: function libraries appended to kernels, not kernels.
+                if path != dir.join("lib") {
+                    pending.push(path);
+                }
             } else if path.extension().is_some_and(|x| x == "wgsl") {
                 let rel = path.strip_prefix(dir).expect("under the shader directory");
                 let parts: Vec<String> = rel
@@ -289,16 +297,30 @@ fn one_shader_per_wgsl_file() {
     }
     let listed: BTreeSet<String> = ALL_SHADERS.iter().map(|s| s.path()).collect();
     assert_eq!(listed, on_disk, "ALL_SHADERS vs shaders/**/*.wgsl");
-    // The compiled-in text is the file on disk.
+    // The compiled-in text is the file on disk, then any libraries appended to it; every
+    // library is appended somewhere.
+    let libs: Vec<String> = std::fs::read_dir(dir.join("lib"))
+        .expect("shaders/lib")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("a library"))
+        .collect();
     for s in ALL_SHADERS {
         let path = dir.join(s.path());
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            text,
-            s.wgsl,
-            "shaders/{} differs from the compiled-in source",
+        let rest = s
+            .wgsl
+            .strip_prefix(&text)
+            .unwrap_or_else(|| panic!("shaders/{} differs from the compiled-in source", s.path()));
+        assert!(
+            rest.is_empty() || libs.iter().any(|l| rest == format!("\n{l}")),
+            "shaders/{}: the compiled-in text adds more than one library",
             s.path()
+        );
+    }
+    for lib in &libs {
+        assert!(
+            ALL_SHADERS.iter().any(|s| s.wgsl.ends_with(lib.as_str())),
+            "a library in shaders/lib/ that no kernel includes"
         );
     }
 }
@@ -485,4 +507,41 @@ fn unknown_override_values_are_rejected() {
         &constants,
     );
     assert!(r.is_err(), "an unknown override name was accepted");
+}
+
+/// Each format the kernels keep in GGUF blocks has its own decoder in
+/// shaders/lib/quant_blocks.wgsl: specializing a kernel that appends it for the format's
+/// ggml id replaces the dispatch over all formats by a direct call, and the text validates.
+#[test]
+fn quant_kernels_specialize_for_every_block_format() {
+    use wllm::gpu::pipeline::specialize_quant;
+    use wllm::loader::quant_formats::{FORMATS, GpuLayout};
+    let kernels: Vec<&ShaderSource> = ALL_SHADERS
+        .iter()
+        .filter(|s| s.wgsl.contains("// BEGIN quant_vec4 dispatch"))
+        .collect();
+    assert_eq!(kernels.len(), 3, "the quantized matmuls and embedding");
+    for f in FORMATS {
+        if !matches!(f.gpu, GpuLayout::Blocks { .. }) {
+            continue;
+        }
+        for s in &kernels {
+            let text = specialize_quant(s.wgsl, f.ggml_type);
+            assert!(
+                !text.contains("BEGIN quant_vec4 dispatch") && text.len() < s.wgsl.len(),
+                "{} for {}: not specialized",
+                s.name,
+                f.name
+            );
+            let module = naga::front::wgsl::parse_str(&text)
+                .unwrap_or_else(|e| panic!("{} {}: {}", s.name, f.name, e.emit_to_string(&text)));
+            Validator::new(ValidationFlags::all(), capabilities(&text))
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} {}: {}", s.name, f.name, e.emit_to_string(&text)));
+        }
+    }
+    // An id no case names leaves the dispatch in place; id 0 (the Q4/Q8 layouts) gets a stub.
+    assert_eq!(specialize_quant(kernels[0].wgsl, 99), kernels[0].wgsl);
+    let stub = specialize_quant(kernels[0].wgsl, 0);
+    assert!(!stub.contains("BEGIN quant_vec4 dispatch") && stub.contains("return vec4<f32>();"));
 }

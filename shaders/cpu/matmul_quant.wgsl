@@ -61,7 +61,11 @@
 // cannot unroll goes to per-lane scratch memory, which made the array form of this kernel
 // ~2x slower there.
 //
-// Per block the weights are not dequantized: sum_k x·(d·q + m) is taken as
+// FORMAT (shaders/lib/quant_blocks.wgsl, appended to this file) != 0: the other GGUF formats
+// (Q5_0/1, IQ4_NL, K-quants, IQ4_XS) stay in their blocks in w (never in textures) and each
+// 32-weight sub-block is dequantized in registers exactly as the loader does (the library's
+// quant_vec4), then dotted like the plain matmul: acc + (l0 + l1) + (l2 + l3) of the vec4 chain.
+// Per block the Q4/Q8 weights are not dequantized: sum_k x·(d·q + m) is taken as
 // d · sum_k x·q + m · sum_k x, so the per-weight work is one multiply-add on the integer q
 // (held exactly in f32) and the scale and offset cost two multiply-adds per block and row;
 // sum_k x is computed once per block and row and shared by the thread's columns. On llvmpipe
@@ -79,6 +83,8 @@
 // No workgroup memory and no barrier (llvmpipe pays dearly for barriers).
 
 override Q8: bool = false;
+// ggml type id of blocks read through shaders/lib/quant_blocks.wgsl; 0: the Q4/Q8 layout.
+override FORMAT: u32 = 0u;
 override GLU: bool = false;
 // Rows of x per thread: 1, 4 or 8.
 override ROWS: u32 = 4u;
@@ -138,6 +144,11 @@ fn weight_rows() -> u32 {
     return select(p.n, 2u * p.n, GLU);
 }
 
+// Word i of the weight buffer, for quant_blocks.wgsl.
+fn quant_word(i: u32) -> u32 {
+    return w[i];
+}
+
 fn texel(i: u32) -> vec4<u32> {
     return textureLoad(w_texture, vec2<u32>(i % TEX_WIDTH, i / TEX_WIDTH), 0);
 }
@@ -161,8 +172,24 @@ fn component(v: vec4<u32>, i: u32) -> u32 {
     return select(select(v.x, v.y, i == 1u), select(v.z, v.w, i == 3u), i >= 2u);
 }
 
+// FORMAT != 0: sub-block (n, b) dequantized, its weights in the q fields (d = 1, m = 0 unused).
+fn load_unit_block(n: u32, b: u32) -> Block {
+    let base = unit_base(n, b, weight_rows());
+    let sub = b % unit_subs();
+    return Block(
+        quant_vec4(base, sub, 0u), quant_vec4(base, sub, 1u),
+        quant_vec4(base, sub, 2u), quant_vec4(base, sub, 3u),
+        quant_vec4(base, sub, 4u), quant_vec4(base, sub, 5u),
+        quant_vec4(base, sub, 6u), quant_vec4(base, sub, 7u),
+        1.0, 0.0,
+    );
+}
+
 // Block (n, b); `scales` is load_scales(n, b) when W_TEXTURE (else unused).
 fn load_block(n: u32, b: u32, scales: vec4<u32>) -> Block {
+    if FORMAT != 0u {
+        return load_unit_block(n, b);
+    }
     var head: u32;
     var q0: u32;
     var q1: u32;
@@ -253,7 +280,7 @@ fn x_block(
     x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>,
 ) -> XBlock {
     var sum = 0.0;
-    if !Q8 {
+    if !Q8 && FORMAT == 0u {
         sum = reduce(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)));
     }
     return XBlock(x0, x1, x2, x3, x4, x5, x6, x7, sum);
@@ -340,6 +367,9 @@ fn dot_block(acc: f32, xb: XBlock, wb: Block) -> f32 {
     s = fma(xb.x5, wb.q5, s);
     s = fma(xb.x6, wb.q6, s);
     s = fma(xb.x7, wb.q7, s);
+    if FORMAT != 0u {
+        return acc + reduce(s);
+    }
     var a = acc;
     if !Q8 {
         a = fma(wb.m, xb.sum, a);

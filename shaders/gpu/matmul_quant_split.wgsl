@@ -35,6 +35,8 @@
 // (the wrapper's tuning does); it differs from matmul_quant.wgsl's order (SPLIT = 1 there).
 
 override Q8: bool = false;
+// ggml type id of blocks read through shaders/lib/quant_blocks.wgsl; 0: the Q4/Q8 layout.
+override FORMAT: u32 = 0u;
 override GLU: bool = false;
 override NORM: bool = false;
 // Rows of x per thread: 1, 4 or 8.
@@ -78,11 +80,24 @@ fn nibbles(q: u32, shift: u32, d: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
     return fma(d, vec4<f32>(unpack4xU8((q >> shift) & 0x0f0f0f0fu)), m);
 }
 
+// Word i of the weight buffer, for quant_blocks.wgsl.
+fn quant_word(i: u32) -> u32 {
+    return w[i];
+}
+
 // Block (weight row n, k-block b); the stacked gate|up weight has 2N rows.
 fn load_block(n: u32, b: u32) -> Block {
     let rows = select(p.n, 2u * p.n, GLU);
-    let i = (b * rows + n) * select(5u, 9u, Q8);
     var out: Block;
+    if FORMAT != 0u {
+        let base = unit_base(n, b, rows);
+        let sub = b % unit_subs();
+        for (var j = 0u; j < 8u; j++) {
+            out.w[j] = quant_vec4(base, sub, j);
+        }
+        return out;
+    }
+    let i = (b * rows + n) * select(5u, 9u, Q8);
     if Q8 {
         let d = vec4<f32>(unpack2x16float(w[i]).x);
         for (var j = 0u; j < 8u; j++) {

@@ -39,13 +39,70 @@ impl ShaderSource {
     /// `subgroupBroadcast` calls renamed to the stand-in [`SUBGROUP_STAND_IN`] the shader
     /// defines (naga rejects a module that names a subgroup builtin on such a device even
     /// where an override switches the call off, and those shaders switch it off there).
-    pub fn wgsl_for(&self, ctx: &GpuContext) -> std::borrow::Cow<'static, str> {
-        if ctx.features.contains(wgpu::Features::SUBGROUP) {
-            self.wgsl.into()
-        } else {
-            without_subgroups(self.wgsl)
+    ///
+    /// For kernels that append `shaders/lib/quant_blocks.wgsl`, the library's `quant_vec4`
+    /// dispatch over every format is swapped for a direct call to the decoder of the `FORMAT`
+    /// constant's format, or for a stub where `FORMAT` is 0 (the Q4/Q8 layouts, which never
+    /// call it) ([`specialize_quant`]): the one-thread-per-column matmul inlines it 128 times,
+    /// and drivers inline before they drop dead branches (llvmpipe compiled it ~5x faster with
+    /// one format's code than with all).
+    pub fn wgsl_for(
+        &self,
+        ctx: &GpuContext,
+        constants: &[(&str, f64)],
+    ) -> std::borrow::Cow<'static, str> {
+        let text: std::borrow::Cow<'static, str> =
+            if ctx.features.contains(wgpu::Features::SUBGROUP) {
+                self.wgsl.into()
+            } else {
+                without_subgroups(self.wgsl)
+            };
+        if !text.contains(DISPATCH_BEGIN) {
+            return text;
         }
+        let id = constants
+            .iter()
+            .find(|(name, _)| *name == "FORMAT")
+            .map_or(0, |&(_, id)| id as u32);
+        specialize_quant(&text, id).into()
     }
+}
+
+const DISPATCH_BEGIN: &str = "// BEGIN quant_vec4 dispatch\n";
+const DISPATCH_END: &str = "// END quant_vec4 dispatch\n";
+
+/// `wgsl` with the `quant_vec4` dispatch of `shaders/lib/quant_blocks.wgsl` (the text from
+/// its BEGIN to its END marker, a `switch FORMAT` whose cases each return one decoder's call)
+/// replaced by a `quant_vec4` that calls the decoder of ggml type `id` directly, or returns
+/// zeros for id 0 (the Q4/Q8 layouts, which do not call it). Text without the markers, or an
+/// id no case names, is returned as it is (the switch then decides).
+pub fn specialize_quant(wgsl: &str, id: u32) -> String {
+    let Some(begin) = wgsl.find(DISPATCH_BEGIN) else {
+        return wgsl.to_string();
+    };
+    let Some(len) = wgsl[begin..].find(DISPATCH_END) else {
+        return wgsl.to_string();
+    };
+    let end = begin + len + DISPATCH_END.len();
+    let label = format!("{id}u");
+    let stub = (id == 0).then(|| "vec4<f32>".to_string());
+    let decoder = stub.or_else(|| {
+        wgsl[begin..end].lines().find_map(|line| {
+            let (cases, body) = line.trim().strip_prefix("case ")?.split_once(':')?;
+            cases.split(',').any(|c| c.trim() == label).then_some(())?;
+            let call = body.split("return ").nth(1)?;
+            Some(call.split('(').next()?.trim().to_string())
+        })
+    });
+    let Some(decoder) = decoder else {
+        return wgsl.to_string();
+    };
+    let args = if id == 0 { "" } else { "base, sub, c" };
+    format!(
+        "{}fn quant_vec4(base: u32, sub: u32, c: u32) -> vec4<f32> {{\n    return {decoder}({args});\n}}\n{}",
+        &wgsl[..begin],
+        &wgsl[end..]
+    )
 }
 
 /// The function a shader that calls `subgroupBroadcast` defines for adapters without
@@ -64,6 +121,8 @@ pub fn without_subgroups(wgsl: &'static str) -> std::borrow::Cow<'static, str> {
 
 /// `shader!("name")`: `shaders/name.wgsl`, run by both families; `shader!(cpu "name")` and
 /// `shader!(gpu "name")`: `shaders/cpu/name.wgsl` and `shaders/gpu/name.wgsl`, one family's form.
+/// `... with "lib"` appends the function library `shaders/lib/lib.wgsl` (not a kernel: no entry
+/// point; it names functions the kernel defines) to the kernel's text.
 macro_rules! shader {
     ($name:literal) => {
         shader!(@ None, "", $name)
@@ -73,6 +132,37 @@ macro_rules! shader {
     };
     (gpu $name:literal) => {
         shader!(@ Some(KernelForms::Gpu), "gpu/", $name)
+    };
+    ($name:literal with $lib:literal) => {
+        shader!(@lib None, "", $name, $lib)
+    };
+    (cpu $name:literal with $lib:literal) => {
+        shader!(@lib Some(KernelForms::Cpu), "cpu/", $name, $lib)
+    };
+    (gpu $name:literal with $lib:literal) => {
+        shader!(@lib Some(KernelForms::Gpu), "gpu/", $name, $lib)
+    };
+    (@lib $family:expr, $dir:literal, $name:literal, $lib:literal) => {
+        ShaderSource {
+            name: $name,
+            family: $family,
+            wgsl: concat!(
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/",
+                    $dir,
+                    $name,
+                    ".wgsl"
+                )),
+                "\n",
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/lib/",
+                    $lib,
+                    ".wgsl"
+                ))
+            ),
+        }
     };
     (@ $family:expr, $dir:literal, $name:literal) => {
         ShaderSource {
@@ -96,9 +186,9 @@ pub const MATMUL: ShaderSource = shader!(cpu "matmul");
 pub const MATMUL_SPLIT: ShaderSource = shader!(gpu "matmul_split");
 /// The CPU forms' quantized matmul, and the GPU forms' too where quantized weights live in
 /// textures (the only quantized matmul that reads them).
-pub const MATMUL_QUANT: ShaderSource = shader!(cpu "matmul_quant");
-pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!(gpu "matmul_quant_split");
-pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant");
+pub const MATMUL_QUANT: ShaderSource = shader!(cpu "matmul_quant" with "quant_blocks");
+pub const MATMUL_QUANT_SPLIT: ShaderSource = shader!(gpu "matmul_quant_split" with "quant_blocks");
+pub const EMBEDDING_QUANT: ShaderSource = shader!("embedding_quant" with "quant_blocks");
 pub const KV_WRITE: ShaderSource = shader!("kv_write");
 pub const PAGED_ATTENTION_SERIAL: ShaderSource = shader!(cpu "paged_attention_serial");
 pub const PAGED_ATTENTION_SPLIT: ShaderSource = shader!(gpu "paged_attention_split");
@@ -155,7 +245,7 @@ impl Kernel {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(src.name),
-                source: wgpu::ShaderSource::Wgsl(src.wgsl_for(ctx)),
+                source: wgpu::ShaderSource::Wgsl(src.wgsl_for(ctx, constants)),
             });
         let pipeline = ctx
             .device
@@ -246,23 +336,25 @@ impl Kernel {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: ctx.device.limits().max_immediate_size,
             });
-        // One module per distinct shader, however many constant sets it comes with.
-        let mut modules: Vec<(&str, wgpu::ShaderModule)> = Vec::new();
-        for (src, _) in members {
-            if !modules.iter().any(|(name, _)| *name == src.name) {
+        // One module per distinct text, however many constant sets it comes with.
+        let mut modules: Vec<(std::borrow::Cow<'static, str>, wgpu::ShaderModule)> = Vec::new();
+        for (src, constants) in members {
+            let text = src.wgsl_for(ctx, constants);
+            if !modules.iter().any(|(t, _)| *t == text) {
                 let module = ctx
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(src.name),
-                        source: wgpu::ShaderSource::Wgsl(src.wgsl_for(ctx)),
+                        source: wgpu::ShaderSource::Wgsl(text.clone()),
                     });
-                modules.push((src.name, module));
+                modules.push((text, module));
             }
         }
         let build = |(src, constants): &(ShaderSource, &[(&str, f64)])| {
+            let text = src.wgsl_for(ctx, constants);
             let module = &modules
                 .iter()
-                .find(|(name, _)| *name == src.name)
+                .find(|(t, _)| *t == text)
                 .expect("a module was made for every member")
                 .1;
             let pipeline = ctx

@@ -88,9 +88,27 @@ struct Metadata {
 }
 
 /// A matmul over a weight's parts: one bind group and column offset per part.
-struct MatmulBinds {
+/// One part of a weight matrix with its bind group.
+struct BoundPart {
+    first_row: usize,
+    rows: usize,
     format: MatrixFormat,
-    parts: Vec<(usize, usize, wgpu::BindGroup)>, // (first row, rows, bind group)
+    bg: wgpu::BindGroup,
+}
+
+impl BoundPart {
+    fn new(p: &crate::gpu::weights::MatrixPart, bg: wgpu::BindGroup) -> BoundPart {
+        BoundPart {
+            first_row: p.first_row,
+            rows: p.rows,
+            format: p.format,
+            bg,
+        }
+    }
+}
+
+struct MatmulBinds {
+    parts: Vec<BoundPart>,
     k: usize,
     y_stride: usize,
     bias: bool,

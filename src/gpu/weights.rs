@@ -22,6 +22,9 @@ pub enum MatrixFormat {
 pub struct MatrixPart {
     pub first_row: usize,
     pub rows: usize,
+    /// Parts of one matrix may differ in format: a stack of GGUF tensors of several quantized
+    /// types (Q4_K_M's attention Q and K in Q4_K, V in Q6_K) keeps each tensor's own.
+    pub format: MatrixFormat,
     pub data: WeightData,
 }
 
@@ -30,15 +33,66 @@ pub struct MatrixPart {
 pub struct GpuMatrix {
     pub rows: usize,
     pub cols: usize,
-    pub format: MatrixFormat,
-    /// In row order.
+    /// In row order, at least one.
     pub parts: Vec<MatrixPart>,
 }
 
 impl GpuMatrix {
+    /// Whether every part is quantized (the matrix then runs on the quantized matmuls only).
+    pub fn is_quantized(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|p| matches!(p.format, MatrixFormat::Quant(_)))
+    }
+
+    /// The one format of all parts, if they share one.
+    pub fn single_format(&self) -> Option<MatrixFormat> {
+        let first = self.parts.first()?.format;
+        self.parts
+            .iter()
+            .all(|p| p.format == first)
+            .then_some(first)
+    }
+
+    /// The quantized formats among the parts, each once.
+    pub fn quant_formats(&self) -> Vec<QuantFormat> {
+        let mut out = Vec::new();
+        for p in &self.parts {
+            if let MatrixFormat::Quant(f) = p.format {
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    /// Matrices of one width stacked by rows (each keeps its parts and their formats).
+    pub fn stack(name: &str, matrices: Vec<GpuMatrix>) -> Result<GpuMatrix, GpuError> {
+        let cols = matrices.first().map_or(0, |m| m.cols);
+        if matrices.is_empty() || matrices.iter().any(|m| m.cols != cols) {
+            return Err(GpuError::Shape {
+                op: "stack",
+                msg: format!("`{name}`: nothing to stack, or widths differ"),
+            });
+        }
+        let mut rows = 0;
+        let mut parts = Vec::new();
+        for m in matrices {
+            for p in m.parts {
+                parts.push(MatrixPart {
+                    first_row: rows + p.first_row,
+                    ..p
+                });
+            }
+            rows += m.rows;
+        }
+        Ok(GpuMatrix { rows, cols, parts })
+    }
+
     /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
-    /// dequantizing them: into textures where the device profile says (the CPU kernel forms),
-    /// else into storage buffers.
+    /// dequantizing them: into textures where the device profile says (the CPU kernel forms)
+    /// and the format has texture planes (Q4, Q8), else into storage buffers.
     pub fn upload_quantized(
         ctx: &GpuContext,
         name: &str,
@@ -52,7 +106,7 @@ impl GpuMatrix {
             msg: format!("`{name}`: {dtype:?} is not a quantized type"),
         })?;
         let rb = row_bytes(dtype, cols);
-        let in_texture = ctx.profile.quant_weights == Placement::Texture;
+        let in_texture = ctx.profile.quant_weights == Placement::Texture && format.texture_layout();
         let max_rows = if in_texture {
             max_rows_per_texture(ctx, format, cols)
         } else {
@@ -75,16 +129,12 @@ impl GpuMatrix {
             parts.push(MatrixPart {
                 first_row: start,
                 rows: n,
+                format: MatrixFormat::Quant(format),
                 data,
             });
             start += n;
         }
-        Ok(GpuMatrix {
-            rows,
-            cols,
-            format: MatrixFormat::Quant(format),
-            parts,
-        })
+        Ok(GpuMatrix { rows, cols, parts })
     }
 
     pub fn upload(
@@ -96,8 +146,9 @@ impl GpuMatrix {
         dtype: WeightDType,
     ) -> Result<GpuMatrix, GpuError> {
         let row_bytes = (cols * dtype.bytes_per_elem()).max(1) as u64;
-        // Rows per part: within the binding limit, and even so parts need no padding but the last.
-        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !1).max(2);
+        // Rows per part: within the binding limit, and a multiple of 8 (pack_weight pads a
+        // part's rows to one) so parts need no padding but the last.
+        let max_rows = ((ctx.max_binding_bytes() / row_bytes) as usize & !7).max(8);
         let mut parts = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -114,15 +165,11 @@ impl GpuMatrix {
             parts.push(MatrixPart {
                 first_row: start,
                 rows: n,
+                format: MatrixFormat::Dense(dtype),
                 data: WeightData::Buffer(t.buffer),
             });
             start += n;
         }
-        Ok(GpuMatrix {
-            rows,
-            cols,
-            format: MatrixFormat::Dense(dtype),
-            parts,
-        })
+        Ok(GpuMatrix { rows, cols, parts })
     }
 }

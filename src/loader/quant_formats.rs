@@ -1,6 +1,8 @@
 //! The table of stored element types: for each GGUF type wllm reads, its ggml type id and
-//! name, weights per block, bytes per block, the CPU dequantization of one block, and the byte
-//! offsets of the block's f16 scale fields (checked for NaN / infinity at load).
+//! name, weights per block, bytes per block, the CPU dequantization of one block, the byte
+//! offsets of the block's f16 scale fields (checked for NaN / infinity at load), and how the
+//! GPU kernels hold its blocks ([`GpuLayout`]; the WGSL dequantization of `Blocks` formats is
+//! `shaders/lib/quant_blocks.wgsl`, selected by the ggml id).
 //!
 //! Every size computation in the loader (GGUF tensor and row sizes, [`super::dequant::to_f32`],
 //! [`super::dequant::first_non_finite`]) reads this table; nothing else assumes a block size.
@@ -12,6 +14,24 @@ use super::dequant::{dequant_bf16, dequant_f16, dequant_f32, dequant_q4_0, dequa
 use super::dequant::{dequant_q5_0, dequant_q5_1, dequant_q8_0};
 use super::kquants::{dequant_iq4_nl, dequant_iq4_xs, dequant_q2_k, dequant_q3_k};
 use super::kquants::{dequant_q4_k, dequant_q5_k, dequant_q6_k};
+
+/// How the GPU keeps a type's weights (see `src/gpu/kernels/matmul_quant.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuLayout {
+    /// Plain floats: uploaded dense (f32 / f16).
+    Dense,
+    /// Q4_0 / Q4_1: repacked as d, m and 16 nibble bytes (5 words per block).
+    Q4,
+    /// Q8_0: d and 32 int8 (9 words per block).
+    Q8,
+    /// The GGUF block's bytes as they are, zero-padded to whole words; `scale_pad`: two zero
+    /// bytes after the leading f16 scale (Q5_0, IQ4_NL), so the quants start on a word.
+    Blocks { scale_pad: bool },
+}
+
+const DENSE: GpuLayout = GpuLayout::Dense;
+const BLOCKS: GpuLayout = GpuLayout::Blocks { scale_pad: false };
+const PADDED: GpuLayout = GpuLayout::Blocks { scale_pad: true };
 
 /// One stored element type.
 #[derive(Debug)]
@@ -31,8 +51,11 @@ pub struct QuantFormatRow {
     /// A quantized block's weights are finite exactly when these are (its quants and sub-block
     /// scales are small integers). Empty for plain float types, checked element by element.
     pub f16_scales: &'static [usize],
+    /// How the GPU kernels hold it.
+    pub gpu: GpuLayout,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn row(
     dtype: TensorDType,
     ggml_type: u32,
@@ -41,6 +64,7 @@ const fn row(
     block_bytes: usize,
     dequant: fn(&[u8], &mut [f32]),
     f16_scales: &'static [usize],
+    gpu: GpuLayout,
 ) -> QuantFormatRow {
     QuantFormatRow {
         dtype,
@@ -50,6 +74,7 @@ const fn row(
         block_bytes,
         dequant,
         f16_scales,
+        gpu,
     }
 }
 
@@ -58,24 +83,24 @@ use TensorDType as T;
 /// One row per [`TensorDType`], in the enum's declaration order (`FORMATS[dtype as usize]`).
 #[rustfmt::skip]
 pub const FORMATS: &[QuantFormatRow] = &[
-    //   dtype      id  name      weights bytes  dequantize       f16 scales at
-    row(T::F32,     0,  "F32",     1,     4,    dequant_f32,     &[]),
-    row(T::F16,     1,  "F16",     1,     2,    dequant_f16,     &[]),
-    row(T::BF16,   30,  "BF16",    1,     2,    dequant_bf16,    &[]),
+    //   dtype      id  name      weights bytes  dequantize       f16 scales at  GPU layout
+    row(T::F32,     0,  "F32",     1,     4,    dequant_f32,     &[],           DENSE),
+    row(T::F16,     1,  "F16",     1,     2,    dequant_f16,     &[],           DENSE),
+    row(T::BF16,   30,  "BF16",    1,     2,    dequant_bf16,    &[],           DENSE),
     // 32-weight blocks.
-    row(T::Q8_0,    8,  "Q8_0",   32,    34,    dequant_q8_0,    &[0]),
-    row(T::Q4_0,    2,  "Q4_0",   32,    18,    dequant_q4_0,    &[0]),
-    row(T::Q4_1,    3,  "Q4_1",   32,    20,    dequant_q4_1,    &[0, 2]),
-    row(T::Q5_0,    6,  "Q5_0",   32,    22,    dequant_q5_0,    &[0]),
-    row(T::Q5_1,    7,  "Q5_1",   32,    24,    dequant_q5_1,    &[0, 2]),
-    row(T::IQ4_NL, 20,  "IQ4_NL", 32,    18,    dequant_iq4_nl,  &[0]),
+    row(T::Q8_0,    8,  "Q8_0",   32,    34,    dequant_q8_0,    &[0],          GpuLayout::Q8),
+    row(T::Q4_0,    2,  "Q4_0",   32,    18,    dequant_q4_0,    &[0],          GpuLayout::Q4),
+    row(T::Q4_1,    3,  "Q4_1",   32,    20,    dequant_q4_1,    &[0, 2],       GpuLayout::Q4),
+    row(T::Q5_0,    6,  "Q5_0",   32,    22,    dequant_q5_0,    &[0],          PADDED),
+    row(T::Q5_1,    7,  "Q5_1",   32,    24,    dequant_q5_1,    &[0, 2],       BLOCKS),
+    row(T::IQ4_NL, 20,  "IQ4_NL", 32,    18,    dequant_iq4_nl,  &[0],          PADDED),
     // 256-weight super-blocks.
-    row(T::Q2_K,   10,  "Q2_K",  256,    84,    dequant_q2_k,    &[80, 82]),
-    row(T::Q3_K,   11,  "Q3_K",  256,   110,    dequant_q3_k,    &[108]),
-    row(T::Q4_K,   12,  "Q4_K",  256,   144,    dequant_q4_k,    &[0, 2]),
-    row(T::Q5_K,   13,  "Q5_K",  256,   176,    dequant_q5_k,    &[0, 2]),
-    row(T::Q6_K,   14,  "Q6_K",  256,   210,    dequant_q6_k,    &[208]),
-    row(T::IQ4_XS, 23,  "IQ4_XS",256,   136,    dequant_iq4_xs,  &[0]),
+    row(T::Q2_K,   10,  "Q2_K",  256,    84,    dequant_q2_k,    &[80, 82],     BLOCKS),
+    row(T::Q3_K,   11,  "Q3_K",  256,   110,    dequant_q3_k,    &[108],        BLOCKS),
+    row(T::Q4_K,   12,  "Q4_K",  256,   144,    dequant_q4_k,    &[0, 2],       BLOCKS),
+    row(T::Q5_K,   13,  "Q5_K",  256,   176,    dequant_q5_k,    &[0, 2],       BLOCKS),
+    row(T::Q6_K,   14,  "Q6_K",  256,   210,    dequant_q6_k,    &[208],        BLOCKS),
+    row(T::IQ4_XS, 23,  "IQ4_XS",256,   136,    dequant_iq4_xs,  &[0],          BLOCKS),
 ];
 
 /// ggml type ids wllm does not read, by name (for the error that names a tensor's type).

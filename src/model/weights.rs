@@ -172,8 +172,9 @@ impl Uploader<'_> {
         }
     }
 
-    /// One warning naming the quantized formats that were dequantized at load and the weight
-    /// memory that costs over keeping them quantized.
+    /// One warning naming the quantized formats that were dequantized at load (a stack mixing
+    /// quantized and float tensors, a GPT-2 Conv1D weight) and the weight memory that costs
+    /// over keeping them quantized.
     fn warn_dequantized(&self) {
         if self.dequantized.is_empty() {
             return;
@@ -185,8 +186,9 @@ impl Uploader<'_> {
         let dense = numel * self.dtype.bytes_per_elem();
         let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
         log::warn!(
-            "{}: no GPU kernel keeps {} weights quantized yet: {} weights dequantized to {:?} at \
-             load, {:.1} MiB instead of {:.1} MiB (+{:.1} MiB)",
+            "{}: some {} weights could not stay quantized (stacked with float tensors, or a \
+             layer without a quantized kernel): {} weights dequantized to {:?} at load, {:.1} \
+             MiB instead of {:.1} MiB (+{:.1} MiB)",
             self.files.path().display(),
             self.dequantized
                 .keys()
@@ -225,7 +227,7 @@ impl Uploader<'_> {
     /// `t` dequantized to f32, counted as loaded.
     fn widened(&mut self, t: RawTensor) -> Result<Vec<f32>, ModelError> {
         let v = t.to_f32()?;
-        if t.dtype.block_len() != 1 && QuantFormat::of(t.dtype).is_none() {
+        if t.dtype.block_len() != 1 {
             let e = self.dequantized.entry(t.dtype.format().name).or_default();
             e.0 += v.len();
             e.1 += t.data.len();
@@ -347,6 +349,18 @@ impl Uploader<'_> {
             let m = GpuMatrix::upload_quantized(self.ctx, label, &bytes, dtype, rows, cols)?;
             self.loaded(bytes.len());
             return Ok(m);
+        }
+        // Quantized in several types (Q4_K_M: Q and K in Q4_K, V in Q6_K): each tensor keeps
+        // its own, as parts of one matrix.
+        if raws.iter().all(|t| QuantFormat::of(t.dtype).is_some()) {
+            let mut parts = Vec::with_capacity(raws.len());
+            for (t, (name, rows)) in raws.iter().zip(names) {
+                parts.push(GpuMatrix::upload_quantized(
+                    self.ctx, name, &t.data, t.dtype, *rows, cols,
+                )?);
+                self.loaded(t.data.len());
+            }
+            return Ok(GpuMatrix::stack(label, parts)?);
         }
         drop(raws);
         self.stacked_dense(label, names, cols)

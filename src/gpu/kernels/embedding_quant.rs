@@ -1,5 +1,5 @@
 //! `shaders/embedding_quant.wgsl`: token embedding lookup from a table that stays quantized
-//! (Q4_0, Q4_1, Q8_0) in [`super::matmul_quant`]'s layout, so a tied LM head shares it.
+//! (any GGUF quantized type) in [`super::matmul_quant`]'s layout, so a tied LM head shares it.
 //! No position table: the quantized models this serves are Llama-style.
 
 use crate::gpu::pipeline::{EMBEDDING_QUANT, Kernel};
@@ -19,10 +19,13 @@ pub struct EmbeddingQuant {
 }
 
 impl EmbeddingQuant {
-    /// `in_texture`: the table parts are [`WeightData::Texture`]s, else buffers.
+    /// `in_texture`: the table parts are [`WeightData::Texture`]s, else buffers (always
+    /// buffers for formats without texture planes).
     pub fn new(ctx: &GpuContext, format: QuantFormat, in_texture: bool) -> Self {
+        let in_texture = in_texture && format.texture_layout();
         let consts = [
             ("Q8", format.q8_constant()),
+            ("FORMAT", format.format_constant()),
             ("W_TEXTURE", f64::from(u8::from(in_texture))),
         ];
         Self {

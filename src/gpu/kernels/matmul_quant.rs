@@ -1,6 +1,6 @@
 //! `shaders/cpu/matmul_quant.wgsl` and `shaders/gpu/matmul_quant_split.wgsl`: activations × a
-//! GGUF-quantized linear weight (Q4_0, Q4_1, Q8_0) that stays quantized in GPU memory and is
-//! dequantized in registers, with optional bias and a fused residual add; and
+//! GGUF-quantized linear weight (any quantized type of the loader's table) that stays quantized
+//! in GPU memory and is dequantized in registers, with optional bias and a fused residual add; and
 //! [`pack_quantized`], GGUF's blocks → the kernels' layout. The first kernel gives each output
 //! column one thread (CPU adapters); the second splits a column's k-blocks over lanes (GPUs,
 //! [`QuantTuning::k_split`]).
@@ -13,6 +13,13 @@
 //!   j + 16); w = d·q + m. Q4_1 maps directly; Q4_0 (w = d·(q − 8)) gets m = −8·d, exact in f16.
 //! - [`QuantFormat::Q8`], BW = 9: word 0 = d (f16, low half, high half zero), words 1..9 = the
 //!   32 int8 `qs` (element 4w + i in byte i of word 1 + w); w = d·q.
+//! - [`QuantFormat::Blocks`] (Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS): each GGUF block or
+//!   256-weight super-block as GGUF stores it, zero-padded to whole words (two zero bytes after
+//!   the scale for Q5_0 and IQ4_NL), block-column-major by unit; the kernels still walk k in
+//!   32-weight sub-blocks and `shaders/lib/quant_blocks.wgsl` dequantizes each weight exactly as
+//!   the loader does (the scale d·sc in f32, then d'·q or fma(d', q, −dmin·m), one rounding),
+//!   in both kernels, which then dot the dequantized weights (no d·Σ x·q shortcut). They never
+//!   live in textures.
 //!
 //! The k-split kernel's dequantized weights equal [`crate::loader::dequant`]'s bit for bit: d·q
 //! has at most 11 + 8 significant bits, so it is exact in f32 and d·q + m rounds once either
@@ -23,12 +30,14 @@
 use super::quant_texture::{WeightData, texture_entry, unused_texture};
 use crate::gpu::pipeline::{Kernel, MATMUL_QUANT, MATMUL_QUANT_SPLIT};
 use crate::gpu::{GpuContext, GpuError};
+use crate::loader::quant_formats::GpuLayout;
 use crate::loader::{TensorDType, dequant};
 use half::f16;
 
 use super::matmul::MatmulParams;
 
-/// Weights per quantization block (along k).
+/// Weights per k-block the kernels walk (a GGUF block, or a sub-block of a 256-weight
+/// super-block).
 pub const QUANT_BLOCK: usize = 32;
 
 /// How a quantized weight is stored on the GPU (see the module docs).
@@ -38,49 +47,76 @@ pub enum QuantFormat {
     Q4,
     /// Q8_0: 9 words per block, w = d·q.
     Q8,
+    /// Any other GGUF type: its blocks as GGUF stores them (padded to whole words), decoded by
+    /// `shaders/lib/quant_blocks.wgsl` ([`GpuLayout::Blocks`]).
+    Blocks(TensorDType),
 }
 
 impl QuantFormat {
-    /// The GPU format a GGUF element type packs into; `None` for float types.
+    /// The GPU format a GGUF element type packs into (the table's [`GpuLayout`]); `None` for
+    /// float types.
     pub fn of(dtype: TensorDType) -> Option<QuantFormat> {
-        match dtype {
-            TensorDType::Q4_0 | TensorDType::Q4_1 => Some(QuantFormat::Q4),
-            TensorDType::Q8_0 => Some(QuantFormat::Q8),
-            // Dequantized to dense weights at load (no kernel keeps them quantized yet).
-            TensorDType::F32
-            | TensorDType::F16
-            | TensorDType::BF16
-            | TensorDType::Q5_0
-            | TensorDType::Q5_1
-            | TensorDType::IQ4_NL
-            | TensorDType::Q2_K
-            | TensorDType::Q3_K
-            | TensorDType::Q4_K
-            | TensorDType::Q5_K
-            | TensorDType::Q6_K
-            | TensorDType::IQ4_XS => None,
+        match dtype.format().gpu {
+            GpuLayout::Dense => None,
+            GpuLayout::Q4 => Some(QuantFormat::Q4),
+            GpuLayout::Q8 => Some(QuantFormat::Q8),
+            GpuLayout::Blocks { .. } => Some(QuantFormat::Blocks(dtype)),
         }
     }
 
-    /// u32 words per 32-weight block.
+    /// Weights per stored unit along k: 32, or 256 for a K-quant super-block.
+    pub fn unit_weights(self) -> usize {
+        match self {
+            QuantFormat::Q4 | QuantFormat::Q8 => QUANT_BLOCK,
+            QuantFormat::Blocks(t) => t.block_len(),
+        }
+    }
+
+    /// Two zero bytes after the leading f16 scale ([`GpuLayout::Blocks`]'s `scale_pad`).
+    fn scale_pad(self) -> usize {
+        match self {
+            QuantFormat::Blocks(t) if t.format().gpu == (GpuLayout::Blocks { scale_pad: true }) => {
+                2
+            }
+            _ => 0,
+        }
+    }
+
+    /// u32 words per stored unit.
     pub fn block_words(self) -> usize {
         match self {
             QuantFormat::Q4 => 5,
             QuantFormat::Q8 => 9,
+            QuantFormat::Blocks(t) => (t.block_bytes() + self.scale_pad()).div_ceil(4),
         }
     }
 
-    /// Words of an (n, k) weight (k a multiple of 32).
+    /// Words of an (n, k) weight (k a multiple of [`QuantFormat::unit_weights`]).
     pub fn words_for(self, n: usize, k: usize) -> usize {
-        n * (k / QUANT_BLOCK) * self.block_words()
+        n * (k / self.unit_weights()) * self.block_words()
     }
 
     /// The shaders' `Q8` override constant.
     pub(crate) fn q8_constant(self) -> f64 {
         match self {
-            QuantFormat::Q4 => 0.0,
             QuantFormat::Q8 => 1.0,
+            _ => 0.0,
         }
+    }
+
+    /// The shaders' `FORMAT` override constant: the ggml type id for [`QuantFormat::Blocks`],
+    /// 0 for the Q4/Q8 layouts.
+    pub(crate) fn format_constant(self) -> f64 {
+        match self {
+            QuantFormat::Blocks(t) => f64::from(t.format().ggml_type),
+            _ => 0.0,
+        }
+    }
+
+    /// Whether [`super::quant_texture`]'s planes can hold it (Q4 and Q8 only: the other
+    /// formats stay in storage buffers on every adapter).
+    pub fn texture_layout(self) -> bool {
+        !matches!(self, QuantFormat::Blocks(_))
     }
 }
 
@@ -100,8 +136,9 @@ pub fn row_bytes(dtype: TensorDType, k: usize) -> usize {
 /// Packs `n` rows of `k` weights, stored by GGUF as `dtype` blocks in `raw` (row-major, any
 /// row range of a bigger matrix), into the kernel's layout. O(bytes), one allocation.
 ///
-/// Fails when `dtype` is not Q4_0/Q4_1/Q8_0, `k` is not a multiple of 32, `raw` is not exactly
-/// n·k weights, or a Q4_0 scale times −8 overflows f16 (|d| > 8188; never seen in a real model).
+/// Fails when `dtype` is not quantized, `k` is not a multiple of its block, `raw` is not
+/// exactly n·k weights, or a Q4_0 scale times −8 overflows f16 (|d| > 8188; never seen in a
+/// real model).
 pub fn pack_quantized(
     raw: &[u8],
     dtype: TensorDType,
@@ -110,12 +147,13 @@ pub fn pack_quantized(
 ) -> Result<(Vec<u32>, QuantFormat), GpuError> {
     let format = QuantFormat::of(dtype)
         .ok_or_else(|| pack_error(format!("{dtype:?} is not a quantized type")))?;
-    if k % QUANT_BLOCK != 0 {
+    let unit = format.unit_weights();
+    if k % unit != 0 {
         return Err(pack_error(format!(
-            "k = {k} is not a multiple of {QUANT_BLOCK}"
+            "k = {k} is not a multiple of {dtype:?}'s {unit}-weight block"
         )));
     }
-    let blocks_per_row = k / QUANT_BLOCK;
+    let blocks_per_row = k / unit;
     let bb = dtype.block_bytes();
     let expected = n
         .checked_mul(blocks_per_row)
@@ -133,6 +171,10 @@ pub fn pack_quantized(
     for (i, block) in raw.chunks_exact(bb).enumerate() {
         let (row, b) = (i / blocks_per_row, i % blocks_per_row);
         let dst = &mut out[(b * n + row) * bw..][..bw];
+        if let QuantFormat::Blocks(_) = format {
+            store_block(block, format.scale_pad(), dst);
+            continue;
+        }
         // (header word, offset of the qs bytes in the GGUF block)
         let (head, qs_at) = match dtype {
             TensorDType::Q8_0 => (u32::from(u16::from_le_bytes([block[0], block[1]])), 2),
@@ -158,11 +200,48 @@ pub fn pack_quantized(
     Ok((out, format))
 }
 
-/// Dequantizes [`pack_quantized`]'s words back to row-major (n, k) f32 with the shader's
-/// arithmetic (for tests: it must equal [`crate::loader::dequant`] of the GGUF bytes).
+/// A GGUF block's bytes into `dst`'s words (little-endian), with `scale_pad` zero bytes after
+/// its leading f16 scale and zeros to the end.
+fn store_block(block: &[u8], scale_pad: usize, dst: &mut [u32]) {
+    let bytes = block[..2]
+        .iter()
+        .chain(&[0u8, 0][..scale_pad])
+        .chain(&block[2..]);
+    dst.fill(0);
+    for (i, &byte) in bytes.enumerate() {
+        dst[i / 4] |= u32::from(byte) << (8 * (i % 4));
+    }
+}
+
+/// The GGUF bytes of [`store_block`]'s words (its inverse).
+fn load_block(words: &[u32], scale_pad: usize, block_bytes: usize) -> Vec<u8> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut block = bytes[..2].to_vec();
+    block.extend_from_slice(&bytes[2 + scale_pad..block_bytes + scale_pad]);
+    block
+}
+
+/// Dequantizes [`pack_quantized`]'s words back to row-major (n, k) f32 (for tests: it must
+/// equal [`crate::loader::dequant`] of the GGUF bytes): Q4/Q8 with the shader's arithmetic,
+/// the other formats by unpacking each block's bytes and decoding them with the loader's table
+/// (their kernels are checked against it directly).
 pub fn dequantize_packed(words: &[u32], format: QuantFormat, n: usize, k: usize) -> Vec<f32> {
     let bw = format.block_words();
     let mut out = vec![0f32; n * k];
+    if let QuantFormat::Blocks(dtype) = format {
+        let unit = format.unit_weights();
+        for (row, out_row) in out.chunks_exact_mut(k).enumerate() {
+            for (b, out_block) in out_row.chunks_exact_mut(unit).enumerate() {
+                let block = load_block(
+                    &words[(b * n + row) * bw..][..bw],
+                    format.scale_pad(),
+                    dtype.block_bytes(),
+                );
+                (dtype.format().dequant)(&block, out_block);
+            }
+        }
+        return out;
+    }
     for (row, out_row) in out.chunks_exact_mut(k).enumerate() {
         for (b, out_block) in out_row.chunks_exact_mut(QUANT_BLOCK).enumerate() {
             let blk = &words[(b * n + row) * bw..][..bw];
@@ -174,6 +253,7 @@ pub fn dequantize_packed(words: &[u32], format: QuantFormat, n: usize, k: usize)
                         let q = (blk[1 + e / 4] >> (8 * (e % 4))) as u8 as i8;
                         d * f32::from(q)
                     }
+                    QuantFormat::Blocks(_) => unreachable!("decoded above"),
                     QuantFormat::Q4 => {
                         let j = e % 16;
                         let byte = (blk[1 + j / 4] >> (8 * (j % 4))) as u8;
@@ -286,6 +366,8 @@ impl MatmulQuant {
             "MatmulQuant: the RMSNorm-fused form needs a k-split tuning: {tuning:?}"
         );
         let tuning = QuantTuning {
+            // Only the Q4/Q8 layouts have texture planes; the others read storage everywhere.
+            w_texture: tuning.w_texture && format.texture_layout(),
             x_shared: tuning.x_shared
                 && !split
                 && tuning.x_window
@@ -318,6 +400,7 @@ impl MatmulQuant {
             if split {
                 return vec![
                     ("Q8", format.q8_constant()),
+                    ("FORMAT", format.format_constant()),
                     ("GLU", f64::from(u8::from(glu))),
                     ("NORM", f64::from(u8::from(v.norm))),
                     ("ROWS", rows as f64),
@@ -327,6 +410,7 @@ impl MatmulQuant {
             }
             vec![
                 ("Q8", format.q8_constant()),
+                ("FORMAT", format.format_constant()),
                 ("GLU", f64::from(u8::from(glu))),
                 ("ROWS", rows as f64),
                 ("COLS", if glu { glu_cols } else { tuning.cols } as f64),

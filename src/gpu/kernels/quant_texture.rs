@@ -76,6 +76,12 @@ pub fn upload_texture(
     n: usize,
     k: usize,
 ) -> Result<wgpu::TextureView, GpuError> {
+    if !format.texture_layout() {
+        return Err(GpuError::Shape {
+            op: "upload_texture",
+            msg: format!("`{name}`: {format:?} weights have no texture layout"),
+        });
+    }
     let data = texture_planes(words, format, n, k);
     let height = data.len() / (4 * TEXTURE_WIDTH);
     if height > ctx.limits.max_texture_dimension_2d as usize {

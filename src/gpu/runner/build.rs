@@ -3,7 +3,7 @@
 
 use super::plan::{Planned, fused_glu_format, plan};
 use super::{
-    Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Metadata, Runner, RunnerConfig,
+    BoundPart, Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Metadata, Runner, RunnerConfig,
     STAGING_LABELS, StepTiming, f32_buffer, logits, matmul_input, positions, quant_kernel,
     u32_buffer,
 };
@@ -17,7 +17,7 @@ use crate::gpu::kernels::{
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::join_scoped;
 use crate::gpu::profile::intern_label;
-use crate::gpu::weights::{GpuMatrix, MatrixFormat};
+use crate::gpu::weights::{GpuMatrix, MatrixFormat, MatrixPart};
 use crate::gpu::{GpuContext, GpuError};
 use crate::sampling::RowSampling;
 
@@ -33,28 +33,28 @@ impl Runner {
         let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
         let wdt = g.weight_dtype;
 
-        // Quantized weights sit in textures or in buffers (the loader's choice, one for all).
-        let quant_in_texture = g
-            .matrices
-            .iter()
-            .flat_map(|m| &m.parts)
-            .any(|p| matches!(p.data, WeightData::Texture(_)));
         let mut quant_formats: Vec<QuantFormat> = Vec::new();
-        for m in &g.matrices {
-            if let MatrixFormat::Quant(f) = m.format {
-                if !quant_formats.contains(&f) {
-                    quant_formats.push(f);
-                }
+        for f in g.matrices.iter().flat_map(|m| m.quant_formats()) {
+            if !quant_formats.contains(&f) {
+                quant_formats.push(f);
             }
         }
         // The widest input any matmul reads.
         let max_k = g.matrices.iter().map(|m| m.cols).max().unwrap_or(1);
         let quant_tuning = ctx.profile.quant_tuning(max_k);
-        if !quant_formats.is_empty() && quant_in_texture != quant_tuning.w_texture {
-            return Err(GpuError::Shape {
-                op: "runner",
-                msg: "the quantized weights were uploaded for another device profile".into(),
-            });
+        // Quantized weights sit in textures where the profile reads them there and their format
+        // has texture planes, else in buffers (the loader's choice, made the same way).
+        for p in g.matrices.iter().flat_map(|m| &m.parts) {
+            if let MatrixFormat::Quant(f) = p.format {
+                let in_texture = matches!(p.data, WeightData::Texture(_));
+                if in_texture != (quant_tuning.w_texture && f.texture_layout()) {
+                    return Err(GpuError::Shape {
+                        op: "runner",
+                        msg: "the quantized weights were uploaded for another device profile"
+                            .into(),
+                    });
+                }
+            }
         }
         let plan = plan(g, MatmulQuant::fuses_norm(quant_tuning));
         // The quantized formats whose matmul needs the fused SwiGLU or fused-norm variants.
@@ -87,19 +87,19 @@ impl Runner {
             _ => None,
         });
         let kernels = std::thread::scope(|s| -> Result<Kernels, GpuError> {
-            let embedding = s.spawn(|| match embed_table {
-                Some((m, _)) if matches!(m.format, MatrixFormat::Quant(_)) => {
-                    let MatrixFormat::Quant(f) = m.format else {
-                        unreachable!()
-                    };
-                    EmbeddingKernel::Quant(EmbeddingQuant::new(ctx, f, quant_in_texture))
-                }
-                table => EmbeddingKernel::Dense(Embedding::new(
-                    ctx,
-                    wdt,
-                    table.is_some_and(|(_, pos)| pos),
-                )),
-            });
+            let embedding =
+                s.spawn(
+                    || match embed_table.map(|(m, pos)| (m.single_format(), pos)) {
+                        Some((Some(MatrixFormat::Quant(f)), _)) => EmbeddingKernel::Quant(
+                            EmbeddingQuant::new(ctx, f, quant_tuning.w_texture),
+                        ),
+                        table => EmbeddingKernel::Dense(Embedding::new(
+                            ctx,
+                            wdt,
+                            table.is_some_and(|(_, pos)| pos),
+                        )),
+                    },
+                );
             let matmul_quant = s.spawn(|| {
                 quant_formats
                     .iter()
@@ -247,19 +247,19 @@ impl Runner {
                             y_stride: usize,
                             accumulate: bool|
          -> Result<MatmulBinds, GpuError> {
-            if bias.is_some() && w.parts.len() > 1 {
-                return Err(GpuError::Shape {
-                    op: "matmul",
-                    msg: "a biased weight must fit one binding".into(),
-                });
-            }
-            let bias_buf = bias.unwrap_or(&dummy);
-            let bind = |data: &WeightData| match (w.format, data) {
+            // The kernels index the bias by the part's own columns: a part after the first
+            // gets its slice of the bias in a buffer of its own.
+            let part_bias = |p: &MatrixPart| match bias {
+                Some(b) if w.parts.len() > 1 => bias_slice(ctx, b, p.first_row, p.rows),
+                Some(b) => b.clone(),
+                None => dummy.clone(),
+            };
+            let bind = |p: &MatrixPart| match (p.format, &p.data) {
                 (MatrixFormat::Dense(_), WeightData::Buffer(buf)) => {
-                    Ok(mm.bind(ctx, x, buf, bias_buf, y))
+                    Ok(mm.bind(ctx, x, buf, &part_bias(p), y))
                 }
-                (MatrixFormat::Quant(f), _) => {
-                    quant_kernel(&kernels, f).bind(ctx, x, data, bias_buf, y)
+                (MatrixFormat::Quant(f), data) => {
+                    quant_kernel(&kernels, f).bind(ctx, x, data, &part_bias(p), y)
                 }
                 (MatrixFormat::Dense(_), WeightData::Texture(_)) => Err(GpuError::Shape {
                     op: "matmul",
@@ -267,11 +267,10 @@ impl Runner {
                 }),
             };
             Ok(MatmulBinds {
-                format: w.format,
                 parts: w
                     .parts
                     .iter()
-                    .map(|p| Ok((p.first_row, p.rows, bind(&p.data)?)))
+                    .map(|p| Ok(BoundPart::new(p, bind(p)?)))
                     .collect::<Result<_, GpuError>>()?,
                 k: w.cols,
                 y_stride,
@@ -297,24 +296,28 @@ impl Runner {
                         _ => *out,
                     };
                     let m = &g.matrices[w.0];
-                    let MatrixFormat::Quant(f) = m.format else {
-                        unreachable!("the plan fuses norms into quantized matmuls only")
-                    };
-                    let k = quant_kernel(&kernels, f);
                     let parts = m
                         .parts
                         .iter()
                         .map(|p| {
-                            let bg =
-                                k.bind_normed(ctx, buf(*x), &p.data, vector(*gw), &dummy, buf(y))?;
-                            Ok((p.first_row, p.rows, bg))
+                            let MatrixFormat::Quant(f) = p.format else {
+                                unreachable!("the plan fuses norms into quantized matmuls only")
+                            };
+                            let bg = quant_kernel(&kernels, f).bind_normed(
+                                ctx,
+                                buf(*x),
+                                &p.data,
+                                vector(*gw),
+                                &dummy,
+                                buf(y),
+                            )?;
+                            Ok(BoundPart::new(p, bg))
                         })
                         .collect::<Result<_, GpuError>>()?;
                     Dispatch::Matmul {
                         label: intern_label(format!("norm+matmul {label}")),
                         rows: g.acts[x.0].rows,
                         binds: MatmulBinds {
-                            format: m.format,
                             parts,
                             k: m.cols,
                             y_stride: g.acts[y.0].width,
@@ -576,4 +579,23 @@ impl Runner {
             _buffers: buffers,
         })
     }
+}
+
+/// Elements `first..first + len` of the f32 buffer `bias`, copied into a buffer of their own.
+fn bias_slice(ctx: &GpuContext, bias: &wgpu::Buffer, first: usize, len: usize) -> wgpu::Buffer {
+    let bytes = (len * 4) as u64;
+    let slice = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bias slice"),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bias slice"),
+        });
+    encoder.copy_buffer_to_buffer(bias, (first * 4) as u64, &slice, 0, bytes);
+    ctx.queue.submit(Some(encoder.finish()));
+    slice
 }

@@ -35,8 +35,8 @@ pub(super) enum Planned {
 /// The quantized format of a stacked gate|up weight the fused SwiGLU matmul can take (one
 /// binding), if any.
 pub(super) fn fused_glu_format(w: &GpuMatrix) -> Option<QuantFormat> {
-    match w.format {
-        MatrixFormat::Quant(f) if w.parts.len() == 1 => Some(f),
+    match w.single_format() {
+        Some(MatrixFormat::Quant(f)) if w.parts.len() == 1 => Some(f),
         _ => None,
     }
 }
@@ -127,7 +127,7 @@ pub(super) fn plan(g: &Graph, fuse_norms: bool) -> Vec<Planned> {
             }),
         ) = (&ops[i], ops.get(i + 1))
         {
-            let quant = matches!(g.matrices[w.0].format, MatrixFormat::Quant(_));
+            let quant = g.matrices[w.0].is_quantized();
             // A norm that gathers the logit rows (final norm before the head) stays apart: the
             // fused kernel reads and writes the same rows.
             let same_rows = g.acts[normed.0].rows == g.acts[h.0].rows;

@@ -199,18 +199,19 @@ fn encode_matmul(
     mb: &MatmulBinds,
     m: usize,
 ) {
-    for (start, rows, bg) in &mb.parts {
+    for part in &mb.parts {
+        let (bg, rows) = (&part.bg, part.rows);
         let p = MatmulParams {
             m,
-            n: if mb.glu { *rows / 2 } else { *rows },
+            n: if mb.glu { rows / 2 } else { rows },
             k: mb.k,
             y_stride: mb.y_stride,
-            y_col: *start,
+            y_col: part.first_row,
             bias: mb.bias,
             accumulate: mb.accumulate,
         };
         let pass = rec.pass(label);
-        match (mb.format, mb.norm_eps) {
+        match (part.format, mb.norm_eps) {
             (MatrixFormat::Dense(_), _) => kernels.matmul.encode(pass, bg, &p),
             (MatrixFormat::Quant(f), None) if mb.glu => {
                 quant_kernel(kernels, f).encode_glu(pass, bg, &p)
