@@ -27,4 +27,5 @@ if ! have_vulkan_icd; then
 fi
 
 ./models/fetch_smollm2.sh >/dev/null
+./scripts/fetch_tokenizer_suite.sh
 echo "setup: ready (model: models/SmolLM2-135M-Instruct.Q4_1.gguf)" >&2

@@ -9,13 +9,22 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
+use crate::gpu::context::fmt_bytes;
 use crate::gpu::{
     GpuContext, GpuError, Logits, Runner, RunnerConfig, StepProfile, StepTicket, WeightDType,
 };
 use crate::kv::{BlockPool, BlockTable, check_block_size};
-use crate::model::{ModelConfig, ModelFiles, load_weights};
+use crate::model::{ModelConfig, ModelFiles, ModelWeights, load_weights};
 use crate::sampling::{Sampler, SamplingParams, top_k};
 use crate::tokenizer::Tokenizer;
+
+mod kv_plan;
+
+pub use kv_plan::{
+    CPU_ADAPTER_MAX_KV_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION, FALLBACK_KV_BYTES, KvLimit, KvPlan,
+    KvSizing, KvSource, MIN_KV_BYTES, activation_bytes, kv_bytes_per_token, plan_kv, plan_kv_pool,
+    weights_gpu_bytes,
+};
 
 /// How to load a model. Everything but the path has a default.
 #[derive(Debug, Clone)]
@@ -26,10 +35,15 @@ pub struct ModelOptions {
     pub dtype: WeightDType,
     /// Tokens per KV block: a power of two from 1 to 256.
     pub block_size: usize,
-    /// KV pool size in bytes (all layers, K and V); ignored when `num_blocks` is set.
-    pub kv_memory_bytes: u64,
+    /// KV pool size in bytes (all layers, K and V); `None`: sized from the device's memory
+    /// (see [`plan_kv`]). Ignored when `num_blocks` is set.
+    pub kv_memory_bytes: Option<u64>,
     /// KV pool size in blocks.
     pub num_blocks: Option<usize>,
+    /// The share of the device's memory to fill (weights, activations, KV pool) when the pool
+    /// is sized from it, in (0, 1]; `None`: [`DEFAULT_GPU_MEMORY_UTILIZATION`], and on a CPU
+    /// adapter at most [`CPU_ADAPTER_MAX_KV_BYTES`] of KV.
+    pub gpu_memory_utilization: Option<f64>,
     /// Most tokens per forward pass (longer prompts are prefilled in chunks).
     pub max_batch_tokens: usize,
     /// Most sequences per step.
@@ -54,8 +68,9 @@ impl ModelOptions {
             path: path.into(),
             dtype: WeightDType::F16,
             block_size: 16,
-            kv_memory_bytes: 256 << 20,
+            kv_memory_bytes: None,
             num_blocks: None,
+            gpu_memory_utilization: None,
             max_batch_tokens: 256,
             max_seqs: 64,
             enable_prefix_cache: true,
@@ -100,72 +115,78 @@ pub struct Generator {
     pool: BlockPool,
     tokenizer: Option<Tokenizer>,
     path: PathBuf,
+    kv_plan: KvPlan,
     /// Lockstep decode submits step k+1 (its tokens fed from step k on the GPU) before
     /// reading step k back; see [`Generator::set_overlap`].
     overlap: bool,
 }
 
-/// Blocks in the KV pool: `opts.num_blocks`, or as many as `opts.kv_memory_bytes` hold,
-/// capped so one layer's K (or V) pool fits one storage binding.
-pub fn kv_pool_blocks(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<usize> {
-    let per_block = kv_bytes_per_token(cfg, opts.dtype).saturating_mul(opts.block_size as u64);
-    let per_layer_block = saturating_product(&[
-        opts.block_size,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        opts.dtype.bytes_per_elem(),
-    ]);
-    let binding_cap = ctx.max_binding_bytes() / per_layer_block.max(1);
-    // An explicit count is never lowered behind the caller's back; the byte budget's is
-    // capped at one binding's worth of blocks (so it fits a usize on any target).
-    let num_blocks = match opts.num_blocks {
-        Some(n) if n as u64 > binding_cap => {
-            return Err(Error::InvalidRequest(format!(
-                "a KV pool of {n} blocks does not fit this adapter: one layer's K (or V) \
-                 pool must fit one storage binding of {} bytes, which holds at most \
-                 {binding_cap} blocks of {} tokens",
-                ctx.max_binding_bytes(),
-                opts.block_size
-            )));
-        }
-        Some(n) => n,
-        None => {
-            let budget = opts.kv_memory_bytes / per_block.max(1);
-            if budget > binding_cap {
-                log::info!(
-                    "KV pool: {binding_cap} blocks (one storage binding's worth), not the \
-                     {budget} that {} bytes would hold",
-                    opts.kv_memory_bytes
-                );
+/// Loads the weights and sizes the KV pool: a pool that cannot be (an explicit request
+/// beyond the binding limit) fails before the upload; a memory-derived one is sized after
+/// it, from the weights' measured GPU bytes. Logs the choice.
+pub(crate) fn load_weights_and_plan(
+    ctx: &GpuContext,
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(ModelWeights, KvPlan)> {
+    plan_kv_pool(ctx, cfg, opts, 0)?;
+    // wgpu stages every upload in host memory until the next submit, and frees the staging
+    // once that submit has run: submitting (nothing) and waiting every STAGING_FLUSH_BYTES
+    // keeps the staged bytes that low, instead of the whole model (a second host copy of the
+    // weights until the first step).
+    let mut flushed = 0usize;
+    let mut flushing = |done: usize, total: usize| {
+        if done >= flushed.saturating_add(STAGING_FLUSH_BYTES) {
+            flushed = done;
+            ctx.queue.submit([]);
+            if let Err(e) = ctx.device.poll(wgpu::PollType::wait_indefinitely()) {
+                log::debug!("waiting for the uploads: {e}");
             }
-            usize::try_from(budget.min(binding_cap)).unwrap_or(usize::MAX)
         }
+        progress(done, total)
     };
-    if num_blocks == 0 {
-        return Err(Error::InvalidRequest(format!(
-            "the KV pool holds no block ({per_block} bytes per block)"
-        )));
+    let weights = load_weights(ctx, files, cfg, opts.dtype, &mut flushing)?;
+    if let Some(rss) = host_rss() {
+        log::debug!("weights loaded; host memory: {rss}");
     }
-    Ok(num_blocks)
+    let plan = plan_kv_pool(ctx, cfg, opts, weights_gpu_bytes(&weights))?;
+    log::info!("KV pool: {plan}");
+    if plan.limit == Some(KvLimit::Minimum) {
+        log::warn!(
+            "the weights leave less than {} of the device's memory for the KV cache; \
+             the pool may not fit (set its size with --kv-memory or --kv-blocks)",
+            fmt_bytes(MIN_KV_BYTES)
+        );
+    }
+    Ok((weights, plan))
 }
 
-/// KV bytes one token takes across all layers (K and V). Saturates instead of wrapping for a
-/// config no memory could hold (a file's sizes are capped far below that: see
-/// [`crate::model::config::caps`]).
-pub fn kv_bytes_per_token(cfg: &ModelConfig, dtype: WeightDType) -> u64 {
-    saturating_product(&[
-        2,
-        cfg.num_layers,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        dtype.bytes_per_elem(),
-    ])
-}
+/// Bytes of the file loaded between two flushes of wgpu's upload staging (see
+/// [`load_weights_and_plan`]).
+const STAGING_FLUSH_BYTES: usize = 64 << 20;
 
-fn saturating_product(factors: &[usize]) -> u64 {
-    factors
-        .iter()
-        .fold(1u64, |acc, &f| acc.saturating_mul(f as u64))
+/// This process's resident memory from /proc/self/status (Linux), for the load's debug log.
+fn host_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(fmt_bytes(kib * 1024))
+    };
+    Some(format!(
+        "RSS {} (anonymous {}, file-backed {}), peak {}",
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        field("RssFile:")?,
+        field("VmHWM:")?
+    ))
 }
 
 impl Generator {
@@ -180,9 +201,8 @@ impl Generator {
         let files = ModelFiles::open(&opts.path)?;
         let cfg = model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
-        // Sized before the upload, so a pool that cannot be fails at once.
-        let num_blocks = kv_pool_blocks(ctx, &cfg, opts)?;
-        let weights = load_weights(ctx, &files, &cfg, opts.dtype, progress)?;
+        let (weights, kv_plan) = load_weights_and_plan(ctx, &files, &cfg, opts, progress)?;
+        let num_blocks = kv_plan.num_blocks;
         let bs = opts.block_size;
         let rc = RunnerConfig {
             kv_dtype: opts.dtype,
@@ -207,8 +227,14 @@ impl Generator {
             pool,
             tokenizer,
             path: opts.path.clone(),
+            kv_plan,
             overlap: ctx.profile.overlap_steps,
         })
+    }
+
+    /// How the KV pool was sized, and the weights' GPU bytes.
+    pub fn kv_plan(&self) -> &KvPlan {
+        &self.kv_plan
     }
 
     pub fn config(&self) -> &ModelConfig {

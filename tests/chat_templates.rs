@@ -1,7 +1,9 @@
-//! Real chat templates (Llama 3.x, Qwen, Gemma, Phi, Mistral, DeepSeek-R1-Distill, SmolLM,
-//! gpt-oss) rendered by wllm must equal, byte for byte, what Hugging Face transformers renders
-//! from them; where transformers' render fails (roles out of order, system role refused), wllm's
-//! must fail too, with the template's own message.
+//! Real chat templates (every template of llama.cpp's `models/templates`, plus SmolLM2's) rendered
+//! by wllm must equal, byte for byte, what Hugging Face transformers renders from them with
+//! jinja2, for every conversation: plain chats, a chat-template kwarg (`enable_thinking`), and
+//! tools offered, called and answered. Where transformers' render fails (roles out of order,
+//! system role refused, a template that cannot take a tool call's shape), wllm's must fail too,
+//! with the template's own message when it raised one.
 //!
 //! The fixtures in tests/fixtures/chat_templates/ (templates and `references.json`) are made by
 //! scripts/fetch_chat_templates.py; its README says where each template comes from.
@@ -17,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use wllm::tokenizer::chat::render_template;
+use wllm::tokenizer::chat::{ChatRequestContext, render_template, render_template_with};
 use wllm::tokenizer::{ChatMessage, TokenizerError};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/chat_templates");
@@ -26,14 +28,23 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/chat_temp
 struct References {
     fixed_now: String,
     templates: Vec<TemplateRef>,
+    /// Template files left out because they are byte-identical to one in `templates`.
+    duplicates: Vec<Duplicate>,
     conversations: Vec<Conversation>,
     cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Duplicate {
+    source: String,
+    same_as: String,
 }
 
 #[derive(Deserialize)]
 struct TemplateRef {
     id: String,
     file: String,
+    source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -43,6 +54,12 @@ struct Conversation {
     name: String,
     add_generation_prompt: bool,
     messages: Vec<ChatMessage>,
+    /// The `tools` variable (OpenAI function definitions), when the conversation offers tools.
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+    /// Extra template variables (a request's `chat_template_kwargs`).
+    #[serde(default)]
+    kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -133,15 +150,13 @@ fn check_case(
             .map(|c| wllm_strftime(&c.format))
             .collect()
     };
+    let mut context = ChatRequestContext::new(conv.add_generation_prompt)
+        .with_special_tokens(t.bos_token.as_deref(), t.eos_token.as_deref());
+    context.tools = conv.tools.clone();
+    context.kwargs = conv.kwargs.clone();
     let (rendered, now) = loop {
         let before = probe();
-        let rendered = render_template(
-            template,
-            &conv.messages,
-            conv.add_generation_prompt,
-            t.bos_token.as_deref(),
-            t.eos_token.as_deref(),
-        );
+        let rendered = render_template_with(template, &conv.messages, &context);
         if probe() == before {
             break (rendered, before);
         }
@@ -168,7 +183,8 @@ fn check_case(
         (None, Some(reference), Err(e)) => {
             // A `raise_exception(msg)` (jinja2's plain `TemplateError`) must reach the caller as a
             // template error carrying msg. Other failures (`UndefinedError`: indexing an empty
-            // conversation) word their messages per engine: failing as a template error is enough.
+            // conversation; Python's `TypeError`: a string where the template wants a dict)
+            // word their messages per engine: failing as a template error is enough.
             let text = e.to_string();
             let carries = reference.kind != "TemplateError" || text.contains(&reference.message);
             if matches!(e, TokenizerError::Template(_)) && carries {
@@ -204,8 +220,15 @@ fn check_template(id: &str) {
             .find(|c| c.name == case.conversation)
             .unwrap_or_else(|| panic!("unknown conversation {}", case.conversation));
         checked += 1;
-        if let Err(why) = check_case(t, &template, conv, case) {
-            failures.push(format!("{id} × {}: {why}", case.conversation));
+        let result = check_case(t, &template, conv, case);
+        match (unmatched(id, &case.conversation), result) {
+            (None, Ok(())) => {}
+            (None, Err(why)) => failures.push(format!("{id} × {}: {why}", case.conversation)),
+            (Some(_), Err(_)) => {}
+            (Some(reason), Ok(())) => failures.push(format!(
+                "{id} × {} is listed in UNMATCHED ({reason}) but now matches: remove it",
+                case.conversation
+            )),
         }
     }
     assert_eq!(
@@ -233,21 +256,87 @@ macro_rules! template_tests {
     };
 }
 
+/// Cases wllm cannot render as jinja2 does: (template, conversation, why). Each must still
+/// differ (the test fails once one matches, so the list stays true).
+const UNMATCHED: &[(&str, &str, &str)] = &[];
+
+fn unmatched(template: &str, conversation: &str) -> Option<&'static str> {
+    UNMATCHED
+        .iter()
+        .find(|(t, c, _)| *t == template && *c == conversation)
+        .map(|(_, _, why)| *why)
+}
+
 template_tests! {
-    llama_3_1_8b_instruct => "llama-3.1-8b-instruct",
-    llama_3_2_3b_instruct => "llama-3.2-3b-instruct",
+    apertus_8b_instruct => "apertus-8b-instruct",
+    apriel_1_6_15b_thinker_fixed => "apriel-1.6-15b-thinker-fixed",
+    bielik_11b_v3_0_instruct => "bielik-11b-v3.0-instruct",
+    bytedance_seed_oss => "bytedance-seed-oss",
+    cohere2moe => "cohere2moe",
+    cohereforai_c4ai_command_r_plus_tool_use => "cohereforai-c4ai-command-r-plus-tool_use",
+    cohereforai_c4ai_command_r7b_12_2024_tool_use => "cohereforai-c4ai-command-r7b-12-2024-tool_use",
+    glm_4_6 => "glm-4.6",
+    glm_4_7_flash => "glm-4.7-flash",
+    gigachat3_10b_a1_8b => "gigachat3-10b-a1.8b",
+    gigachat3_1_10b_a1_8b => "gigachat3.1-10b-a1.8b",
+    smollm3_3b => "smollm3-3b",
+    kimi_k2_instruct => "kimi-k2-instruct",
+    kimi_k2_thinking => "kimi-k2-thinking",
+    kimi_k3 => "kimi-k3",
+    lfm2_8b_a1b => "lfm2-8b-a1b",
+    lfm2_5_8b_a1b => "lfm2.5-8b-a1b",
+    lfm2_5_instruct => "lfm2.5-instruct",
+    mimo_vl => "mimo-vl",
+    minimax_m1 => "minimax-m1",
+    minimax_m2 => "minimax-m2",
+    minimax_m3 => "minimax-m3",
+    mistral_small_3_2_24b_instruct_2506 => "mistral-small-3.2-24b-instruct-2506",
+    nvidia_nemotron_3_nano_30b_a3b_bf16 => "nvidia-nemotron-3-nano-30b-a3b-bf16",
+    nvidia_nemotron_nano_v2 => "nvidia-nemotron-nano-v2",
+    nousresearch_hermes_2_pro_llama_3_8b_tool_use => "nousresearch-hermes-2-pro-llama-3-8b-tool_use",
+    qwen_qwq_32b => "qwen-qwq-32b",
     qwen2_5_7b_instruct => "qwen2.5-7b-instruct",
     qwen3_0_6b => "qwen3-0.6b",
-    gemma_2_2b_it => "gemma-2-2b-it",
-    gemma_4_31b_it => "gemma-4-31b-it",
-    phi_3_5_mini_instruct => "phi-3.5-mini-instruct",
-    mistral_nemo_instruct_2407 => "mistral-nemo-instruct-2407",
-    mistral_small_3_2_24b_instruct_2506 => "mistral-small-3.2-24b-instruct-2506",
+    qwen3_coder => "qwen3-coder",
+    qwen3_5_4b => "qwen3.5-4b",
+    reka_edge => "reka-edge",
+    spark2_5 => "spark2.5",
+    stepfun3_5_flash => "stepfun3.5-flash",
     deepseek_r1_distill_llama_8b => "deepseek-r1-distill-llama-8b",
     deepseek_r1_distill_qwen_32b => "deepseek-r1-distill-qwen-32b",
-    smollm2_135m_instruct => "smollm2-135m-instruct",
-    smollm3_3b => "smollm3-3b",
+    deepseek_ai_deepseek_v3_1 => "deepseek-ai-deepseek-v3.1",
+    deepseek_ai_deepseek_v3_2 => "deepseek-ai-deepseek-v3.2",
+    deepseek_ai_deepseek_v4_flash_0731 => "deepseek-ai-deepseek-v4-flash-0731",
+    deepseek_ai_deepseek_v4 => "deepseek-ai-deepseek-v4",
+    fireworks_ai_llama_3_firefunction_v2 => "fireworks-ai-llama-3-firefunction-v2",
+    gemma_2_2b_it => "gemma-2-2b-it",
+    google_gemma_4_31b_it_interleaved => "google-gemma-4-31b-it-interleaved",
+    gemma_4_31b_it => "gemma-4-31b-it",
+    ibm_granite_granite_3_3_2b_instruct => "ibm-granite-granite-3.3-2b-instruct",
+    ibm_granite_granite_4_0 => "ibm-granite-granite-4.0",
+    ibm_granite_granite_4_1 => "ibm-granite-granite-4.1",
+    inclusionai_ling_3_0_flash => "inclusionai-ling-3.0-flash",
+    llama_cpp_deepseek_r1 => "llama-cpp-deepseek-r1",
+    llama_cpp_rwkv_world => "llama-cpp-rwkv-world",
+    meetkai_functionary_medium_v3_1 => "meetkai-functionary-medium-v3.1",
+    meetkai_functionary_medium_v3_2 => "meetkai-functionary-medium-v3.2",
+    llama_3_1_8b_instruct => "llama-3.1-8b-instruct",
+    llama_3_2_3b_instruct => "llama-3.2-3b-instruct",
+    phi_3_5_mini_instruct => "phi-3.5-mini-instruct",
+    mistralai_ministral_3_14b_reasoning_2512 => "mistralai-ministral-3-14b-reasoning-2512",
+    mistral_nemo_instruct_2407 => "mistral-nemo-instruct-2407",
+    moonshotai_kimi_k2 => "moonshotai-kimi-k2",
+    muse_glimmer => "muse-glimmer",
     gpt_oss_120b => "gpt-oss-120b",
+    openbmb_minicpm5_1b => "openbmb-minicpm5-1b",
+    poolside_laguna_s_2_1 => "poolside-laguna-s-2.1",
+    poolside_laguna_xs_2_1 => "poolside-laguna-xs-2.1",
+    poolside_laguna_xs_2 => "poolside-laguna-xs.2",
+    tencent_hy3 => "tencent-hy3",
+    unsloth_apriel_1_5 => "unsloth-apriel-1.5",
+    unsloth_mistral_devstral_small_2507 => "unsloth-mistral-devstral-small-2507",
+    upstage_solar_open_100b => "upstage-solar-open-100b",
+    smollm2_135m_instruct => "smollm2-135m-instruct",
 }
 
 #[test]
@@ -268,15 +357,46 @@ fn every_reference_is_tested() {
         refs.cases.len(),
         refs.templates.len() * refs.conversations.len()
     );
-    // The references do exercise both sides: outputs and expected errors, and dates.
+    // The references do exercise both sides: outputs and expected errors, dates, tools, kwargs.
     assert!(refs.cases.iter().any(|c| c.error.is_some()));
     assert!(refs.cases.iter().any(|c| !c.strftime_now.is_empty()));
+    assert!(refs.conversations.iter().any(|c| c.tools.is_some()));
+    assert!(refs.conversations.iter().any(|c| !c.kwargs.is_empty()));
+    // Every file of llama.cpp's models/templates (70 templates, 2 of them copies) and SmolLM2's.
+    assert_eq!(refs.templates.len() + refs.duplicates.len(), 71);
+    for d in &refs.duplicates {
+        assert!(
+            refs.templates.iter().any(|t| t.source == d.same_as),
+            "{} is a copy of {}, which is not tested",
+            d.source,
+            d.same_as
+        );
+    }
+    for (template, conversation, _) in UNMATCHED {
+        assert!(
+            refs.cases
+                .iter()
+                .any(|c| c.template == *template && c.conversation == *conversation),
+            "UNMATCHED lists {template} × {conversation}, which has no reference"
+        );
+    }
 }
 
 /// `format` for the UTC day `unix_secs` falls on, for the formats the templates use.
 fn format_day(unix_secs: u64, format: &str) -> String {
     const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     // Walk the calendar from 1970: slow but plainly right.
     let mut days = unix_secs / 86_400;
@@ -307,7 +427,8 @@ fn format_day(unix_secs: u64, format: &str) -> String {
     }
     let day = days + 1;
     match format {
-        "%d %b %Y" => format!("{day:02} {} {year}", MONTHS[month]),
+        "%d %b %Y" => format!("{day:02} {} {year}", &MONTHS[month][..3]),
+        "%B %d, %Y" => format!("{} {day:02}, {year}", MONTHS[month]),
         "%Y-%m-%d" => format!("{year}-{:02}-{day:02}", month + 1),
         other => panic!("format {other:?} is not known to this test"),
     }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use wllm::loader::gguf::GgufFile;
-use wllm::loader::gguf_meta::MetaValue;
+use wllm::loader::gguf_meta::{GgufMetadata, MetaValue};
 use wllm::tokenizer::gguf_vocab::byte_to_byte_level_char;
 use wllm::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 
@@ -131,7 +131,11 @@ fn fixtures_render_encode_and_decode_exactly() {
         let text = t.decode(&c.greedy_ids).unwrap();
         assert_eq!(text, c.greedy_text, "case {}: greedy text", c.name);
         // The byte-table decode is the same as the tokenizers crate's own ByteLevel decoder.
-        let hf = t.hf_tokenizer().decode(&c.greedy_ids, false).unwrap();
+        let hf = t
+            .hf_tokenizer()
+            .expect("a BPE pipeline")
+            .decode(&c.greedy_ids, false)
+            .unwrap();
         assert_eq!(hf, c.greedy_text, "case {}: tokenizers decode", c.name);
     }
 }
@@ -237,15 +241,15 @@ fn unknown_ids_are_errors() {
 }
 
 #[test]
-fn sentencepiece_gguf_is_unsupported() {
+fn still_unsupported_vocabularies_are_clear_errors() {
     let mut meta = gguf().metadata.clone();
     meta.entries.insert(
         "tokenizer.ggml.model".into(),
-        MetaValue::String("llama".into()),
+        MetaValue::String("rwkv".into()),
     );
     let err = Tokenizer::from_gguf_metadata(&meta).unwrap_err();
-    assert!(matches!(err, TokenizerError::UnsupportedTokenizer { ref model } if model == "llama"));
-    assert!(err.to_string().contains("llama"), "{err}");
+    assert!(matches!(err, TokenizerError::UnsupportedTokenizer { ref model } if model == "rwkv"));
+    assert!(err.to_string().contains("rwkv"), "{err}");
 }
 
 #[test]
@@ -360,4 +364,230 @@ fn chat_template_errors_and_missing_template() {
         rendered,
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiny GGUF vocabularies built in memory: BPE (`gpt2`) and SentencePiece (`llama`).
+
+fn strs(v: &[&str]) -> MetaValue {
+    MetaValue::Array(v.iter().map(|s| MetaValue::String(s.to_string())).collect())
+}
+
+fn tiny_meta(model: &str) -> GgufMetadata {
+    let mut m = GgufMetadata::default();
+    let e = &mut m.entries;
+    e.insert(
+        "tokenizer.ggml.model".into(),
+        MetaValue::String(model.into()),
+    );
+    e.insert(
+        "tokenizer.ggml.pre".into(),
+        MetaValue::String("smollm".into()),
+    );
+    e.insert(
+        "tokenizer.ggml.tokens".into(),
+        strs(&["<|end|>", "a", "b", "ab", "Ġ", "Ġab", "1", "2"]),
+    );
+    e.insert(
+        "tokenizer.ggml.token_type".into(),
+        MetaValue::Array([3, 1, 1, 1, 1, 1, 1, 1].map(MetaValue::I32).to_vec()),
+    );
+    e.insert("tokenizer.ggml.merges".into(), strs(&["a b", "Ġ ab"]));
+    e.insert("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(0));
+    m
+}
+
+#[test]
+fn tiny_bpe_vocabulary_encodes_decodes_and_stops() {
+    let t = Tokenizer::from_gguf_metadata(&tiny_meta("gpt2")).unwrap();
+    assert_eq!(t.vocab_size(), 8);
+    assert_eq!(t.encode("ab ab<|end|>12").unwrap(), vec![3, 5, 0, 6, 7]);
+    assert_eq!(t.decode(&[3, 5, 0, 6, 7]).unwrap(), "ab ab<|end|>12");
+    assert_eq!(t.stop_token_ids(), &[0]);
+    assert!(!t.adds_bos());
+    assert!(matches!(
+        t.decode(&[8]),
+        Err(TokenizerError::UnknownTokenId {
+            id: 8,
+            vocab_size: 8
+        })
+    ));
+    assert!(t.token_text(99).is_err());
+    assert_eq!(t.token_text(5).unwrap(), "Ġab");
+}
+
+#[test]
+fn special_ids_past_the_vocabulary_are_errors_and_minus_one_is_none() {
+    let mut m = tiny_meta("gpt2");
+    let key = "tokenizer.ggml.bos_token_id";
+    m.entries.insert(key.into(), MetaValue::U32(8));
+    let err = Tokenizer::from_gguf_metadata(&m).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            TokenizerError::SpecialTokenOutOfRange {
+                id: 8,
+                vocab_size: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(key), "{err}");
+    for none in [MetaValue::I32(-1), MetaValue::U32(u32::MAX)] {
+        m.entries.insert(key.into(), none);
+        assert_eq!(
+            Tokenizer::from_gguf_metadata(&m).unwrap().bos_token_id(),
+            None
+        );
+    }
+}
+
+#[test]
+fn missing_keys_and_bad_merges_are_clear_errors() {
+    let mut m = tiny_meta("gpt2");
+    m.entries.remove("tokenizer.ggml.merges");
+    let err = Tokenizer::from_gguf_metadata(&m).unwrap_err();
+    assert!(err.to_string().contains("tokenizer.ggml.merges"), "{err}");
+    let mut m = tiny_meta("gpt2");
+    m.entries.insert(
+        "tokenizer.ggml.merges".into(),
+        MetaValue::Array(vec![MetaValue::String("ab".into())]),
+    );
+    assert!(matches!(
+        Tokenizer::from_gguf_metadata(&m),
+        Err(TokenizerError::InvalidVocab(_))
+    ));
+}
+
+/// A SentencePiece vocabulary: `<unk>` `<s>` `</s>`, the 256 byte tokens (ids 3..=258), then
+/// "▁" and every prefix of "▁Hello" and "▁world" (so those words merge step by step).
+fn tiny_spm_meta() -> (GgufMetadata, impl Fn(&str) -> u32) {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).into();
+    let mut types = vec![2, 3, 3];
+    tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+    types.extend([6; 256]);
+    let mut words = vec!["▁".to_string()];
+    for w in ["▁Hello", "▁world"] {
+        let chars: Vec<char> = w.chars().collect();
+        words.extend((2..=chars.len()).map(|n| chars[..n].iter().collect::<String>()));
+    }
+    let first = tokens.len();
+    tokens.extend(words.iter().cloned());
+    types.extend(vec![1; words.len()]);
+    let mut scores = vec![0.0f32; first];
+    scores.extend((0..words.len()).map(|i| -(i as f32)));
+    let mut m = GgufMetadata::default();
+    let e = &mut m.entries;
+    e.insert(
+        "tokenizer.ggml.model".into(),
+        MetaValue::String("llama".into()),
+    );
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    e.insert("tokenizer.ggml.tokens".into(), strs(&refs));
+    e.insert(
+        "tokenizer.ggml.token_type".into(),
+        MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+    );
+    e.insert(
+        "tokenizer.ggml.scores".into(),
+        MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()),
+    );
+    e.insert(
+        "tokenizer.chat_template".into(),
+        MetaValue::String(
+            "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"
+                .into(),
+        ),
+    );
+    let id = move |w: &str| (first + words.iter().position(|x| x == w).unwrap()) as u32;
+    (m, id)
+}
+
+#[test]
+fn sentencepiece_gguf_encodes_decodes_streams_and_chats() {
+    let (meta, id) = tiny_spm_meta();
+    let t = Tokenizer::from_gguf_metadata(&meta).unwrap();
+    let (hello, world) = (id("▁Hello"), id("▁world"));
+    // llama.cpp's SentencePiece defaults: BOS 1 prepended, EOS 2 stops.
+    assert!(t.adds_bos());
+    assert_eq!((t.bos_token(), t.eos_token()), (Some("<s>"), Some("</s>")));
+    assert!(t.is_stop_token(2));
+    assert_eq!(t.encode("Hello world").unwrap(), [1, hello, world]);
+    assert_eq!(t.encode("<s>Hello").unwrap(), [1, hello], "no second BOS");
+    assert_eq!(t.encode_plain("Hello world").unwrap(), [hello, world]);
+    // Control-token text is text for encode_plain: "▁<s>" spelled in bytes.
+    let plain = t.encode_plain("<s>").unwrap();
+    assert!(!plain.contains(&1) && plain.len() == 4, "{plain:?}");
+    // Decoding drops the space the encoder added in front; special tokens render as text.
+    assert_eq!(t.decode(&[hello, world]).unwrap(), "Hello world");
+    assert_eq!(t.decode(&[1, hello, world]).unwrap(), "<s> Hello world");
+    assert_eq!(t.decode(&plain).unwrap(), "<s>");
+    // Byte fallback: an emoji is its four byte tokens, and decodes back.
+    let crab = t.encode_plain("🦀!").unwrap();
+    assert_eq!(crab.len(), 6, "{crab:?}");
+    assert_eq!(t.decode(&crab).unwrap(), "🦀!");
+    // Token facts.
+    assert!(t.is_byte_level());
+    assert_eq!(t.token_bytes(hello), Some(&b" Hello"[..]));
+    assert_eq!(t.token_bytes(3 + 0xF0), Some(&[0xF0u8][..]));
+    assert_eq!(t.token_text(hello).unwrap(), "▁Hello");
+    assert_eq!(t.token_id("▁world"), Some(world));
+    assert!(t.hf_tokenizer().is_none());
+    assert!(matches!(
+        t.save_tokenizer_json(&temp_dir("spm").join("tokenizer.json")),
+        Err(TokenizerError::NoHfPipeline { .. })
+    ));
+    // The stream keeps the first token's space (it continues a prompt) and never splits the
+    // emoji; otherwise it is decode's text.
+    assert_eq!(stream(&t, &[hello, world]), [" Hello", " world", ""]);
+    let deltas = stream(&t, &crab);
+    assert_eq!(deltas, [" ", "", "", "", "🦀", "!", ""]);
+    // A chat renders with the template's BOS, and encodes without a second one.
+    let rendered = t.render_chat(&[ChatMessage::user("Hello")], true).unwrap();
+    assert_eq!(rendered, "<s>[INST] Hello [/INST]");
+    let ids = t.encode(&rendered).unwrap();
+    assert_eq!(ids[..2], [1, id("▁")]);
+    assert_eq!(t.decode(&ids).unwrap(), rendered.replace("<s>", "<s> "));
+}
+
+#[test]
+fn hostile_sentencepiece_metadata_is_an_error_not_a_panic() {
+    let bad = |edit: &dyn Fn(&mut GgufMetadata)| {
+        let (mut meta, _) = tiny_spm_meta();
+        edit(&mut meta);
+        match Tokenizer::from_gguf_metadata(&meta) {
+            Err(TokenizerError::InvalidVocab(msg)) => msg,
+            other => panic!("expected InvalidVocab, got {other:?}"),
+        }
+    };
+    let msg = bad(&|m| {
+        m.entries.insert(
+            "tokenizer.ggml.scores".into(),
+            MetaValue::Array(vec![MetaValue::F32(0.0); 5]),
+        );
+    });
+    assert!(msg.contains("5 scores"), "{msg}");
+    let msg = bad(&|m| {
+        m.entries
+            .insert("tokenizer.ggml.scores".into(), strs(&["x"]));
+    });
+    assert!(msg.contains("scores"), "{msg}");
+    // The byte token for 'A' renamed: byte fallback has a hole.
+    let msg = bad(&|m| {
+        let Some(MetaValue::Array(tokens)) = m.entries.get_mut("tokenizer.ggml.tokens") else {
+            unreachable!()
+        };
+        tokens[3 + 0x41] = MetaValue::String("A?".into());
+    });
+    assert!(msg.contains("byte"), "{msg}");
+    let (mut meta, _) = tiny_spm_meta();
+    meta.entries.insert(
+        "tokenizer.ggml.bos_token_id".into(),
+        MetaValue::U32(100_000),
+    );
+    assert!(matches!(
+        Tokenizer::from_gguf_metadata(&meta),
+        Err(TokenizerError::SpecialTokenOutOfRange { .. })
+    ));
 }

@@ -211,6 +211,7 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
     let max_b = a.batch.iter().copied().max().unwrap_or(1).max(1);
     let (plen, gen_len) = (a.prompt_len.max(1), a.gen_len.max(1));
     let step_tokens = max_b.max(plen).max(256);
+    let t0 = std::time::Instant::now();
     let mut g = load(
         &a.common,
         &ctx,
@@ -218,6 +219,9 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
         step_tokens,
         max_b * (plen + gen_len),
     )?;
+    // Opening the files, uploading the weights and building the kernels.
+    let load_s = t0.elapsed().as_secs_f64();
+    let weights_bytes = g.kv_plan().weights_bytes;
     if let Some(o) = &a.overlap {
         g.set_overlap(o == "on");
     }
@@ -225,7 +229,9 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
     let mut results = Vec::new();
     if !a.common.json {
         println!(
-            "adapter {adapter}; prompt {plen}, {gen_len} decode steps, median of {}",
+            "adapter {adapter}; loaded in {load_s:.2} s ({} of weights on the GPU); prompt \
+             {plen}, {gen_len} decode steps, median of {}",
+            wllm::gpu::context::fmt_bytes(weights_bytes),
             a.common.repeat.max(1)
         );
         if a.sampling.temperature > 0.0 {
@@ -290,6 +296,8 @@ pub fn run_decode(a: DecodeArgs) -> Result<()> {
             "{}",
             json!({
                 "adapter": adapter,
+                "load_s": load_s,
+                "weights_bytes": weights_bytes,
                 "prompt_len": plen,
                 "gen_len": gen_len,
                 "overlap": g.overlap(),

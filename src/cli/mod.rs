@@ -58,11 +58,18 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     /// KV pool size in blocks (default: as many as --kv-memory holds)
-    #[arg(long, conflicts_with = "kv_memory")]
+    #[arg(long, conflicts_with_all = ["kv_memory", "gpu_memory_utilization"])]
     pub kv_blocks: Option<usize>,
-    /// KV pool size in bytes, e.g. 4GiB, 512MiB, 1.5GB (default 256MiB)
-    #[arg(long)]
+    /// KV pool size in bytes, e.g. 4GiB, 512MiB, 1.5GB (default: what the device's memory
+    /// leaves, see --gpu-memory-utilization)
+    #[arg(long, conflicts_with = "gpu_memory_utilization")]
     pub kv_memory: Option<String>,
+    /// Share of the device's memory (Vulkan's device-local heap; a CPU adapter's available
+    /// host memory) for weights, activations and the KV pool, in (0, 1] (default 0.9; on a CPU
+    /// adapter the KV pool is then also kept within 1 GiB). Where the backend reports no
+    /// memory size the pool is 256 MiB
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f64>,
     /// Most sequences per step
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
@@ -104,7 +111,13 @@ impl EngineArgs {
             if bytes == 0 {
                 anyhow::bail!("--kv-memory {s}: the KV pool needs at least one block");
             }
-            cfg.model.kv_memory_bytes = bytes;
+            cfg.model.kv_memory_bytes = Some(bytes);
+        }
+        if let Some(u) = self.gpu_memory_utilization {
+            if !(u > 0.0 && u <= 1.0) {
+                anyhow::bail!("--gpu-memory-utilization {u}: expected a share in (0, 1]");
+            }
+            cfg.model.gpu_memory_utilization = Some(u);
         }
         cfg.model.max_seqs = self.max_num_seqs;
         cfg.model.max_batch_tokens = self.max_num_batched_tokens;
@@ -163,14 +176,25 @@ pub fn start_engine_on(ctx: &GpuContext, cfg: EngineConfig) -> Result<Engine> {
     let e = Engine::with_context(ctx, cfg, &mut load_progress(&bar));
     bar.finish_and_clear();
     let e = e.with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("{}", startup_line(&e));
+    Ok(e)
+}
+
+/// "KV pool: 1234 blocks of 16 tokens (19744 tokens, 308.0 MiB; 90% of 16.0 GiB device-local
+/// memory − 270 MiB weights − 93 MiB activations); weights 270 MiB on the GPU; longest
+/// sequence 8192 tokens"
+pub fn startup_line(e: &Engine) -> String {
     let st = e.stats();
-    eprintln!(
-        "KV pool: {} blocks of {} tokens ({} tokens, {:.1} MiB); longest sequence {} tokens",
+    let plan = e.kv_plan();
+    let why = plan.reason();
+    format!(
+        "KV pool: {} blocks of {} tokens ({} tokens, {:.1} MiB; {why}); weights {} on the GPU; \
+         longest sequence {} tokens",
         st.blocks_total,
         st.block_size,
         st.blocks_total * st.block_size,
         (st.blocks_total as u64 * st.kv_bytes_per_block) as f64 / (1u64 << 20) as f64,
+        wllm::gpu::context::fmt_bytes(plan.weights_bytes),
         e.max_seq_tokens()
-    );
-    Ok(e)
+    )
 }

@@ -23,11 +23,11 @@ use futures::channel::mpsc;
 
 use crate::error::{Error, Result};
 use crate::generate::{
-    FinishReason, ModelOptions, kv_bytes_per_token, kv_pool_blocks, load_tokenizer,
+    FinishReason, KvPlan, ModelOptions, kv_bytes_per_token, load_tokenizer, load_weights_and_plan,
 };
 use crate::gpu::{AdapterSelector, GpuContext, Runner, RunnerConfig};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
-use crate::model::{ModelConfig, ModelFiles, load_weights};
+use crate::model::{ModelConfig, ModelFiles};
 use crate::sampling::SamplingParams;
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -243,6 +243,7 @@ pub struct Engine {
     /// Sequences that may run in one step (`max_num_seqs`).
     max_running: usize,
     max_seq_tokens: usize,
+    kv_plan: KvPlan,
     next_id: AtomicU64,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -267,9 +268,8 @@ impl Engine {
         let files = ModelFiles::open(&opts.path)?;
         let model = crate::generate::model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
-        // Sized before the upload, so a pool that cannot be fails at once.
-        let num_blocks = kv_pool_blocks(ctx, &model, opts)?;
-        let weights = load_weights(ctx, &files, &model, opts.dtype, progress)?;
+        let (weights, kv_plan) = load_weights_and_plan(ctx, &files, &model, opts, progress)?;
+        let num_blocks = kv_plan.num_blocks;
         let bs = opts.block_size;
         let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
         let max_batch_tokens = opts.max_batch_tokens;
@@ -348,6 +348,7 @@ impl Engine {
             max_waiting: cfg.max_waiting,
             max_running: rc.max_seqs,
             max_seq_tokens,
+            kv_plan,
             next_id: AtomicU64::new(1),
             thread: Some(thread),
         })
@@ -442,6 +443,11 @@ impl Engine {
     /// The longest sequence (prompt + output) a request may reach.
     pub fn max_seq_tokens(&self) -> usize {
         self.max_seq_tokens
+    }
+
+    /// How the KV pool was sized (and the weights' GPU bytes), for startup lines and logs.
+    pub fn kv_plan(&self) -> &KvPlan {
+        &self.kv_plan
     }
 
     pub fn capacity(&self) -> usize {

@@ -146,7 +146,9 @@ impl GgufFile {
 
 impl TensorSource for GgufFile {
     fn tensor(&self, name: &str) -> Result<RawTensor, LoadError> {
-        let data = self.tensor_bytes(name)?.to_vec();
+        let bytes = self.tensor_bytes(name)?;
+        let data = bytes.to_vec();
+        super::release_mapped(&self.map, bytes);
         let info = self
             .tensor_info(name)
             .ok_or_else(|| LoadError::MissingTensor {

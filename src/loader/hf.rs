@@ -203,6 +203,14 @@ impl HfModelDir {
 impl TensorSource for HfModelDir {
     fn tensor(&self, name: &str) -> Result<RawTensor, LoadError> {
         let (dtype, bytes) = self.tensor_bytes(name)?;
+        let data = bytes.to_vec();
+        if let Some(shard) = self
+            .tensors
+            .get(name)
+            .and_then(|t| self.shards.get(t.shard))
+        {
+            super::release_mapped(&shard.map, bytes);
+        }
         let shape = self
             .tensors
             .get(name)
@@ -212,7 +220,7 @@ impl TensorSource for HfModelDir {
             name: name.to_string(),
             dtype,
             shape,
-            data: bytes.to_vec(),
+            data,
         })
     }
 

@@ -97,6 +97,33 @@ impl RawTensor {
     }
 }
 
+/// Takes `part`, a slice of `map` whose bytes were just copied out, off this process's
+/// resident memory. Loading reads each tensor once, so without this every page of the file
+/// stays resident (and counted in RSS) until the model is dropped. The pages stay in the
+/// kernel's page cache; touching them again reads them back from there. Unix only (a no-op
+/// elsewhere); failures are ignored (the pages then just stay).
+pub(crate) fn release_mapped(map: &memmap2::Mmap, part: &[u8]) {
+    #[cfg(unix)]
+    {
+        let start = (part.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+        if part.is_empty()
+            || start
+                .checked_add(part.len())
+                .is_none_or(|end| end > map.len())
+        {
+            return;
+        }
+        // SAFETY: the map is read-only and never written, so a page dropped here reads the
+        // same file bytes when touched again: slices borrowed from the map see no change.
+        // (The usual mmap caveat, another process rewriting the file, is GgufFile::open's.)
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, part.len())
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (map, part);
+}
+
 /// Anything that can hand out named tensors (a GGUF file, a Hugging Face directory).
 pub trait TensorSource {
     /// The tensor stored under `name` (the file's own naming), read and copied out of the file.

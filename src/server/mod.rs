@@ -480,10 +480,7 @@ async fn chat_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError>
     check_model(&st, &b.common.model)?;
     let p = b.common.params(true)?;
     let messages = openai::chat_messages(&b.messages)?;
-    let bytes = messages
-        .iter()
-        .map(|m| m.role.len() + m.content.len())
-        .sum();
+    let bytes = messages.iter().map(|m| m.role.len() + m.text().len()).sum();
     check_prompt_bytes(&st.opts, bytes, "messages")?;
     let ids = tokenize(&st, Prompt::Chat(messages)).await?;
     let max_tokens = completion_budget(&st, ids.len(), &p)?;

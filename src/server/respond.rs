@@ -47,14 +47,16 @@ impl Timing {
 /// A token's text for logprobs (`token_id:N` when the model has no tokenizer, as vLLM).
 pub(super) fn token_text(st: &AppState, id: u32) -> (String, Vec<u8>) {
     match st.engine.tokenizer() {
-        Some(t) => {
-            let text = t.decode(&[id]).unwrap_or_default();
-            let bytes = t
-                .token_bytes(id)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_else(|| text.as_bytes().to_vec());
-            (text, bytes)
-        }
+        // The token's own bytes where the vocabulary has them: `decode` of a lone token drops
+        // a SentencePiece word's leading space, which belongs to the token.
+        Some(t) => match t.token_bytes(id) {
+            Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec()),
+            None => {
+                let text = t.decode(&[id]).unwrap_or_default();
+                let bytes = text.as_bytes().to_vec();
+                (text, bytes)
+            }
+        },
         None => (
             format!("token_id:{id}"),
             format!("token_id:{id}").into_bytes(),

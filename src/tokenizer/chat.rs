@@ -1,37 +1,77 @@
-//! Chat templates: a model's own Jinja template rendered with minijinja the way Hugging Face
-//! transformers renders it (`apply_chat_template`):
+//! Chat templates: a model's own Jinja template rendered with minijinja exactly as Hugging Face
+//! transformers renders it with jinja2 (`apply_chat_template`):
 //! - the environment trims blocks (`trim_blocks`, `lstrip_blocks`) and allows `{% break %}` /
-//!   `{% continue %}`, like HF's `ImmutableSandboxedEnvironment`;
-//! - the context holds `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and
-//!   `tools` / `documents` as none;
+//!   `{% continue %}`, like HF's `ImmutableSandboxedEnvironment`; HF's `{% generation %}` block
+//!   (it marks assistant text for training masks) renders its body;
+//! - the context holds `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools`
+//!   (OpenAI function definitions, or none), `documents` (none) and the request's extra
+//!   keyword arguments (`enable_thinking`, …): see [`ChatRequestContext`];
+//! - each message is a dict as HF passes it: absent fields left out (not `none`), and a
+//!   `reasoning_content` also given as `thinking`;
 //! - `raise_exception(msg)` fails the render with `msg`; `strftime_now(fmt)` formats the current
 //!   time (UTC here; HF uses local time);
-//! - Python string/dict/list methods (`.strip()`, `.startswith()`, `.items()`, …) come from
-//!   minijinja-contrib's pycompat;
-//! - `tojson` writes JSON like Python's `json.dumps(ensure_ascii=False)` (`", "` / `": "`
-//!   separators, no HTML escaping, optional `indent`), as HF's override of that filter does.
+//! - values print as Python prints them (`True`, `None`, `{'a': 1}`), and Python's string, dict
+//!   and list methods (`.strip()`, `.startswith()`, `.items()`, …) work (`chat/methods.rs`, on top of
+//!   minijinja-contrib's pycompat);
+//! - `tojson` is HF's: Python's `json.dumps` with `ensure_ascii=False` by default, `", "` /
+//!   `": "` separators, no HTML escaping, and its `indent`, `separators`, `sort_keys` options;
+//! - where minijinja's syntax matches jinja2's but its meaning does not, the source is rewritten
+//!   before compiling (`chat/rewrite.rs`): Python's slicing, a `for` over `none` failing, a sum with a
+//!   `|safe` (`Markup`) term escaping the plain strings.
+//!
+//! Every template of llama.cpp's `models/templates` renders here byte for byte as jinja2 renders
+//! it, or fails where jinja2 fails (tests/chat_templates.rs). Differences known to remain, which
+//! none of those templates meets: `~` joins a dict, a list or a float Python writes with an
+//! exponent as minijinja prints it (`{"a": 1}`, not `{'a': 1}`; `1e20` in full, not `1e+20`);
+//! pairs (`dict.items()`, `dictsort`) print as lists, not tuples; a `Markup` kept in a variable
+//! and added later is not escaped against; a printed generator shows its items, not
+//! `<generator object …>`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod methods;
+mod python;
+mod rewrite;
+mod strftime;
 
-use minijinja::value::{Kwargs, Value};
-use minijinja::{Environment, Error, ErrorKind, context};
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
 use serde::{Deserialize, Serialize};
 
 use super::chat_limits::{self, BoundedOutput};
 use super::{Tokenizer, TokenizerError};
 
-/// One turn of a conversation (`role` is `system`, `user`, `assistant`, or what the template knows).
+/// One turn of a conversation (`role` is `system`, `user`, `assistant`, `tool`, or what the
+/// template knows). Fields that are `None` are absent from the template's message dict, as
+/// transformers drops `None` values (an assistant turn that only calls tools has no `content`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The model's reasoning for this turn (OpenAI-compatible servers' `reasoning_content`);
+    /// templates also see it as `thinking`, as transformers passes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// An assistant turn's tool calls, each `{"id", "type": "function", "function": {"name",
+    /// "arguments"}}` as the client sent it (most templates want `arguments` as an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn's answer to this call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn's function name (or a participant's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         ChatMessage {
             role: role.into(),
-            content: content.into(),
+            content: Some(content.into()),
+            reasoning_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
     pub fn system(content: impl Into<String>) -> Self {
@@ -43,7 +83,69 @@ impl ChatMessage {
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }
+    /// An assistant turn that calls tools and says nothing (no `content`).
+    pub fn assistant_tool_calls(tool_calls: Vec<serde_json::Value>) -> Self {
+        ChatMessage {
+            content: None,
+            tool_calls: Some(tool_calls),
+            ..Self::new("assistant", "")
+        }
+    }
+    /// A tool's result for the call `tool_call_id`.
+    pub fn tool(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            tool_call_id: Some(tool_call_id.into()),
+            ..Self::new("tool", content)
+        }
+    }
+    /// The text of `content`, or `""` when there is none.
+    pub fn text(&self) -> &str {
+        self.content.as_deref().unwrap_or("")
+    }
 }
+
+/// Everything a chat template sees besides the messages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequestContext {
+    /// End with the header of an assistant turn, ready for generation.
+    pub add_generation_prompt: bool,
+    /// The `tools` variable: OpenAI-style function definitions
+    /// (`{"type": "function", "function": {"name", "description", "parameters"}}`), or none.
+    /// Key order is kept (templates print the schemas as JSON).
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// More template variables (a request's `chat_template_kwargs`: `enable_thinking`, …). They
+    /// may replace `bos_token` / `eos_token`, as in transformers, but not `messages`, `tools`,
+    /// `documents` or `add_generation_prompt`.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// The model's BOS / EOS token text; `None` leaves the variable undefined.
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+impl ChatRequestContext {
+    pub fn new(add_generation_prompt: bool) -> Self {
+        ChatRequestContext {
+            add_generation_prompt,
+            ..Self::default()
+        }
+    }
+    pub fn with_tools(mut self, tools: Vec<serde_json::Value>) -> Self {
+        self.tools = Some(tools);
+        self
+    }
+    pub fn with_kwarg(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.kwargs.insert(name.into(), value);
+        self
+    }
+    pub fn with_special_tokens(mut self, bos: Option<&str>, eos: Option<&str>) -> Self {
+        self.bos_token = bos.map(str::to_owned);
+        self.eos_token = eos.map(str::to_owned);
+        self
+    }
+}
+
+/// Template variables a kwarg may not replace.
+const RESERVED_VARIABLES: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
 
 /// ChatML, the template a model gets when its own cannot be rendered (llama.cpp's default).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -75,18 +177,29 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_chat_with(messages, &self.chat_context(add_generation_prompt))
+    }
+
+    /// A [`ChatRequestContext`] with this model's BOS / EOS text, to add tools and kwargs to.
+    pub fn chat_context(&self, add_generation_prompt: bool) -> ChatRequestContext {
+        ChatRequestContext::new(add_generation_prompt)
+            .with_special_tokens(self.bos_token(), self.eos_token())
+    }
+
+    /// Render `messages` with the model's chat template and everything `context` says (its
+    /// `bos_token` / `eos_token` as given: start from [`Tokenizer::chat_context`]).
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        context: &ChatRequestContext,
+    ) -> Result<String, TokenizerError> {
         let template = self.chat_template().ok_or(TokenizerError::NoChatTemplate)?;
-        render_template(
-            template,
-            messages,
-            add_generation_prompt,
-            self.bos_token(),
-            self.eos_token(),
-        )
+        render_template_with(template, messages, context)
     }
 }
 
-/// Render a chat template (see the module docs for the environment it gets).
+/// Render a chat template with no tools and no extra variables (see the module docs for the
+/// environment it gets).
 pub fn render_template(
     template: &str,
     messages: &[ChatMessage],
@@ -94,23 +207,35 @@ pub fn render_template(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<String, TokenizerError> {
+    let context =
+        ChatRequestContext::new(add_generation_prompt).with_special_tokens(bos_token, eos_token);
+    render_template_with(template, messages, &context)
+}
+
+/// Render a chat template with everything a request passes to it.
+pub fn render_template_with(
+    template: &str,
+    messages: &[ChatMessage],
+    context: &ChatRequestContext,
+) -> Result<String, TokenizerError> {
     let env = environment();
     // The template is compiled per call: it is microseconds next to a forward pass, and a model
     // whose template minijinja cannot parse still loads (only chat rendering fails).
-    let tmpl = env.template_from_str(template)?;
-    let opt = |s: Option<&str>| s.map_or(Value::UNDEFINED, Value::from);
+    let source = rewrite::rewrite(template);
+    let tmpl = env.template_from_str(&source)?;
+    let variables = template_variables(messages, context)?;
     let mut out = BoundedOutput::default();
-    let rendered = tmpl.render_captured_to(
-        context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => opt(bos_token),
-            eos_token => opt(eos_token),
-            tools => Value::from(()),
-            documents => Value::from(()),
-        },
-        &mut out,
-    );
+    // A template comes from a downloaded file: a panic inside the engine on some construct
+    // must fail this render, not the caller's thread.
+    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tmpl.render_captured_to(variables, &mut out)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "the template engine failed on this template",
+        ))
+    });
     match rendered {
         Ok(_) => {}
         Err(_) if out.overflowed => return Err(chat_limits::output_over_limit().into()),
@@ -125,6 +250,69 @@ pub fn render_template(
     })
 }
 
+/// The template's global variables, as transformers builds them.
+fn template_variables(
+    messages: &[ChatMessage],
+    context: &ChatRequestContext,
+) -> Result<Value, Error> {
+    let opt = |s: &Option<String>| s.as_deref().map_or(Value::UNDEFINED, Value::from);
+    let tools = match &context.tools {
+        Some(tools) => Value::from_serialize(tools),
+        None => Value::from(()),
+    };
+    let mut vars: Vec<(String, Value)> = vec![
+        (
+            "messages".into(),
+            messages.iter().map(message_value).collect(),
+        ),
+        ("tools".into(), tools),
+        ("documents".into(), Value::from(())),
+        (
+            "add_generation_prompt".into(),
+            Value::from(context.add_generation_prompt),
+        ),
+        ("bos_token".into(), opt(&context.bos_token)),
+        ("eos_token".into(), opt(&context.eos_token)),
+    ];
+    for (name, value) in &context.kwargs {
+        if RESERVED_VARIABLES.contains(&name.as_str()) {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("chat template kwarg `{name}` would replace the template's own `{name}`"),
+            ));
+        }
+        let value = Value::from_serialize(value);
+        match vars.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => vars.push((name.clone(), value)),
+        }
+    }
+    // An undefined special token is left out, so the template sees it undefined.
+    Ok(vars
+        .into_iter()
+        .filter(|(_, v)| !v.is_undefined())
+        .collect())
+}
+
+/// A message as transformers hands it to the template: a dict without the absent fields, whose
+/// reasoning is also under `thinking` (first, as HF inserts it).
+fn message_value(m: &ChatMessage) -> Value {
+    let mut fields: Vec<(&str, Value)> = Vec::with_capacity(7);
+    if let Some(r) = &m.reasoning_content {
+        fields.push(("thinking", Value::from(r.as_str())));
+    }
+    fields.push(("role", Value::from(m.role.as_str())));
+    let text = |key, v: &Option<String>| v.as_deref().map(|s| (key, Value::from(s)));
+    fields.extend(text("content", &m.content));
+    fields.extend(text("reasoning_content", &m.reasoning_content));
+    if let Some(calls) = &m.tool_calls {
+        fields.push(("tool_calls", Value::from_serialize(calls)));
+    }
+    fields.extend(text("tool_call_id", &m.tool_call_id));
+    fields.extend(text("name", &m.name));
+    fields.into_iter().collect()
+}
+
 /// Template instructions one render may run: a template comes from a downloaded file, and
 /// nested loops over `range(...)` would otherwise run for hours. Real templates take about a
 /// hundred per message, so this allows conversations of thousands of messages.
@@ -136,10 +324,23 @@ fn environment() -> Environment<'static> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.add_function("raise_exception", raise_exception);
-    env.add_function("strftime_now", strftime_now);
+    env.add_function("strftime_now", strftime::strftime_now);
     env.add_filter("tojson", tojson);
-    // Bounded forms of the sized built-ins, and pycompat's Python methods behind checks.
-    chat_limits::install(&mut env);
+    // Bounded forms of the sized built-ins, and the Python methods behind checks.
+    chat_limits::install(&mut env, methods::python_result);
+    methods::install(&mut env);
+    env.set_formatter(|out, _state, value| {
+        // Printing a sequence walks all of it, even once the output has refused more bytes.
+        chat_limits::check_nested("printing a value", value)?;
+        if let Some(s) = value.as_str() {
+            out.write_str(s)?;
+        } else {
+            let mut text = String::new();
+            python::py_str(value, &mut text);
+            out.write_str(&text)?;
+        }
+        Ok(())
+    });
     env
 }
 
@@ -147,252 +348,97 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-/// `value | tojson` or `value | tojson(indent=2)`; other keyword arguments HF accepts
-/// (`ensure_ascii`, `sort_keys`, `separators`) are accepted and ignored.
 /// Widest `tojson(indent=...)` a template may ask for.
 const MAX_TOJSON_INDENT: usize = 16;
 
-fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+/// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, its
+/// arguments given by position or by name.
+fn tojson(
+    _state: &State,
+    value: &Value,
+    positional: minijinja::value::Rest<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     chat_limits::check_nested("tojson", value)?;
-    let indent = match kwargs.get::<Option<usize>>("indent")? {
-        Some(i) => Some(i),
-        None => indent,
-    };
-    // A file's template may ask for any width; no real one indents deeper than a few spaces.
-    if let Some(n) = indent.filter(|n| *n > MAX_TOJSON_INDENT) {
+    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    if positional.len() > NAMES.len() {
         return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("tojson: indent {n} is more than {MAX_TOJSON_INDENT}"),
+            ErrorKind::TooManyArguments,
+            "tojson takes at most 4 arguments",
         ));
     }
-    for key in ["ensure_ascii", "sort_keys", "separators"] {
-        let _: Option<Value> = kwargs.get(key)?;
+    let mut args: [Value; 4] = Default::default();
+    for (i, name) in NAMES.iter().enumerate() {
+        let by_name: Option<Value> = kwargs.get(name)?;
+        args[i] = match (positional.get(i), by_name) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson got multiple values for argument '{name}'"),
+                ));
+            }
+            (Some(v), None) => v.clone(),
+            (None, Some(v)) => v,
+            (None, None) => Value::UNDEFINED,
+        };
     }
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(value).map_err(|e| {
-        Error::new(ErrorKind::InvalidOperation, "tojson: value is not JSON").with_source(e)
-    })?;
-    let mut out = String::new();
-    write_python_json(&json, indent, 0, &mut out);
-    Ok(Value::from_safe_string(out))
-}
-
-/// Python's `json.dumps(v, ensure_ascii=False, indent=indent)` layout.
-fn write_python_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
-    use serde_json::Value as J;
-    let newline = |out: &mut String, level: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.extend(std::iter::repeat_n(' ', n * level));
+    let [ensure_ascii, indent, separators, sort_keys] = args;
+    let indent = match indent.kind() {
+        ValueKind::Undefined | ValueKind::None => None,
+        ValueKind::String => Some(indent.as_str().unwrap_or_default().to_owned()),
+        ValueKind::Number | ValueKind::Bool => {
+            let n = indent.as_i64().unwrap_or(0).max(0) as usize;
+            // A file's template may ask for any width; no real one indents deeper than a few.
+            if n > MAX_TOJSON_INDENT {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent {n} is more than {MAX_TOJSON_INDENT}"),
+                ));
+            }
+            Some(" ".repeat(n))
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: indent cannot be {other}"),
+            ));
         }
     };
-    let item_sep = if indent.is_some() { "," } else { ", " };
-    match v {
-        J::Array(items) if !items.is_empty() => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, level + 1);
-                write_python_json(item, indent, level + 1, out);
-            }
-            newline(out, level);
-            out.push(']');
-        }
-        J::Object(map) if !map.is_empty() => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, level + 1);
-                out.push_str(&J::String(k.clone()).to_string());
-                out.push_str(": ");
-                write_python_json(item, indent, level + 1, out);
-            }
-            newline(out, level);
-            out.push('}');
-        }
-        other => out.push_str(&other.to_string()),
+    if indent.as_ref().is_some_and(|s| s.len() > MAX_TOJSON_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: indent text too long",
+        ));
     }
-}
-
-/// `strftime_now("%d %b %Y")`: the current UTC time, with the common `strftime` directives
-/// (`%Y %y %m %d %e %B %b %A %a %H %I %M %S %p %j %%`); others are left as written.
-fn strftime_now(format: String) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    format_utc(secs, &format)
-}
-
-fn format_utc(unix_secs: i64, format: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let month_name = MONTHS[(month - 1) as usize];
-    let day_of_year = days - days_from_civil(year, 1, 1) + 1;
+    let mut opts = python::JsonOptions::new(ensure_ascii.is_true(), indent, sort_keys.is_true());
+    if !separators.is_undefined() && !separators.is_none() {
+        let parts: Vec<Value> = separators.try_iter()?.collect();
+        match parts.as_slice() {
+            [item, key] if item.as_str().is_some() && key.as_str().is_some() => {
+                let short = |v: &Value| v.as_str().unwrap_or_default().len() <= MAX_TOJSON_INDENT;
+                if !short(item) || !short(key) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators too long",
+                    ));
+                }
+                opts.item_separator = item.as_str().unwrap_or_default().to_owned();
+                opts.key_separator = key.as_str().unwrap_or_default().to_owned();
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: separators must be two strings",
+                ));
+            }
+        }
+    }
     let mut out = String::new();
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('e') => out.push_str(&format!("{day:2}")),
-            Some('B') => out.push_str(month_name),
-            Some('b') => out.push_str(&month_name[..3]),
-            Some('A') => out.push_str(DAYS[weekday]),
-            Some('a') => out.push_str(&DAYS[weekday][..3]),
-            Some('H') => out.push_str(&format!("{hour:02}")),
-            Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
-            Some('M') => out.push_str(&format!("{minute:02}")),
-            Some('S') => out.push_str(&format!("{second:02}")),
-            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('j') => out.push_str(&format!("{day_of_year:03}")),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of (March-based) year
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = year - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    python::dumps(value, &opts, 0, &mut out)?;
+    // A plain string, as HF's filter returns (not `Markup`: adding it to one escapes it).
+    Ok(Value::from(out))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CHATML: &str = CHATML_TEMPLATE;
-
-    fn render(t: &str, msgs: &[ChatMessage]) -> Result<String, TokenizerError> {
-        render_template(t, msgs, true, Some("<s>"), Some("</s>"))
-    }
-
-    #[test]
-    fn chatml_renders_with_generation_prompt() {
-        let out = render(CHATML, &[ChatMessage::system("S"), ChatMessage::user("hi")]).unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-        );
-        let no_prompt = render_template(CHATML, &[ChatMessage::user("hi")], false, None, None);
-        assert_eq!(no_prompt.unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
-    }
-
-    #[test]
-    fn hf_environment_features() {
-        // trim_blocks / lstrip_blocks: block tags leave no blank lines behind.
-        let t = "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() }}]\n  {% endif %}\n{% endfor %}";
-        assert_eq!(render(t, &[ChatMessage::user("  a ")]).unwrap(), "[a]\n");
-        // pycompat methods, loop controls, bos/eos, tools none.
-        let t = "{{ bos_token }}{% for m in messages %}{% if m.content.startswith('x') %}{% continue %}{% endif %}{{ m.content.upper() }}{% endfor %}{% if tools is none %}N{% endif %}{{ eos_token }}";
-        let msgs = [ChatMessage::user("xa"), ChatMessage::user("b")];
-        assert_eq!(render(t, &msgs).unwrap(), "<s>BN</s>");
-        // Python-style tojson: no HTML escaping, ", " and ": " separators.
-        let t = "{{ {'a': [1, '<b>'], 'c': none} | tojson }}|{{ [1] | tojson(indent=2) }}";
-        assert_eq!(
-            render(t, &[]).unwrap(),
-            "{\"a\": [1, \"<b>\"], \"c\": null}|[\n  1\n]"
-        );
-    }
-
-    #[test]
-    fn template_errors_are_errors() {
-        let t = "{% if messages[0].role != 'system' %}{{ raise_exception('system first!') }}{% endif %}";
-        let err = render(t, &[ChatMessage::user("a")]).unwrap_err();
-        assert!(matches!(err, TokenizerError::Template(_)));
-        assert!(err.to_string().contains("system first!"), "{err}");
-        assert!(matches!(
-            render("{% for %}", &[]),
-            Err(TokenizerError::Template(_))
-        ));
-        assert!(matches!(
-            render("{{ 1 // 0 }}", &[]),
-            Err(TokenizerError::Template(_))
-        ));
-    }
-
-    #[test]
-    fn a_template_that_would_run_for_hours_runs_out_of_fuel() {
-        let t = "{% for a in range(99999) %}{% for b in range(99999) %}x{% endfor %}{% endfor %}";
-        let err = render(t, &[ChatMessage::user("a")]).unwrap_err();
-        assert!(matches!(err, TokenizerError::Template(_)), "{err}");
-        // A long conversation in a real-looking template stays well inside the budget.
-        let msgs: Vec<_> = (0..2000)
-            .map(|i| ChatMessage::user(format!("m{i}")))
-            .collect();
-        assert!(render(CHATML, &msgs).is_ok());
-    }
-
-    #[test]
-    fn utc_formatting() {
-        // 2024-07-26 13:25:09 UTC was a Friday, day 208 of a leap year.
-        let t = 1_722_000_309;
-        assert_eq!(format_utc(t, "%d %b %Y"), "26 Jul 2024");
-        assert_eq!(
-            format_utc(t, "%A %B %e %H:%M:%S %I%p %j %y %%"),
-            "Friday July 26 13:25:09 01PM 208 24 %"
-        );
-        assert_eq!(format_utc(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
-        assert_eq!(format_utc(951_782_400, "%Y-%m-%d"), "2000-02-29");
-        assert!(!strftime_now("%Y".into()).is_empty());
-    }
-}
+mod tests;

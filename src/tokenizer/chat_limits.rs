@@ -50,7 +50,6 @@ const WALKING_FILTERS: &[&str] = &[
     "groupby",
     "dictsort",
     "items",
-    "string",
     "sum",
     "min",
     "max",
@@ -61,20 +60,18 @@ const WALKING_FILTERS: &[&str] = &[
 ];
 
 /// Replaces the built-ins above with bounded forms (call after the defaults are in place).
-pub(super) fn install(env: &mut Environment<'static>) {
+/// `result` maps each one's result to what the template gets (the chat module makes the
+/// results that are generators in jinja2 lazy).
+pub(super) fn install(env: &mut Environment<'static>, result: fn(&str, Value) -> Value) {
     use minijinja::filters as f;
-    guard(env, "indent", Value::from_function(f::indent), check_counts);
-    guard(env, "batch", Value::from_function(f::batch), check_counts);
-    guard(env, "slice", Value::from_function(f::slice), check_counts);
-    guard(env, "format", Value::from_function(f::format), check_printf);
-    guard(
-        env,
-        "replace",
-        Value::from_function(f::replace),
-        check_replace,
-    );
-    guard(env, "join", Value::from_function(f::join), check_join);
-    let walking: [(&str, Value); 20] = [
+    let mut guard = |name, builtin, check| guard(env, name, builtin, check, result);
+    guard("indent", Value::from_function(f::indent), check_counts);
+    guard("batch", Value::from_function(f::batch), check_counts);
+    guard("slice", Value::from_function(f::slice), check_counts);
+    guard("format", Value::from_function(f::format), check_printf);
+    guard("replace", Value::from_function(f::replace), check_replace);
+    guard("join", Value::from_function(f::join), check_join);
+    let walking: [(&str, Value); 19] = [
         ("list", Value::from_function(f::list)),
         ("sort", Value::from_function(f::sort)),
         ("unique", Value::from_function(f::unique)),
@@ -87,7 +84,6 @@ pub(super) fn install(env: &mut Environment<'static>) {
         ("groupby", Value::from_function(f::groupby)),
         ("dictsort", Value::from_function(f::dictsort)),
         ("items", Value::from_function(f::items)),
-        ("string", Value::from_function(f::string)),
         ("sum", Value::from_function(f::sum)),
         ("min", Value::from_function(f::min)),
         ("max", Value::from_function(f::max)),
@@ -103,14 +99,10 @@ pub(super) fn install(env: &mut Environment<'static>) {
             .eq(WALKING_FILTERS.iter().copied())
     );
     for (name, builtin) in walking {
-        guard(env, name, builtin, check_items);
+        guard(name, builtin, check_items);
     }
-    env.set_unknown_method_callback(bounded_method);
-    // Printing a sequence walks all of it, even once the output has refused more bytes.
-    env.set_formatter(|out, state, value| {
-        check_nested("printing a value", value)?;
-        minijinja::escape_formatter(out, state, value)
-    });
+    // The Python methods ([`check_method`]) and the printing of values ([`check_nested`]) are
+    // installed by the chat module, which calls these checks first.
 }
 
 /// A value and everything inside it hold at most [`MAX_ITEMS`] items in all (for what walks
@@ -147,10 +139,11 @@ fn guard(
     name: &'static str,
     builtin: Value,
     check: fn(&str, &[Value]) -> Result<(), Error>,
+    result: fn(&str, Value) -> Value,
 ) {
     env.add_filter(name, move |state: &State, args: Rest<Value>| {
         check(name, &args)?;
-        builtin.call(state, &args)
+        Ok(result(name, builtin.call(state, &args)?))
     });
 }
 
@@ -256,13 +249,9 @@ fn join_len(name: &str, items: &Value, sep: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// minijinja-contrib's Python methods, with the sized ones checked first.
-fn bounded_method(
-    state: &State,
-    value: &Value,
-    method: &str,
-    args: &[Value],
-) -> Result<Value, Error> {
+/// Checks a Python method call before it runs: the sized ones (`str.format`, `str.replace`,
+/// `str.join`) and any method of a sequence over [`MAX_ITEMS`] items.
+pub(super) fn check_method(value: &Value, method: &str, args: &[Value]) -> Result<(), Error> {
     if let Some(s) = value.as_str() {
         let arg = |i: usize| args.get(i).and_then(Value::as_str);
         match method {
@@ -286,7 +275,7 @@ fn bounded_method(
     } else if value.kind() == ValueKind::Seq {
         check_items(method, std::slice::from_ref(value))?;
     }
-    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+    Ok(())
 }
 
 /// Checks the widths and precisions in a printf-style (`%08.3f`) or, with `braces`, a
@@ -369,6 +358,14 @@ fn check_format_string(fmt: &str, braces: bool) -> Result<(), u64> {
         } else {
             i += 1;
         }
+    }
+    Ok(())
+}
+
+/// A string the template builds is at most [`MAX_RENDERED_BYTES`].
+pub(super) fn check_len(what: &str, len: usize) -> Result<(), Error> {
+    if len > MAX_RENDERED_BYTES {
+        return Err(over_limit(what));
     }
     Ok(())
 }

@@ -3,12 +3,15 @@
 //!
 //! Byte-level BPE tokens are byte strings, and a multi-byte character (é, 你, 😀) can be split
 //! across tokens. Two modes:
-//! - **byte-level** (every GGUF vocabulary, and HF tokenizers whose decoder is `ByteLevel`):
-//!   each token's bytes are appended to a small pending buffer, and the complete UTF-8 prefix is
-//!   emitted; only an unfinished character's 1–3 bytes are held back. Invalid bytes become
-//!   U+FFFD exactly where `String::from_utf8_lossy` puts them, so the concatenation of all deltas
-//!   plus [`Detokenizer::finish`] equals [`Tokenizer::decode`] of all ids. O(token length) per
-//!   token.
+//! - **byte-level** (every GGUF vocabulary — byte-level BPE, SentencePiece's `▁`/`<0xNN>`
+//!   pieces — and HF tokenizers whose decoder is `ByteLevel`): each token's bytes are appended
+//!   to a small pending buffer, and the complete UTF-8 prefix is emitted; only an unfinished
+//!   character's 1–3 bytes are held back. Invalid bytes become U+FFFD exactly where
+//!   `String::from_utf8_lossy` puts them, so the concatenation of all deltas plus
+//!   [`Detokenizer::finish`] equals [`Tokenizer::decode`] of all ids — except that for a GGUF
+//!   SentencePiece vocabulary the stream keeps the first token's leading space, which `decode`
+//!   drops: streamed tokens continue a prompt (" Paris" after "The capital is"), and llama.cpp's
+//!   server streams `token_to_piece` without that strip too. O(token length) per token.
 //! - **window** (other decoders, e.g. SentencePiece's `▁`/byte-fallback): vLLM's prefix/read
 //!   offsets — decode the last emitted tokens alone and with the new ones, emit the difference
 //!   unless it ends in U+FFFD (an unfinished byte sequence). The window holds only the tokens
@@ -17,7 +20,7 @@
 
 use std::sync::Arc;
 
-use super::{TokenBytes, Tokenizer, TokenizerError};
+use super::{Backend, TokenBytes, Tokenizer, TokenizerError};
 
 /// Streaming detokenizer for one sequence; see the module docs.
 pub struct Detokenizer {
@@ -35,13 +38,15 @@ enum Mode {
 impl Detokenizer {
     /// A detokenizer for `tokenizer` (it shares the vocabulary; no borrow is kept).
     pub fn new(tokenizer: &Tokenizer) -> Detokenizer {
-        let mode = match &tokenizer.token_bytes {
-            Some(table) => Mode::Bytes {
-                table: Arc::clone(table),
-                stream: Utf8Stream::default(),
-            },
-            None => Mode::Window(Window {
-                inner: Arc::clone(&tokenizer.inner),
+        let bytes = |table: &Arc<TokenBytes>| Mode::Bytes {
+            table: Arc::clone(table),
+            stream: Utf8Stream::default(),
+        };
+        let mode = match (&tokenizer.token_bytes, &tokenizer.backend) {
+            (Some(table), _) => bytes(table),
+            (None, Backend::Spm(m)) => bytes(m.token_bytes()),
+            (None, Backend::Hf { inner, .. }) => Mode::Window(Window {
+                inner: Arc::clone(inner),
                 vocab_size: tokenizer.vocab_size,
                 ids: Vec::new(),
                 prefix: 0,

@@ -5,21 +5,25 @@
 //! Two sources:
 //! - a Hugging Face `tokenizer.json` (+ optional `tokenizer_config.json`): [`Tokenizer::from_hf_files`];
 //! - a GGUF file's `tokenizer.ggml.*` metadata: [`Tokenizer::from_gguf_metadata`] builds an
-//!   equivalent `tokenizers` BPE pipeline (see [`gguf_vocab`]); only byte-level BPE (`gpt2`)
-//!   vocabularies are supported.
+//!   equivalent `tokenizers` pipeline for BPE (`gpt2`, `gemma4`) and WordPiece (`bert`)
+//!   vocabularies, and llama.cpp's own SentencePiece tokenizer ([`spm`]) for `llama` ones (see
+//!   [`gguf_vocab`]); all of them tokenize as llama.cpp does.
 //!
 //! Invariants:
 //! - every id below [`Tokenizer::vocab_size`] that the vocabulary defines decodes; any other id is
 //!   [`TokenizerError::UnknownTokenId`], never a panic and never silently dropped (the
 //!   `tokenizers` crate itself drops unknown ids).
-//! - for byte-level vocabularies, `decode(ids)` is `String::from_utf8_lossy` of the concatenated
-//!   token bytes — exactly what the `tokenizers` ByteLevel decoder computes — which is what lets
-//!   the [`Detokenizer`] stream text whose concatenation equals `decode(ids)`.
+//! - for vocabularies with a byte table (every GGUF one, and HF byte-level BPE), `decode(ids)` is
+//!   `String::from_utf8_lossy` of the concatenated token bytes — exactly what the `tokenizers`
+//!   ByteLevel decoder computes — which is what lets the [`Detokenizer`] stream text whose
+//!   concatenation equals `decode(ids)`. (SentencePiece: `decode` also drops the one space the
+//!   encoder put in front of the text; the stream keeps it, see [`detok`].)
 
 pub mod chat;
 mod chat_limits;
 pub mod detok;
 pub mod gguf_vocab;
+pub mod spm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,11 +59,17 @@ pub enum TokenizerError {
     },
     #[error(transparent)]
     Meta(#[from] MetaError),
-    /// A GGUF vocabulary kind that wllm cannot tokenize (only byte-level BPE `gpt2` is supported).
+    /// A GGUF vocabulary kind that wllm cannot tokenize.
     #[error(
-        "unsupported tokenizer model `{model}` (tokenizer.ggml.model); only byte-level BPE (`gpt2`) is supported"
+        "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` and `gemma4` (BPE), `llama` (SentencePiece), `bert` (WordPiece)"
     )]
     UnsupportedTokenizer { model: String },
+    /// The operation needs a Hugging Face `tokenizers` pipeline, and this vocabulary (llama.cpp's
+    /// SentencePiece) has no exact one.
+    #[error(
+        "{what} needs a Hugging Face `tokenizers` pipeline; this SentencePiece vocabulary has none"
+    )]
+    NoHfPipeline { what: &'static str },
     /// The GGUF vocabulary metadata is inconsistent (lengths differ, bad merge, id out of range).
     #[error("invalid GGUF vocabulary: {0}")]
     InvalidVocab(String),
@@ -112,12 +122,10 @@ pub(crate) type TokenBytes = Vec<Option<Box<[u8]>>>;
 /// Cheap to clone (the vocabulary is shared).
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: Arc<tokenizers::Tokenizer>,
-    /// `inner` with special-token text encoded as ordinary text ([`Tokenizer::encode_plain`]),
-    /// built on first use.
-    plain: Arc<std::sync::OnceLock<tokenizers::Tokenizer>>,
-    /// Exact bytes of every token, indexed by id, when the decoder is byte-level; `None` entries
-    /// are ids the vocabulary does not define. `None` as a whole: not a byte-level decoder.
+    backend: Backend,
+    /// Exact bytes of every token, indexed by id, when each token decodes to fixed bytes
+    /// (byte-level BPE, every GGUF vocabulary); `None` entries are ids the vocabulary does not
+    /// define. `None` as a whole: a generic `tokenizers` decoder (never for [`Backend::Spm`]).
     token_bytes: Option<Arc<TokenBytes>>,
     /// One past the largest id the vocabulary defines.
     vocab_size: usize,
@@ -144,9 +152,40 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// What a loader found besides the `tokenizers` pipeline; [`Tokenizer::assemble`] derives the rest.
+/// The engine that turns text into ids.
+#[derive(Clone)]
+enum Backend {
+    /// A `tokenizers` pipeline: HF `tokenizer.json`, and GGUF BPE / WordPiece vocabularies.
+    Hf {
+        inner: Arc<tokenizers::Tokenizer>,
+        /// `inner` with special-token text encoded as ordinary text
+        /// ([`Tokenizer::encode_plain`]), built on first use.
+        plain: Arc<std::sync::OnceLock<tokenizers::Tokenizer>>,
+    },
+    /// llama.cpp's SentencePiece (GGUF `llama` vocabularies); HF's `tokenizers` has no model
+    /// that merges by score as llama.cpp does.
+    Spm(Arc<spm::SpmModel>),
+}
+
+impl Backend {
+    fn hf(inner: tokenizers::Tokenizer) -> Backend {
+        Backend::Hf {
+            inner: Arc::new(inner),
+            plain: Arc::default(),
+        }
+    }
+
+    fn token_text(&self, id: u32) -> Option<String> {
+        match self {
+            Backend::Hf { inner, .. } => inner.id_to_token(id),
+            Backend::Spm(m) => m.token_text(id).map(str::to_string),
+        }
+    }
+}
+
+/// What a loader found besides the tokenizing backend; [`Tokenizer::assemble`] derives the rest.
 struct Parts {
-    inner: tokenizers::Tokenizer,
+    backend: Backend,
     /// Byte-level token table, when the caller already has one (GGUF path).
     token_bytes: Option<TokenBytes>,
     bos_id: Option<u32>,
@@ -197,7 +236,7 @@ impl Tokenizer {
             },
         };
         Tokenizer::assemble(Parts {
-            inner,
+            backend: Backend::hf(inner),
             token_bytes: None,
             bos_id,
             eos_id,
@@ -215,26 +254,48 @@ impl Tokenizer {
     }
 
     fn assemble(p: Parts) -> Result<Tokenizer, TokenizerError> {
-        let inner = p.inner;
-        let vocab = inner.get_vocab(true);
-        let vocab_size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        let token_bytes = match p.token_bytes {
-            Some(t) => Some(t),
-            None if gguf_vocab::has_byte_level_decoder(&inner) => {
-                let mut table: TokenBytes = vec![None; vocab_size];
-                for (text, &id) in &vocab {
-                    table[id as usize] = Some(gguf_vocab::byte_level_token_bytes(text).into());
+        let backend = p.backend;
+        // Special tokens (HF special added tokens, GGUF control tokens) whose text ends a turn
+        // stop generation.
+        let mut specials: Vec<(u32, String)> = Vec::new();
+        let (vocab_size, token_bytes) = match &backend {
+            Backend::Hf { inner, .. } => {
+                let vocab = inner.get_vocab(true);
+                let vocab_size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+                let token_bytes = match p.token_bytes {
+                    Some(t) => Some(t),
+                    None if gguf_vocab::has_byte_level_decoder(inner) => {
+                        let mut table: TokenBytes = vec![None; vocab_size];
+                        for (text, &id) in &vocab {
+                            table[id as usize] =
+                                Some(gguf_vocab::byte_level_token_bytes(text).into());
+                        }
+                        Some(table)
+                    }
+                    None => None,
+                };
+                for (id, tok) in inner.get_added_tokens_decoder() {
+                    if tok.special {
+                        specials.push((id, tok.content));
+                    }
                 }
-                Some(table)
+                (vocab_size, token_bytes.map(Arc::new))
             }
-            None => None,
+            Backend::Spm(m) => {
+                for id in 0..m.len() as u32 {
+                    if m.kind(id) == Some(spm::TokenKind::Control) {
+                        specials.push((id, m.token_text(id).unwrap_or_default().to_string()));
+                    }
+                }
+                (m.len(), Some(Arc::clone(m.token_bytes())))
+            }
         };
         let vocab_size = token_bytes
             .as_ref()
             .map_or(vocab_size, |t| t.len().max(vocab_size));
         let text_of = |id: u32| -> Result<String, TokenizerError> {
-            inner
-                .id_to_token(id)
+            backend
+                .token_text(id)
                 .ok_or(TokenizerError::UnknownTokenId { id, vocab_size })
         };
         let bos = p
@@ -247,18 +308,16 @@ impl Tokenizer {
             .transpose()?;
 
         let mut stop_ids: Vec<u32> = p.eos_id.into_iter().chain(p.extra_stop_ids).collect();
-        // Control tokens (GGUF type 3) and HF special tokens are both "special" added tokens here.
-        for (id, tok) in inner.get_added_tokens_decoder() {
-            if tok.special && END_OF_TURN_MARKERS.contains(&tok.content.as_str()) {
+        for (id, text) in specials {
+            if END_OF_TURN_MARKERS.contains(&text.as_str()) {
                 stop_ids.push(id);
             }
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
         Ok(Tokenizer {
-            inner: Arc::new(inner),
-            plain: Arc::default(),
-            token_bytes: token_bytes.map(Arc::new),
+            backend,
+            token_bytes,
             vocab_size,
             bos,
             eos,
@@ -283,54 +342,75 @@ impl Tokenizer {
 
     /// Encode text without adding BOS or any other post-processor token.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(TokenizerError::hf("encoding"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.backend {
+            Backend::Hf { inner, .. } => {
+                let enc = inner
+                    .encode(text, false)
+                    .map_err(TokenizerError::hf("encoding"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Backend::Spm(m) => m.encode(text, true),
+        }
     }
 
     /// Encode text as llama.cpp's tokenizer tests do (`llama-tokenize --no-bos
     /// --no-parse-special`): no BOS or other added token, and the text of special tokens
     /// (`<|im_start|>`) split like any other text rather than matched as one token.
+    /// User-defined (GGUF type 4, HF non-special added) tokens still match, as in llama.cpp.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let plain = self.plain.get_or_init(|| {
-            let mut t = (*self.inner).clone();
-            t.set_encode_special_tokens(true);
-            t
-        });
-        let enc = plain
-            .encode(text, false)
-            .map_err(TokenizerError::hf("encoding"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.backend {
+            Backend::Hf { inner, plain } => {
+                let plain = plain.get_or_init(|| {
+                    let mut t = (**inner).clone();
+                    t.set_encode_special_tokens(true);
+                    t
+                });
+                let enc = plain
+                    .encode(text, false)
+                    .map_err(TokenizerError::hf("encoding"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Backend::Spm(m) => m.encode(text, false),
+        }
     }
 
-    /// Decode ids to text, special tokens included. Unknown ids are an error.
+    /// Decode ids to text, special tokens included. Unknown ids are an error. For a
+    /// SentencePiece vocabulary that prefixes text with a space, the first token's leading
+    /// space is dropped, as llama.cpp's detokenizer does.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        match &self.token_bytes {
-            Some(_) => {
-                let mut bytes = Vec::with_capacity(ids.len() * 4);
-                for &id in ids {
-                    bytes.extend_from_slice(self.bytes_of(id)?);
-                }
-                Ok(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            None => {
+        match &self.backend {
+            Backend::Hf { inner, .. } if self.token_bytes.is_none() => {
                 for &id in ids {
                     self.check_id(id)?;
                 }
-                self.inner
+                inner
                     .decode(ids, false)
                     .map_err(TokenizerError::hf("decoding"))
             }
+            _ => {
+                let mut bytes = Vec::with_capacity(ids.len() * 4);
+                for (i, &id) in ids.iter().enumerate() {
+                    let mut b = self.bytes_of(id)?;
+                    if i == 0 && self.strips_leading_space() {
+                        b = b.strip_prefix(b" ").unwrap_or(b);
+                    }
+                    bytes.extend_from_slice(b);
+                }
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
         }
+    }
+
+    /// Whether [`Tokenizer::decode`] drops the space the encoder put in front of the text.
+    fn strips_leading_space(&self) -> bool {
+        matches!(&self.backend, Backend::Spm(m) if m.add_space_prefix())
     }
 
     /// The token's string as the vocabulary stores it (byte-level BPE writes a leading space as
     /// `Ġ`: id 3575 of SmolLM2 is `"Ġcapital"`). For display text use [`Tokenizer::decode`].
     pub fn token_text(&self, id: u32) -> Result<String, TokenizerError> {
-        self.inner
-            .id_to_token(id)
+        self.backend
+            .token_text(id)
             .ok_or(TokenizerError::UnknownTokenId {
                 id,
                 vocab_size: self.vocab_size,
@@ -339,16 +419,20 @@ impl Tokenizer {
 
     /// The id of a vocabulary string (as [`Tokenizer::token_text`] writes it), if any.
     pub fn token_id(&self, token_text: &str) -> Option<u32> {
-        self.inner.token_to_id(token_text)
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner.token_to_id(token_text),
+            Backend::Spm(m) => m.token_id(token_text),
+        }
     }
 
-    /// The raw bytes a token decodes to, for byte-level vocabularies; `None` for unknown ids and
-    /// for tokenizers whose decoder is not byte-level (SentencePiece-style).
+    /// The raw bytes a token decodes to, for vocabularies with a byte table (byte-level BPE,
+    /// every GGUF vocabulary); `None` for unknown ids and for `tokenizer.json` decoders that are
+    /// not byte-level (SentencePiece-style).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         self.token_bytes.as_ref()?.get(id as usize)?.as_deref()
     }
 
-    /// Whether [`Tokenizer::token_bytes`] is available (the decoder is byte-level).
+    /// Whether [`Tokenizer::token_bytes`] is available (every token decodes to fixed bytes).
     pub fn is_byte_level(&self) -> bool {
         self.token_bytes.is_some()
     }
@@ -406,17 +490,26 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// The underlying `tokenizers` pipeline.
-    pub fn hf_tokenizer(&self) -> &tokenizers::Tokenizer {
-        &self.inner
+    /// The underlying `tokenizers` pipeline; `None` for llama.cpp's SentencePiece, which has
+    /// no exact `tokenizers` equivalent.
+    pub fn hf_tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.backend {
+            Backend::Hf { inner, .. } => Some(inner),
+            Backend::Spm(_) => None,
+        }
     }
 
     /// Write the pipeline as a Hugging Face `tokenizer.json` (BOS policy, stop ids and chat
     /// template are not part of that format; they live in `tokenizer_config.json`).
     pub fn save_tokenizer_json(&self, path: &Path) -> Result<(), TokenizerError> {
-        self.inner
-            .save(path, false)
-            .map_err(TokenizerError::hf("saving tokenizer.json"))
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner
+                .save(path, false)
+                .map_err(TokenizerError::hf("saving tokenizer.json")),
+            Backend::Spm(_) => Err(TokenizerError::NoHfPipeline {
+                what: "saving tokenizer.json",
+            }),
+        }
     }
 
     /// A streaming detokenizer for one sequence.
@@ -425,7 +518,7 @@ impl Tokenizer {
     }
 
     fn check_id(&self, id: u32) -> Result<(), TokenizerError> {
-        match self.inner.id_to_token(id) {
+        match self.backend.token_text(id) {
             Some(_) => Ok(()),
             None => Err(TokenizerError::UnknownTokenId {
                 id,
