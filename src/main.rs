@@ -136,6 +136,14 @@ struct ServeArgs {
     /// Largest request head (request line and headers) in bytes (431 beyond)
     #[arg(long, default_value_t = 16 << 10)]
     max_header_bytes: usize,
+    /// Let browsers on ORIGIN call the API (CORS); repeat it or separate origins with commas,
+    /// `*` for any (default: no CORS headers)
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
+    /// Seconds requests in flight may take to finish after SIGTERM or SIGINT before the server
+    /// exits anyway
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 #[cfg(feature = "server")]
@@ -163,9 +171,26 @@ fn serve(args: ServeArgs) -> Result<()> {
     opts.max_body_bytes = args.max_body_bytes;
     opts.max_prompt_bytes = args.max_prompt_bytes;
     opts.max_header_bytes = args.max_header_bytes;
-    let engine = std::sync::Arc::new(cli::start_engine(cfg)?);
+    opts.cors_origins = args
+        .cors_origin
+        .iter()
+        .map(|o| o.trim().to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for o in &opts.cors_origins {
+        wllm::server::check_cors_origin(o)?;
+    }
+    opts.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace);
     let addr = format!("{}:{}", args.host, args.port);
-    wllm::server::run(engine, opts, &addr).with_context(|| format!("serving on {addr}"))
+    // The port answers (/health: loading) while the model loads.
+    let load = || cli::start_engine(cfg).map(std::sync::Arc::new);
+    match wllm::server::run_loading(opts, &addr, load) {
+        Ok(()) => Ok(()),
+        Err(wllm::server::ServeError::Load(e)) => Err(e),
+        Err(wllm::server::ServeError::Io(e)) => {
+            Err(e).with_context(|| format!("serving on {addr}"))
+        }
+    }
 }
 
 /// Loads the model for teacher-forced scoring, with the same progress bar as the engine.

@@ -405,3 +405,214 @@ fn benches_sample_on_the_gpu_when_asked() {
     ]);
     assert!(!ok && err.contains("top_p"), "{err}");
 }
+
+/// Kills the spawned server when the test ends, passing or not.
+#[cfg(feature = "server")]
+struct Child(std::process::Child);
+
+#[cfg(feature = "server")]
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `GET`/`POST` over a fresh connection: the status and the body (the server closes).
+#[cfg(feature = "server")]
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the port answers once listening");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let body = if method == "POST" {
+        r#"{"prompt":[1,2],"max_tokens":2}"#
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Starts `wllm serve` on the tiny model and an ephemeral port with `extra` flags: the server,
+/// the address from its `listening` line, and its later stderr lines.
+#[cfg(feature = "server")]
+fn spawn_serve(extra: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let model = tiny_llama();
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_wllm"))
+            .args(["serve", "--model", &model, "--port", "0"])
+            .args(extra)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run wllm serve"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a listening line");
+        if let Some(rest) = line.strip_prefix("wllm: listening on http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    (child, addr, rx)
+}
+
+#[cfg(feature = "server")]
+#[test]
+fn serve_answers_health_from_the_listening_line_while_the_model_loads() {
+    let (_child, addr, _lines) = spawn_serve(&[]);
+    let wait = std::time::Duration::from_secs(120);
+    // From the listening line on, the port answers: loading, then ok.
+    let deadline = std::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let (status, body) = http(&addr, "GET", "/health");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        match (status, v["status"].as_str()) {
+            (503, Some("loading")) => {
+                // Every other route refuses with a JSON 503 meanwhile.
+                let (status, body) = http(&addr, "POST", "/v1/completions");
+                if status == 503 {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["error"]["code"], "model_loading", "{body}");
+                }
+                seen.push("loading");
+            }
+            (200, Some("ok")) => {
+                seen.push("ok");
+                break;
+            }
+            other => panic!("unexpected /health answer {other:?}: {body}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    eprintln!("/health answered {} times loading", seen.len() - 1);
+    let (status, body) = http(&addr, "POST", "/v1/completions");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[cfg(feature = "server")]
+#[test]
+fn serve_refuses_a_bad_cors_origin() {
+    let (ok, _, err) = wllm(&[
+        "serve",
+        "--model",
+        &tiny_llama(),
+        "--cors-origin",
+        "http://localhost:3000,localhost:4000",
+    ]);
+    assert!(!ok && err.contains("localhost:4000"), "{err}");
+}
+
+#[cfg(feature = "server")]
+#[test]
+fn sigterm_stops_accepting_and_lets_a_stream_in_flight_finish() {
+    use std::io::{Read, Write};
+    let (mut child, addr, lines) = spawn_serve(&["--shutdown-grace", "60"]);
+    let wait = std::time::Duration::from_secs(120);
+    while !lines
+        .recv_timeout(wait)
+        .expect("a serving line")
+        .starts_with("wllm: serving")
+    {}
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let body = r#"{"prompt":[1,2,3],"max_tokens":400,"ignore_eos":true,"stream":true}"#;
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The stream has started: its head and a first chunk are here.
+    let mut first = vec![0u8; 256];
+    let n = s.read(&mut first).unwrap();
+    let mut raw = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        raw.push_str(&rest);
+        raw
+    });
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    // New connections are refused soon after the signal.
+    assert!(
+        wait_for(|| std::net::TcpStream::connect(&addr).is_err()),
+        "still accepting after SIGTERM"
+    );
+    eprintln!(
+        "stream still in flight when refused: {}",
+        !reader.is_finished()
+    );
+    let raw = reader.join().unwrap();
+    assert!(raw.contains("data: [DONE]"), "the stream was cut: {raw}");
+    assert!(raw.contains(r#""finish_reason":"length""#), "{raw}");
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let said: Vec<String> = lines.iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("wllm: SIGTERM: finishing")),
+        "{said:?}"
+    );
+}
+
+/// Polls `f` for up to 30 s.
+#[cfg(feature = "server")]
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}

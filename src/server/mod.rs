@@ -8,11 +8,19 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 //! `GET /health`, `GET /metrics` (Prometheus text).
 //!
+//! [`run_loading`] binds the port before the model loads: until the engine is ready `/health`
+//! answers `{"status":"loading"}` and every route a JSON 503. With `cors_origins` set, browsers
+//! on those origins may call the API (preflights pass without the API key). Each request is
+//! logged (`log::info!`) when its response ends. SIGTERM or SIGINT stops accepting and lets the
+//! requests in flight finish within `shutdown_grace`.
+//!
 //! Slow or idle clients cannot hold the server: request heads and bodies must arrive within
 //! their timeouts, and connections beyond `max_connections` wait to be accepted. Every error,
 //! including a wrong method, an oversized head or body and a timeout, is OpenAI-shaped JSON.
 
+mod access;
 mod conn;
+mod front;
 mod guard;
 mod metrics;
 mod openai;
@@ -21,13 +29,13 @@ mod respond;
 use respond::respond;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::State;
+use axum::extract::{Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -40,6 +48,9 @@ use serde_json::{Value, json};
 use crate::engine::{Engine, Event, Prompt, Request, RequestHandle, TokenLogprob};
 use crate::generate::FinishReason;
 
+use access::Tally;
+pub use access::access_line;
+pub use front::{BadOrigin, check_cors_origin};
 pub use metrics::Metrics;
 pub use openai::ApiError;
 use openai::{ChatBody, CompletionBody, Params, PromptIn};
@@ -68,6 +79,11 @@ pub struct ServerOptions {
     pub body_timeout: Duration,
     /// Connections served at once; more wait to be accepted until one closes (at least 1).
     pub max_connections: usize,
+    /// Origins whose browsers may call the API (CORS); `*` for any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// After SIGTERM or SIGINT ([`run_loading`]), how long requests in flight may take to
+    /// finish before the server exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerOptions {
@@ -82,6 +98,8 @@ impl ServerOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
+            cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -97,6 +115,11 @@ type St = State<Arc<AppState>>;
 
 /// The router with every route, for serving on any listener.
 pub fn router(engine: Arc<Engine>, opts: ServerOptions) -> Router {
+    front::outer(routes(engine, opts.clone()), &opts)
+}
+
+/// The routes and the layers that need the engine (the key, the JSON errors, the metrics).
+fn routes(engine: Arc<Engine>, opts: ServerOptions) -> Router {
     let state = Arc::new(AppState {
         engine,
         opts,
@@ -122,31 +145,103 @@ pub async fn serve(
     engine: Arc<Engine>,
     opts: ServerOptions,
 ) -> std::io::Result<()> {
-    conn::accept_loop(listener, router(engine, opts.clone()), &opts).await
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    conn::accept_loop(listener, router(engine, opts.clone()), &opts, stop).await
 }
 
-/// Binds `addr` and serves until Ctrl-C (blocking; builds its own tokio runtime).
+/// Binds `addr` and serves until SIGTERM or Ctrl-C, as [`run_loading`] (blocking).
 pub fn run(engine: Arc<Engine>, opts: ServerOptions, addr: &str) -> std::io::Result<()> {
+    run_loading(opts, addr, || Ok::<_, std::convert::Infallible>(engine)).map_err(|e| match e {
+        ServeError::Io(e) => e,
+        ServeError::Load(never) => match never {},
+    })
+}
+
+/// Why [`run_loading`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError<E> {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// `load` failed (the server stops: it has nothing to serve).
+    #[error("loading the model: {0}")]
+    Load(E),
+}
+
+/// Binds `addr`, then calls `load` (on this thread) while the port already answers: `/health`
+/// with 503 `{"status":"loading"}`, every other route with a JSON 503. Serves the engine it
+/// returns (blocking; builds its own tokio runtime) until SIGTERM or SIGINT: then it stops
+/// accepting, lets the requests in flight finish within `shutdown_grace`, and returns `Ok`.
+/// Prints a `listening` line once the port is bound and a `serving` line once the engine is
+/// ready. A signal while the model loads ends the process as it would without a server.
+pub fn run_loading<E>(
+    opts: ServerOptions,
+    addr: &str,
+    load: impl FnOnce() -> Result<Arc<Engine>, E>,
+) -> Result<(), ServeError<E>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let r = run_on(&rt, opts, addr, load);
+    // Connections still open past the grace period are dropped here, not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    r
+}
+
+fn run_on<E>(
+    rt: &tokio::runtime::Runtime,
+    opts: ServerOptions,
+    addr: &str,
+    load: impl FnOnce() -> Result<Arc<Engine>, E>,
+) -> Result<(), ServeError<E>> {
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
+    let local = listener.local_addr()?;
+    eprintln!("wllm: listening on http://{local}/v1 (loading the model)");
+    let ready = Arc::new(OnceLock::new());
+    let app = front::outer(front::loading(ready.clone()), &opts);
+    let loop_opts = opts.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut server =
+        rt.spawn(async move { conn::accept_loop(listener, app, &loop_opts, stop).await });
+    let engine = load().map_err(ServeError::Load)?;
+    let name = opts.served_model_name.clone();
+    let grace = opts.shutdown_grace;
+    let _ = ready.set(routes(engine, opts));
+    log::info!("serving {name} on http://{local}/v1");
+    eprintln!("wllm: serving {name} on http://{local}/v1");
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        log::info!(
-            "serving {} on http://{}/v1",
-            opts.served_model_name,
-            listener.local_addr()?
-        );
-        eprintln!(
-            "wllm: serving {} on http://{}/v1",
-            opts.served_model_name,
-            listener.local_addr()?
-        );
-        tokio::select! {
-            r = serve(listener, engine, opts) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+        let signal = tokio::select! {
+            r = &mut server => return r.map_err(std::io::Error::other)?,
+            s = shutdown_signal() => s?,
+        };
+        let _ = stop_tx.send(true);
+        log::info!("{signal}: stopped accepting; finishing requests within {grace:?}");
+        eprintln!("wllm: {signal}: finishing requests in flight (up to {grace:?})");
+        match tokio::time::timeout(grace, server).await {
+            Ok(r) => r.map_err(std::io::Error::other)?,
+            Err(_) => {
+                log::warn!("requests still in flight after {grace:?}: closing them");
+                Ok(())
+            }
         }
-    })
+    })?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C), and names it.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
 }
 
 /// A server on its own thread and runtime (for tests and embedding); dropping it stops it.
@@ -395,6 +490,8 @@ struct Job {
     /// Prepended to each choice (completions `echo`).
     echo: Option<String>,
     handles: Vec<RequestHandle>,
+    /// The access log's token count for this request.
+    tally: Option<Arc<Tally>>,
     /// The request asked for logprobs.
     logprobs: bool,
     include_usage: bool,
@@ -436,6 +533,7 @@ fn submit(
     max_tokens: usize,
     p: &Params,
     echo: Option<String>,
+    tally: Option<Arc<Tally>>,
 ) -> Result<Job, ApiError> {
     let prompt_tokens = ids.len();
     // One prompt, n completions: the engine prefills once and forks (choice i samples with
@@ -448,6 +546,9 @@ fn submit(
     req.ignore_eos = p.ignore_eos;
     req.logprobs = p.logprobs;
     let handles = st.engine.submit_n(req, p.n)?;
+    if let Some(t) = &tally {
+        t.prompt(prompt_tokens);
+    }
     st.metrics
         .prompt_tokens
         .fetch_add((prompt_tokens * p.n) as u64, Ordering::Relaxed);
@@ -463,19 +564,31 @@ fn submit(
         prompt_tokens,
         echo,
         handles,
+        tally,
         include_usage: p.include_usage,
         logprobs: p.logprobs.is_some(),
     })
 }
 
-async fn chat_completions(State(st): St, body: Body) -> Response {
-    match chat_inner(st, body).await {
+/// The request's token tally (set by the access log layer) and its body.
+fn tally_and_body(req: HttpRequest) -> (Option<Arc<Tally>>, Body) {
+    let tally = req.extensions().get::<Arc<Tally>>().cloned();
+    (tally, req.into_body())
+}
+
+async fn chat_completions(State(st): St, req: HttpRequest) -> Response {
+    let (tally, body) = tally_and_body(req);
+    match chat_inner(st, tally, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
+async fn chat_inner(
+    st: Arc<AppState>,
+    tally: Option<Arc<Tally>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let b: ChatBody = openai::parse(&read_body(&st.opts, body).await?)?;
     check_model(&st, &b.common.model)?;
     let p = b.common.params(true)?;
@@ -484,18 +597,23 @@ async fn chat_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError>
     check_prompt_bytes(&st.opts, bytes, "messages")?;
     let ids = tokenize(&st, Prompt::Chat(messages)).await?;
     let max_tokens = completion_budget(&st, ids.len(), &p)?;
-    let job = submit(&st, Kind::Chat, ids, max_tokens, &p, None)?;
+    let job = submit(&st, Kind::Chat, ids, max_tokens, &p, None, tally)?;
     Ok(respond(st, job, p.stream).await)
 }
 
-async fn completions(State(st): St, body: Body) -> Response {
-    match completions_inner(st, body).await {
+async fn completions(State(st): St, req: HttpRequest) -> Response {
+    let (tally, body) = tally_and_body(req);
+    match completions_inner(st, tally, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_inner(st: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
+async fn completions_inner(
+    st: Arc<AppState>,
+    tally: Option<Arc<Tally>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let b: CompletionBody = openai::parse(&read_body(&st.opts, body).await?)?;
     check_model(&st, &b.common.model)?;
     let p = b.common.params(false)?;
@@ -512,7 +630,7 @@ async fn completions_inner(st: Arc<AppState>, body: Body) -> Result<Response, Ap
         (true, Some(t)) => Some(t),
         (true, None) => Some(detokenize(&st, ids.clone()).await?),
     };
-    let job = submit(&st, Kind::Text, ids, max_tokens, &p, echo)?;
+    let job = submit(&st, Kind::Text, ids, max_tokens, &p, echo, tally)?;
     Ok(respond(st, job, p.stream).await)
 }
 

@@ -16,12 +16,17 @@ pub(super) async fn respond(st: Arc<AppState>, job: Job, stream: bool) -> Respon
 /// Per-choice latency bookkeeping shared by both response forms.
 pub(super) struct Timing {
     last: Option<Instant>,
+    /// The access log's token count.
+    tally: Option<Arc<Tally>>,
 }
 
 impl Timing {
     fn token(&mut self, st: &AppState, n: usize) {
         if n == 0 {
             return;
+        }
+        if let Some(t) = &self.tally {
+            t.generated(n);
         }
         let now = Instant::now();
         if let Some(prev) = self.last {
@@ -121,13 +126,15 @@ pub(super) fn usage_json(prompt: usize, completion: usize, cached: usize) -> Val
 pub(super) async fn collect(st: &AppState, job: Job) -> Result<Value, ApiError> {
     let kind = job.kind;
     let echo = job.echo.clone();
+    let tally = job.tally.clone();
     let results = futures::future::join_all(job.handles.into_iter().map(|mut h| {
         let echo = echo.clone();
+        let tally = tally.clone();
         async move {
             let mut text = echo.unwrap_or_default();
             let mut tokens = 0;
             let mut lps = Vec::new();
-            let mut timing = Timing { last: None };
+            let mut timing = Timing { last: None, tally };
             while let Some(ev) = h.next().await {
                 match ev {
                     Event::Delta {
@@ -339,7 +346,12 @@ pub(super) fn sse(st: Arc<AppState>, job: Job) -> Response {
         prompt_tokens: job.prompt_tokens,
         include_usage: job.include_usage,
         events: futures::stream::select_all(streams),
-        timing: (0..n).map(|_| Timing { last: None }).collect(),
+        timing: (0..n)
+            .map(|_| Timing {
+                last: None,
+                tally: job.tally.clone(),
+            })
+            .collect(),
         completion_tokens: 0,
         cached_tokens: 0,
         head: None,
