@@ -14,23 +14,15 @@ mod common;
 
 use std::path::Path;
 
-use common::golden::{assert_batch_invariant, teacher_forced, tolerance};
-use common::{fixtures, gpu, ids, read_json};
-use wllm::{Generator, ModelOptions, WeightDType};
+use common::golden::{assert_batch_invariant, compare_with_golden, tolerance};
+use common::{fixtures, ids, read_json};
+use wllm::WeightDType;
 
 /// Compares `model` (a checkpoint directory or a .gguf) with `golden`.
 fn check(model: &Path, golden: &Path, dtype: WeightDType) {
-    let golden = read_json(golden);
-    let mut opts = ModelOptions::new(model);
-    opts.dtype = dtype;
-    opts.max_batch_tokens = 48;
-    opts.max_seqs = 16;
-    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let d = compare_with_golden(model, golden, dtype);
     let name = model.file_name().unwrap().to_string_lossy().into_owned();
-    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
-    let d = teacher_forced(&mut g, &cases);
     d.assert_within(&format!("{name} {dtype:?}"), tolerance(dtype));
-    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
     eprintln!(
         "{name} {dtype:?}: worst logit-difference error {:.2e}",
         d.worst

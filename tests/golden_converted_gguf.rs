@@ -18,11 +18,11 @@ mod gguf_writer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::golden::{Deviation, teacher_forced, tolerance};
-use common::{fixtures, gpu, read_json};
+use common::golden::{Deviation, compare_with_golden, tolerance};
+use common::{fixtures, read_json};
 use gguf_writer::GgufBuilder;
+use wllm::WeightDType;
 use wllm::loader::gguf::GgufFile;
-use wllm::{Generator, ModelOptions, WeightDType};
 
 /// ggml's type ids of the two tensor types written here.
 const GGML_F32: u32 = 0;
@@ -139,15 +139,8 @@ fn converted(name: &str, drop: Option<&str>) -> PathBuf {
 
 /// How far `model` is from transformers' reference for checkpoint `name`.
 fn compare(name: &str, model: &Path, dtype: WeightDType) -> Deviation {
-    let golden = read_json(&fixtures().join(format!("arch/{name}/golden.stored.json")));
-    let mut opts = ModelOptions::new(model);
-    opts.dtype = dtype;
-    opts.max_batch_tokens = 48;
-    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
-    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
-    let d = teacher_forced(&mut g, &cases);
-    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
-    d
+    let golden = fixtures().join(format!("arch/{name}/golden.stored.json"));
+    compare_with_golden(model, &golden, dtype)
 }
 
 #[test]

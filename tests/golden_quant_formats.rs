@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::golden::{Deviation, teacher_forced, tolerance};
-use common::{fixtures, gpu, read_json};
-use wllm::{Generator, ModelOptions, WeightDType};
+use common::fixtures;
+use common::golden::{Deviation, compare_with_golden, tolerance};
+use wllm::WeightDType;
 
 /// f32 tolerance for quantized files (README: "within about 5e-3 (quantized files, summed in
 /// another order)").
@@ -17,15 +17,8 @@ const F32_TOL: f32 = 5e-3;
 
 fn compare(name: &str, dtype: WeightDType) -> Deviation {
     let dir = fixtures().join("arch/gguf");
-    let golden = read_json(&dir.join(format!("{name}.golden.json")));
-    let mut opts = ModelOptions::new(dir.join(format!("{name}.gguf")));
-    opts.dtype = dtype;
-    opts.max_batch_tokens = 48;
-    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
-    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
-    let d = teacher_forced(&mut g, &cases);
-    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
-    d
+    let model = dir.join(format!("{name}.gguf"));
+    compare_with_golden(&model, &dir.join(format!("{name}.golden.json")), dtype)
 }
 
 /// Every file of `family` in f32, each reported, then all asserted.

@@ -337,24 +337,27 @@ impl Kernel {
                 immediate_size: ctx.device.limits().max_immediate_size,
             });
         // One module per distinct text, however many constant sets it comes with.
-        let mut modules: Vec<(std::borrow::Cow<'static, str>, wgpu::ShaderModule)> = Vec::new();
-        for (src, constants) in members {
-            let text = src.wgsl_for(ctx, constants);
-            if !modules.iter().any(|(t, _)| *t == text) {
+        let texts: Vec<_> = members
+            .iter()
+            .map(|(src, c)| src.wgsl_for(ctx, c))
+            .collect();
+        let mut modules: Vec<(&str, wgpu::ShaderModule)> = Vec::new();
+        for ((src, _), text) in members.iter().zip(&texts) {
+            if !modules.iter().any(|(t, _)| *t == text.as_ref()) {
                 let module = ctx
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(src.name),
                         source: wgpu::ShaderSource::Wgsl(text.clone()),
                     });
-                modules.push((text, module));
+                modules.push((text.as_ref(), module));
             }
         }
-        let build = |(src, constants): &(ShaderSource, &[(&str, f64)])| {
-            let text = src.wgsl_for(ctx, constants);
+        let build = |(member, text): (&Member<'_>, &std::borrow::Cow<'static, str>)| {
+            let (src, constants) = member;
             let module = &modules
                 .iter()
-                .find(|(t, _)| *t == text)
+                .find(|(t, _)| *t == text.as_ref())
                 .expect("a module was made for every member")
                 .1;
             let pipeline = ctx
@@ -380,7 +383,11 @@ impl Kernel {
         // JIT-compiles each variant for a fraction of a second) builds a family at the speed
         // of its slowest member rather than of their sum.
         std::thread::scope(|scope| {
-            let handles: Vec<_> = members.iter().map(|m| scope.spawn(|| build(m))).collect();
+            let handles: Vec<_> = members
+                .iter()
+                .zip(&texts)
+                .map(|m| scope.spawn(move || build(m)))
+                .collect();
             handles.into_iter().map(join_scoped).collect()
         })
     }
@@ -444,6 +451,9 @@ impl Kernel {
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
 }
+
+/// A shader and the override constants of one of its pipelines.
+type Member<'a> = (ShaderSource, &'a [(&'a str, f64)]);
 
 /// The result of a scoped thread that builds kernels; its panic, should it panic, is raised
 /// again on the caller's thread with its own message.

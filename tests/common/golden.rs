@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use serde_json::Value;
-use wllm::{Engine, EngineConfig, Generator, Prompt, Request, WeightDType};
+use wllm::{Engine, EngineConfig, Generator, ModelOptions, Prompt, Request, WeightDType};
 
-use super::{floats, gpu, ids};
+use super::{floats, gpu, ids, read_json};
 
 /// How far teacher-forced logits are from the reference.
 #[derive(Debug)]
@@ -38,6 +38,21 @@ impl Deviation {
             self.top1_misses
         );
     }
+}
+
+/// Loads `model` (a checkpoint directory or a .gguf) with weights in `dtype`, runs the cases of
+/// the golden file `golden` teacher-forced, and checks no KV block is left in use.
+pub fn compare_with_golden(model: &Path, golden: &Path, dtype: WeightDType) -> Deviation {
+    let golden = read_json(golden);
+    let mut opts = ModelOptions::new(model);
+    opts.dtype = dtype;
+    opts.max_batch_tokens = 48;
+    opts.max_seqs = 16;
+    let mut g = Generator::load(gpu(), &opts, &mut |_, _| {}).unwrap();
+    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
+    let d = teacher_forced(&mut g, &cases);
+    assert_eq!(g.pool().num_used(), 0, "KV blocks leaked");
+    d
 }
 
 /// Runs every case teacher-forced (prompt and reference continuation in one pass) through

@@ -75,9 +75,10 @@ impl QuantFormat {
     /// Two zero bytes after the leading f16 scale ([`GpuLayout::Blocks`]'s `scale_pad`).
     fn scale_pad(self) -> usize {
         match self {
-            QuantFormat::Blocks(t) if t.format().gpu == (GpuLayout::Blocks { scale_pad: true }) => {
-                2
-            }
+            QuantFormat::Blocks(t) => match t.format().gpu {
+                GpuLayout::Blocks { scale_pad: true } => 2,
+                _ => 0,
+            },
             _ => 0,
         }
     }
