@@ -250,6 +250,14 @@ fn plan_compares_preallocation_with_paging() {
     // 2 GiB / (8192 × 23040) = 11.4 → 11; paged: 600 tokens = 38 blocks of 16 → 2 GiB / (38 × 16 × 23040) = 153.3 → 153
     assert_eq!(v["preallocated_seqs"], 11);
     assert_eq!(v["paged_seqs"], 153);
+    // Q4_1 matrices and a Q8_0 embedding in their GPU block layout: about the file's size
+    // (the engine measured 100.3 MiB on lavapipe, dense row padding and textures included).
+    let weights = v["weights_bytes"].as_u64().unwrap() as f64;
+    let file = std::fs::metadata(smollm2_path()).unwrap().len() as f64;
+    assert!(
+        (0.95 * file..1.05 * file).contains(&weights),
+        "weights {weights} vs file {file}"
+    );
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let context = args.context.unwrap_or(cfg.max_context).max(1);
     let avg = args.avg_tokens.unwrap_or(context / 2).clamp(1, context);
     let per_token = kv_bytes_per_token(&cfg, dtype);
+    let weights = files.gpu_weight_bytes(dtype);
     let bs = args.block_size as u64;
     let prealloc = budget / (per_token * context as u64);
     // Paged: each sequence holds ceil(avg / block) blocks; only its last block is partly empty.
@@ -81,6 +82,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         println!(
             "{}",
             json!({
+                "weights_bytes": weights,
                 "kv_bytes_per_token": per_token,
                 "kv_bytes_per_block": per_token * bs,
                 "kv_memory_bytes": budget,
@@ -94,6 +96,10 @@ pub fn run(args: PlanArgs) -> Result<()> {
             })
         );
     } else {
+        println!(
+            "weights on the GPU: about {:.1} MiB",
+            weights as f64 / (1u64 << 20) as f64
+        );
         println!(
             "KV bytes per token: {per_token} ({} layers × 2 × {} KV dims × {} bytes)",
             cfg.num_layers,

@@ -175,6 +175,10 @@ impl TensorSource for GgufFile {
         self.tensor_info(name).map(|t| t.size)
     }
 
+    fn tensor_dtype(&self, name: &str) -> Option<TensorDType> {
+        self.tensor_info(name).map(|t| t.dtype)
+    }
+
     fn tensor_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
         names.sort();

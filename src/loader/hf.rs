@@ -176,18 +176,11 @@ impl HfModelDir {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
-        let dtype = match info.dtype {
-            Dtype::F32 => TensorDType::F32,
-            Dtype::F16 => TensorDType::F16,
-            Dtype::BF16 => TensorDType::BF16,
-            other => {
-                return Err(LoadError::UnsupportedTensorType {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                    type_name: format!("{other:?}"),
-                });
-            }
-        };
+        let dtype = readable(info.dtype).ok_or_else(|| LoadError::UnsupportedTensorType {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+            type_name: format!("{:?}", info.dtype),
+        })?;
         let bytes =
             shard
                 .map
@@ -234,6 +227,10 @@ impl TensorSource for HfModelDir {
 
     fn tensor_byte_len(&self, name: &str) -> Option<usize> {
         self.tensors.get(name).map(|t| t.range.1 - t.range.0)
+    }
+
+    fn tensor_dtype(&self, name: &str) -> Option<TensorDType> {
+        readable(self.tensors.get(name)?.dtype)
     }
 
     fn tensor_names(&self) -> Vec<String> {
@@ -322,4 +319,14 @@ fn shard_tensors(shard: &Shard, idx: usize) -> Result<Vec<HfTensorInfo>, LoadErr
             })
         })
         .collect()
+}
+
+/// The element type wllm reads a safetensors dtype as; `None` for the others.
+fn readable(dtype: Dtype) -> Option<TensorDType> {
+    match dtype {
+        Dtype::F32 => Some(TensorDType::F32),
+        Dtype::F16 => Some(TensorDType::F16),
+        Dtype::BF16 => Some(TensorDType::BF16),
+        _ => None,
+    }
 }

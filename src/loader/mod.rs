@@ -135,6 +135,9 @@ pub trait TensorSource {
     fn tensor_names(&self) -> Vec<String>;
     /// Bytes tensor `name` takes in the file, without reading it.
     fn tensor_byte_len(&self, name: &str) -> Option<usize>;
+    /// The stored element type of tensor `name`, without reading it (`None` for a type wllm
+    /// does not read).
+    fn tensor_dtype(&self, name: &str) -> Option<TensorDType>;
 }
 
 /// Why a model file could not be read. Every variant names the file it is about.

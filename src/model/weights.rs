@@ -69,6 +69,29 @@ impl ModelFiles {
     pub(crate) fn is_gguf(&self) -> bool {
         matches!(self, ModelFiles::Gguf(_))
     }
+
+    /// About how many bytes the weights take on the GPU with float matrices stored as
+    /// `dtype`: quantized matrices in their GPU block layout (the quant table's words per
+    /// block, [`QuantFormat::words_for`]), float matrices in `dtype`, vectors (norms, biases)
+    /// in f32. For planning (`wllm plan`); the dense layout's row padding and texture rows are
+    /// not counted (the engine reports the measured figure at startup).
+    pub fn gpu_weight_bytes(&self, dtype: WeightDType) -> u64 {
+        let src = self.source();
+        let mut total = 0u64;
+        for name in src.tensor_names() {
+            let (Some(shape), Some(stored)) = (src.tensor_shape(&name), src.tensor_dtype(&name))
+            else {
+                continue;
+            };
+            let numel = shape.iter().product::<usize>() as u64;
+            total += match (shape, QuantFormat::of(stored)) {
+                (&[rows, cols], Some(f)) => (f.words_for(rows, cols) * 4) as u64,
+                ([_, _], None) => numel * dtype.bytes_per_elem() as u64,
+                _ => numel * 4,
+            };
+        }
+        total
+    }
 }
 
 /// A norm's weight, and its bias for LayerNorm.
