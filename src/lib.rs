@@ -21,4 +21,4 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generator, ModelOptions};
 pub use gpu::{AdapterSelector, GpuContext, KernelForms, WeightDType};
-pub use sampling::SamplingParams;
+pub use sampling::{Grammar, SamplingParams};

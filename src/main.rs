@@ -51,6 +51,8 @@ enum Command {
         sampling: cli::SamplingArgs,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        grammar: cli::GrammarArgs,
         /// Print one JSON object at the end instead of streaming text
         #[arg(long)]
         json: bool,
@@ -312,8 +314,10 @@ fn run(cli: Cli) -> Result<()> {
             max_tokens,
             sampling,
             seed,
+            grammar,
             json,
         } => {
+            let grammar = grammar.grammar()?;
             let engine = cli::start_engine(model.config()?)?;
             let prompt = match (prompt, prompt_ids) {
                 (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage::user(text)]),
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut req = Request::new(prompt);
             req.max_tokens = max_tokens;
             req.sampling = sampling.params(seed)?;
+            req.grammar = grammar;
             let mut handle = engine.submit(req)?;
             let prompt_ids = handle.prompt_ids().to_vec();
             let (mut text, mut output_ids, mut finish) = (String::new(), Vec::new(), None);

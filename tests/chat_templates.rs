@@ -401,7 +401,7 @@ fn format_day(unix_secs: u64, format: &str) -> String {
     // Walk the calendar from 1970: slow but plainly right.
     let mut days = unix_secs / 86_400;
     let mut year = 1970u64;
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     while days >= if leap(year) { 366 } else { 365 } {
         days -= if leap(year) { 366 } else { 365 };
         year += 1;

@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// Sequences decoding in lockstep (llama-batched-bench): tok/s per batch size, optional
     /// per-kernel profile
     Decode(super::bench_model::DecodeArgs),
+    /// Structured output's CPU cost per constrained row: the grammar mask and the matcher's
+    /// advance at the model's vocabulary, beside a greedy pass over the row
+    Grammar(super::bench_grammar::GrammarArgs),
 }
 
 #[derive(clap::Args)]
@@ -593,6 +596,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Prefill(a) => super::bench_model::run_prefill(a)?,
         BenchCommand::Decode(a) => super::bench_model::run_decode(a)?,
         BenchCommand::Throughput(args) => run_throughput(args)?,
+        BenchCommand::Grammar(a) => super::bench_grammar::run(a)?,
     }
     Ok(())
 }

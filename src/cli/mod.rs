@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bench_grammar;
 pub mod bench_model;
 pub mod chat;
 pub mod plan;
@@ -11,6 +12,60 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use wllm::engine::{Engine, EngineConfig};
 use wllm::{AdapterSelector, GpuContext, SamplingParams, WeightDType};
+
+/// Structured output for `generate`: the text must follow one grammar.
+#[derive(clap::Args, Clone, Debug, Default)]
+#[group(multiple = false)]
+pub struct GrammarArgs {
+    /// A JSON Schema (inline JSON, or @FILE) the output must validate against
+    #[arg(long, value_name = "SCHEMA")]
+    pub json_schema: Option<String>,
+    /// Output any JSON object
+    #[arg(long)]
+    pub json_object: bool,
+    /// A regular expression the whole output must match
+    #[arg(long)]
+    pub regex: Option<String>,
+    /// A grammar in llguidance's Lark syntax (inline, or @FILE); GBNF is not supported
+    #[arg(long, value_name = "LARK")]
+    pub grammar: Option<String>,
+}
+
+/// `@FILE`'s contents, or the text itself.
+fn inline_or_file(s: &str) -> anyhow::Result<String> {
+    match s.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))
+        }
+        None => Ok(s.to_string()),
+    }
+}
+
+impl GrammarArgs {
+    pub fn grammar(&self) -> anyhow::Result<Option<wllm::Grammar>> {
+        use wllm::Grammar;
+        Ok(if let Some(s) = &self.json_schema {
+            let text = inline_or_file(s)?;
+            let v = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--json-schema is not JSON: {e}"))?;
+            Some(Grammar::JsonSchema(v))
+        } else if self.json_object {
+            Some(Grammar::JsonObject)
+        } else if let Some(r) = &self.regex {
+            Some(Grammar::Regex(r.clone()))
+        } else if let Some(g) = &self.grammar {
+            let text = inline_or_file(g)?;
+            if text.contains("::=") {
+                anyhow::bail!(
+                    "--grammar takes llguidance's Lark syntax (`rule: ...`); GBNF (`::=`) is not                      supported"
+                );
+            }
+            Some(Grammar::Lark(text))
+        } else {
+            None
+        })
+    }
+}
 
 /// The sampling options shared by `generate` and the benches.
 #[derive(clap::Args, Clone, Debug)]

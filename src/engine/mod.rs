@@ -28,7 +28,7 @@ use crate::generate::{
 use crate::gpu::{AdapterSelector, GpuContext, Runner, RunnerConfig};
 use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles};
-use crate::sampling::SamplingParams;
+use crate::sampling::{Grammar, GrammarCompiler, GrammarState, MAX_LOGIT_BIAS, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -98,6 +98,11 @@ pub struct Request {
     /// Report each generated token's log-probability and this many most likely alternatives
     /// (from the model's distribution before sampling adjustments); `None` = off.
     pub logprobs: Option<usize>,
+    /// Structured output: the generated text must follow this grammar (the request ends when
+    /// the grammar is complete).
+    pub grammar: Option<Grammar>,
+    /// Added to these tokens' logits before sampling (OpenAI `logit_bias`; -100 bans a token).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Request {
@@ -109,6 +114,8 @@ impl Request {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            grammar: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -246,6 +253,8 @@ pub struct Engine {
     kv_plan: KvPlan,
     next_id: AtomicU64,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Built at the first request with a grammar (the vocabulary's token trie).
+    grammars: std::sync::OnceLock<std::result::Result<Arc<GrammarCompiler>, String>>,
 }
 
 impl Engine {
@@ -351,6 +360,7 @@ impl Engine {
             kv_plan,
             next_id: AtomicU64::new(1),
             thread: Some(thread),
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -412,6 +422,11 @@ impl Engine {
         }
         let ids = self.prompt_ids(&req.prompt)?;
         self.check(&ids, &req)?;
+        let grammar = req
+            .grammar
+            .as_ref()
+            .map(|g| self.compile_grammar(g))
+            .transpose()?;
         let queued = self.shared.queued.fetch_add(n, Ordering::SeqCst);
         if queued + n + self.shared.held.load(Ordering::SeqCst) > capacity {
             self.shared.queued.fetch_sub(n, Ordering::SeqCst);
@@ -431,7 +446,7 @@ impl Engine {
                 done: false,
             });
         }
-        let pending = worker::Pending::new(ids, req, senders);
+        let pending = worker::Pending::new(ids, req, grammar, senders);
         if !self.shared.send(Command::Submit(Box::new(pending))) {
             self.shared.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(Error::EngineStopped);
@@ -439,7 +454,25 @@ impl Engine {
         Ok(handles)
     }
 
-    /// Sequences the engine holds at most: every running slot and the waiting queue.
+    /// A fresh state of `grammar` over this model's vocabulary, or why it is refused.
+    fn compile_grammar(&self, grammar: &Grammar) -> Result<GrammarState> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::InvalidRequest("structured output needs the model's tokenizer".into())
+        })?;
+        let compiler = self.grammars.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let c = GrammarCompiler::new(tok, self.model.vocab_size, tok.stop_token_ids());
+            log::info!("grammar token trie built in {:?}", t.elapsed());
+            c.map(Arc::new)
+        });
+        let compiler = compiler
+            .as_ref()
+            .map_err(|e| Error::InvalidRequest(format!("structured output: {e}")))?;
+        compiler
+            .compile(grammar)
+            .map_err(|e| Error::InvalidRequest(format!("invalid grammar: {e}")))
+    }
+
     /// The longest sequence (prompt + output) a request may reach.
     pub fn max_seq_tokens(&self) -> usize {
         self.max_seq_tokens
@@ -450,6 +483,7 @@ impl Engine {
         &self.kv_plan
     }
 
+    /// Sequences the engine holds at most: every running slot and the waiting queue.
     pub fn capacity(&self) -> usize {
         self.max_running.saturating_add(self.max_waiting)
     }
@@ -482,6 +516,25 @@ impl Engine {
         req.sampling
             .validate()
             .map_err(|e| Error::InvalidRequest(format!("sampling: {e}")))?;
+        if req.logit_bias.len() > MAX_LOGIT_BIAS {
+            return Err(Error::InvalidRequest(format!(
+                "logit_bias has {} entries; at most {MAX_LOGIT_BIAS} are allowed",
+                req.logit_bias.len()
+            )));
+        }
+        for &(id, bias) in &req.logit_bias {
+            if id as usize >= self.model.vocab_size {
+                return Err(Error::InvalidRequest(format!(
+                    "logit_bias: token id {id} is outside the vocabulary of {}",
+                    self.model.vocab_size
+                )));
+            }
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(Error::InvalidRequest(format!(
+                    "logit_bias: the bias of token {id} is {bias}; it must be in [-100, 100]"
+                )));
+            }
+        }
         Ok(())
     }
 

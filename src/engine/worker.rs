@@ -1,5 +1,6 @@
 //! The engine thread: owns the runner and the scheduler and steps them while there is work.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use super::{
 use crate::batch::StepBatch;
 use crate::generate::FinishReason;
 use crate::gpu::{Runner, StepTicket};
-use crate::sampling::{Sampler, top_k};
+use crate::sampling::{GrammarState, Sampler, apply_biases, apply_mask, merge_biases, top_k};
 use crate::scheduler::{PENDING_TOKEN, SchedError, Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -23,6 +24,8 @@ use crate::tokenizer::{Detokenizer, Tokenizer};
 pub(crate) struct Pending {
     prompt: Vec<u32>,
     req: Request,
+    /// The request's grammar, compiled at submit (each completion starts from a copy).
+    grammar: Option<GrammarState>,
     completions: Vec<(SeqId, UnboundedSender<Event>)>,
     submitted: Instant,
 }
@@ -31,11 +34,13 @@ impl Pending {
     pub(crate) fn new(
         prompt: Vec<u32>,
         req: Request,
+        grammar: Option<GrammarState>,
         completions: Vec<(SeqId, UnboundedSender<Event>)>,
     ) -> Self {
         Self {
             prompt,
             req,
+            grammar,
             completions,
             submitted: Instant::now(),
         }
@@ -69,6 +74,42 @@ struct Active {
     /// sibling whose fork was refused redraws the first token its siblings drew on the CPU, so
     /// it must draw it the same way (the GPU agrees only up to exp/ln rounding).
     cpu_next: bool,
+    /// Structured output: where the text is in its grammar (advanced by every token).
+    grammar: Option<GrammarState>,
+    /// `logit_bias`, sorted by token with duplicates summed.
+    logit_bias: Vec<(u32, f32)>,
+    /// The grammar failed (llguidance's error): the request fails at its next token.
+    grammar_error: Option<String>,
+}
+
+impl Active {
+    /// Whether the logits need changing before a pick (a grammar mask or biases).
+    fn adjusts_logits(&self) -> bool {
+        self.grammar.is_some() || !self.logit_bias.is_empty()
+    }
+
+    /// The row the sampler sees: `row` masked by the grammar and biased (a copy), or `row`
+    /// itself when neither applies. Logprobs keep the model's own row.
+    fn adjusted<'a>(&mut self, row: &'a [f32]) -> Cow<'a, [f32]> {
+        if !self.adjusts_logits() {
+            return Cow::Borrowed(row);
+        }
+        let mut r = row.to_vec();
+        if let Some(g) = self.grammar.as_mut() {
+            match g.mask() {
+                Ok(m) => apply_mask(&mut r, &m),
+                Err(e) => self.grammar_error = Some(e),
+            }
+        }
+        apply_biases(&mut r, &self.logit_bias);
+        Cow::Owned(r)
+    }
+
+    /// Samples from `row` after the grammar and biases.
+    fn sample(&mut self, row: &[f32]) -> u32 {
+        let r = self.adjusted(row);
+        self.sampler.sample(&r, &self.prompt, &self.output)
+    }
 }
 
 pub(crate) struct Worker {
@@ -201,13 +242,13 @@ impl Worker {
     fn command(&mut self, c: Command) {
         match c {
             Command::Submit(p) => {
-                let p = *p;
+                let mut p = *p;
                 // Count it as held before it stops counting as queued, so a concurrent
                 // submit never sees the engine emptier than it is.
                 let n = p.completions.len();
                 self.shared.held.fetch_add(n, Ordering::SeqCst);
                 self.shared.queued.fetch_sub(n, Ordering::SeqCst);
-                let mut completions = p.completions.into_iter().enumerate();
+                let mut completions = std::mem::take(&mut p.completions).into_iter().enumerate();
                 let Some((_, (parent, events))) = completions.next() else {
                     return;
                 };
@@ -222,13 +263,13 @@ impl Worker {
                 let children: Vec<ForkChild> = completions
                     .map(|(i, (id, ev))| ForkChild {
                         id,
-                        active: self.new_active(&p.prompt, &p.req, i as u64, ev, p.submitted),
+                        active: self.new_active(&p, i as u64, ev),
                     })
                     .collect();
                 if !children.is_empty() {
                     self.forks.insert(parent, children);
                 }
-                let active = self.new_active(&p.prompt, &p.req, 0, events, p.submitted);
+                let active = self.new_active(&p, 0, events);
                 self.active.insert(parent, active);
             }
             Command::Shutdown => self.shut_down(),
@@ -247,14 +288,8 @@ impl Worker {
         }
     }
 
-    fn new_active(
-        &self,
-        prompt: &[u32],
-        req: &Request,
-        seed_offset: u64,
-        events: UnboundedSender<Event>,
-        submitted: Instant,
-    ) -> Active {
+    fn new_active(&self, p: &Pending, seed_offset: u64, events: UnboundedSender<Event>) -> Active {
+        let (prompt, req, submitted) = (&p.prompt, &p.req, p.submitted);
         let mut sampling = req.sampling.clone();
         sampling.seed = sampling.seed.wrapping_add(seed_offset);
         Active {
@@ -272,6 +307,9 @@ impl Worker {
             cpu_next: false,
             prompt: prompt.to_vec(),
             stop_string_hit: false,
+            grammar: p.grammar.clone(),
+            logit_bias: merge_biases(&req.logit_bias),
+            grammar_error: None,
         }
     }
 
@@ -460,7 +498,7 @@ impl Worker {
             };
             if let Some(a) = self.active.get_mut(&s.id) {
                 a.cpu_next = false;
-                let tok = a.sampler.sample(row, &a.prompt, &a.output);
+                let tok = a.sample(row);
                 sampled.push((s.id, tok));
                 if let Some(k) = a.logprobs {
                     logprobs.insert(s.id, token_logprob(row, tok, k));
@@ -470,7 +508,7 @@ impl Worker {
             // same logits, each with its own sampler.
             for mut child in self.forks.remove(&s.id).unwrap_or_default() {
                 let a = &mut child.active;
-                let tok = a.sampler.sample(row, &a.prompt, &a.output);
+                let tok = a.sample(row);
                 let lp = a.logprobs.map(|k| token_logprob(row, tok, k));
                 forks.push((s.id, child, tok, lp));
             }
@@ -540,6 +578,7 @@ impl Worker {
             };
             let gpu_can = a.logprobs.is_none()
                 && !a.cpu_next
+                && !a.adjusts_logits()
                 && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
             if gpu_can && let Some(rs) = a.sampler.row_sampling() {
                 batch.sample_on_gpu(row, rs);
@@ -571,6 +610,21 @@ impl Worker {
         };
         a.output.push(tok);
         a.first_token.get_or_insert_with(Instant::now);
+        if let Some(g) = a.grammar.as_mut()
+            && (!is_stop_token || a.ignore_eos)
+            && a.grammar_error.is_none()
+            && let Err(e) = g.commit(tok)
+        {
+            a.grammar_error = Some(e);
+        }
+        if let Some(e) = a.grammar_error.take() {
+            let _ = a
+                .events
+                .unbounded_send(Event::Failed(format!("grammar: {e}")));
+            self.active.remove(&id);
+            let _ = self.sched.abort(id);
+            return;
+        }
         let mut finish = None;
         if is_stop_token && !a.ignore_eos {
             // The id is reported (as vLLM does), its text never.
@@ -608,6 +662,9 @@ impl Worker {
             }
             if stopped {
                 a.stop_string_hit = true;
+                finish = Some(FinishReason::Stop);
+            } else if a.grammar.as_ref().is_some_and(GrammarState::is_finished) {
+                // Complete: the grammar allows nothing but a stop token now.
                 finish = Some(FinishReason::Stop);
             } else if a.output.len() >= a.max_tokens {
                 finish = Some(FinishReason::Length);

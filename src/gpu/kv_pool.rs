@@ -66,7 +66,7 @@ impl KvTextureLayout {
     ) -> Option<KvTextureLayout> {
         let per_texel = texel_elements(dtype);
         let zero = [kv_dim, num_blocks, block_size, blocks_per_row].contains(&0);
-        if zero || kv_dim % per_texel != 0 {
+        if zero || !kv_dim.is_multiple_of(per_texel) {
             return None;
         }
         let slot_texels = kv_dim / per_texel;
@@ -351,7 +351,7 @@ impl KvPool {
                 Ok(())
             }
             (KvPool::Texture { texture, .. }, KvStorage::Texture(layout)) => {
-                if words.len() % per_slot != 0 {
+                if !words.len().is_multiple_of(per_slot) {
                     return Err(GpuError::Shape {
                         op: "kv pool",
                         msg: format!("{} words are not whole slots of {per_slot}", words.len()),

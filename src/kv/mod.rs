@@ -409,7 +409,7 @@ impl BlockTable {
     /// O(1).
     pub fn copy_needed(&self, pool: &BlockPool, new_len: usize) -> Option<BlockId> {
         let last = *self.blocks.last()?;
-        let partial = self.num_tokens % pool.block_size() != 0;
+        let partial = !self.num_tokens.is_multiple_of(pool.block_size());
         // A hole is never the partly filled last block (release_front and truncate see to
         // it), and holds nothing to copy.
         let shared = !last.is_hole() && pool.ref_count(last) > 1;
@@ -431,7 +431,7 @@ impl BlockTable {
         let copy_src = self.copy_needed(pool, new_len);
         debug_assert!(
             new_len <= self.num_tokens
-                || self.num_tokens % pool.block_size() == 0
+                || self.num_tokens.is_multiple_of(pool.block_size())
                 || self.blocks.len() > self.holes,
             "appending into a released block"
         );
@@ -514,7 +514,7 @@ impl BlockTable {
         }
         let bs = pool.block_size();
         let keep = Self::blocks_needed(num_tokens, bs);
-        if num_tokens % bs != 0 && keep <= self.holes {
+        if !num_tokens.is_multiple_of(bs) && keep <= self.holes {
             return Err(KvError::EndsInHole { tokens: num_tokens });
         }
         for id in self.blocks.drain(keep..) {

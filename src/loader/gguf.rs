@@ -460,7 +460,7 @@ impl<'a> Parser<'a> {
         })?;
         // ggml quantizes row by row: each row (the innermost dimension) is whole blocks.
         let row = shape.last().copied().unwrap_or(1);
-        if numel % dtype.block_len() != 0 || row % dtype.block_len() != 0 {
+        if !numel.is_multiple_of(dtype.block_len()) || row % dtype.block_len() != 0 {
             return Err(self.malformed(format!(
                 "tensor `{name}`: rows of {row} elements ({numel} in all) are not a whole \
                  number of {dtype:?} blocks ({} elements each)",

@@ -49,7 +49,10 @@ impl PackedArray {
     /// `bytes` hold whole little-endian elements of `elem_type` (a packable type).
     pub fn new(elem_type: u32, bytes: Vec<u8>) -> Option<PackedArray> {
         let w = Self::width(elem_type)?;
-        (bytes.len() % w == 0).then_some(PackedArray { elem_type, bytes })
+        bytes
+            .len()
+            .is_multiple_of(w)
+            .then_some(PackedArray { elem_type, bytes })
     }
 
     pub fn elem_type(&self) -> u32 {

@@ -66,7 +66,7 @@ impl TensorDType {
 
     /// Bytes needed for `numel` elements; `None` when `numel` is not a whole number of blocks.
     pub fn bytes_for(self, numel: usize) -> Option<usize> {
-        if numel % self.block_len() != 0 {
+        if !numel.is_multiple_of(self.block_len()) {
             return None;
         }
         (numel / self.block_len()).checked_mul(self.block_bytes())

@@ -242,7 +242,7 @@ impl ModelConfig {
                 )));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(err(format!(
                 "{} attention heads is not a multiple of {} KV heads",
                 self.num_heads, self.num_kv_heads
@@ -318,7 +318,7 @@ pub(super) fn resolve_head_dim(
     if let Some(d) = head_dim {
         return Ok(d);
     }
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(LoadError::Config {
             path: path.to_path_buf(),
             msg: format!("hidden size {hidden} is not divisible by {heads} attention heads"),

@@ -23,8 +23,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+mod grammar;
 mod race;
 
+pub use grammar::{
+    Grammar, GrammarCompiler, GrammarState, MAX_LOGIT_BIAS, apply_biases, apply_mask, merge_biases,
+};
 #[cfg(test)]
 pub(crate) use race::race_uniform;
 pub use race::{Race, RowSampling, kept, race, weights};

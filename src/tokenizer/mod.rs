@@ -135,6 +135,8 @@ pub struct Tokenizer {
     add_bos: bool,
     /// Sorted, deduplicated.
     stop_ids: Vec<u32>,
+    /// Special (control) token ids, sorted, deduplicated.
+    special_ids: Vec<u32>,
     chat_template: Option<String>,
 }
 
@@ -308,6 +310,9 @@ impl Tokenizer {
             .transpose()?;
 
         let mut stop_ids: Vec<u32> = p.eos_id.into_iter().chain(p.extra_stop_ids).collect();
+        let mut special_ids: Vec<u32> = specials.iter().map(|(id, _)| *id).collect();
+        special_ids.sort_unstable();
+        special_ids.dedup();
         for (id, text) in specials {
             if END_OF_TURN_MARKERS.contains(&text.as_str()) {
                 stop_ids.push(id);
@@ -323,6 +328,7 @@ impl Tokenizer {
             eos,
             add_bos: p.add_bos && p.bos_id.is_some(),
             stop_ids,
+            special_ids,
             chat_template: p.chat_template,
         })
     }
@@ -479,6 +485,12 @@ impl Tokenizer {
     /// end-of-turn marker ([`END_OF_TURN_MARKERS`]). Sorted, no duplicates.
     pub fn stop_token_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// Ids of special tokens (HF special added tokens, GGUF control tokens), ascending: text a
+    /// grammar cannot spell, only name.
+    pub fn special_token_ids(&self) -> &[u32] {
+        &self.special_ids
     }
 
     pub fn is_stop_token(&self, id: u32) -> bool {

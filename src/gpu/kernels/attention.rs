@@ -150,7 +150,7 @@ impl SerialTuning {
     /// The largest group of at most [`MAX_SERIAL_GROUP`] heads dividing the query heads per KV
     /// head (SmolLM2-135M: 9 / 3 -> 3), rows shared where the adapter allows it.
     pub fn for_heads(num_heads: usize, num_kv_heads: usize) -> SerialTuning {
-        let per_kv = if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        let per_kv = if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             1
         } else {
             num_heads / num_kv_heads
@@ -595,8 +595,8 @@ impl PagedAttention {
                 let tuning = serial.tuning;
                 assert!(
                     p.num_kv_heads > 0
-                        && p.num_heads % p.num_kv_heads == 0
-                        && (p.num_heads / p.num_kv_heads) % tuning.group == 0,
+                        && p.num_heads.is_multiple_of(p.num_kv_heads)
+                        && (p.num_heads / p.num_kv_heads).is_multiple_of(tuning.group),
                     "paged_attention: {} query heads over {} KV heads in groups of {}",
                     p.num_heads,
                     p.num_kv_heads,
@@ -632,7 +632,7 @@ impl PagedAttention {
 }
 
 fn check_head_dim(head_dim: usize) -> Result<(), GpuError> {
-    if head_dim % 2 != 0 || head_dim == 0 || head_dim > MAX_HEAD_DIM {
+    if !head_dim.is_multiple_of(2) || head_dim == 0 || head_dim > MAX_HEAD_DIM {
         return Err(GpuError::Shape {
             op: "paged_attention",
             msg: format!("head_dim {head_dim} must be even and at most {MAX_HEAD_DIM}"),

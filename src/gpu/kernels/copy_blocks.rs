@@ -50,7 +50,7 @@ impl CopyBlocks {
 /// Words of one block: block_size * kv_dim elements, two f16 or one f32 per word.
 /// `kv_dim` must be even (as kv_write needs), so an f16 block is a whole number of words.
 pub fn words_per_block(block_size: usize, kv_dim: usize, dtype: WeightDType) -> usize {
-    debug_assert!(kv_dim % 2 == 0, "kv_dim {kv_dim} must be even");
+    debug_assert!(kv_dim.is_multiple_of(2), "kv_dim {kv_dim} must be even");
     match dtype {
         WeightDType::F32 => block_size * kv_dim,
         WeightDType::F16 => block_size * kv_dim / 2,

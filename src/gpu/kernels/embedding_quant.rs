@@ -76,7 +76,7 @@ impl EmbeddingQuant {
 
     /// Checks the shape contract the shader relies on: whole blocks per row.
     pub fn check(dim: usize) -> Result<(), GpuError> {
-        if dim % QUANT_BLOCK != 0 {
+        if !dim.is_multiple_of(QUANT_BLOCK) {
             return Err(GpuError::Shape {
                 op: "embedding_quant",
                 msg: format!("dim = {dim} is not a multiple of {QUANT_BLOCK}"),

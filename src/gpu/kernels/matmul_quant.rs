@@ -149,7 +149,7 @@ pub fn pack_quantized(
     let format = QuantFormat::of(dtype)
         .ok_or_else(|| pack_error(format!("{dtype:?} is not a quantized type")))?;
     let unit = format.unit_weights();
-    if k % unit != 0 {
+    if !k.is_multiple_of(unit) {
         return Err(pack_error(format!(
             "k = {k} is not a multiple of {dtype:?}'s {unit}-weight block"
         )));
@@ -387,7 +387,7 @@ impl MatmulQuant {
         assert!(
             tuning.k_split >= 1
                 && (!split
-                    || (tuning.workgroup % tuning.k_split == 0
+                    || (tuning.workgroup.is_multiple_of(tuning.k_split)
                         && tuning.workgroup <= 128
                         && !tuning.x_window
                         && !tuning.w_texture)),
@@ -599,7 +599,7 @@ impl MatmulQuant {
             op: "matmul_quant",
             msg,
         };
-        if p.k % QUANT_BLOCK != 0 {
+        if !p.k.is_multiple_of(QUANT_BLOCK) {
             return Err(err(format!(
                 "k = {} is not a multiple of {QUANT_BLOCK}",
                 p.k

@@ -49,7 +49,7 @@ impl RopeParams {
 /// Panics unless `rotary_dim` is even and at most `p.head_dim` (0 rotates nothing).
 pub(crate) fn check_rotary_dim(p: &RopeParams, rotary_dim: usize) {
     assert!(
-        rotary_dim % 2 == 0 && rotary_dim <= p.head_dim,
+        rotary_dim.is_multiple_of(2) && rotary_dim <= p.head_dim,
         "rotary_dim {rotary_dim} must be even and at most head_dim {}",
         p.head_dim
     );
