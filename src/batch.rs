@@ -59,6 +59,70 @@ pub struct StepBatch {
     /// default) keeps the argmax; a row read back whole is always greedy here, since the
     /// sampler overwrites its logits with weights.
     pub row_sampling: Vec<RowSampling>,
+    /// How rows picked on the GPU are changed before the pick (grammar masks, logit bias).
+    pub adjust: LogitAdjustments,
+}
+
+/// `RowAdjust::mask_offset` of a row without a mask.
+pub const NO_MASK: u32 = u32::MAX;
+
+/// How the `logit_adjust` kernel changes one logits row (see `shaders/logit_adjust.wgsl`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RowAdjust {
+    /// First word of the row's allowed-token mask in [`LogitAdjustments::masks`], or [`NO_MASK`].
+    pub mask_offset: u32,
+    /// The row's biases: `biases[bias_start..bias_start + bias_count]`.
+    pub bias_start: u32,
+    pub bias_count: u32,
+    pub pad: u32,
+}
+
+impl Default for RowAdjust {
+    fn default() -> Self {
+        Self {
+            mask_offset: NO_MASK,
+            bias_start: 0,
+            bias_count: 0,
+            pad: 0,
+        }
+    }
+}
+
+/// One `logit_bias` entry as the kernel reads it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TokenBias {
+    pub token: u32,
+    pub bias: f32,
+}
+
+/// The logits adjustments of a step: per row an optional allowed-token mask (bit v % 32 of
+/// word v / 32 of the row's mask; a cleared bit makes the logit -inf) and biases added after
+/// the mask. Empty (`rows` empty) when no row is adjusted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogitAdjustments {
+    /// One per logits row once any row is adjusted.
+    pub rows: Vec<RowAdjust>,
+    /// Words of one mask (the vocabulary / 32, rounded up).
+    pub mask_words: usize,
+    /// Masks that `rows` point into, back to back; when `masks_later` is set, the caller
+    /// hands them over after the submit instead ([`crate::gpu::Runner::submit_masks`]).
+    pub masks: Vec<u32>,
+    /// Masks the rows point to (the length `masks` will have).
+    pub num_masks: usize,
+    /// Sorted by token within a row, no duplicate tokens.
+    pub biases: Vec<TokenBias>,
+    /// The masks depend on tokens not read back yet: the runner submits the forward pass at
+    /// once and the pick when the masks arrive.
+    pub masks_later: bool,
+}
+
+impl LogitAdjustments {
+    /// Whether any row is changed.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 impl StepBatch {
@@ -152,6 +216,37 @@ impl StepBatch {
     /// Whether any token comes from the previous step ([`StepBatch::feed_from_previous_step`]).
     pub fn has_fed_tokens(&self) -> bool {
         self.token_ids.iter().any(|t| t & FED_TOKEN != 0)
+    }
+
+    /// Gives logits row `i` (picked on the GPU) an allowed-token mask of `words` words, the
+    /// next of the step's masks, and returns its index among them. Its contents go in
+    /// `adjust.masks` (or follow the submit, with `adjust.masks_later`).
+    pub fn mask_row(&mut self, i: usize, words: usize) -> usize {
+        self.grow_adjust_rows();
+        let k = self.adjust.num_masks;
+        self.adjust.rows[i].mask_offset = (k * words) as u32;
+        self.adjust.mask_words = words;
+        self.adjust.num_masks += 1;
+        k
+    }
+
+    /// Adds `biases` (sorted by token, no duplicates) to logits row `i` before its pick.
+    pub fn bias_row(&mut self, i: usize, biases: &[(u32, f32)]) {
+        self.grow_adjust_rows();
+        let start = self.adjust.biases.len();
+        self.adjust.biases.extend(
+            biases
+                .iter()
+                .map(|&(token, bias)| TokenBias { token, bias }),
+        );
+        self.adjust.rows[i].bias_start = start as u32;
+        self.adjust.rows[i].bias_count = biases.len() as u32;
+    }
+
+    fn grow_adjust_rows(&mut self) {
+        self.adjust
+            .rows
+            .resize(self.logit_rows.len(), RowAdjust::default());
     }
 
     /// Whether any row is sampled (not greedy) on the GPU.

@@ -81,7 +81,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::bench::BenchCommand,
     },
-    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /metrics)
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/responses,
+    /// /v1/models, /metrics)
     #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Teacher-forced top-K logits after each prefix of the prompt

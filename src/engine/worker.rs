@@ -110,6 +110,22 @@ impl Active {
         let r = self.adjusted(row);
         self.sampler.sample(&r, &self.prompt, &self.output)
     }
+
+    /// Fills `out` with the mask of the next token (all tokens allowed without a grammar or
+    /// after a grammar error, which ends the request at its next token anyway).
+    fn fill_mask(&mut self, out: &mut [u32]) {
+        let res = match self.grammar.as_mut() {
+            Some(g) if self.grammar_error.is_none() => g.fill_mask(out),
+            _ => {
+                out.fill(u32::MAX);
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            out.fill(u32::MAX);
+            self.grammar_error = Some(e);
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -432,24 +448,34 @@ impl Worker {
             Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };
-        let submitted = batch.and_then(|batch| {
+        let submitted = batch.and_then(|(batch, masked)| {
             let overlap = self.overlap && batch.full_logits.iter().all(|full| !full);
             self.runner
                 .copy_blocks(&copies)
                 .and_then(|_| self.runner.submit(&batch, overlap))
                 .inspect(|_| self.wait_us_sum += self.runner.last_timing().submit_us)
-                .map(|ticket| (ticket, overlap))
+                .map(|ticket| (ticket, overlap, masked))
                 .map_err(|e| e.to_string())
         });
         // The step before is read back while the GPU runs this one.
         self.drain();
-        let (ticket, overlap) = match submitted {
+        let (mut ticket, overlap, masked) = match submitted {
             Ok(t) => t,
             Err(e) => {
                 self.fail_step(&out, &e);
                 return false;
             }
         };
+        // Every token before this step is known now: the grammar masks of its constrained
+        // rows, and the pick that waited for them.
+        if ticket.awaits_masks() {
+            let masks = self.fill_masks(&masked);
+            if let Err(e) = self.runner.submit_masks(&mut ticket, &masks) {
+                let _ = self.runner.wait(ticket);
+                self.fail_step(&out, &e.to_string());
+                return false;
+            }
+        }
         if overlap {
             let rows: Vec<SeqId> = out.sampling_ids().collect();
             let pending: Vec<(SeqId, u32)> = rows.iter().map(|id| (*id, PENDING_TOKEN)).collect();
@@ -568,7 +594,8 @@ impl Worker {
         &mut self,
         out: &SchedulerOutput,
         mut batch: StepBatch,
-    ) -> Result<StepBatch, String> {
+    ) -> Result<(StepBatch, Vec<SeqId>), String> {
+        let mut masked = Vec::new();
         for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
             if self.forks.contains_key(&s.id) {
                 continue;
@@ -578,10 +605,19 @@ impl Worker {
             };
             let gpu_can = a.logprobs.is_none()
                 && !a.cpu_next
-                && !a.adjusts_logits()
                 && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
             if gpu_can && let Some(rs) = a.sampler.row_sampling() {
                 batch.sample_on_gpu(row, rs);
+                // The mask needs the sequence's last token, which may still be on the GPU:
+                // it is computed once the step before is read back (`fill_masks`).
+                if a.grammar.is_some() {
+                    batch.mask_row(row, self.runner.mask_words());
+                    batch.adjust.masks_later = true;
+                    masked.push(s.id);
+                }
+                if !a.logit_bias.is_empty() {
+                    batch.bias_row(row, &a.logit_bias);
+                }
             }
         }
         // Row of each sequence in the step in flight (one map, not a search per token).
@@ -599,7 +635,21 @@ impl Worker {
                 .ok_or_else(|| format!("{id}'s pending token is in no step in flight"))?;
             batch.feed_from_previous_step(t, *row);
         }
-        Ok(batch)
+        Ok((batch, masked))
+    }
+
+    /// The masks of a step's constrained rows (`masked`, in row order), once every token
+    /// before them has been read back: a sequence that has finished since gets an all-allowed
+    /// mask (its row is dropped).
+    fn fill_masks(&mut self, masked: &[SeqId]) -> Vec<u32> {
+        let words = self.runner.mask_words();
+        let mut masks = vec![u32::MAX; masked.len() * words];
+        for (id, out) in masked.iter().zip(masks.chunks_mut(words)) {
+            if let Some(a) = self.active.get_mut(id) {
+                a.fill_mask(out);
+            }
+        }
+        masks
     }
 
     /// Emits a sampled token and ends the request if it should stop.

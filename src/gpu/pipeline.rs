@@ -198,6 +198,7 @@ pub const GELU: ShaderSource = shader!("gelu");
 pub const COPY_BLOCKS: ShaderSource = shader!("copy_blocks");
 pub const ARGMAX: ShaderSource = shader!("argmax");
 pub const SAMPLE: ShaderSource = shader!("sample");
+pub const LOGIT_ADJUST: ShaderSource = shader!("logit_adjust");
 pub const ROPE_KV_WRITE: ShaderSource = shader!("rope_kv_write");
 pub const FEED_TOKENS: ShaderSource = shader!("feed_tokens");
 pub const QK_NORM: ShaderSource = shader!("qk_norm");
@@ -223,6 +224,7 @@ pub const ALL_SHADERS: &[ShaderSource] = &[
     COPY_BLOCKS,
     ARGMAX,
     SAMPLE,
+    LOGIT_ADJUST,
     ROPE_KV_WRITE,
     FEED_TOKENS,
     QK_NORM,

@@ -9,8 +9,9 @@ use crate::gpu::kernels::copy_blocks::{check_pairs, words_per_block};
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat};
 use crate::gpu::kernels::rope::RopeStyle;
 use crate::gpu::kernels::{
-    Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul, SoftCap,
+    Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm,
+    LogitAdjust, Matmul, PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul,
+    SoftCap,
 };
 use crate::gpu::kv_pool::{KvPool, KvStorage, copy_texture_blocks};
 use crate::gpu::profile::{Profiler, StepProfile};
@@ -71,6 +72,7 @@ struct Kernels {
     gelu: Gelu,
     copy_blocks: CopyBlocks,
     argmax: Argmax,
+    logit_adjust: LogitAdjust,
     sample: Sample,
     feed_tokens: FeedTokens,
 }
@@ -85,6 +87,12 @@ struct Metadata {
     logit_rows: wgpu::Buffer,
     /// `RowSampling` per logits row (written only when a row is sampled on the GPU).
     row_sampling: wgpu::Buffer,
+    /// `StepBatch::adjust`: a `RowAdjust` per logits row, the masks (one per sequence at
+    /// most, `mask_words` each) and the biases (`sampling::MAX_LOGIT_BIAS` per sequence at
+    /// most). Written only when a step adjusts logits.
+    row_adjust: wgpu::Buffer,
+    masks: wgpu::Buffer,
+    biases: wgpu::Buffer,
 }
 
 /// A matmul over a weight's parts: one bind group and column offset per part.
@@ -209,6 +217,10 @@ pub struct Runner {
     ids: wgpu::Buffer,
     argmax_bind: wgpu::BindGroup,
     sample_bind: wgpu::BindGroup,
+    /// `logit_adjust` over (logits, row_adjust, masks, biases).
+    adjust_bind: wgpu::BindGroup,
+    /// Words of one allowed-token mask (the vocabulary / 32, rounded up).
+    mask_words: usize,
     /// The feed kernel's bind group over (token_ids, ids).
     feed_bind: wgpu::BindGroup,
     /// Two readback buffers, so a step can be submitted while the one before it is still to
@@ -236,7 +248,7 @@ pub struct Runner {
     /// The next step's commands, recorded while the GPU ran the last one, for the shape a
     /// decode step after it would have and the staging buffer it will use; used when the next
     /// batch has that shape.
-    prerecorded: Option<(StepShape, usize, wgpu::CommandBuffer)>,
+    prerecorded: Option<(StepShape, usize, StepCommands)>,
     // Kept alive for the bind groups above.
     _weights: (Vec<GpuMatrix>, Vec<GpuTensor>),
     _buffers: Vec<wgpu::Buffer>,
@@ -254,6 +266,13 @@ pub struct StepTiming {
     pub submit_us: f64,
     /// The whole `forward` call, readback included.
     pub total_us: f64,
+}
+
+/// A step's commands: one buffer, or two when its logits masks come after the submit (the
+/// forward pass runs while the CPU computes them; the pick follows in `pick`).
+pub(crate) struct StepCommands {
+    forward: wgpu::CommandBuffer,
+    pick: Option<wgpu::CommandBuffer>,
 }
 
 /// Labels of the two readback buffers.
@@ -346,6 +365,11 @@ impl Runner {
     /// metadata small: (sequences × columns) words instead of (sequences × max_blocks).
     pub fn block_columns(&self, blocks: usize) -> usize {
         blocks.max(1).next_power_of_two().min(self.max_blocks)
+    }
+
+    /// Words of one allowed-token mask (`StepBatch::mask_row`): the vocabulary / 32, rounded up.
+    pub fn mask_words(&self) -> usize {
+        self.mask_words
     }
 
     /// Most logits rows one step may ask for.

@@ -5,8 +5,8 @@
 //! drops the body, which drops the handles, which aborts the requests and frees their KV
 //! blocks. There is no queue here: the engine's own waiting queue refuses overflow (429).
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
-//! `GET /health`, `GET /metrics` (Prometheus text).
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
 //!
 //! [`run_loading`] binds the port before the model loads: until the engine is ready `/health`
 //! answers `{"status":"loading"}` and every route a JSON 503. With `cors_origins` set, browsers
@@ -25,6 +25,8 @@ mod guard;
 mod metrics;
 mod openai;
 mod respond;
+mod responses;
+mod tools;
 
 use respond::respond;
 
@@ -129,6 +131,7 @@ fn routes(engine: Arc<Engine>, opts: ServerOptions) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -495,6 +498,8 @@ struct Job {
     /// The request asked for logprobs.
     logprobs: bool,
     include_usage: bool,
+    /// How a chat answer is read (reasoning, tool calls); `None` for completions.
+    chat: Option<tools::ChatOutput>,
 }
 
 /// The completion budget of a prompt of `prompt_tokens`: the request's `max_tokens`, or up to
@@ -545,6 +550,15 @@ fn submit(
     req.stop = p.stop.clone();
     req.ignore_eos = p.ignore_eos;
     req.logprobs = p.logprobs;
+    let vocab = st.engine.model_config().vocab_size;
+    if let Some((id, _)) = p.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return Err(ApiError::param(
+            format!("logit_bias names token {id}, outside the vocabulary of {vocab} tokens"),
+            "logit_bias",
+        ));
+    }
+    req.logit_bias = p.logit_bias.clone();
+    req.grammar = p.grammar.clone();
     let handles = st.engine.submit_n(req, p.n)?;
     if let Some(t) = &tally {
         t.prompt(prompt_tokens);
@@ -567,6 +581,7 @@ fn submit(
         tally,
         include_usage: p.include_usage,
         logprobs: p.logprobs.is_some(),
+        chat: None,
     })
 }
 
@@ -591,13 +606,68 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let b: ChatBody = openai::parse(&read_body(&st.opts, body).await?)?;
     check_model(&st, &b.common.model)?;
-    let p = b.common.params(true)?;
+    let mut p = b.common.params(true)?;
+    let tool_req =
+        tools::validate(b.tools.as_ref(), b.tool_choice.as_ref()).map_err(|e| match e {
+            tools::ToolError::Tools(m) => ApiError::param(m, "tools"),
+            tools::ToolError::Choice(m) => ApiError::param(m, "tool_choice"),
+        })?;
+    let forced = matches!(
+        tool_req.choice,
+        tools::ToolChoice::Required | tools::ToolChoice::Named(_)
+    );
+    if let (true, Some(other)) = (forced, p.grammar_param) {
+        return Err(ApiError::param(
+            format!("tool_choice forces a tool call: it cannot be combined with `{other}`"),
+            "tool_choice",
+        ));
+    }
+    let kwargs = tools::kwargs_of(b.chat_template_kwargs.as_ref())
+        .map_err(|m| ApiError::param(m, "chat_template_kwargs"))?;
     let messages = openai::chat_messages(&b.messages)?;
-    let bytes = messages.iter().map(|m| m.role.len() + m.text().len()).sum();
+    let tools_bytes = b.tools.as_ref().map_or(0, |t| t.to_string().len());
+    let bytes = messages
+        .iter()
+        .map(|m| {
+            let calls = m
+                .tool_calls
+                .as_ref()
+                .map_or(0, |c| Value::from(c.clone()).to_string().len());
+            m.role.len() + m.text().len() + calls
+        })
+        .sum::<usize>()
+        + tools_bytes;
     check_prompt_bytes(&st.opts, bytes, "messages")?;
-    let ids = tokenize(&st, Prompt::Chat(messages)).await?;
+    let engine = st.engine.clone();
+    let tr = tool_req.clone();
+    // Rendering and tokenizing stay off the async workers (see `off_runtime`).
+    let (ids, format, thinking_open) = off_runtime(move || {
+        let tok = engine.tokenizer().ok_or_else(|| {
+            crate::Error::InvalidRequest("the model has no tokenizer: send token ids".into())
+        })?;
+        let template = tok.chat_template().unwrap_or("");
+        let format = tools::detect(template);
+        let (messages, ctx_tools) = tools::prepare(template, messages, &tr);
+        let mut ctx = tok.chat_context(true);
+        ctx.tools = ctx_tools;
+        ctx.kwargs = kwargs;
+        let rendered = tok.render_chat_with(&messages, &ctx)?;
+        let ids = tok.encode(&rendered)?;
+        Ok((ids, format, tools::prompt_opens_thinking(&rendered)))
+    })
+    .await?;
+    // The forcing grammar depends on the model's call format, known once its template is.
+    if let Some(g) = tools::forced_grammar(format, &tool_req) {
+        p.grammar = Some(g);
+    }
     let max_tokens = completion_budget(&st, ids.len(), &p)?;
-    let job = submit(&st, Kind::Chat, ids, max_tokens, &p, None, tally)?;
+    let mut job = submit(&st, Kind::Chat, ids, max_tokens, &p, None, tally)?;
+    job.chat = Some(tools::ChatOutput {
+        tools: tool_req.active().then_some(format),
+        // A grammar decides the text from its first token: nothing is left of a think block
+        // the template opened, and the constrained text is the answer.
+        thinking_open: thinking_open && p.grammar.is_none(),
+    });
     Ok(respond(st, job, p.stream).await)
 }
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::sampling::SamplingParams;
+use crate::sampling::{Grammar, MAX_LOGIT_BIAS, SamplingParams};
 use crate::tokenizer::ChatMessage;
 
 /// An error answered as `{"error": {"message", "type", "param", "code"}}`.
@@ -116,6 +116,17 @@ pub struct Common {
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
     pub best_of: Option<i64>,
+    /// Token id (as a string) → bias in [-100, 100].
+    pub logit_bias: Option<Value>,
+    /// Structured output: OpenAI's, then llama.cpp's, then vLLM's spellings (one at a time).
+    pub response_format: Option<Value>,
+    pub json_schema: Option<Value>,
+    pub grammar: Option<Value>,
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_grammar: Option<Value>,
+    pub structured_outputs: Option<Value>,
     /// Every other field: checked against [`UNSUPPORTED`] and [`INFORMATIONAL`].
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
@@ -126,23 +137,15 @@ type AsksNothing = fn(&Value) -> bool;
 
 /// Fields that constrain or change what is generated (or, for `prompt_logprobs`, what is
 /// answered) which this engine does not implement yet, each with a test for the values that
-/// ask for nothing (absent, null, empty, "none"...). Any other value is refused.
+/// ask for nothing (absent, null, empty, "none"...). Any other value is refused. Chat reads
+/// [`CHAT_ONLY`] itself; they are refused here on the other endpoints.
 const UNSUPPORTED: &[(&str, AsksNothing)] = &[
     ("tools", empty),
     ("tool_choice", no_tool_call),
     ("functions", empty),
     ("function_call", no_tool_call),
-    ("response_format", plain_text),
-    ("logit_bias", empty),
     ("suffix", empty),
-    // Structured output as vLLM spells it, then llama.cpp.
-    ("guided_choice", Value::is_null),
-    ("guided_json", Value::is_null),
-    ("guided_regex", Value::is_null),
-    ("guided_grammar", Value::is_null),
-    ("structured_outputs", Value::is_null),
-    ("grammar", empty),
-    ("json_schema", empty),
+    ("chat_template_kwargs", empty),
     // vLLM's sampling extensions.
     ("min_tokens", off),
     ("stop_token_ids", empty),
@@ -180,8 +183,15 @@ fn no_tool_call(v: &Value) -> bool {
     v.is_null() || v == "none" || v == "auto"
 }
 
-fn plain_text(v: &Value) -> bool {
-    v.is_null() || *v == json!({ "type": "text" })
+/// Fields chat reads itself (they reach [`check_other_fields`] only on other endpoints).
+const CHAT_ONLY: &[&str] = &["tools", "tool_choice", "chat_template_kwargs"];
+
+fn where_(field: &str) -> &'static str {
+    if CHAT_ONLY.contains(&field) {
+        "on this endpoint (only on /v1/chat/completions)"
+    } else {
+        "by this server"
+    }
 }
 
 /// Refuses the first field that asks for something unsupported; logs unknown ones.
@@ -191,7 +201,7 @@ fn check_other_fields(other: &serde_json::Map<String, Value>) -> Result<(), ApiE
         match UNSUPPORTED.iter().find(|(n, _)| n == name) {
             Some((n, asks_nothing)) if !asks_nothing(value) => {
                 return Err(
-                    ApiError::param(format!("`{n}` is not supported by this server"), n)
+                    ApiError::param(format!("`{n}` is not supported {}", where_(n)), n)
                         .code("unsupported_parameter"),
                 );
             }
@@ -209,6 +219,14 @@ fn check_other_fields(other: &serde_json::Map<String, Value>) -> Result<(), ApiE
 #[derive(Debug, Deserialize)]
 pub struct ChatBody {
     pub messages: Vec<Value>,
+    /// Chat only (completions refuse them through [`UNSUPPORTED`]).
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// More template variables (`enable_thinking`, …).
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Value>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -266,7 +284,42 @@ pub fn chat_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 Some(_) => return Err(bad("content must be a string or an array of parts")),
             };
-            Ok(ChatMessage::new(role, content))
+            let mut msg = ChatMessage::new(role, content);
+            match m.get("tool_calls") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(calls)) if role == "assistant" => {
+                    for c in calls {
+                        let ok = c.pointer("/function/name").is_some_and(Value::is_string)
+                            && c.get("function").is_some_and(Value::is_object);
+                        if !ok {
+                            return Err(bad("each tool call needs function.name"));
+                        }
+                    }
+                    if !calls.is_empty() {
+                        msg.tool_calls = Some(super::tools::incoming_tool_calls(calls));
+                        // A turn of calls only has no content (templates test for it).
+                        if msg.text().is_empty() {
+                            msg.content = None;
+                        }
+                    }
+                }
+                Some(Value::Array(_)) => {
+                    return Err(bad("only assistant messages have tool_calls"));
+                }
+                Some(_) => return Err(bad("tool_calls must be an array")),
+            }
+            let string = |k: &str| match m.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(&format!("{k} must be a string"))),
+            };
+            msg.tool_call_id = string("tool_call_id")?;
+            msg.name = string("name")?;
+            msg.reasoning_content = string("reasoning_content")?;
+            if role == "tool" && msg.tool_call_id.is_none() {
+                return Err(bad("a tool message needs tool_call_id"));
+            }
+            Ok(msg)
         })
         .collect()
 }
@@ -319,6 +372,12 @@ pub struct Params {
     pub ignore_eos: bool,
     /// Report each token's logprob and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Structured output: what the text must follow.
+    pub grammar: Option<Grammar>,
+    /// Which field asked for `grammar` (named when it cannot be combined with tools).
+    pub grammar_param: Option<&'static str>,
+    /// (token id, bias); ids are checked against the vocabulary at submit.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -449,6 +508,10 @@ impl Common {
             return Err(ApiError::param("stop sequences must not be empty", "stop"));
         }
         let stream = self.stream.unwrap_or(false);
+        let (grammar, grammar_param) = match self.structured()? {
+            Some((g, name)) => (Some(g), Some(name)),
+            None => (None, None),
+        };
         let include_usage = self
             .stream_options
             .as_ref()
@@ -464,6 +527,231 @@ impl Common {
             include_usage,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs,
+            grammar,
+            grammar_param,
+            logit_bias: logit_bias(self.logit_bias.as_ref())?,
         })
     }
+
+    /// The one structured-output field set (values that ask for nothing do not count).
+    fn structured(&self) -> Result<Option<(Grammar, &'static str)>, ApiError> {
+        let fields: [(&'static str, &Option<Value>); 8] = [
+            ("response_format", &self.response_format),
+            ("json_schema", &self.json_schema),
+            ("grammar", &self.grammar),
+            ("guided_json", &self.guided_json),
+            ("guided_regex", &self.guided_regex),
+            ("guided_choice", &self.guided_choice),
+            ("guided_grammar", &self.guided_grammar),
+            ("structured_outputs", &self.structured_outputs),
+        ];
+        let mut found: Option<(Grammar, &'static str)> = None;
+        for (name, v) in fields {
+            let Some(v) = v else { continue };
+            let Some(g) = structured_field(name, v)? else {
+                continue;
+            };
+            if let Some((_, first)) = &found {
+                return Err(ApiError::param(
+                    format!("`{first}` and `{name}` both constrain the output: send one"),
+                    name,
+                ));
+            }
+            found = Some((g, name));
+        }
+        Ok(found)
+    }
+}
+
+/// A Lark grammar from `param`; GBNF (llama.cpp's other syntax) is refused by name.
+fn lark(v: &Value, param: &'static str) -> Result<Option<Grammar>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) if s.contains("::=") => Err(ApiError::param(
+            format!(
+                "`{param}` looks like a GBNF grammar (it has `::=`): GBNF is not supported; \
+                 send the grammar in Lark syntax (llguidance), e.g. `start: \"yes\" | \"no\"`"
+            ),
+            param,
+        )),
+        Value::String(s) => Ok(Some(Grammar::Lark(s.clone()))),
+        _ => Err(ApiError::param(
+            format!("`{param}` must be a string (a Lark grammar)"),
+            param,
+        )),
+    }
+}
+
+fn schema(v: &Value, param: &'static str) -> Result<Option<Grammar>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(_) | Value::Bool(true) => Ok(Some(Grammar::JsonSchema(v.clone()))),
+        _ => Err(ApiError::param(
+            format!("`{param}` must be a JSON Schema object"),
+            param,
+        )),
+    }
+}
+
+fn regex(v: &Value, param: &'static str) -> Result<Option<Grammar>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(Grammar::Regex(s.clone()))),
+        _ => Err(ApiError::param(
+            format!("`{param}` must be a string (a regular expression)"),
+            param,
+        )),
+    }
+}
+
+fn choice(v: &Value, param: &'static str) -> Result<Option<Grammar>, ApiError> {
+    let bad = || {
+        ApiError::param(
+            format!("`{param}` must be a non-empty list of strings"),
+            param,
+        )
+    };
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(|c| Some(Grammar::Choice(c)))
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// One structured-output field's grammar; `None` when its value asks for nothing.
+fn structured_field(name: &'static str, v: &Value) -> Result<Option<Grammar>, ApiError> {
+    match name {
+        "response_format" => response_format(v),
+        "json_schema" | "guided_json" => schema(v, name),
+        "grammar" | "guided_grammar" => lark(v, name),
+        "guided_regex" => regex(v, name),
+        "guided_choice" => choice(v, name),
+        _ => structured_outputs(v),
+    }
+}
+
+fn response_format(v: &Value) -> Result<Option<Grammar>, ApiError> {
+    let p = "response_format";
+    if v.is_null() {
+        return Ok(None);
+    }
+    let bad = |m: &str| ApiError::param(format!("response_format: {m}"), p);
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::JsonObject)),
+        Some("json_schema") => {
+            let js = v
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| bad("type json_schema needs a `json_schema` object"))?;
+            match js.get("name") {
+                None | Some(Value::String(_)) => {}
+                Some(_) => return Err(bad("json_schema.name must be a string")),
+            }
+            match js.get("strict") {
+                None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+                Some(_) => return Err(bad("json_schema.strict must be a boolean")),
+            }
+            match js.get("schema") {
+                // No schema: any JSON object, as llama.cpp does.
+                None | Some(Value::Null) => Ok(Some(Grammar::JsonObject)),
+                Some(s @ Value::Object(_)) => Ok(Some(Grammar::JsonSchema(s.clone()))),
+                Some(_) => Err(bad("json_schema.schema must be an object")),
+            }
+        }
+        Some(t) => Err(bad(&format!(
+            "type {t:?} is not supported (text, json_object or json_schema)"
+        ))),
+        None => Err(bad("needs a string `type`")),
+    }
+}
+
+/// vLLM's `structured_outputs`: one of json, regex, choice, grammar, json_object.
+fn structured_outputs(v: &Value) -> Result<Option<Grammar>, ApiError> {
+    let p = "structured_outputs";
+    let o = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err(ApiError::param("structured_outputs must be an object", p)),
+    };
+    let mut found = None;
+    for (k, v) in o {
+        let g = match k.as_str() {
+            "json" => schema(v, p)?,
+            "regex" => regex(v, p)?,
+            "choice" => choice(v, p)?,
+            "grammar" => lark(v, p)?,
+            "json_object" => match v {
+                Value::Bool(true) => Some(Grammar::JsonObject),
+                Value::Bool(false) | Value::Null => None,
+                _ => {
+                    return Err(ApiError::param(
+                        "structured_outputs.json_object must be a boolean",
+                        p,
+                    ));
+                }
+            },
+            _ => {
+                return Err(ApiError::param(
+                    format!(
+                        "structured_outputs.{k} is not supported (json, regex, choice, grammar, \
+                         json_object)"
+                    ),
+                    p,
+                ));
+            }
+        };
+        if g.is_some() && found.is_some() {
+            return Err(ApiError::param(
+                "structured_outputs takes one of json, regex, choice, grammar, json_object",
+                p,
+            ));
+        }
+        found = found.or(g);
+    }
+    Ok(found)
+}
+
+/// `logit_bias`: `{"<token id>": bias}` with biases in [-100, 100], at most [`MAX_LOGIT_BIAS`].
+fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let p = "logit_bias";
+    let o = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(ApiError::param(
+                "logit_bias must be an object of token ids to biases",
+                p,
+            ));
+        }
+    };
+    if o.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::param(
+            format!(
+                "logit_bias takes at most {MAX_LOGIT_BIAS} tokens, got {}",
+                o.len()
+            ),
+            p,
+        ));
+    }
+    o.iter()
+        .map(|(k, b)| {
+            let id = k.trim().parse::<u32>().map_err(|_| {
+                ApiError::param(format!("logit_bias key {k:?} is not a token id"), p)
+            })?;
+            match b.as_f64() {
+                Some(x) if (-100.0..=100.0).contains(&x) => Ok((id, x as f32)),
+                _ => Err(ApiError::param(
+                    format!("logit_bias for token {id} must be a number in [-100, 100], got {b}"),
+                    p,
+                )),
+            }
+        })
+        .collect()
 }

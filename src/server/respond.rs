@@ -174,14 +174,39 @@ pub(super) async fn collect(st: &AppState, job: Job) -> Result<Value, ApiError> 
             }
         };
         completion_tokens += tokens;
-        choices.push(match kind {
-            Kind::Chat => json!({
+        choices.push(match (kind, &job.chat) {
+            (Kind::Chat, Some(out)) => {
+                let (reasoning, content, calls) = tools::parse_complete(out, &text);
+                let mut message = json!({ "role": "assistant", "content": content });
+                if !reasoning.is_empty() {
+                    message["reasoning_content"] = json!(reasoning);
+                }
+                let mut finish = reason_str(reason);
+                if !calls.is_empty() {
+                    // Only calls: content is null, as OpenAI answers.
+                    if content.trim().is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(|c| c.message_json()).collect();
+                    // A call cut off by max_tokens still says "length".
+                    if reason != FinishReason::Length {
+                        finish = "tool_calls";
+                    }
+                }
+                json!({
+                    "index": i,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                })
+            }
+            (Kind::Chat, None) => json!({
                 "index": i,
                 "message": { "role": "assistant", "content": text },
                 "logprobs": logprobs,
                 "finish_reason": reason_str(reason),
             }),
-            Kind::Text => json!({
+            (Kind::Text, _) => json!({
                 "index": i,
                 "text": text,
                 "logprobs": logprobs,
@@ -223,6 +248,27 @@ pub(super) struct Sse {
     /// Without a tokenizer every delta is empty text: send a chunk per token anyway, so the
     /// client sees progress (and a disconnect is noticed at the next write).
     chunk_empty: bool,
+    /// Per chat choice: splits reasoning, content and tool calls.
+    parsers: Vec<Option<tools::ChoiceParser>>,
+}
+
+/// How long a stream may be silent (queued, prefilling) before a comment keeps it alive:
+/// proxies and clients with read timeouts would otherwise drop it.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A chat delta of what a parser gave.
+fn chat_delta(p: &tools::Parsed) -> Value {
+    let mut d = serde_json::Map::new();
+    if !p.reasoning.is_empty() {
+        d.insert("reasoning_content".into(), json!(p.reasoning));
+    }
+    if !p.content.is_empty() {
+        d.insert("content".into(), json!(p.content));
+    }
+    if !p.calls.is_empty() {
+        d.insert("tool_calls".into(), Value::Array(p.calls.clone()));
+    }
+    Value::Object(d)
 }
 
 pub(super) fn frame(out: &mut String, v: &Value) {
@@ -275,7 +321,15 @@ impl Sse {
                 self.timing[i].token(&self.st, token_ids.len());
                 self.completion_tokens += token_ids.len();
                 self.pending_lps[i].extend(logprobs);
-                if !text.is_empty() || (self.chunk_empty && !token_ids.is_empty()) {
+                if let Some(p) = self.parsers[i].as_mut() {
+                    let parsed = p.feed(&text);
+                    if !parsed.is_empty() || (self.chunk_empty && !token_ids.is_empty()) {
+                        let mut c = self.choice(i, None, None);
+                        c["delta"] = chat_delta(&parsed);
+                        c["logprobs"] = self.take_logprobs(i);
+                        frame(&mut out, &self.chunk(c));
+                    }
+                } else if !text.is_empty() || (self.chunk_empty && !token_ids.is_empty()) {
                     let mut c = self.choice(i, Some(&text), None);
                     c["logprobs"] = self.take_logprobs(i);
                     frame(&mut out, &self.chunk(c));
@@ -286,7 +340,22 @@ impl Sse {
                 if i == 0 {
                     self.cached_tokens = usage.cached_tokens;
                 }
-                let mut c = self.choice(i, None, Some(reason_str(reason)));
+                let mut finish = reason_str(reason);
+                if let Some(p) = self.parsers[i].as_mut() {
+                    // Text held back (a possible marker, an unfinished call) goes out now.
+                    let parsed = p.finish();
+                    let called = p.called();
+                    if !parsed.is_empty() {
+                        let mut c = self.choice(i, None, None);
+                        c["delta"] = chat_delta(&parsed);
+                        c["logprobs"] = self.take_logprobs(i);
+                        frame(&mut out, &self.chunk(c));
+                    }
+                    if called && reason != FinishReason::Length {
+                        finish = "tool_calls";
+                    }
+                }
+                let mut c = self.choice(i, None, Some(finish));
                 if !self.pending_lps[i].is_empty() {
                     c["logprobs"] = self.take_logprobs(i);
                 }
@@ -359,6 +428,9 @@ pub(super) fn sse(st: Arc<AppState>, job: Job) -> Response {
         offsets: vec![job.echo.as_deref().map_or(0, |e| e.chars().count()); n],
         logprobs: job.logprobs,
         chunk_empty: false,
+        parsers: (0..n)
+            .map(|_| job.chat.as_ref().map(tools::ChoiceParser::new))
+            .collect(),
     };
     s.chunk_empty = s.st.engine.tokenizer().is_none();
     let mut head = String::new();
@@ -382,7 +454,11 @@ pub(super) fn sse(st: Arc<AppState>, job: Job) -> Response {
             return Some((Ok::<_, std::convert::Infallible>(Bytes::from(h)), Some(s)));
         }
         loop {
-            match s.events.next().await {
+            let Ok(next) = tokio::time::timeout(KEEP_ALIVE, s.events.next()).await else {
+                // An SSE comment: clients ignore it; the connection stays busy.
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(s)));
+            };
+            match next {
                 Some((i, ev)) => {
                     let out = s.on_event(i, ev);
                     if !out.is_empty() {

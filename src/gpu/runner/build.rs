@@ -7,19 +7,21 @@ use super::{
     STAGING_LABELS, StepTiming, f32_buffer, logits, matmul_input, positions, quant_kernel,
     u32_buffer,
 };
+use crate::batch::{RowAdjust, TokenBias};
 use crate::gpu::graph::{Act, Graph, Op, Rows};
 use crate::gpu::kernels::attention::SplitLimits;
 use crate::gpu::kernels::matmul_quant::{MatmulQuant, QuantFormat};
 use crate::gpu::kernels::{
-    Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm, Matmul,
-    PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul, SoftCap, WeightData,
+    Argmax, CopyBlocks, Embedding, EmbeddingQuant, FeedTokens, Gelu, KvWrite, LayerNorm,
+    LogitAdjust, Matmul, PagedAttention, QkNorm, RmsNorm, RopeKvWrite, Sample, Scale, SiluMul,
+    SoftCap, WeightData,
 };
 use crate::gpu::kv_pool::{KvPool, KvStorage};
 use crate::gpu::pipeline::join_scoped;
 use crate::gpu::profile::intern_label;
 use crate::gpu::weights::{GpuMatrix, MatrixFormat, MatrixPart};
 use crate::gpu::{GpuContext, GpuError};
-use crate::sampling::RowSampling;
+use crate::sampling::{MAX_LOGIT_BIAS, RowSampling};
 
 impl Runner {
     /// Builds everything `graph` needs for steps of up to `rc.max_batch_tokens` tokens.
@@ -32,6 +34,9 @@ impl Runner {
         let max_blocks = max_positions.div_ceil(rc.block_size);
         let max_logit_rows = t.min((ctx.max_binding_bytes() / (vocab as u64 * 4)).max(1) as usize);
         let wdt = g.weight_dtype;
+        // Only the rows sampled next (one per sequence) are adjusted.
+        let adjusted_rows = rc.max_seqs.clamp(1, max_logit_rows);
+        let mask_words = vocab.div_ceil(32);
 
         let mut quant_formats: Vec<QuantFormat> = Vec::new();
         for f in g.matrices.iter().flat_map(|m| m.quant_formats()) {
@@ -140,6 +145,7 @@ impl Runner {
             let copy_blocks = s.spawn(|| CopyBlocks::new(ctx));
             let argmax = s.spawn(|| Argmax::new(ctx));
             let sample = s.spawn(|| Sample::new(ctx));
+            let logit_adjust = s.spawn(|| LogitAdjust::new(ctx));
             let feed_tokens = s.spawn(|| FeedTokens::new(ctx));
             Ok(Kernels {
                 embedding: join_scoped(embedding),
@@ -160,6 +166,7 @@ impl Runner {
                 copy_blocks: join_scoped(copy_blocks),
                 argmax: join_scoped(argmax),
                 sample: join_scoped(sample),
+                logit_adjust: join_scoped(logit_adjust),
                 feed_tokens: join_scoped(feed_tokens),
             })
         })?;
@@ -174,6 +181,17 @@ impl Runner {
                 ctx,
                 "row_sampling",
                 max_logit_rows * std::mem::size_of::<RowSampling>() / 4,
+            ),
+            row_adjust: u32_buffer(
+                ctx,
+                "row_adjust",
+                max_logit_rows * std::mem::size_of::<RowAdjust>() / 4,
+            ),
+            masks: u32_buffer(ctx, "logit masks", adjusted_rows * mask_words),
+            biases: u32_buffer(
+                ctx,
+                "logit biases",
+                adjusted_rows * MAX_LOGIT_BIAS * std::mem::size_of::<TokenBias>() / 4,
             ),
         };
 
@@ -218,6 +236,10 @@ impl Runner {
         let ids = u32_buffer(ctx, "token ids", max_logit_rows);
         let argmax_bind = kernels.argmax.bind(ctx, &logits, &ids);
         let sample_bind = kernels.sample.bind(ctx, &logits, &ids, &meta.row_sampling);
+        let adjust_bind =
+            kernels
+                .logit_adjust
+                .bind(ctx, &logits, &meta.row_adjust, &meta.masks, &meta.biases);
         let feed_bind = kernels.feed_tokens.bind(ctx, &meta.token_ids, &ids);
         let dummy = u32_buffer(ctx, "unused binding", 1);
 
@@ -559,6 +581,8 @@ impl Runner {
             ids,
             argmax_bind,
             sample_bind,
+            adjust_bind,
+            mask_words,
             feed_bind,
             staging,
             staging_step: [0; 2],

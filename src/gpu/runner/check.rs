@@ -1,7 +1,7 @@
 //! The runner's guard: a step batch that would index outside a buffer is an error, not UB.
 
 use super::Runner;
-use crate::batch::{FED_TOKEN, StepBatch};
+use crate::batch::{FED_TOKEN, NO_MASK, StepBatch};
 use crate::gpu::GpuError;
 
 impl Runner {
@@ -112,6 +112,66 @@ impl Runner {
             .any(|(full, s)| *full && !s.is_greedy())
         {
             return bad("a row read back whole cannot also be sampled on the GPU".into());
+        }
+        self.check_adjust(b)
+    }
+
+    /// The logits adjustments point inside their masks and biases, which fit the buffers.
+    fn check_adjust(&self, b: &StepBatch) -> Result<(), GpuError> {
+        let a = &b.adjust;
+        if a.is_empty() {
+            return Ok(());
+        }
+        let bad = |msg: String| {
+            Err(GpuError::Shape {
+                op: "logit adjust",
+                msg,
+            })
+        };
+        if a.rows.len() != b.logit_rows.len() {
+            return bad(format!(
+                "{} adjusted rows for {} logits rows",
+                a.rows.len(),
+                b.logit_rows.len()
+            ));
+        }
+        let words = self.mask_words;
+        let mask_total = a.num_masks * words;
+        if a.num_masks > 0 && a.mask_words != words {
+            return bad(format!(
+                "masks of {} words; the vocabulary needs {words}",
+                a.mask_words
+            ));
+        }
+        if mask_total as u64 * 4 > self.meta.masks.size() {
+            return bad(format!(
+                "{} masks are more than one per sequence",
+                a.num_masks
+            ));
+        }
+        if !a.masks_later && a.masks.len() != mask_total {
+            return bad(format!(
+                "{} mask words for {} masks",
+                a.masks.len(),
+                a.num_masks
+            ));
+        }
+        if a.biases.len() as u64 * 8 > self.meta.biases.size() {
+            return bad(format!(
+                "{} logit biases are too many for one step",
+                a.biases.len()
+            ));
+        }
+        for r in &a.rows {
+            let mask_ok = r.mask_offset == NO_MASK
+                || ((r.mask_offset as usize).is_multiple_of(words)
+                    && r.mask_offset as usize + words <= mask_total);
+            let bias_end = r.bias_start as usize + r.bias_count as usize;
+            if !mask_ok || bias_end > a.biases.len() {
+                return bad(format!(
+                    "row adjustment {r:?} points outside the step's data"
+                ));
+            }
         }
         Ok(())
     }

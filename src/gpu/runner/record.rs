@@ -3,7 +3,9 @@
 //! reach the GPU through the runner's metadata buffers, so the runner can record the next
 //! decode step while the GPU runs the current one.
 
-use super::{Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Readback, Runner, quant_kernel};
+use super::{
+    Dispatch, EmbeddingKernel, Kernels, MatmulBinds, Readback, Runner, StepCommands, quant_kernel,
+};
 use crate::batch::StepBatch;
 use crate::gpu::graph::Rows;
 use crate::gpu::kernels::{AttentionParams, MatmulParams, QkNormParams, RopeParams};
@@ -12,7 +14,8 @@ use crate::gpu::weights::MatrixFormat;
 
 impl Runner {
     /// Records a step of `shape` (every dispatch and the readback copies) into one command
-    /// buffer. Nothing here reads the batch's contents: those reach the GPU through the
+    /// buffer, or two when its masks follow the submit (the pick: logit adjust, argmax,
+    /// sample, readback). Nothing here reads the batch's contents: those reach the GPU through the
     /// metadata buffers.
     pub(super) fn record(
         &self,
@@ -20,7 +23,7 @@ impl Runner {
         readback: &Readback,
         staging: usize,
         profiler: Option<&mut Profiler>,
-    ) -> wgpu::CommandBuffer {
+    ) -> StepCommands {
         let k = &self.kernels;
         let heads = self.attention_shape;
         let t = shape.tokens;
@@ -173,22 +176,42 @@ impl Runner {
                     }
                 }
             }
-            if r > 0 {
-                k.argmax
-                    .encode(rec.pass("argmax"), &self.argmax_bind, r, vocab);
-                if shape.samples_on_gpu {
-                    k.sample
-                        .encode(rec.pass("sample"), &self.sample_bind, r, vocab);
-                }
+        }
+        // With masks that follow the submit, the pick goes in a command buffer of its own.
+        let (forward, mut pick) = if shape.adjusts_logits && shape.masks_later {
+            (Some(rec.finish()), Recorder::new(&self.ctx, None))
+        } else {
+            (None, rec)
+        };
+        if r > 0 {
+            if shape.adjusts_logits {
+                k.logit_adjust
+                    .encode(pick.pass("logit adjust"), &self.adjust_bind, r, vocab);
+            }
+            k.argmax
+                .encode(pick.pass("argmax"), &self.argmax_bind, r, vocab);
+            if shape.samples_on_gpu {
+                k.sample
+                    .encode(pick.pass("sample"), &self.sample_bind, r, vocab);
             }
         }
         readback.record(
-            rec.encoder(),
+            pick.encoder(),
             &self.ids,
             &self.logits,
             &self.staging[staging],
         );
-        rec.finish()
+        let pick = pick.finish();
+        match forward {
+            Some(forward) => StepCommands {
+                forward,
+                pick: Some(pick),
+            },
+            None => StepCommands {
+                forward: pick,
+                pick: None,
+            },
+        }
     }
 }
 
@@ -238,6 +261,10 @@ pub(super) struct StepShape {
     pub(super) full_logits: Vec<bool>,
     /// Whether the sampler runs after the argmax (`StepBatch::samples_on_gpu`).
     samples_on_gpu: bool,
+    /// Whether `logit_adjust` runs before the pick, and whether its masks follow the submit
+    /// (`StepBatch::adjust`).
+    pub(super) adjusts_logits: bool,
+    pub(super) masks_later: bool,
     /// Logits rows of the step before, when this one takes tokens from it (else 0).
     fed_rows: usize,
     /// Columns of the block-table rows (`StepBatch::max_blocks`).
@@ -252,6 +279,8 @@ impl StepShape {
             max_context_len: b.context_lens.iter().max().map_or(0, |&c| c as usize),
             full_logits: b.full_logits.clone(),
             samples_on_gpu: b.samples_on_gpu(),
+            adjusts_logits: !b.adjust.is_empty(),
+            masks_later: !b.adjust.is_empty() && b.adjust.masks_later,
             fed_rows: if b.has_fed_tokens() { prev_rows } else { 0 },
             block_cols: b.max_blocks,
         }
@@ -267,6 +296,8 @@ impl StepShape {
             max_context_len: self.max_context_len + 1,
             full_logits: self.full_logits.clone(),
             samples_on_gpu: self.samples_on_gpu,
+            adjusts_logits: self.adjusts_logits,
+            masks_later: self.masks_later,
             fed_rows: if fed { self.full_logits.len() } else { 0 },
             block_cols: self.block_cols,
         })

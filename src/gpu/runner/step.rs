@@ -15,6 +15,9 @@ use crate::gpu::profile::Profiler;
 #[derive(Debug)]
 pub struct StepTicket {
     submission: wgpu::SubmissionIndex,
+    /// The pick's commands while they wait for the step's masks ([`Runner::submit_masks`]),
+    /// with the mask words they need.
+    pick: Option<(wgpu::CommandBuffer, usize)>,
     readback: Readback,
     staging: usize,
     /// The runner's count of submitted steps at this one (from 1).
@@ -25,6 +28,11 @@ impl StepTicket {
     /// Logits rows the step returns.
     pub fn rows(&self) -> usize {
         self.readback.rows()
+    }
+
+    /// Whether the step waits for its masks ([`Runner::submit_masks`]).
+    pub fn awaits_masks(&self) -> bool {
+        self.pick.is_some()
     }
 }
 
@@ -72,16 +80,49 @@ impl Runner {
     pub fn wait(&mut self, ticket: StepTicket) -> Result<Logits, GpuError> {
         let StepTicket {
             submission,
+            pick,
             readback,
             staging,
             step,
         } = ticket;
+        if pick.is_some() {
+            return Err(GpuError::Readback(format!(
+                "step {step} was waited for before its logits masks were submitted"
+            )));
+        }
         if self.staging_step[staging] != step {
             return Err(GpuError::Readback(format!(
                 "step {step}'s readback was overwritten: more than two steps were in flight"
             )));
         }
         readback.finish(&self.ctx, &self.staging[staging], submission)
+    }
+
+    /// Hands over the masks of a step submitted with `StepBatch::adjust.masks_later` (the
+    /// forward pass is already on the GPU) and submits its pick: `masks` holds the step's
+    /// masks back to back, in the order its rows point to.
+    pub fn submit_masks(&mut self, ticket: &mut StepTicket, masks: &[u32]) -> Result<(), GpuError> {
+        let Some((pick, words)) = ticket.pick.take() else {
+            return Err(GpuError::Shape {
+                op: "submit_masks",
+                msg: "the step does not wait for masks".into(),
+            });
+        };
+        if masks.len() != words {
+            return Err(GpuError::Shape {
+                op: "submit_masks",
+                msg: format!("{} mask words for a step that needs {words}", masks.len()),
+            });
+        }
+        if !masks.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(&self.meta.masks, 0, bytemuck::cast_slice(masks));
+        }
+        let t = std::time::Instant::now();
+        ticket.submission = self.ctx.queue.submit([pick]);
+        self.last_timing.submit_us += t.elapsed().as_secs_f64() * 1e6;
+        Ok(())
     }
 
     fn submit_with(
@@ -118,6 +159,16 @@ impl Runner {
                 bytemuck::cast_slice(&batch.row_sampling),
             );
         }
+        let adj = &batch.adjust;
+        if !adj.is_empty() {
+            q.write_buffer(&m.row_adjust, 0, bytemuck::cast_slice(&adj.rows));
+            if !adj.biases.is_empty() {
+                q.write_buffer(&m.biases, 0, bytemuck::cast_slice(&adj.biases));
+            }
+            if !adj.masks_later && !adj.masks.is_empty() {
+                q.write_buffer(&m.masks, 0, bytemuck::cast_slice(&adj.masks));
+            }
+        }
 
         let shape = StepShape::of(batch, self.last_rows);
         let readback = Readback::new(&shape.full_logits, self.vocab);
@@ -135,7 +186,13 @@ impl Runner {
         };
         self.last_timing.encode_us = start.elapsed().as_secs_f64() * 1e6;
         let submit_start = std::time::Instant::now();
-        let submission = self.ctx.queue.submit([commands]);
+        let (submission, pick) = match commands.pick {
+            Some(pick) => (
+                self.ctx.queue.submit([commands.forward]),
+                Some((pick, adj.num_masks * self.mask_words)),
+            ),
+            None => (self.ctx.queue.submit([commands.forward]), None),
+        };
         self.last_timing.submit_us = submit_start.elapsed().as_secs_f64() * 1e6;
         self.submitted_steps += 1;
         self.staging_step[staging] = self.submitted_steps;
@@ -155,6 +212,7 @@ impl Runner {
         }
         Ok(StepTicket {
             submission,
+            pick,
             readback,
             staging,
             step: self.submitted_steps,
