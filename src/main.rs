@@ -82,7 +82,7 @@ enum Command {
         command: cli::bench::BenchCommand,
     },
     /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/responses,
-    /// /v1/models, /metrics)
+    /// /v1/models, /metrics) with a chat page at /
     #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Teacher-forced top-K logits after each prefix of the prompt

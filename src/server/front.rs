@@ -83,8 +83,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Until `ready` is set: `/health` answers 503 `{"status":"loading"}`, everything else a JSON
-/// 503. Once it is set, every request goes to the router in it.
+/// Until `ready` is set: `/health` answers 503 `{"status":"loading"}`, `GET /` the chat page
+/// (which shows "loading" until `/v1/models` answers), everything else a JSON 503. Once it is
+/// set, every request goes to the router in it.
 pub(super) fn loading(ready: Arc<OnceLock<Router>>) -> Router {
     Router::new().fallback(move |req: HttpRequest| {
         let ready = ready.clone();
@@ -94,13 +95,16 @@ pub(super) fn loading(ready: Arc<OnceLock<Router>>) -> Router {
                     Ok(r) => r,
                     Err(never) => match never {},
                 },
-                None => while_loading(req.uri().path()),
+                None => while_loading(req.method(), req.uri().path()),
             }
         }
     })
 }
 
-fn while_loading(path: &str) -> Response {
+fn while_loading(method: &Method, path: &str) -> Response {
+    if path == "/" && (method == Method::GET || method == Method::HEAD) {
+        return super::page::page();
+    }
     if path == "/health" {
         let body = axum::Json(json!({ "status": "loading" }));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();

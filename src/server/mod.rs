@@ -6,7 +6,8 @@
 //! blocks. There is no queue here: the engine's own waiting queue refuses overflow (429).
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`,
-//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), `GET /` (a chat page; it
+//! needs no key itself and sends the one the user types with its API calls).
 //!
 //! [`run_loading`] binds the port before the model loads: until the engine is ready `/health`
 //! answers `{"status":"loading"}` and every route a JSON 503. With `cors_origins` set, browsers
@@ -24,6 +25,7 @@ mod front;
 mod guard;
 mod metrics;
 mod openai;
+mod page;
 mod respond;
 mod responses;
 mod tools;
@@ -135,6 +137,7 @@ fn routes(engine: Arc<Engine>, opts: ServerOptions) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/", get(page::index))
         .method_not_allowed_fallback(guard::method_not_allowed)
         .fallback(guard::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard::gate))
