@@ -1,6 +1,7 @@
 //! wllm: a portable LLM inference runtime — PagedAttention serving on any GPU through wgpu.
 
 pub mod batch;
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod generate;

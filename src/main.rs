@@ -76,6 +76,9 @@ enum Command {
     Batch(cli::batch::BatchArgs),
     /// How many sequences a KV memory budget holds, preallocated versus paged
     Plan(cli::plan::PlanArgs),
+    /// Every kernel on this adapter (or all of them) against its CPU reference: PASS / FAIL /
+    /// UNSUPPORTED per kernel, form and shape
+    Check(cli::check::CheckArgs),
     /// Benchmarks
     Bench {
         #[command(subcommand)]
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Batch(args) => cli::batch::run(args)?,
         Command::Chat(args) => cli::chat::run(args)?,
         Command::Plan(args) => cli::plan::run(args)?,
+        Command::Check(args) => cli::check::run(args)?,
         Command::Bench { command } => cli::bench::run(command)?,
         #[cfg(feature = "server")]
         Command::Serve(args) => serve(args)?,

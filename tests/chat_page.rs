@@ -82,15 +82,13 @@ fn root_serves_the_page_with_and_without_an_api_key() {
 
 #[test]
 fn root_serves_the_page_while_the_model_loads() {
-    // A port that was free a moment ago: run_loading prints the one it binds, it does not return it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound here, so the port is known and nobody else can take it before the server runs.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
     let (finish, wait) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let opts = wllm::server::ServerOptions::new("never-loads");
-        wllm::server::run_loading(opts, &addr.to_string(), || {
+        wllm::server::run_loading_on(opts, listener, || {
             let _ = wait.recv();
             Err::<std::sync::Arc<wllm::Engine>, _>("test over")
         })

@@ -624,3 +624,89 @@ fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// `wllm check --json` on the test adapter: every case passes or is unsupported, the exit
+/// status is 0, and the report names the adapter and covers each kernel family in both forms.
+#[test]
+fn check_reports_every_kernel_passing_on_the_test_adapter() {
+    let (ok, out, err) = wllm(&["check", "--json"]);
+    assert!(ok, "wllm check failed: {err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let adapters = v["adapters"].as_array().expect("adapters");
+    assert_eq!(adapters.len(), 1);
+    let a = &adapters[0];
+    assert!(a["name"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(
+        a["limits"]["max_storage_buffer_binding_size"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let results = a["results"].as_array().unwrap();
+    for r in results {
+        let status = r["status"].as_str().unwrap();
+        assert!(status == "PASS" || status == "UNSUPPORTED", "{r}");
+    }
+    for kernel in ["argmax", "sample", "logit_adjust", "rms_norm", "matmul"] {
+        assert!(
+            results
+                .iter()
+                .any(|r| r["kernel"] == kernel && r["status"] == "PASS"),
+            "{kernel} missing"
+        );
+    }
+    for form in ["cpu forms", "gpu forms"] {
+        assert!(
+            results
+                .iter()
+                .any(|r| r["form"].as_str().unwrap().starts_with(form)),
+            "{form} missing"
+        );
+    }
+    // Unknown adapters are an error, not an empty report.
+    let (ok, _, err) = wllm(&["check", "--adapter", "no-such-gpu-anywhere"]);
+    assert!(!ok && err.contains("no usable GPU adapter"), "{err}");
+}
+
+/// The CPU adapters CI has: lavapipe on Vulkan at its native width (subgroups of 8), lavapipe
+/// at 128 bits (subgroups of 4), and wgpu's GL backend on llvmpipe (no subgroups, no f16).
+const CI_ADAPTERS: [(&str, &[(&str, &str)]); 3] = [
+    ("lavapipe", &[]),
+    ("lavapipe 128-bit", &[("LP_NATIVE_VECTOR_WIDTH", "128")]),
+    ("GL llvmpipe", &[("WLLM_BACKEND", "gl")]),
+];
+
+/// `wllm check` passes on every adapter CI has, and SmolLM2's greedy tokens are the same on all
+/// of them (the kernels' subgroup-free and f16-free paths compute what the others do).
+#[test]
+fn every_ci_adapter_passes_the_check_and_agrees_on_greedy_tokens() {
+    let gguf = smollm2_path().display().to_string();
+    let mut tokens = Vec::new();
+    for (name, env) in CI_ADAPTERS {
+        let (ok, out, err) = wllm_with_env(&["check", "--json"], env);
+        assert!(ok, "{name}: wllm check failed: {err}\n{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let results = v["adapters"][0]["results"].as_array().unwrap();
+        assert!(results.iter().any(|r| r["status"] == "PASS"), "{name}");
+        let args = [
+            "generate",
+            "--model",
+            &gguf,
+            "--chat",
+            "--prompt",
+            "Write a short story about a dragon who learns to bake bread.",
+            "--max-tokens",
+            "24",
+            "--json",
+        ];
+        let (ok, out, err) = wllm_with_env(&args, env);
+        assert!(ok, "{name}: generate failed: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let ids = v["output_ids"].clone();
+        assert_eq!(ids.as_array().map(Vec::len), Some(24), "{name}: {v}");
+        tokens.push((name, ids));
+    }
+    for (name, ids) in &tokens[1..] {
+        assert_eq!(*ids, tokens[0].1, "{name} vs {}", tokens[0].0);
+    }
+}

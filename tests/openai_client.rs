@@ -4,48 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
+use common::python::{openai_venv, run_script};
 use common::{gpu, smollm2_path};
 use wllm::server::{ServerOptions, spawn};
 use wllm::{Engine, EngineConfig};
-
-fn python() -> String {
-    std::env::var("WLLM_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// A virtualenv with `openai` installed; any failure here fails the test with the reason.
-fn venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let py = dir.join("bin").join("python");
-    let ready = Command::new(&py)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let st = Command::new(python())
-            .args(["-m", "venv", "--clear"])
-            .arg(&dir)
-            .status()
-            .expect("python3 is needed for the OpenAI client test (set WLLM_PYTHON)");
-        assert!(st.success(), "python3 -m venv failed");
-        let st = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "openai>=1.0",
-            ])
-            .status()
-            .expect("pip");
-        assert!(st.success(), "pip install openai failed");
-    }
-    py
-}
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -70,23 +34,14 @@ print(json.dumps({"model": model, "chat": "".join(pieces), "chat_finish": finish
 
 #[test]
 fn official_openai_python_client_streams_chat_and_completes() {
-    let py = venv();
+    let py = openai_venv();
     let mut cfg = EngineConfig::new(smollm2_path());
     cfg.model.dtype = wllm::WeightDType::F32;
     let engine = Arc::new(Engine::with_context(gpu(), cfg, &mut |_, _| {}).unwrap());
     let mut opts = ServerOptions::new("smollm2");
     opts.api_key = Some("test-key".into());
     let srv = spawn(engine, opts, "127.0.0.1:0").unwrap();
-    let out = Command::new(py)
-        .args(["-c", SCRIPT, &format!("http://{}/v1", srv.addr)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_script(&py, SCRIPT, &[&format!("http://{}/v1", srv.addr)]);
     assert_eq!(v["model"], "smollm2");
     // Greedy: "The capital of France is Paris." in the chat; " Paris.\n" after the prompt.
     assert!(v["chat"].as_str().unwrap().contains("Paris"), "{v}");

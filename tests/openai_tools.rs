@@ -1,52 +1,16 @@
 //! The official `openai` Python package calling tools on `wllm serve`: a weather-function round
 //! trip (a forced call, the tool's answer sent back, a plain answer) and the same call
 //! streamed and assembled from `delta.tool_calls`, as users' agent code does. The package is
-//! installed into the virtualenv tests/openai_client.rs uses (once; later runs reuse it).
+//! installed into the virtualenv of tests/common/python.rs (once; later runs reuse it).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
+use common::python::{openai_venv, run_script};
 use common::{gpu, smollm2_path};
 use wllm::server::{ServerOptions, spawn};
 use wllm::{Engine, EngineConfig};
-
-fn python() -> String {
-    std::env::var("WLLM_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// A virtualenv with `openai` installed; any failure here fails the test with the reason.
-fn venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let py = dir.join("bin").join("python");
-    let ready = Command::new(&py)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let st = Command::new(python())
-            .args(["-m", "venv", "--clear"])
-            .arg(&dir)
-            .status()
-            .expect("python3 is needed for the OpenAI client test (set WLLM_PYTHON)");
-        assert!(st.success(), "python3 -m venv failed");
-        let st = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "openai>=1.0",
-            ])
-            .status()
-            .expect("pip");
-        assert!(st.success(), "pip install openai failed");
-    }
-    py
-}
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -104,23 +68,14 @@ print(json.dumps({
 
 #[test]
 fn official_openai_python_client_round_trips_a_tool_call() {
-    let py = venv();
+    let py = openai_venv();
     let engine = Arc::new(
         Engine::with_context(gpu(), EngineConfig::new(smollm2_path()), &mut |_, _| {}).unwrap(),
     );
     let mut opts = ServerOptions::new("smollm2");
     opts.api_key = Some("test-key".into());
     let srv = spawn(engine, opts, "127.0.0.1:0").unwrap();
-    let out = Command::new(py)
-        .args(["-c", SCRIPT, &format!("http://{}/v1", srv.addr)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_script(&py, SCRIPT, &[&format!("http://{}/v1", srv.addr)]);
     eprintln!("{v}");
     assert_eq!(v["finish"], "tool_calls", "{v}");
     assert!(v["content"].is_null(), "{v}");

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::server::{
-    Resp, Server, TIMEOUT, assert_error, connect, get, post, read_body, read_head, request,
-    send_request, smol, tiny, wait_idle, wait_until,
+    Resp, Server, TIMEOUT, assert_error, connect, get, hang_up_frees_blocks, post, read_body,
+    read_head, read_until, request, send_request, smol, tiny, wait_idle, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -331,32 +330,10 @@ fn disconnecting_stream_frees_its_blocks() {
         &req.to_string(),
     );
     // Read until the first content delta arrives.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + TIMEOUT;
-    while !String::from_utf8_lossy(&seen).contains("\"content\":\"") || {
-        let t = String::from_utf8_lossy(&seen);
-        t.matches("data: ").count() < 2
-    } {
-        assert!(Instant::now() < deadline, "no delta in time");
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    // Stats are published after each step: wait (bounded) for the step that sent the delta.
-    assert!(wait_until(Duration::from_secs(30), || s
-        .engine
-        .stats()
-        .blocks_used
-        > 0));
-    let t = Instant::now();
-    drop(c);
-    assert!(
-        wait_idle(&s.engine, Duration::from_secs(30)),
-        "blocks still held: {:?}",
-        s.engine.stats()
-    );
-    eprintln!("freed {:?} after the disconnect", t.elapsed());
+    read_until(&mut c, |t| {
+        t.contains("\"content\":\"") && t.matches("data: ").count() >= 2
+    });
+    hang_up_frees_blocks(&s.engine, c);
 }
 
 #[test]

@@ -2,18 +2,14 @@
 //! Events of a streamed response, greedy answers equal to `/v1/chat/completions` for the same
 //! messages, refusals naming the field, and the official `openai` Python client
 //! (`client.responses.create`, plain and streamed; installed into a virtualenv under the target
-//! directory, as tests/openai_client.rs does).
+//! directory by tests/common/python.rs).
 #![cfg(feature = "server")]
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
-
+use common::python::{openai_venv, run_script};
 use common::server::{
-    Resp, Server, TIMEOUT, assert_error, connect, post, send_request, smol, wait_idle, wait_until,
+    Resp, Server, assert_error, connect, hang_up_frees_blocks, post, read_until, send_request, smol,
 };
 use serde_json::{Value, json};
 
@@ -407,61 +403,8 @@ fn disconnecting_stream_frees_its_blocks() {
                      "ignore_eos": true, "temperature": 0, "stream": true});
     let mut c = connect(s.srv.addr);
     send_request(&mut c, "POST", "/v1/responses", &[], &req.to_string());
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + TIMEOUT;
-    while !String::from_utf8_lossy(&seen).contains("response.output_text.delta") {
-        assert!(Instant::now() < deadline, "no delta in time");
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(wait_until(Duration::from_secs(30), || s
-        .engine
-        .stats()
-        .blocks_used
-        > 0));
-    drop(c);
-    assert!(
-        wait_idle(&s.engine, Duration::from_secs(30)),
-        "blocks still held: {:?}",
-        s.engine.stats()
-    );
-}
-
-fn python() -> String {
-    std::env::var("WLLM_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// A virtualenv with `openai` installed (shared with tests/openai_client.rs).
-fn venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let py = dir.join("bin").join("python");
-    let ready = Command::new(&py)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let st = Command::new(python())
-            .args(["-m", "venv", "--clear"])
-            .arg(&dir)
-            .status()
-            .expect("python3 is needed for the OpenAI client test (set WLLM_PYTHON)");
-        assert!(st.success(), "python3 -m venv failed");
-        let st = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "openai>=1.66",
-            ])
-            .status()
-            .expect("pip");
-        assert!(st.success(), "pip install openai failed");
-    }
-    py
+    read_until(&mut c, |t| t.contains("response.output_text.delta"));
+    hang_up_frees_blocks(&s.engine, c);
 }
 
 const SCRIPT: &str = r#"
@@ -490,25 +433,18 @@ print(json.dumps({
 
 #[test]
 fn official_openai_python_client_creates_and_streams_responses() {
-    let py = venv();
+    let py = openai_venv();
     let (s, _guard) = smol();
-    let out = Command::new(py)
-        .args([
-            "-c",
-            SCRIPT,
+    let v = run_script(
+        &py,
+        SCRIPT,
+        &[
             &format!("http://{}/v1", s.srv.addr),
             &s.name,
             QUESTION,
             SYSTEM,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let text = v["text"].as_str().unwrap();
     assert!(!text.is_empty(), "{v}");
     assert!(v["id"].as_str().unwrap().starts_with("resp_"));

@@ -10,7 +10,7 @@ use super::GpuError;
 use super::device_profile::{AdapterSelector, DeviceProfile, KernelForms};
 
 /// What `wllm info` shows about one adapter.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AdapterReport {
     pub name: String,
     pub backend: String,

@@ -184,10 +184,20 @@ pub fn run_loading<E>(
     addr: &str,
     load: impl FnOnce() -> Result<Arc<Engine>, E>,
 ) -> Result<(), ServeError<E>> {
+    run_loading_on(opts, std::net::TcpListener::bind(addr)?, load)
+}
+
+/// [`run_loading`] on a listener the caller has bound (an embedding app that picked its own
+/// port, or a test that must know the port before the server runs).
+pub fn run_loading_on<E>(
+    opts: ServerOptions,
+    listener: std::net::TcpListener,
+    load: impl FnOnce() -> Result<Arc<Engine>, E>,
+) -> Result<(), ServeError<E>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = run_on(&rt, opts, addr, load);
+    let r = run_on(&rt, opts, listener, load);
     // Connections still open past the grace period are dropped here, not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
     r
@@ -196,10 +206,14 @@ pub fn run_loading<E>(
 fn run_on<E>(
     rt: &tokio::runtime::Runtime,
     opts: ServerOptions,
-    addr: &str,
+    listener: std::net::TcpListener,
     load: impl FnOnce() -> Result<Arc<Engine>, E>,
 ) -> Result<(), ServeError<E>> {
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
+    listener.set_nonblocking(true)?;
+    let listener = {
+        let _in_runtime = rt.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
     let local = listener.local_addr()?;
     eprintln!("wllm: listening on http://{local}/v1 (loading the model)");
     let ready = Arc::new(OnceLock::new());

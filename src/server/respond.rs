@@ -21,7 +21,14 @@ pub(super) struct Timing {
 }
 
 impl Timing {
-    fn token(&mut self, st: &AppState, n: usize) {
+    /// `tally`: the access log's count for the request, where it keeps one.
+    pub(super) fn new(tally: Option<Arc<Tally>>) -> Self {
+        Timing { last: None, tally }
+    }
+
+    /// `n` tokens came out (none is a no-op): the access log's and the metrics' counts, and
+    /// the inter-token latency.
+    pub(super) fn token(&mut self, st: &AppState, n: usize) {
         if n == 0 {
             return;
         }
@@ -42,7 +49,8 @@ impl Timing {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn finished(&self, st: &AppState, usage: &crate::engine::Usage) {
+    /// The request ended: its time to first token.
+    pub(super) fn finished(&self, st: &AppState, usage: &crate::engine::Usage) {
         if let Some(t) = usage.time_to_first_token {
             st.metrics.ttft.observe(t.as_secs_f64());
         }
@@ -134,7 +142,7 @@ pub(super) async fn collect(st: &AppState, job: Job) -> Result<Value, ApiError> 
             let mut text = echo.unwrap_or_default();
             let mut tokens = 0;
             let mut lps = Vec::new();
-            let mut timing = Timing { last: None, tally };
+            let mut timing = Timing::new(tally);
             while let Some(ev) = h.next().await {
                 match ev {
                     Event::Delta {
@@ -415,12 +423,7 @@ pub(super) fn sse(st: Arc<AppState>, job: Job) -> Response {
         prompt_tokens: job.prompt_tokens,
         include_usage: job.include_usage,
         events: futures::stream::select_all(streams),
-        timing: (0..n)
-            .map(|_| Timing {
-                last: None,
-                tally: job.tally.clone(),
-            })
-            .collect(),
+        timing: (0..n).map(|_| Timing::new(job.tally.clone())).collect(),
         completion_tokens: 0,
         cached_tokens: 0,
         head: None,
@@ -472,10 +475,20 @@ pub(super) fn sse(st: Arc<AppState>, job: Job) -> Response {
             }
         }
     });
+    event_stream(body)
+}
+
+/// A `text/event-stream` answer whose body is `frames`, sent as they come.
+pub(super) fn event_stream<S>(frames: S) -> Response
+where
+    S: futures::TryStream + Send + 'static,
+    S::Ok: Into<Bytes>,
+    S::Error: Into<axum::BoxError>,
+{
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
+        .body(Body::from_stream(frames))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

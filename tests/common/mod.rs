@@ -8,6 +8,7 @@ use wllm::{AdapterSelector, GpuContext, KernelForms};
 
 pub mod golden;
 pub mod plumbing;
+pub mod python;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod temp_dir;

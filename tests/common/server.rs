@@ -246,3 +246,35 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Reads the stream on `c` until what came so far (as text) is `enough`; fails the test when
+/// the server closes first or [`TIMEOUT`] passes.
+pub fn read_until(c: &mut TcpStream, enough: impl Fn(&str) -> bool) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + TIMEOUT;
+    while !enough(&String::from_utf8_lossy(&seen)) {
+        assert!(Instant::now() < deadline, "no delta in time");
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Hangs up on a stream the engine is generating for (its delta was read) and fails the test
+/// unless the request's KV blocks are freed.
+pub fn hang_up_frees_blocks(e: &Engine, c: TcpStream) {
+    // Stats are published after each step: wait (bounded) for the step that sent the delta.
+    assert!(wait_until(Duration::from_secs(30), || e
+        .stats()
+        .blocks_used
+        > 0));
+    let t = Instant::now();
+    drop(c);
+    assert!(
+        wait_idle(e, Duration::from_secs(30)),
+        "blocks still held: {:?}",
+        e.stats()
+    );
+    eprintln!("freed {:?} after the disconnect", t.elapsed());
+}
