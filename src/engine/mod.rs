@@ -9,6 +9,7 @@
 //! `submit` never waits for the GPU; dropping a [`RequestHandle`] aborts its request, and the
 //! request's KV blocks are freed within one step.
 
+mod active;
 mod stop;
 mod worker;
 

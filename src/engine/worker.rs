@@ -1,6 +1,5 @@
 //! The engine thread: owns the runner and the scheduler and steps them while there is work.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,15 +8,16 @@ use std::time::Instant;
 
 use futures::channel::mpsc::UnboundedSender;
 
+use super::active::Active;
 use super::{
     Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, TokenLogprob, Usage,
 };
 use crate::batch::StepBatch;
 use crate::generate::FinishReason;
 use crate::gpu::{Runner, StepTicket};
-use crate::sampling::{GrammarState, Sampler, apply_biases, apply_mask, merge_biases, top_k};
+use crate::sampling::{GrammarState, Sampler, merge_biases, top_k};
 use crate::scheduler::{PENDING_TOKEN, SchedError, Scheduler, SchedulerOutput, SeqId};
-use crate::tokenizer::{Detokenizer, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
 /// completions (parallel sampling), each with its id and event channel.
@@ -52,80 +52,6 @@ impl Pending {
 struct ForkChild {
     id: SeqId,
     active: Active,
-}
-
-/// Per-request state the engine thread keeps beside the scheduler's.
-struct Active {
-    prompt_len: usize,
-    output: Vec<u32>,
-    max_tokens: usize,
-    ignore_eos: bool,
-    sampler: Sampler,
-    detok: Option<Detokenizer>,
-    stop: StopMatcher,
-    events: UnboundedSender<Event>,
-    submitted: Instant,
-    first_token: Option<Instant>,
-    prompt: Vec<u32>,
-    stop_string_hit: bool,
-    /// Alternatives to report per token (None = no logprobs).
-    logprobs: Option<usize>,
-    /// Sample the next token on the CPU whatever the engine's setting: a parallel-sampling
-    /// sibling whose fork was refused redraws the first token its siblings drew on the CPU, so
-    /// it must draw it the same way (the GPU agrees only up to exp/ln rounding).
-    cpu_next: bool,
-    /// Structured output: where the text is in its grammar (advanced by every token).
-    grammar: Option<GrammarState>,
-    /// `logit_bias`, sorted by token with duplicates summed.
-    logit_bias: Vec<(u32, f32)>,
-    /// The grammar failed (llguidance's error): the request fails at its next token.
-    grammar_error: Option<String>,
-}
-
-impl Active {
-    /// Whether the logits need changing before a pick (a grammar mask or biases).
-    fn adjusts_logits(&self) -> bool {
-        self.grammar.is_some() || !self.logit_bias.is_empty()
-    }
-
-    /// The row the sampler sees: `row` masked by the grammar and biased (a copy), or `row`
-    /// itself when neither applies. Logprobs keep the model's own row.
-    fn adjusted<'a>(&mut self, row: &'a [f32]) -> Cow<'a, [f32]> {
-        if !self.adjusts_logits() {
-            return Cow::Borrowed(row);
-        }
-        let mut r = row.to_vec();
-        if let Some(g) = self.grammar.as_mut() {
-            match g.mask() {
-                Ok(m) => apply_mask(&mut r, &m),
-                Err(e) => self.grammar_error = Some(e),
-            }
-        }
-        apply_biases(&mut r, &self.logit_bias);
-        Cow::Owned(r)
-    }
-
-    /// Samples from `row` after the grammar and biases.
-    fn sample(&mut self, row: &[f32]) -> u32 {
-        let r = self.adjusted(row);
-        self.sampler.sample(&r, &self.prompt, &self.output)
-    }
-
-    /// Fills `out` with the mask of the next token (all tokens allowed without a grammar or
-    /// after a grammar error, which ends the request at its next token anyway).
-    fn fill_mask(&mut self, out: &mut [u32]) {
-        let res = match self.grammar.as_mut() {
-            Some(g) if self.grammar_error.is_none() => g.fill_mask(out),
-            _ => {
-                out.fill(u32::MAX);
-                Ok(())
-            }
-        };
-        if let Err(e) = res {
-            out.fill(u32::MAX);
-            self.grammar_error = Some(e);
-        }
-    }
 }
 
 pub(crate) struct Worker {
