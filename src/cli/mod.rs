@@ -58,7 +58,7 @@ impl GrammarArgs {
             let text = inline_or_file(g)?;
             if text.contains("::=") {
                 anyhow::bail!(
-                    "--grammar takes llguidance's Lark syntax (`rule: ...`); GBNF (`::=`) is not                      supported"
+                    "--grammar takes llguidance's Lark syntax (`rule: ...`); GBNF (`::=`) is not supported"
                 );
             }
             Some(Grammar::Lark(text))

@@ -84,6 +84,8 @@ pub(crate) struct Worker {
     /// Finished events held until the stats that count their blocks as returned are
     /// published ([`Worker::publish_finished`]): once per step, not once per request.
     finished_events: Vec<(UnboundedSender<Event>, Event)>,
+    /// The grammar masks of the step being submitted ([`Worker::fill_masks`]).
+    masks: Vec<u32>,
 }
 
 /// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
@@ -130,6 +132,7 @@ impl Worker {
             overlap,
             in_flight: None,
             finished_events: Vec::new(),
+            masks: Vec::new(),
         }
     }
 
@@ -395,8 +398,8 @@ impl Worker {
         // Every token before this step is known now: the grammar masks of its constrained
         // rows, and the pick that waited for them.
         if ticket.awaits_masks() {
-            let masks = self.fill_masks(&masked);
-            if let Err(e) = self.runner.submit_masks(&mut ticket, &masks) {
+            self.fill_masks(&masked);
+            if let Err(e) = self.runner.submit_masks(&mut ticket, &self.masks) {
                 let _ = self.runner.wait(ticket);
                 self.fail_step(&out, &e.to_string());
                 return false;
@@ -567,15 +570,16 @@ impl Worker {
     /// The masks of a step's constrained rows (`masked`, in row order), once every token
     /// before them has been read back: a sequence that has finished since gets an all-allowed
     /// mask (its row is dropped).
-    fn fill_masks(&mut self, masked: &[SeqId]) -> Vec<u32> {
+    /// Fills `self.masks` (kept between steps: no allocation per step).
+    fn fill_masks(&mut self, masked: &[SeqId]) {
         let words = self.runner.mask_words();
-        let mut masks = vec![u32::MAX; masked.len() * words];
-        for (id, out) in masked.iter().zip(masks.chunks_mut(words)) {
+        self.masks.clear();
+        self.masks.resize(masked.len() * words, u32::MAX);
+        for (id, out) in masked.iter().zip(self.masks.chunks_mut(words)) {
             if let Some(a) = self.active.get_mut(id) {
                 a.fill_mask(out);
             }
         }
-        masks
     }
 
     /// Emits a sampled token and ends the request if it should stop.
