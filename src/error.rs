@@ -20,6 +20,9 @@ pub enum Error {
     /// The engine thread has stopped.
     #[error("the engine has stopped")]
     EngineStopped,
+    /// `wllm check` could not run a check (its temporary model, its CPU reference).
+    #[error("check: {0}")]
+    Check(String),
     /// An option the engine does not support, rather than silently ignoring it.
     #[error("unsupported option: {0}")]
     Unsupported(String),

@@ -663,9 +663,43 @@ fn check_reports_every_kernel_passing_on_the_test_adapter() {
             "{form} missing"
         );
     }
+    // The model-level check on the built-in random models: f32 and f16 (lavapipe has
+    // shader-f16), every position's top-1 the CPU reference's.
+    let models = a["models"].as_array().expect("models");
+    assert_eq!(models.len(), 4, "{models:?}");
+    for m in models {
+        assert_eq!(m["status"], "PASS", "{m}");
+        assert_eq!(m["top1_agree"], m["positions"], "{m}");
+        assert!(m["positions"].as_u64().unwrap() >= 30, "{m}");
+        let (err, scale) = (
+            m["max_logit_error"].as_f64().unwrap(),
+            m["logit_scale"].as_f64().unwrap(),
+        );
+        assert!(err.is_finite() && scale > 1.0, "{m}");
+    }
     // Unknown adapters are an error, not an empty report.
     let (ok, _, err) = wllm(&["check", "--adapter", "no-such-gpu-anywhere"]);
     assert!(!ok && err.contains("no usable GPU adapter"), "{err}");
+}
+
+/// `wllm check --model` on SmolLM2 (Q4_1 GGUF, f16 KV): the GPU's logits over a greedy
+/// continuation against the CPU reference forward of the same quantized weights.
+#[test]
+fn check_model_compares_smollm2_with_its_cpu_reference() {
+    let gguf = smollm2_path().display().to_string();
+    let (ok, out, err) = wllm(&["check", "--model", &gguf, "--model-tokens", "6", "--json"]);
+    assert!(ok, "wllm check --model failed: {err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let models = v["adapters"][0]["models"].as_array().expect("models");
+    assert_eq!(models.len(), 1);
+    let m = &models[0];
+    assert_eq!(m["status"], "PASS", "{m}");
+    assert_eq!(m["dtype"], "f16", "{m}");
+    assert_eq!(m["top1_agree"], m["positions"], "{m}");
+    assert!(m["max_logit_error"].as_f64().unwrap() <= 2e-3 * m["logit_scale"].as_f64().unwrap());
+    // A model that does not load is an error naming it, not a report.
+    let (ok, _, err) = wllm(&["check", "--model", "/no/such/model.gguf"]);
+    assert!(!ok && err.contains("/no/such/model.gguf"), "{err}");
 }
 
 /// The CPU adapters CI has: lavapipe on Vulkan at its native width (subgroups of 8), lavapipe

@@ -14,9 +14,9 @@ mod common;
 
 use std::path::Path;
 
-use common::golden::{assert_batch_invariant, compare_with_golden, tolerance};
-use common::{fixtures, ids, read_json};
-use wllm::WeightDType;
+use common::golden::{assert_batch_invariant, compare_with_golden, teacher_forced_with, tolerance};
+use common::{fixtures, gpu, ids, read_json};
+use wllm::{ModelOptions, WeightDType};
 
 /// Compares `model` (a checkpoint directory or a .gguf) with `golden`.
 fn check(model: &Path, golden: &Path, dtype: WeightDType) {
@@ -109,4 +109,47 @@ fn gemma2_hf_matches_transformers() {
 #[test]
 fn gemma3_hf_matches_transformers() {
     hf_family("tiny-gemma3");
+}
+
+/// `wllm check`'s CPU reference forward (the graph each family's forward writes, run op by op
+/// through the kernels' CPU references) against transformers on every family: the model-level
+/// check compares GPUs with it, so it must itself be right.
+#[test]
+fn cpu_reference_forward_matches_transformers_on_every_family() {
+    let mut models: Vec<_> = [
+        "tiny-llama3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-phi3",
+        "tiny-mistral",
+        "tiny-gemma2",
+        "tiny-gemma3",
+    ]
+    .into_iter()
+    .map(hf)
+    .collect();
+    models.push(gguf("tiny-qwen3.f16"));
+    models.push(gguf("tiny-phi3.f16"));
+    for dir in ["tiny-llama-gqa-public", "tiny-gpt2-public"] {
+        let d = fixtures().join(dir);
+        let golden = d.join("golden.json");
+        models.push((d, golden));
+    }
+    for (model, golden) in models {
+        let golden = read_json(&golden);
+        let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
+        let mut opts = ModelOptions::new(&model);
+        opts.dtype = WeightDType::F32;
+        let mut cpu = wllm::check::CpuReference::load(gpu(), &opts).unwrap();
+        let d = teacher_forced_with(&cases, |ids| cpu.logits(ids).unwrap());
+        let name = model.file_name().unwrap().to_string_lossy().into_owned();
+        d.assert_within(
+            &format!("{name} CPU reference"),
+            tolerance(WeightDType::F32),
+        );
+        eprintln!(
+            "{name} CPU reference: worst logit-difference error {:.2e}",
+            d.worst
+        );
+    }
 }

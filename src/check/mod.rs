@@ -14,14 +14,18 @@ mod cases;
 mod cases_attention;
 mod cases_layers;
 mod cases_quant;
+mod cpu_forward;
 mod expected;
+mod model;
 mod properties;
+mod tiny_model;
 
 use serde::Serialize;
 
 use crate::gpu::{AdapterReport, GpuContext, GpuError, KernelForms};
 
 pub use expected::{ExpectedFailure, expected_failures};
+pub use model::{CpuReference, ModelCheck, check_models};
 
 /// How one case came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,11 +76,15 @@ pub struct AdapterCheck {
     pub driver_info: String,
     pub limits: serde_json::Value,
     pub results: Vec<CaseResult>,
+    /// The model-level checks ([`check_models`]), when asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelCheck>,
 }
 
 impl AdapterCheck {
     pub fn problems(&self) -> usize {
-        self.results.iter().filter(|r| r.is_problem()).count()
+        let models = self.models.iter().filter(|m| m.status == Status::Fail);
+        self.results.iter().filter(|r| r.is_problem()).count() + models.count()
     }
 }
 
@@ -150,6 +158,7 @@ pub fn check_adapter(ctx: &GpuContext) -> Result<AdapterCheck, GpuError> {
             "subgroup_size": [info.subgroup_min_size, info.subgroup_max_size],
         }),
         results,
+        models: Vec::new(),
     })
 }
 

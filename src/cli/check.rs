@@ -1,7 +1,7 @@
 //! `wllm check`: the kernels' conformance on each adapter (see `wllm::check`).
 
 use anyhow::{Result, bail};
-use wllm::check::{AdapterCheck, Status, check_adapter};
+use wllm::check::{AdapterCheck, Status, check_adapter, check_models};
 use wllm::gpu::{AdapterSelector, GpuContext, list_adapters, parse_backends};
 
 #[derive(clap::Args)]
@@ -13,6 +13,14 @@ pub struct CheckArgs {
     /// Check every usable adapter wgpu sees
     #[arg(long)]
     pub all_adapters: bool,
+    /// The model of the model-level check (a GGUF file or a Hugging Face directory): the GPU's
+    /// logits against a CPU forward of the same weights over a greedy continuation; default:
+    /// built-in tiny random models, so nothing needs downloading
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<std::path::PathBuf>,
+    /// Greedy tokens the model-level check generates after its prompt
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub model_tokens: u32,
     /// One JSON object: {"adapters": [{"name", "backend", "driver", "limits", "results": [...]}]}
     #[arg(long)]
     pub json: bool,
@@ -43,6 +51,26 @@ fn print_table(a: &AdapterCheck) {
         println!(
             "  {:wk$}  {:wf$}  {:wc$}  {status:<11}  {error:>9}  {detail}",
             r.kernel, r.form, r.case
+        );
+    }
+    for m in &a.models {
+        let status = match m.status {
+            Status::Pass => "PASS",
+            _ => "FAIL",
+        };
+        println!(
+            "  model {} [{}]: {status}, top-1 {}/{} positions, max logit error {:.2e} of scale {:.2} (limit {:.0e} of it), CPU reference {:.1} s{}",
+            m.model,
+            m.dtype,
+            m.top1_agree,
+            m.positions,
+            m.max_logit_error,
+            m.logit_scale,
+            m.limit,
+            m.cpu_seconds,
+            m.detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(": {d}"))
         );
     }
     let count = |s: Status| a.results.iter().filter(|r| r.status == s).count();
@@ -83,7 +111,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
     }
     let mut reports = Vec::new();
     for ctx in &contexts {
-        let r = check_adapter(ctx)?;
+        let mut r = check_adapter(ctx)?;
+        r.models = check_models(ctx, args.model.as_deref(), args.model_tokens as usize)?;
         if !args.json {
             print_table(&r);
         }

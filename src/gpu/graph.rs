@@ -72,6 +72,23 @@ pub struct Rotary {
     pub attention_factor: f32,
 }
 
+impl Rotary {
+    /// The (cos, sin) table, (positions, rotated pairs, 2) f32: cos and sin of
+    /// `pos · inv_freq`, each times the attention factor in f32 (transformers'
+    /// `emb.cos() * attention_scaling`; a factor of 1 leaves every bit as it was).
+    pub fn cos_sin(&self, positions: usize) -> Vec<f32> {
+        let mut table = Vec::with_capacity(positions * self.inv_freq.len() * 2);
+        for pos in 0..positions {
+            for f in &self.inv_freq {
+                let a = pos as f32 * f;
+                table.push(a.cos() * self.attention_factor);
+                table.push(a.sin() * self.attention_factor);
+            }
+        }
+        table
+    }
+}
+
 /// A rotary table of the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotaryId(pub(crate) usize);
@@ -80,7 +97,7 @@ pub struct RotaryId(pub(crate) usize);
 pub use crate::gpu::kernels::GateActivation;
 
 /// One operation. Widths come from the activations' declarations.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Op {
     /// `out[t] = table[token_ids[t]] (+ positions[pos[t]])`.
     Embed {

@@ -35,6 +35,50 @@ pub struct GpuMatrix {
     pub cols: usize,
     /// In row order, at least one.
     pub parts: Vec<MatrixPart>,
+    /// The same rows on the host, as the kernels compute with them, when the loader was asked
+    /// to keep them (`wllm check --model`'s CPU forward); empty otherwise.
+    pub host: Vec<HostRows>,
+}
+
+/// Consecutive rows of a weight matrix in host memory: GGUF blocks as the file has them, or
+/// dense values in the GPU's storage type (f16 weights rounded as uploaded).
+#[derive(Debug, Clone)]
+pub struct HostRows {
+    pub dtype: TensorDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
+impl HostRows {
+    /// Dense f32 rows in `dtype`'s storage (f16 rounds each value, as the upload does).
+    pub fn dense(data: &[f32], rows: usize, cols: usize, dtype: WeightDType) -> HostRows {
+        let (dtype, data) = match dtype {
+            WeightDType::F32 => (TensorDType::F32, bytemuck::cast_slice(data).to_vec()),
+            WeightDType::F16 => (
+                TensorDType::F16,
+                data.iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        HostRows {
+            dtype,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    /// Row `r` as f32 (GGUF blocks dequantized by the loader's reference).
+    pub fn row(&self, r: usize) -> Result<Vec<f32>, String> {
+        let rb = crate::gpu::kernels::matmul_quant::row_bytes(self.dtype, self.cols);
+        let bytes = self
+            .data
+            .get(r * rb..(r + 1) * rb)
+            .ok_or_else(|| format!("row {r} of {} kept on the host", self.rows))?;
+        crate::loader::dequant::to_f32(self.dtype, bytes, self.cols)
+    }
 }
 
 impl GpuMatrix {
@@ -78,7 +122,12 @@ impl GpuMatrix {
         }
         let mut rows = 0;
         let mut parts = Vec::new();
+        let keep_host = matrices.iter().all(|m| !m.host.is_empty());
+        let mut host = Vec::new();
         for m in matrices {
+            if keep_host {
+                host.extend(m.host);
+            }
             for p in m.parts {
                 parts.push(MatrixPart {
                     first_row: rows + p.first_row,
@@ -87,7 +136,12 @@ impl GpuMatrix {
             }
             rows += m.rows;
         }
-        Ok(GpuMatrix { rows, cols, parts })
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            parts,
+            host,
+        })
     }
 
     /// Uploads GGUF quantized rows (`raw`: `rows` rows of `dtype` blocks, row-major) without
@@ -134,7 +188,12 @@ impl GpuMatrix {
             });
             start += n;
         }
-        Ok(GpuMatrix { rows, cols, parts })
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            parts,
+            host: Vec::new(),
+        })
     }
 
     pub fn upload(
@@ -170,6 +229,11 @@ impl GpuMatrix {
             });
             start += n;
         }
-        Ok(GpuMatrix { rows, cols, parts })
+        Ok(GpuMatrix {
+            rows,
+            cols,
+            parts,
+            host: Vec::new(),
+        })
     }
 }

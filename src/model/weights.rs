@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::gpu::kernels::matmul_quant::QuantFormat;
-use crate::gpu::weights::GpuMatrix;
+use crate::gpu::weights::{GpuMatrix, HostRows};
 use crate::gpu::{GpuContext, GpuTensor, WeightDType};
 use crate::loader::dequant::first_non_finite;
 use crate::loader::gguf::GgufFile;
@@ -158,6 +158,8 @@ struct Uploader<'a> {
     /// Quantized tensors dequantized at load (no kernel keeps their format quantized):
     /// ggml type name → (elements, bytes in the file), for one warning per model.
     dequantized: std::collections::BTreeMap<&'static str, (usize, usize)>,
+    /// Keep each matrix's rows on the host too ([`GpuMatrix::host`]).
+    keep_host: bool,
 }
 
 /// Tensors a checkpoint may carry that change nothing: buffers transformers derives again
@@ -369,8 +371,16 @@ impl Uploader<'_> {
                 bytes.extend_from_slice(&t.data);
             }
             drop(raws);
-            let m = GpuMatrix::upload_quantized(self.ctx, label, &bytes, dtype, rows, cols)?;
+            let mut m = GpuMatrix::upload_quantized(self.ctx, label, &bytes, dtype, rows, cols)?;
             self.loaded(bytes.len());
+            if self.keep_host {
+                m.host = vec![HostRows {
+                    dtype,
+                    rows,
+                    cols,
+                    data: bytes,
+                }];
+            }
             return Ok(m);
         }
         // Quantized in several types (Q4_K_M: Q and K in Q4_K, V in Q6_K): each tensor keeps
@@ -378,10 +388,18 @@ impl Uploader<'_> {
         if raws.iter().all(|t| QuantFormat::of(t.dtype).is_some()) {
             let mut parts = Vec::with_capacity(raws.len());
             for (t, (name, rows)) in raws.iter().zip(names) {
-                parts.push(GpuMatrix::upload_quantized(
-                    self.ctx, name, &t.data, t.dtype, *rows, cols,
-                )?);
+                let mut m =
+                    GpuMatrix::upload_quantized(self.ctx, name, &t.data, t.dtype, *rows, cols)?;
                 self.loaded(t.data.len());
+                if self.keep_host {
+                    m.host = vec![HostRows {
+                        dtype: t.dtype,
+                        rows: *rows,
+                        cols,
+                        data: t.data.to_vec(),
+                    }];
+                }
+                parts.push(m);
             }
             return Ok(GpuMatrix::stack(label, parts)?);
         }
@@ -402,9 +420,22 @@ impl Uploader<'_> {
             data.extend(self.f32(name, &[*r, cols])?);
             rows += r;
         }
-        Ok(GpuMatrix::upload(
-            self.ctx, label, &data, rows, cols, self.dtype,
-        )?)
+        self.dense(label, &data, rows, cols)
+    }
+
+    /// Dense rows uploaded in the storage type (and kept on the host when asked).
+    fn dense(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuMatrix, ModelError> {
+        let mut m = GpuMatrix::upload(self.ctx, label, data, rows, cols, self.dtype)?;
+        if self.keep_host {
+            m.host = vec![HostRows::dense(data, rows, cols, self.dtype)];
+        }
+        Ok(m)
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuMatrix, ModelError> {
@@ -420,7 +451,7 @@ impl Uploader<'_> {
                 t[o * inp + i] = v[i * out + o];
             }
         }
-        Ok(GpuMatrix::upload(self.ctx, name, &t, out, inp, self.dtype)?)
+        self.dense(name, &t, out, inp)
     }
 }
 
@@ -434,6 +465,19 @@ pub fn load_weights(
     files: &ModelFiles,
     cfg: &ModelConfig,
     dtype: WeightDType,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ModelWeights, ModelError> {
+    load_weights_with(ctx, files, cfg, dtype, false, progress)
+}
+
+/// [`load_weights`], keeping each matrix's rows on the host too when `keep_host`
+/// ([`GpuMatrix::host`]: what a CPU forward of the same model reads).
+pub(crate) fn load_weights_with(
+    ctx: &GpuContext,
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+    dtype: WeightDType,
+    keep_host: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ModelWeights, ModelError> {
     check_config(files, cfg)?;
@@ -453,6 +497,7 @@ pub fn load_weights(
         progress,
         read: Default::default(),
         dequantized: Default::default(),
+        keep_host,
     };
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
     let weights = match cfg.arch {

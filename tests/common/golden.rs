@@ -58,6 +58,14 @@ pub fn compare_with_golden(model: &Path, golden: &Path, dtype: WeightDType) -> D
 /// Runs every case teacher-forced (prompt and reference continuation in one pass) through
 /// `g` and compares the logits of each continuation position with the reference's.
 pub fn teacher_forced(g: &mut Generator, cases: &[&Value]) -> Deviation {
+    teacher_forced_with(cases, |ids| g.logits(ids).unwrap())
+}
+
+/// [`teacher_forced`] with the logits after each prefix of the ids from `logits`.
+pub fn teacher_forced_with(
+    cases: &[&Value],
+    mut logits: impl FnMut(&[u32]) -> Vec<Vec<f32>>,
+) -> Deviation {
     let mut d = Deviation {
         worst: 0.0,
         worst_at: String::new(),
@@ -68,7 +76,7 @@ pub fn teacher_forced(g: &mut Generator, cases: &[&Value]) -> Deviation {
         let prompt = ids(&case["prompt_ids"]);
         let mut all = prompt.clone();
         all.extend(ids(&case["greedy_ids"]));
-        let logits = g.logits(&all[..all.len() - 1]).unwrap();
+        let logits = logits(&all[..all.len() - 1]);
         for (i, tk) in case["topk"].as_array().unwrap().iter().enumerate() {
             let row = &logits[prompt.len() - 1 + i];
             let (ref_ids, ref_logits) = (ids(&tk["ids"]), floats(&tk["logits"]));

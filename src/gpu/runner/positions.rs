@@ -29,23 +29,13 @@ pub(super) fn max_positions(g: &Graph, rc: &RunnerConfig) -> usize {
     }
 }
 
-/// RoPE's (cos, sin) table, (positions, rotated pairs, 2) f32: cos and sin of
-/// `pos · inv_freq`, each times the attention factor in f32 (transformers'
-/// `emb.cos() * attention_scaling`; a factor of 1 leaves every bit as it was).
+/// RoPE's (cos, sin) table ([`Rotary::cos_sin`]) in a storage buffer.
 pub(super) fn rope_table(
     ctx: &GpuContext,
     rotary: &Rotary,
     positions: usize,
 ) -> Result<wgpu::Buffer, GpuError> {
-    let mut table = Vec::with_capacity(positions * rotary.inv_freq.len() * 2);
-    let scale = rotary.attention_factor;
-    for pos in 0..positions {
-        for f in &rotary.inv_freq {
-            let a = pos as f32 * f;
-            table.push(a.cos() * scale);
-            table.push(a.sin() * scale);
-        }
-    }
+    let table = rotary.cos_sin(positions);
     let cs = GpuTensor::from_f32(
         ctx,
         "rope cos/sin",
