@@ -716,12 +716,18 @@ const CI_ADAPTERS: [(&str, &[(&str, &str)]); 3] = [
 fn every_ci_adapter_passes_the_check_and_agrees_on_greedy_tokens() {
     let gguf = smollm2_path().display().to_string();
     let mut tokens = Vec::new();
+    let dir = std::env::temp_dir().join(format!("wllm-support-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut reports = Vec::new();
     for (name, env) in CI_ADAPTERS {
         let (ok, out, err) = wllm_with_env(&["check", "--json"], env);
         assert!(ok, "{name}: wllm check failed: {err}\n{out}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
         let results = v["adapters"][0]["results"].as_array().unwrap();
         assert!(results.iter().any(|r| r["status"] == "PASS"), "{name}");
+        let report = dir.join(format!("{}.json", reports.len()));
+        std::fs::write(&report, &out).unwrap();
+        reports.push(report.display().to_string());
         let args = [
             "generate",
             "--model",
@@ -743,4 +749,37 @@ fn every_ci_adapter_passes_the_check_and_agrees_on_greedy_tokens() {
     for (name, ids) in &tokens[1..] {
         assert_eq!(*ids, tokens[0].1, "{name} vs {}", tokens[0].0);
     }
+
+    // The support table of the three reports: a column each, and the rows docs/SUPPORT.md
+    // shows (regenerate it with scripts/support_table.sh when kernels or forms change).
+    let mut args = vec!["check", "--table-from"];
+    args.extend(reports.iter().map(String::as_str));
+    let (ok, table, err) = wllm(&args);
+    assert!(ok, "--table-from failed: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| kernel |"))
+            .map(String::from)
+            .collect()
+    };
+    let generated = rows(&table);
+    assert!(generated.len() > 40, "{table}");
+    for row in &generated {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+        assert_eq!(cells.len(), 2 + CI_ADAPTERS.len(), "{row}");
+        assert!(
+            cells[2..]
+                .iter()
+                .all(|c| c.trim() == "PASS" || c.trim().starts_with("UNSUPPORTED")),
+            "{row}"
+        );
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SUPPORT.md")).unwrap();
+    assert_eq!(
+        rows(&doc),
+        generated,
+        "docs/SUPPORT.md is out of date: run scripts/support_table.sh"
+    );
 }

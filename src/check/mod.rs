@@ -18,6 +18,7 @@ mod cpu_forward;
 mod expected;
 mod model;
 mod properties;
+mod table;
 mod tiny_model;
 
 use serde::Serialize;
@@ -26,6 +27,7 @@ use crate::gpu::{AdapterReport, GpuContext, GpuError, KernelForms};
 
 pub use expected::{ExpectedFailure, expected_failures};
 pub use model::{CpuReference, ModelCheck, check_models};
+pub use table::support_table;
 
 /// How one case came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

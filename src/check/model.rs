@@ -57,7 +57,26 @@ pub struct ModelCheck {
     pub cpu_seconds: f64,
 }
 
-/// The built-in random models (f32, and f16 where the adapter has shader-f16), or the model
+impl ModelCheck {
+    fn unsupported(model: &str, dtype: WeightDType, feature: &str) -> ModelCheck {
+        ModelCheck {
+            model: model.to_string(),
+            dtype: format!("{dtype:?}").to_lowercase(),
+            positions: 0,
+            top1_agree: 0,
+            top1_clear_misses: 0,
+            max_logit_error: 0.0,
+            logit_scale: 0.0,
+            limit: 0.0,
+            status: Status::Unsupported,
+            detail: Some(feature.to_string()),
+            cpu_seconds: 0.0,
+        }
+    }
+}
+
+/// The built-in random models (f32, and f16 where the adapter has shader-f16: UNSUPPORTED
+/// elsewhere), or the model
 /// at `path` in wllm's default storage type; `tokens` greedy tokens after the prompt.
 pub fn check_models(
     ctx: &GpuContext,
@@ -82,11 +101,11 @@ pub fn check_models(
                 let dir = m
                     .write(7 + i as u64)
                     .map_err(|e| Error::Check(format!("writing {}: {e}", m.name)))?;
-                let mut dtypes = vec![WeightDType::F32];
-                if ctx.adapter_info.shader_f16 {
-                    dtypes.push(WeightDType::F16);
-                }
-                for dtype in dtypes {
+                for dtype in [WeightDType::F32, WeightDType::F16] {
+                    if dtype == WeightDType::F16 && !ctx.adapter_info.shader_f16 {
+                        out.push(ModelCheck::unsupported(m.name, dtype, "shader-f16"));
+                        continue;
+                    }
                     let mut opts = ModelOptions::new(&dir.dir);
                     opts.dtype = dtype;
                     out.push(check_model(ctx, opts, m.name, dtype, tokens)?);

@@ -1,7 +1,7 @@
 //! `wllm check`: the kernels' conformance on each adapter (see `wllm::check`).
 
-use anyhow::{Result, bail};
-use wllm::check::{AdapterCheck, Status, check_adapter, check_models};
+use anyhow::{Context, Result, bail};
+use wllm::check::{AdapterCheck, Status, check_adapter, check_models, support_table};
 use wllm::gpu::{AdapterSelector, GpuContext, list_adapters, parse_backends};
 
 #[derive(clap::Args)]
@@ -21,6 +21,14 @@ pub struct CheckArgs {
     /// Greedy tokens the model-level check generates after its prompt
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub model_tokens: u32,
+    /// Print the support table (Markdown, a row per kernel and form, a column per adapter)
+    /// instead of each case
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+    /// Check nothing: merge these `wllm check --json` reports (from any machines) into the
+    /// support table
+    #[arg(long, value_name = "REPORT.json", num_args = 1.., conflicts_with_all = ["json", "adapter", "all_adapters", "model"])]
+    pub table_from: Vec<std::path::PathBuf>,
     /// One JSON object: {"adapters": [{"name", "backend", "driver", "limits", "results": [...]}]}
     #[arg(long)]
     pub json: bool,
@@ -56,7 +64,12 @@ fn print_table(a: &AdapterCheck) {
     for m in &a.models {
         let status = match m.status {
             Status::Pass => "PASS",
-            _ => "FAIL",
+            Status::Fail => "FAIL",
+            Status::Unsupported => {
+                let why = m.detail.as_deref().unwrap_or("");
+                println!("  model {} [{}]: UNSUPPORTED ({why})", m.model, m.dtype);
+                continue;
+            }
         };
         println!(
             "  model {} [{}]: {status}, top-1 {}/{} positions, max logit error {:.2e} of scale {:.2} (limit {:.0e} of it), CPU reference {:.1} s{}",
@@ -83,7 +96,25 @@ fn print_table(a: &AdapterCheck) {
     );
 }
 
+/// `--table-from`: the support table of saved reports.
+fn table_from(files: &[std::path::PathBuf]) -> Result<()> {
+    let mut reports = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?;
+        reports.push(v);
+    }
+    let table = support_table(&reports).map_err(|e| anyhow::anyhow!("{e}"))?;
+    print!("{table}");
+    Ok(())
+}
+
 pub fn run(args: CheckArgs) -> Result<()> {
+    if !args.table_from.is_empty() {
+        return table_from(&args.table_from);
+    }
     let env = AdapterSelector::from_env()?;
     let contexts: Vec<GpuContext> = if args.all_adapters {
         let mut v = Vec::new();
@@ -113,15 +144,19 @@ pub fn run(args: CheckArgs) -> Result<()> {
     for ctx in &contexts {
         let mut r = check_adapter(ctx)?;
         r.models = check_models(ctx, args.model.as_deref(), args.model_tokens as usize)?;
-        if !args.json {
+        if !args.json && !args.markdown {
             print_table(&r);
         }
         reports.push(r);
     }
+    let report = serde_json::json!({ "adapters": reports });
     if args.json {
-        println!(
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if args.markdown {
+        print!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "adapters": reports }))?
+            support_table(&[report]).map_err(|e| anyhow::anyhow!("{e}"))?
         );
     }
     let problems: usize = reports.iter().map(AdapterCheck::problems).sum();
