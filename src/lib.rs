@@ -13,6 +13,7 @@ pub mod sampling;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod spec;
 pub mod tokenizer;
 
 pub use engine::{
@@ -23,3 +24,4 @@ pub use error::{Error, Result};
 pub use generate::{FinishReason, Generator, ModelOptions};
 pub use gpu::{AdapterSelector, GpuContext, KernelForms, WeightDType};
 pub use sampling::{Grammar, SamplingParams};
+pub use spec::{SpecConfig, SpecMethod};

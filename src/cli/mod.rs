@@ -145,6 +145,15 @@ pub struct EngineArgs {
     /// GPUs, off on CPU adapters (which run a step inside its submit). The tokens are the same
     #[arg(long, value_parser = ["on", "off"])]
     pub overlap: Option<String>,
+    /// Speculative decoding for every request (a request may turn it off): `ngram` drafts
+    /// tokens by matching the text's last tokens against its earlier ones (prompt lookup),
+    /// verified in the same step. The output is exactly what it is without; requests with a
+    /// grammar run without it
+    #[arg(long, value_parser = ["ngram"])]
+    pub speculative: Option<String>,
+    /// Tokens drafted per sequence per step with --speculative
+    #[arg(long, default_value_t = wllm::engine::DEFAULT_SPEC_TOKENS, requires = "speculative")]
+    pub spec_tokens: usize,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -180,6 +189,12 @@ impl EngineArgs {
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
         cfg.model.max_model_len = self.max_model_len;
         cfg.overlap_steps = self.overlap.as_deref().map(|o| o == "on");
+        if self.speculative.is_some() {
+            let spec = wllm::SpecConfig::ngram(self.spec_tokens);
+            spec.validate()
+                .map_err(|e| anyhow::anyhow!("--spec-tokens {}: {e}", self.spec_tokens))?;
+            cfg.speculative = Some(spec);
+        }
         cfg.adapter = AdapterSelector::from_env()?;
         Ok(cfg)
     }

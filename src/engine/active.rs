@@ -7,7 +7,8 @@ use std::time::Instant;
 use futures::channel::mpsc::UnboundedSender;
 
 use super::{Event, StopMatcher};
-use crate::sampling::{GrammarState, Sampler, apply_biases, apply_mask};
+use crate::sampling::{GrammarState, RowSampling, Sampler, apply_biases, apply_mask};
+use crate::spec::{SpecConfig, SpecMethod, ngram_draft};
 use crate::tokenizer::Detokenizer;
 
 /// Per-request state the engine thread keeps beside the scheduler's.
@@ -36,6 +37,35 @@ pub(super) struct Active {
     pub(super) logit_bias: Vec<(u32, f32)>,
     /// The grammar failed (llguidance's error): the request fails at its next token.
     pub(super) grammar_error: Option<String>,
+    /// Speculative decoding, when this request uses it.
+    pub(super) spec: Option<SpecState>,
+}
+
+/// A request's speculative decoding: its settings and how its drafts fared.
+pub(super) struct SpecState {
+    pub(super) cfg: SpecConfig,
+    pub(super) drafted: u64,
+    pub(super) accepted: u64,
+    /// The sampler as it was before a verification step drew a key for each of its rows:
+    /// put back and advanced by the rows used once the step is read back.
+    pub(super) rewind: Option<Sampler>,
+}
+
+impl SpecState {
+    pub(super) fn new(cfg: SpecConfig) -> SpecState {
+        SpecState {
+            cfg,
+            drafted: 0,
+            accepted: 0,
+            rewind: None,
+        }
+    }
+
+    /// Still worth drafting: acceptance not (yet) below the floor.
+    fn worthwhile(&self) -> bool {
+        self.drafted < self.cfg.min_drafted as u64
+            || self.accepted as f64 >= self.cfg.min_acceptance * self.drafted as f64
+    }
 }
 
 impl Active {
@@ -65,6 +95,57 @@ impl Active {
     pub(super) fn sample(&mut self, row: &[f32]) -> u32 {
         let r = self.adjusted(row);
         self.sampler.sample(&r, &self.prompt, &self.output)
+    }
+
+    /// Up to `most` drafted tokens to follow `tokens` (the scheduler's prompt + output), when
+    /// this request speculates, its acceptance holds up and at most `batch` sequences run.
+    pub(super) fn draft(&self, tokens: &[u32], most: usize, batch: usize) -> Vec<u32> {
+        let Some(s) = self.spec.as_ref().filter(|s| s.worthwhile()) else {
+            return Vec::new();
+        };
+        if batch > s.cfg.max_batch {
+            return Vec::new();
+        }
+        let k = most.min(s.cfg.num_tokens);
+        match s.cfg.method {
+            SpecMethod::Ngram { max_n, min_n } => ngram_draft(tokens, min_n, max_n, k),
+        }
+    }
+
+    /// The GPU picks of a verification step's `rows` rows: a key per row from this request's
+    /// stream, as `rows` plain steps would draw them (the stream is put back by
+    /// [`Active::verified`]). `None` where the CPU must sample.
+    pub(super) fn verification_rows(&mut self, rows: usize) -> Option<Vec<RowSampling>> {
+        let saved = self.sampler.clone();
+        let picks: Option<Vec<RowSampling>> =
+            (0..rows).map(|_| self.sampler.row_sampling()).collect();
+        match (picks, self.spec.as_mut()) {
+            (Some(p), Some(s)) => {
+                s.rewind = Some(saved);
+                Some(p)
+            }
+            // Penalties (no row draws a key), or not speculating: nothing drawn to undo.
+            _ => {
+                self.sampler = saved;
+                None
+            }
+        }
+    }
+
+    /// A verification step of `drafted` tokens used `accepted` of them (and one row after
+    /// them): counts it, and leaves the random stream where that many plain steps would.
+    pub(super) fn verified(&mut self, drafted: usize, accepted: usize) {
+        let Some(s) = self.spec.as_mut() else {
+            return;
+        };
+        s.drafted += drafted as u64;
+        s.accepted += accepted as u64;
+        if let Some(mut sampler) = s.rewind.take() {
+            for _ in 0..=accepted {
+                sampler.row_sampling();
+            }
+            self.sampler = sampler;
+        }
     }
 
     /// Fills `out` with the mask of the next token (all tokens allowed without a grammar or

@@ -31,6 +31,7 @@ use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles};
 use crate::sampling::{Grammar, GrammarCompiler, GrammarState, MAX_LOGIT_BIAS, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
+use crate::spec::SpecConfig;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 pub use stop::{StopMatcher, StopResult};
@@ -62,7 +63,15 @@ pub struct EngineConfig {
     /// call, so there is nothing to overlap and each token would reach its request one step
     /// later.
     pub overlap_steps: Option<bool>,
+    /// Speculative decoding for every request that does not turn it off
+    /// ([`Request::speculative`]); `None`: off unless a request asks (then n-gram drafting of
+    /// [`DEFAULT_SPEC_TOKENS`]). Drafted tokens are verified in the same step; the output is
+    /// the plain decode's, token for token.
+    pub speculative: Option<SpecConfig>,
 }
+
+/// Tokens drafted per step when a request asks for speculation and the engine sets none.
+pub const DEFAULT_SPEC_TOKENS: usize = 4;
 
 impl EngineConfig {
     pub fn new(model: impl Into<std::path::PathBuf>) -> Self {
@@ -72,6 +81,7 @@ impl EngineConfig {
             adapter: AdapterSelector::default(),
             gpu_sampling: None,
             overlap_steps: None,
+            speculative: None,
         }
     }
 }
@@ -104,6 +114,10 @@ pub struct Request {
     pub grammar: Option<Grammar>,
     /// Added to these tokens' logits before sampling (OpenAI `logit_bias`; -100 bans a token).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Speculative decoding on or off for this request (`None`: the engine's setting). It
+    /// never changes the output, only how many steps it takes. Requests with a `grammar` run
+    /// without it.
+    pub speculative: Option<bool>,
 }
 
 impl Request {
@@ -117,6 +131,7 @@ impl Request {
             logprobs: None,
             grammar: None,
             logit_bias: Vec::new(),
+            speculative: None,
         }
     }
 }
@@ -210,6 +225,9 @@ pub struct EngineStats {
     /// Blocks holding reusable KV (in use or free).
     pub cached_blocks: usize,
     pub evictions: u64,
+    /// Speculative decoding: tokens drafted and verified, and of those accepted (cumulative).
+    pub spec_drafted_tokens: u64,
+    pub spec_accepted_tokens: u64,
 }
 
 pub(crate) enum Command {
@@ -340,6 +358,7 @@ impl Engine {
             shared.clone(),
             cfg.gpu_sampling.unwrap_or(ctx.profile.gpu_sampling),
             cfg.overlap_steps.unwrap_or(ctx.profile.overlap_steps),
+            cfg.speculative,
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures::channel::mpsc::UnboundedSender;
 
-use super::active::Active;
+use super::active::{Active, SpecState};
 use super::{
     Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, TokenLogprob, Usage,
 };
@@ -17,7 +17,10 @@ use crate::generate::FinishReason;
 use crate::gpu::{Runner, StepTicket};
 use crate::sampling::{GrammarState, Sampler, merge_biases, top_k};
 use crate::scheduler::{PENDING_TOKEN, SchedError, Scheduler, SchedulerOutput, SeqId};
+use crate::spec::SpecConfig;
 use crate::tokenizer::Tokenizer;
+
+mod speculate;
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
 /// completions (parallel sampling), each with its id and event channel.
@@ -86,6 +89,8 @@ pub(crate) struct Worker {
     finished_events: Vec<(UnboundedSender<Event>, Event)>,
     /// The grammar masks of the step being submitted ([`Worker::fill_masks`]).
     masks: Vec<u32>,
+    /// `EngineConfig::speculative`.
+    spec: Option<SpecConfig>,
 }
 
 /// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
@@ -107,6 +112,7 @@ impl Worker {
         shared: Arc<Shared>,
         gpu_sampling: bool,
         overlap: bool,
+        spec: Option<SpecConfig>,
     ) -> Self {
         let stop_ids = tokenizer
             .as_ref()
@@ -133,6 +139,7 @@ impl Worker {
             in_flight: None,
             finished_events: Vec::new(),
             masks: Vec::new(),
+            spec,
         }
     }
 
@@ -255,6 +262,7 @@ impl Worker {
             grammar: p.grammar.clone(),
             logit_bias: merge_biases(&req.logit_bias),
             grammar_error: None,
+            spec: self.spec_for(req).map(SpecState::new),
         }
     }
 
@@ -350,7 +358,7 @@ impl Worker {
     /// step's picks on the GPU. A sequence that stops on a token read back late has run one
     /// step too many: that token is dropped with it.
     fn step_inner(&mut self) -> bool {
-        let out: SchedulerOutput = self.sched.schedule();
+        let out = self.schedule();
         for id in out.length_capped.clone() {
             // One whose last token is in flight ends when that token is read back.
             if self.active.contains_key(&id) && !self.awaiting(id) {
@@ -378,7 +386,8 @@ impl Worker {
             Err(e) => Err(e.to_string()),
         };
         let submitted = batch.and_then(|(batch, masked)| {
-            let overlap = self.overlap && batch.full_logits.iter().all(|full| !full);
+            let overlap =
+                self.overlap && !out.has_drafts() && batch.full_logits.iter().all(|full| !full);
             self.runner
                 .copy_blocks(&copies)
                 .and_then(|_| self.runner.submit(&batch, overlap))
@@ -440,10 +449,17 @@ impl Worker {
         };
         // Logits row i belongs to the i-th sampling sequence of the step.
         let mut sampled = Vec::new();
-        let mut logprobs = HashMap::new();
+        let mut logprobs: HashMap<SeqId, Vec<TokenLogprob>> = HashMap::new();
         // Forks to make once this step is recorded: (parent, child, child's first token).
         let mut forks = Vec::new();
-        for (i, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+        let mut next_row = 0;
+        for s in out.seqs.iter().filter(|s| s.sample) {
+            let i = next_row;
+            next_row += s.num_logit_rows();
+            if s.draft > 0 {
+                self.verify(s, i, &logits, &mut sampled, &mut logprobs);
+                continue;
+            }
             let Some(row) = logits.row(i) else {
                 // Picked on the GPU, marked above.
                 if self.active.contains_key(&s.id) {
@@ -456,7 +472,10 @@ impl Worker {
                 let tok = a.sample(row);
                 sampled.push((s.id, tok));
                 if let Some(k) = a.logprobs {
-                    logprobs.insert(s.id, token_logprob(row, tok, k));
+                    logprobs
+                        .entry(s.id)
+                        .or_default()
+                        .push(token_logprob(row, tok, k));
                 }
             }
             // The parent's prefill is done: its siblings sample their first token from the
@@ -503,8 +522,12 @@ impl Worker {
                 }
             }
         }
+        // A verified entry's tokens in order; its logprobs (one per token) likewise.
+        let mut logprobs: HashMap<SeqId, std::vec::IntoIter<TokenLogprob>> = (logprobs.into_iter())
+            .map(|(id, v)| (id, v.into_iter()))
+            .collect();
         for (id, tok) in sampled {
-            let lp = logprobs.remove(&id);
+            let lp = logprobs.get_mut(&id).and_then(Iterator::next);
             self.on_token(id, tok, lp);
         }
         // Sequences that reached max_tokens or the context end (if not already finished).
@@ -525,7 +548,10 @@ impl Worker {
         mut batch: StepBatch,
     ) -> Result<(StepBatch, Vec<SeqId>), String> {
         let mut masked = Vec::new();
-        for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
+        let mut next_row = 0;
+        for s in out.seqs.iter().filter(|s| s.sample) {
+            let row = next_row;
+            next_row += s.num_logit_rows();
             if self.forks.contains_key(&s.id) {
                 continue;
             }
@@ -535,6 +561,18 @@ impl Worker {
             let gpu_can = a.logprobs.is_none()
                 && !a.cpu_next
                 && (self.gpu_sampling || a.sampler.params().is_plain_greedy());
+            if s.draft > 0 {
+                // A verification: each row picked with the key its plain step would draw.
+                if gpu_can && let Some(rows) = a.verification_rows(s.num_logit_rows()) {
+                    for (i, rs) in rows.into_iter().enumerate() {
+                        batch.sample_on_gpu(row + i, rs);
+                        if !a.logit_bias.is_empty() {
+                            batch.bias_row(row + i, &a.logit_bias);
+                        }
+                    }
+                }
+                continue;
+            }
             if gpu_can && let Some(rs) = a.sampler.row_sampling() {
                 batch.sample_on_gpu(row, rs);
                 // The mask needs the sequence's last token, which may still be on the GPU:
@@ -731,6 +769,8 @@ impl Worker {
                 prefix_hit_rate: st.prefix_hit_rate,
                 cached_blocks: st.cached_blocks,
                 evictions: st.evictions,
+                spec_drafted_tokens: st.spec_drafted,
+                spec_accepted_tokens: st.spec_accepted,
                 ..s.clone()
             };
         }

@@ -83,21 +83,23 @@
 //! O(block_size) per block it registers and O(1) per block it gives back; `finish`/`abort`
 //! O(its blocks + running + waiting); `stats` O(blocks held).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError};
-use blocks::{peak_blocks, register_full_blocks, release_out_of_window};
+use blocks::peak_blocks;
 
 mod blocks;
 #[cfg(test)]
 mod prefix_tests;
 #[cfg(test)]
 mod proptests;
+mod spec;
 mod stats;
 #[cfg(test)]
 mod tests;
 mod types;
+mod update;
 #[cfg(test)]
 mod window_tests;
 
@@ -185,6 +187,8 @@ pub struct Scheduler {
     num_preemptions: u64,
     prefix_query_tokens: u64,
     prefix_hit_tokens: u64,
+    spec_drafted: u64,
+    spec_accepted: u64,
 }
 
 impl Scheduler {
@@ -232,6 +236,8 @@ impl Scheduler {
             num_preemptions: 0,
             prefix_query_tokens: 0,
             prefix_hit_tokens: 0,
+            spec_drafted: 0,
+            spec_accepted: 0,
         })
     }
 
@@ -416,6 +422,17 @@ impl Scheduler {
     /// Decides this step's work (see the module docs). An earlier output not passed to
     /// `update` is abandoned: none of its work counts, and its block copies are issued again.
     pub fn schedule(&mut self) -> SchedulerOutput {
+        self.schedule_with_drafts(|_, _, _| Vec::new())
+    }
+
+    /// [`Scheduler::schedule`] with speculative decoding: each sequence about to decode one
+    /// token may get drafted tokens to verify in the same step. `draft(id, tokens, most)`
+    /// proposes up to `most` tokens to follow `tokens` (its prompt and output); see
+    /// `spec.rs` for what bounds `most` and what `update` then expects.
+    pub fn schedule_with_drafts(
+        &mut self,
+        mut draft: impl FnMut(SeqId, &[u32], usize) -> Vec<u32>,
+    ) -> SchedulerOutput {
         if self.in_flight.take().is_some() {
             // Give back the slots the abandoned step reserved; its copies stay pending.
             for i in 0..self.running.len() {
@@ -446,16 +463,34 @@ impl Scheduler {
             },
             budget: self.cfg.max_num_batched_tokens,
         };
+        let mml = self.cfg.max_model_len;
+        let mut decodes_left = (self.running.iter())
+            .filter(|id| self.seqs[*id].pending(mml) == 1)
+            .count();
         for decodes in [true, false] {
             let mut i = 0;
             while i < self.running.len() && st.budget > 0 {
                 let id = self.running[i];
-                let pending = self.seqs[&id].pending(self.cfg.max_model_len);
+                let pending = self.seqs[&id].pending(mml);
                 if pending == 0 || (pending == 1) != decodes {
                     i += 1;
                     continue;
                 }
-                if self.schedule_running(id, pending.min(st.budget), &mut st) {
+                let drafted = if decodes {
+                    decodes_left -= 1;
+                    let most = self.draft_room(id, st.budget, decodes_left);
+                    let mut d = if most > 0 {
+                        draft(id, &self.seqs[&id].tokens, most)
+                    } else {
+                        Vec::new()
+                    };
+                    d.truncate(most);
+                    d
+                } else {
+                    Vec::new()
+                };
+                let n = pending.min(st.budget) + drafted.len();
+                if self.schedule_running(id, n, &drafted, &mut st) {
                     i += 1;
                 }
             }
@@ -463,7 +498,6 @@ impl Scheduler {
         if st.out.preempted.is_empty() {
             self.admit(&mut st);
         }
-        let mml = self.cfg.max_model_len;
         st.out.length_capped = (self.running.iter().chain(&self.waiting))
             .copied()
             .filter(|id| self.seqs[id].is_capped(mml))
@@ -473,9 +507,16 @@ impl Scheduler {
         st.out
     }
 
-    /// Reserves blocks for `n` more tokens of running `id`, preempting from the back of
-    /// `running` until they fit. Returns false if `id` itself was preempted.
-    fn schedule_running(&mut self, id: SeqId, n: usize, st: &mut StepState) -> bool {
+    /// Reserves blocks for `n` more tokens of running `id` (the last `drafted.len()` of them
+    /// drafted), preempting from the back of `running` until they fit. Returns false if `id`
+    /// itself was preempted.
+    fn schedule_running(
+        &mut self,
+        id: SeqId,
+        n: usize,
+        drafted: &[u32],
+        st: &mut StepState,
+    ) -> bool {
         loop {
             let s = self.seqs.get_mut(&id).expect("running ids exist");
             match s.table.prepare_append(&mut self.pool, s.num_computed + n) {
@@ -488,7 +529,7 @@ impl Scheduler {
                             held: false,
                         });
                     }
-                    st.push(id, s, n);
+                    st.push(id, s, n - drafted.len(), drafted);
                     return true;
                 }
                 Err(KvError::OutOfBlocks { .. }) => {
@@ -559,7 +600,7 @@ impl Scheduler {
                 .prepare_append(&mut self.pool, hit_tokens + n)
                 .expect(SYNC);
             s.state = State::Running;
-            st.push(id, s, n);
+            st.push(id, s, n, &[]);
             self.waiting.remove(w);
             self.running.push(id);
         }
@@ -608,7 +649,8 @@ impl Scheduler {
     }
 
     /// The step batch for `out` (call it before any `finish`/`abort` of its sequences): rows in
-    /// `out.seqs` order, logits only for the last row of each sampling entry.
+    /// `out.seqs` order, logits only for the last row of each sampling entry (every row of
+    /// an entry with drafts).
     pub fn step_batch(
         &self,
         out: &SchedulerOutput,
@@ -618,10 +660,11 @@ impl Scheduler {
         let mut batch = StepBatch::new(max_blocks);
         for e in &out.seqs {
             let s = self.seqs.get(&e.id).ok_or(SchedError::UnknownSeq(e.id))?;
-            let rows = if e.sample {
-                LogitRows::Last
-            } else {
-                LogitRows::None
+            // A decode with drafts is its last token and the drafts: every row verifies.
+            let rows = match (e.sample, e.draft) {
+                (false, _) => LogitRows::None,
+                (true, 0) => LogitRows::Last,
+                (true, _) => LogitRows::All,
             };
             batch
                 .push_sequence(&e.tokens, e.start_pos, &s.table, bs, rows)
@@ -632,82 +675,6 @@ impl Scheduler {
                 })?;
         }
         Ok(batch)
-    }
-
-    /// Records that `out` ran: its tokens' KV is written, its block copies are done, and each
-    /// sampling sequence got the token in `sampled`. Entries of sequences finished or aborted
-    /// since `schedule` are skipped (their samples ignored). Returns the sequences that are now
-    /// length-capped (max_tokens or max_model_len reached): finish them with `Length`.
-    /// Validates everything before changing anything.
-    pub fn update(
-        &mut self,
-        out: &SchedulerOutput,
-        sampled: &[(SeqId, u32)],
-    ) -> Result<Vec<SeqId>, SchedError> {
-        if self.in_flight != Some(out.step) {
-            return Err(SchedError::StaleOutput {
-                expected: self.in_flight,
-                got: out.step,
-            });
-        }
-        let samplers: HashSet<SeqId> = out.sampling_ids().collect();
-        let mut got = HashMap::with_capacity(sampled.len());
-        for &(id, tok) in sampled {
-            if !samplers.contains(&id) || got.insert(id, tok).is_some() {
-                return Err(SchedError::UnexpectedSample(id));
-            }
-        }
-        // Alive: still running with the KV this entry extended (not finished, aborted or re-added).
-        let alive = |s: Option<&Seq>, e: &ScheduledSeq| {
-            s.is_some_and(|s| s.state == State::Running && s.num_computed == e.start_pos)
-        };
-        for e in &out.seqs {
-            if e.sample && alive(self.seqs.get(&e.id), e) && !got.contains_key(&e.id) {
-                return Err(SchedError::MissingSample(e.id));
-            }
-        }
-        self.in_flight = None;
-        for p in self.copies.drain(..) {
-            if p.held {
-                self.pool.release(p.copy.src).expect(SYNC);
-            }
-        }
-        let mut capped = Vec::new();
-        for e in &out.seqs {
-            if !alive(self.seqs.get(&e.id), e) {
-                continue;
-            }
-            let s = self.seqs.get_mut(&e.id).expect("alive");
-            s.num_computed += e.tokens.len();
-            if self.cfg.enable_prefix_cache {
-                register_full_blocks(&mut self.pool, s);
-            }
-            release_out_of_window(&mut self.pool, self.cfg.sliding_window, s);
-            if let Some(tok) = got.get(&e.id) {
-                s.tokens.push(*tok);
-            }
-            if s.is_capped(self.cfg.max_model_len) {
-                capped.push(e.id);
-            }
-        }
-        Ok(capped)
-    }
-
-    /// Sets the last token of `id`, which `update` recorded as [`PENDING_TOKEN`], to `tok`
-    /// (running or waiting, e.g. preempted meanwhile). O(1).
-    pub fn resolve_pending(&mut self, id: SeqId, tok: u32) -> Result<(), SchedError> {
-        let s = self.seqs.get_mut(&id).ok_or(SchedError::UnknownSeq(id))?;
-        let has_output = s.tokens.len() > s.prompt_len;
-        match s.tokens.last_mut() {
-            Some(last) if *last == PENDING_TOKEN && has_output => {
-                if tok == PENDING_TOKEN {
-                    return Err(SchedError::ReservedToken(id));
-                }
-                *last = tok;
-                Ok(())
-            }
-            _ => Err(SchedError::NoPendingToken(id)),
-        }
     }
 
     /// Ends a sequence: frees its blocks and forgets it. Allowed any time, also while its
@@ -757,14 +724,18 @@ struct StepState {
 }
 
 impl StepState {
-    fn push(&mut self, id: SeqId, s: &Seq, n: usize) {
+    /// Schedules `n` known tokens of `s` and the `drafted` ones after them.
+    fn push(&mut self, id: SeqId, s: &Seq, n: usize, drafted: &[u32]) {
         let start = s.num_computed;
+        let mut tokens = s.tokens[start..start + n].to_vec();
+        tokens.extend_from_slice(drafted);
         self.out.seqs.push(ScheduledSeq {
             id,
-            tokens: s.tokens[start..start + n].to_vec(),
+            tokens,
             start_pos: start,
             sample: start + n == s.tokens.len(),
+            draft: drafted.len(),
         });
-        self.budget -= n;
+        self.budget -= n + drafted.len();
     }
 }

@@ -15,6 +15,11 @@
 //! is overwritten with garbage after each step (so reading a block given back fails), the
 //! holes of each table are exactly the blocks its window has passed, and a sequence holds at
 //! most `window_peak_blocks` blocks — requests longer than the pool included.
+//!
+//! Speculative steps draft random tokens after decodes and accept a random prefix of each
+//! draft: the KV of rejected drafts sits in lookahead slots the next steps must write again
+//! before reading, so reading back a stale one fails; a block that held only rejected drafts
+//! must be back in the pool (the ref-count check), and no cached block holds a draft.
 
 use std::collections::HashMap;
 
@@ -58,6 +63,11 @@ enum Op {
     /// pending), run, resolve the pending tokens (read back late), then update with pending
     /// tokens. What stops or is capped is finished only once its last token is resolved.
     OverlappedStep,
+    /// Speculative decoding: schedule with random drafts (a random prefix of each is
+    /// accepted), run, update; or abandon the step after running it.
+    SpecStep {
+        abandon: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -68,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         5 => Just(Op::Step),
         5 => Just(Op::OverlappedStep),
+        4 => prop::bool::weighted(0.1).prop_map(|abandon| Op::SpecStep { abandon }),
         1 => (0..8usize).prop_map(|pick| Op::StepAbortingOne { pick }),
         1 => any::<bool>().prop_map(|ran| Op::Abandon { ran }),
         1 => (0..8usize).prop_map(|pick| Op::Finish { pick }),
@@ -288,14 +299,19 @@ impl Harness {
         let batch = self.s.step_batch(out, max_blocks).expect("batch builds");
         for (i, e) in out.seqs.iter().enumerate() {
             let expected = self.expected(e.id);
-            let tokens = &self.model[&e.id];
+            let known = e.tokens.len() - e.draft;
             // The same tokens at the same positions, however often it was recomputed (a
             // pending one as the placeholder the GPU fills in; the KV below is the real one's).
             prop_assert_eq!(
-                &e.tokens[..],
-                &expected[e.start_pos..e.start_pos + e.tokens.len()]
+                &e.tokens[..known],
+                &expected[e.start_pos..e.start_pos + known]
             );
-            prop_assert_eq!(e.sample, e.start_pos + e.tokens.len() == tokens.len());
+            prop_assert_eq!(e.sample, e.start_pos + known == self.model[&e.id].len());
+            // Drafts follow a decode's one known token; KV is computed from them too.
+            prop_assert!(e.draft == 0 || (e.sample && known == 1));
+            let mut tokens = self.model[&e.id].clone();
+            tokens.extend_from_slice(e.drafted());
+            let tokens = &tokens;
             let row = &batch.block_tables[i * max_blocks..(i + 1) * max_blocks];
             let table = self.s.block_table(e.id).unwrap();
             for r in batch.query_start[i] as usize..batch.query_start[i + 1] as usize {
@@ -332,9 +348,54 @@ impl Harness {
         Ok(())
     }
 
+    /// A token per sampling entry; an entry with drafts first gets a random prefix of them.
     fn sample(&mut self, out: &SchedulerOutput) -> Vec<(SeqId, u32)> {
-        let ids: Vec<SeqId> = out.sampling_ids().collect();
-        ids.into_iter().map(|id| (id, self.rand())).collect()
+        let entries: Vec<(SeqId, Vec<u32>)> = (out.seqs.iter().filter(|e| e.sample))
+            .map(|e| (e.id, e.drafted().to_vec()))
+            .collect();
+        let mut sampled = Vec::new();
+        for (id, drafted) in entries {
+            let accepted = match drafted.len() {
+                0 => 0,
+                k => self.rand() as usize % (k + 1),
+            };
+            sampled.extend(drafted[..accepted].iter().map(|t| (id, *t)));
+            sampled.push((id, self.rand()));
+        }
+        sampled
+    }
+
+    /// Schedules with up to 4 random drafts per decode (checking what the drafter is shown
+    /// and that drafts stay within the sequence's limits), runs, then updates or abandons.
+    fn spec_step(&mut self, abandon: bool) -> Result<SchedulerOutput, TestCaseError> {
+        let mut rng = self.rng;
+        let (model, mut shown) = (&self.model, Vec::new());
+        let out = self.s.schedule_with_drafts(|id, tokens, most| {
+            shown.push((id, tokens == &model[&id][..], most));
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let k = (rng % 5) as usize;
+            (0..k).map(|i| (rng >> (8 * i)) as u32 % 64).collect()
+        });
+        self.rng = rng;
+        for (id, same, most) in shown {
+            prop_assert!(same, "{} drafts from other tokens", id);
+            prop_assert!(most > 0);
+        }
+        self.check_output(&out)?;
+        self.check(true)?;
+        for e in out.seqs.iter().filter(|e| e.draft > 0) {
+            let s = &self.s.seqs[&e.id];
+            prop_assert!(s.output().len() + e.draft < s.max_tokens);
+            prop_assert!(s.tokens.len() + e.draft < self.s.cfg.max_model_len);
+        }
+        self.run(&out)?;
+        if !abandon {
+            let sampled = self.sample(&out);
+            self.update(&out, &sampled)?;
+        }
+        Ok(out)
     }
 
     /// Overwrites every free block nobody caches with garbage: KV read from a block given
@@ -596,6 +657,7 @@ proptest! {
                     h.s.in_flight.is_some()
                 }
                 Op::Step => { h.step(None)?; false }
+                Op::SpecStep { abandon } => { h.spec_step(abandon)?; abandon }
                 Op::StepAbortingOne { pick } => { h.step(Some(pick))?; false }
                 Op::Abandon { ran } => {
                     let out = h.s.schedule();
@@ -645,8 +707,11 @@ proptest! {
             if h.model.is_empty() {
                 break;
             }
-            let out = if seed % 2 == 1 {
+            let out = if seed % 3 == 1 {
                 h.overlapped_step()?
+            } else if seed % 3 == 2 {
+                h.resolve();
+                h.spec_step(false)?
             } else {
                 h.resolve();
                 h.step(None)?

@@ -54,6 +54,8 @@ impl Scheduler {
             },
             cached_blocks: self.pool.num_cached(),
             evictions: self.pool.num_evictions(),
+            spec_drafted: self.spec_drafted,
+            spec_accepted: self.spec_accepted,
         }
     }
 }

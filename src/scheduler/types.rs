@@ -103,8 +103,10 @@ pub enum SchedError {
     StaleOutput { expected: Option<u64>, got: u64 },
     #[error("{0} sampled but got no token")]
     MissingSample(SeqId),
-    #[error("{0} got a token it did not sample (or twice)")]
+    #[error("{0} got a token it did not sample (or too many)")]
     UnexpectedSample(SeqId),
+    #[error("{0}: the tokens accepted are not the ones drafted (or a pending token was given)")]
+    DraftMismatch(SeqId),
     #[error("{id} holds {blocks} blocks, more than the batch's {max_blocks} columns")]
     BatchTooWide {
         id: SeqId,
@@ -127,6 +129,23 @@ pub struct ScheduledSeq {
     pub start_pos: usize,
     /// The chunk reaches the end of the known tokens: the last row's logits give the next token.
     pub sample: bool,
+    /// Speculative decoding: the last `draft` of `tokens` were drafted after the sequence's
+    /// known tokens (a decode of its last token followed by them). Each of the entry's
+    /// `draft + 1` rows gives logits; `update` takes the drafted tokens the model agreed with
+    /// and the token after them, and their lookahead slots are kept only that far.
+    pub draft: usize,
+}
+
+impl ScheduledSeq {
+    /// Logits rows of this entry: its last token's (`sample`), plus one per drafted token.
+    pub fn num_logit_rows(&self) -> usize {
+        if self.sample { 1 + self.draft } else { 0 }
+    }
+
+    /// The drafted tokens.
+    pub fn drafted(&self) -> &[u32] {
+        &self.tokens[self.tokens.len() - self.draft..]
+    }
 }
 
 /// The plain value that crosses from the scheduler to the runner for one step.
@@ -152,9 +171,16 @@ pub struct SchedulerOutput {
 }
 
 impl SchedulerOutput {
-    /// Ids of the sequences that sample, in logits-row order.
+    /// Ids of the sequences that sample, in logits-row order (an entry with drafted tokens
+    /// has [`ScheduledSeq::num_logit_rows`] rows, the first of them at its place here).
     pub fn sampling_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
         self.seqs.iter().filter(|s| s.sample).map(|s| s.id)
+    }
+
+    /// Whether any entry carries drafted tokens (the step's tokens are then known only once
+    /// it is read back: it cannot be overlapped with the next).
+    pub fn has_drafts(&self) -> bool {
+        self.seqs.iter().any(|s| s.draft > 0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,4 +229,8 @@ pub struct SchedulerStats {
     pub cached_blocks: usize,
     /// Cached blocks evicted to make room, since the scheduler started.
     pub evictions: u64,
+    /// Speculative decoding: tokens drafted and verified, and of those accepted, since the
+    /// scheduler started.
+    pub spec_drafted: u64,
+    pub spec_accepted: u64,
 }

@@ -172,6 +172,20 @@ impl Metrics {
         );
         scalar(
             &mut o,
+            "wllm_spec_drafted_tokens_total",
+            c,
+            "Speculative decoding: tokens drafted and verified.",
+            stats.spec_drafted_tokens,
+        );
+        scalar(
+            &mut o,
+            "wllm_spec_accepted_tokens_total",
+            c,
+            "Speculative decoding: drafted tokens the model accepted.",
+            stats.spec_accepted_tokens,
+        );
+        scalar(
+            &mut o,
             "wllm_requests_finished_total",
             c,
             "Requests the engine finished.",

@@ -566,6 +566,7 @@ fn submit(
     req.sampling.seed = p.seed.unwrap_or_else(random_u64);
     req.stop = p.stop.clone();
     req.ignore_eos = p.ignore_eos;
+    req.speculative = p.speculative;
     req.logprobs = p.logprobs;
     let vocab = st.engine.model_config().vocab_size;
     if let Some((id, _)) = p.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {

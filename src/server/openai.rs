@@ -113,6 +113,9 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's extension: keep generating past end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
+    /// wllm's: speculative decoding on or off for this request (default: the server's
+    /// `--speculative`); the output is the same either way.
+    pub speculative: Option<bool>,
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
     pub best_of: Option<i64>,
@@ -370,6 +373,8 @@ pub struct Params {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// Speculative decoding for this request (None: the server's default).
+    pub speculative: Option<bool>,
     /// Report each token's logprob and this many alternatives.
     pub logprobs: Option<usize>,
     /// Structured output: what the text must follow.
@@ -526,6 +531,7 @@ impl Common {
             stream,
             include_usage,
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            speculative: self.speculative,
             logprobs,
             grammar,
             grammar_param,
