@@ -17,7 +17,7 @@ pub struct BatchArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// JSONL requests: {"id":..,"prompt":".."} or {"id":..,"prompt_ids":[..]}, optional
-    /// max_tokens, temperature, top_p, top_k, min_p, seed, stop, chat
+    /// max_tokens, temperature, top_p, top_k, min_p, seed, stop, chat, speculative
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL results, in input order: {"id","output_ids","text","finish_reason"} or {"id","error"}
@@ -82,6 +82,11 @@ fn parse_line(line: &str, default_max_tokens: usize) -> (Value, Result<Request, 
                 .collect::<Option<_>>()
                 .ok_or("stop must be a string or an array of strings")?,
             Some(_) => return Err("stop must be a string or an array of strings".into()),
+        };
+        req.speculative = match v.get("speculative") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err("speculative must be true or false".into()),
         };
         Ok(req)
     })();

@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// Structured output's CPU cost per constrained row: the grammar mask and the matcher's
     /// advance at the model's vocabulary, beside a greedy pass over the row
     Grammar(super::bench_grammar::GrammarArgs),
+    /// Speculative decoding on versus off in one run: decode tok/s, acceptance rate and
+    /// steps on repetitive and free-form workloads (the outputs must be identical)
+    Spec(super::bench_spec::SpecArgs),
 }
 
 #[derive(clap::Args)]
@@ -597,6 +600,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Decode(a) => super::bench_model::run_decode(a)?,
         BenchCommand::Throughput(args) => run_throughput(args)?,
         BenchCommand::Grammar(a) => super::bench_grammar::run(a)?,
+        BenchCommand::Spec(a) => super::bench_spec::run(a)?,
     }
     Ok(())
 }

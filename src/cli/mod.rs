@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod bench;
 pub mod bench_grammar;
+pub mod bench_spec;
 pub mod bench_model;
 pub mod chat;
 pub mod check;
