@@ -25,7 +25,7 @@ fn engine(spec: Option<SpecConfig>, blocks: Option<usize>, gpu_sampling: bool) -
 }
 
 /// The golden prompts (greedy, to 40 tokens) and seeded samples of them, some with
-/// penalties and logprobs (the CPU path).
+/// penalties and logprobs (the CPU path), and one long greedy generation.
 fn requests() -> Vec<Request> {
     let golden = read_json(&fixtures().join("tiny-llama-gqa-public/golden.json"));
     let mut out = Vec::new();
@@ -44,6 +44,10 @@ fn requests() -> Vec<Request> {
         r.max_tokens = 30;
         out.push(r);
     }
+    // A long generation: 300 tokens after the shortest prompt.
+    let mut long = out[0].clone();
+    long.max_tokens = 300;
+    out.push(long);
     out
 }
 
@@ -108,9 +112,14 @@ fn ngram_speculation_gives_the_plain_decodes_tokens_alone_batched_and_preempted(
             st.spec_drafted_tokens, st.spec_accepted_tokens, st.steps
         );
         drop(e);
-        // 40 blocks of 4 tokens for 12 requests of up to 140 tokens: preemptions.
+        // 40 blocks of 4 tokens for the 12 requests of up to 140 tokens: preemptions.
         let e = engine(Some(spec), Some(40), gpu_sampling);
-        same(&run_batched(&e, &reqs), &want, "batched with preemption");
+        let short = &reqs[..12];
+        same(
+            &run_batched(&e, short),
+            &want[..12],
+            "batched with preemption",
+        );
         let st = e.stats();
         assert!(st.preemptions > 0, "{st:?}");
         assert!(st.spec_accepted_tokens > 0, "{st:?}");
