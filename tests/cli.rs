@@ -682,6 +682,36 @@ fn check_reports_every_kernel_passing_on_the_test_adapter() {
     assert!(!ok && err.contains("no usable GPU adapter"), "{err}");
 }
 
+/// `wllm check --perf --json`: a copy bandwidth, and every kernel timed with a positive,
+/// finite time per call, bytes and bandwidth, the decode kernels among them.
+#[test]
+fn check_perf_times_every_kernel() {
+    let (ok, out, err) = wllm(&["check", "--perf", "--json"]);
+    assert!(ok, "wllm check --perf failed: {err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let perf = &v["adapters"][0]["perf"];
+    let copy = perf["copy_gb_per_s"].as_f64().expect("copy_gb_per_s");
+    assert!(copy > 0.0 && copy.is_finite(), "{perf}");
+    assert!(
+        perf["timer"].as_str().is_some_and(|t| !t.is_empty()),
+        "{perf}"
+    );
+    let results = perf["results"].as_array().expect("results");
+    for r in results {
+        let us = r["us_per_call"].as_f64().unwrap();
+        assert!(us > 0.0 && us.is_finite(), "{r}");
+        assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+        let gb = r["gb_per_s"].as_f64().unwrap();
+        assert!(gb > 0.0 && gb.is_finite(), "{r}");
+    }
+    for kernel in ["matmul", "matmul_quant", "attention", "argmax"] {
+        assert!(
+            results.iter().any(|r| r["kernel"] == kernel),
+            "{kernel} missing: {perf}"
+        );
+    }
+}
+
 /// `wllm check --model` on SmolLM2 (Q4_1 GGUF, f16 KV): the GPU's logits over a greedy
 /// continuation against the CPU reference forward of the same quantized weights.
 #[test]

@@ -261,6 +261,29 @@ fn matmul_quant_matches_reference_for_q4_0_q4_1_q8_0() {
     }
 }
 
+/// Fixed rows with x windows: a k too wide for a window of that many rows per thread falls to
+/// a smaller row choice (rows 8 → 4 at k = 2080, 8 or 4 → 1 at k = 4128), whose pipelines
+/// [`MatmulQuant`] compiles with the fixed one (and no others).
+#[test]
+fn fixed_rows_with_windows_fall_back_for_a_wide_k() {
+    for rows in [4, 8] {
+        for w_texture in [false, true] {
+            let tuning = QuantTuning {
+                workgroup: 8,
+                k_split: 1,
+                cols: 8,
+                fixed_rows: Some(rows),
+                x_window: true,
+                x_shared: true,
+                w_texture,
+            };
+            for (i, k) in [2080, 4128].into_iter().enumerate() {
+                check_matmul(Q4_0, tuning, MatmulParams::plain(9, 13, k), 300 + i as u64);
+            }
+        }
+    }
+}
+
 /// Work splits to test: the GPU and CPU-adapter defaults with each rows-per-thread choice
 /// forced, an awkward split, and the automatic row choice; x from storage and through
 /// uniform windows; weights from buffers and from textures. The k-split tunings (the GPU

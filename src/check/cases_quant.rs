@@ -1,11 +1,13 @@
 //! The quantized cases of `wllm check`: [`MatmulQuant`] on every type the engine keeps
-//! quantized on the GPU (the Q4/Q8 repacks and every `Blocks` format of the loader's table), in
-//! both kernel forms, with the tuning each form's profile picks, each variant that tuning can
-//! run (plain with bias, residual and an output offset; fused SwiGLU; RMSNorm fused in front
-//! where the k-split kernel runs), with the weights in buffers and, for the formats with texture
-//! planes, in textures; and [`EmbeddingQuant`] over a table in two parts. The weights are random
-//! GGUF blocks (random bytes, finite f16 scales), and the references dequantize them with the
-//! loader.
+//! quantized on the GPU (the Q4/Q8 repacks and every `Blocks` format of the loader's table), each
+//! in both kernel forms (the one-thread-per-column kernel of the CPU forms and the k-split one of
+//! the GPU forms decode every format in their own code), with the tuning each form's profile
+//! picks and the weights in the profile's placement, and the Q4 layout in the other placement
+//! too (texture planes or a storage buffer); the plain variant (bias, residual and an output
+//! offset) on every format, and the fused ones that tuning can run (SwiGLU; RMSNorm in front
+//! where the k-split kernel runs) on the Q4 layout and a K-quant (see [`plan`]); and
+//! [`EmbeddingQuant`] over a table in two parts. The weights are random GGUF blocks (random
+//! bytes, finite f16 scales), and the references dequantize them with the loader.
 
 use half::f16;
 
@@ -18,7 +20,7 @@ use crate::gpu::kernels::{
     EmbeddingQuant, MatmulParams, MatmulQuant, QuantFormat, WeightData, embedding_quant,
     pack_quantized, quant_texture,
 };
-use crate::gpu::{GpuContext, GpuError, GpuTensor, KernelForms, Placement};
+use crate::gpu::{GpuContext, GpuError, GpuTensor, Placement};
 use crate::loader::TensorDType;
 use crate::loader::quant_formats::FORMATS;
 use crate::sampling::Rng;
@@ -159,47 +161,39 @@ struct Build {
     variants: bool,
 }
 
-/// What each form builds. A build compiles three pipelines per variant (one per rows-per-thread
-/// choice) and llvmpipe takes ~0.2 s a pipeline of the CPU forms' kernel (~0.03 s of the GPU
-/// forms' k-split one), so the whole table of formats runs once per form where it is cheap,
-/// the GPU forms: every format, the fused variants on a K-quant format, and the Q4 layout in
-/// the other placement. The CPU forms take each of its own code paths once: Q4
-/// (with fused SwiGLU) and Q8, in the profile's placement and Q4 in the other, and a K-quant
-/// (`Blocks`, whose decoding the GPU forms' cases check per format).
-fn plan(ctx: &GpuContext) -> Vec<Build> {
+/// What each form builds, the same for both: every format the engine keeps quantized on the
+/// GPU (the Q4 and Q8 layouts and each `Blocks` type, whose decoding differs per format in
+/// each kernel) in the profile's placement, the Q4 layout in the other placement too, and the
+/// fused variants (SwiGLU, and RMSNorm in front where the tuning is k-split) on the Q4 layout
+/// and a K-quant. A build compiles one pipeline per variant and rows-per-thread choice the
+/// tuning can dispatch (all three for the profiles' tunings, which pick by batch size), 42 in
+/// the CPU forms: llvmpipe takes ~0.2 s a pipeline of their kernel (~0.03 s of the GPU forms'
+/// k-split one), on parallel threads within a build (building several at once was slower on
+/// lavapipe), and compiling dominates these cases' time.
+fn plan() -> Vec<Build> {
     let build = |format, other_placement, variants| Build {
         format,
         other_placement,
         variants,
     };
     let k_quant = QuantFormat::Blocks(TensorDType::Q4_K);
-    match ctx.profile.kernel_forms {
-        KernelForms::Gpu => {
-            let mut formats: Vec<QuantFormat> = Vec::new();
-            for f in quant_types().into_iter().filter_map(QuantFormat::of) {
-                if !formats.contains(&f) {
-                    formats.push(f);
-                }
-            }
-            let mut plan: Vec<Build> = formats
-                .into_iter()
-                .map(|f| build(f, false, f == k_quant))
-                .collect();
-            plan.push(build(QuantFormat::Q4, true, false));
-            plan
+    let mut formats: Vec<QuantFormat> = Vec::new();
+    for f in quant_types().into_iter().filter_map(QuantFormat::of) {
+        if !formats.contains(&f) {
+            formats.push(f);
         }
-        KernelForms::Cpu => vec![
-            build(QuantFormat::Q4, false, true),
-            build(QuantFormat::Q8, false, false),
-            build(k_quant, false, false),
-            build(QuantFormat::Q4, true, false),
-        ],
     }
+    let mut plan: Vec<Build> = formats
+        .into_iter()
+        .map(|f| build(f, false, f == QuantFormat::Q4 || f == k_quant))
+        .collect();
+    plan.push(build(QuantFormat::Q4, true, false));
+    plan
 }
 
 fn matmul_quant(ctx: &GpuContext, out: &mut Vec<CaseResult>) {
     let mut rng = Rng::new(21);
-    for b in plan(ctx) {
+    for b in plan() {
         let placement = match (ctx.profile.quant_weights, b.other_placement) {
             (p, false) => p,
             (Placement::Buffer, true) => Placement::Texture,

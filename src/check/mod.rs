@@ -17,6 +17,7 @@ mod cases_quant;
 mod cpu_forward;
 mod expected;
 mod model;
+mod perf;
 mod properties;
 mod table;
 mod tiny_model;
@@ -27,6 +28,7 @@ use crate::gpu::{AdapterReport, GpuContext, GpuError, KernelForms};
 
 pub use expected::{ExpectedFailure, expected_failures};
 pub use model::{CpuReference, ModelCheck, check_models};
+pub use perf::{PerfReport, PerfResult, perf_adapter};
 pub use table::support_table;
 
 /// How one case came out.
@@ -81,6 +83,9 @@ pub struct AdapterCheck {
     /// The model-level checks ([`check_models`]), when asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelCheck>,
+    /// Each kernel's speed at model-like shapes ([`perf_adapter`]), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perf: Option<PerfReport>,
 }
 
 impl AdapterCheck {
@@ -161,6 +166,7 @@ pub fn check_adapter(ctx: &GpuContext) -> Result<AdapterCheck, GpuError> {
         }),
         results,
         models: Vec::new(),
+        perf: None,
     })
 }
 

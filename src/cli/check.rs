@@ -1,7 +1,9 @@
 //! `wllm check`: the kernels' conformance on each adapter (see `wllm::check`).
 
 use anyhow::{Context, Result, bail};
-use wllm::check::{AdapterCheck, Status, check_adapter, check_models, support_table};
+use wllm::check::{
+    AdapterCheck, PerfReport, Status, check_adapter, check_models, perf_adapter, support_table,
+};
 use wllm::gpu::{AdapterSelector, GpuContext, list_adapters, parse_backends};
 
 #[derive(clap::Args)]
@@ -25,9 +27,13 @@ pub struct CheckArgs {
     /// instead of each case
     #[arg(long, conflicts_with = "json")]
     pub markdown: bool,
+    /// Also time each kernel at model-like shapes: µs per call and GB/s against the adapter's
+    /// measured copy bandwidth
+    #[arg(long)]
+    pub perf: bool,
     /// Check nothing: merge these `wllm check --json` reports (from any machines) into the
     /// support table
-    #[arg(long, value_name = "REPORT.json", num_args = 1.., conflicts_with_all = ["json", "adapter", "all_adapters", "model"])]
+    #[arg(long, value_name = "REPORT.json", num_args = 1.., conflicts_with_all = ["json", "adapter", "all_adapters", "model", "perf"])]
     pub table_from: Vec<std::path::PathBuf>,
     /// One JSON object: {"adapters": [{"name", "backend", "driver", "limits", "results": [...]}]}
     #[arg(long)]
@@ -96,6 +102,37 @@ fn print_table(a: &AdapterCheck) {
     );
 }
 
+/// `--perf`: each kernel's time per call and bandwidth, against the copy bandwidth.
+fn print_perf(p: &PerfReport) {
+    println!(
+        "  perf: copy bandwidth {:.2} GB/s (copy_buffer_to_buffer, read + write); kernels timed by {}",
+        p.copy_gb_per_s, p.timer
+    );
+    let width =
+        |f: fn(&wllm::check::PerfResult) -> usize| p.results.iter().map(f).max().unwrap_or(0);
+    let (wk, wf, wc) = (
+        width(|r| r.kernel.len()).max("kernel".len()),
+        width(|r| r.form.len()).max("form".len()),
+        width(|r| r.case.chars().count()).max("case".len()),
+    );
+    println!(
+        "  {:wk$}  {:wf$}  {:wc$}  {:>10}  {:>8}  {:>9}",
+        "kernel", "form", "case", "µs/call", "GB/s", "% of copy"
+    );
+    for r in &p.results {
+        // `{:wc$}` pads by chars, and the cases hold `×`.
+        println!(
+            "  {:wk$}  {:wf$}  {:wc$}  {:>10.1}  {:>8.2}  {:>8.1}%",
+            r.kernel,
+            r.form,
+            r.case,
+            r.us_per_call,
+            r.gb_per_s,
+            100.0 * r.of_copy
+        );
+    }
+}
+
 /// `--table-from`: the support table of saved reports.
 fn table_from(files: &[std::path::PathBuf]) -> Result<()> {
     let mut reports = Vec::new();
@@ -143,9 +180,15 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let mut reports = Vec::new();
     for ctx in &contexts {
         let mut r = check_adapter(ctx)?;
+        if args.perf {
+            r.perf = Some(perf_adapter(ctx)?);
+        }
         r.models = check_models(ctx, args.model.as_deref(), args.model_tokens as usize)?;
         if !args.json && !args.markdown {
             print_table(&r);
+            if let Some(p) = &r.perf {
+                print_perf(p);
+            }
         }
         reports.push(r);
     }

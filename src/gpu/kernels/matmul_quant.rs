@@ -284,6 +284,8 @@ pub struct QuantTuning {
     /// workgroup has workgroup / k_split columns and this is unused.
     pub cols: usize,
     /// Rows of x per thread, one of [`MatmulQuant::ROW_CHOICES`]; `None` picks by batch size.
+    /// Fixed rows compile that choice's pipelines only (and, with `x_window`, those of the
+    /// smaller choices a window of a wide k may fall back to).
     pub fixed_rows: Option<usize>,
     /// Read x through 64 KiB uniform-buffer windows, one dispatch per window of rows (what
     /// llvmpipe loads fastest). x must then be bound as [`MatmulQuant::bind`] says, and k be
@@ -320,8 +322,8 @@ struct Variant {
     norm: bool,
 }
 
-/// The quantized matmul for one weight format: one pipeline per rows-per-thread choice and
-/// asked-for GLU / NORM variant, all sharing one bind group layout.
+/// The quantized matmul for one weight format: one pipeline per rows-per-thread choice the
+/// tuning can dispatch and asked-for GLU / NORM variant, all sharing one bind group layout.
 pub struct MatmulQuant {
     kernels: Vec<(Variant, Kernel)>,
     tuning: QuantTuning,
@@ -421,13 +423,14 @@ impl MatmulQuant {
                 ("W_TEXTURE", f64::from(u8::from(tuning.w_texture))),
             ]
         };
+        let rows = Self::dispatchable_rows(tuning);
         let mut variants = Vec::new();
         for v_glu in [false, true] {
             for v_norm in [false, true] {
                 if (v_glu && !glu) || (v_norm && !norm) {
                     continue;
                 }
-                variants.extend(Self::ROW_CHOICES.map(|rows| Variant {
+                variants.extend(rows.iter().map(|&rows| Variant {
                     rows,
                     glu: v_glu,
                     norm: v_norm,
@@ -485,6 +488,21 @@ impl MatmulQuant {
                 mapped_at_creation: false,
             }),
             unused_texture: unused_texture(ctx),
+        }
+    }
+
+    /// The rows-per-thread choices [`MatmulQuant::dispatch`] can pick with `tuning`, the
+    /// pipelines [`MatmulQuant::with_variants`] compiles (llvmpipe JIT-compiles each for a
+    /// fraction of a second): every choice when the batch size picks
+    /// ([`QuantTuning::rows_for`]); with fixed rows r, r alone, or with `x_window` r and every
+    /// smaller choice, which a window too narrow for r rows of a wide k falls to.
+    fn dispatchable_rows(tuning: QuantTuning) -> Vec<usize> {
+        match tuning.fixed_rows {
+            None => Self::ROW_CHOICES.to_vec(),
+            Some(r) if tuning.x_window => {
+                Self::ROW_CHOICES.into_iter().filter(|&c| c <= r).collect()
+            }
+            Some(r) => vec![r],
         }
     }
 
@@ -731,11 +749,18 @@ impl MatmulQuant {
             glu,
             norm: norm_eps.is_some(),
         };
+        // Never another pipeline in its place: a missing one is a bug of
+        // `dispatchable_rows` (or a call of a variant that was not asked for).
         let kernel = self
             .kernels
             .iter()
             .find(|(v, _)| *v == want)
-            .unwrap_or_else(|| panic!("MatmulQuant was built without the {want:?} pipeline"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "MatmulQuant was built without the {want:?} pipeline (tuning {:?})",
+                    self.tuning
+                )
+            });
         let cols_per_group = if self.tuning.k_split > 1 {
             self.tuning.workgroup / self.tuning.k_split
         } else {
