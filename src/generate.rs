@@ -259,6 +259,11 @@ impl Generator {
         &self.pool
     }
 
+    /// The runner and the pool, for stepping batches over tables the caller keeps in it.
+    pub(crate) fn parts_mut(&mut self) -> (&mut Runner, &mut BlockPool) {
+        (&mut self.runner, &mut self.pool)
+    }
+
     fn check_prompt(&self, ids: &[u32]) -> Result<()> {
         let cfg = self.config();
         if ids.is_empty() {

@@ -92,7 +92,7 @@ fn ngram_speculation_gives_the_plain_decodes_tokens_alone_batched_and_preempted(
         }
         drop(plain);
         let spec = SpecConfig::ngram(5);
-        let e = engine(Some(spec), None, gpu_sampling);
+        let e = engine(Some(spec.clone()), None, gpu_sampling);
         let alone: Vec<Completion> = reqs
             .iter()
             .map(|r| e.generate(r.clone()).unwrap())
@@ -228,4 +228,53 @@ fn the_server_takes_speculative_per_request_and_reports_it() {
         counter("wllm_spec_accepted_tokens_total") > 0.0,
         "{metrics}"
     );
+}
+
+/// A draft model (here the tiny Llama drafting for itself, so nearly every draft is
+/// accepted) gives the plain decode's tokens, alone, batched and preempted, from its own
+/// paged KV; a draft model with another vocabulary is refused by name.
+#[test]
+fn a_draft_model_gives_the_plain_decodes_tokens() {
+    let reqs = requests();
+    let plain = engine(None, None, true);
+    let want: Vec<Completion> = reqs
+        .iter()
+        .map(|r| plain.generate(r.clone()).unwrap())
+        .collect();
+    drop(plain);
+    let spec = SpecConfig::draft_model(fixtures().join("tiny-llama-gqa-public"), 4);
+    let e = engine(Some(spec.clone()), None, true);
+    same(&run_batched(&e, &reqs), &want, "draft model, batched");
+    let alone: Vec<Completion> = reqs
+        .iter()
+        .map(|r| e.generate(r.clone()).unwrap())
+        .collect();
+    same(&alone, &want, "draft model, alone");
+    let st = e.stats();
+    eprintln!(
+        "draft model: {} drafted, {} accepted, {} steps",
+        st.spec_drafted_tokens, st.spec_accepted_tokens, st.steps
+    );
+    assert!(st.spec_drafted_tokens > 500, "{st:?}");
+    // Its own drafts: all but the sampled rows' disagreements are accepted.
+    assert!(
+        st.spec_accepted_tokens * 10 >= st.spec_drafted_tokens * 6,
+        "{st:?}"
+    );
+    drop(e);
+    let e = engine(Some(spec), Some(40), true);
+    same(
+        &run_batched(&e, &reqs[..12]),
+        &want[..12],
+        "draft model, preempted",
+    );
+    assert!(e.stats().preemptions > 0);
+    drop(e);
+    // SmolLM2's tokenizer against a model without one: refused, naming the draft.
+    let mut cfg = EngineConfig::new(fixtures().join("tiny-llama-gqa-public"));
+    cfg.speculative = Some(SpecConfig::draft_model(smollm2_path(), 4));
+    let err = Engine::with_context(gpu(), cfg, &mut |_, _| {})
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("draft model"), "{err}");
 }

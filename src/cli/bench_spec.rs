@@ -122,8 +122,11 @@ pub fn run(a: SpecArgs) -> Result<()> {
         bail!("--repeats and --concurrency must be at least 1");
     }
     let mut cfg = a.engine.config()?;
-    // Requests choose: the engine's setting only supplies k.
-    cfg.speculative = Some(wllm::SpecConfig::ngram(a.engine.spec_tokens));
+    // Requests choose: the engine's setting (n-gram unless --speculative draft) supplies
+    // the method and k.
+    if cfg.speculative.is_none() {
+        cfg.speculative = Some(wllm::SpecConfig::ngram(a.engine.spec_tokens));
+    }
     let k = a.engine.spec_tokens;
     let ctx = GpuContext::new(&cfg.adapter)?;
     let adapter = format!("{} ({})", ctx.adapter_info.name, ctx.adapter_info.backend);

@@ -3,8 +3,8 @@
 pub mod batch;
 pub mod bench;
 pub mod bench_grammar;
-pub mod bench_spec;
 pub mod bench_model;
+pub mod bench_spec;
 pub mod chat;
 pub mod check;
 pub mod plan;
@@ -148,10 +148,14 @@ pub struct EngineArgs {
     pub overlap: Option<String>,
     /// Speculative decoding for every request (a request may turn it off): `ngram` drafts
     /// tokens by matching the text's last tokens against its earlier ones (prompt lookup),
-    /// verified in the same step. The output is exactly what it is without; requests with a
-    /// grammar run without it
-    #[arg(long, value_parser = ["ngram"])]
+    /// `draft` with a smaller model of the same tokenizer (--draft-model); verified in the
+    /// same step. The output is exactly what it is without; requests with a grammar run
+    /// without it
+    #[arg(long, value_parser = ["ngram", "draft"])]
     pub speculative: Option<String>,
+    /// The draft model of --speculative draft (a .gguf file or a Hugging Face directory)
+    #[arg(long, value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
     /// Tokens drafted per sequence per step with --speculative
     #[arg(long, default_value_t = wllm::engine::DEFAULT_SPEC_TOKENS, requires = "speculative")]
     pub spec_tokens: usize,
@@ -190,8 +194,13 @@ impl EngineArgs {
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
         cfg.model.max_model_len = self.max_model_len;
         cfg.overlap_steps = self.overlap.as_deref().map(|o| o == "on");
-        if self.speculative.is_some() {
-            let spec = wllm::SpecConfig::ngram(self.spec_tokens);
+        if let Some(method) = &self.speculative {
+            let spec = match (method.as_str(), &self.draft_model) {
+                ("draft", Some(p)) => wllm::SpecConfig::draft_model(p, self.spec_tokens),
+                ("draft", None) => anyhow::bail!("--speculative draft needs --draft-model PATH"),
+                (_, Some(_)) => anyhow::bail!("--draft-model goes with --speculative draft"),
+                _ => wllm::SpecConfig::ngram(self.spec_tokens),
+            };
             spec.validate()
                 .map_err(|e| anyhow::anyhow!("--spec-tokens {}: {e}", self.spec_tokens))?;
             cfg.speculative = Some(spec);

@@ -97,18 +97,25 @@ impl Active {
         self.sampler.sample(&r, &self.prompt, &self.output)
     }
 
-    /// Up to `most` drafted tokens to follow `tokens` (the scheduler's prompt + output), when
-    /// this request speculates, its acceptance holds up and at most `batch` sequences run.
+    /// Whether this request drafts this step: it speculates, its acceptance holds up and at
+    /// most its `max_batch` sequences run.
+    pub(super) fn drafts_now(&self, batch: usize) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|s| s.worthwhile() && batch <= s.cfg.max_batch)
+    }
+
+    /// Up to `most` n-gram drafted tokens to follow `tokens` (the scheduler's prompt +
+    /// output), when this request drafts now ([`Active::drafts_now`]).
     pub(super) fn draft(&self, tokens: &[u32], most: usize, batch: usize) -> Vec<u32> {
-        let Some(s) = self.spec.as_ref().filter(|s| s.worthwhile()) else {
+        let Some(s) = self.spec.as_ref().filter(|_| self.drafts_now(batch)) else {
             return Vec::new();
         };
-        if batch > s.cfg.max_batch {
-            return Vec::new();
-        }
         let k = most.min(s.cfg.num_tokens);
         match s.cfg.method {
             SpecMethod::Ngram { max_n, min_n } => ngram_draft(tokens, min_n, max_n, k),
+            // The engine's draft model drafted before the step (`Worker::schedule`).
+            SpecMethod::Draft { .. } => Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! request's KV blocks are freed within one step.
 
 mod active;
+mod draft;
 mod stop;
 mod worker;
 
@@ -31,7 +32,7 @@ use crate::kv::{BlockPool, BlockTable, check_block_size};
 use crate::model::{ModelConfig, ModelFiles};
 use crate::sampling::{Grammar, GrammarCompiler, GrammarState, MAX_LOGIT_BIAS, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
-use crate::spec::SpecConfig;
+use crate::spec::{SpecConfig, SpecMethod};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 pub use stop::{StopMatcher, StopResult};
@@ -310,6 +311,18 @@ impl Engine {
         };
         let runner = Runner::new(ctx, crate::model::forward(&model, weights)?, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
+        // A draft model's pool holds as many tokens as the target's.
+        let draft = match cfg.speculative.as_ref().map(|s| &s.method) {
+            Some(SpecMethod::Draft { path }) => Some(draft::DraftModel::load(
+                ctx,
+                path,
+                opts,
+                tokenizer.as_ref(),
+                model.vocab_size,
+                num_blocks,
+            )?),
+            _ => None,
+        };
         let window = kv_window(&model);
         // Positions the runner's tables reach (its RoPE table and block-table width).
         let runner_positions = (runner.max_blocks() * bs).min(model.max_context);
@@ -358,7 +371,7 @@ impl Engine {
             shared.clone(),
             cfg.gpu_sampling.unwrap_or(ctx.profile.gpu_sampling),
             cfg.overlap_steps.unwrap_or(ctx.profile.overlap_steps),
-            cfg.speculative,
+            (cfg.speculative.clone(), draft),
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

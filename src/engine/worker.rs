@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::channel::mpsc::UnboundedSender;
 
 use super::active::{Active, SpecState};
+use super::draft::DraftModel;
 use super::{
     Command, EngineStats, Event, Request, Shared, StopMatcher, StopResult, TokenLogprob, Usage,
 };
@@ -91,6 +92,8 @@ pub(crate) struct Worker {
     masks: Vec<u32>,
     /// `EngineConfig::speculative`.
     spec: Option<SpecConfig>,
+    /// The draft model, when `spec` drafts with one.
+    draft: Option<DraftModel>,
 }
 
 /// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
@@ -112,7 +115,7 @@ impl Worker {
         shared: Arc<Shared>,
         gpu_sampling: bool,
         overlap: bool,
-        spec: Option<SpecConfig>,
+        (spec, draft): (Option<SpecConfig>, Option<DraftModel>),
     ) -> Self {
         let stop_ids = tokenizer
             .as_ref()
@@ -140,6 +143,7 @@ impl Worker {
             finished_events: Vec::new(),
             masks: Vec::new(),
             spec,
+            draft,
         }
     }
 
@@ -695,6 +699,9 @@ impl Worker {
 
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         let cached_tokens = self.sched.finish(id).map_or(0, |s| s.cached_tokens);
+        if let Some(Err(e)) = self.draft.as_mut().map(|d| d.forget(id)) {
+            log::warn!("draft model: {e}");
+        }
         if let Some(mut a) = self.active.remove(&id) {
             // Release text held back for a possible stop string or an incomplete character,
             // unless a stop string ended the request (what follows it is never shown).

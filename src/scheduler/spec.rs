@@ -22,6 +22,15 @@ use super::{PENDING_TOKEN, Scheduler, SeqId};
 use crate::kv::BlockTable;
 
 impl Scheduler {
+    /// Whether `id` runs with exactly its last token to compute (what a draft can follow).
+    pub fn is_decoding(&self, id: SeqId) -> bool {
+        self.seqs.get(&id).is_some_and(|s| {
+            s.state == super::State::Running
+                && s.pending(self.cfg.max_model_len) == 1
+                && s.tokens.last() != Some(&PENDING_TOKEN)
+        })
+    }
+
     /// Most tokens `id` (about to decode one token) may draft this step, with `budget` tokens
     /// left in the step and `decodes_left` decodes after it still to schedule.
     pub(super) fn draft_room(&self, id: SeqId, budget: usize, decodes_left: usize) -> usize {

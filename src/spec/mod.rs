@@ -9,7 +9,7 @@ mod ngram;
 pub use ngram::ngram_draft;
 
 /// How drafts are proposed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpecMethod {
     /// Prompt lookup: the tokens that followed the latest earlier occurrence of the
     /// sequence's last n tokens in its own prompt and output ([`ngram_draft`]).
@@ -18,10 +18,13 @@ pub enum SpecMethod {
         max_n: usize,
         min_n: usize,
     },
+    /// A second, smaller model with the same tokenizer (a GGUF file or a Hugging Face
+    /// directory) drafts greedily from its own paged KV.
+    Draft { path: std::path::PathBuf },
 }
 
 /// Speculative decoding's settings (`EngineConfig::speculative`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpecConfig {
     pub method: SpecMethod,
     /// Most tokens drafted per sequence per step (k).
@@ -47,10 +50,19 @@ impl SpecConfig {
         }
     }
 
+    /// Drafting of `num_tokens` tokens by the model at `path`.
+    pub fn draft_model(path: impl Into<std::path::PathBuf>, num_tokens: usize) -> SpecConfig {
+        SpecConfig {
+            method: SpecMethod::Draft { path: path.into() },
+            ..SpecConfig::ngram(num_tokens)
+        }
+    }
+
     /// Checks the settings a caller may have written.
     pub fn validate(&self) -> Result<(), String> {
-        let SpecMethod::Ngram { max_n, min_n } = self.method;
-        if min_n == 0 || min_n > max_n {
+        if let SpecMethod::Ngram { max_n, min_n } = self.method
+            && (min_n == 0 || min_n > max_n)
+        {
             return Err(format!(
                 "n-gram sizes must be 1 ≤ min ({min_n}) ≤ max ({max_n})"
             ));

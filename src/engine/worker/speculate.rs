@@ -6,13 +6,13 @@
 //! stream in order, then rewound to the rows used) — and a draft is accepted only while it
 //! equals that pick. So the output is the plain decode's, token for token, greedy or seeded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Worker;
 use crate::engine::{DEFAULT_SPEC_TOKENS, Request, TokenLogprob};
 use crate::gpu::Logits;
 use crate::scheduler::{ScheduledSeq, SchedulerOutput, SeqId};
-use crate::spec::SpecConfig;
+use crate::spec::{SpecConfig, SpecMethod};
 
 impl Worker {
     /// The speculation `req` runs with: its own choice over the engine's; none under a
@@ -21,7 +21,7 @@ impl Worker {
         if req.grammar.is_some() {
             return None;
         }
-        match (req.speculative, self.spec) {
+        match (req.speculative, self.spec.clone()) {
             (Some(false), _) => None,
             (Some(true), None) => Some(SpecConfig::ngram(DEFAULT_SPEC_TOKENS)),
             (_, cfg) => cfg,
@@ -29,19 +29,53 @@ impl Worker {
     }
 
     /// The scheduler's next step, with drafts for the speculating sequences about to decode.
-    /// Drafting needs every token known: a step in flight is read back first.
+    /// Drafting needs every token known: a step in flight is read back first. With a draft
+    /// model, it drafts for all of them at once before the step is scheduled.
     pub(super) fn schedule(&mut self) -> SchedulerOutput {
         let speculating = self.active.values().any(|a| a.spec.is_some());
         if !speculating {
             return self.sched.schedule();
         }
         self.drain();
-        let (active, batch) = (&self.active, self.sched.num_running());
-        self.sched.schedule_with_drafts(|id, tokens, most| {
-            active
-                .get(&id)
-                .map_or_else(Vec::new, |a| a.draft(tokens, most, batch))
-        })
+        let batch = self.sched.num_running();
+        let modelled = self.model_drafts(batch);
+        let active = &self.active;
+        self.sched
+            .schedule_with_drafts(|id, tokens, most| match modelled.get(&id) {
+                Some(d) => d[..d.len().min(most)].to_vec(),
+                None => active
+                    .get(&id)
+                    .map_or_else(Vec::new, |a| a.draft(tokens, most, batch)),
+            })
+    }
+
+    /// The draft model's drafts for every sequence that drafts with it now.
+    fn model_drafts(&mut self, batch: usize) -> HashMap<SeqId, Vec<u32>> {
+        let (Some(model), Some(cfg)) = (self.draft.as_mut(), self.spec.as_ref()) else {
+            return HashMap::new();
+        };
+        let want: Vec<(SeqId, Vec<u32>)> = (self.active.iter())
+            .filter(|(id, a)| {
+                a.drafts_now(batch)
+                    && a.spec
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.cfg.method, SpecMethod::Draft { .. }))
+                    && self.sched.is_decoding(**id)
+            })
+            .filter_map(|(id, a)| {
+                let mut tokens = a.prompt.clone();
+                tokens.extend_from_slice(self.sched.output(*id)?);
+                Some((*id, tokens))
+            })
+            .collect();
+        let keep: HashSet<SeqId> = self.active.keys().copied().collect();
+        match model.draft(&want, cfg.num_tokens, &keep) {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn!("draft model: {e}; no drafts this step");
+                HashMap::new()
+            }
+        }
     }
 
     /// The tokens of entry `e`'s verification rows `first..=first + e.draft`: the pick at
