@@ -14,8 +14,8 @@
 //! - the sequence cannot outgrow its limits: accepting every draft and the token after them
 //!   stays within `max_tokens` and the context (so within what `add` sized it by);
 //! - the budget: every decode still to be scheduled keeps its one token;
-//! - blocks: the lookahead needs only free blocks (one kept spare for a copy-on-write), so a
-//!   draft never preempts anybody;
+//! - blocks: the lookahead needs only free blocks, beyond one spare (a copy-on-write) and
+//!   one for each decode still to schedule, so a draft never preempts anybody;
 //! - a sequence whose last token is still pending (an overlapped step) gets none.
 
 use super::{PENDING_TOKEN, Scheduler, SeqId};
@@ -47,10 +47,11 @@ impl Scheduler {
         let held = s.table.blocks().len();
         let free = self.pool.num_free();
         let base = BlockTable::blocks_needed(s.num_computed + 1, bs).saturating_sub(held);
-        // Shrink to what free blocks hold beyond the decode's own (and one spare).
+        // Shrink to what free blocks hold beyond the decode's own, one spare (a copy on write)
+        // and one for each decode still to schedule, so a draft never makes one preempt.
         while k > 0 {
             let grown = BlockTable::blocks_needed(s.num_computed + 1 + k, bs).saturating_sub(held);
-            if grown <= base || grown < free {
+            if grown <= base || grown + decodes_left < free {
                 break;
             }
             k -= 1;
