@@ -22,8 +22,8 @@ mod kv_plan;
 
 pub use kv_plan::{
     CPU_ADAPTER_MAX_KV_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION, FALLBACK_KV_BYTES, KvLimit, KvPlan,
-    KvSizing, KvSource, MIN_KV_BYTES, activation_bytes, kv_bytes_per_token, plan_kv, plan_kv_pool,
-    weights_gpu_bytes,
+    Companion, KvSizing, KvSource, MIN_KV_BYTES, activation_bytes, kv_bytes_per_token, plan_kv,
+    plan_kv_pool, plan_kv_pool_with, weights_gpu_bytes,
 };
 
 /// How to load a model. Everything but the path has a default.
@@ -129,9 +129,10 @@ pub(crate) fn load_weights_and_plan(
     files: &ModelFiles,
     cfg: &ModelConfig,
     opts: &ModelOptions,
+    companion: Companion,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(ModelWeights, KvPlan)> {
-    plan_kv_pool(ctx, cfg, opts, 0)?;
+    plan_kv_pool_with(ctx, cfg, opts, 0, companion)?;
     // wgpu stages every upload in host memory until the next submit, and frees the staging
     // once that submit has run: submitting (nothing) and waiting every STAGING_FLUSH_BYTES
     // keeps the staged bytes that low, instead of the whole model (a second host copy of the
@@ -151,7 +152,7 @@ pub(crate) fn load_weights_and_plan(
     if let Some(rss) = host_rss() {
         log::debug!("weights loaded; host memory: {rss}");
     }
-    let plan = plan_kv_pool(ctx, cfg, opts, weights_gpu_bytes(&weights))?;
+    let plan = plan_kv_pool_with(ctx, cfg, opts, weights_gpu_bytes(&weights), companion)?;
     log::info!("KV pool: {plan}");
     if plan.limit == Some(KvLimit::Minimum) {
         log::warn!(
@@ -201,7 +202,8 @@ impl Generator {
         let files = ModelFiles::open(&opts.path)?;
         let cfg = model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
-        let (weights, kv_plan) = load_weights_and_plan(ctx, &files, &cfg, opts, progress)?;
+        let (weights, kv_plan) =
+            load_weights_and_plan(ctx, &files, &cfg, opts, Companion::default(), progress)?;
         let num_blocks = kv_plan.num_blocks;
         let bs = opts.block_size;
         let rc = RunnerConfig {

@@ -164,7 +164,25 @@ fn smollm2_copies_text_with_fewer_steps_and_the_same_tokens() {
     let plain = build(None);
     let want = plain.generate(r.clone()).unwrap();
     let plain_steps = plain.stats().steps;
+    let plain_blocks = plain.kv_plan().num_blocks;
     drop(plain);
+    // SmolLM2 drafting for itself (a real tokenizer, checked token for token): the same
+    // tokens, and the memory-derived pool split between the two models' KV.
+    let drafted = build(Some(SpecConfig::draft_model(&model, 4)));
+    assert_eq!(
+        drafted.generate(r.clone()).unwrap().output_ids,
+        want.output_ids
+    );
+    // On lavapipe the pools together keep within the CPU adapter's 1 GiB of KV.
+    let (blocks, per_block) = (
+        drafted.kv_plan().num_blocks,
+        drafted.stats().kv_bytes_per_block,
+    );
+    assert!(
+        blocks < plain_blocks && blocks as u64 * 2 * per_block <= 1 << 30,
+        "{blocks} blocks of {per_block} bytes with the draft model, {plain_blocks} without"
+    );
+    drop(drafted);
     let e = build(Some(SpecConfig::ngram(6)));
     let got = e.generate(r).unwrap();
     assert_eq!(

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
-use crate::generate::{Generator, ModelOptions};
+use crate::generate::{Companion, Generator, ModelOptions, model_config};
+use crate::model::ModelFiles;
 use crate::gpu::GpuContext;
 use crate::kv::BlockTable;
 use crate::sampling::RowSampling;
@@ -39,6 +40,26 @@ struct Chunk {
     pick: bool,
 }
 
+/// The draft model's options: the target's storage type and batch shape.
+fn draft_options(path: &std::path::Path, target: &ModelOptions) -> ModelOptions {
+    let mut opts = ModelOptions::new(path);
+    opts.dtype = target.dtype;
+    opts.block_size = target.block_size;
+    opts.max_seqs = target.max_seqs;
+    opts.max_batch_tokens = target.max_batch_tokens;
+    opts.max_model_len = target.max_model_len;
+    opts
+}
+
+/// What the draft model at `path` takes from the device's memory next to the target (read
+/// from its files before anything loads).
+pub(crate) fn companion(path: &std::path::Path, target: &ModelOptions) -> Result<Companion> {
+    let opts = draft_options(path, target);
+    let files = ModelFiles::open(path)?;
+    let cfg = model_config(&files, &opts)?;
+    Ok(Companion::of(&cfg, &opts, files.gpu_weight_bytes(opts.dtype)))
+}
+
 impl DraftModel {
     /// Loads the draft model at `path` with the target's storage type and batch shape, a KV
     /// pool of `num_blocks` blocks, and checks that its tokenizer is the target's, token for
@@ -51,13 +72,8 @@ impl DraftModel {
         target_vocab: usize,
         num_blocks: usize,
     ) -> Result<DraftModel> {
-        let mut opts = ModelOptions::new(path);
-        opts.dtype = target.dtype;
-        opts.block_size = target.block_size;
-        opts.max_seqs = target.max_seqs;
-        opts.max_batch_tokens = target.max_batch_tokens;
+        let mut opts = draft_options(path, target);
         opts.num_blocks = Some(num_blocks);
-        opts.max_model_len = target.max_model_len;
         let model = Generator::load(ctx, &opts, &mut |_, _| {})?;
         same_vocabulary(target_tokenizer, model.tokenizer(), path)?;
         let vocab = model.config().vocab_size;

@@ -297,7 +297,18 @@ impl Engine {
         let files = ModelFiles::open(&opts.path)?;
         let model = crate::generate::model_config(&files, opts)?;
         let tokenizer = load_tokenizer(&files)?;
-        let (weights, kv_plan) = load_weights_and_plan(ctx, &files, &model, opts, progress)?;
+        // A draft model's pool holds as many blocks as the target's: the memory budget pays
+        // for both.
+        let draft_path = match cfg.speculative.as_ref().map(|s| &s.method) {
+            Some(SpecMethod::Draft { path }) => Some(path.clone()),
+            _ => None,
+        };
+        let companion = match &draft_path {
+            Some(path) => draft::companion(path, opts)?,
+            None => Default::default(),
+        };
+        let (weights, kv_plan) =
+            load_weights_and_plan(ctx, &files, &model, opts, companion, progress)?;
         let num_blocks = kv_plan.num_blocks;
         let bs = opts.block_size;
         let per_block = kv_bytes_per_token(&model, opts.dtype) * bs as u64;
@@ -311,9 +322,8 @@ impl Engine {
         };
         let runner = Runner::new(ctx, crate::model::forward(&model, weights)?, rc)?;
         let pool = BlockPool::new(num_blocks, bs)?;
-        // A draft model's pool holds as many tokens as the target's.
-        let draft = match cfg.speculative.as_ref().map(|s| &s.method) {
-            Some(SpecMethod::Draft { path }) => Some(draft::DraftModel::load(
+        let draft = match &draft_path {
+            Some(path) => Some(draft::DraftModel::load(
                 ctx,
                 path,
                 opts,
@@ -321,7 +331,7 @@ impl Engine {
                 model.vocab_size,
                 num_blocks,
             )?),
-            _ => None,
+            None => None,
         };
         let window = kv_window(&model);
         // Positions the runner's tables reach (its RoPE table and block-table width).

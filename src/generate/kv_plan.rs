@@ -133,6 +133,27 @@ pub struct KvSizing {
     pub useful_blocks: u64,
 }
 
+/// A second model sharing the device with its own pool of as many blocks (a speculative
+/// draft model): what it takes from the memory budget.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Companion {
+    /// Its KV bytes per block (all layers, K and V).
+    pub per_block: u64,
+    pub weights_bytes: u64,
+    pub activations: u64,
+}
+
+impl Companion {
+    /// The companion of `cfg` (a draft model's config) run with `opts`.
+    pub fn of(cfg: &ModelConfig, opts: &ModelOptions, weights_bytes: u64) -> Companion {
+        Companion {
+            per_block: kv_bytes_per_token(cfg, opts.dtype).saturating_mul(opts.block_size as u64),
+            weights_bytes,
+            activations: activation_bytes(cfg, opts),
+        }
+    }
+}
+
 /// The KV pool for `opts` on `ctx`, given the weights' GPU bytes (0 before they are
 /// uploaded: a memory-derived pool is then too large, so plan again after the upload).
 pub fn plan_kv_pool(
@@ -141,8 +162,22 @@ pub fn plan_kv_pool(
     opts: &ModelOptions,
     weights_bytes: u64,
 ) -> Result<KvPlan> {
+    plan_kv_pool_with(ctx, cfg, opts, weights_bytes, Companion::default())
+}
+
+/// [`plan_kv_pool`] leaving room for `companion`: a memory-derived budget pays its weights
+/// and activations, and is split so that both pools hold the same number of blocks.
+pub fn plan_kv_pool_with(
+    ctx: &GpuContext,
+    cfg: &ModelConfig,
+    opts: &ModelOptions,
+    weights_bytes: u64,
+    companion: Companion,
+) -> Result<KvPlan> {
     let sizing = KvSizing {
-        per_block: kv_bytes_per_token(cfg, opts.dtype).saturating_mul(opts.block_size as u64),
+        per_block: kv_bytes_per_token(cfg, opts.dtype)
+            .saturating_mul(opts.block_size as u64)
+            .saturating_add(companion.per_block),
         per_layer_block: saturating_product(&[
             opts.block_size,
             cfg.num_kv_heads,
@@ -155,7 +190,8 @@ pub fn plan_kv_pool(
             cfg.max_context.div_ceil(opts.block_size.max(1)),
         ]),
     };
-    let activations = activation_bytes(cfg, opts);
+    let activations = activation_bytes(cfg, opts).saturating_add(companion.activations);
+    let weights_bytes = weights_bytes.saturating_add(companion.weights_bytes);
     plan_kv(&sizing, opts, ctx.memory(), weights_bytes, activations)
 }
 
