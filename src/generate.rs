@@ -21,9 +21,9 @@ use crate::tokenizer::Tokenizer;
 mod kv_plan;
 
 pub use kv_plan::{
-    CPU_ADAPTER_MAX_KV_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION, FALLBACK_KV_BYTES, KvLimit, KvPlan,
-    Companion, KvSizing, KvSource, MIN_KV_BYTES, activation_bytes, kv_bytes_per_token, plan_kv,
-    plan_kv_pool, plan_kv_pool_with, weights_gpu_bytes,
+    CPU_ADAPTER_MAX_KV_BYTES, Companion, DEFAULT_GPU_MEMORY_UTILIZATION, FALLBACK_KV_BYTES,
+    KvLimit, KvPlan, KvSizing, KvSource, MIN_KV_BYTES, activation_bytes, kv_bytes_per_token,
+    plan_kv, plan_kv_pool, plan_kv_pool_with, weights_gpu_bytes,
 };
 
 /// How to load a model. Everything but the path has a default.

@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 use crate::batch::{LogitRows, StepBatch};
 use crate::error::{Error, Result};
 use crate::generate::{Companion, Generator, ModelOptions, model_config};
-use crate::model::ModelFiles;
 use crate::gpu::GpuContext;
 use crate::kv::BlockTable;
+use crate::model::ModelFiles;
 use crate::sampling::RowSampling;
 use crate::scheduler::SeqId;
 use crate::tokenizer::Tokenizer;
@@ -57,7 +57,11 @@ pub(crate) fn companion(path: &std::path::Path, target: &ModelOptions) -> Result
     let opts = draft_options(path, target);
     let files = ModelFiles::open(path)?;
     let cfg = model_config(&files, &opts)?;
-    Ok(Companion::of(&cfg, &opts, files.gpu_weight_bytes(opts.dtype)))
+    Ok(Companion::of(
+        &cfg,
+        &opts,
+        files.gpu_weight_bytes(opts.dtype),
+    ))
 }
 
 impl DraftModel {
