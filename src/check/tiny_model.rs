@@ -51,45 +51,15 @@ fn llama() -> TinyModel {
         "vocab_size": VOCAB,
         "torch_dtype": "float32",
     });
-    let mut tensors = vec![
-        (
-            "model.embed_tokens.weight".into(),
-            vec![VOCAB, d],
-            Normal(1.0),
-        ),
-        ("lm_head.weight".into(), vec![VOCAB, d], Normal(0.1)),
-        ("model.norm.weight".into(), vec![d], Norm(1.0)),
-    ];
-    for l in 0..layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        tensors.extend([
-            (p("input_layernorm.weight"), vec![d], Norm(1.0)),
-            (p("post_attention_layernorm.weight"), vec![d], Norm(1.0)),
-            (
-                p("self_attn.q_proj.weight"),
-                vec![heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.k_proj.weight"),
-                vec![kv_heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.v_proj.weight"),
-                vec![kv_heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.o_proj.weight"),
-                vec![d, heads * hd],
-                Normal(0.1),
-            ),
-            (p("mlp.gate_proj.weight"), vec![f, d], Normal(0.1)),
-            (p("mlp.up_proj.weight"), vec![f, d], Normal(0.1)),
-            (p("mlp.down_proj.weight"), vec![d, f], Normal(0.07)),
-        ]);
-    }
+    let shape = Shape {
+        d,
+        f,
+        heads,
+        kv_heads,
+        hd,
+        layers,
+    };
+    let tensors = decoder_tensors(&shape, 1.0, 1.0, 0.07, &[]);
     TinyModel {
         name: "built-in tiny llama (random, GQA)",
         config,
@@ -126,54 +96,83 @@ fn gemma3() -> TinyModel {
         "vocab_size": VOCAB,
         "torch_dtype": "float32",
     });
-    let mut tensors = vec![
-        (
-            "model.embed_tokens.weight".into(),
-            vec![VOCAB, d],
-            Normal(0.1),
-        ),
-        ("lm_head.weight".into(), vec![VOCAB, d], Normal(0.1)),
-        ("model.norm.weight".into(), vec![d], Norm(0.0)),
+    let shape = Shape {
+        d,
+        f,
+        heads,
+        kv_heads,
+        hd,
+        layers,
+    };
+    // Sandwich norms and per-head q/k norms on top of the usual ones.
+    let extra = [
+        ("pre_feedforward_layernorm.weight", d),
+        ("post_feedforward_layernorm.weight", d),
+        ("self_attn.q_norm.weight", hd),
+        ("self_attn.k_norm.weight", hd),
     ];
-    for l in 0..layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        tensors.extend([
-            (p("input_layernorm.weight"), vec![d], Norm(0.0)),
-            (p("post_attention_layernorm.weight"), vec![d], Norm(0.0)),
-            (p("pre_feedforward_layernorm.weight"), vec![d], Norm(0.0)),
-            (p("post_feedforward_layernorm.weight"), vec![d], Norm(0.0)),
-            (p("self_attn.q_norm.weight"), vec![hd], Norm(0.0)),
-            (p("self_attn.k_norm.weight"), vec![hd], Norm(0.0)),
-            (
-                p("self_attn.q_proj.weight"),
-                vec![heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.k_proj.weight"),
-                vec![kv_heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.v_proj.weight"),
-                vec![kv_heads * hd, d],
-                Normal(0.1),
-            ),
-            (
-                p("self_attn.o_proj.weight"),
-                vec![d, heads * hd],
-                Normal(0.1),
-            ),
-            (p("mlp.gate_proj.weight"), vec![f, d], Normal(0.1)),
-            (p("mlp.up_proj.weight"), vec![f, d], Normal(0.1)),
-            (p("mlp.down_proj.weight"), vec![d, f], Normal(0.08)),
-        ]);
-    }
+    let tensors = decoder_tensors(&shape, 0.1, 0.0, 0.08, &extra);
     TinyModel {
         name: "built-in tiny gemma3 (random, q/k norms, window)",
         config,
         tensors,
     }
+}
+
+/// A decoder's sizes.
+struct Shape {
+    d: usize,
+    f: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    layers: usize,
+}
+
+/// The tensors of a Hugging Face Llama-layout decoder: the embedding (`embed_std`), an
+/// untied LM head, norms around `norm_center`, the attention and MLP projections
+/// (`down_std` for the MLP's output), and per layer the `extra` norm weights (name, length).
+fn decoder_tensors(
+    s: &Shape,
+    embed_std: f32,
+    norm_center: f32,
+    down_std: f32,
+    extra: &[(&str, usize)],
+) -> Vec<(String, Vec<usize>, Init)> {
+    let (d, f, q, kv) = (s.d, s.f, s.heads * s.hd, s.kv_heads * s.hd);
+    let mut tensors = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            vec![VOCAB, d],
+            Normal(embed_std),
+        ),
+        ("lm_head.weight".into(), vec![VOCAB, d], Normal(0.1)),
+        ("model.norm.weight".into(), vec![d], Norm(norm_center)),
+    ];
+    for l in 0..s.layers {
+        let p = |name: &str| format!("model.layers.{l}.{name}");
+        tensors.extend([
+            (p("input_layernorm.weight"), vec![d], Norm(norm_center)),
+            (
+                p("post_attention_layernorm.weight"),
+                vec![d],
+                Norm(norm_center),
+            ),
+            (p("self_attn.q_proj.weight"), vec![q, d], Normal(0.1)),
+            (p("self_attn.k_proj.weight"), vec![kv, d], Normal(0.1)),
+            (p("self_attn.v_proj.weight"), vec![kv, d], Normal(0.1)),
+            (p("self_attn.o_proj.weight"), vec![d, q], Normal(0.1)),
+            (p("mlp.gate_proj.weight"), vec![f, d], Normal(0.1)),
+            (p("mlp.up_proj.weight"), vec![f, d], Normal(0.1)),
+            (p("mlp.down_proj.weight"), vec![d, f], Normal(down_std)),
+        ]);
+        tensors.extend(
+            extra
+                .iter()
+                .map(|(name, n)| (p(name), vec![*n], Norm(norm_center))),
+        );
+    }
+    tensors
 }
 
 pub(super) fn all() -> Vec<TinyModel> {
