@@ -29,15 +29,16 @@ impl Worker {
     }
 
     /// The scheduler's next step, with drafts for the speculating sequences about to decode.
-    /// Drafting needs every token known: a step in flight is read back first. With a draft
+    /// Drafting needs every token known: a step in flight is read back first (only when
+    /// some request drafts now, so the others keep overlapping). With a draft
     /// model, it drafts for all of them at once before the step is scheduled.
     pub(super) fn schedule(&mut self) -> SchedulerOutput {
-        let speculating = self.active.values().any(|a| a.spec.is_some());
-        if !speculating {
+        // Requests that stopped drafting (low acceptance, a large batch) keep the overlap.
+        let batch = self.sched.num_running();
+        if !self.active.values().any(|a| a.drafts_now(batch)) {
             return self.sched.schedule();
         }
         self.drain();
-        let batch = self.sched.num_running();
         let modelled = self.model_drafts(batch);
         let active = &self.active;
         self.sched
