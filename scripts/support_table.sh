@@ -2,7 +2,7 @@
 # Regenerates docs/SUPPORT.md: `wllm check --json` on every adapter CI has (lavapipe at its
 # native width, lavapipe at 128 bits, wgpu's GL backend on llvmpipe) plus any reports given as
 # arguments (`wllm check --json` saved on other machines: scripts/gpu_check.sh writes one),
-# merged by `wllm check --table-from`. tests/cli.rs checks that the CI adapters' rows match.
+# merged by `wllm check --table-from`. tests/check.rs checks that the CI adapters' rows match.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 wllm="${WLLM_BIN:-target/release/wllm}"

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use wllm::{AdapterSelector, GpuContext, KernelForms};
 
+pub mod cli;
 pub mod golden;
 pub mod plumbing;
 pub mod python;
