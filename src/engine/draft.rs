@@ -100,7 +100,7 @@ impl DraftModel {
     /// and not in `keep` are forgotten (their blocks freed).
     pub(crate) fn draft(
         &mut self,
-        want: &[(SeqId, Vec<u32>)],
+        want: &[(SeqId, &[u32])],
         k: usize,
         keep: &HashSet<SeqId>,
     ) -> Result<HashMap<SeqId, Vec<u32>>> {
@@ -121,7 +121,7 @@ impl DraftModel {
             let s = self.seqs.entry(*id).or_default();
             let common =
                 s.kv.iter()
-                    .zip(tokens)
+                    .zip(tokens.iter())
                     .take_while(|(a, b)| a == b)
                     .count()
                     .min(tokens.len().saturating_sub(1));

@@ -22,6 +22,11 @@ use super::{PENDING_TOKEN, Scheduler, SeqId};
 use crate::kv::BlockTable;
 
 impl Scheduler {
+    /// A sequence's prompt and output (what a drafter continues).
+    pub fn tokens(&self, id: SeqId) -> Option<&[u32]> {
+        self.seqs.get(&id).map(|s| s.tokens.as_slice())
+    }
+
     /// Whether `id` runs with exactly its last token to compute (what a draft can follow).
     pub fn is_decoding(&self, id: SeqId) -> bool {
         self.seqs.get(&id).is_some_and(|s| {

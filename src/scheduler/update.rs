@@ -30,23 +30,20 @@ impl Scheduler {
             .filter(|e| e.sample)
             .map(|e| (e.id, e))
             .collect();
-        let mut got: HashMap<SeqId, Vec<u32>> = HashMap::with_capacity(sampled.len());
+        // Per sampling sequence: (tokens given, the last). A token that follows another must
+        // have been preceded by the draft at that place (no allocation per sequence).
+        let mut got: HashMap<SeqId, (usize, u32)> = HashMap::with_capacity(sampled.len());
         for &(id, tok) in sampled {
             let e = rows.get(&id).ok_or(SchedError::UnexpectedSample(id))?;
-            let toks = got.entry(id).or_default();
-            if toks.len() > e.draft {
+            let (n, last) = got.entry(id).or_insert((0, tok));
+            if *n > e.draft {
                 return Err(SchedError::UnexpectedSample(id));
             }
-            toks.push(tok);
-        }
-        for (id, toks) in &got {
-            let e = rows[id];
-            let accepted = &toks[..toks.len() - 1];
-            if e.draft > 0
-                && (toks.contains(&PENDING_TOKEN) || accepted != &e.drafted()[..accepted.len()])
-            {
-                return Err(SchedError::DraftMismatch(*id));
+            if e.draft > 0 && (tok == PENDING_TOKEN || (*n > 0 && *last != e.drafted()[*n - 1])) {
+                return Err(SchedError::DraftMismatch(id));
             }
+            *n += 1;
+            *last = tok;
         }
         // Alive: still running with the KV this entry extended (not finished, aborted or re-added).
         let alive = |s: Option<&Seq>, e: &ScheduledSeq| {
@@ -69,9 +66,9 @@ impl Scheduler {
                 continue;
             }
             let s = self.seqs.get_mut(&e.id).expect("alive");
-            let toks = got.get(&e.id).map_or(&[][..], Vec::as_slice);
+            let given = got.get(&e.id).copied();
             // Accepted drafts join the tokens; the rejected ones' lookahead slots go.
-            let accepted = toks.len().saturating_sub(1).min(e.draft);
+            let accepted = given.map_or(0, |(n, _)| n - 1).min(e.draft);
             s.tokens.extend_from_slice(&e.drafted()[..accepted]);
             s.num_computed += e.tokens.len() - e.draft + accepted;
             if e.draft > 0 {
@@ -85,8 +82,8 @@ impl Scheduler {
                 register_full_blocks(&mut self.pool, s);
             }
             release_out_of_window(&mut self.pool, self.cfg.sliding_window, s);
-            if let Some(tok) = toks.last() {
-                s.tokens.push(*tok);
+            if let Some((_, tok)) = given {
+                s.tokens.push(tok);
             }
             if s.is_capped(self.cfg.max_model_len) {
                 capped.push(e.id);

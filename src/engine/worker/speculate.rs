@@ -55,7 +55,8 @@ impl Worker {
         let (Some(model), Some(cfg)) = (self.draft.as_mut(), self.spec.as_ref()) else {
             return HashMap::new();
         };
-        let want: Vec<(SeqId, Vec<u32>)> = (self.active.iter())
+        // The scheduler's own token lists, borrowed: no copy per sequence per step.
+        let want: Vec<(SeqId, &[u32])> = (self.active.iter())
             .filter(|(id, a)| {
                 a.drafts_now(batch)
                     && a.spec
@@ -63,11 +64,7 @@ impl Worker {
                         .is_some_and(|s| matches!(s.cfg.method, SpecMethod::Draft { .. }))
                     && self.sched.is_decoding(**id)
             })
-            .filter_map(|(id, a)| {
-                let mut tokens = a.prompt.clone();
-                tokens.extend_from_slice(self.sched.output(*id)?);
-                Some((*id, tokens))
-            })
+            .filter_map(|(id, _)| Some((*id, self.sched.tokens(*id)?)))
             .collect();
         let keep: HashSet<SeqId> = self.active.keys().copied().collect();
         match model.draft(&want, cfg.num_tokens, &keep) {
