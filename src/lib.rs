@@ -14,6 +14,7 @@ pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod spec;
+pub mod tier;
 pub mod tokenizer;
 
 pub use engine::{

@@ -159,6 +159,21 @@ pub struct EngineArgs {
     /// Tokens drafted per sequence per step with --speculative
     #[arg(long, default_value_t = wllm::engine::DEFAULT_SPEC_TOKENS, requires = "speculative")]
     pub spec_tokens: usize,
+    /// Host memory for prefix blocks evicted from the GPU's KV cache, e.g. 8GiB (0: none):
+    /// a later request with that prefix gets them copied back instead of recomputed.
+    /// Default: a quarter of the available memory, at most 8 GiB (taken as blocks are
+    /// evicted, not up front)
+    #[arg(long, value_name = "SIZE")]
+    pub kv_host_memory: Option<String>,
+    /// Keep the KV of persistent prefixes in files under PATH (requests ask with the API's
+    /// `"cache": "persist"`, or see --kv-persist-min-tokens), reused after a restart. Entries
+    /// are keyed by the model's header, the KV dtype, the block size and the adapter's kernels,
+    /// and checked against their tokens and a checksum on load
+    #[arg(long, value_name = "PATH")]
+    pub kv_cache_dir: Option<PathBuf>,
+    /// With --kv-cache-dir: every prompt of at least N tokens persists its prefix
+    #[arg(long, value_name = "N", requires = "kv_cache_dir")]
+    pub kv_persist_min_tokens: Option<usize>,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -194,6 +209,12 @@ impl EngineArgs {
         cfg.model.enable_prefix_cache = !self.no_prefix_cache;
         cfg.model.max_model_len = self.max_model_len;
         cfg.overlap_steps = self.overlap.as_deref().map(|o| o == "on");
+        if let Some(s) = &self.kv_host_memory {
+            let bytes = plan::parse_bytes(s).with_context(|| format!("--kv-host-memory {s}"))?;
+            cfg.kv_tiers.host_bytes = Some(bytes);
+        }
+        cfg.kv_tiers.disk_dir = self.kv_cache_dir.clone();
+        cfg.kv_tiers.persist_min_tokens = self.kv_persist_min_tokens;
         if let Some(method) = &self.speculative {
             let spec = match (method.as_str(), &self.draft_model) {
                 ("draft", Some(p)) => wllm::SpecConfig::draft_model(p, self.spec_tokens),

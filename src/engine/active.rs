@@ -39,6 +39,8 @@ pub(super) struct Active {
     pub(super) grammar_error: Option<String>,
     /// Speculative decoding, when this request uses it.
     pub(super) spec: Option<SpecState>,
+    /// Its prompt's KV goes to the disk tier after the first token.
+    pub(super) persist: bool,
 }
 
 /// A request's speculative decoding: its settings and how its drafts fared.

@@ -12,6 +12,7 @@
 mod active;
 mod draft;
 mod stop;
+mod tiers;
 mod worker;
 
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use crate::model::{ModelConfig, ModelFiles};
 use crate::sampling::{Grammar, GrammarCompiler, GrammarState, MAX_LOGIT_BIAS, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::spec::{SpecConfig, SpecMethod};
+use crate::tier::{KvTierConfig, TierStats};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 pub use stop::{StopMatcher, StopResult};
@@ -69,6 +71,9 @@ pub struct EngineConfig {
     /// [`DEFAULT_SPEC_TOKENS`]). Drafted tokens are verified in the same step; the output is
     /// the plain decode's, token for token.
     pub speculative: Option<SpecConfig>,
+    /// Where prefix blocks evicted from the GPU go (host memory, on by default) and the
+    /// opt-in disk tier (see [`crate::tier`]).
+    pub kv_tiers: KvTierConfig,
 }
 
 /// Tokens drafted per step when a request asks for speculation and the engine sets none.
@@ -83,6 +88,7 @@ impl EngineConfig {
             gpu_sampling: None,
             overlap_steps: None,
             speculative: None,
+            kv_tiers: KvTierConfig::default(),
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct Request {
     /// never changes the output, only how many steps it takes. Requests with a `grammar` run
     /// without it.
     pub speculative: Option<bool>,
+    /// Keep this prompt's KV in the disk tier (when the engine has one) for later requests
+    /// and later runs: the API's `cache: "persist"`.
+    pub persist: bool,
 }
 
 impl Request {
@@ -133,6 +142,7 @@ impl Request {
             grammar: None,
             logit_bias: Vec::new(),
             speculative: None,
+            persist: false,
         }
     }
 }
@@ -229,6 +239,8 @@ pub struct EngineStats {
     /// Speculative decoding: tokens drafted and verified, and of those accepted (cumulative).
     pub spec_drafted_tokens: u64,
     pub spec_accepted_tokens: u64,
+    /// The host and disk tiers: hits, restores and bytes per tier.
+    pub kv_tiers: TierStats,
 }
 
 pub(crate) enum Command {
@@ -373,15 +385,20 @@ impl Engine {
             held: AtomicUsize::new(0),
             stats: Mutex::new(stats),
         });
-        let sched = Scheduler::new(sched_cfg, pool)?;
+        let mut sched = Scheduler::new(sched_cfg, pool)?;
+        let tiers = tiers::open(ctx, &files, &cfg, &runner, &mut sched)?;
         let worker = worker::Worker::new(
             runner,
             sched,
             tokenizer.clone(),
             shared.clone(),
-            cfg.gpu_sampling.unwrap_or(ctx.profile.gpu_sampling),
-            cfg.overlap_steps.unwrap_or(ctx.profile.overlap_steps),
-            (cfg.speculative.clone(), draft),
+            worker::StepOptions {
+                gpu_sampling: cfg.gpu_sampling.unwrap_or(ctx.profile.gpu_sampling),
+                overlap: cfg.overlap_steps.unwrap_or(ctx.profile.overlap_steps),
+                spec: cfg.speculative.clone(),
+                draft,
+            },
+            tiers,
         );
         let thread = std::thread::Builder::new()
             .name("wllm-engine".into())

@@ -21,6 +21,9 @@ use crate::tokenizer::Tokenizer;
 
 mod speculate;
 mod stats;
+mod tiers;
+
+pub(crate) use tiers::Tiers;
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
 /// completions (parallel sampling), each with its id and event channel.
@@ -93,6 +96,8 @@ pub(crate) struct Worker {
     spec: Option<SpecConfig>,
     /// The draft model, when `spec` drafts with one.
     draft: Option<DraftModel>,
+    /// KV images in host memory and on disk (tiers.rs).
+    tiers: Tiers,
 }
 
 /// A step whose tokens are pending in the scheduler (see [`Worker::step_inner`]).
@@ -106,16 +111,29 @@ struct InFlight {
     capped: Vec<SeqId>,
 }
 
+/// How the worker steps: the engine's choices, resolved for this device.
+pub(crate) struct StepOptions {
+    pub gpu_sampling: bool,
+    pub overlap: bool,
+    pub spec: Option<SpecConfig>,
+    pub draft: Option<DraftModel>,
+}
+
 impl Worker {
     pub(crate) fn new(
         runner: Runner,
         sched: Scheduler,
         tokenizer: Option<Tokenizer>,
         shared: Arc<Shared>,
-        gpu_sampling: bool,
-        overlap: bool,
-        (spec, draft): (Option<SpecConfig>, Option<DraftModel>),
+        opts: StepOptions,
+        tiers: Tiers,
     ) -> Self {
+        let StepOptions {
+            gpu_sampling,
+            overlap,
+            spec,
+            draft,
+        } = opts;
         let stop_ids = tokenizer
             .as_ref()
             .map(|t| t.stop_token_ids().to_vec())
@@ -143,6 +161,7 @@ impl Worker {
             masks: Vec::new(),
             spec,
             draft,
+            tiers,
         }
     }
 
@@ -151,6 +170,8 @@ impl Worker {
             // Idle: sleep until a command arrives (or every handle and the engine are gone).
             if self.active.is_empty() {
                 self.drain();
+                // Idle: what was offloaded lands in the host tier before anything asks.
+                self.land(true);
                 self.publish_finished();
                 match rx.recv() {
                     Ok(Command::Shutdown) | Err(_) => return self.shut_down(),
@@ -182,6 +203,7 @@ impl Worker {
     /// dropped under it), and every live request ends with a failure instead of running on.
     fn shut_down(&mut self) {
         self.drain();
+        self.flush_tiers();
         self.publish_finished();
         let msg = "the engine was shut down";
         for id in self.active.keys() {
@@ -207,6 +229,7 @@ impl Worker {
                 let Some((_, (parent, events))) = completions.next() else {
                     return;
                 };
+                self.load_from_disk(&p.prompt, None);
                 if let Err(e) = self.sched.add(parent, p.prompt.clone(), p.req.max_tokens) {
                     let msg = e.to_string();
                     let _ = events.unbounded_send(Event::Failed(msg.clone()));
@@ -266,6 +289,7 @@ impl Worker {
             logit_bias: merge_biases(&req.logit_bias),
             grammar_error: None,
             spec: self.spec_for(req).map(SpecState::new),
+            persist: self.tiers.persists(req.persist, prompt.len()),
         }
     }
 
@@ -286,7 +310,9 @@ impl Worker {
     fn step(&mut self) {
         let start = Instant::now();
         let waited = self.wait_us_sum;
-        if self.step_inner() {
+        let ran = self.step_inner();
+        self.land(false);
+        if ran {
             let wall = start.elapsed().as_secs_f64() * 1e6;
             self.step_us_sum += wall;
             self.host_us_sum += (wall - (self.wait_us_sum - waited)).max(0.0);
@@ -388,6 +414,7 @@ impl Worker {
             Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };
+        let batch = batch.and_then(|b| self.transfer(&out).map(|_| b));
         let submitted = batch.and_then(|(batch, masked)| {
             let overlap =
                 self.overlap && !out.has_drafts() && batch.full_logits.iter().all(|full| !full);
@@ -631,6 +658,14 @@ impl Worker {
         };
         a.output.push(tok);
         a.first_token.get_or_insert_with(Instant::now);
+        if a.persist && a.output.len() == 1 {
+            // The prompt's KV is computed: a copy goes to the disk tier.
+            a.persist = false;
+            self.persist(id);
+        }
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
         if let Some(g) = a.grammar.as_mut()
             && (!is_stop_token || a.ignore_eos)
             && a.grammar_error.is_none()

@@ -8,6 +8,7 @@ pub mod device_profile;
 pub mod graph;
 pub mod kernels;
 pub mod kv_pool;
+pub mod kv_transfer;
 pub mod pipeline;
 pub mod profile;
 pub mod runner;

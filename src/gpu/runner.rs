@@ -20,6 +20,7 @@ use crate::gpu::{GpuContext, GpuError, GpuTensor, WeightDType};
 
 mod build;
 mod check;
+mod kv_transfer;
 mod logits;
 mod plan;
 mod positions;

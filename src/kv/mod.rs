@@ -39,8 +39,10 @@
 
 use std::fmt;
 
+pub mod host_tier;
 pub mod prefix_cache;
 
+pub use host_tier::{HostSlot, HostTier};
 use prefix_cache::PrefixCache;
 pub use prefix_cache::{BlockHash, block_hash};
 
@@ -163,6 +165,21 @@ pub struct BlockPool {
     ref_counts: Vec<u32>,
     /// Registered full blocks, held or cached-free.
     cache: PrefixCache,
+    /// What evictions since the last [`BlockPool::take_evictions`] took out of the cache,
+    /// when recorded (a host tier keeps a copy of the KV they held).
+    evicted: Option<Vec<CachedBlock>>,
+}
+
+/// A block of the prefix cache: where it is and what it holds. As an eviction (what the pool
+/// took out of the cache to hand the block out again) its KV is still there until the
+/// next write into it, and `key`, `parent`, `salt` and `tokens` say what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBlock {
+    pub block: BlockId,
+    pub key: BlockHash,
+    pub parent: Option<BlockHash>,
+    pub salt: Option<u64>,
+    pub tokens: Vec<u32>,
 }
 
 impl BlockPool {
@@ -174,7 +191,22 @@ impl BlockPool {
             free: (0..num_blocks as u32).rev().map(BlockId).collect(),
             ref_counts: vec![0; num_blocks],
             cache: PrefixCache::new(num_blocks),
+            evicted: None,
         })
+    }
+
+    /// Starts (or stops) keeping what each eviction took out of the cache, for
+    /// [`BlockPool::take_evictions`].
+    pub fn record_evictions(&mut self, on: bool) {
+        self.evicted = on.then(Vec::new);
+    }
+
+    /// The evictions since the last call (oldest first), when recording.
+    pub fn take_evictions(&mut self) -> Vec<CachedBlock> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn block_size(&self) -> usize {
@@ -203,11 +235,23 @@ impl BlockPool {
     pub fn allocate(&mut self) -> Result<BlockId, KvError> {
         let id = match self.free.pop() {
             Some(id) => id,
-            None => self.cache.evict().ok_or(KvError::OutOfBlocks {
-                needed: 1,
-                free: 0,
-                total: self.num_blocks(),
-            })?,
+            None => {
+                let (id, key, e) = self.cache.evict().ok_or(KvError::OutOfBlocks {
+                    needed: 1,
+                    free: 0,
+                    total: self.num_blocks(),
+                })?;
+                if let Some(log) = &mut self.evicted {
+                    log.push(CachedBlock {
+                        block: id,
+                        key,
+                        parent: e.parent,
+                        salt: e.salt,
+                        tokens: e.tokens,
+                    });
+                }
+                id
+            }
         };
         self.ref_counts[id.0 as usize] = 1;
         Ok(id)
@@ -263,8 +307,19 @@ impl BlockPool {
         salt: Option<u64>,
         max_blocks: usize,
     ) -> Vec<BlockId> {
+        self.match_after(None, tokens, salt, max_blocks)
+    }
+
+    /// [`BlockPool::match_prefix`] for the blocks that follow the prefix keyed `parent`:
+    /// `tokens` start at a block boundary after it. O(blocks × block_size).
+    pub fn match_after(
+        &self,
+        mut parent: Option<BlockHash>,
+        tokens: &[u32],
+        salt: Option<u64>,
+        max_blocks: usize,
+    ) -> Vec<BlockId> {
         let mut hits = Vec::new();
-        let mut parent = None;
         for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
             let key = block_hash(parent, chunk, salt);
             match self.cache.lookup(key, parent, chunk, salt) {
@@ -297,6 +352,11 @@ impl BlockPool {
 
     pub fn is_cached(&self, id: BlockId) -> bool {
         self.cache.is_cached(id)
+    }
+
+    /// Whether some block is cached under `key`. O(1).
+    pub fn has_key(&self, key: BlockHash) -> bool {
+        self.cache.entries.contains_key(&key)
     }
 
     /// The key `id` is cached under.

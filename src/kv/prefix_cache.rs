@@ -189,8 +189,9 @@ impl PrefixCache {
     }
 
     /// Evicts the least recently freed cached-free leaf (or, if none, the least recently
-    /// freed cached-free block): it leaves the cache, and its ref count stays 0.
-    pub fn evict(&mut self) -> Option<BlockId> {
+    /// freed cached-free block): it leaves the cache, and its ref count stays 0. Returns the
+    /// block with the key and entry it was cached under.
+    pub fn evict(&mut self) -> Option<(BlockId, BlockHash, Entry)> {
         let (tick, id) = self
             .leaves
             .first()
@@ -211,7 +212,7 @@ impl PrefixCache {
             self.refresh_leaf(p);
         }
         self.evictions += 1;
-        Some(id)
+        Some((id, key, e))
     }
 
     /// Checks the cache against the pool's ref counts (for tests). O(blocks + entries).

@@ -90,6 +90,9 @@ use crate::kv::{BlockCopy, BlockHash, BlockId, BlockPool, BlockTable, KvError};
 use blocks::peak_blocks;
 
 mod blocks;
+mod host;
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod prefix_tests;
 #[cfg(test)]
@@ -104,8 +107,8 @@ mod update;
 mod window_tests;
 
 pub use types::{
-    PENDING_TOKEN, SchedError, ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats,
-    SeqId, SeqSummary,
+    HostTierStats, Offload, PENDING_TOKEN, Restore, SchedError, ScheduledSeq, SchedulerConfig,
+    SchedulerOutput, SchedulerStats, SeqId, SeqSummary,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +192,8 @@ pub struct Scheduler {
     prefix_hit_tokens: u64,
     spec_drafted: u64,
     spec_accepted: u64,
+    /// The host tier, if enabled (host.rs).
+    host: Option<host::HostState>,
 }
 
 impl Scheduler {
@@ -238,6 +243,7 @@ impl Scheduler {
             prefix_hit_tokens: 0,
             spec_drafted: 0,
             spec_accepted: 0,
+            host: None,
         })
     }
 
@@ -449,6 +455,8 @@ impl Scheduler {
                     .expect(SYNC);
             }
         }
+        // The restores of the step before were handed to the GPU queue.
+        self.unpin_restores();
         let step = self.next_step;
         self.next_step += 1;
         self.in_flight = Some(step);
@@ -456,6 +464,8 @@ impl Scheduler {
             out: SchedulerOutput {
                 step,
                 seqs: Vec::new(),
+                offloads: Vec::new(),
+                restores: Vec::new(),
                 block_copies: Vec::new(),
                 preempted: Vec::new(),
                 length_capped: Vec::new(),
@@ -502,6 +512,7 @@ impl Scheduler {
             .copied()
             .filter(|id| self.seqs[id].is_capped(mml))
             .collect();
+        st.out.offloads = self.offload_evictions();
         st.out.block_copies = self.copies.iter().map(|p| p.copy).collect();
         st.out.num_batched_tokens = st.out.seqs.iter().map(|s| s.tokens.len()).sum();
         st.out
@@ -562,13 +573,22 @@ impl Scheduler {
                 break;
             }
             // The cached prefix: whole blocks, never the last token (its logits are needed).
+            let cap = (s.tokens.len() - 1) / bs;
             let hits = if self.cfg.enable_prefix_cache {
-                let cap = (s.tokens.len() - 1) / bs;
                 self.pool.match_prefix(&s.tokens, s.salt, cap)
             } else {
                 Vec::new()
             };
-            let hit_tokens = hits.len() * bs;
+            // Then the blocks after them that the host tier holds, written into fresh blocks.
+            let restored = match (&self.host, hits.len() < cap) {
+                (Some(h), true) => {
+                    let parent = hits.last().and_then(|b| self.pool.cached_key(*b));
+                    let rest = &s.tokens[hits.len() * bs..];
+                    h.tier.match_after(parent, rest, s.salt, cap - hits.len())
+                }
+                _ => Vec::new(),
+            };
+            let hit_tokens = (hits.len() + restored.len()) * bs;
             let n = (s.tokens.len() - hit_tokens).min(st.budget);
             let reserve = if self.running.is_empty() {
                 0
@@ -590,15 +610,24 @@ impl Scheduler {
             s.table.adopt_cached(&mut self.pool, &hits).expect(SYNC);
             s.table.release_front(&mut self.pool, passed).expect(SYNC);
             s.num_computed = hit_tokens;
+            // Restored blocks are registered by `update`, once their images have landed.
             s.num_registered = hits.len();
             if self.cfg.enable_prefix_cache {
                 self.prefix_query_tokens += s.tokens.len() as u64;
-                self.prefix_hit_tokens += hit_tokens as u64;
+                self.prefix_hit_tokens += (hits.len() * bs) as u64;
                 s.cached_tokens.get_or_insert(hit_tokens);
             }
             s.table
                 .prepare_append(&mut self.pool, hit_tokens + n)
                 .expect(SYNC);
+            if !restored.is_empty() {
+                let blocks = &s.table.blocks()[hits.len()..hits.len() + restored.len()];
+                let h = self
+                    .host
+                    .as_mut()
+                    .expect("restores come from the host tier");
+                h.restore(&restored, blocks, restored.len() * bs, &mut st.out.restores);
+            }
             s.state = State::Running;
             st.push(id, s, n, &[]);
             self.waiting.remove(w);

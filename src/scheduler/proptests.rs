@@ -16,6 +16,12 @@
 //! holes of each table are exactly the blocks its window has passed, and a sequence holds at
 //! most `window_peak_blocks` blocks — requests longer than the pool included.
 //!
+//! With a host tier (a third of the cached configs), every eviction's block is captured when
+//! its step is scheduled (as the GPU copies it before the forward pass), lands in its host
+//! slot an op later (one in eight copies fails instead), and restores write host slots back
+//! into the memory before the step runs: a restored block that holds other KV, or a slot
+//! reused while a restore reads it, reads back wrong.
+//!
 //! Speculative steps draft random tokens after decodes and accept a random prefix of each
 //! draft: the KV of rejected drafts sits in lookahead slots the next steps must write again
 //! before reading, so reading back a stale one fails; a block that held only rejected drafts
@@ -147,6 +153,9 @@ struct Harness {
     /// update reported capped.
     pending: Vec<(SeqId, u32)>,
     pending_capped: Vec<SeqId>,
+    /// Host tier: each slot's image, and the offloads copied but not confirmed yet.
+    host_memory: Vec<u64>,
+    offloading: Vec<(crate::kv::HostSlot, Vec<u64>)>,
 }
 
 impl Harness {
@@ -249,6 +258,7 @@ impl Harness {
 
     fn overlapped_step(&mut self) -> Result<SchedulerOutput, TestCaseError> {
         let out = self.s.schedule();
+        self.transfer(&out);
         self.check_output(&out)?;
         self.check(true)?;
         self.run(&out)?;
@@ -281,6 +291,35 @@ impl Harness {
         let summary = summary.expect("live");
         assert_eq!(summary.output, tokens[summary.prompt_len..]);
         self.stop_at.remove(&id);
+    }
+
+    /// The engine right after `schedule`: offloads copy blocks out (landing later, see
+    /// `land_offloads`), then restores write host images in.
+    fn transfer(&mut self, out: &SchedulerOutput) {
+        let bs = self.s.pool().block_size();
+        for o in &out.offloads {
+            let at = o.block.0 as usize * bs;
+            self.offloading
+                .push((o.slot, self.memory[at..at + bs].to_vec()));
+        }
+        for r in &out.restores {
+            let (from, to) = (r.slot.0 as usize * bs, r.block.0 as usize * bs);
+            let image = self.host_memory[from..from + bs].to_vec();
+            self.memory[to..to + bs].copy_from_slice(&image);
+        }
+    }
+
+    /// Offloads copied earlier land in their slots (one in eight fails).
+    fn land_offloads(&mut self) {
+        let bs = self.s.pool().block_size();
+        for (slot, image) in std::mem::take(&mut self.offloading) {
+            let ok = !self.rand().is_multiple_of(8);
+            if ok {
+                let at = slot.0 as usize * bs;
+                self.host_memory[at..at + bs].copy_from_slice(&image);
+            }
+            self.s.offload_done(slot, ok).expect("a writing slot");
+        }
     }
 
     /// The runner: copies, KV writes, then every context read back through the block tables
@@ -379,6 +418,7 @@ impl Harness {
             (0..k).map(|i| (rng >> (8 * i)) as u32 % 64).collect()
         });
         self.rng = rng;
+        self.transfer(&out);
         for (id, same, most) in shown {
             prop_assert!(same, "{} drafts from other tokens", id);
             prop_assert!(most > 0);
@@ -429,6 +469,7 @@ impl Harness {
 
     fn step(&mut self, abort: Option<usize>) -> Result<SchedulerOutput, TestCaseError> {
         let out = self.s.schedule();
+        self.transfer(&out);
         self.check_output(&out)?;
         self.check(true)?;
         self.run(&out)?;
@@ -447,6 +488,20 @@ impl Harness {
 
     fn check_output(&self, out: &SchedulerOutput) -> Result<(), TestCaseError> {
         let cfg = &self.s.cfg;
+        if let Some(t) = self.s.host_tier() {
+            t.validate().map_err(TestCaseError::fail)?;
+            // Each restore reads a ready slot into a block of an admitted sequence's table
+            // that the step does not write.
+            for r in &out.restores {
+                prop_assert!(t.entry(r.slot).is_some(), "restore from a slot not ready");
+                prop_assert!(self.s.pool().ref_count(r.block) == 1);
+            }
+            for o in &out.offloads {
+                prop_assert!(t.writing(o.slot).is_some());
+            }
+        } else {
+            prop_assert!(out.offloads.is_empty() && out.restores.is_empty());
+        }
         let total: usize = out.seqs.iter().map(|e| e.tokens.len()).sum();
         prop_assert_eq!(out.num_batched_tokens, total);
         prop_assert!(total <= cfg.max_num_batched_tokens);
@@ -631,10 +686,16 @@ proptest! {
         (cfg, num_blocks, bs) in config(),
         ops in prop::collection::vec(op(), 1..150),
         seed in 1u64..,
+        host_slots in prop_oneof![2 => Just(0usize), 1 => 1..8usize],
     ) {
         let pool = BlockPool::new(num_blocks, bs).unwrap();
+        let tiered = host_slots > 0 && cfg.enable_prefix_cache && cfg.sliding_window.is_none();
+        let mut s = Scheduler::new(cfg, pool).unwrap();
+        if tiered {
+            s.enable_host_tier(host_slots).unwrap();
+        }
         let mut h = Harness {
-            s: Scheduler::new(cfg, pool).unwrap(),
+            s,
             model: HashMap::new(),
             stop_at: HashMap::new(),
             memory: vec![u64::MAX; num_blocks * bs],
@@ -643,9 +704,12 @@ proptest! {
             prefixes: Vec::new(),
             pending: Vec::new(),
             pending_capped: Vec::new(),
+            host_memory: vec![u64::MAX - 2; host_slots * bs],
+            offloading: Vec::new(),
         };
         h.make_prefixes();
         for op in ops {
+            h.land_offloads();
             // Only admissions and overlapped steps come while overlapped tokens are pending.
             if !matches!(op, Op::Add { .. } | Op::OverlappedStep) {
                 h.resolve();
@@ -661,6 +725,7 @@ proptest! {
                 Op::StepAbortingOne { pick } => { h.step(Some(pick))?; false }
                 Op::Abandon { ran } => {
                     let out = h.s.schedule();
+                    h.transfer(&out);
                     h.check_output(&out)?;
                     if ran {
                         h.run(&out)?;
@@ -721,7 +786,11 @@ proptest! {
             prop_assert!(idle < 2, "no progress: {} waiting, {} running", h.s.num_waiting(), h.s.num_running());
         }
         h.resolve();
+        h.land_offloads();
         prop_assert!(h.model.is_empty(), "{} sequences never finished", h.model.len());
+        if let Some(t) = h.s.host_tier() {
+            prop_assert_eq!(t.num_writing(), 0);
+        }
         prop_assert_eq!(h.s.pool().num_free(), num_blocks);
         prop_assert_eq!(h.s.pool().num_cached_free(), h.s.pool().num_cached());
     }

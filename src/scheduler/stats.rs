@@ -34,6 +34,7 @@ impl Scheduler {
         } else {
             (allocated_slots - tokens_held) as f64 / allocated_slots as f64
         };
+        let host_hits = self.host.as_ref().map_or(0, |h| h.hit_tokens);
         SchedulerStats {
             block_size: bs,
             blocks_total: self.pool.num_blocks(),
@@ -47,13 +48,15 @@ impl Scheduler {
             running: self.running.len(),
             prefix_query_tokens: self.prefix_query_tokens,
             prefix_hit_tokens: self.prefix_hit_tokens,
+            host_hit_tokens: host_hits,
             prefix_hit_rate: if self.prefix_query_tokens == 0 {
                 0.0
             } else {
-                self.prefix_hit_tokens as f64 / self.prefix_query_tokens as f64
+                (self.prefix_hit_tokens + host_hits) as f64 / self.prefix_query_tokens as f64
             },
             cached_blocks: self.pool.num_cached(),
             evictions: self.pool.num_evictions(),
+            host: self.host_stats(),
             spec_drafted: self.spec_drafted,
             spec_accepted: self.spec_accepted,
         }

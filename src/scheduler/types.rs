@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::kv::{BlockCopy, KvError};
+use crate::kv::{BlockCopy, BlockId, HostSlot, KvError};
 
 /// A sequence's id, chosen by the caller (one per request, or per sample of a request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -117,6 +117,20 @@ pub enum SchedError {
     Kv(#[from] KvError),
 }
 
+/// Copy the KV of GPU block `block` (every layer) into host slot `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    pub block: BlockId,
+    pub slot: HostSlot,
+}
+
+/// Write the KV image in host slot `slot` into GPU block `block`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restore {
+    pub slot: HostSlot,
+    pub block: BlockId,
+}
+
 /// One sequence's work in a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledSeq {
@@ -157,6 +171,13 @@ pub struct SchedulerOutput {
     /// rows follow this order, and logits row i belongs to the i-th entry with `sample`.
     /// Each id appears at most once; every id is running.
     pub seqs: Vec<ScheduledSeq>,
+    /// Host tier: GPU blocks evicted from the prefix cache whose KV image is to be copied to
+    /// host slots (first, before anything below writes a block: an evicted block may be
+    /// handed out again in this very step). Confirm each with `Scheduler::offload_done`.
+    pub offloads: Vec<Offload>,
+    /// Host tier: images to write from host slots into fresh GPU blocks of admitted
+    /// sequences (after the offloads, before the forward pass: those sequences read them).
+    pub restores: Vec<Restore>,
     /// Copy-on-write copies to run before the forward pass, in order. Each `dst` is in the
     /// table of a sequence; each `src` stays held until `update`.
     pub block_copies: Vec<BlockCopy>,
@@ -196,9 +217,24 @@ pub struct SeqSummary {
     pub output: Vec<u32>,
     /// Times this sequence was preempted and recomputed.
     pub preemptions: usize,
-    /// Prompt tokens whose KV came from the prefix cache at its first admission (0 if it was
-    /// never admitted or the cache is off); `usage.prompt_tokens_details.cached_tokens`.
+    /// Prompt tokens whose KV came from the prefix cache (the GPU pool or the host tier) at
+    /// its first admission (0 if it was never admitted or the cache is off);
+    /// `usage.prompt_tokens_details.cached_tokens`.
     pub cached_tokens: usize,
+}
+
+/// The host tier's counters (see [`SchedulerStats::host`]); all cumulative but `slots`,
+/// `ready` and `writing`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HostTierStats {
+    pub slots: usize,
+    pub ready: usize,
+    pub writing: usize,
+    pub offloads: u64,
+    pub offloads_failed: u64,
+    pub offloads_skipped: u64,
+    pub restores: u64,
+    pub evictions: u64,
 }
 
 /// Memory accounting, as `engine.stats()` reports it.
@@ -221,14 +257,20 @@ pub struct SchedulerStats {
     /// Tokens looked up in the prefix cache, summed over admissions (each admission, also a
     /// re-admission after preemption, queries its whole token list). 0 with the cache off.
     pub prefix_query_tokens: u64,
-    /// Of those, tokens whose KV was found cached (so not computed).
+    /// Of those, tokens whose KV was found cached (so not computed): in the GPU pool, and
+    /// restored from the host tier.
     pub prefix_hit_tokens: u64,
+    pub host_hit_tokens: u64,
     /// prefix_hit_tokens / prefix_query_tokens; 0 before any query.
     pub prefix_hit_rate: f64,
     /// Blocks registered in the prefix cache now, held or free.
     pub cached_blocks: usize,
     /// Cached blocks evicted to make room, since the scheduler started.
     pub evictions: u64,
+    /// The host tier (zeros without one): its slots, those holding an image, blocks copied
+    /// to it (offloads issued) and back (restores), evictions it skipped for want of a free
+    /// slot, and its own evictions.
+    pub host: HostTierStats,
     /// Speculative decoding: tokens drafted and verified, and of those accepted, since the
     /// scheduler started.
     pub spec_drafted: u64,

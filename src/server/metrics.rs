@@ -88,6 +88,79 @@ fn scalar(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt
     );
 }
 
+/// One series with a label per value: `name{label="key"} value`.
+fn labelled(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+/// The KV tiers: hits per tier, blocks moved and bytes per tier, the host tier's fill.
+fn tier_series(o: &mut String, stats: &EngineStats) {
+    let t = &stats.kv_tiers;
+    let (h, d) = (&t.host, &t.disk);
+    labelled(
+        o,
+        "wllm_kv_tier_hit_tokens_total",
+        "counter",
+        "Prompt tokens whose KV was reused, by the tier it came from (disk: loaded into the host tier).",
+        &[
+            ("tier=\"gpu\"", stats.prefix_hit_tokens),
+            ("tier=\"host\"", t.host_hit_tokens),
+            ("tier=\"disk\"", t.disk_loaded_tokens),
+        ],
+    );
+    labelled(
+        o,
+        "wllm_kv_tier_blocks_total",
+        "counter",
+        "KV blocks moved per tier and operation.",
+        &[
+            ("tier=\"host\",op=\"offload\"", h.offloads),
+            ("tier=\"host\",op=\"offload_failed\"", h.offloads_failed),
+            ("tier=\"host\",op=\"offload_skipped\"", h.offloads_skipped),
+            ("tier=\"host\",op=\"restore\"", h.restores),
+            ("tier=\"host\",op=\"evict\"", h.evictions),
+            ("tier=\"disk\",op=\"load\"", d.hits),
+            ("tier=\"disk\",op=\"write\"", d.writes),
+            ("tier=\"disk\",op=\"reject\"", d.rejected),
+            ("tier=\"disk\",op=\"write_error\"", d.write_errors),
+            ("tier=\"disk\",op=\"write_dropped\"", d.dropped_writes),
+        ],
+    );
+    labelled(
+        o,
+        "wllm_kv_tier_bytes_total",
+        "counter",
+        "Bytes of KV moved into and out of each tier.",
+        &[
+            ("tier=\"host\",direction=\"in\"", t.offload_bytes),
+            ("tier=\"host\",direction=\"out\"", t.restore_bytes),
+            ("tier=\"disk\",direction=\"in\"", d.bytes_written),
+            ("tier=\"disk\",direction=\"out\"", d.bytes_read),
+        ],
+    );
+    labelled(
+        o,
+        "wllm_kv_host_tier_blocks",
+        "gauge",
+        "Host tier slots: in all, holding a block's KV, being written.",
+        &[
+            ("state=\"total\"", h.slots as u64),
+            ("state=\"ready\"", h.ready as u64),
+            ("state=\"writing\"", h.writing as u64),
+        ],
+    );
+    scalar(
+        o,
+        "wllm_kv_host_tier_resident_bytes",
+        "gauge",
+        "Host memory the host tier's blocks take now.",
+        t.host_resident_bytes,
+    );
+}
+
 impl Metrics {
     pub fn count_status(&self, status: u16) {
         if let Ok(mut m) = self.by_status.lock() {
@@ -170,6 +243,7 @@ impl Metrics {
             "Cached blocks evicted to make room.",
             stats.evictions,
         );
+        tier_series(&mut o, stats);
         scalar(
             &mut o,
             "wllm_spec_drafted_tokens_total",

@@ -567,6 +567,7 @@ fn submit(
     req.stop = p.stop.clone();
     req.ignore_eos = p.ignore_eos;
     req.speculative = p.speculative;
+    req.persist = p.persist;
     req.logprobs = p.logprobs;
     let vocab = st.engine.model_config().vocab_size;
     if let Some((id, _)) = p.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {

@@ -116,6 +116,10 @@ pub struct Common {
     /// wllm's: speculative decoding on or off for this request (default: the server's
     /// `--speculative`); the output is the same either way.
     pub speculative: Option<bool>,
+    /// wllm's: `"persist"` keeps the prompt's KV in the server's disk tier
+    /// (`--kv-cache-dir`) for later requests and restarts; `"default"` or absent: the
+    /// server's rule (`--kv-persist-min-tokens`).
+    pub cache: Option<Value>,
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
     pub best_of: Option<i64>,
@@ -375,6 +379,8 @@ pub struct Params {
     pub ignore_eos: bool,
     /// Speculative decoding for this request (None: the server's default).
     pub speculative: Option<bool>,
+    /// `cache: "persist"`.
+    pub persist: bool,
     /// Report each token's logprob and this many alternatives.
     pub logprobs: Option<usize>,
     /// Structured output: what the text must follow.
@@ -512,6 +518,17 @@ impl Common {
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::param("stop sequences must not be empty", "stop"));
         }
+        let persist = match &self.cache {
+            None | Some(Value::Null) => false,
+            Some(Value::String(c)) if c == "persist" => true,
+            Some(Value::String(c)) if c == "default" => false,
+            Some(_) => {
+                return Err(ApiError::param(
+                    "cache must be \"persist\" or \"default\"",
+                    "cache",
+                ));
+            }
+        };
         let stream = self.stream.unwrap_or(false);
         let (grammar, grammar_param) = match self.structured()? {
             Some((g, name)) => (Some(g), Some(name)),
@@ -532,6 +549,7 @@ impl Common {
             include_usage,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             speculative: self.speculative,
+            persist,
             logprobs,
             grammar,
             grammar_param,

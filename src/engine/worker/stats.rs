@@ -49,6 +49,7 @@ impl Worker {
                 evictions: st.evictions,
                 spec_drafted_tokens: st.spec_drafted,
                 spec_accepted_tokens: st.spec_accepted,
+                kv_tiers: self.tier_stats(&st),
                 ..s.clone()
             };
         }

@@ -1,0 +1,87 @@
+//! Opening the KV tiers an engine keeps besides its GPU pool (see [`crate::tier`]).
+
+use super::EngineConfig;
+use super::worker::Tiers;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Runner};
+use crate::model::ModelFiles;
+use crate::scheduler::Scheduler;
+use crate::tier::default_host_bytes;
+use crate::tier::disk::{DiskNamespace, DiskTier};
+use crate::tier::identity::model_identity;
+
+/// Sizes the host tier from `cfg.kv_tiers` (its slots hold one block's image each), enables
+/// it in the scheduler, and opens the disk tier in the namespace of this model, KV dtype,
+/// block size and kernel family. A model whose every layer slides keeps no tiers.
+pub(super) fn open(
+    ctx: &GpuContext,
+    files: &ModelFiles,
+    cfg: &EngineConfig,
+    runner: &Runner,
+    sched: &mut Scheduler,
+) -> Result<Tiers> {
+    let t = &cfg.kv_tiers;
+    let image_bytes = runner.kv_block_geometry().image_bytes();
+    let host_bytes = t.host_bytes.unwrap_or_else(default_host_bytes);
+    let usable = sched.config().enable_prefix_cache && sched.config().sliding_window.is_none();
+    let slots = if usable {
+        usize::try_from(host_bytes / image_bytes.max(1)).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
+    if slots > 0 {
+        sched.enable_host_tier(slots)?;
+        log::info!(
+            "KV host tier: {slots} blocks of {image_bytes} bytes ({:.1} MiB at most)",
+            (slots as u64 * image_bytes) as f64 / (1 << 20) as f64
+        );
+    } else if t.host_bytes.is_some_and(|b| b > 0) {
+        log::info!(
+            "KV host tier off: it needs the prefix cache and a model without sliding windows"
+        );
+    }
+    let disk = match &t.disk_dir {
+        None => None,
+        Some(_) if slots == 0 => {
+            return Err(Error::InvalidRequest(
+                "the KV disk tier loads blocks through the host tier: give --kv-host-memory room \
+                 (and keep the prefix cache on; models whose every layer slides keep no tiers)"
+                    .into(),
+            ));
+        }
+        Some(dir) => {
+            let ns = DiskNamespace {
+                model: model_identity(files)?,
+                dtype: cfg.model.dtype.name().to_string(),
+                block_size: cfg.model.block_size,
+                kernel_family: kernel_family(ctx),
+                image_bytes,
+            };
+            let disk = DiskTier::open(dir, ns)
+                .map_err(|e| Error::InvalidRequest(format!("KV disk tier: {e}")))?;
+            log::info!("KV disk tier: {}", disk.dir().display());
+            Some(disk)
+        }
+    };
+    Ok(Tiers::new(slots, image_bytes, disk, t.persist_min_tokens))
+}
+
+/// What decides the bits of a block's KV besides the model, dtype and block size: the kernel
+/// forms and tuning the profile picked, and the adapter and driver that run them. A disk
+/// entry made elsewhere is then a miss, never a restore that differs from a recompute.
+fn kernel_family(ctx: &GpuContext) -> String {
+    let forms = match ctx.profile.kernel_forms {
+        crate::gpu::KernelForms::Cpu => "cpu",
+        crate::gpu::KernelForms::Gpu => "gpu",
+    };
+    let a = &ctx.adapter_info;
+    let what = format!(
+        "{:?}|{}|{}|{}",
+        ctx.profile, a.name, a.driver, a.driver_info
+    );
+    let h = crate::kv::block_hash(None, &[], None).0;
+    let h = what
+        .bytes()
+        .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{forms}-{:08x}", h as u32)
+}

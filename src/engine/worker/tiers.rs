@@ -1,0 +1,251 @@
+//! The engine's side of the KV tiers (src/tier): images moved between the GPU pool, host
+//! memory and disk around each step.
+//!
+//! - After `schedule`, before anything else reaches the GPU queue: the step's offloads are
+//!   read back (one submit: ordered before this step writes any evicted block), then its
+//!   restores are written (`write_buffer`/`write_texture`: they land before the step's
+//!   forward pass). Readbacks land asynchronously; `land` stores their images and confirms
+//!   the slots to the scheduler, without waiting, after every step (waiting when idle).
+//! - At submit, with a disk tier: the prompt's blocks that neither the GPU cache nor the
+//!   host tier holds are loaded from disk into host slots, so admission restores them.
+//!   (Synchronous on the engine thread: a restart's first request, not a hot path.)
+//! - After a persistent request's first token (its prompt's KV is computed), its full
+//!   prompt blocks not on disk yet are read back and queued for the disk writer.
+
+use super::Worker;
+use crate::gpu::kv_transfer::BlockReadback;
+use crate::kv::{BlockId, CachedBlock, HostSlot, block_hash};
+use crate::scheduler::{SchedulerOutput, SchedulerStats, SeqId};
+use crate::tier::disk::{DiskEntry, DiskLoad, DiskTier};
+use crate::tier::{HostStore, TierStats};
+
+/// Images in host memory, the disk tier, and the readbacks in flight.
+pub(crate) struct Tiers {
+    store: HostStore,
+    /// Bytes of one block's image.
+    image_bytes: u64,
+    disk: Option<DiskTier>,
+    /// Prompts at least this long persist without asking.
+    persist_min_tokens: Option<usize>,
+    /// Offload readbacks not landed yet, with the slot of each block.
+    offloading: Vec<(BlockReadback, Vec<HostSlot>)>,
+    /// Persist readbacks not landed yet, with what each block holds.
+    persisting: Vec<(BlockReadback, Vec<CachedBlock>)>,
+    offload_bytes: u64,
+    restore_bytes: u64,
+    disk_loaded_tokens: u64,
+}
+
+impl Tiers {
+    /// `slots` host slots (0: none) of `image_bytes` each; an optional disk tier.
+    pub(crate) fn new(
+        slots: usize,
+        image_bytes: u64,
+        disk: Option<DiskTier>,
+        persist_min_tokens: Option<usize>,
+    ) -> Tiers {
+        Tiers {
+            store: HostStore::new(slots),
+            image_bytes,
+            disk,
+            persist_min_tokens,
+            offloading: Vec::new(),
+            persisting: Vec::new(),
+            offload_bytes: 0,
+            restore_bytes: 0,
+            disk_loaded_tokens: 0,
+        }
+    }
+
+    /// Whether a prompt of `len` tokens that asked (`asked`) persists to disk.
+    pub(crate) fn persists(&self, asked: bool, len: usize) -> bool {
+        self.disk.is_some() && (asked || self.persist_min_tokens.is_some_and(|n| len >= n))
+    }
+}
+
+impl Worker {
+    /// Issues the step's offloads and restores (see the module docs). A failed offload only
+    /// loses that copy; a failed restore fails the step (its sequences lack their KV).
+    pub(super) fn transfer(&mut self, out: &SchedulerOutput) -> Result<(), String> {
+        if !out.offloads.is_empty() {
+            let blocks: Vec<u32> = out.offloads.iter().map(|o| o.block.0).collect();
+            let slots: Vec<HostSlot> = out.offloads.iter().map(|o| o.slot).collect();
+            match self.runner.read_kv_blocks(&blocks) {
+                Ok(rb) => self.tiers.offloading.push((rb, slots)),
+                Err(e) => {
+                    log::warn!(
+                        "KV host tier: offloading {} blocks failed: {e}",
+                        blocks.len()
+                    );
+                    for slot in slots {
+                        let _ = self.sched.offload_done(slot, false);
+                    }
+                }
+            }
+        }
+        if !out.restores.is_empty() {
+            let store = &self.tiers.store;
+            let writes: Vec<(u32, &[u8])> = (out.restores.iter())
+                .map(|r| (r.block.0, store.get(r.slot)))
+                .collect();
+            self.runner
+                .write_kv_blocks(&writes)
+                .map_err(|e| format!("restoring KV from the host tier: {e}"))?;
+            self.tiers.restore_bytes += out.restores.len() as u64 * self.tiers.image_bytes;
+        }
+        Ok(())
+    }
+
+    /// Stores the images of the readbacks that have landed (all of them, waiting, if
+    /// `wait`): offloads into their host slots, persisted blocks to the disk writer.
+    pub(super) fn land(&mut self, wait: bool) {
+        let ctx = self.runner.context().clone();
+        let mut i = 0;
+        while i < self.tiers.offloading.len() {
+            let taken = if wait {
+                let (rb, slots) = self.tiers.offloading.swap_remove(i);
+                Some((rb.wait(&ctx), slots))
+            } else {
+                let (rb, _) = &mut self.tiers.offloading[i];
+                match rb.try_take(&ctx) {
+                    Some(r) => Some((r, self.tiers.offloading.swap_remove(i).1)),
+                    None => None,
+                }
+            };
+            let Some((res, slots)) = taken else {
+                i += 1;
+                continue;
+            };
+            match res {
+                Ok(images) => {
+                    for (slot, image) in slots.into_iter().zip(images) {
+                        self.tiers.offload_bytes += image.len() as u64;
+                        self.tiers.store.put(slot, image);
+                        let _ = self.sched.offload_done(slot, true);
+                    }
+                }
+                Err(e) => {
+                    log::warn!("KV host tier: an offload readback failed: {e}");
+                    for slot in slots {
+                        let _ = self.sched.offload_done(slot, false);
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.tiers.persisting.len() {
+            let taken = if wait {
+                let (rb, blocks) = self.tiers.persisting.swap_remove(i);
+                Some((rb.wait(&ctx), blocks))
+            } else {
+                let (rb, _) = &mut self.tiers.persisting[i];
+                match rb.try_take(&ctx) {
+                    Some(r) => Some((r, self.tiers.persisting.swap_remove(i).1)),
+                    None => None,
+                }
+            };
+            let Some((res, blocks)) = taken else {
+                i += 1;
+                continue;
+            };
+            match (res, &self.tiers.disk) {
+                (Ok(images), Some(disk)) => {
+                    for (b, image) in blocks.into_iter().zip(images) {
+                        disk.store(DiskEntry {
+                            key: b.key,
+                            parent: b.parent,
+                            salt: b.salt,
+                            tokens: b.tokens,
+                            image,
+                        });
+                    }
+                }
+                (Err(e), _) => log::warn!("KV disk tier: a persist readback failed: {e}"),
+                (Ok(_), None) => {}
+            }
+        }
+    }
+
+    /// Loads from disk the blocks of `prompt` (under `salt`) that follow what the GPU cache
+    /// and the host tier hold, into host slots, until a block is not on disk.
+    pub(super) fn load_from_disk(&mut self, prompt: &[u32], salt: Option<u64>) {
+        let Some(disk) = &self.tiers.disk else {
+            return;
+        };
+        let bs = self.sched.pool().block_size();
+        let cap = prompt.len().saturating_sub(1) / bs;
+        let (start, mut parent) = self.sched.resident_prefix(prompt, salt, cap);
+        for chunk in prompt[start * bs..].chunks_exact(bs).take(cap - start) {
+            let key = block_hash(parent, chunk, salt);
+            if !disk.contains(key) {
+                break;
+            }
+            let image = match disk.load(key, parent, salt, chunk) {
+                DiskLoad::Hit(image) => image,
+                DiskLoad::Miss | DiskLoad::Rejected(_) => break,
+            };
+            let b = CachedBlock {
+                block: BlockId::HOLE,
+                key,
+                parent,
+                salt,
+                tokens: chunk.to_vec(),
+            };
+            let Some(slot) = self.sched.reserve_host_slot(b) else {
+                break;
+            };
+            self.tiers.store.put(slot, image);
+            let _ = self.sched.offload_done(slot, true);
+            self.tiers.disk_loaded_tokens += bs as u64;
+            parent = Some(key);
+        }
+    }
+
+    /// Reads back `id`'s computed prompt blocks that the disk tier lacks, for the writer.
+    pub(super) fn persist(&mut self, id: SeqId) {
+        let Some(disk) = &self.tiers.disk else {
+            return;
+        };
+        let blocks: Vec<CachedBlock> = (self.sched.computed_prompt_blocks(id).into_iter())
+            .filter(|b| !disk.contains(b.key))
+            .collect();
+        if blocks.is_empty() {
+            return;
+        }
+        let ids: Vec<u32> = blocks.iter().map(|b| b.block.0).collect();
+        match self.runner.read_kv_blocks(&ids) {
+            Ok(rb) => self.tiers.persisting.push((rb, blocks)),
+            Err(e) => log::warn!(
+                "KV disk tier: reading back {} blocks failed: {e}",
+                ids.len()
+            ),
+        }
+    }
+
+    /// Lands every readback and waits for the disk writer (shutdown).
+    pub(super) fn flush_tiers(&mut self) {
+        self.land(true);
+        if let Some(d) = &self.tiers.disk {
+            d.flush();
+        }
+    }
+
+    pub(super) fn tier_stats(&self, st: &SchedulerStats) -> TierStats {
+        TierStats {
+            host: st.host.clone(),
+            host_hit_tokens: st.host_hit_tokens,
+            image_bytes: self.tiers.image_bytes,
+            host_resident_bytes: self.tiers.store.resident_bytes(),
+            offload_bytes: self.tiers.offload_bytes,
+            restore_bytes: self.tiers.restore_bytes,
+            disk_enabled: self.tiers.disk.is_some(),
+            disk: self
+                .tiers
+                .disk
+                .as_ref()
+                .map(DiskTier::stats)
+                .unwrap_or_default(),
+            disk_loaded_tokens: self.tiers.disk_loaded_tokens,
+        }
+    }
+}

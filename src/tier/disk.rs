@@ -1,0 +1,1204 @@
+//! The disk tier of the prefix cache: full KV blocks kept in files so a process that restarts
+//! with the same long prompt (a desktop app's system prompt) reads its KV back instead of
+//! recomputing it. Opt-in (`--kv-cache-dir PATH`).
+//!
+//! A block's KV *image* is opaque here: all layers' K and V of one KV block, `image_bytes` long.
+//! Entries are keyed by the prefix-cache chain hash ([`BlockHash`]), which already names the
+//! whole token prefix up to the block. Everything else that changes the bits of a block's KV
+//! (model, KV dtype, block size, kernel family, image size) is the [`DiskNamespace`]: each
+//! namespace has its own directory, `<root>/<model hex>-<dtype>-bs<block size>-<family>-<image
+//! bytes>/`, so entries of different namespaces never meet, and each file repeats the namespace
+//! in its header so a file copied into the wrong directory is rejected too.
+//!
+//! # File layout
+//! One file per block, `<key as 16 hex digits>.kvblock`, little-endian:
+//!
+//! | offset          | size        | field                                              |
+//! |-----------------|-------------|----------------------------------------------------|
+//! | 0               | 8           | magic `b"WLLMKVB\0"`                               |
+//! | 8               | 4           | format version (`1`)                               |
+//! | 12              | 4           | flags: bit 0 parent present, bit 1 salt present    |
+//! | 16              | 8           | model identity hash                                |
+//! | 24              | 8           | key                                                |
+//! | 32              | 8           | parent key (0 when absent)                         |
+//! | 40              | 8           | salt (0 when absent)                               |
+//! | 48              | 8           | image bytes                                        |
+//! | 56              | 4           | block size                                         |
+//! | 60              | 4           | token count (= block size)                         |
+//! | 64              | 2           | dtype length `d`                                   |
+//! | 66              | 2           | kernel family length `f`                           |
+//! | 68              | `d`         | dtype (UTF-8)                                      |
+//! | 68+d            | `f`         | kernel family (UTF-8)                              |
+//! | 68+d+f          | 4 × tokens  | token ids (u32)                                    |
+//! | …               | image bytes | the image                                          |
+//! | end − 4         | 4           | CRC-32 (IEEE) of every byte before it              |
+//!
+//! A load knows the file's exact length from its namespace and the caller's tokens before it
+//! reads a byte, so a file never decides how much is allocated. It then checks the length, the
+//! checksum, magic and version, every namespace field, and the key, parent, salt and tokens
+//! against the caller's: any difference is [`DiskLoad::Rejected`] (logged, counted, the file
+//! deleted), never a hit. Collisions of the 64-bit key are thus caught, like in the in-memory
+//! prefix cache.
+//!
+//! # Writes and crashes
+//! [`DiskTier::store`] only queues; one writer thread per tier writes each entry to a temporary
+//! name in the same directory (`.<key>.<pid>.<counter>.tmp`), `sync_data`s it and renames it
+//! onto the final name (atomic replace on POSIX; std's rename replaces on Windows too). Readers
+//! only open `*.kvblock` names, so a crash mid-write leaves a temporary file that is never read;
+//! [`DiskTier::open`] sweeps temporary files older than a minute (younger ones may belong to
+//! another live process sharing the directory). The directory is not fsynced after the rename:
+//! a power loss may lose a recent file, never expose a partial one (it would fail the checksum
+//! anyway). Several processes may share a directory: names are unique per process, the last
+//! rename of a key wins, and both contents are valid.
+//!
+//! The queue is bounded by bytes (`max_pending_bytes`, default 256 MiB): a store that does not
+//! fit is dropped and counted, so a slow disk never blocks the engine nor grows memory.
+//!
+//! Not done yet: a cap on the directory's size (no eviction; files stay until deleted by hand
+//! or rejected).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crate::kv::BlockHash;
+
+const MAGIC: [u8; 8] = *b"WLLMKVB\0";
+const FORMAT_VERSION: u32 = 1;
+/// Bytes before the dtype string.
+const FIXED_HEADER: usize = 68;
+const FLAG_PARENT: u32 = 1;
+const FLAG_SALT: u32 = 2;
+const EXTENSION: &str = "kvblock";
+const TMP_SUFFIX: &str = ".tmp";
+/// Default bound on bytes queued for the writer.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
+/// Temporary files at least this old are taken for a crashed writer's and swept at open.
+const TMP_SWEEP_AGE: Duration = Duration::from_secs(60);
+/// Longest dtype / kernel family name (they become part of a directory name).
+const MAX_NAME_LEN: usize = 32;
+
+/// Everything that changes the bits of a block's KV: entries of different namespaces never meet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskNamespace {
+    /// The model identity hash ([`super::identity::model_identity`]).
+    pub model: u64,
+    /// KV storage type, e.g. `"f16"` / `"f32"`.
+    pub dtype: String,
+    pub block_size: usize,
+    /// The attention kernel family that wrote the KV, e.g. `"serial"` / `"split"`.
+    pub kernel_family: String,
+    /// Length of every image of this namespace.
+    pub image_bytes: u64,
+}
+
+impl DiskNamespace {
+    /// The namespace's directory name.
+    pub fn dir_name(&self) -> String {
+        format!(
+            "{:016x}-{}-bs{}-{}-{}",
+            self.model, self.dtype, self.block_size, self.kernel_family, self.image_bytes
+        )
+    }
+
+    /// Exact file length of an entry of this namespace, `None` on overflow.
+    fn file_len(&self) -> Option<u64> {
+        let tokens = u64::try_from(self.block_size).ok()?.checked_mul(4)?;
+        (FIXED_HEADER as u64 + self.dtype.len() as u64 + self.kernel_family.len() as u64)
+            .checked_add(tokens)?
+            .checked_add(self.image_bytes)?
+            .checked_add(4)
+    }
+
+    /// Length of everything between the fixed header and the image.
+    fn var_len(&self) -> usize {
+        self.dtype.len() + self.kernel_family.len() + 4 * self.block_size
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (what, name) in [
+            ("dtype", &self.dtype),
+            ("kernel family", &self.kernel_family),
+        ] {
+            let ok = !name.is_empty()
+                && name.len() <= MAX_NAME_LEN
+                && !name.starts_with('.')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !ok {
+                return Err(format!(
+                    "{what} `{name}` must be 1 to {MAX_NAME_LEN} of [A-Za-z0-9_.-], not starting with '.'"
+                ));
+            }
+        }
+        if self.block_size == 0 || u32::try_from(self.block_size).is_err() {
+            return Err(format!("block size {} out of range", self.block_size));
+        }
+        if self.image_bytes == 0 {
+            return Err("image size 0".into());
+        }
+        // The whole file must be addressable, and its image allocatable as one Vec.
+        match self.file_len() {
+            Some(len) if usize::try_from(len).is_ok() => Ok(()),
+            _ => Err(format!("image size {} too large", self.image_bytes)),
+        }
+    }
+}
+
+/// One block to store.
+#[derive(Clone)]
+pub struct DiskEntry {
+    pub key: BlockHash,
+    pub parent: Option<BlockHash>,
+    pub salt: Option<u64>,
+    pub tokens: Vec<u32>,
+    pub image: Vec<u8>,
+}
+
+/// What [`DiskTier::load`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DiskLoad {
+    /// The entry's image, validated.
+    Hit(Vec<u8>),
+    Miss,
+    /// Corrupt, truncated, or a header/tokens/parent/salt mismatch: the file was ignored, deleted
+    /// and counted. The reason is for logs.
+    Rejected(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub rejected: u64,
+    /// Bytes of files read by hits.
+    pub bytes_read: u64,
+    pub writes: u64,
+    pub bytes_written: u64,
+    /// Failed writes, entries with a wrong image or token length, and writes lost to a dead
+    /// writer thread.
+    pub write_errors: u64,
+    /// Stores dropped because the queue was full.
+    pub dropped_writes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid KV disk namespace: {0}")]
+    InvalidNamespace(String),
+    #[error("cannot start the KV disk writer thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// What is queued for the writer.
+struct Queue {
+    bytes: u64,
+    jobs: usize,
+    /// Keys queued and not yet written, so the same block is not queued twice.
+    keys: HashSet<BlockHash>,
+    writer_alive: bool,
+    /// Tests: the writer waits before each write while set, so the queue can fill.
+    #[cfg(test)]
+    hold: bool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    ns: DiskNamespace,
+    stats: Mutex<DiskStats>,
+    queue: Mutex<Queue>,
+    /// Signalled when a job finishes (or the writer dies, or, in tests, `hold` changes).
+    changed: Condvar,
+    tmp_counter: AtomicU64,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of counters; keep going.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The disk store of one namespace. `Sync`: loads may run on any thread; writes go through one
+/// background writer.
+pub struct DiskTier {
+    shared: Arc<Shared>,
+    tx: Option<Sender<DiskEntry>>,
+    writer: Option<JoinHandle<()>>,
+    max_pending_bytes: u64,
+}
+
+impl DiskTier {
+    /// Creates `dir/<namespace dir name>/`, sweeps leftover temporary files of crashed writers,
+    /// starts one writer thread. Queue bound: [`DEFAULT_MAX_PENDING_BYTES`].
+    pub fn open(dir: &Path, ns: DiskNamespace) -> Result<DiskTier, DiskError> {
+        Self::open_with_queue_limit(dir, ns, DEFAULT_MAX_PENDING_BYTES)
+    }
+
+    /// [`DiskTier::open`] with at most `max_pending_bytes` queued for the writer.
+    pub fn open_with_queue_limit(
+        dir: &Path,
+        ns: DiskNamespace,
+        max_pending_bytes: u64,
+    ) -> Result<DiskTier, DiskError> {
+        ns.check().map_err(DiskError::InvalidNamespace)?;
+        let ns_dir = dir.join(ns.dir_name());
+        fs::create_dir_all(&ns_dir).map_err(|source| DiskError::Io {
+            path: ns_dir.clone(),
+            source,
+        })?;
+        sweep_temporaries(&ns_dir)?;
+        let shared = Arc::new(Shared {
+            dir: ns_dir,
+            ns,
+            stats: Mutex::new(DiskStats::default()),
+            queue: Mutex::new(Queue {
+                bytes: 0,
+                jobs: 0,
+                keys: HashSet::new(),
+                writer_alive: true,
+                #[cfg(test)]
+                hold: false,
+            }),
+            changed: Condvar::new(),
+            tmp_counter: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("wllm-kv-disk".into())
+                .spawn(move || writer_loop(&shared, rx))
+                .map_err(DiskError::Thread)?
+        };
+        Ok(DiskTier {
+            shared,
+            tx: Some(tx),
+            writer: Some(writer),
+            max_pending_bytes,
+        })
+    }
+
+    pub fn namespace(&self) -> &DiskNamespace {
+        &self.shared.ns
+    }
+
+    /// The namespace's directory (under the root given to [`DiskTier::open`]).
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Whether a (complete) file for `key` exists: a stat, no read, no validation.
+    pub fn contains(&self, key: BlockHash) -> bool {
+        fs::metadata(self.shared.path_of(key)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Reads and validates the entry for `key` (see the module doc). Synchronous: one open,
+    /// one stat and the file's bytes.
+    pub fn load(
+        &self,
+        key: BlockHash,
+        parent: Option<BlockHash>,
+        salt: Option<u64>,
+        tokens: &[u32],
+    ) -> DiskLoad {
+        let path = self.shared.path_of(key);
+        let outcome = self.shared.read_entry(&path, key, parent, salt, tokens);
+        let mut stats = lock(&self.shared.stats);
+        match outcome {
+            Outcome::Hit { image, file_len } => {
+                stats.hits += 1;
+                stats.bytes_read += file_len;
+                DiskLoad::Hit(image)
+            }
+            Outcome::Miss => {
+                stats.misses += 1;
+                DiskLoad::Miss
+            }
+            Outcome::Bad(reason) => {
+                stats.rejected += 1;
+                drop(stats);
+                log::warn!("KV disk cache: rejected {}: {reason}", path.display());
+                // A concurrent writer may have just renamed a good file here; losing it is only
+                // a later miss.
+                if let Err(e) = fs::remove_file(&path)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    log::warn!("KV disk cache: cannot remove {}: {e}", path.display());
+                }
+                DiskLoad::Rejected(reason)
+            }
+        }
+    }
+
+    /// Queues `entry` for the writer. Skipped when its file exists or it is already queued;
+    /// dropped (and counted) when more than `max_pending_bytes` would be queued; a wrong image
+    /// or token length is counted as a write error and not written. Never blocks on the disk
+    /// (one stat).
+    pub fn store(&self, entry: DiskEntry) {
+        let ns = &self.shared.ns;
+        if entry.image.len() as u64 != ns.image_bytes || entry.tokens.len() != ns.block_size {
+            let n = {
+                let mut stats = lock(&self.shared.stats);
+                stats.write_errors += 1;
+                stats.write_errors
+            };
+            if n.is_power_of_two() {
+                log::warn!(
+                    "KV disk cache: not storing block {:016x}: image {} bytes / {} tokens, \
+                     expected {} / {} ({n} write errors so far)",
+                    entry.key.0,
+                    entry.image.len(),
+                    entry.tokens.len(),
+                    ns.image_bytes,
+                    ns.block_size
+                );
+            }
+            return;
+        }
+        if self.contains(entry.key) {
+            return;
+        }
+        let cost = entry_cost(&entry);
+        let key = entry.key;
+        let mut q = lock(&self.shared.queue);
+        if q.keys.contains(&key) {
+            return;
+        }
+        let alive = q.writer_alive;
+        let fits = q.bytes.saturating_add(cost) <= self.max_pending_bytes;
+        // Sent under the lock, so the writer cannot finish the job before it is counted.
+        if alive && fits && self.tx.as_ref().is_some_and(|tx| tx.send(entry).is_ok()) {
+            q.bytes += cost;
+            q.jobs += 1;
+            q.keys.insert(key);
+            return;
+        }
+        drop(q);
+        let mut stats = lock(&self.shared.stats);
+        if alive && !fits {
+            stats.dropped_writes += 1;
+            let n = stats.dropped_writes;
+            drop(stats);
+            if n.is_power_of_two() {
+                log::warn!(
+                    "KV disk cache: write queue full ({} bytes max); {n} block(s) not stored so far",
+                    self.max_pending_bytes
+                );
+            }
+        } else {
+            // The writer thread is gone: nothing can be written any more.
+            stats.write_errors += 1;
+        }
+    }
+
+    /// Blocks until every queued write is done (or the writer thread has died).
+    pub fn flush(&self) {
+        let mut q = lock(&self.shared.queue);
+        while q.jobs > 0 && q.writer_alive {
+            q = self
+                .shared
+                .changed
+                .wait(q)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Tests: stops (or resumes) the writer before its next write.
+    #[cfg(test)]
+    fn hold_writer(&self, hold: bool) {
+        lock(&self.shared.queue).hold = hold;
+        self.shared.changed.notify_all();
+    }
+
+    #[cfg(test)]
+    fn queued_bytes(&self) -> u64 {
+        lock(&self.shared.queue).bytes
+    }
+}
+
+impl Drop for DiskTier {
+    /// Closes the queue and joins the writer, which finishes what is queued first. A writer
+    /// that died is joined at once.
+    fn drop(&mut self) {
+        #[cfg(test)]
+        self.hold_writer(false);
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Bytes an entry holds while queued.
+fn entry_cost(entry: &DiskEntry) -> u64 {
+    (entry.image.len() + 4 * entry.tokens.len() + std::mem::size_of::<DiskEntry>()) as u64
+}
+
+fn file_name(key: BlockHash) -> String {
+    format!("{:016x}.{EXTENSION}", key.0)
+}
+
+/// Removes temporary files (`.<…>.tmp`) at least [`TMP_SWEEP_AGE`] old. Only a directory that
+/// cannot be listed is an error; a file that vanishes or cannot be removed is skipped.
+fn sweep_temporaries(dir: &Path) -> Result<(), DiskError> {
+    let entries = fs::read_dir(dir).map_err(|source| DiskError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let now = SystemTime::now();
+    let mut swept = 0usize;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).unwrap_or_default() >= TMP_SWEEP_AGE)
+            .unwrap_or(false);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            swept += 1;
+        }
+    }
+    if swept > 0 {
+        log::info!(
+            "KV disk cache: removed {swept} temporary file(s) left by an interrupted writer in {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The outcome of reading one file, before it is counted.
+enum Outcome {
+    Hit { image: Vec<u8>, file_len: u64 },
+    Miss,
+    Bad(String),
+}
+
+/// Whether a failed read means a bad file (`Bad`) or a file we could not judge (`Miss`).
+fn read_error(e: io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::NotFound => Outcome::Miss,
+        io::ErrorKind::UnexpectedEof => Outcome::Bad("file is truncated".into()),
+        _ => Outcome::Bad(format!("read error: {e}")),
+    }
+}
+
+impl Shared {
+    fn path_of(&self, key: BlockHash) -> PathBuf {
+        self.dir.join(file_name(key))
+    }
+
+    /// The fixed header and the variable part before the image, as written.
+    fn encode_header(&self, entry: &DiskEntry) -> Vec<u8> {
+        let ns = &self.ns;
+        let mut h = Vec::with_capacity(FIXED_HEADER + ns.var_len());
+        let flags = if entry.parent.is_some() {
+            FLAG_PARENT
+        } else {
+            0
+        } | if entry.salt.is_some() { FLAG_SALT } else { 0 };
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h.extend_from_slice(&flags.to_le_bytes());
+        h.extend_from_slice(&ns.model.to_le_bytes());
+        h.extend_from_slice(&entry.key.0.to_le_bytes());
+        h.extend_from_slice(&entry.parent.map_or(0, |p| p.0).to_le_bytes());
+        h.extend_from_slice(&entry.salt.unwrap_or(0).to_le_bytes());
+        h.extend_from_slice(&ns.image_bytes.to_le_bytes());
+        // Both fit: checked at open, and store checks the token count.
+        h.extend_from_slice(&(ns.block_size as u32).to_le_bytes());
+        h.extend_from_slice(&(entry.tokens.len() as u32).to_le_bytes());
+        h.extend_from_slice(&(ns.dtype.len() as u16).to_le_bytes());
+        h.extend_from_slice(&(ns.kernel_family.len() as u16).to_le_bytes());
+        debug_assert_eq!(h.len(), FIXED_HEADER);
+        h.extend_from_slice(ns.dtype.as_bytes());
+        h.extend_from_slice(ns.kernel_family.as_bytes());
+        for t in &entry.tokens {
+            h.extend_from_slice(&t.to_le_bytes());
+        }
+        h
+    }
+
+    /// Reads and validates `path`. Allocates only what the namespace says an entry holds.
+    fn read_entry(
+        &self,
+        path: &Path,
+        key: BlockHash,
+        parent: Option<BlockHash>,
+        salt: Option<u64>,
+        tokens: &[u32],
+    ) -> Outcome {
+        let ns = &self.ns;
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Outcome::Miss,
+            Err(e) => {
+                // Not the file's fault (permissions, too many open files): leave it.
+                log::warn!("KV disk cache: cannot open {}: {e}", path.display());
+                return Outcome::Miss;
+            }
+        };
+        let file_len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return read_error(e),
+        };
+        // Checked at open.
+        let want_len = ns.file_len().unwrap_or(u64::MAX);
+        if file_len != want_len {
+            return Outcome::Bad(format!(
+                "file is {file_len} bytes, an entry of this namespace is {want_len} (truncated or foreign)"
+            ));
+        }
+        let mut header = vec![0u8; FIXED_HEADER + ns.var_len()];
+        let mut image = vec![0u8; ns.image_bytes as usize];
+        let mut crc = [0u8; 4];
+        for buf in [&mut header[..], &mut image[..], &mut crc[..]] {
+            if let Err(e) = file.read_exact(buf) {
+                return read_error(e);
+            }
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        hasher.update(&image);
+        let (got, stored) = (hasher.finalize(), u32::from_le_bytes(crc));
+        if got != stored {
+            return Outcome::Bad(format!(
+                "checksum mismatch (stored {stored:08x}, computed {got:08x})"
+            ));
+        }
+        if let Err(reason) = self.check_header(&header, key, parent, salt, tokens) {
+            return Outcome::Bad(reason);
+        }
+        Outcome::Hit { image, file_len }
+    }
+
+    /// Compares a checksummed header with the namespace and the caller's block.
+    fn check_header(
+        &self,
+        header: &[u8],
+        key: BlockHash,
+        parent: Option<BlockHash>,
+        salt: Option<u64>,
+        tokens: &[u32],
+    ) -> Result<(), String> {
+        let ns = &self.ns;
+        // `header` has FIXED_HEADER + var_len bytes (read_exact filled it), so these slices hold.
+        let u16_at = |o: usize| u16::from_le_bytes([header[o], header[o + 1]]);
+        let u32_at = |o: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&header[o..o + 4]);
+            u32::from_le_bytes(b)
+        };
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        if header[..8] != MAGIC {
+            return Err("not a wllm KV block file (bad magic)".into());
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            ));
+        }
+        let flags = u32_at(12);
+        if flags & !(FLAG_PARENT | FLAG_SALT) != 0 {
+            return Err(format!("unknown flags {flags:#x}"));
+        }
+        let d = usize::from(u16_at(64));
+        let f = usize::from(u16_at(66));
+        let dtype = header.get(FIXED_HEADER..FIXED_HEADER + d);
+        let family = header.get(FIXED_HEADER + d..FIXED_HEADER + d + f);
+        let same_ns = u64_at(16) == ns.model
+            && u64_at(48) == ns.image_bytes
+            && u32_at(56) as usize == ns.block_size
+            && u32_at(60) as usize == ns.block_size
+            && dtype == Some(ns.dtype.as_bytes())
+            && family == Some(ns.kernel_family.as_bytes());
+        if !same_ns {
+            return Err("written for another namespace (model, dtype, block size, kernel family or image size)".into());
+        }
+        if u64_at(24) != key.0 {
+            return Err(format!("holds key {:016x}", u64_at(24)));
+        }
+        let file_parent = (flags & FLAG_PARENT != 0).then(|| BlockHash(u64_at(32)));
+        if file_parent != parent {
+            return Err(format!(
+                "parent mismatch (file {file_parent:?}, asked {parent:?})"
+            ));
+        }
+        let file_salt = (flags & FLAG_SALT != 0).then(|| u64_at(40));
+        if file_salt != salt {
+            return Err("salt mismatch".into());
+        }
+        let Some(file_tokens) = header.get(FIXED_HEADER + d + f..) else {
+            return Err("string lengths exceed the header".into());
+        };
+        let same_tokens = file_tokens.len() == 4 * tokens.len()
+            && file_tokens
+                .chunks_exact(4)
+                .zip(tokens)
+                .all(|(b, t)| b == t.to_le_bytes());
+        if !same_tokens {
+            return Err("token mismatch (a key collision, or the caller's tokens differ)".into());
+        }
+        Ok(())
+    }
+
+    /// Writes `entry` to a temporary file, syncs it, renames it into place. `Ok(None)` when
+    /// the file already exists.
+    fn write_entry(&self, entry: &DiskEntry) -> Result<Option<u64>, DiskError> {
+        let path = self.path_of(entry.key);
+        if path.is_file() {
+            return Ok(None);
+        }
+        let tmp = self.dir.join(format!(
+            ".{:016x}.{}.{}{TMP_SUFFIX}",
+            entry.key.0,
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let header = self.encode_header(entry);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        hasher.update(&entry.image);
+        let crc = hasher.finalize().to_le_bytes();
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(&header)?;
+            f.write_all(&entry.image)?;
+            f.write_all(&crc)?;
+            f.sync_data()?;
+            drop(f);
+            fs::rename(&tmp, &path)
+        };
+        match write() {
+            Ok(()) => Ok(Some((header.len() + entry.image.len() + crc.len()) as u64)),
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                Err(DiskError::Io { path, source })
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn wait_while_held(&self) {
+        let mut q = lock(&self.queue);
+        while q.hold {
+            q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Marks the writer dead however it ends (a panic included), so `flush` and `store` stop
+/// waiting on it; queued jobs are lost and counted as write errors.
+struct WriterAlive<'a>(&'a Shared);
+
+impl Drop for WriterAlive<'_> {
+    fn drop(&mut self) {
+        let lost = {
+            let mut q = lock(&self.0.queue);
+            q.writer_alive = false;
+            let lost = q.jobs;
+            q.jobs = 0;
+            q.bytes = 0;
+            q.keys.clear();
+            lost
+        };
+        lock(&self.0.stats).write_errors += lost as u64;
+        self.0.changed.notify_all();
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: Receiver<DiskEntry>) {
+    let _alive = WriterAlive(shared);
+    // Ends when the tier drops its sender, after every queued entry.
+    while let Ok(entry) = rx.recv() {
+        #[cfg(test)]
+        shared.wait_while_held();
+        let result = shared.write_entry(&entry);
+        {
+            let mut stats = lock(&shared.stats);
+            match &result {
+                Ok(Some(n)) => {
+                    stats.writes += 1;
+                    stats.bytes_written += n;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    stats.write_errors += 1;
+                    let n = stats.write_errors;
+                    drop(stats);
+                    // A full disk fails every write: log the first few, then powers of two.
+                    if n.is_power_of_two() {
+                        log::warn!("KV disk cache: write failed ({n} so far): {e}");
+                    }
+                }
+            }
+        }
+        let mut q = lock(&shared.queue);
+        q.bytes = q.bytes.saturating_sub(entry_cost(&entry));
+        q.jobs = q.jobs.saturating_sub(1);
+        q.keys.remove(&entry.key);
+        drop(q);
+        shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::block_hash;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "wllm-disk-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const BS: usize = 4;
+    const IMAGE: u64 = 1000;
+
+    fn ns() -> DiskNamespace {
+        DiskNamespace {
+            model: 0x1234_5678_9abc_def0,
+            dtype: "f16".into(),
+            block_size: BS,
+            kernel_family: "split".into(),
+            image_bytes: IMAGE,
+        }
+    }
+
+    /// Block `i` of a chain: tokens derived from `i`, image bytes from `seed`.
+    fn entry(parent: Option<BlockHash>, salt: Option<u64>, i: u32, seed: u8) -> DiskEntry {
+        let tokens: Vec<u32> = (0..BS as u32).map(|t| i * 100 + t).collect();
+        DiskEntry {
+            key: block_hash(parent, &tokens, salt),
+            parent,
+            salt,
+            tokens,
+            image: (0..IMAGE)
+                .map(|b| (b as u8).wrapping_mul(31) ^ seed)
+                .collect(),
+        }
+    }
+
+    fn load(tier: &DiskTier, e: &DiskEntry) -> DiskLoad {
+        tier.load(e.key, e.parent, e.salt, &e.tokens)
+    }
+
+    #[test]
+    fn round_trip_is_bit_identical() {
+        let root = TempDir::new("roundtrip");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let a = entry(None, None, 1, 7);
+        let b = entry(Some(a.key), Some(99), 2, 8);
+        assert!(!tier.contains(a.key));
+        assert_eq!(load(&tier, &a), DiskLoad::Miss);
+        tier.store(a.clone());
+        tier.store(b.clone());
+        tier.flush();
+        assert!(tier.contains(a.key) && tier.contains(b.key));
+        assert_eq!(load(&tier, &a), DiskLoad::Hit(a.image.clone()));
+        assert_eq!(load(&tier, &b), DiskLoad::Hit(b.image.clone()));
+        // Storing again is skipped: the file exists.
+        tier.store(a.clone());
+        tier.flush();
+        let s = tier.stats();
+        let file_len = ns().file_len().unwrap();
+        assert_eq!(
+            s,
+            DiskStats {
+                hits: 2,
+                misses: 1,
+                bytes_read: 2 * file_len,
+                writes: 2,
+                bytes_written: 2 * file_len,
+                ..DiskStats::default()
+            }
+        );
+        let name = tier.dir().join(file_name(a.key));
+        assert_eq!(fs::metadata(&name).unwrap().len(), file_len);
+        assert_eq!(
+            tier.dir().file_name().unwrap().to_str().unwrap(),
+            "123456789abcdef0-f16-bs4-split-1000"
+        );
+        // A new process (tier) finds the same entries.
+        drop(tier);
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        assert_eq!(load(&tier, &b), DiskLoad::Hit(b.image.clone()));
+    }
+
+    #[test]
+    fn mismatched_block_is_rejected_never_a_hit() {
+        let root = TempDir::new("mismatch");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let parent = entry(None, None, 0, 0);
+        let e = entry(Some(parent.key), Some(5), 1, 1);
+        let mut other_tokens = e.tokens.clone();
+        other_tokens[2] += 1;
+        let cases: [(Option<BlockHash>, Option<u64>, &[u32]); 5] = [
+            (e.parent, e.salt, &other_tokens),
+            (e.parent, e.salt, &e.tokens[..BS - 1]),
+            (None, e.salt, &e.tokens),
+            (Some(BlockHash(parent.key.0 ^ 1)), e.salt, &e.tokens),
+            (e.parent, None, &e.tokens),
+        ];
+        for (i, (p, s, t)) in cases.into_iter().enumerate() {
+            tier.store(e.clone());
+            tier.flush();
+            assert!(tier.contains(e.key));
+            match tier.load(e.key, p, s, t) {
+                DiskLoad::Rejected(_) => {}
+                other => panic!("case {i}: {other:?}"),
+            }
+            assert!(!tier.contains(e.key), "case {i}: file not removed");
+            assert_eq!(tier.stats().rejected, i as u64 + 1);
+        }
+        // A different salt on the same file.
+        tier.store(e.clone());
+        tier.flush();
+        assert!(matches!(
+            tier.load(e.key, e.parent, Some(6), &e.tokens),
+            DiskLoad::Rejected(_)
+        ));
+        assert_eq!(load(&tier, &e), DiskLoad::Miss);
+    }
+
+    #[test]
+    fn other_namespaces_miss() {
+        let root = TempDir::new("namespaces");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let e = entry(None, None, 3, 3);
+        tier.store(e.clone());
+        tier.flush();
+        let others = [
+            DiskNamespace {
+                dtype: "f32".into(),
+                ..ns()
+            },
+            DiskNamespace {
+                block_size: 8,
+                ..ns()
+            },
+            DiskNamespace {
+                kernel_family: "serial".into(),
+                ..ns()
+            },
+            DiskNamespace { model: 1, ..ns() },
+            DiskNamespace {
+                image_bytes: IMAGE + 2,
+                ..ns()
+            },
+        ];
+        for other in others {
+            let t = DiskTier::open(&root.0, other.clone()).unwrap();
+            assert_ne!(t.dir(), tier.dir());
+            assert!(!t.contains(e.key));
+            assert_eq!(load(&t, &e), DiskLoad::Miss, "{other:?}");
+            assert_eq!(t.stats().rejected, 0);
+        }
+        // And the original is untouched.
+        assert_eq!(load(&tier, &e), DiskLoad::Hit(e.image.clone()));
+    }
+
+    #[test]
+    fn file_from_another_namespace_is_rejected() {
+        // A file copied (or linked) into another namespace's directory.
+        let root = TempDir::new("foreign");
+        let a = DiskTier::open(&root.0, ns()).unwrap();
+        let other = DiskNamespace {
+            dtype: "f32".into(),
+            ..ns()
+        };
+        let b = DiskTier::open(&root.0, other).unwrap();
+        let e = entry(None, None, 4, 4);
+        a.store(e.clone());
+        a.flush();
+        fs::copy(
+            a.dir().join(file_name(e.key)),
+            b.dir().join(file_name(e.key)),
+        )
+        .unwrap();
+        assert!(matches!(load(&b, &e), DiskLoad::Rejected(_)));
+        assert_eq!(load(&b, &e), DiskLoad::Miss);
+    }
+
+    /// Writes `e`, corrupts its file with `damage`, and checks the load is rejected, counted,
+    /// the file removed and the next load a miss.
+    fn check_corruption(tag: &str, damage: impl Fn(&mut Vec<u8>)) {
+        let root = TempDir::new(tag);
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let e = entry(None, Some(1), 5, 5);
+        tier.store(e.clone());
+        tier.flush();
+        let path = tier.dir().join(file_name(e.key));
+        let mut bytes = fs::read(&path).unwrap();
+        damage(&mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        match load(&tier, &e) {
+            DiskLoad::Rejected(reason) => assert!(!reason.is_empty()),
+            other => panic!("{tag}: {other:?}"),
+        }
+        assert!(!path.exists(), "{tag}: rejected file not removed");
+        assert_eq!(tier.stats().rejected, 1);
+        assert_eq!(load(&tier, &e), DiskLoad::Miss);
+        // And it can be stored again.
+        tier.store(e.clone());
+        tier.flush();
+        assert_eq!(load(&tier, &e), DiskLoad::Hit(e.image.clone()));
+    }
+
+    #[test]
+    fn truncated_file_is_rejected() {
+        check_corruption("truncated", |b| b.truncate(b.len() - 1));
+        check_corruption("truncated-header", |b| b.truncate(10));
+        check_corruption("empty", |b| b.clear());
+        check_corruption("extended", |b| b.push(0));
+    }
+
+    #[test]
+    fn flipped_image_byte_is_rejected() {
+        check_corruption("image-flip", |b| {
+            let i = FIXED_HEADER + ns().var_len() + 500;
+            b[i] ^= 0x10;
+        });
+        check_corruption("crc-flip", |b| {
+            let n = b.len();
+            b[n - 1] ^= 1;
+        });
+    }
+
+    #[test]
+    fn flipped_header_byte_is_rejected() {
+        for (tag, at) in [
+            ("magic", 0),
+            ("version", 8),
+            ("flags", 12),
+            ("model", 16),
+            ("key", 24),
+            ("salt", 40),
+            ("dtype", FIXED_HEADER),
+            ("token", FIXED_HEADER + 3 + 5 + 4),
+        ] {
+            check_corruption(&format!("header-{tag}"), |b| b[at] ^= 0x40);
+        }
+    }
+
+    #[test]
+    fn leftover_temp_file_is_never_loaded_and_is_swept() {
+        let root = TempDir::new("crash");
+        let e = entry(None, None, 6, 6);
+        let dir = {
+            let tier = DiskTier::open(&root.0, ns()).unwrap();
+            tier.dir().to_path_buf()
+        };
+        // What a writer killed before its rename leaves: a complete-looking temporary file
+        // named as the writer names them (here even with valid content), an hour old.
+        let full = {
+            let tier = DiskTier::open(&root.0, ns()).unwrap();
+            tier.store(e.clone());
+            tier.flush();
+            fs::read(tier.dir().join(file_name(e.key))).unwrap()
+        };
+        fs::remove_file(dir.join(file_name(e.key))).unwrap();
+        let old = dir.join(format!(".{:016x}.4242.0.tmp", e.key.0));
+        let fresh = dir.join(format!(".{:016x}.4242.1.tmp", e.key.0));
+        fs::write(&old, &full).unwrap();
+        fs::write(&fresh, &full[..full.len() / 2]).unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        assert!(!old.exists(), "old temporary file not swept");
+        // A young one may be another live process's write in progress: left alone, never read.
+        assert!(fresh.exists());
+        assert!(!tier.contains(e.key));
+        assert_eq!(load(&tier, &e), DiskLoad::Miss);
+        assert_eq!(tier.stats().rejected, 0);
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let root = TempDir::new("queue");
+        let cost = entry_cost(&entry(None, None, 0, 0));
+        // Room for two entries and a half.
+        let limit = 2 * cost + cost / 2;
+        let tier = DiskTier::open_with_queue_limit(&root.0, ns(), limit).unwrap();
+        tier.hold_writer(true);
+        let entries: Vec<DiskEntry> = (0..10).map(|i| entry(None, None, i, i as u8)).collect();
+        for e in &entries {
+            tier.store(e.clone());
+            assert!(tier.queued_bytes() <= limit);
+        }
+        // A key already queued is not queued twice (nor counted as dropped).
+        tier.store(entries[0].clone());
+        assert_eq!(tier.stats().dropped_writes, 8);
+        tier.hold_writer(false);
+        tier.flush();
+        assert_eq!(tier.queued_bytes(), 0);
+        let s = tier.stats();
+        assert_eq!((s.writes, s.dropped_writes, s.write_errors), (2, 8, 0));
+        assert!(tier.contains(entries[0].key) && tier.contains(entries[1].key));
+        assert!(!tier.contains(entries[2].key));
+        // Room again once written.
+        tier.store(entries[2].clone());
+        tier.flush();
+        assert!(tier.contains(entries[2].key));
+    }
+
+    #[test]
+    fn wrong_lengths_are_write_errors() {
+        let root = TempDir::new("lengths");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let mut short_image = entry(None, None, 1, 1);
+        short_image.image.pop();
+        let mut short_tokens = entry(None, None, 2, 2);
+        short_tokens.tokens.pop();
+        tier.store(short_image.clone());
+        tier.store(short_tokens.clone());
+        tier.flush();
+        assert_eq!(tier.stats().write_errors, 2);
+        assert!(!tier.contains(short_image.key) && !tier.contains(short_tokens.key));
+        assert_eq!(fs::read_dir(tier.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn drop_flushes_queued_writes() {
+        let root = TempDir::new("dropflush");
+        let entries: Vec<DiskEntry> = (0..20).map(|i| entry(None, None, i, 1)).collect();
+        {
+            let tier = DiskTier::open(&root.0, ns()).unwrap();
+            for e in &entries {
+                tier.store(e.clone());
+            }
+        }
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        for e in &entries {
+            assert_eq!(load(&tier, e), DiskLoad::Hit(e.image.clone()));
+        }
+    }
+
+    #[test]
+    fn dead_writer_neither_hangs_flush_nor_drop() {
+        let root = TempDir::new("deadwriter");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        tier.hold_writer(true);
+        tier.store(entry(None, None, 1, 1));
+        // Simulate the writer dying with a job queued: what its guard does on a panic.
+        drop(WriterAlive(&tier.shared));
+        tier.flush();
+        tier.store(entry(None, None, 2, 2));
+        assert_eq!(tier.stats().write_errors, 2);
+        drop(tier);
+    }
+
+    #[test]
+    fn bad_namespaces_are_refused() {
+        let root = TempDir::new("badns");
+        for bad in [
+            DiskNamespace {
+                dtype: "../x".into(),
+                ..ns()
+            },
+            DiskNamespace {
+                kernel_family: String::new(),
+                ..ns()
+            },
+            DiskNamespace {
+                kernel_family: ".hidden".into(),
+                ..ns()
+            },
+            DiskNamespace {
+                block_size: 0,
+                ..ns()
+            },
+            DiskNamespace {
+                image_bytes: 0,
+                ..ns()
+            },
+            DiskNamespace {
+                image_bytes: u64::MAX - 10,
+                ..ns()
+            },
+        ] {
+            assert!(matches!(
+                DiskTier::open(&root.0, bad),
+                Err(DiskError::InvalidNamespace(_))
+            ));
+        }
+        assert_eq!(fs::read_dir(&root.0).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn concurrent_loads_and_stores() {
+        let root = TempDir::new("threads");
+        let tier = DiskTier::open(&root.0, ns()).unwrap();
+        let entries: Vec<DiskEntry> = (0..16).map(|i| entry(None, None, i, 9)).collect();
+        std::thread::scope(|s| {
+            for chunk in entries.chunks(4) {
+                let tier = &tier;
+                s.spawn(move || {
+                    for e in chunk {
+                        tier.store(e.clone());
+                        // Either not there yet or complete: never a partial file.
+                        let got = load(tier, e);
+                        assert!(
+                            got == DiskLoad::Miss || got == DiskLoad::Hit(e.image.clone()),
+                            "{got:?}"
+                        );
+                    }
+                });
+            }
+        });
+        tier.flush();
+        assert_eq!(tier.stats().rejected, 0);
+        for e in &entries {
+            assert_eq!(load(&tier, e), DiskLoad::Hit(e.image.clone()));
+        }
+    }
+}
