@@ -123,6 +123,16 @@ fn errors_have_openai_shape_and_status() {
     assert_error(&r, 400, "top_logprobs needs logprobs");
     let r = post(a, c, &json!({"prompt": {"x": 1}}));
     assert_error(&r, 400, "prompt");
+    let r = post(a, c, &json!({"prompt": [1], "cache": "forever"}));
+    assert_error(&r, 400, "cache must be");
+    assert_eq!(r.json()["error"]["param"], "cache");
+    // Accepted (this server has no disk tier: nothing is kept, nothing fails).
+    let r = post(
+        a,
+        c,
+        &json!({"prompt": [1, 2], "max_tokens": 1, "cache": "persist"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let r = post(a, c, &json!({"prompt": [1, 99999]}));
     assert_error(&r, 400, "vocabulary");
     // The tiny model's context is 512 tokens.
@@ -203,6 +213,10 @@ fn full_queue_answers_429_at_once_and_metrics_have_stable_names() {
         "wllm_time_to_first_token_seconds_count ",
         "wllm_inter_token_latency_seconds_count ",
         "wllm_http_requests_total{status=\"429\"} 1",
+        "wllm_kv_tier_hit_tokens_total{tier=\"host\"} ",
+        "wllm_kv_tier_blocks_total{tier=\"host\",op=\"restore\"} ",
+        "wllm_kv_tier_bytes_total{tier=\"disk\",direction=\"in\"} ",
+        "wllm_kv_host_tier_blocks{state=\"total\"} ",
         "wllm_http_requests_total{status=\"200\"} ",
     ] {
         assert!(m.body.contains(name), "no {name:?} in\n{}", m.body);

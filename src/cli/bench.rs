@@ -36,6 +36,9 @@ pub enum BenchCommand {
     /// Speculative decoding on versus off in one run: decode tok/s, acceptance rate and
     /// steps on repetitive and free-form workloads (the outputs must be identical)
     Spec(super::bench_spec::SpecArgs),
+    /// Time to first token of a repeated long prompt by where its KV comes from: computed,
+    /// the GPU's prefix cache, the host tier, the disk tier after a restart
+    Tiers(super::bench_tiers::TiersArgs),
 }
 
 #[derive(clap::Args)]
@@ -601,6 +604,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Throughput(args) => run_throughput(args)?,
         BenchCommand::Grammar(a) => super::bench_grammar::run(a)?,
         BenchCommand::Spec(a) => super::bench_spec::run(a)?,
+        BenchCommand::Tiers(a) => super::bench_tiers::run(a)?,
     }
     Ok(())
 }

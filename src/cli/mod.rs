@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_grammar;
 pub mod bench_model;
 pub mod bench_spec;
+pub mod bench_tiers;
 pub mod chat;
 pub mod check;
 pub mod plan;

@@ -388,6 +388,10 @@ impl Worker {
     /// step too many: that token is dropped with it.
     fn step_inner(&mut self) -> bool {
         let out = self.schedule();
+        // The host tier's copies first, whatever happens to the step: an evicted block is
+        // read back before anything can overwrite it, and a slot reserved for it is always
+        // confirmed or given up.
+        let transferred = self.transfer(&out);
         for id in out.length_capped.clone() {
             // One whose last token is in flight ends when that token is read back.
             if self.active.contains_key(&id) && !self.awaiting(id) {
@@ -414,7 +418,7 @@ impl Worker {
             Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };
-        let batch = batch.and_then(|b| self.transfer(&out).map(|_| b));
+        let batch = transferred.and_then(|_| batch);
         let submitted = batch.and_then(|(batch, masked)| {
             let overlap =
                 self.overlap && !out.has_drafts() && batch.full_logits.iter().all(|full| !full);

@@ -266,4 +266,124 @@ mod tests {
         assert!(t.reserve(evicted(None, &[8])).is_some());
         t.validate().unwrap();
     }
+
+    mod props {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// An eviction of the block with these tokens after the block of key index
+            /// `parent` (from the keys seen so far), or a chain start.
+            Reserve {
+                tokens: u32,
+                parent: Option<usize>,
+            },
+            Complete(usize),
+            Abandon(usize),
+            Pin(usize),
+            Unpin(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..6u32, prop::option::of(0..16usize))
+                    .prop_map(|(tokens, parent)| Op::Reserve { tokens, parent }),
+                3 => (0..16usize).prop_map(Op::Complete),
+                1 => (0..16usize).prop_map(Op::Abandon),
+                2 => (0..16usize).prop_map(Op::Pin),
+                2 => (0..16usize).prop_map(Op::Unpin),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            /// Random reserves, completions, failures, pins and unpins against a model of
+            /// what each slot holds: a slot is never handed out twice, a pinned or writing
+            /// slot is never evicted, a lookup finds exactly the ready slots of its chain, and
+            /// free + writing + ready = slots throughout.
+            #[test]
+            fn host_slots_are_never_leaked_or_used_twice(
+                num_slots in 1..6usize,
+                ops in prop::collection::vec(op(), 1..80),
+            ) {
+                let mut t = HostTier::new(num_slots, 1).unwrap();
+                // Model: slot → (entry, pins) for ready slots; writing slots apart.
+                let mut ready: HashMap<HostSlot, (CachedBlock, u32)> = HashMap::new();
+                let mut writing: HashMap<HostSlot, CachedBlock> = HashMap::new();
+                let mut keys: Vec<BlockHash> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Reserve { tokens, parent } => {
+                            let parent = parent.and_then(|i| keys.get(i).copied());
+                            let b = evicted(parent, &[tokens]);
+                            let known = ready.values().any(|(e, _)| e.key == b.key)
+                                || writing.values().any(|e| e.key == b.key);
+                            match t.reserve(b.clone()) {
+                                Some(slot) => {
+                                    prop_assert!(!known, "a key reserved twice");
+                                    prop_assert!(!writing.contains_key(&slot), "slot used twice");
+                                    if let Some((_, pins)) = ready.remove(&slot) {
+                                        prop_assert_eq!(pins, 0, "a pinned slot was evicted");
+                                    }
+                                    keys.push(b.key);
+                                    writing.insert(slot, b);
+                                }
+                                None => {
+                                    let evictable = ready.values().any(|(_, p)| *p == 0);
+                                    let free = num_slots > ready.len() + writing.len();
+                                    prop_assert!(known || (!free && !evictable));
+                                }
+                            }
+                        }
+                        Op::Complete(i) | Op::Abandon(i) => {
+                            let slot = HostSlot((i % num_slots) as u32);
+                            let done = matches!(op, Op::Complete(_));
+                            let r = if done { t.complete(slot) } else { t.abandon(slot) };
+                            match writing.remove(&slot) {
+                                Some(b) => {
+                                    prop_assert!(r.is_ok());
+                                    if done {
+                                        ready.insert(slot, (b, 0));
+                                    }
+                                }
+                                None => prop_assert!(r.is_err()),
+                            }
+                        }
+                        Op::Pin(i) | Op::Unpin(i) => {
+                            let slot = HostSlot((i % num_slots) as u32);
+                            let pin = matches!(op, Op::Pin(_));
+                            let r = if pin { t.pin(slot) } else { t.unpin(slot) };
+                            match ready.get_mut(&slot) {
+                                Some((_, pins)) if pin => {
+                                    prop_assert!(r.is_ok());
+                                    *pins += 1;
+                                }
+                                Some((_, pins)) if *pins > 0 => {
+                                    prop_assert!(r.is_ok());
+                                    *pins -= 1;
+                                }
+                                _ => prop_assert!(r.is_err()),
+                            }
+                        }
+                    }
+                    t.validate().map_err(TestCaseError::fail)?;
+                    prop_assert_eq!(t.num_ready(), ready.len());
+                    prop_assert_eq!(t.num_writing(), writing.len());
+                    // Every ready slot is found by its own chain position, with its tokens.
+                    for (slot, (e, _)) in &ready {
+                        prop_assert_eq!(t.match_after(e.parent, &e.tokens, None, 1), vec![*slot]);
+                        prop_assert_eq!(t.entry(*slot).map(|(k, _)| k), Some(e.key));
+                    }
+                    for e in writing.values() {
+                        prop_assert!(t.match_after(e.parent, &e.tokens, None, 1).is_empty());
+                    }
+                }
+            }
+        }
+    }
 }

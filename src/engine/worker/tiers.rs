@@ -99,6 +99,9 @@ impl Worker {
     /// Stores the images of the readbacks that have landed (all of them, waiting, if
     /// `wait`): offloads into their host slots, persisted blocks to the disk writer.
     pub(super) fn land(&mut self, wait: bool) {
+        if self.tiers.offloading.is_empty() && self.tiers.persisting.is_empty() {
+            return;
+        }
         let ctx = self.runner.context().clone();
         let mut i = 0;
         while i < self.tiers.offloading.len() {
