@@ -418,7 +418,7 @@ impl Worker {
             Ok(b) => self.prepare_batch(&out, b),
             Err(e) => Err(e.to_string()),
         };
-        let batch = transferred.and_then(|_| batch);
+        let batch = transferred.and(batch);
         let submitted = batch.and_then(|(batch, masked)| {
             let overlap =
                 self.overlap && !out.has_drafts() && batch.full_logits.iter().all(|full| !full);
