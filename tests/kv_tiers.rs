@@ -201,6 +201,21 @@ fn a_persisted_prefix_comes_back_from_disk_after_a_restart() {
     let st = settled(&e);
     assert_eq!((st.kv_tiers.disk.hits, st.kv_tiers.disk.rejected), (3, 1));
     assert!(!victim.exists(), "a rejected file is removed");
+    drop(e);
+    // A request dropped while its blocks load from disk (it waits for the loader thread
+    // outside the scheduler) leaves nothing behind, and a running request is not held up.
+    let e = engine(gpu(), WeightDType::F16, 12, Some(64 << 20), Some(&dir.0));
+    let mut busy = Request::new(Prompt::Ids(long_prompt(9)[..9].to_vec()));
+    busy.max_tokens = 12;
+    let running = e.submit(busy).unwrap();
+    let mut r = Request::new(Prompt::Ids(long_prompt(7)));
+    r.max_tokens = 2;
+    drop(e.submit(r).unwrap());
+    assert_eq!(running.wait().unwrap().output_ids.len(), 12);
+    let again = ask(&e, long_prompt(7), false);
+    assert_eq!(bits(&again), bits(&first));
+    let st = settled(&e);
+    assert_eq!((st.blocks_used, st.requests_waiting), (0, 0), "{st:?}");
 }
 
 #[test]

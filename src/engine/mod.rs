@@ -245,6 +245,8 @@ pub struct EngineStats {
 
 pub(crate) enum Command {
     Submit(Box<worker::Pending>),
+    /// The disk tier's loader read a parked request's blocks (worker/tiers.rs).
+    DiskLoaded(Box<worker::Loaded>),
     Abort(SeqId),
     /// Fail every live request and end the engine thread (the engine is being dropped).
     Shutdown,
@@ -380,13 +382,13 @@ impl Engine {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
-            commands: Mutex::new(tx),
+            commands: Mutex::new(tx.clone()),
             queued: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             stats: Mutex::new(stats),
         });
         let mut sched = Scheduler::new(sched_cfg, pool)?;
-        let tiers = tiers::open(ctx, &files, &cfg, &runner, &mut sched)?;
+        let tiers = tiers::open(ctx, &files, &cfg, &runner, &mut sched, tx.clone())?;
         let worker = worker::Worker::new(
             runner,
             sched,

@@ -1,7 +1,9 @@
 //! Opening the KV tiers an engine keeps besides its GPU pool (see [`crate::tier`]).
 
-use super::EngineConfig;
+use std::sync::mpsc::Sender;
+
 use super::worker::Tiers;
+use super::{Command, EngineConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Runner};
 use crate::model::ModelFiles;
@@ -19,6 +21,7 @@ pub(super) fn open(
     cfg: &EngineConfig,
     runner: &Runner,
     sched: &mut Scheduler,
+    commands: Sender<Command>,
 ) -> Result<Tiers> {
     let t = &cfg.kv_tiers;
     let image_bytes = runner.kv_block_geometry().image_bytes();
@@ -60,10 +63,11 @@ pub(super) fn open(
             let disk = DiskTier::open(dir, ns)
                 .map_err(|e| Error::InvalidRequest(format!("KV disk tier: {e}")))?;
             log::info!("KV disk tier: {}", disk.dir().display());
-            Some(disk)
+            Some((disk, commands))
         }
     };
-    Ok(Tiers::new(slots, image_bytes, disk, t.persist_min_tokens))
+    Tiers::new(slots, image_bytes, disk, t.persist_min_tokens)
+        .map_err(|e| Error::InvalidRequest(format!("cannot start the KV disk loader: {e}")))
 }
 
 /// What decides the bits of a block's KV besides the model, dtype and block size: the kernel

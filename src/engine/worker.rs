@@ -23,7 +23,7 @@ mod speculate;
 mod stats;
 mod tiers;
 
-pub(crate) use tiers::Tiers;
+pub(crate) use tiers::{Loaded, Tiers};
 
 /// A submitted request on its way to the engine thread: one prompt, one or more
 /// completions (parallel sampling), each with its id and event channel.
@@ -206,6 +206,7 @@ impl Worker {
         self.flush_tiers();
         self.publish_finished();
         let msg = "the engine was shut down";
+        self.fail_parked(msg);
         for id in self.active.keys() {
             let _ = self.sched.abort(*id);
         }
@@ -219,39 +220,25 @@ impl Worker {
     fn command(&mut self, c: Command) {
         match c {
             Command::Submit(p) => {
-                let mut p = *p;
+                let p = *p;
                 // Count it as held before it stops counting as queued, so a concurrent
                 // submit never sees the engine emptier than it is.
                 let n = p.completions.len();
                 self.shared.held.fetch_add(n, Ordering::SeqCst);
                 self.shared.queued.fetch_sub(n, Ordering::SeqCst);
-                let mut completions = std::mem::take(&mut p.completions).into_iter().enumerate();
-                let Some((_, (parent, events))) = completions.next() else {
-                    return;
-                };
-                self.load_from_disk(&p.prompt, None);
-                if let Err(e) = self.sched.add(parent, p.prompt.clone(), p.req.max_tokens) {
-                    let msg = e.to_string();
-                    let _ = events.unbounded_send(Event::Failed(msg.clone()));
-                    for (_, (_, ev)) in completions {
-                        let _ = ev.unbounded_send(Event::Failed(msg.clone()));
-                    }
-                    return;
+                // Its prefix may be on disk: it waits (off the step loop) until loaded.
+                if let Some(p) = self.park_for_disk(p) {
+                    self.start_request(p);
                 }
-                let children: Vec<ForkChild> = completions
-                    .map(|(i, (id, ev))| ForkChild {
-                        id,
-                        active: self.new_active(&p, i as u64, ev),
-                    })
-                    .collect();
-                if !children.is_empty() {
-                    self.forks.insert(parent, children);
+            }
+            Command::DiskLoaded(loaded) => {
+                if let Some(p) = self.loaded_from_disk(*loaded) {
+                    self.start_request(p);
                 }
-                let active = self.new_active(&p, 0, events);
-                self.active.insert(parent, active);
             }
             Command::Shutdown => self.shut_down(),
             Command::Abort(id) => {
+                self.abort_parked(id);
                 if self.active.remove(&id).is_some() {
                     let _ = self.sched.abort(id);
                     // Completions still waiting to fork from it start on their own.
@@ -264,6 +251,34 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Adds a request to the scheduler: its first completion runs, the others wait to fork
+    /// from it.
+    fn start_request(&mut self, mut p: Pending) {
+        let mut completions = std::mem::take(&mut p.completions).into_iter().enumerate();
+        let Some((_, (parent, events))) = completions.next() else {
+            return;
+        };
+        if let Err(e) = self.sched.add(parent, p.prompt.clone(), p.req.max_tokens) {
+            let msg = e.to_string();
+            let _ = events.unbounded_send(Event::Failed(msg.clone()));
+            for (_, (_, ev)) in completions {
+                let _ = ev.unbounded_send(Event::Failed(msg.clone()));
+            }
+            return;
+        }
+        let children: Vec<ForkChild> = completions
+            .map(|(i, (id, ev))| ForkChild {
+                id,
+                active: self.new_active(&p, i as u64, ev),
+            })
+            .collect();
+        if !children.is_empty() {
+            self.forks.insert(parent, children);
+        }
+        let active = self.new_active(&p, 0, events);
+        self.active.insert(parent, active);
     }
 
     fn new_active(&self, p: &Pending, seed_offset: u64, events: UnboundedSender<Event>) -> Active {

@@ -73,18 +73,22 @@ pub struct TierStats {
 #[derive(Debug, Default)]
 pub(crate) struct HostStore {
     images: Vec<Vec<u8>>,
+    /// Bytes the images hold, kept as they change (stats read it every step).
+    resident: u64,
 }
 
 impl HostStore {
     pub fn new(slots: usize) -> HostStore {
         HostStore {
             images: vec![Vec::new(); slots],
+            resident: 0,
         }
     }
 
     /// Keeps `image` as the contents of `slot` (dropping what it held).
     pub fn put(&mut self, slot: HostSlot, image: Vec<u8>) {
         if let Some(s) = self.images.get_mut(slot.0 as usize) {
+            self.resident = self.resident - s.len() as u64 + image.len() as u64;
             *s = image;
         }
     }
@@ -96,7 +100,7 @@ impl HostStore {
 
     /// Bytes of host memory the images take now.
     pub fn resident_bytes(&self) -> u64 {
-        self.images.iter().map(|i| i.capacity() as u64).sum()
+        self.resident
     }
 }
 

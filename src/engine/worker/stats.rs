@@ -19,9 +19,10 @@ impl Worker {
     pub(super) fn publish_stats(&self) {
         let st = self.sched.stats();
         let forking: usize = self.forks.values().map(Vec::len).sum();
-        self.shared
-            .held
-            .store(self.active.len() + forking, Ordering::SeqCst);
+        self.shared.held.store(
+            self.active.len() + forking + self.tiers.num_parked(),
+            Ordering::SeqCst,
+        );
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = EngineStats {
                 blocks_used: st.blocks_used,

@@ -6,25 +6,106 @@
 //!   restores are written (`write_buffer`/`write_texture`: they land before the step's
 //!   forward pass). Readbacks land asynchronously; `land` stores their images and confirms
 //!   the slots to the scheduler, without waiting, after every step (waiting when idle).
-//! - At submit, with a disk tier: the prompt's blocks that neither the GPU cache nor the
-//!   host tier holds are loaded from disk into host slots, so admission restores them.
-//!   (Synchronous on the engine thread: a restart's first request, not a hot path.)
+//! - At submit, with a disk tier: when the block after what the GPU cache and the host tier
+//!   hold is on disk, the request is parked and a loader thread reads the chain from there
+//!   (the steps of running requests go on meanwhile); its blocks go into host slots and the
+//!   request starts, so admission restores them.
 //! - After a persistent request's first token (its prompt's KV is computed), its full
 //!   prompt blocks not on disk yet are read back and queued for the disk writer.
 
-use super::Worker;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use super::{Pending, Worker};
+use crate::engine::{Command, Event};
 use crate::gpu::kv_transfer::BlockReadback;
-use crate::kv::{BlockId, CachedBlock, HostSlot, block_hash};
+use crate::kv::{BlockHash, BlockId, CachedBlock, HostSlot, block_hash};
 use crate::scheduler::{SchedulerOutput, SchedulerStats, SeqId};
 use crate::tier::disk::{DiskEntry, DiskLoad, DiskTier};
 use crate::tier::{HostStore, TierStats};
+
+/// Blocks of a parked request's prompt for the loader thread, in chain order.
+struct LoadJob {
+    ticket: u64,
+    salt: Option<u64>,
+    blocks: Vec<(BlockHash, Option<BlockHash>, Vec<u32>)>,
+}
+
+/// What the loader read for a parked request: its blocks in chain order, up to the first
+/// that is not on disk (or does not check out).
+pub(crate) struct Loaded {
+    ticket: u64,
+    blocks: Vec<(CachedBlock, Vec<u8>)>,
+}
+
+/// The loader thread and its job queue.
+struct DiskLoader {
+    jobs: Option<Sender<LoadJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskLoader {
+    /// Reads each job's blocks and hands them to the engine thread through `commands`.
+    fn spawn(disk: Arc<DiskTier>, commands: Sender<Command>) -> std::io::Result<DiskLoader> {
+        let (tx, rx) = std::sync::mpsc::channel::<LoadJob>();
+        let thread = std::thread::Builder::new()
+            .name("wllm-kv-disk-loader".into())
+            .spawn(move || {
+                for job in rx {
+                    let mut blocks = Vec::new();
+                    for (key, parent, tokens) in job.blocks {
+                        let DiskLoad::Hit(image) = disk.load(key, parent, job.salt, &tokens) else {
+                            break;
+                        };
+                        let b = CachedBlock {
+                            block: BlockId::HOLE,
+                            key,
+                            parent,
+                            salt: job.salt,
+                            tokens,
+                        };
+                        blocks.push((b, image));
+                    }
+                    let loaded = Loaded {
+                        ticket: job.ticket,
+                        blocks,
+                    };
+                    if commands
+                        .send(Command::DiskLoaded(Box::new(loaded)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(DiskLoader {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DiskLoader {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the job it is reading.
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Images in host memory, the disk tier, and the readbacks in flight.
 pub(crate) struct Tiers {
     store: HostStore,
     /// Bytes of one block's image.
     image_bytes: u64,
-    disk: Option<DiskTier>,
+    disk: Option<Arc<DiskTier>>,
+    loader: Option<DiskLoader>,
+    /// Requests waiting for the loader, by ticket.
+    parked: HashMap<u64, Pending>,
+    next_ticket: u64,
     /// Prompts at least this long persist without asking.
     persist_min_tokens: Option<usize>,
     /// Offload readbacks not landed yet, with the slot of each block.
@@ -37,24 +118,41 @@ pub(crate) struct Tiers {
 }
 
 impl Tiers {
-    /// `slots` host slots (0: none) of `image_bytes` each; an optional disk tier.
+    /// `slots` host slots (0: none) of `image_bytes` each; an optional disk tier, whose
+    /// loader thread reports to the engine thread through `commands`.
     pub(crate) fn new(
         slots: usize,
         image_bytes: u64,
-        disk: Option<DiskTier>,
+        disk: Option<(DiskTier, Sender<Command>)>,
         persist_min_tokens: Option<usize>,
-    ) -> Tiers {
-        Tiers {
+    ) -> std::io::Result<Tiers> {
+        let (disk, loader) = match disk {
+            Some((d, commands)) => {
+                let d = Arc::new(d);
+                let loader = DiskLoader::spawn(d.clone(), commands)?;
+                (Some(d), Some(loader))
+            }
+            None => (None, None),
+        };
+        Ok(Tiers {
             store: HostStore::new(slots),
             image_bytes,
             disk,
+            loader,
+            parked: HashMap::new(),
+            next_ticket: 0,
             persist_min_tokens,
             offloading: Vec::new(),
             persisting: Vec::new(),
             offload_bytes: 0,
             restore_bytes: 0,
             disk_loaded_tokens: 0,
-        }
+        })
+    }
+
+    /// Completions of the parked requests (they count as held).
+    pub(crate) fn num_parked(&self) -> usize {
+        self.parked.values().map(|p| p.completions.len()).sum()
     }
 
     /// Whether a prompt of `len` tokens that asked (`asked`) persists to disk.
@@ -169,38 +267,74 @@ impl Worker {
         }
     }
 
-    /// Loads from disk the blocks of `prompt` (under `salt`) that follow what the GPU cache
-    /// and the host tier hold, into host slots, until a block is not on disk.
-    pub(super) fn load_from_disk(&mut self, prompt: &[u32], salt: Option<u64>) {
-        let Some(disk) = &self.tiers.disk else {
-            return;
+    /// Parks `p` and asks the loader for its prompt's blocks when the block after what the
+    /// GPU cache and the host tier hold is on disk; otherwise gives `p` back to start now.
+    pub(super) fn park_for_disk(&mut self, p: Pending) -> Option<Pending> {
+        let (Some(disk), Some(loader)) = (&self.tiers.disk, &self.tiers.loader) else {
+            return Some(p);
         };
+        let salt = None;
         let bs = self.sched.pool().block_size();
-        let cap = prompt.len().saturating_sub(1) / bs;
-        let (start, mut parent) = self.sched.resident_prefix(prompt, salt, cap);
-        for chunk in prompt[start * bs..].chunks_exact(bs).take(cap - start) {
+        let cap = p.prompt.len().saturating_sub(1) / bs;
+        let (start, mut parent) = self.sched.resident_prefix(&p.prompt, salt, cap);
+        let mut blocks = Vec::new();
+        for chunk in p.prompt[start * bs..].chunks_exact(bs).take(cap - start) {
             let key = block_hash(parent, chunk, salt);
-            if !disk.contains(key) {
-                break;
-            }
-            let image = match disk.load(key, parent, salt, chunk) {
-                DiskLoad::Hit(image) => image,
-                DiskLoad::Miss | DiskLoad::Rejected(_) => break,
-            };
-            let b = CachedBlock {
-                block: BlockId::HOLE,
-                key,
-                parent,
-                salt,
-                tokens: chunk.to_vec(),
-            };
-            let Some(slot) = self.sched.reserve_host_slot(b) else {
-                break;
-            };
-            self.tiers.store.put(slot, image);
-            let _ = self.sched.offload_done(slot, true);
-            self.tiers.disk_loaded_tokens += bs as u64;
+            blocks.push((key, parent, chunk.to_vec()));
             parent = Some(key);
+        }
+        // One stat decides: nothing to load (the usual case) costs no round trip.
+        if !blocks
+            .first()
+            .is_some_and(|(key, _, _)| disk.contains(*key))
+        {
+            return Some(p);
+        }
+        let ticket = self.tiers.next_ticket;
+        let job = LoadJob {
+            ticket,
+            salt,
+            blocks,
+        };
+        if loader.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
+            log::warn!("KV disk tier: the loader thread is gone");
+            return Some(p);
+        }
+        self.tiers.next_ticket += 1;
+        self.tiers.parked.insert(ticket, p);
+        None
+    }
+
+    /// Puts what the loader read into host slots; returns the parked request to start (if
+    /// it was not aborted meanwhile).
+    pub(super) fn loaded_from_disk(&mut self, loaded: Loaded) -> Option<Pending> {
+        let bs = self.sched.pool().block_size() as u64;
+        for (b, image) in loaded.blocks {
+            // The tier may have the block by now (another request), or be full of pins.
+            if let Some(slot) = self.sched.reserve_host_slot(b) {
+                self.tiers.store.put(slot, image);
+                let _ = self.sched.offload_done(slot, true);
+                self.tiers.disk_loaded_tokens += bs;
+            }
+        }
+        self.tiers.parked.remove(&loaded.ticket)
+    }
+
+    /// A parked completion's handle went away: it is dropped (the request starts without it,
+    /// or not at all).
+    pub(super) fn abort_parked(&mut self, id: SeqId) {
+        for p in self.tiers.parked.values_mut() {
+            p.completions.retain(|(c, _)| *c != id);
+        }
+        self.tiers.parked.retain(|_, p| !p.completions.is_empty());
+    }
+
+    /// Fails every parked request (shutdown).
+    pub(super) fn fail_parked(&mut self, msg: &str) {
+        for (_, p) in self.tiers.parked.drain() {
+            for (_, events) in p.completions {
+                let _ = events.unbounded_send(Event::Failed(msg.into()));
+            }
         }
     }
 
@@ -246,7 +380,7 @@ impl Worker {
                 .tiers
                 .disk
                 .as_ref()
-                .map(DiskTier::stats)
+                .map(|d| d.stats())
                 .unwrap_or_default(),
             disk_loaded_tokens: self.tiers.disk_loaded_tokens,
         }
