@@ -337,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut handle = engine.submit(req)?;
             let prompt_ids = handle.prompt_ids().to_vec();
             let (mut text, mut output_ids, mut finish) = (String::new(), Vec::new(), None);
+            let mut cached_tokens = 0;
             let mut stdout = std::io::stdout();
             let has_tokenizer = engine.tokenizer().is_some();
             futures::executor::block_on(async {
@@ -358,7 +359,10 @@ fn run(cli: Cli) -> Result<()> {
                             text.push_str(&t);
                             output_ids.extend(token_ids);
                         }
-                        Event::Finished { reason, .. } => finish = Some(Ok(reason)),
+                        Event::Finished { reason, usage } => {
+                            cached_tokens = usage.cached_tokens;
+                            finish = Some(Ok(reason));
+                        }
                         Event::Failed(e) => finish = Some(Err(e)),
                     }
                 }
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
                         "output_ids": output_ids,
                         "text": text,
                         "finish_reason": reason,
+                        "cached_tokens": cached_tokens,
                     })
                 );
             } else {

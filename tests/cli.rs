@@ -607,3 +607,51 @@ fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The disk tier as a desktop app meets it: the same long prompt in a new process reuses the
+/// KV the first process persisted, with the same output (SmolLM2, the reference model).
+#[test]
+fn a_restarted_process_reuses_the_persisted_prompt_from_the_kv_cache_dir() {
+    let dir = common::temp_dir::TempDir::new("cli-kv-dir");
+    let model = smollm2_path().display().to_string();
+    let dir_arg = dir.0.display().to_string();
+    // 41 tokens: (41 - 1) / 16 = 2 full blocks can be reused.
+    let ids: Vec<String> = (0..41).map(|i| (1000 + i * 37).to_string()).collect();
+    let ids = ids.join(",");
+    let run = || {
+        let (ok, out, err) = wllm(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt-ids",
+            &ids,
+            "--max-tokens",
+            "4",
+            "--kv-blocks",
+            "32",
+            "--kv-cache-dir",
+            &dir_arg,
+            "--kv-persist-min-tokens",
+            "32",
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()
+    };
+    let first = run();
+    assert_eq!(first["cached_tokens"], 0);
+    let second = run();
+    assert_eq!(second["cached_tokens"], 32, "{second}");
+    assert_eq!(second["output_ids"], first["output_ids"]);
+    // A bad size is refused before anything loads.
+    let (ok, _, err) = wllm(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt-ids",
+        "1",
+        "--kv-host-memory",
+        "lots",
+    ]);
+    assert!(!ok && err.contains("--kv-host-memory"), "{err}");
+}
