@@ -160,6 +160,7 @@ fn batch_keeps_input_order_reports_bad_lines_and_prints_stats() {
         7,
         r#"{"id": "text", "prompt": "no tokenizer here"}"#.to_string(),
     );
+    lines.push(r#"{"id": "cache", "prompt_ids": [1, 2], "cache": "forever"}"#.to_string());
     std::fs::write(&input, lines.join("\n")).unwrap();
     let model = tiny_llama();
     let (ok, _, err) = wllm(&[
@@ -186,7 +187,13 @@ fn batch_keeps_input_order_reports_bad_lines_and_prints_stats() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(results.len(), 13);
+    assert_eq!(results.len(), 14);
+    assert!(
+        results[13]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cache must be")
+    );
     assert!(results[3]["error"].as_str().unwrap().contains("malformed"));
     assert_eq!(results[5]["id"], "empty");
     assert!(results[5]["error"].as_str().unwrap().contains("empty"));

@@ -17,7 +17,8 @@ pub struct BatchArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// JSONL requests: {"id":..,"prompt":".."} or {"id":..,"prompt_ids":[..]}, optional
-    /// max_tokens, temperature, top_p, top_k, min_p, seed, stop, chat, speculative
+    /// max_tokens, temperature, top_p, top_k, min_p, seed, stop, chat, speculative, cache
+    /// ("persist": keep the prompt's KV in --kv-cache-dir)
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL results, in input order: {"id","output_ids","text","finish_reason"} or {"id","error"}
@@ -87,6 +88,12 @@ fn parse_line(line: &str, default_max_tokens: usize) -> (Value, Result<Request, 
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(_) => return Err("speculative must be true or false".into()),
+        };
+        req.persist = match v.get("cache").and_then(Value::as_str) {
+            None if v.get("cache").is_none_or(Value::is_null) => false,
+            Some("persist") => true,
+            Some("default") => false,
+            _ => return Err("cache must be \"persist\" or \"default\"".into()),
         };
         Ok(req)
     })();
