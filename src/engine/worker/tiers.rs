@@ -20,6 +20,7 @@ use std::sync::mpsc::Sender;
 use super::{Pending, Worker};
 use crate::engine::{Command, Event};
 use crate::gpu::kv_transfer::BlockReadback;
+use crate::gpu::{GpuContext, GpuError};
 use crate::kv::{BlockHash, BlockId, CachedBlock, HostSlot, block_hash};
 use crate::scheduler::{SchedulerOutput, SchedulerStats, SeqId};
 use crate::tier::disk::{DiskEntry, DiskLoad, DiskTier};
@@ -201,22 +202,7 @@ impl Worker {
             return;
         }
         let ctx = self.runner.context().clone();
-        let mut i = 0;
-        while i < self.tiers.offloading.len() {
-            let taken = if wait {
-                let (rb, slots) = self.tiers.offloading.swap_remove(i);
-                Some((rb.wait(&ctx), slots))
-            } else {
-                let (rb, _) = &mut self.tiers.offloading[i];
-                match rb.try_take(&ctx) {
-                    Some(r) => Some((r, self.tiers.offloading.swap_remove(i).1)),
-                    None => None,
-                }
-            };
-            let Some((res, slots)) = taken else {
-                i += 1;
-                continue;
-            };
+        for (res, slots) in landed(&mut self.tiers.offloading, &ctx, wait) {
             match res {
                 Ok(images) => {
                     for (slot, image) in slots.into_iter().zip(images) {
@@ -233,22 +219,7 @@ impl Worker {
                 }
             }
         }
-        let mut i = 0;
-        while i < self.tiers.persisting.len() {
-            let taken = if wait {
-                let (rb, blocks) = self.tiers.persisting.swap_remove(i);
-                Some((rb.wait(&ctx), blocks))
-            } else {
-                let (rb, _) = &mut self.tiers.persisting[i];
-                match rb.try_take(&ctx) {
-                    Some(r) => Some((r, self.tiers.persisting.swap_remove(i).1)),
-                    None => None,
-                }
-            };
-            let Some((res, blocks)) = taken else {
-                i += 1;
-                continue;
-            };
+        for (res, blocks) in landed(&mut self.tiers.persisting, &ctx, wait) {
             match (res, &self.tiers.disk) {
                 (Ok(images), Some(disk)) => {
                     for (b, image) in blocks.into_iter().zip(images) {
@@ -385,4 +356,30 @@ impl Worker {
             disk_loaded_tokens: self.tiers.disk_loaded_tokens,
         }
     }
+}
+
+/// A readback's block images, in its blocks' order.
+type Images = Result<Vec<Vec<u8>>, GpuError>;
+
+/// Takes the readbacks of `pending` that have landed (all, waiting for each, if `wait`),
+/// with what each was for.
+fn landed<T>(
+    pending: &mut Vec<(BlockReadback, T)>,
+    ctx: &GpuContext,
+    wait: bool,
+) -> Vec<(Images, T)> {
+    if wait {
+        return (pending.drain(..))
+            .map(|(rb, what)| (rb.wait(ctx), what))
+            .collect();
+    }
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < pending.len() {
+        match pending[i].0.try_take(ctx) {
+            Some(res) => done.push((res, pending.swap_remove(i).1)),
+            None => i += 1,
+        }
+    }
+    done
 }
