@@ -388,7 +388,7 @@ impl Engine {
             stats: Mutex::new(stats),
         });
         let mut sched = Scheduler::new(sched_cfg, pool)?;
-        let tiers = tiers::open(ctx, &files, &cfg, &runner, &mut sched, tx.clone())?;
+        let tiers = tiers::open(ctx, (&files, &model), &cfg, &runner, &mut sched, tx.clone())?;
         let worker = worker::Worker::new(
             runner,
             sched,

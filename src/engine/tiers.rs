@@ -6,7 +6,7 @@ use super::worker::Tiers;
 use super::{Command, EngineConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Runner};
-use crate::model::ModelFiles;
+use crate::model::{ModelConfig, ModelFiles};
 use crate::scheduler::Scheduler;
 use crate::tier::default_host_bytes;
 use crate::tier::disk::{DiskNamespace, DiskTier};
@@ -17,7 +17,7 @@ use crate::tier::identity::model_identity;
 /// block size and kernel family. A model whose every layer slides keeps no tiers.
 pub(super) fn open(
     ctx: &GpuContext,
-    files: &ModelFiles,
+    (files, model): (&ModelFiles, &ModelConfig),
     cfg: &EngineConfig,
     runner: &Runner,
     sched: &mut Scheduler,
@@ -54,7 +54,9 @@ pub(super) fn open(
         }
         Some(dir) => {
             let ns = DiskNamespace {
-                model: model_identity(files)?,
+                // The file's identity, and the configuration this engine derived from it and
+                // its options (e.g. LongRoPE's factors follow --max-model-len).
+                model: fnv(model_identity(files)?, &format!("{model:?}")),
                 dtype: cfg.model.dtype.name().to_string(),
                 block_size: cfg.model.block_size,
                 kernel_family: kernel_family(ctx),
@@ -83,9 +85,10 @@ fn kernel_family(ctx: &GpuContext) -> String {
         "{:?}|{}|{}|{}",
         ctx.profile, a.name, a.driver, a.driver_info
     );
-    let h = crate::kv::block_hash(None, &[], None).0;
-    let h = what
-        .bytes()
-        .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("{forms}-{:08x}", h as u32)
+    format!("{forms}-{:08x}", fnv(0xcbf2_9ce4_8422_2325, &what) as u32)
+}
+
+/// FNV-1a of `text`'s bytes, from `h`.
+fn fnv(h: u64, text: &str) -> u64 {
+    (text.bytes()).fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
