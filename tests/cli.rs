@@ -625,7 +625,7 @@ fn a_restarted_process_reuses_the_persisted_prompt_from_the_kv_cache_dir() {
     // 41 tokens: (41 - 1) / 16 = 2 full blocks can be reused.
     let ids: Vec<String> = (0..41).map(|i| (1000 + i * 37).to_string()).collect();
     let ids = ids.join(",");
-    let run = || {
+    let run = |cap: &str| {
         let (ok, out, err) = wllm(&[
             "generate",
             "--model",
@@ -640,16 +640,33 @@ fn a_restarted_process_reuses_the_persisted_prompt_from_the_kv_cache_dir() {
             &dir_arg,
             "--kv-persist-min-tokens",
             "32",
+            "--kv-cache-max",
+            cap,
             "--json",
         ]);
         assert!(ok, "{err}");
         serde_json::from_str::<Value>(out.trim()).unwrap()
     };
-    let first = run();
+    let first = run("1GiB");
     assert_eq!(first["cached_tokens"], 0);
-    let second = run();
+    let second = run("1GiB");
     assert_eq!(second["cached_tokens"], 32, "{second}");
     assert_eq!(second["output_ids"], first["output_ids"]);
+    // A cap of one file keeps the chain's first block: 16 tokens come back.
+    let block_files = || {
+        let ns = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read_dir(ns).unwrap().count()
+    };
+    assert_eq!(block_files(), 2);
+    let third = run("1");
+    assert_eq!(third["cached_tokens"], 16, "{third}");
+    assert_eq!(third["output_ids"], first["output_ids"]);
+    assert_eq!(block_files(), 1);
     // A bad size is refused before anything loads.
     let (ok, _, err) = wllm(&[
         "generate",

@@ -175,6 +175,10 @@ pub struct EngineArgs {
     /// With --kv-cache-dir: every prompt of at least N tokens persists its prefix
     #[arg(long, value_name = "N", requires = "kv_cache_dir")]
     pub kv_persist_min_tokens: Option<usize>,
+    /// With --kv-cache-dir: most bytes of block files kept for this model and adapter (least
+    /// recently used first, a prefix's end before its start); default 16GiB
+    #[arg(long, value_name = "SIZE", requires = "kv_cache_dir")]
+    pub kv_cache_max: Option<String>,
 }
 
 pub fn parse_dtype(s: &Option<String>) -> Result<WeightDType> {
@@ -216,6 +220,10 @@ impl EngineArgs {
         }
         cfg.kv_tiers.disk_dir = self.kv_cache_dir.clone();
         cfg.kv_tiers.persist_min_tokens = self.kv_persist_min_tokens;
+        if let Some(s) = &self.kv_cache_max {
+            let bytes = plan::parse_bytes(s).with_context(|| format!("--kv-cache-max {s}"))?;
+            cfg.kv_tiers.disk_max_bytes = Some(bytes);
+        }
         if let Some(method) = &self.speculative {
             let spec = match (method.as_str(), &self.draft_model) {
                 ("draft", Some(p)) => wllm::SpecConfig::draft_model(p, self.spec_tokens),

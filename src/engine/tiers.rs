@@ -8,9 +8,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Runner};
 use crate::model::{ModelConfig, ModelFiles};
 use crate::scheduler::Scheduler;
-use crate::tier::default_host_bytes;
 use crate::tier::disk::{DiskNamespace, DiskTier};
 use crate::tier::identity::model_identity;
+use crate::tier::{DEFAULT_DISK_CAP, default_host_bytes};
 
 /// Sizes the host tier from `cfg.kv_tiers` (its slots hold one block's image each), enables
 /// it in the scheduler, and opens the disk tier in the namespace of this model, KV dtype,
@@ -64,6 +64,7 @@ pub(super) fn open(
             };
             let disk = DiskTier::open(dir, ns)
                 .map_err(|e| Error::InvalidRequest(format!("KV disk tier: {e}")))?;
+            disk.set_max_bytes(Some(t.disk_max_bytes.unwrap_or(DEFAULT_DISK_CAP)));
             log::info!("KV disk tier: {}", disk.dir().display());
             Some((disk, commands))
         }

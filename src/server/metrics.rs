@@ -127,6 +127,7 @@ fn tier_series(o: &mut String, stats: &EngineStats) {
             ("tier=\"disk\",op=\"reject\"", d.rejected),
             ("tier=\"disk\",op=\"write_error\"", d.write_errors),
             ("tier=\"disk\",op=\"write_dropped\"", d.dropped_writes),
+            ("tier=\"disk\",op=\"evict\"", d.evictions),
         ],
     );
     labelled(

@@ -54,8 +54,14 @@
 //! The queue is bounded by bytes (`max_pending_bytes`, default 256 MiB): a store that does not
 //! fit is dropped and counted, so a slow disk never blocks the engine nor grows memory.
 //!
-//! Not done yet: a cap on the directory's size (no eviction; files stay until deleted by hand
-//! or rejected).
+//! # Size cap
+//! [`DiskTier::set_max_bytes`] caps the namespace's directory (every file of a namespace has
+//! the same length, so this is a number of files). Past it, the writer deletes the least
+//! recently used *leaf* file (none names it as its parent; loads and writes count as uses) until
+//! the directory fits: a chain shrinks from its end, as in the memory tiers (`index.rs`). The
+//! index is built from the directory at open (file times give the order) and kept by this
+//! process; files another process writes into the same directory are counted once this one
+//! loads them.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -68,6 +74,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crate::kv::BlockHash;
+use index::DiskIndex;
+
+mod index;
 
 const MAGIC: [u8; 8] = *b"WLLMKVB\0";
 const FORMAT_VERSION: u32 = 1;
@@ -187,6 +196,9 @@ pub struct DiskStats {
     pub write_errors: u64,
     /// Stores dropped because the queue was full.
     pub dropped_writes: u64,
+    /// Files deleted to keep the directory within its cap, and the files it holds now.
+    pub evictions: u64,
+    pub files: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +235,8 @@ struct Shared {
     /// Signalled when a job finishes (or the writer dies, or, in tests, `hold` changes).
     changed: Condvar,
     tmp_counter: AtomicU64,
+    /// The directory's files, and how many it may hold (`None`: no cap).
+    index: Mutex<(DiskIndex, Option<usize>)>,
 }
 
 /// A poisoned lock only means another thread panicked mid-update of counters; keep going.
@@ -259,6 +273,7 @@ impl DiskTier {
             source,
         })?;
         sweep_temporaries(&ns_dir)?;
+        let index = index_directory(&ns_dir)?;
         let shared = Arc::new(Shared {
             dir: ns_dir,
             ns,
@@ -273,6 +288,7 @@ impl DiskTier {
             }),
             changed: Condvar::new(),
             tmp_counter: AtomicU64::new(0),
+            index: Mutex::new((index, None)),
         });
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -292,6 +308,15 @@ impl DiskTier {
 
     pub fn namespace(&self) -> &DiskNamespace {
         &self.shared.ns
+    }
+
+    /// Keeps the namespace's directory within `max` bytes from now on (at least one file;
+    /// `None`: no cap), deleting least recently used leaf files at once if it is over.
+    pub fn set_max_bytes(&self, max: Option<u64>) {
+        let file = self.shared.ns.file_len().unwrap_or(u64::MAX).max(1);
+        let files = max.map(|m| usize::try_from(m / file).unwrap_or(usize::MAX).max(1));
+        lock(&self.shared.index).1 = files;
+        self.shared.enforce_cap();
     }
 
     /// The namespace's directory (under the root given to [`DiskTier::open`]).
@@ -320,6 +345,16 @@ impl DiskTier {
             Outcome::Hit { image, file_len } => {
                 stats.hits += 1;
                 stats.bytes_read += file_len;
+                drop(stats);
+                lock(&self.shared.index).0.insert(key, parent);
+                // The file's time is its last use for the next process's index (best effort).
+                let touched = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                if let Err(e) = touched {
+                    log::debug!("KV disk cache: cannot touch {}: {e}", path.display());
+                }
                 DiskLoad::Hit(image)
             }
             Outcome::Miss => {
@@ -329,6 +364,7 @@ impl DiskTier {
             Outcome::Bad(reason) => {
                 stats.rejected += 1;
                 drop(stats);
+                lock(&self.shared.index).0.remove(key);
                 log::warn!("KV disk cache: rejected {}: {reason}", path.display());
                 // A concurrent writer may have just renamed a good file here; losing it is only
                 // a later miss.
@@ -416,7 +452,11 @@ impl DiskTier {
     }
 
     pub fn stats(&self) -> DiskStats {
-        lock(&self.shared.stats).clone()
+        let files = lock(&self.shared.index).0.len() as u64;
+        DiskStats {
+            files,
+            ..lock(&self.shared.stats).clone()
+        }
     }
 
     /// Tests: stops (or resumes) the writer before its next write.
@@ -487,6 +527,46 @@ fn sweep_temporaries(dir: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
+/// The block files of a namespace directory, least recently used (written or loaded) first,
+/// with their parents (read
+/// from each header's first 40 bytes; a file too short to say is left to a load to reject).
+fn index_directory(dir: &Path) -> Result<DiskIndex, DiskError> {
+    let entries = fs::read_dir(dir).map_err(|source| DiskError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(&format!(".{EXTENSION}")))
+        else {
+            continue;
+        };
+        let Ok(key) = u64::from_str_radix(stem, 16) else {
+            continue;
+        };
+        let mut head = [0u8; 40];
+        let read = File::open(entry.path()).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_err() {
+            continue;
+        }
+        let flags = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+        let mut parent = [0u8; 8];
+        parent.copy_from_slice(&head[32..40]);
+        let parent = (flags & FLAG_PARENT != 0).then(|| BlockHash(u64::from_le_bytes(parent)));
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        files.push((modified, BlockHash(key), parent));
+    }
+    files.sort_by_key(|(t, k, _)| (*t, *k));
+    let mut index = DiskIndex::default();
+    for (_, key, parent) in files {
+        index.insert(key, parent);
+    }
+    Ok(index)
+}
+
 /// The outcome of reading one file, before it is counted.
 enum Outcome {
     Hit { image: Vec<u8>, file_len: u64 },
@@ -506,6 +586,24 @@ fn read_error(e: io::Error) -> Outcome {
 impl Shared {
     fn path_of(&self, key: BlockHash) -> PathBuf {
         self.dir.join(file_name(key))
+    }
+
+    /// Deletes least recently used leaf files while the directory is over its cap.
+    fn enforce_cap(&self) {
+        let mut evicted = 0;
+        {
+            let mut ix = lock(&self.index);
+            let Some(max) = ix.1 else { return };
+            while ix.0.len() > max {
+                let Some(key) = ix.0.evict() else { break };
+                match fs::remove_file(self.path_of(key)) {
+                    Ok(()) => evicted += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("KV disk cache: cannot evict {}: {e}", file_name(key)),
+                }
+            }
+        }
+        lock(&self.stats).evictions += evicted;
     }
 
     /// The fixed header and the variable part before the image, as written.
@@ -745,6 +843,9 @@ fn writer_loop(shared: &Shared, rx: Receiver<DiskEntry>) {
                 Ok(Some(n)) => {
                     stats.writes += 1;
                     stats.bytes_written += n;
+                    drop(stats);
+                    lock(&shared.index).0.insert(entry.key, entry.parent);
+                    shared.enforce_cap();
                 }
                 Ok(None) => {}
                 Err(e) => {

@@ -27,10 +27,16 @@ pub struct KvTierConfig {
     pub host_bytes: Option<u64>,
     /// The disk tier's directory (`None`: no disk tier).
     pub disk_dir: Option<PathBuf>,
+    /// Most bytes of block files for this model, dtype, block size and adapter in `disk_dir`
+    /// (least recently used leaf files go first); `None`: [`DEFAULT_DISK_CAP`].
+    pub disk_max_bytes: Option<u64>,
     /// Prompts of at least this many tokens persist their prefix to the disk tier without
     /// asking (`Request::persist`); `None`: only requests that ask.
     pub persist_min_tokens: Option<usize>,
 }
+
+/// The disk tier's default cap per namespace directory.
+pub const DEFAULT_DISK_CAP: u64 = 16 << 30;
 
 /// Most host memory the default tier takes.
 pub const DEFAULT_HOST_CAP: u64 = 8 << 30;

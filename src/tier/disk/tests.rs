@@ -62,6 +62,7 @@ fn round_trip_is_bit_identical() {
             bytes_read: 2 * file_len,
             writes: 2,
             bytes_written: 2 * file_len,
+            files: 2,
             ..DiskStats::default()
         }
     );
@@ -409,4 +410,39 @@ fn concurrent_loads_and_stores() {
     for e in &entries {
         assert_eq!(load(&tier, e), DiskLoad::Hit(e.image.clone()));
     }
+}
+
+#[test]
+fn a_capped_directory_drops_least_recently_used_leaves_and_keeps_its_order_across_opens() {
+    let root = TempDir::new("cap");
+    let file = ns().file_len().unwrap();
+    let tier = DiskTier::open(&root.0, ns()).unwrap();
+    tier.set_max_bytes(Some(3 * file + file / 2));
+    // Chain a → b → c, then d: four files for a cap of three. c (the oldest leaf) goes.
+    let a = entry(None, None, 1, 1);
+    let b = entry(Some(a.key), None, 2, 2);
+    let c = entry(Some(b.key), None, 3, 3);
+    let d = entry(None, None, 4, 4);
+    for e in [&a, &b, &c, &d] {
+        tier.store(e.clone());
+        tier.flush();
+    }
+    assert!(!tier.contains(c.key), "the chain's end goes first");
+    assert!(tier.contains(a.key) && tier.contains(b.key) && tier.contains(d.key));
+    assert_eq!((tier.stats().evictions, tier.stats().files), (1, 3));
+    // Using a and b makes d the least recently used leaf.
+    assert!(matches!(load(&tier, &a), DiskLoad::Hit(_)));
+    assert!(matches!(load(&tier, &b), DiskLoad::Hit(_)));
+    let e = entry(None, None, 5, 5);
+    tier.store(e.clone());
+    tier.flush();
+    assert!(!tier.contains(d.key) && tier.contains(e.key));
+    drop(tier);
+    // A reopened tier rebuilds the index from the files; a smaller cap applies at once, and a
+    // parent never goes before its child (b before a).
+    let tier = DiskTier::open(&root.0, ns()).unwrap();
+    assert_eq!(tier.stats().files, 3);
+    tier.set_max_bytes(Some(1));
+    assert_eq!(tier.stats().files, 1);
+    assert!(tier.contains(a.key), "{:?}", tier.stats());
 }
