@@ -43,7 +43,9 @@
 //! preempting release blocks into the cache rather than wiping them; allocation evicts the
 //! least recently freed cached leaf when no uncached block is free. A cached block is full,
 //! so it is never written again: scheduled tokens land only in a sequence's own partly filled
-//! last block or in fresh blocks.
+//! last block or in fresh blocks. With a host tier (`enable_host_tier`, see host.rs) evicted
+//! blocks are copied to host slots (the output's `offloads`) and admission continues a hit
+//! chain there, writing each host hit into a fresh block (`restores`).
 //!
 //! Sliding windows (`sliding_window`: every layer of the model sees at most W keys). `update`
 //! then gives back each sequence's blocks that no later query reads — floor((computed + 1 −

@@ -177,6 +177,8 @@ pub struct SchedulerOutput {
     pub offloads: Vec<Offload>,
     /// Host tier: images to write from host slots into fresh GPU blocks of admitted
     /// sequences (after the offloads, before the forward pass: those sequences read them).
+    /// Issue them even if the step is then abandoned: the sequences count those tokens as
+    /// computed from now on.
     pub restores: Vec<Restore>,
     /// Copy-on-write copies to run before the forward pass, in order. Each `dst` is in the
     /// table of a sequence; each `src` stays held until `update`.
