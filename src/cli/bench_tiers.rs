@@ -8,13 +8,22 @@
 //! the engine is dropped and started again on the same disk directory, and each prompt is
 //! asked once more (disk hit). Each engine first runs one unrelated request, so no figure
 //! pays for warming up.
+//!
+//! Then the step time a running decode sees: a request decodes while the first prompt is
+//! admitted once from the host tier (after the pool was filled again) and once from the GPU
+//! cache; its gaps between tokens before the admission (the plain decode step) and the
+//! longest gap during it (the admitting step, with or without the restore) are reported.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use wllm::GpuContext;
-use wllm::engine::{Completion, Engine, EngineStats, Prompt, Request};
+use wllm::engine::{Completion, Engine, EngineStats, Event, Prompt, Request};
 
 use super::EngineArgs;
 
@@ -90,6 +99,88 @@ fn probe(e: &Engine, prompt: &[u32], persist: bool) -> Result<Probe> {
     })
 }
 
+/// Other prompts fill the pool, so every block of earlier prompts is evicted to the host tier.
+fn fill_pool(
+    e: &Engine,
+    prompt_tokens: usize,
+    pool_tokens: usize,
+    vocab: usize,
+    seed: u64,
+) -> Result<()> {
+    for f in 0..pool_tokens.div_ceil(prompt_tokens) + 1 {
+        ask(
+            e,
+            &random_prompt(prompt_tokens, vocab, seed + f as u64),
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// A decode's step time around the admission of `prompt`: (median gap between its tokens
+/// before the admission, longest gap while `prompt` waits for its first token), in ms.
+fn decode_gaps(e: &Engine, prompt: &[u32], vocab: usize) -> Result<(f64, f64)> {
+    settle(e);
+    let mut bg = Request::new(Prompt::Ids(random_prompt(32, vocab, 4242)));
+    bg.max_tokens = 256;
+    bg.ignore_eos = true;
+    let mut handle = e.submit(bg)?;
+    let (count, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reader = {
+        let (count, stop) = (count.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut times = Vec::new();
+            futures::executor::block_on(async {
+                while let Some(ev) = handle.next().await {
+                    match ev {
+                        Event::Delta { .. } => {
+                            times.push(Instant::now());
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => break,
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+            });
+            times
+        })
+    };
+    // Until `n` tokens came, or the request ended (its reader then has finished).
+    let wait_for = |n: usize, reader: &std::thread::JoinHandle<Vec<Instant>>| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count.load(Ordering::SeqCst) < n && !reader.is_finished() && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for(16, &reader);
+    let t0 = Instant::now();
+    let c = ask(e, prompt, false)?;
+    let t1 = t0 + c.usage.time_to_first_token.unwrap_or_default();
+    let after = count.load(Ordering::SeqCst) + 4;
+    wait_for(after, &reader);
+    stop.store(true, Ordering::SeqCst);
+    let times = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the decode reader panicked"))?;
+    let gaps: Vec<(Instant, Instant)> = times.windows(2).map(|w| (w[0], w[1])).collect();
+    let ms = |(a, b): &(Instant, Instant)| (*b - *a).as_secs_f64() * 1e3;
+    let before: Vec<f64> = gaps.iter().filter(|g| g.1 <= t0).map(ms).collect();
+    let during = (gaps.iter())
+        .filter(|g| g.1 > t0 && g.0 < t1)
+        .map(ms)
+        .fold(0.0, f64::max);
+    if before.is_empty() {
+        bail!("the background decode produced no tokens before the admission");
+    }
+    Ok((median(before), during))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -126,14 +217,19 @@ pub fn run(a: TiersArgs) -> Result<()> {
     for (r, p) in prompts.iter().enumerate() {
         cold.push(probe(&engine, p, true)?);
         gpu.push(probe(&engine, p, false)?);
-        // Other prompts fill the pool: every block of `p` is evicted to the host tier.
-        let fillers = pool_tokens.div_ceil(a.prompt_tokens) + 1;
-        for f in 0..fillers {
-            let seed = 1000 + (r * 100 + f) as u64;
-            ask(&engine, &random_prompt(a.prompt_tokens, vocab, seed), false)?;
-        }
+        fill_pool(
+            &engine,
+            a.prompt_tokens,
+            pool_tokens,
+            vocab,
+            1000 + r as u64 * 100,
+        )?;
         host.push(probe(&engine, p, false)?);
     }
+    // A running decode's steps while the first prompt is admitted: restored, then cached.
+    fill_pool(&engine, a.prompt_tokens, pool_tokens, vocab, 9000)?;
+    let (step_ms, host_step_ms) = decode_gaps(&engine, &prompts[0], vocab)?;
+    let (_, gpu_step_ms) = decode_gaps(&engine, &prompts[0], vocab)?;
     let before_restart = settle(&engine);
     drop(engine);
     let engine = super::start_engine_on(&ctx, cfg)?;
@@ -187,6 +283,9 @@ pub fn run(a: TiersArgs) -> Result<()> {
                 "offloads": t.host.offloads,
                 "disk_loaded_tokens": after_restart.kv_tiers.disk_loaded_tokens,
                 "disk_rejected": after_restart.kv_tiers.disk.rejected,
+                "decode_step_ms": step_ms,
+                "decode_step_admitting_gpu_hit_ms": gpu_step_ms,
+                "decode_step_admitting_host_hit_ms": host_step_ms,
                 "identical": identical,
             }))?
         );
@@ -208,6 +307,10 @@ pub fn run(a: TiersArgs) -> Result<()> {
             t.host.restores,
             t.restore_bytes as f64 / (1 << 20) as f64,
             after_restart.kv_tiers.disk_loaded_tokens
+        );
+        println!(
+            "  a running decode's step: {step_ms:.1} ms; while the prompt is admitted from the GPU \
+             cache {gpu_step_ms:.1} ms, from the host tier {host_step_ms:.1} ms"
         );
     }
     if !identical {
