@@ -679,3 +679,34 @@ fn a_restarted_process_reuses_the_persisted_prompt_from_the_kv_cache_dir() {
     ]);
     assert!(!ok && err.contains("--kv-host-memory"), "{err}");
 }
+
+/// `wllm bench tiers` end to end on the tiny model: every tier hits and gives the cold tokens.
+#[test]
+fn bench_tiers_reports_every_tier_on_the_tiny_model() {
+    let model = tiny_llama();
+    let (ok, out, err) = wllm(&[
+        "bench",
+        "tiers",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "64",
+        "--kv-blocks",
+        "16",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["identical"], true);
+    let modes = v["modes"].as_array().unwrap();
+    let cached: Vec<f64> = modes
+        .iter()
+        .map(|m| m["cached_tokens"].as_f64().unwrap())
+        .collect();
+    // (64 - 1) / 16 = 3 blocks reused by every hit.
+    assert_eq!(cached, vec![0.0, 48.0, 48.0, 48.0], "{v}");
+    assert!(v["host_restores"].as_u64().unwrap() >= 3);
+    assert!(v["decode_step_ms"].as_f64().unwrap() > 0.0);
+}
