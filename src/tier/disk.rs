@@ -311,8 +311,7 @@ impl DiskTier {
         &self.shared.ns
     }
 
-    /// Keeps the namespace's directory within `max` bytes from now on (at least one file;
-    /// `None`: no cap), deleting least recently used leaf files at once if it is over.
+    /// Caps the directory at `max` bytes (≥ 1 file; `None`: no cap), evicting at once.
     pub fn set_max_bytes(&self, max: Option<u64>) {
         let file = self.shared.ns.file_len().unwrap_or(u64::MAX).max(1);
         let files = max.map(|m| usize::try_from(m / file).unwrap_or(usize::MAX).max(1));
