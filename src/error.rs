@@ -11,6 +11,8 @@ pub enum Error {
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(transparent)]
     Kv(#[from] crate::kv::KvError),
+    #[error("KV disk tier: {0}")]
+    Disk(#[from] crate::tier::disk::DiskError),
     /// A request that can never run (empty prompt, too long for the context, bad ids...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

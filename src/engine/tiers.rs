@@ -6,9 +6,10 @@ use super::worker::Tiers;
 use super::{Command, EngineConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Runner};
+use crate::kv::prefix_cache::Fnv64;
 use crate::model::{ModelConfig, ModelFiles};
 use crate::scheduler::Scheduler;
-use crate::tier::disk::{DiskNamespace, DiskTier};
+use crate::tier::disk::{DiskError, DiskNamespace, DiskTier};
 use crate::tier::identity::model_identity;
 use crate::tier::{DEFAULT_DISK_CAP, default_host_bytes};
 
@@ -26,27 +27,28 @@ pub(super) fn open(
     let t = &cfg.kv_tiers;
     let image_bytes = runner.kv_block_geometry().image_bytes();
     let host_bytes = t.host_bytes.unwrap_or_else(default_host_bytes);
-    let usable = sched.config().enable_prefix_cache && sched.config().sliding_window.is_none();
-    let slots = if usable {
-        usize::try_from(host_bytes / image_bytes.max(1)).unwrap_or(usize::MAX)
-    } else {
-        0
+    let want = usize::try_from(host_bytes / image_bytes.max(1)).unwrap_or(usize::MAX);
+    // The scheduler refuses a tier it cannot use (no prefix cache, every layer sliding).
+    let slots = match want {
+        0 => 0,
+        n => match sched.enable_host_tier(n) {
+            Ok(()) => n,
+            Err(e) => {
+                log::info!("KV host tier off: {e}");
+                0
+            }
+        },
     };
     if slots > 0 {
-        sched.enable_host_tier(slots)?;
         log::info!(
             "KV host tier: {slots} blocks of {image_bytes} bytes ({:.1} MiB at most)",
             (slots as u64 * image_bytes) as f64 / (1 << 20) as f64
-        );
-    } else if t.host_bytes.is_some_and(|b| b > 0) {
-        log::info!(
-            "KV host tier off: it needs the prefix cache and a model without sliding windows"
         );
     }
     let disk = match &t.disk_dir {
         None => None,
         Some(_) if slots == 0 => {
-            return Err(Error::InvalidRequest(
+            return Err(Error::Unsupported(
                 "the KV disk tier loads blocks through the host tier: give --kv-host-memory room \
                  (and keep the prefix cache on; models whose every layer slides keep no tiers)"
                     .into(),
@@ -56,21 +58,24 @@ pub(super) fn open(
             let ns = DiskNamespace {
                 // The file's identity, and the configuration this engine derived from it and
                 // its options (e.g. LongRoPE's factors follow --max-model-len).
-                model: fnv(model_identity(files)?, &format!("{model:?}")),
+                model: {
+                    let mut h = Fnv64::new();
+                    h.u64(model_identity(files)?);
+                    h.field(format!("{model:?}").as_bytes());
+                    h.finish()
+                },
                 dtype: cfg.model.dtype.name().to_string(),
                 block_size: cfg.model.block_size,
                 kernel_family: kernel_family(ctx),
                 image_bytes,
             };
-            let disk = DiskTier::open(dir, ns)
-                .map_err(|e| Error::InvalidRequest(format!("KV disk tier: {e}")))?;
+            let disk = DiskTier::open(dir, ns)?;
             disk.set_max_bytes(Some(t.disk_max_bytes.unwrap_or(DEFAULT_DISK_CAP)));
             log::info!("KV disk tier: {}", disk.dir().display());
             Some((disk, commands))
         }
     };
-    Tiers::new(slots, image_bytes, disk, t.persist_min_tokens)
-        .map_err(|e| Error::InvalidRequest(format!("cannot start the KV disk loader: {e}")))
+    Ok(Tiers::new(slots, image_bytes, disk, t.persist_min_tokens).map_err(DiskError::Thread)?)
 }
 
 /// What decides the bits of a block's KV besides the model, dtype and block size: the kernel
@@ -82,14 +87,10 @@ fn kernel_family(ctx: &GpuContext) -> String {
         crate::gpu::KernelForms::Gpu => "gpu",
     };
     let a = &ctx.adapter_info;
-    let what = format!(
-        "{:?}|{}|{}|{}",
-        ctx.profile, a.name, a.driver, a.driver_info
-    );
-    format!("{forms}-{:08x}", fnv(0xcbf2_9ce4_8422_2325, &what) as u32)
-}
-
-/// FNV-1a of `text`'s bytes, from `h`.
-fn fnv(h: u64, text: &str) -> u64 {
-    (text.bytes()).fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    let mut h = Fnv64::new();
+    h.field(format!("{:?}", ctx.profile).as_bytes());
+    for s in [&a.name, &a.driver, &a.driver_info] {
+        h.field(s.as_bytes());
+    }
+    format!("{forms}-{:08x}", h.finish() as u32)
 }

@@ -26,45 +26,62 @@ use super::BlockId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockHash(pub u64);
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// 64-bit FNV-1a with the splitmix64 finaliser: the project's stable hash (block keys, the
+/// disk tier's namespaces), written here so it never changes with a Rust or crate version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv64(u64);
 
-fn fnv_bytes(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h = (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+impl Fnv64 {
+    pub fn new() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
     }
-    h
+
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    /// Length-prefixed, so consecutive fields cannot run into each other.
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.u64(bytes.len() as u64);
+        self.bytes(bytes);
+    }
+
+    pub fn finish(self) -> u64 {
+        // splitmix64 finaliser: spreads FNV's weak high bits.
+        let mut h = self.0;
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        h
+    }
 }
 
-/// The stable 64-bit key of a full block (FNV-1a over parent key, salt and tokens as
-/// little-endian bytes, then the splitmix64 finaliser). O(tokens).
+/// The stable 64-bit key of a full block ([`Fnv64`] over parent key, salt and tokens as
+/// little-endian bytes, each optional one behind a presence byte). O(tokens).
 pub fn block_hash(parent: Option<BlockHash>, tokens: &[u32], salt: Option<u64>) -> BlockHash {
-    let mut h = FNV_OFFSET;
-    match parent {
-        Some(p) => {
-            h = fnv_bytes(h, &[1]);
-            h = fnv_bytes(h, &p.0.to_le_bytes());
+    let mut h = Fnv64::new();
+    for v in [parent.map(|p| p.0), salt] {
+        match v {
+            Some(v) => {
+                h.bytes(&[1]);
+                h.u64(v);
+            }
+            None => h.bytes(&[0]),
         }
-        None => h = fnv_bytes(h, &[0]),
     }
-    match salt {
-        Some(s) => {
-            h = fnv_bytes(h, &[1]);
-            h = fnv_bytes(h, &s.to_le_bytes());
-        }
-        None => h = fnv_bytes(h, &[0]),
-    }
-    h = fnv_bytes(h, &(tokens.len() as u64).to_le_bytes());
+    h.u64(tokens.len() as u64);
     for t in tokens {
-        h = fnv_bytes(h, &t.to_le_bytes());
+        h.bytes(&t.to_le_bytes());
     }
-    // splitmix64 finaliser: spreads FNV's weak high bits.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    BlockHash(h)
+    BlockHash(h.finish())
 }
 
 /// What a cached block holds, kept to check hits against collisions.

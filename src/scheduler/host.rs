@@ -134,7 +134,8 @@ impl Scheduler {
     }
 
     /// The full blocks of `id`'s prompt whose KV is computed, each with its prefix-cache key
-    /// (what the disk tier stores). Empty with the prefix cache off. O(blocks × block_size).
+    /// (what the disk tier stores; the keys `update` computed when it registered them). Empty
+    /// with the prefix cache off. O(blocks × block_size) to copy the tokens.
     pub fn computed_prompt_blocks(&self, id: SeqId) -> Vec<CachedBlock> {
         let Some(s) = self.seqs.get(&id) else {
             return Vec::new();
@@ -143,24 +144,17 @@ impl Scheduler {
             return Vec::new();
         }
         let bs = self.pool.block_size();
-        let full = s.num_computed.min(s.prompt_len) / bs;
-        let mut out = Vec::with_capacity(full);
-        let mut parent = None;
-        for (j, block) in s.table.blocks().iter().take(full).enumerate() {
-            let tokens = &s.tokens[j * bs..(j + 1) * bs];
-            let key = block_hash(parent, tokens, s.salt);
-            if !block.is_hole() {
-                out.push(CachedBlock {
-                    block: *block,
-                    key,
-                    parent,
-                    salt: s.salt,
-                    tokens: tokens.to_vec(),
-                });
-            }
-            parent = Some(key);
-        }
-        out
+        let full = (s.num_computed.min(s.prompt_len) / bs).min(s.keys.len());
+        (0..full)
+            .filter(|j| !s.table.blocks()[*j].is_hole())
+            .map(|j| CachedBlock {
+                block: s.table.blocks()[j],
+                key: s.keys[j],
+                parent: j.checked_sub(1).map(|p| s.keys[p]),
+                salt: s.salt,
+                tokens: s.tokens[j * bs..(j + 1) * bs].to_vec(),
+            })
+            .collect()
     }
 
     /// Reserves a host slot for every block evicted since the last call.

@@ -212,7 +212,7 @@ pub enum DiskError {
     },
     #[error("invalid KV disk namespace: {0}")]
     InvalidNamespace(String),
-    #[error("cannot start the KV disk writer thread: {0}")]
+    #[error("cannot start a KV disk thread (writer or loader): {0}")]
     Thread(#[source] io::Error),
 }
 

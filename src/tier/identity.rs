@@ -15,14 +15,15 @@
 //! (`general.name`, quantization version, file type), which is what tells those apart in
 //! practice. Modification times are deliberately not hashed: a copied model keeps its cache.
 //!
-//! The hash is FNV-1a with the splitmix64 finaliser, like [`crate::kv::block_hash`], written out
-//! so it is stable across Rust versions. Reads are bounded: a header longer than
+//! The hash is the crate's stable `Fnv64` (FNV-1a with the splitmix64 finaliser, as block keys),
+//! so it is the same across Rust versions. Reads are bounded: a header longer than
 //! [`MAX_HEADER_BYTES`] is an error, and bytes are streamed through a small buffer.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use crate::kv::prefix_cache::Fnv64;
 use crate::loader::LoadError;
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfModelDir;
@@ -37,44 +38,9 @@ const DOMAIN: &[u8] = b"wllm model identity v1\0";
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
-    }
-
-    /// Length-prefixed, so consecutive fields cannot run into each other.
-    fn field(&mut self, bytes: &[u8]) {
-        self.u64(bytes.len() as u64);
-        self.bytes(bytes);
-    }
-
-    fn finish(self) -> u64 {
-        // splitmix64 finaliser: spreads FNV's weak high bits.
-        let mut h = self.0;
-        h ^= h >> 30;
-        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^= h >> 27;
-        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
-        h
-    }
-}
-
 /// The identity hash of an opened model (see the module doc). Rereads only headers.
 pub fn model_identity(files: &ModelFiles) -> Result<u64, LoadError> {
-    let mut h = Fnv::new();
+    let mut h = Fnv64::new();
     h.bytes(DOMAIN);
     match files {
         ModelFiles::Gguf(g) => gguf_identity(&mut h, g)?,
@@ -101,7 +67,7 @@ fn too_large(path: &Path, what: &str, len: u64) -> LoadError {
 
 /// Feeds exactly `n` bytes of `r` to `h` through a fixed buffer.
 fn hash_exact(
-    h: &mut Fnv,
+    h: &mut Fnv64,
     r: &mut impl Read,
     mut n: u64,
     path: &Path,
@@ -127,7 +93,7 @@ fn hash_exact(
     Ok(())
 }
 
-fn gguf_identity(h: &mut Fnv, g: &GgufFile) -> Result<(), LoadError> {
+fn gguf_identity(h: &mut Fnv64, g: &GgufFile) -> Result<(), LoadError> {
     h.field(b"gguf");
     let path = g.path.as_path();
     // The loader's map is private; the header is a small prefix, so reading it again is cheap.
@@ -151,7 +117,7 @@ fn gguf_identity(h: &mut Fnv, g: &GgufFile) -> Result<(), LoadError> {
     )
 }
 
-fn hf_identity(h: &mut Fnv, d: &HfModelDir) -> Result<(), LoadError> {
+fn hf_identity(h: &mut Fnv64, d: &HfModelDir) -> Result<(), LoadError> {
     h.field(b"hf");
     // The parsed config (key order preserved), not its bytes: whitespace does not matter.
     let config = serde_json::to_vec(&d.config).map_err(|e| LoadError::Malformed {
@@ -185,7 +151,7 @@ fn hf_identity(h: &mut Fnv, d: &HfModelDir) -> Result<(), LoadError> {
 
 /// The weight files the loader reads (`model.safetensors`, or the files the index names), in
 /// sorted order; the index's bytes go into `h`.
-fn weight_files(h: &mut Fnv, dir: &Path) -> Result<Vec<String>, LoadError> {
+fn weight_files(h: &mut Fnv64, dir: &Path) -> Result<Vec<String>, LoadError> {
     if dir.join(SINGLE_FILE).is_file() {
         return Ok(vec![SINGLE_FILE.to_string()]);
     }
