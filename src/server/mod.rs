@@ -226,12 +226,18 @@ fn run_on<E>(
     let name = opts.served_model_name.clone();
     let grace = opts.shutdown_grace;
     let _ = ready.set(routes(engine, opts));
+    // Handlers go in before the serving line: a signal sent once a client has seen it must
+    // drain, not kill the process with its streams half-sent.
+    let signals = {
+        let _in_runtime = rt.enter();
+        ShutdownSignals::install()?
+    };
     log::info!("serving {name} on http://{local}/v1");
     eprintln!("wllm: serving {name} on http://{local}/v1");
     rt.block_on(async move {
         let signal = tokio::select! {
             r = &mut server => return r.map_err(std::io::Error::other)?,
-            s = shutdown_signal() => s?,
+            s = signals.recv() => s,
         };
         let _ = stop_tx.send(true);
         log::info!("{signal}: stopped accepting; finishing requests within {grace:?}");
@@ -247,20 +253,49 @@ fn run_on<E>(
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C), and names it.
-async fn shutdown_signal() -> std::io::Result<&'static str> {
+/// SIGTERM and SIGINT (Ctrl-C) handlers, registered when made (inside a runtime), so the
+/// default action (ending the process) is off from then on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(not(unix))]
+    ctrl_c: tokio::signal::windows::CtrlC,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {
+                ctrl_c: tokio::signal::windows::ctrl_c()?,
+            })
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+
+    /// Waits for the first signal, and names it.
+    async fn recv(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            self.ctrl_c.recv().await;
+            "Ctrl-C"
+        }
     }
 }
 
