@@ -218,6 +218,38 @@ fn a_persisted_prefix_comes_back_from_disk_after_a_restart() {
     assert_eq!((st.blocks_used, st.requests_waiting), (0, 0), "{st:?}");
 }
 
+/// Two requests submitted together whose prompts share a persisted prefix read its files
+/// once: the second waits behind the first's load and reads only the blocks past it.
+#[test]
+fn requests_sharing_a_prefix_on_disk_read_it_once() {
+    let dir = TempDir::new("kv-disk-shared");
+    let short = long_prompt(5);
+    // 41 tokens: `short`'s 8 reusable blocks, then 2 more.
+    let mut long = short.clone();
+    long.extend((0..8).map(|i| 400 + i));
+    let (want_short, want_long) = {
+        let e = engine(gpu(), WeightDType::F16, 16, Some(64 << 20), Some(&dir.0));
+        let l = ask(&e, long.clone(), true);
+        (ask(&e, short.clone(), false), l)
+    };
+    let e = engine(gpu(), WeightDType::F16, 16, Some(64 << 20), Some(&dir.0));
+    let submit = |p: &[u32]| {
+        let mut r = Request::new(Prompt::Ids(p.to_vec()));
+        r.max_tokens = 6;
+        r.logprobs = Some(5);
+        e.submit(r).unwrap()
+    };
+    let (a, b) = (submit(&short), submit(&long));
+    let (a, b) = (a.wait().unwrap(), b.wait().unwrap());
+    assert_eq!((a.usage.cached_tokens, b.usage.cached_tokens), (32, 40));
+    assert_eq!(bits(&a), bits(&want_short));
+    assert_eq!(bits(&b), bits(&want_long));
+    let st = settled(&e);
+    assert_eq!(st.kv_tiers.disk.hits, 10, "{:?}", st.kv_tiers);
+    assert_eq!(st.kv_tiers.disk_loaded_tokens, 40);
+    assert_eq!((st.blocks_used, st.requests_waiting), (0, 0), "{st:?}");
+}
+
 #[test]
 fn prompts_over_the_threshold_persist_without_asking() {
     let dir = TempDir::new("kv-disk-auto");

@@ -391,6 +391,12 @@ impl BlockReadback {
         self.collect()
     }
 
+    /// [`BlockReadback::try_take`] without the poll: for a caller that polled the device once
+    /// for many readbacks.
+    pub fn take_if_landed(&mut self) -> Option<Result<Vec<Vec<u8>>, GpuError>> {
+        self.collect()
+    }
+
     /// Blocks until the images are on the host (for tests and shutdown).
     pub fn wait(mut self, ctx: &GpuContext) -> Result<Vec<Vec<u8>>, GpuError> {
         if let Some(index) = self.submission.clone() {

@@ -9,7 +9,8 @@
 //! - At submit, with a disk tier: when the block after what the GPU cache and the host tier
 //!   hold is on disk, the request is parked and a loader thread reads the chain from there
 //!   (the steps of running requests go on meanwhile); its blocks go into host slots and the
-//!   request starts, so admission restores them.
+//!   request starts, so admission restores them. A request whose prefix a queued job reads
+//!   already waits behind that job instead of reading the same files again.
 //! - After a persistent request's first token (its prompt's KV is computed), its full
 //!   prompt blocks not on disk yet are read back and queued for the disk writer.
 
@@ -107,6 +108,9 @@ pub(crate) struct Tiers {
     /// Requests waiting for the loader, by ticket.
     parked: HashMap<u64, Pending>,
     next_ticket: u64,
+    /// Blocks that a job queued to the loader reads, with its ticket. The loader answers jobs
+    /// in order, so a later job leaves these out: they are in the host tier before its answer.
+    loading: HashMap<BlockHash, u64>,
     /// Prompts at least this long persist without asking.
     persist_min_tokens: Option<usize>,
     /// Offload readbacks not landed yet, with the slot of each block.
@@ -142,6 +146,7 @@ impl Tiers {
             loader,
             parked: HashMap::new(),
             next_ticket: 0,
+            loading: HashMap::new(),
             persist_min_tokens,
             offloading: Vec::new(),
             persisting: Vec::new(),
@@ -239,7 +244,8 @@ impl Worker {
     }
 
     /// Parks `p` and asks the loader for its prompt's blocks when the block after what the
-    /// GPU cache and the host tier hold is on disk; otherwise gives `p` back to start now.
+    /// GPU cache and the host tier hold is on disk, or a queued job reads it; otherwise gives
+    /// `p` back to start now.
     pub(super) fn park_for_disk(&mut self, p: Pending) -> Option<Pending> {
         let (Some(disk), Some(loader)) = (&self.tiers.disk, &self.tiers.loader) else {
             return Some(p);
@@ -254,14 +260,26 @@ impl Worker {
             blocks.push((key, parent, chunk.to_vec()));
             parent = Some(key);
         }
+        // Blocks an earlier job reads (a request with the same prefix just before this one)
+        // are read once: this request waits for them behind that job.
+        let queued = (blocks.iter())
+            .take_while(|(key, _, _)| self.tiers.loading.contains_key(key))
+            .count();
+        blocks.drain(..queued);
         // One stat decides: nothing to load (the usual case) costs no round trip.
         if !blocks
             .first()
             .is_some_and(|(key, _, _)| disk.contains(*key))
         {
-            return Some(p);
+            if queued == 0 {
+                return Some(p);
+            }
+            blocks.clear();
         }
         let ticket = self.tiers.next_ticket;
+        for (key, _, _) in &blocks {
+            self.tiers.loading.insert(*key, ticket);
+        }
         let job = LoadJob {
             ticket,
             salt,
@@ -269,6 +287,7 @@ impl Worker {
         };
         if loader.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
             log::warn!("KV disk tier: the loader thread is gone");
+            self.tiers.loading.retain(|_, t| *t != ticket);
             return Some(p);
         }
         self.tiers.next_ticket += 1;
@@ -280,6 +299,7 @@ impl Worker {
     /// it was not aborted meanwhile).
     pub(super) fn loaded_from_disk(&mut self, loaded: Loaded) -> Option<Pending> {
         let bs = self.sched.pool().block_size() as u64;
+        self.tiers.loading.retain(|_, t| *t != loaded.ticket);
         for (b, image) in loaded.blocks {
             // The tier may have the block by now (another request), or be full of pins.
             if let Some(slot) = self.sched.reserve_host_slot(b) {
@@ -373,10 +393,20 @@ fn landed<T>(
             .map(|(rb, what)| (rb.wait(ctx), what))
             .collect();
     }
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    // One poll runs the map callbacks of every readback that has finished.
+    if let Err(e) = ctx.device.poll(wgpu::PollType::Poll) {
+        let e = e.to_string();
+        return (pending.drain(..))
+            .map(|(_, what)| (Err(GpuError::Readback(e.clone())), what))
+            .collect();
+    }
     let mut done = Vec::new();
     let mut i = 0;
     while i < pending.len() {
-        match pending[i].0.try_take(ctx) {
+        match pending[i].0.take_if_landed() {
             Some(res) => done.push((res, pending.swap_remove(i).1)),
             None => i += 1,
         }
