@@ -715,6 +715,9 @@ impl Shared {
             f.write_all(&header)?;
             f.write_all(&entry.image)?;
             f.write_all(&crc)?;
+            // The same clock as a load's touch: a write's own mtime comes from the kernel's
+            // coarser clock and could sort before a touch made just before it.
+            let _ = f.set_modified(SystemTime::now());
             f.sync_data()?;
             drop(f);
             fs::rename(&tmp, &path)
