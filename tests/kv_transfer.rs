@@ -15,6 +15,7 @@ use wllm::gpu::GpuError;
 use wllm::gpu::kv_pool::{KvPool, KvStorage, KvTextureLayout, slot_words};
 use wllm::gpu::kv_transfer::{
     BlockGeometry, BlockReadback, read_blocks, read_blocks_staged, write_blocks,
+    write_blocks_staged,
 };
 
 /// One layout under test: the geometry and where the pools live.
@@ -488,6 +489,36 @@ fn large_reads_split_over_staging_buffers() {
                 .wait(ctx())
                 .expect("images");
             assert_images_eq(&format!("{what} cap {cap}"), &got, &want);
+        }
+    }
+}
+
+/// Writes of more images than an upload buffer holds split over several and land like the
+/// same writes one by one: a later write to a block wins.
+#[test]
+fn large_writes_split_over_upload_buffers() {
+    let all = cases();
+    for (n, case) in [all[1], all[3], all[4], all[7]].into_iter().enumerate() {
+        let what = format!("{case:?}");
+        let mut rng = Rng::new(700 + n as u64);
+        let g = case.geo;
+        let image = g.image_bytes();
+        for cap in [7 * image + image / 2, image - 4, 1 << 30] {
+            let pools = Pools::new(&mut rng, case);
+            let before = pools.words();
+            let blocks: Vec<u32> = (0..40).map(|_| rng.below(g.num_blocks)).collect();
+            let images: Vec<Vec<u8>> = blocks.iter().map(|_| random_image(&mut rng, g)).collect();
+            let writes: Vec<(u32, &[u8])> = (blocks.iter().zip(&images))
+                .map(|(&b, i)| (b, &i[..]))
+                .collect();
+            let c = case;
+            write_blocks_staged(ctx(), &pools.k, &pools.v, c.storage, g, &writes, cap)
+                .expect("write");
+            assert_words_eq(
+                &format!("{what} cap {cap}"),
+                &pools.words(),
+                &with_images(g, &before, &writes),
+            );
         }
     }
 }

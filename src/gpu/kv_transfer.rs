@@ -6,22 +6,21 @@
 //! [`KvPool::read_words`] returns them, as little-endian bytes. The image is the same whether
 //! the pools are buffers or textures, so an image read from one kind restores into the other.
 //!
-//! Ordering follows the queue. [`read_blocks`] records its copies in its own encoder and
-//! submits it at once; [`write_blocks`] uses `queue.write_buffer` / `write_texture`, which land
-//! before the next submit and after every earlier one. So a read submitted before a write to
-//! the same block returns the old bytes: in one engine step the prefix cache can evict a block
-//! (read), hand it to a new sequence and restore another image into it (write), and the saved
-//! image is still the evicted one.
+//! Ordering follows the queue: [`read_blocks`] and [`write_blocks`] each record their copies in
+//! their own encoder and submit it at once. So a read submitted before a write to the same
+//! block returns the old bytes: in one engine step the prefix cache can evict a block (read),
+//! hand it to a new sequence and restore another image into it (write), and the saved image is
+//! still the evicted one.
 //!
 //! Buffer pools copy with `copy_buffer_to_buffer`; texture pools with `copy_texture_to_buffer`
-//! and `write_texture` of one texel row per block and part (a block is one run of texels in one
-//! row, so no row pitch, and its offset in a staging buffer only needs to be a multiple of the
-//! 16-byte texel, which every part size is).
+//! and `copy_buffer_to_texture` of one texel row per block and part (a block is one run of
+//! texels in one row, so no row pitch, and its offset in a staging buffer only needs to be a
+//! multiple of the 16-byte texel, which every part size is).
 //!
-//! Costs: a read is 2 × layers copy commands per block, one submit, and MAP_READ staging
-//! buffers of at most [`STAGING_CAP`] bytes holding whole images; the GPU copies run in queue
-//! order with the steps, the host copy out happens in [`BlockReadback::try_take`]. A write is
-//! 2 × layers queue writes per block, each of which wgpu copies into its own staging memory.
+//! Costs: a read or a write is 2 × layers copy commands per block and one submit, through
+//! staging buffers of at most [`STAGING_CAP`] bytes holding whole images (MAP_READ for reads,
+//! MAP_WRITE and mapped at creation for writes). The GPU copies run in queue order with the
+//! steps; a read's host copy out happens in [`BlockReadback::try_take`].
 
 use std::sync::mpsc;
 
@@ -296,11 +295,13 @@ pub fn read_blocks_staged(
     Ok(readback)
 }
 
-/// Writes each `(block, image)` into every layer's K and V pool. The writes are queue writes:
-/// they land before the next submit and after every earlier one (a read submitted earlier
-/// still sees the old bytes). A later write to the same block wins. A block outside the pool,
-/// an image that is not [`BlockGeometry::image_bytes`] long, or pools that do not match `geo`
-/// and `storage`, is an error and nothing is written.
+/// Writes each `(block, image)` into every layer's K and V pool: the images go into upload
+/// buffers (one mapped allocation per [`STAGING_CAP`] bytes, not one per part as queue writes
+/// would make), and the copies out of them are recorded in one encoder and submitted before
+/// this returns, so they land after every earlier submit (a read submitted earlier still sees
+/// the old bytes) and before every later one. A later write to the same block wins. A block
+/// outside the pool, an image that is not [`BlockGeometry::image_bytes`] long, or pools that
+/// do not match `geo` and `storage`, is an error and nothing is written.
 pub fn write_blocks(
     ctx: &GpuContext,
     k_pools: &[KvPool],
@@ -308,6 +309,21 @@ pub fn write_blocks(
     storage: KvStorage,
     geo: BlockGeometry,
     writes: &[(u32, &[u8])],
+) -> Result<(), GpuError> {
+    write_blocks_staged(ctx, k_pools, v_pools, storage, geo, writes, STAGING_CAP)
+}
+
+/// [`write_blocks`] with upload buffers of at most `staging_cap` bytes (at least one image
+/// each): for tests of the split.
+#[doc(hidden)]
+pub fn write_blocks_staged(
+    ctx: &GpuContext,
+    k_pools: &[KvPool],
+    v_pools: &[KvPool],
+    storage: KvStorage,
+    geo: BlockGeometry,
+    writes: &[(u32, &[u8])],
+    staging_cap: u64,
 ) -> Result<(), GpuError> {
     let parts = parts(k_pools, v_pools, storage, geo)?;
     check_blocks(geo, writes.iter().map(|w| w.0))?;
@@ -318,26 +334,71 @@ pub fn write_blocks(
             img.len()
         )));
     }
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let max = ctx.limits.max_buffer_size;
+    if image > max {
+        return Err(GpuError::TooLarge {
+            name: "kv block image".into(),
+            bytes: image,
+            limit: max,
+        });
+    }
+    let per_upload = (staging_cap.min(max) / image).clamp(1, writes.len() as u64) as usize;
     let part_bytes = geo.part_bytes();
-    for &(block, img) in writes {
-        for (part, bytes) in parts.iter().zip(img.chunks_exact(part_bytes as usize)) {
-            match *part {
-                Part::Buffer(pool) => {
-                    ctx.queue
-                        .write_buffer(pool, u64::from(block) * part_bytes, bytes);
-                }
-                Part::Texture(texture, layout) => {
-                    let (dst, size) = texel_row(texture, layout, geo, block);
-                    let layout = wgpu::TexelCopyBufferLayout {
-                        offset: 0,
-                        bytes_per_row: Some(part_bytes as u32),
-                        rows_per_image: Some(1),
-                    };
-                    ctx.queue.write_texture(dst, bytes, layout, size);
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("kv block restore"),
+        });
+    for chunk in writes.chunks(per_upload) {
+        let upload = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kv block restore"),
+            size: image * chunk.len() as u64,
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = upload
+                .get_mapped_range_mut(..)
+                .map_err(|e| GpuError::Validation(format!("mapping a kv restore buffer: {e:?}")))?;
+            // Write-only (possibly write-combined) memory: whole images, in order.
+            let image = image as usize;
+            for (i, (_, img)) in chunk.iter().enumerate() {
+                view.slice(i * image..(i + 1) * image).copy_from_slice(img);
+            }
+        }
+        upload.unmap();
+        for (i, &(block, _)) in chunk.iter().enumerate() {
+            for (p, part) in parts.iter().enumerate() {
+                let at = i as u64 * image + p as u64 * part_bytes;
+                match *part {
+                    Part::Buffer(pool) => enc.copy_buffer_to_buffer(
+                        &upload,
+                        at,
+                        pool,
+                        u64::from(block) * part_bytes,
+                        part_bytes,
+                    ),
+                    Part::Texture(texture, layout) => {
+                        let (dst, size) = texel_row(texture, layout, geo, block);
+                        // One row: no bytes_per_row (and so no 256-byte pitch) is needed.
+                        let src = wgpu::TexelCopyBufferInfo {
+                            buffer: &upload,
+                            layout: wgpu::TexelCopyBufferLayout {
+                                offset: at,
+                                bytes_per_row: None,
+                                rows_per_image: None,
+                            },
+                        };
+                        enc.copy_buffer_to_texture(src, dst, size);
+                    }
                 }
             }
         }
     }
+    ctx.queue.submit([enc.finish()]);
     Ok(())
 }
 

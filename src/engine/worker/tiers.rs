@@ -3,8 +3,8 @@
 //!
 //! - After `schedule`, before anything else reaches the GPU queue: the step's offloads are
 //!   read back (one submit: ordered before this step writes any evicted block), then its
-//!   restores are written (`write_buffer`/`write_texture`: they land before the step's
-//!   forward pass). Readbacks land asynchronously; `land` stores their images and confirms
+//!   restores are written (one upload and one submit: they land before the step's forward
+//!   pass). Readbacks land asynchronously; `land` stores their images and confirms
 //!   the slots to the scheduler, without waiting, after every step (waiting when idle).
 //! - At submit, with a disk tier: when the block after what the GPU cache and the host tier
 //!   hold is on disk, the request is parked and a loader thread reads the chain from there

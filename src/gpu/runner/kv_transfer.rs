@@ -31,7 +31,8 @@ impl Runner {
         )
     }
 
-    /// Restores host images into blocks (see [`write_blocks`]): lands before the next step.
+    /// Restores host images into blocks (see [`write_blocks`]): submitted now, so it lands
+    /// after every read submitted before and before the next step.
     pub fn write_kv_blocks(&mut self, writes: &[(u32, &[u8])]) -> Result<(), GpuError> {
         let geo = self.kv_block_geometry();
         write_blocks(
