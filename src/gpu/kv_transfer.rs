@@ -68,6 +68,7 @@ impl BlockGeometry {
 }
 
 /// One pool as the copies address it, checked against the geometry.
+#[derive(Clone, Copy)]
 enum Part<'a> {
     Buffer(&'a wgpu::Buffer),
     Texture(&'a wgpu::Texture, KvTextureLayout),
@@ -181,6 +182,71 @@ fn texel_row<'a>(
     (at, size)
 }
 
+/// How many images one staging buffer holds (at least one), for `n` images under `cap` bytes
+/// per buffer; an image over the adapter's buffer limit is an error.
+fn images_per_staging(ctx: &GpuContext, image: u64, n: usize, cap: u64) -> Result<usize, GpuError> {
+    let max = ctx.limits.max_buffer_size;
+    if image > max {
+        return Err(GpuError::TooLarge {
+            name: "kv block image".into(),
+            bytes: image,
+            limit: max,
+        });
+    }
+    Ok((cap.min(max) / image).clamp(1, n as u64) as usize)
+}
+
+/// Which way [`record_copies`] copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToStaging,
+    FromStaging,
+}
+
+/// Records the copies of each block's image between the pools and `staging`, image-major (the
+/// `i`-th block's image at `i` × image bytes, so each is one contiguous run there).
+fn record_copies(
+    enc: &mut wgpu::CommandEncoder,
+    parts: &[Part],
+    geo: BlockGeometry,
+    blocks: &[u32],
+    staging: &wgpu::Buffer,
+    dir: Direction,
+) {
+    let (image, part_bytes) = (geo.image_bytes(), geo.part_bytes());
+    for (i, &block) in blocks.iter().enumerate() {
+        for (p, part) in parts.iter().enumerate() {
+            let at = i as u64 * image + p as u64 * part_bytes;
+            match (*part, dir) {
+                (Part::Buffer(pool), Direction::ToStaging) => {
+                    let from = u64::from(block) * part_bytes;
+                    enc.copy_buffer_to_buffer(pool, from, staging, at, part_bytes);
+                }
+                (Part::Buffer(pool), Direction::FromStaging) => {
+                    let to = u64::from(block) * part_bytes;
+                    enc.copy_buffer_to_buffer(staging, at, pool, to, part_bytes);
+                }
+                (Part::Texture(texture, layout), dir) => {
+                    let (row, size) = texel_row(texture, layout, geo, block);
+                    // One row: no bytes_per_row (and so no 256-byte pitch) is needed.
+                    let buf = wgpu::TexelCopyBufferInfo {
+                        buffer: staging,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset: at,
+                            bytes_per_row: None,
+                            rows_per_image: None,
+                        },
+                    };
+                    match dir {
+                        Direction::ToStaging => enc.copy_texture_to_buffer(row, buf, size),
+                        Direction::FromStaging => enc.copy_buffer_to_texture(buf, row, size),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Copies the images of `blocks` (any order, repeats allowed) from every layer's K and V pool
 /// to the host. The copies are recorded in their own encoder and submitted before this
 /// returns, so they see every earlier submit and queue write and nothing later; the mapping
@@ -223,16 +289,7 @@ pub fn read_blocks_staged(
     if blocks.is_empty() {
         return Ok(readback);
     }
-    let max = ctx.limits.max_buffer_size;
-    if image > max {
-        return Err(GpuError::TooLarge {
-            name: "kv block image".into(),
-            bytes: image,
-            limit: max,
-        });
-    }
-    let per_staging = (staging_cap.min(max) / image).clamp(1, blocks.len() as u64) as usize;
-    let part_bytes = geo.part_bytes();
+    let per_staging = images_per_staging(ctx, image, blocks.len(), staging_cap)?;
     let mut enc = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -246,34 +303,7 @@ pub fn read_blocks_staged(
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // Image-major, so each image is one contiguous run of the mapped bytes.
-        for (i, &block) in chunk.iter().enumerate() {
-            for (p, part) in parts.iter().enumerate() {
-                let at = i as u64 * image + p as u64 * part_bytes;
-                match *part {
-                    Part::Buffer(pool) => enc.copy_buffer_to_buffer(
-                        pool,
-                        u64::from(block) * part_bytes,
-                        &staging,
-                        at,
-                        part_bytes,
-                    ),
-                    Part::Texture(texture, layout) => {
-                        let (src, size) = texel_row(texture, layout, geo, block);
-                        // One row: no bytes_per_row (and so no 256-byte pitch) is needed.
-                        let dst = wgpu::TexelCopyBufferInfo {
-                            buffer: &staging,
-                            layout: wgpu::TexelCopyBufferLayout {
-                                offset: at,
-                                bytes_per_row: None,
-                                rows_per_image: None,
-                            },
-                        };
-                        enc.copy_texture_to_buffer(src, dst, size);
-                    }
-                }
-            }
-        }
+        record_copies(&mut enc, &parts, geo, chunk, &staging, Direction::ToStaging);
         buffers.push(staging);
     }
     readback.submission = Some(ctx.queue.submit([enc.finish()]));
@@ -337,16 +367,7 @@ pub fn write_blocks_staged(
     if writes.is_empty() {
         return Ok(());
     }
-    let max = ctx.limits.max_buffer_size;
-    if image > max {
-        return Err(GpuError::TooLarge {
-            name: "kv block image".into(),
-            bytes: image,
-            limit: max,
-        });
-    }
-    let per_upload = (staging_cap.min(max) / image).clamp(1, writes.len() as u64) as usize;
-    let part_bytes = geo.part_bytes();
+    let per_upload = images_per_staging(ctx, image, writes.len(), staging_cap)?;
     let mut enc = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -370,33 +391,15 @@ pub fn write_blocks_staged(
             }
         }
         upload.unmap();
-        for (i, &(block, _)) in chunk.iter().enumerate() {
-            for (p, part) in parts.iter().enumerate() {
-                let at = i as u64 * image + p as u64 * part_bytes;
-                match *part {
-                    Part::Buffer(pool) => enc.copy_buffer_to_buffer(
-                        &upload,
-                        at,
-                        pool,
-                        u64::from(block) * part_bytes,
-                        part_bytes,
-                    ),
-                    Part::Texture(texture, layout) => {
-                        let (dst, size) = texel_row(texture, layout, geo, block);
-                        // One row: no bytes_per_row (and so no 256-byte pitch) is needed.
-                        let src = wgpu::TexelCopyBufferInfo {
-                            buffer: &upload,
-                            layout: wgpu::TexelCopyBufferLayout {
-                                offset: at,
-                                bytes_per_row: None,
-                                rows_per_image: None,
-                            },
-                        };
-                        enc.copy_buffer_to_texture(src, dst, size);
-                    }
-                }
-            }
-        }
+        let blocks: Vec<u32> = chunk.iter().map(|w| w.0).collect();
+        record_copies(
+            &mut enc,
+            &parts,
+            geo,
+            &blocks,
+            &upload,
+            Direction::FromStaging,
+        );
     }
     ctx.queue.submit([enc.finish()]);
     Ok(())
