@@ -1,5 +1,7 @@
 //! The disk tier's files: round trips, mismatches, corruption, crashes, a full queue.
 
+use std::fs::File;
+
 use super::*;
 use crate::kv::block_hash;
 use crate::tier::TempDir;
